@@ -1,0 +1,278 @@
+"""The CONNECT handshake: checks, enhanced auth, auth_on_register, session, CONNACK.
+
+The order follows VerneMQ (shared/reference/vernemq.md §2.3): enhanced authentication
+(``on_auth``), ``auth_on_register``, the will's ``auth_on_publish``, takeover of an
+existing connection, session attach, ``on_register``, CONNACK, then the queue drains
+and ``on_client_wakeup`` fires.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from .codec import Auth, Connack, Connect, Disconnect, decode_packet
+from .topics import TopicError, validate_topic_name
+from .types import Allow, AuthContinue, Deny, Message
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+log = logging.getLogger("ternmq.connect")
+
+REGISTER_MODIFIERS = frozenset({
+    "client_id", "username", "clean_start", "session_expiry_interval",
+    "max_inflight_messages", "max_message_size", "max_packet_size", "max_queued_messages",
+})
+TAKEOVER_WAIT = 5.0
+
+
+class Refused(Exception):
+    """The CONNECT is refused with a CONNACK reason code (v5 numbering)."""
+
+    def __init__(self, reason_code: int, reason_string: str | None = None) -> None:
+        super().__init__(reason_string or f"0x{reason_code:02X}")
+        self.reason_code = reason_code
+        self.reason_string = reason_string
+
+
+async def handshake(conn: Connection, packet: Connect) -> bool:
+    """Run the CONNECT phase; True when the client is connected and may go on."""
+    conn.protocol_level = level = packet.protocol_level
+    conn.keep_alive = packet.keep_alive
+    conn.request_problem_information = bool(packet.properties.get("request_problem_information", 1))
+    try:
+        connack_props = await _accept(conn, packet)
+    except Refused as refused:
+        conn.broker.metrics.connect_refused += 1
+        props = {}
+        if level == 5 and refused.reason_string and conn.request_problem_information:
+            props["reason_string"] = refused.reason_string
+        conn.send(Connack(False, refused.reason_code, props))
+        conn.disconnect_reason = "refused"
+        return False
+    session = conn.session
+    assert session is not None
+    conn.connected = True
+    conn.send(Connack(connack_props.pop("_session_present"), 0, connack_props if level == 5 else {}))
+    await conn.broker.session_online(conn, session)
+    return True
+
+
+async def _accept(conn: Connection, packet: Connect) -> dict[str, Any]:
+    broker = conn.broker
+    settings = broker.settings
+    limits = settings.limits
+    level = packet.protocol_level
+    props = packet.properties
+    connack: dict[str, Any] = {}
+    if conn.over_capacity:
+        raise Refused(0x89, "listener at max_connections")
+
+    client_id = packet.client_id
+    if not client_id:
+        if level == 5 or (level == 4 and packet.clean_start):
+            client_id = "ternmq-" + secrets.token_hex(8)
+            if level == 5:
+                connack["assigned_client_identifier"] = client_id
+        else:
+            raise Refused(0x85, "empty client identifier needs a clean session")
+    if len(client_id) > limits.max_client_id_length:
+        raise Refused(0x85, f"client identifier longer than {limits.max_client_id_length}")
+
+    if packet.keep_alive > limits.max_keep_alive or (packet.keep_alive == 0 and limits.max_keep_alive < 65535):
+        if level == 5:
+            conn.keep_alive = limits.max_keep_alive
+            connack["server_keep_alive"] = limits.max_keep_alive
+        else:
+            # MQTT 3 cannot be told another keep-alive: refuse, as Mosquitto does.
+            raise Refused(0x85, "keep alive above the server maximum")
+
+    if level == 5:
+        conn.client_receive_maximum = props.get("receive_maximum", 65535)
+        conn.client_maximum_packet_size = props.get("maximum_packet_size", 268_435_460)
+        conn.outbound_alias_maximum = props.get("topic_alias_maximum", 0)
+
+    username = packet.username
+    if conn.listener.use_identity_as_username:
+        if conn.tls_common_name is None:
+            raise Refused(0x87, "a client certificate is required")
+        username = conn.tls_common_name
+    conn.client_info = client = attrs.evolve(
+        conn.client_info, client_id=client_id, username=username, protocol_level=level)
+
+    if level == 5 and "authentication_method" in props:
+        auth_data = await _enhanced_auth(conn, props["authentication_method"],
+                                         props.get("authentication_data"))
+        connack["authentication_method"] = props["authentication_method"]
+        if auth_data:
+            connack["authentication_data"] = auth_data
+
+    clean_start = packet.clean_start
+    if level == 5:
+        expiry = props.get("session_expiry_interval", 0)
+    else:
+        expiry = 0 if clean_start else limits.persistent_session_expiry or 0xFFFFFFFF
+    max_inflight = limits.max_inflight
+    max_queued = limits.max_queued_messages
+
+    dispatcher = broker.dispatcher
+    if dispatcher.has("auth_on_register"):
+        answer = await dispatcher.decide(
+            "auth_on_register", client=client, password=packet.password,
+            clean_start=clean_start, properties=props)
+    else:
+        answer = None
+    if answer is None:
+        if not settings.allow_anonymous:
+            raise Refused(0x86 if level == 5 else 0x87, "not authorized")
+    elif isinstance(answer, Deny):
+        raise Refused(answer.reason_code, answer.reason_string)
+    elif isinstance(answer, Allow) and answer.modifiers:
+        mods = answer.modifiers
+        unknown = set(mods) - REGISTER_MODIFIERS
+        if unknown:
+            log.error("auth_on_register: unknown modifiers %s", sorted(unknown))
+            raise Refused(0x80, "plugin error")
+        try:
+            if "client_id" in mods:
+                client_id = str(mods["client_id"])
+            if "username" in mods:
+                username = None if mods["username"] is None else str(mods["username"])
+            if "clean_start" in mods:
+                clean_start = bool(mods["clean_start"])
+                if level < 5:
+                    expiry = 0 if clean_start else limits.persistent_session_expiry or 0xFFFFFFFF
+            if "session_expiry_interval" in mods:
+                expiry = int(mods["session_expiry_interval"])
+                connack["session_expiry_interval"] = expiry
+            if "max_inflight_messages" in mods:
+                max_inflight = int(mods["max_inflight_messages"])
+            if "max_queued_messages" in mods:
+                max_queued = int(mods["max_queued_messages"])
+            if "max_message_size" in mods:
+                conn.framer.max_packet_size = int(mods["max_message_size"])
+                connack["maximum_packet_size"] = conn.framer.max_packet_size
+            if "max_packet_size" in mods:
+                conn.client_maximum_packet_size = min(conn.client_maximum_packet_size,
+                                                      int(mods["max_packet_size"]))
+        except (TypeError, ValueError) as exc:
+            log.error("auth_on_register: bad modifier: %s", exc)
+            raise Refused(0x80, "plugin error") from None
+        conn.client_info = client = attrs.evolve(client, client_id=client_id, username=username)
+    elif isinstance(answer, AuthContinue):
+        raise Refused(0x80, "plugin error")
+
+    if limits.max_session_expiry and (expiry == 0xFFFFFFFF or expiry > limits.max_session_expiry):
+        expiry = limits.max_session_expiry
+        if level == 5:
+            connack["session_expiry_interval"] = expiry
+
+    if packet.will is not None:
+        conn.will = await _authorize_will(conn, packet)
+
+    session, present = await broker.attach_session(
+        conn, client_id, clean_start=clean_start,
+        expiry_interval=None if expiry == 0xFFFFFFFF else expiry,
+        username=username, max_inflight=max_inflight, max_queued=max_queued)
+    conn.session = session
+    connack["_session_present"] = present
+
+    if level == 5:
+        connack["receive_maximum"] = conn.server_receive_maximum
+        connack.setdefault("maximum_packet_size", conn.framer.max_packet_size)
+        connack["topic_alias_maximum"] = conn.max_topic_alias
+        if not broker.retain_available:
+            connack["retain_available"] = 0
+        if props.get("request_response_information"):
+            connack["response_information"] = f"response/{client_id}"
+    if dispatcher.has("on_register"):
+        await dispatcher.notify("on_register", client=conn.client_info,
+                                properties={k: v for k, v in connack.items() if k[0] != "_"})
+    return connack
+
+
+async def _authorize_will(conn: Connection, packet: Connect) -> Message:
+    will = packet.will
+    assert will is not None
+    broker = conn.broker
+    try:
+        validate_topic_name(will.topic, broker.settings.limits.max_topic_levels)
+    except TopicError as exc:
+        raise Refused(exc.reason_code, str(exc)) from None
+    if will.retain and not broker.retain_available:
+        raise Refused(0x9A, "retained messages are not supported")
+    message = Message(will.topic, will.payload, will.qos, will.retain, will.properties)
+    if broker.dispatcher.has("auth_on_publish"):
+        answer = await broker.dispatcher.decide(
+            "auth_on_publish", client=conn.client_info, message=message, is_will=True)
+        message, reason_code = conn.apply_publish_answer(message, answer)
+    else:
+        reason_code = 0 if broker.settings.allow_anonymous else 0x87
+    if reason_code >= 0x80:
+        raise Refused(reason_code, "will not authorized")
+    return message
+
+
+async def _enhanced_auth(conn: Connection, method: str, data: bytes | None) -> bytes | None:
+    """Run on_auth rounds during CONNECT; returns the final authentication data."""
+    conn.auth_method = method
+    reauthenticate = False
+    while True:
+        answer = await conn.broker.dispatcher.decide(
+            "on_auth", client=conn.client_info, method=method, data=data,
+            reauthenticate=reauthenticate)
+        if answer is None:
+            raise Refused(0x8C, "no plugin handles this authentication method")
+        if isinstance(answer, Deny):
+            raise Refused(answer.reason_code, answer.reason_string)
+        if isinstance(answer, Allow):
+            return answer.modifiers.get("authentication_data")
+        conn.send(Auth(0x18, {"authentication_method": method, "authentication_data": answer.data}))
+        packet = await _read_auth(conn)
+        if packet.properties.get("authentication_method") != method:
+            raise Refused(0x8C, "authentication method changed")
+        data = packet.properties.get("authentication_data")
+
+
+async def _read_auth(conn: Connection) -> Auth:
+    framer = conn.framer
+    while (frame := framer.next_frame()) is None:
+        received = await conn.stream.receive_some(65536)
+        if not received:
+            raise trio.BrokenResourceError("closed during authentication")
+        framer.feed(received)
+    packet = decode_packet(frame[0], frame[1], 5)
+    if not isinstance(packet, Auth) or packet.reason_code != 0x18:
+        raise Refused(0x82, "expected AUTH to continue authentication")
+    return packet
+
+
+async def reauthenticate(conn: Connection, packet: Auth) -> bool:
+    """An AUTH after CONNECT: MQTT 5 re-authentication. False closes the connection."""
+    method = packet.properties.get("authentication_method")
+    if conn.auth_method is None or method != conn.auth_method:
+        conn.protocol_error(0x82, "AUTH without the method of CONNECT")
+        return False
+    answer = await conn.broker.dispatcher.decide(
+        "on_auth", client=conn.client_info, method=method,
+        data=packet.properties.get("authentication_data"),
+        reauthenticate=True)
+    if isinstance(answer, AuthContinue):
+        conn.send(Auth(0x18, {"authentication_method": method, "authentication_data": answer.data}))
+        return True
+    if isinstance(answer, Allow):
+        props: dict[str, Any] = {"authentication_method": method}
+        if answer.modifiers.get("authentication_data"):
+            props["authentication_data"] = answer.modifiers["authentication_data"]
+        conn.send(Auth(0, props))
+        return True
+    code = answer.reason_code if isinstance(answer, Deny) else 0x87
+    conn.disconnect_reason = "not_authorized"
+    conn.send(Disconnect(code))
+    return False
+

@@ -1,0 +1,259 @@
+"""The one place that calls decision, notification and provider hooks.
+
+pluggy stays synchronous: it gives us markers, spec validation, opt-in arguments,
+ordering and registration. Calling goes through here so that ``async def``
+implementations are awaited in the caller's trio task, the first answer of a decision
+hook really stops the chain (nothing is left un-awaited), every call has a deadline,
+``Exception`` from a plugin is contained and counted, and ``trio.Cancelled`` always
+propagates. A per-hook snapshot of implementations is rebuilt on every register and
+unregister, so a hook nobody implements costs one dict lookup.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import pluggy
+import trio
+
+from .hookspecs import DECISION_HOOKS, NOTIFICATION_HOOKS, PROVIDER_HOOKS
+from .types import Allow, AuthContinue, Deny
+
+log = logging.getLogger("ternmq.dispatch")
+
+# The answer a failed decision hook produces: the request is refused, with a code that
+# is legal in CONNACK, PUBACK, PUBREC, SUBACK and UNSUBACK alike.
+PLUGIN_FAILURE = Deny(0x80, "plugin error")
+
+ASYNC_HOOKS = frozenset(DECISION_HOOKS + NOTIFICATION_HOOKS + PROVIDER_HOOKS)
+
+
+@attrs.define
+class HookStats:
+    """Counters of one plugin's implementation of one hook."""
+
+    calls: int = 0
+    errors: int = 0
+    timeouts: int = 0
+    consecutive_failures: int = 0
+    last_error: str = ""
+
+
+@attrs.define
+class PluginPolicy:
+    """How the dispatcher treats one plugin's failures (from its table in plugins.toml).
+
+    ``on_error`` decides what a failed decision hook means: ``"deny"`` refuses the
+    request, ``"next"`` asks the next plugin as if this one had no opinion. After
+    ``breaker_threshold`` consecutive failures the plugin is skipped (answered with its
+    ``on_error`` policy) for ``breaker_cooldown`` seconds, then tried again.
+    """
+
+    hook_timeout: float | None = None
+    on_error: str = "deny"
+    priority: int | None = None
+    breaker_threshold: int = 0
+    breaker_cooldown: float = 30.0
+    open_until: float = 0.0
+
+
+@attrs.frozen
+class _Impl:
+    plugin_name: str
+    function: Callable[..., Any]
+    argnames: tuple[str, ...]
+    stats: HookStats
+    policy: PluginPolicy
+
+
+class HookDispatcher:
+    """Calls the async hook families over a pluggy ``PluginManager``.
+
+    :param plugin_manager: the registry whose hook implementations are called.
+    :param hook_timeout: deadline in seconds for one decision or provider call.
+    :param notification_timeout: deadline in seconds for one notification call.
+    """
+
+    def __init__(
+        self,
+        plugin_manager: pluggy.PluginManager,
+        *,
+        hook_timeout: float = 5.0,
+        notification_timeout: float = 2.0,
+    ) -> None:
+        self._plugin_manager = plugin_manager
+        self.hook_timeout = hook_timeout
+        self.notification_timeout = notification_timeout
+        self._impls: dict[str, tuple[_Impl, ...]] = {name: () for name in ASYNC_HOOKS}
+        self.stats: dict[tuple[str, str], HookStats] = {}
+        self.policies: dict[str, PluginPolicy] = {}
+
+    # -- snapshots ----------------------------------------------------------------------
+
+    def rebuild(self) -> None:
+        """Take a new snapshot of implementations; call after every (un)register."""
+        impls: dict[str, tuple[_Impl, ...]] = {}
+        for name in ASYNC_HOOKS:
+            caller = getattr(self._plugin_manager.hook, name, None)
+            if caller is None:
+                impls[name] = ()
+                continue
+            # pluggy calls get_hookimpls() from the end: that is the documented order
+            # (LIFO, adjusted by tryfirst/trylast). test_dispatch pins the equality.
+            ordered = []
+            for hookimpl in reversed(caller.get_hookimpls()):
+                plugin_name = hookimpl.plugin_name
+                stats = self.stats.setdefault((plugin_name, name), HookStats())
+                policy = self.policies.setdefault(plugin_name, PluginPolicy())
+                ordered.append(
+                    _Impl(plugin_name, hookimpl.function, tuple(hookimpl.argnames), stats, policy)
+                )
+            # An explicit priority (lower first) comes before pluggy's order; plugins
+            # without one keep pluggy's order after the prioritised ones (stable sort).
+            ordered.sort(key=lambda impl: (impl.policy.priority is None, impl.policy.priority or 0))
+            impls[name] = tuple(ordered)
+        self._impls = impls
+
+    def has(self, hook_name: str) -> bool:
+        """True if at least one plugin implements ``hook_name`` (hot-path guard)."""
+        return bool(self._impls[hook_name])
+
+    def implementers(self, hook_name: str) -> list[str]:
+        """Plugin names implementing ``hook_name``, in calling order."""
+        return [impl.plugin_name for impl in self._impls[hook_name]]
+
+    def forget_plugin(self, plugin_name: str) -> None:
+        """Drop the counters and policy of an unloaded plugin."""
+        self.policies.pop(plugin_name, None)
+        for key in [key for key in self.stats if key[0] == plugin_name]:
+            del self.stats[key]
+
+    # -- calling ------------------------------------------------------------------------
+
+    async def _call(self, impl: _Impl, hook_name: str, kwargs: dict[str, Any], timeout: float) -> Any:
+        """Call one implementation; raises on error, returns ``_TIMED_OUT`` on deadline."""
+        impl.stats.calls += 1
+        result = impl.function(*[kwargs[name] for name in impl.argnames])
+        if inspect.isawaitable(result):
+            deadline = impl.policy.hook_timeout or timeout
+            with trio.move_on_after(deadline):
+                return await result
+            return _TIMED_OUT
+        return result
+
+    def _breaker_open(self, impl: _Impl) -> bool:
+        policy = impl.policy
+        if not policy.open_until:
+            return False
+        if trio.current_time() >= policy.open_until:
+            policy.open_until = 0.0  # half-open: try the plugin again
+            return False
+        return True
+
+    def _failed(self, impl: _Impl, hook_name: str, what: str, timed_out: bool) -> None:
+        stats = impl.stats
+        if timed_out:
+            stats.timeouts += 1
+        else:
+            stats.errors += 1
+        stats.consecutive_failures += 1
+        stats.last_error = what
+        policy = impl.policy
+        if policy.breaker_threshold and stats.consecutive_failures >= policy.breaker_threshold:
+            policy.open_until = trio.current_time() + policy.breaker_cooldown
+            log.warning(
+                "plugin %s: %d consecutive failures, not called for %.0f s",
+                impl.plugin_name, stats.consecutive_failures, policy.breaker_cooldown,
+            )
+
+    async def decide(self, hook_name: str, **kwargs: Any) -> Allow | Deny | AuthContinue | None:
+        """Ask the implementations of a decision hook in order; first answer wins.
+
+        Returns ``None`` when nobody answered (the caller applies the default policy).
+        """
+        for impl in self._impls[hook_name]:
+            if self._breaker_open(impl):
+                if impl.policy.on_error == "next":
+                    continue
+                return PLUGIN_FAILURE
+            try:
+                answer = await self._call(impl, hook_name, kwargs, self.hook_timeout)
+            except Exception as exc:
+                log.exception("plugin %s failed in %s", impl.plugin_name, hook_name)
+                self._failed(impl, hook_name, repr(exc), timed_out=False)
+                answer = _FAILED
+            if answer is _TIMED_OUT:
+                log.warning("plugin %s timed out in %s", impl.plugin_name, hook_name)
+                self._failed(impl, hook_name, "timeout", timed_out=True)
+                answer = _FAILED
+            elif answer is not _FAILED and answer is not None and not isinstance(
+                answer, (Allow, Deny, AuthContinue)
+            ):
+                log.error(
+                    "plugin %s answered %s with %r, not allow()/deny()/None",
+                    impl.plugin_name, hook_name, answer,
+                )
+                self._failed(impl, hook_name, f"bad answer {answer!r}", timed_out=False)
+                answer = _FAILED
+            if answer is _FAILED:
+                if impl.policy.on_error == "next":
+                    continue
+                return PLUGIN_FAILURE
+            impl.stats.consecutive_failures = 0
+            if answer is not None:
+                return answer
+        return None
+
+    async def notify(self, hook_name: str, **kwargs: Any) -> None:
+        """Run every implementation of a notification hook; failures are counted."""
+        for impl in self._impls[hook_name]:
+            if self._breaker_open(impl):
+                continue
+            try:
+                result = await self._call(impl, hook_name, kwargs, self.notification_timeout)
+            except Exception as exc:
+                log.exception("plugin %s failed in %s", impl.plugin_name, hook_name)
+                self._failed(impl, hook_name, repr(exc), timed_out=False)
+                continue
+            if result is _TIMED_OUT:
+                log.warning("plugin %s timed out in %s", impl.plugin_name, hook_name)
+                self._failed(impl, hook_name, "timeout", timed_out=True)
+                continue
+            impl.stats.consecutive_failures = 0
+
+    async def provide(self, hook_name: str, default: Any = None, **kwargs: Any) -> Any:
+        """Call the first implementation of a provider hook; ``default`` on failure."""
+        impls = self._impls[hook_name]
+        if not impls:
+            return default
+        impl = impls[0]
+        try:
+            result = await self._call(impl, hook_name, kwargs, self.hook_timeout)
+        except Exception as exc:
+            log.exception("plugin %s failed in %s", impl.plugin_name, hook_name)
+            self._failed(impl, hook_name, repr(exc), timed_out=False)
+            return default
+        if result is _TIMED_OUT:
+            log.warning("plugin %s timed out in %s", impl.plugin_name, hook_name)
+            self._failed(impl, hook_name, "timeout", timed_out=True)
+            return default
+        impl.stats.consecutive_failures = 0
+        return default if result is None else result
+
+
+class _Sentinel:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+_TIMED_OUT = _Sentinel("<timed out>")
+_FAILED = _Sentinel("<failed>")

@@ -1,0 +1,484 @@
+"""Every hook a ternmq plugin can implement, grouped by family.
+
+Implement a hook with ``@hookimpl`` on a function or method of the same name; declare
+only the arguments you need (pluggy's opt-in arguments). ``async def`` implementations
+are awaited by the kernel's dispatcher (``kernel/dispatch.py``) in the task of the
+client concerned.
+
+Families, told apart by name:
+
+* **decision** hooks (``auth_on_*``, ``on_auth``, ``on_deliver``) are called in plugin
+  order; ``None`` means "no opinion, ask the next plugin"; the first real answer
+  (:class:`Allow`, :class:`Deny`, :class:`AuthContinue`) wins and later plugins are not
+  called. When nobody answers, the default policy decides: refuse, unless the broker's
+  ``allow_anonymous`` is on, which allows. A raising or timed-out implementation counts
+  as an error of its plugin and refuses the request.
+* **notification** hooks (``on_*``) run every implementation; answers are ignored;
+  errors and timeouts are logged and counted, and the next implementation still runs.
+  Do slow work (network calls) in your own ``serve`` task fed by a bounded channel.
+* **provider** hooks (``retain_*``, ``session_store_*``, ``cluster_forward``) are answered
+  by the first implementation only: it provides the service. With no implementation the
+  feature is off and the broker says so (for example CONNACK ``retain_available = 0``).
+* **registration** hooks (``register_*``) are synchronous and collected when a plugin
+  loads.
+
+Hook deadlines are the broker's ``hook_timeout`` (decision and provider hooks) and
+``notification_timeout`` settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .types import Answer, ClientInfo, Message, SessionSnapshot, TopicSubscription
+
+PROJECT_NAME = "ternmq"
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+DECISION_HOOKS = (
+    "auth_on_register",
+    "auth_on_publish",
+    "auth_on_subscribe",
+    "auth_on_unsubscribe",
+    "on_auth",
+    "on_deliver",
+)
+NOTIFICATION_HOOKS = (
+    "on_register",
+    "on_publish",
+    "on_subscribe",
+    "on_unsubscribe",
+    "on_client_wakeup",
+    "on_client_offline",
+    "on_client_gone",
+    "on_offline_message",
+    "on_session_expired",
+    "on_message_drop",
+    "on_plugin_loaded",
+    "on_plugin_unloaded",
+)
+PROVIDER_HOOKS = (
+    "retain_store",
+    "retain_lookup",
+    "retain_delete",
+    "session_store_load_all",
+    "session_store_save",
+    "session_store_delete",
+    "cluster_forward",
+)
+REGISTRATION_HOOKS = (
+    "register_admin_commands",
+    "register_api_routes",
+    "register_metrics",
+    "register_config",
+)
+
+
+# ------------------------------------------------------------------------------------
+# decision hooks
+# ------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def auth_on_register(
+    client: ClientInfo, password: bytes | None, clean_start: bool, properties: Mapping[str, Any]
+) -> Answer | None:
+    """Authenticate a client at CONNECT, before its session is attached.
+
+    Fires: once per CONNECT (after enhanced authentication, if any), in the client's
+    connection task. Skipped when ``allow_anonymous`` is on and no plugin implements it.
+
+    :param client: the connecting client (client id as sent, or as assigned when empty).
+    :param password: the password field, or ``None``.
+    :param clean_start: MQTT 5 clean start / MQTT 3 clean session.
+    :param properties: the CONNECT's MQTT 5 properties (empty for v3).
+
+    Answer: ``allow(**modifiers)`` accepts. Modifiers: ``client_id``, ``username``,
+    ``clean_start``, ``session_expiry_interval``, ``max_inflight_messages``,
+    ``max_message_size`` (largest inbound packet), ``max_packet_size`` (largest outbound
+    packet), ``max_queued_messages``. ``deny(reason_code)`` refuses with that CONNACK code
+    (v3 clients get the 3.1.1 return code that matches: 0x86 → 4, others → 5).
+
+    First answer wins. Nobody answers: allowed with ``allow_anonymous``, else refused
+    (v5 0x86, v3 return code 5, as VerneMQ). Error or timeout: refused.
+    """
+
+
+@hookspec(firstresult=True)
+def auth_on_publish(client: ClientInfo, message: Message, is_will: bool) -> Answer | None:
+    """Authorize a PUBLISH (also a will message at CONNECT, with ``is_will=True``).
+
+    Fires: for every PUBLISH the client sends, before routing, in its connection task.
+
+    :param client: the publisher.
+    :param message: the message as received (topic already resolved from an alias).
+    :param is_will: True when the message is the client's will, checked at CONNECT.
+
+    Answer: ``allow(**modifiers)`` publishes; modifiers ``topic``, ``payload``, ``qos``,
+    ``retain``, ``properties`` (a mapping merged over the message's). ``deny(code)``
+    refuses: v5 clients get the code in PUBACK/PUBREC (QoS 0: dropped silently), MQTT
+    3.1.1 publishers are disconnected, MQTT 3.1 publishers see the message dropped and
+    acknowledged (VerneMQ's behaviour). A refused will refuses the CONNECT.
+
+    First answer wins. Nobody answers: allowed with ``allow_anonymous``, else refused
+    with 0x87. Error or timeout: refused.
+    """
+
+
+@hookspec(firstresult=True)
+def auth_on_subscribe(
+    client: ClientInfo, subscriptions: Sequence[TopicSubscription], properties: Mapping[str, Any]
+) -> Answer | None:
+    """Authorize the topic filters of a SUBSCRIBE.
+
+    Fires: once per SUBSCRIBE with all its filters, before anything is subscribed.
+
+    :param client: the subscriber.
+    :param subscriptions: the requested filters with their options, in packet order.
+    :param properties: the SUBSCRIBE's MQTT 5 properties (subscription identifier, user
+        properties).
+
+    Answer: ``allow()`` grants every filter as asked; ``allow(topics=[...])`` replaces the
+    list: each entry a :class:`TopicSubscription` (granted, possibly rewritten or
+    downgraded) or a ``(topic_filter, reason_code)`` pair with a code ≥ 0x80 that refuses
+    that one filter. ``deny(code)`` refuses every filter with that SUBACK code (v3: 0x80);
+    the client stays connected.
+
+    First answer wins. Nobody answers: granted with ``allow_anonymous``, else every filter
+    refused with 0x87. Error or timeout: every filter refused.
+    """
+
+
+@hookspec(firstresult=True)
+def auth_on_unsubscribe(
+    client: ClientInfo, topic_filters: Sequence[str], properties: Mapping[str, Any]
+) -> Answer | None:
+    """Authorize (or rewrite) the topic filters of an UNSUBSCRIBE.
+
+    Fires: once per UNSUBSCRIBE, before anything is unsubscribed.
+
+    :param client: the client.
+    :param topic_filters: the filters to remove, in packet order.
+    :param properties: the UNSUBSCRIBE's MQTT 5 properties.
+
+    Answer: ``allow()`` unsubscribes as asked; ``allow(topics=[...])`` replaces the list of
+    filters (VerneMQ's ``on_unsubscribe`` rewrite). ``deny(code)`` keeps the
+    subscriptions; v5 clients get ``code`` for every filter in UNSUBACK.
+
+    First answer wins. Nobody answers: unsubscribed as asked (an unsubscribe only ever
+    removes rights, so it is allowed even without ``allow_anonymous``). Error or
+    timeout: refused.
+    """
+
+
+@hookspec(firstresult=True)
+def on_auth(
+    client: ClientInfo, method: str, data: bytes | None, reauthenticate: bool
+) -> Answer | None:
+    """MQTT 5 enhanced authentication (CONNECT with an authentication method, AUTH).
+
+    Fires: at CONNECT when the client sets ``authentication_method`` (before
+    ``auth_on_register``), then for every AUTH packet the client sends, during CONNECT or
+    later (re-authentication, ``reauthenticate=True``).
+
+    :param client: the client.
+    :param method: the authentication method; it never changes within a connection.
+    :param data: the authentication data of this step.
+    :param reauthenticate: True for a re-authentication of a connected client.
+
+    Answer: ``auth_continue(data)`` sends AUTH 0x18 with ``data`` and waits for the next
+    step; ``allow()`` (modifier ``authentication_data``) completes it (CONNACK success, or
+    AUTH 0x00 on re-authentication); ``deny(code)`` refuses (CONNACK or DISCONNECT with
+    ``code``, default 0x87).
+
+    First answer wins. Nobody answers: refused with 0x8C (bad authentication method).
+    Error or timeout: refused.
+    """
+
+
+@hookspec(firstresult=True)
+def on_deliver(client: ClientInfo, message: Message) -> Answer | None:
+    """Inspect or rewrite a message just before it is sent to one subscriber.
+
+    Fires: once per delivery, in the publisher's task for online subscribers and when a
+    queued message is sent. Costs nothing when no plugin implements it.
+
+    :param client: the receiving client.
+    :param message: the message as it will be delivered (QoS already downgraded).
+
+    Answer: ``None`` or ``allow()`` delivers unchanged; ``allow(**modifiers)`` rewrites
+    (modifiers ``topic``, ``payload``, ``properties``); ``deny()`` drops the message for
+    this subscriber only (``on_message_drop`` fires with reason ``"denied"``).
+
+    First answer wins. Nobody answers: delivered unchanged. Error or timeout: delivered
+    unchanged (a broken plugin must not swallow messages).
+    """
+
+
+# ------------------------------------------------------------------------------------
+# notification hooks
+# ------------------------------------------------------------------------------------
+
+
+@hookspec
+def on_register(client: ClientInfo, properties: Mapping[str, Any]) -> None:
+    """A client was accepted and its session attached, just before CONNACK is sent.
+
+    :param client: the client, with any modifiers of ``auth_on_register`` applied.
+    :param properties: the CONNACK's MQTT 5 properties as they will be sent.
+
+    Every implementation runs; answers are ignored; errors and timeouts are counted.
+    """
+
+
+@hookspec
+def on_publish(client: ClientInfo, message: Message) -> None:
+    """A PUBLISH was authorized and routed.
+
+    :param client: the publisher (for messages published through the broker's service
+        API, a ClientInfo with the service's own client id).
+    :param message: the message as routed (modifiers applied).
+
+    Every implementation runs; answers are ignored; errors and timeouts are counted.
+    """
+
+
+@hookspec
+def on_subscribe(client: ClientInfo, subscriptions: Sequence[TopicSubscription]) -> None:
+    """A SUBSCRIBE was processed.
+
+    :param client: the subscriber.
+    :param subscriptions: the filters as granted; a refused filter appears with
+        ``qos`` set to its reason code (≥ 0x80), as in VerneMQ's webhooks.
+
+    Every implementation runs; answers are ignored; errors and timeouts are counted.
+    """
+
+
+@hookspec
+def on_unsubscribe(client: ClientInfo, topic_filters: Sequence[str]) -> None:
+    """An UNSUBSCRIBE was processed.
+
+    :param client: the client.
+    :param topic_filters: the filters that were asked to be removed (after rewriting).
+
+    Every implementation runs; answers are ignored; errors and timeouts are counted.
+    """
+
+
+@hookspec
+def on_client_wakeup(client: ClientInfo) -> None:
+    """A client's session is online: attached to a connection and drained of its queue.
+
+    :param client: the client.
+
+    Every implementation runs; answers are ignored; errors and timeouts are counted.
+    """
+
+
+@hookspec
+def on_client_offline(client: ClientInfo, reason: str) -> None:
+    """A client with a persistent session disconnected; its session stays.
+
+    :param client: the client.
+    :param reason: why: ``"normal"`` (DISCONNECT), ``"taken_over"``, ``"keep_alive"``,
+        ``"protocol_error"``, ``"connection_lost"``, ``"kicked"``, ``"shutdown"``.
+
+    Every implementation runs; answers are ignored; errors and timeouts are counted.
+    """
+
+
+@hookspec
+def on_client_gone(client: ClientInfo, reason: str) -> None:
+    """A client with a non-persistent session disconnected; its session is gone.
+
+    :param client: the client.
+    :param reason: as for ``on_client_offline``.
+
+    Every implementation runs; answers are ignored; errors and timeouts are counted.
+    """
+
+
+@hookspec
+def on_offline_message(client_id: str, message: Message) -> None:
+    """A message was queued for an offline persistent session.
+
+    :param client_id: the session's client id.
+    :param message: the message as queued (QoS already downgraded).
+
+    Every implementation runs; answers are ignored; errors and timeouts are counted.
+    """
+
+
+@hookspec
+def on_session_expired(client_id: str) -> None:
+    """An offline session reached its expiry and was removed with its queue.
+
+    :param client_id: the session's client id.
+
+    Every implementation runs; answers are ignored; errors and timeouts are counted.
+    """
+
+
+@hookspec
+def on_message_drop(client_id: str, message: Message, reason: str) -> None:
+    """A message for one subscriber was dropped.
+
+    :param client_id: the subscriber.
+    :param message: the dropped message.
+    :param reason: ``"queue_full"``, ``"expired"``, ``"max_packet_size_exceeded"``,
+        ``"slow_consumer"`` or ``"denied"`` (by ``on_deliver``).
+
+    Every implementation runs; answers are ignored; errors and timeouts are counted.
+    """
+
+
+@hookspec
+def on_plugin_loaded(name: str) -> None:
+    """A plugin (possibly the implementer itself) finished loading.
+
+    :param name: the plugin's name.
+
+    Every implementation runs; answers are ignored; errors and timeouts are counted.
+    """
+
+
+@hookspec
+def on_plugin_unloaded(name: str) -> None:
+    """A plugin was unloaded (its hooks are gone and its tasks cancelled).
+
+    :param name: the plugin's name.
+
+    Every implementation runs; answers are ignored; errors and timeouts are counted.
+    """
+
+
+# ------------------------------------------------------------------------------------
+# provider hooks
+# ------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def retain_store(message: Message) -> None:
+    """Store ``message`` as the retained message of its topic, replacing any other.
+
+    :param message: a retained message with a non-empty payload.
+
+    Only the first implementation is called. None loaded: retained messages are
+    unsupported (CONNACK ``retain_available = 0``; a retained PUBLISH is refused with
+    0x9A). An error is logged and counted; the PUBLISH itself still succeeds.
+    """
+
+
+@hookspec(firstresult=True)
+def retain_lookup(topic_filter: str) -> Sequence[Message]:
+    """Return the retained messages whose topic matches ``topic_filter``.
+
+    :param topic_filter: a plain (non-shared) topic filter; ``#`` lists everything except
+        ``$``-topics, as MQTT matching says.
+
+    Answer: the messages (expired ones may be included; the kernel skips them). Only the
+    first implementation is called. Error or timeout: no retained messages delivered.
+    """
+
+
+@hookspec(firstresult=True)
+def retain_delete(topic: str) -> None:
+    """Remove the retained message of ``topic`` (an empty retained PUBLISH, or admin).
+
+    :param topic: the exact topic.
+
+    Only the first implementation is called. Errors are logged and counted.
+    """
+
+
+@hookspec(firstresult=True)
+def session_store_load_all() -> Sequence[SessionSnapshot]:
+    """Return every persistent session kept by the store, at broker start.
+
+    Only the first implementation is called. None loaded: sessions live in memory only
+    and do not survive a restart.
+    """
+
+
+@hookspec(firstresult=True)
+def session_store_save(session: SessionSnapshot) -> None:
+    """Keep the current state of a persistent session.
+
+    :param session: subscriptions, queued messages and expiry of the session.
+
+    Fires: when a persistent session subscribes or unsubscribes, when it goes offline,
+    and for every persistent session at shutdown. Only the first implementation is
+    called; errors are logged and counted.
+    """
+
+
+@hookspec(firstresult=True)
+def session_store_delete(client_id: str) -> None:
+    """Forget a session: it was cleaned, expired or taken over with clean start.
+
+    :param client_id: the session's client id.
+
+    Only the first implementation is called; errors are logged and counted.
+    """
+
+
+@hookspec(firstresult=True)
+def cluster_forward(message: Message, origin: ClientInfo) -> None:
+    """Offer a locally routed message to other nodes (the seam for a cluster plugin).
+
+    :param message: the message after local routing.
+    :param origin: the publisher.
+
+    Only the first implementation is called; none loaded means a single node.
+    """
+
+
+# ------------------------------------------------------------------------------------
+# registration hooks (synchronous, collected when a plugin loads)
+# ------------------------------------------------------------------------------------
+
+
+@hookspec
+def register_admin_commands(registry: Any) -> None:
+    """Add commands to the admin command tree (``ternmq-admin``, ``/api/v1``).
+
+    :param registry: the command registry; call ``registry.add(path, function, ...)``.
+
+    Synchronous; called once when the plugin loads.
+    """
+
+
+@hookspec
+def register_api_routes(app: Any) -> None:
+    """Add HTTP routes to the management API (only while the API plugin is loaded).
+
+    :param app: the quart-trio application.
+
+    Synchronous; called when the API plugin starts or the implementer loads.
+    """
+
+
+@hookspec
+def register_metrics(registry: Any) -> None:
+    """Add metrics to the broker's metrics registry.
+
+    :param registry: the metrics registry.
+
+    Synchronous; called once when the plugin loads.
+    """
+
+
+@hookspec
+def register_config(settings: Any) -> None:
+    """Declare live settings of the plugin for ``show``/``set``.
+
+    :param settings: the settings registry.
+
+    Synchronous; called once when the plugin loads.
+    """

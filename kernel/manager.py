@@ -1,0 +1,239 @@
+"""Loading and unloading plugins: resolve, configure, register, serve; and the reverse.
+
+A plugin is found by built-in short name (``ternmq.plugins.BUILTIN``), by entry point
+in the group ``ternmq.plugins``, or by dotted path (``package.module`` or
+``package.module:attribute``). Its table in plugins.toml is split into the settings the
+kernel applies to every plugin (``priority``, ``hook_timeout``, ``on_error``,
+``breaker_threshold``, ``breaker_cooldown``) and the plugin's own keys, which build its
+attrs ``Config`` (unknown keys are errors). Built-in plugins load exactly this way.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import logging
+from collections.abc import Iterable, Mapping
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from .config import ConfigError, PluginEntry, build_attrs
+from .dispatch import ASYNC_HOOKS, PluginPolicy
+
+if TYPE_CHECKING:
+    from .broker import Broker
+
+log = logging.getLogger("ternmq.plugins")
+
+ENTRY_POINT_GROUP = "ternmq.plugins"
+UNLOAD_GRACE = 5.0
+
+
+class PluginError(Exception):
+    """A plugin cannot be found, configured or loaded; the message says which and why."""
+
+
+@attrs.frozen
+class KernelSettings:
+    """Keys of every ``[plugins.NAME]`` table that the kernel itself applies."""
+
+    priority: int | None = None
+    hook_timeout: float | None = None
+    on_error: str = attrs.field(default="deny")
+    breaker_threshold: int = 0
+    breaker_cooldown: float = 30.0
+
+    @on_error.validator
+    def _check_on_error(self, attribute: Any, value: str) -> None:
+        if value not in ("deny", "next"):
+            raise ValueError("must be 'deny' or 'next'")
+
+
+@attrs.define
+class LoadedPlugin:
+    """A plugin as the manager holds it."""
+
+    name: str
+    plugin: Any
+    source: str
+    version: str
+    config: Any
+    settings: KernelSettings
+    state: str = "loading"
+    scope: trio.CancelScope | None = None
+    done: trio.Event = attrs.field(factory=trio.Event)
+
+
+class PluginManager:
+    """Loads, lists and unloads the broker's plugins (one per broker, no global state)."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.loaded: dict[str, LoadedPlugin] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Give the manager the nursery that plugin ``serve`` tasks run in."""
+        self._nursery = nursery
+
+    async def load_configured(self, entries: Iterable[PluginEntry]) -> None:
+        for entry in entries:
+            if entry.enabled:
+                await self.load(entry.name, entry.settings, source_name=self.broker.config.source)
+
+    # -- resolving ---------------------------------------------------------------------
+
+    def resolve(self, name: str) -> tuple[Any, str, str]:
+        """Find a plugin target by name: (module or object, source, version)."""
+        from ternmq.plugins import BUILTIN
+
+        if name in BUILTIN:
+            from ternmq import __version__
+
+            return importlib.import_module(BUILTIN[name]), "builtin", __version__
+        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if entry_point.name == name:
+                try:
+                    target = entry_point.load()
+                except Exception as exc:
+                    raise PluginError(f"plugin {name}: entry point {entry_point.value} failed to import: {exc}") from exc
+                dist = entry_point.dist
+                return target, f"entry point ({dist.name if dist else entry_point.value})", dist.version if dist else ""
+        module_name, _, attribute = name.partition(":")
+        if "." not in module_name and not attribute:
+            raise PluginError(f"plugin {name}: not a built-in plugin, entry point or dotted path")
+        try:
+            target = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise PluginError(f"plugin {name}: cannot import {module_name}: {exc}") from exc
+        if attribute:
+            try:
+                target = getattr(target, attribute)
+            except AttributeError:
+                raise PluginError(f"plugin {name}: {module_name} has no {attribute}") from None
+        version = getattr(target, "__version__", "")
+        return target, f"path ({module_name})", str(version)
+
+    def instantiate(self, name: str, target: Any, settings: Mapping[str, Any], source_name: str) -> tuple[Any, Any, KernelSettings]:
+        """Build (plugin object, its Config, kernel settings) from a table."""
+        table_name = f"plugins.{name}"
+        kernel_keys = {field.name for field in attrs.fields(KernelSettings)}
+        kernel_table = {k: v for k, v in settings.items() if k in kernel_keys}
+        own_table = {k: v for k, v in settings.items() if k not in kernel_keys}
+        kernel_settings = build_attrs(KernelSettings, kernel_table, source_name, table_name)
+        factory = getattr(target, "Plugin", None) if isinstance(target, ModuleType) else target
+        config_class = getattr(factory if factory is not None else target, "Config", None)
+        if config_class is None and isinstance(target, ModuleType):
+            config_class = getattr(target, "Config", None)
+        if config_class is not None:
+            config = build_attrs(config_class, own_table, source_name, table_name)
+        elif own_table:
+            raise ConfigError(source_name, table_name, sorted(own_table)[0], "unknown key (this plugin takes no settings)")
+        else:
+            config = None
+        if factory is None:
+            return target, config, kernel_settings  # a module of hook functions
+        if isinstance(factory, type):
+            return (factory(config) if config is not None else factory()), config, kernel_settings
+        return target, config, kernel_settings
+
+    # -- loading -----------------------------------------------------------------------
+
+    async def load(self, name: str, settings: Mapping[str, Any] | None = None, *, source_name: str = "api") -> LoadedPlugin:
+        """Load, configure, register and start one plugin."""
+        if name in self.loaded:
+            raise PluginError(f"plugin {name} is already loaded")
+        target, source, version = self.resolve(name)
+        plugin, config, kernel_settings = self.instantiate(name, target, settings or {}, source_name)
+        return await self.register(name, plugin, config=config, settings=kernel_settings, source=source, version=version)
+
+    async def register(
+        self, name: str, plugin: Any, *, config: Any = None, settings: KernelSettings | None = None,
+        source: str = "object", version: str = "",
+    ) -> LoadedPlugin:
+        """Register an already built plugin object under ``name`` and start its ``serve``."""
+        pm = self.broker.plugin_manager
+        settings = settings or KernelSettings()
+        self._check_hooks(name, plugin)
+        try:
+            pm.register(plugin, name=name)
+        except ValueError as exc:
+            raise PluginError(f"plugin {name}: {exc}") from None
+        dispatcher = self.broker.dispatcher
+        dispatcher.policies[name] = PluginPolicy(
+            hook_timeout=settings.hook_timeout, on_error=settings.on_error, priority=settings.priority,
+            breaker_threshold=settings.breaker_threshold, breaker_cooldown=settings.breaker_cooldown)
+        loaded = LoadedPlugin(name, plugin, source, version, config, settings)
+        self.loaded[name] = loaded
+        serve = getattr(plugin, "serve", None)
+        if serve is not None and self._nursery is not None:
+            try:
+                await self._nursery.start(self._run_plugin, loaded, serve)
+            except Exception as exc:
+                pm.unregister(name=name)
+                del self.loaded[name]
+                dispatcher.rebuild()
+                raise PluginError(f"plugin {name} failed to start: {exc}") from exc
+        dispatcher.rebuild()
+        loaded.state = "running"
+        log.info("plugin %s loaded (%s)", name, source)
+        if dispatcher.has("on_plugin_loaded"):
+            await dispatcher.notify("on_plugin_loaded", name=name)
+        return loaded
+
+    def _check_hooks(self, name: str, plugin: Any) -> None:
+        """A misspelt or unknown hook, or a wrapper of an async hook, fails the load."""
+        marker = self.broker.plugin_manager.project_name + "_impl"
+        for attribute in dir(plugin):
+            try:
+                function = getattr(plugin, attribute)
+            except Exception:
+                continue
+            opts = getattr(function, marker, None)
+            if not isinstance(opts, dict):
+                continue
+            hook_name = opts.get("specname") or attribute
+            if not hasattr(self.broker.plugin_manager.hook, hook_name) and not opts.get("optionalhook"):
+                raise PluginError(f"plugin {name}: {attribute} implements unknown hook {hook_name!r}")
+            if hook_name in ASYNC_HOOKS and (opts.get("wrapper") or opts.get("hookwrapper")):
+                raise PluginError(f"plugin {name}: {hook_name} cannot be a wrapper (it is called asynchronously)")
+
+    async def _run_plugin(self, loaded: LoadedPlugin, serve: Any, *, task_status: trio.TaskStatus[None]) -> None:
+        started = False
+
+        class _Status:
+            def started(self, value: Any = None) -> None:
+                nonlocal started
+                started = True
+                task_status.started(value)
+
+        try:
+            with trio.CancelScope() as loaded.scope:
+                await serve(self.broker, task_status=_Status())
+        except Exception:
+            if not started:
+                raise
+            log.exception("plugin %s: serve failed", loaded.name)
+            loaded.state = "failed"
+        finally:
+            loaded.done.set()
+
+    async def unload(self, name: str) -> None:
+        """Unregister first (no new calls), then cancel what the plugin started."""
+        loaded = self.loaded.pop(name, None)
+        if loaded is None:
+            raise PluginError(f"plugin {name} is not loaded")
+        self.broker.plugin_manager.unregister(name=name)
+        self.broker.dispatcher.rebuild()
+        if loaded.scope is not None:
+            loaded.scope.cancel()
+            with trio.move_on_after(UNLOAD_GRACE):
+                await loaded.done.wait()
+        loaded.state = "unloaded"
+        self.broker.dispatcher.forget_plugin(name)
+        log.info("plugin %s unloaded", name)
+        if self.broker.dispatcher.has("on_plugin_unloaded"):
+            await self.broker.dispatcher.notify("on_plugin_unloaded", name=name)

@@ -1,0 +1,212 @@
+"""Routing: who gets a message, at which QoS, with which flags, encoded once.
+
+For each routed message the router looks the topic up in the subscription trie, merges
+overlapping subscriptions of one client (one copy at the highest QoS, or one copy per
+subscription when subscription identifiers ask for it), applies no-local and
+retain-as-published, picks one member of each shared-subscription group, and hands
+each delivery to its session. All deliveries of one message share a wire cache, so a
+fan-out to a thousand subscribers encodes each distinct wire form once.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from .dispatch import PLUGIN_FAILURE
+from .session import (
+    DROP_REASONS,
+    QUEUED_OFFLINE,
+    SENT,
+    Session,
+)
+from .topics import SubscriptionTrie
+from .types import Allow, Deny, Message, TopicSubscription
+
+if TYPE_CHECKING:
+    from .dispatch import HookDispatcher
+
+# Delivery outcomes that are neither sent nor worth a hook (QoS 0 for offline sessions).
+_QUIET = frozenset({SENT, 1, 6})
+
+
+class Router:
+    """The subscription trie plus the delivery rules (see module docstring)."""
+
+    def __init__(self, sessions: dict[str, Session], dispatcher: HookDispatcher) -> None:
+        self.sessions = sessions
+        self.dispatcher = dispatcher
+        self.trie: SubscriptionTrie[str, TopicSubscription] = SubscriptionTrie()
+        self._shared_turn: dict[tuple[str, str], itertools.count[int]] = {}
+        self.messages_routed = 0
+        self.deliveries = 0
+        self.drops = 0
+
+    # -- subscriptions -----------------------------------------------------------------
+
+    def subscribe(self, session: Session, subscription: TopicSubscription) -> bool:
+        """Add or replace a subscription; True if it is new for this session."""
+        session.subscriptions[subscription.topic_filter] = subscription
+        return self.trie.add(subscription.topic_filter, session.client_id, subscription)
+
+    def unsubscribe(self, session: Session, topic_filter: str) -> bool:
+        """Remove a subscription; True if it existed."""
+        session.subscriptions.pop(topic_filter, None)
+        return self.trie.remove(topic_filter, session.client_id)
+
+    def remove_session(self, session: Session) -> None:
+        """Forget every subscription of a session that ends."""
+        self.trie.remove_key(session.client_id)
+        session.subscriptions.clear()
+
+    # -- routing -----------------------------------------------------------------------
+
+    async def route(self, message: Message, origin_client_id: str | None) -> int:
+        """Deliver ``message`` to every matching subscription; returns the count."""
+        plain, shared = self.trie.match(message.topic)
+        self.messages_routed += 1
+        if not plain and not shared:
+            return 0
+        targets = self._merge(plain, origin_client_id, message)
+        if shared:
+            for group_key, members in shared.items():
+                chosen = self._choose_shared(group_key, members)
+                if chosen is not None:
+                    targets.append(chosen)
+        wire_cache: dict[Any, tuple[bytes, bytes]] = {}
+        sessions = self.sessions
+        dispatcher = self.dispatcher
+        rewrite = dispatcher.has("on_deliver")
+        count = 0
+        for client_id, qos, retain, sub_ids in targets:
+            session = sessions.get(client_id)
+            if session is None:
+                continue
+            out_message = message
+            if rewrite and session.connection is not None:
+                out_message = await self.on_deliver(session, message, qos)
+                if out_message is None:
+                    continue
+            status = session.deliver(out_message, qos, retain, sub_ids,
+                                     wire_cache if out_message is message else None)
+            if status == SENT:
+                count += 1
+            elif status not in _QUIET:
+                await self.report(session, out_message, qos, status)
+        self.deliveries += count
+        return count
+
+    def _merge(
+        self, plain: list[tuple[str, TopicSubscription]], origin: str | None, message: Message
+    ) -> list[tuple[str, int, bool, tuple[int, ...]]]:
+        """One target per client (or per subscription where identifiers ask for it)."""
+        targets: list[tuple[str, int, bool, tuple[int, ...]]] = []
+        msg_qos = message.qos
+        msg_retain = message.retain
+        if len(plain) == 1:
+            client_id, sub = plain[0]
+            if not (sub.no_local and client_id == origin):
+                sid = sub.subscription_identifier
+                targets.append((client_id, min(msg_qos, sub.qos), msg_retain and sub.retain_as_published,
+                                (sid,) if sid else ()))
+            return targets
+        by_client: dict[str, list[TopicSubscription]] = {}
+        for client_id, sub in plain:
+            if sub.no_local and client_id == origin:
+                continue
+            by_client.setdefault(client_id, []).append(sub)
+        for client_id, subs in by_client.items():
+            if len(subs) == 1 or not any(s.subscription_identifier for s in subs):
+                qos = min(msg_qos, max(s.qos for s in subs))
+                retain = msg_retain and any(s.retain_as_published for s in subs)
+                sid = subs[0].subscription_identifier if len(subs) == 1 else None
+                targets.append((client_id, qos, retain, (sid,) if sid else ()))
+            else:
+                for sub in subs:
+                    sid = sub.subscription_identifier
+                    targets.append((client_id, min(msg_qos, sub.qos),
+                                    msg_retain and sub.retain_as_published, (sid,) if sid else ()))
+        return targets
+
+    def _choose_shared(
+        self, group_key: tuple[str, str], members: list[tuple[str, TopicSubscription]]
+    ) -> tuple[str, int, bool, tuple[int, ...]] | None:
+        """Round robin over the group, preferring members that are online."""
+        turn = self._shared_turn.get(group_key)
+        if turn is None:
+            turn = self._shared_turn[group_key] = itertools.count()
+        sessions = self.sessions
+        online = [m for m in members if (s := sessions.get(m[0])) is not None and s.connection is not None]
+        pool = online or members
+        if not pool:
+            return None
+        client_id, sub = pool[next(turn) % len(pool)]
+        sid = sub.subscription_identifier
+        return (client_id, sub.qos, False, (sid,) if sid else ())
+
+    async def deliver_retained(
+        self, session: Session, subscription: TopicSubscription, messages: Iterable[Message]
+    ) -> None:
+        """Send retained messages to a new subscription (retain flag set, as the spec says)."""
+        sid = subscription.subscription_identifier
+        sub_ids = (sid,) if sid else ()
+        for message in messages:
+            if message.expired():
+                continue
+            qos = min(message.qos, subscription.qos)
+            out_message: Message | None = message
+            if self.dispatcher.has("on_deliver"):
+                out_message = await self.on_deliver(session, message, qos)
+                if out_message is None:
+                    continue
+            status = session.deliver(out_message, qos, True, sub_ids, None)
+            if status not in _QUIET:
+                await self.report(session, out_message, qos, status)
+
+    async def on_deliver(self, session: Session, message: Message, qos: int) -> Message | None:
+        """Let ``on_deliver`` rewrite or drop one delivery; None means dropped."""
+        connection = session.connection
+        assert connection is not None
+        client = connection.client_info
+        delivered = message if message.qos == qos else _with(message, qos=qos)
+        answer = await self.dispatcher.decide("on_deliver", client=client, message=delivered)
+        if answer is None or answer is PLUGIN_FAILURE:
+            return message  # a broken plugin must not swallow messages
+        if isinstance(answer, Deny):
+            await self.report(session, message, qos, "denied")
+            return None
+        if isinstance(answer, Allow) and answer.modifiers:
+            modifiers = dict(answer.modifiers)
+            changes: dict[str, Any] = {}
+            if "topic" in modifiers:
+                changes["topic"] = str(modifiers.pop("topic"))
+            if "payload" in modifiers:
+                changes["payload"] = bytes(modifiers.pop("payload"))
+            if "properties" in modifiers:
+                changes["properties"] = {**message.properties, **modifiers.pop("properties")}
+            if modifiers:
+                return message  # unknown modifiers: deliver unchanged, do not half-apply
+            return _with(message, **changes)
+        return message
+
+    async def report(self, session: Session, message: Message, qos: int, status: int | str) -> None:
+        """Fire the hook an undelivered message deserves."""
+        dispatcher = self.dispatcher
+        if status == QUEUED_OFFLINE:
+            if dispatcher.has("on_offline_message"):
+                await dispatcher.notify("on_offline_message", client_id=session.client_id,
+                                        message=_with(message, qos=qos) if message.qos != qos else message)
+            return
+        self.drops += 1
+        reason = status if isinstance(status, str) else DROP_REASONS.get(status, "expired")
+        if dispatcher.has("on_message_drop"):
+            await dispatcher.notify("on_message_drop", client_id=session.client_id,
+                                    message=message, reason=reason)
+
+
+def _with(message: Message, **changes: Any) -> Message:
+    """A copy of ``message`` with some fields changed (keeps ``created_at``)."""
+    return attrs.evolve(message, **changes)

@@ -1,0 +1,262 @@
+"""Session state that outlives a connection: subscriptions, QoS 1/2 in flight, queue.
+
+A state machine with no sockets in it. The connection that is attached (if any) is
+reached only through its ``write`` method and a few attributes the router needs
+(protocol level, outbound limits, topic aliases).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from .codec import Publish, Pubrel, encode, encode_publish_parts
+from .types import Message, SessionSnapshot, TopicSubscription
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+# What happened to one delivery; the router fires hooks for the ones that are not SENT.
+SENT = 0
+QUEUED = 1
+QUEUED_OFFLINE = 2
+DROPPED_QUEUE_FULL = 3
+DROPPED_TOO_LARGE = 4
+DROPPED_SLOW_CONSUMER = 5
+DROPPED_OFFLINE_QOS0 = 6
+
+DROP_REASONS = {
+    DROPPED_QUEUE_FULL: "queue_full",
+    DROPPED_TOO_LARGE: "max_packet_size_exceeded",
+    DROPPED_SLOW_CONSUMER: "slow_consumer",
+}
+
+# Properties a subscriber receives from the publisher; everything else is per hop.
+FORWARDED_PROPERTIES = (
+    "payload_format_indicator",
+    "content_type",
+    "response_topic",
+    "correlation_data",
+    "user_property",
+)
+
+
+def outbound_properties(message: Message, sub_ids: tuple[int, ...]) -> dict[str, Any]:
+    """The MQTT 5 properties of a PUBLISH to a subscriber (remaining expiry, sub ids)."""
+    source = message.properties
+    props = {name: source[name] for name in FORWARDED_PROPERTIES if name in source}
+    remaining = message.remaining_expiry()
+    if remaining is not None:
+        props["message_expiry_interval"] = remaining
+    if sub_ids:
+        props["subscription_identifier"] = list(sub_ids)
+    return props
+
+
+@attrs.define(slots=True)
+class Delivery:
+    """One message on its way to one session, at the QoS and retain flag it gets."""
+
+    message: Message
+    qos: int
+    retain: bool
+    sub_ids: tuple[int, ...] = ()
+    # QoS 2 only: True once PUBREC arrived and PUBREL was sent.
+    released: bool = False
+
+
+class Session:
+    """A client's session (see module docstring)."""
+
+    def __init__(
+        self,
+        client_id: str,
+        *,
+        username: str | None,
+        protocol_level: int,
+        expiry_interval: int | None,
+        max_inflight: int,
+        max_queued: int,
+    ) -> None:
+        self.client_id = client_id
+        self.username = username
+        self.protocol_level = protocol_level
+        # Seconds the session outlives its connection: 0 ends it at disconnect, None
+        # means never (MQTT 5's 0xFFFFFFFF, or an MQTT 3 session with no expiry set).
+        self.expiry_interval = expiry_interval
+        self.max_inflight = max_inflight
+        self.max_queued = max_queued
+        self.subscriptions: dict[str, TopicSubscription] = {}
+        self.connection: Connection | None = None
+        self.inflight: dict[int, Delivery] = {}
+        self.queue: deque[Delivery] = deque()
+        self.incoming_qos2: set[int] = set()
+        self._next_packet_id = 1
+        self.disconnected_at: float | None = None
+        # Handles of the broker's scheduler: a pending delayed will, the expiry timer.
+        self.will_timer: Any = None
+        self.expiry_timer: Any = None
+
+    @property
+    def persistent(self) -> bool:
+        return self.expiry_interval != 0
+
+    # -- packet identifiers ------------------------------------------------------------
+
+    def _allocate_packet_id(self) -> int:
+        packet_id = self._next_packet_id
+        inflight = self.inflight
+        while packet_id in inflight:
+            packet_id = packet_id % 65535 + 1
+        self._next_packet_id = packet_id % 65535 + 1
+        return packet_id
+
+    # -- outbound ----------------------------------------------------------------------
+
+    def deliver(
+        self,
+        message: Message,
+        qos: int,
+        retain: bool,
+        sub_ids: tuple[int, ...],
+        wire_cache: dict[Any, tuple[bytes, bytes]] | None,
+    ) -> int:
+        """Send, queue or drop one message for this session; returns what happened.
+
+        ``wire_cache`` is shared by all deliveries of one routed message, so a fan-out
+        encodes each distinct wire form once.
+        """
+        connection = self.connection
+        if connection is None:
+            if qos == 0 or not self.persistent:
+                return DROPPED_OFFLINE_QOS0
+            if len(self.queue) >= self.max_queued:
+                return DROPPED_QUEUE_FULL
+            self.queue.append(Delivery(message, qos, retain, sub_ids))
+            return QUEUED_OFFLINE
+        if qos == 0:
+            if connection.outbound_bytes > connection.outbound_limit:
+                return DROPPED_SLOW_CONSUMER
+            return self._send_publish(connection, Delivery(message, 0, retain, sub_ids), None, wire_cache)
+        if len(self.inflight) >= self.window(connection) or self.queue:
+            if len(self.queue) >= self.max_queued:
+                return DROPPED_QUEUE_FULL
+            self.queue.append(Delivery(message, qos, retain, sub_ids))
+            return QUEUED
+        delivery = Delivery(message, qos, retain, sub_ids)
+        packet_id = self._allocate_packet_id()
+        status = self._send_publish(connection, delivery, packet_id, wire_cache)
+        if status == SENT:
+            self.inflight[packet_id] = delivery
+        return status
+
+    def window(self, connection: Connection) -> int:
+        """How many QoS 1/2 messages may be in flight to the attached client."""
+        return min(self.max_inflight, connection.client_receive_maximum)
+
+    def _send_publish(
+        self,
+        connection: Connection,
+        delivery: Delivery,
+        packet_id: int | None,
+        wire_cache: dict[Any, tuple[bytes, bytes]] | None,
+        dup: bool = False,
+    ) -> int:
+        message = delivery.message
+        level = connection.protocol_level
+        if level == 5 and connection.outbound_alias_maximum:
+            parts = connection.encode_with_alias(message, delivery.qos, delivery.retain,
+                                                 outbound_properties(message, delivery.sub_ids))
+        else:
+            key = (level == 5, delivery.qos > 0, delivery.retain, delivery.sub_ids)
+            parts = wire_cache.get(key) if wire_cache is not None else None
+            if parts is None:
+                props = outbound_properties(message, delivery.sub_ids) if level == 5 else {}
+                parts = encode_publish_parts(
+                    Publish(message.topic, message.payload, delivery.qos, delivery.retain,
+                            False, None, props),
+                    level,
+                )
+                if wire_cache is not None:
+                    wire_cache[key] = parts
+        head, tail = parts
+        size = len(head) + len(tail) + (2 if packet_id is not None else 0)
+        if size > connection.client_maximum_packet_size:
+            return DROPPED_TOO_LARGE
+        if dup:
+            head = bytes((head[0] | 0x08,)) + head[1:]
+        if packet_id is None:
+            connection.write(head + tail)
+        else:
+            connection.write(head + packet_id.to_bytes(2, "big") + tail)
+        return SENT
+
+    def acknowledge(self, packet_id: int) -> Delivery | None:
+        """PUBACK or PUBCOMP arrived: the message left our hands."""
+        return self.inflight.pop(packet_id, None)
+
+    def received(self, packet_id: int) -> bool:
+        """PUBREC arrived: answer with PUBREL; False if the id is unknown."""
+        delivery = self.inflight.get(packet_id)
+        if delivery is None or delivery.qos != 2:
+            return False
+        delivery.released = True
+        return True
+
+    def drain(self) -> Iterator[tuple[Delivery, int]]:
+        """Send queued messages while the window has room; yields what failed.
+
+        Yields ``(delivery, status)`` for deliveries that could not be sent (expired or
+        too large), so the caller can fire ``on_message_drop``.
+        """
+        connection = self.connection
+        if connection is None:
+            return
+        queue = self.queue
+        window = self.window(connection)
+        while queue and len(self.inflight) < window:
+            delivery = queue.popleft()
+            if delivery.message.expired():
+                yield delivery, -1
+                continue
+            if delivery.qos == 0:
+                status = self._send_publish(connection, delivery, None, None)
+            else:
+                packet_id = self._allocate_packet_id()
+                status = self._send_publish(connection, delivery, packet_id, None)
+                if status == SENT:
+                    self.inflight[packet_id] = delivery
+            if status != SENT:
+                yield delivery, status
+
+    def resend_inflight(self) -> Iterator[tuple[Delivery, int]]:
+        """After a reconnect: resend unacknowledged PUBLISH (DUP) and PUBREL, in order."""
+        connection = self.connection
+        assert connection is not None
+        for packet_id, delivery in list(self.inflight.items()):
+            if delivery.released:
+                connection.write(encode(Pubrel(packet_id), connection.protocol_level))
+                continue
+            if delivery.message.expired() and delivery.qos == 1:
+                del self.inflight[packet_id]
+                yield delivery, -1
+                continue
+            status = self._send_publish(connection, delivery, packet_id, None, dup=True)
+            if status != SENT:
+                del self.inflight[packet_id]
+                yield delivery, status
+
+    def snapshot(self) -> SessionSnapshot:
+        """Frozen view for session stores and admin listings."""
+        return SessionSnapshot(
+            client_id=self.client_id,
+            username=self.username,
+            protocol_level=self.protocol_level,
+            expiry_interval=self.expiry_interval,
+            subscriptions=tuple(self.subscriptions.values()),
+            queued=tuple(d.message for d in list(self.inflight.values()) + list(self.queue)),
+            disconnected_at=self.disconnected_at or 0.0,
+        )

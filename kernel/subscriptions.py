@@ -1,0 +1,175 @@
+"""SUBSCRIBE and UNSUBSCRIBE: validation, authorization, the trie, retained delivery."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from .codec import Suback, Subscribe, Unsuback, Unsubscribe
+from .topics import TopicError, parse_shared, validate_topic_filter
+from .types import Allow, Deny, TopicSubscription
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+log = logging.getLogger("ternmq.subscriptions")
+
+QUOTA_EXCEEDED = 0x97
+NOT_AUTHORIZED = 0x87
+
+
+async def handle_subscribe(conn: Connection, packet: Subscribe) -> None:
+    broker = conn.broker
+    session = conn.session
+    assert session is not None
+    limits = broker.settings.limits
+    level = conn.protocol_level
+    sub_ids = packet.properties.get("subscription_identifier") or [None]
+    sub_id = sub_ids[0]
+    codes: list[int | None] = []
+    wanted: list[TopicSubscription] = []
+    room = limits.max_subscriptions_per_client - len(session.subscriptions) if limits.max_subscriptions_per_client else 1 << 30
+    for request in packet.subscriptions:
+        try:
+            validate_topic_filter(request.topic_filter, limits.max_topic_levels)
+        except TopicError as exc:
+            codes.append(exc.reason_code)
+            continue
+        group, _ = parse_shared(request.topic_filter)
+        if group is not None and request.no_local and level == 5:
+            conn.protocol_error(0x82, "no local on a shared subscription")
+            return
+        if request.topic_filter not in session.subscriptions:
+            if room <= 0:
+                codes.append(QUOTA_EXCEEDED)
+                continue
+            room -= 1
+        codes.append(None)
+        wanted.append(TopicSubscription(
+            request.topic_filter, request.qos, request.no_local,
+            request.retain_as_published, request.retain_handling, sub_id))
+
+    granted = await _authorize(conn, wanted, packet.properties)
+    results: list[TopicSubscription] = []
+    fresh: list[tuple[TopicSubscription, bool]] = []
+    granted_iter = iter(granted)
+    for index, code in enumerate(codes):
+        if code is not None:
+            results.append(TopicSubscription(packet.subscriptions[index].topic_filter, code))
+            continue
+        outcome = next(granted_iter)
+        if isinstance(outcome, int):
+            codes[index] = outcome
+            results.append(TopicSubscription(packet.subscriptions[index].topic_filter, outcome))
+            continue
+        is_new = broker.router.subscribe(session, outcome)
+        codes[index] = outcome.qos
+        results.append(outcome)
+        fresh.append((outcome, is_new))
+    if level < 5:
+        codes = [code if code is not None and code <= 2 else 0x80 for code in codes]
+    conn.send(Suback(packet.packet_id, [c if c is not None else 0x80 for c in codes]))
+    if fresh and session.persistent:
+        await broker.save_session(session)
+    if broker.dispatcher.has("on_subscribe"):
+        await broker.dispatcher.notify("on_subscribe", client=conn.client_info, subscriptions=tuple(results))
+    if broker.retain_available:
+        for subscription, is_new in fresh:
+            if parse_shared(subscription.topic_filter)[0] is not None:
+                continue  # shared subscriptions never get retained messages (MQTT 5 §4.8.2)
+            if subscription.retain_handling == 2 or (subscription.retain_handling == 1 and not is_new):
+                continue
+            retained = await broker.dispatcher.provide(
+                "retain_lookup", default=(), topic_filter=subscription.topic_filter)
+            if retained:
+                await broker.router.deliver_retained(session, subscription, retained)
+
+
+async def _authorize(
+    conn: Connection, wanted: list[TopicSubscription], properties: dict[str, Any]
+) -> list[TopicSubscription | int]:
+    """One outcome per wanted subscription: the granted subscription or a reason code."""
+    if not wanted:
+        return []
+    broker = conn.broker
+    if not broker.dispatcher.has("auth_on_subscribe"):
+        return list(wanted) if broker.settings.allow_anonymous else [NOT_AUTHORIZED] * len(wanted)
+    answer = await broker.dispatcher.decide(
+        "auth_on_subscribe", client=conn.client_info, subscriptions=tuple(wanted), properties=properties)
+    if answer is None:
+        return list(wanted) if broker.settings.allow_anonymous else [NOT_AUTHORIZED] * len(wanted)
+    if isinstance(answer, Deny):
+        return [answer.reason_code] * len(wanted)
+    if not isinstance(answer, Allow):
+        return [0x80] * len(wanted)
+    topics = answer.modifiers.get("topics")
+    if topics is None:
+        return list(wanted)
+    return _rewritten(wanted, topics)
+
+
+def _rewritten(wanted: list[TopicSubscription], topics: Sequence[Any]) -> list[TopicSubscription | int]:
+    """Apply an ``allow(topics=[...])`` answer; a malformed one refuses everything."""
+    if len(topics) != len(wanted):
+        log.error("auth_on_subscribe returned %d topics for %d", len(topics), len(wanted))
+        return [0x80] * len(wanted)
+    outcomes: list[TopicSubscription | int] = []
+    for original, entry in zip(wanted, topics):
+        if isinstance(entry, TopicSubscription):
+            try:
+                validate_topic_filter(entry.topic_filter)
+            except TopicError:
+                return [0x80] * len(wanted)
+            outcomes.append(entry)
+        elif isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[1], int):
+            topic_filter, value = entry
+            if value >= 0x80:
+                outcomes.append(value)
+            elif value in (0, 1, 2):
+                outcomes.append(TopicSubscription(
+                    str(topic_filter), value, original.no_local, original.retain_as_published,
+                    original.retain_handling, original.subscription_identifier))
+            else:
+                return [0x80] * len(wanted)
+        else:
+            log.error("auth_on_subscribe: bad topics entry %r", entry)
+            return [0x80] * len(wanted)
+    return outcomes
+
+
+async def handle_unsubscribe(conn: Connection, packet: Unsubscribe) -> None:
+    broker = conn.broker
+    session = conn.session
+    assert session is not None
+    filters = list(packet.topic_filters)
+    if broker.dispatcher.has("auth_on_unsubscribe"):
+        answer = await broker.dispatcher.decide(
+            "auth_on_unsubscribe", client=conn.client_info, topic_filters=tuple(filters),
+            properties=packet.properties)
+        if isinstance(answer, Deny):
+            conn.send(Unsuback(packet.packet_id, [answer.reason_code] * len(filters)))
+            return
+        if isinstance(answer, Allow) and "topics" in answer.modifiers:
+            rewritten = [str(t) for t in answer.modifiers["topics"]]
+            for topic_filter in rewritten:
+                broker.router.unsubscribe(session, topic_filter)
+            conn.send(Unsuback(packet.packet_id, [0] * len(filters)))
+            await _after_unsubscribe(conn, rewritten)
+            return
+    codes = []
+    for topic_filter in filters:
+        existed = broker.router.unsubscribe(session, topic_filter)
+        codes.append(0x00 if existed else 0x11)
+    conn.send(Unsuback(packet.packet_id, codes))
+    await _after_unsubscribe(conn, filters)
+
+
+async def _after_unsubscribe(conn: Connection, filters: list[str]) -> None:
+    broker = conn.broker
+    session = conn.session
+    assert session is not None
+    if session.persistent:
+        await broker.save_session(session)
+    if broker.dispatcher.has("on_unsubscribe"):
+        await broker.dispatcher.notify("on_unsubscribe", client=conn.client_info, topic_filters=tuple(filters))

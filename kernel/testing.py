@@ -1,0 +1,1 @@
+"""Testing helpers for ternmq and plugin authors (registered as a pytest plugin)."""
