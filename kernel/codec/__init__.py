@@ -5,8 +5,8 @@ turns a frame into a packet object, ``encode`` turns a packet back into bytes an
 ``encode_publish_parts`` pre-encodes a PUBLISH around its packet identifier for fan-out.
 """
 
-from .decode import ALLOWED_REASON_CODES, decode_packet
-from .encode import encode, encode_publish_parts
+from .decoder import ALLOWED_REASON_CODES, decode_packet
+from .encoder import encode, encode_publish_parts
 from .errors import (
     CONNACK_V3_CODES,
     CONNACK_V3_TO_V5,

@@ -12,6 +12,8 @@ DEFAULT_MAX_PACKET_SIZE = 268_435_455
 
 # compact the buffer once this many consumed bytes sit in front of the read offset
 _COMPACT_AT = 64 * 1024
+# bodies below this size are copied via a bytearray slice (cheaper than a memoryview for small ones)
+_SMALL_BODY = 2048
 
 
 class Framer:
@@ -73,8 +75,11 @@ class Framer:
         if end > n:
             return None
         first = buf[pos]
-        with memoryview(buf) as view:
-            body = view[pos + header:end].tobytes()
+        if remaining < _SMALL_BODY:
+            body = bytes(buf[pos + header:end])
+        else:  # one copy instead of two; the view is released before the buffer can change
+            with memoryview(buf) as view:
+                body = view[pos + header:end].tobytes()
         if end == n:
             buf.clear()
             self._pos = 0

@@ -37,14 +37,13 @@ def encode_varint(value: int) -> bytes:
         if value < 0:
             raise ValueError(f"variable byte integer out of range: {value}")
         return _SMALL_VARINTS[value]
+    if value < 0x4000:
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
+    if value < 0x200000:
+        return bytes(((value & 0x7F) | 0x80, ((value >> 7) & 0x7F) | 0x80, value >> 14))
     if value > MAX_VARINT:
         raise ValueError(f"variable byte integer out of range: {value}")
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+    return bytes(((value & 0x7F) | 0x80, ((value >> 7) & 0x7F) | 0x80, ((value >> 14) & 0x7F) | 0x80, value >> 21))
 
 
 def read_varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -75,7 +74,7 @@ def read_str(buf: bytes, pos: int) -> tuple[str, int]:
     if stop > len(buf):
         raise MalformedPacket("truncated string")
     raw = buf[start:stop]
-    if b"\x00" in raw:
+    if 0 in raw:
         raise MalformedPacket("string contains U+0000")
     try:
         return raw.decode("utf-8"), stop

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 from .errors import PacketTooLarge, connack_v3_code
 from .packets import (
     Auth, Connack, Connect, Disconnect, Pingreq, Pingresp, Puback, Pubcomp, Publish, Pubrec, Pubrel,
@@ -14,6 +16,9 @@ __all__ = ["encode", "encode_publish_parts"]
 
 _pack_u16 = U16.pack
 _BYTES = tuple(bytes((i,)) for i in range(256))
+# first byte, one- or two-byte remaining length, topic length
+_HEAD_1 = struct.Struct(">BBH").pack
+_HEAD_2 = struct.Struct(">BBBH").pack
 
 
 def _frame(first_byte: int, body: bytes) -> bytes:
@@ -23,8 +28,8 @@ def _frame(first_byte: int, body: bytes) -> bytes:
     return _BYTES[first_byte] + encode_varint(n) + body
 
 
-def _publish_pieces(p: Publish, level: int) -> tuple[bytes, bytes]:
-    """(head up to and including the topic, property block) -- the payload follows."""
+def _publish_pieces(p: Publish, level: int) -> tuple[bytes, bytes, bytes]:
+    """(fixed header + length + topic length, topic, property block); payload follows."""
     topic = p.topic.encode("utf-8")
     tlen = len(topic)
     if tlen > 0xFFFF:
@@ -37,28 +42,32 @@ def _publish_pieces(p: Publish, level: int) -> tuple[bytes, bytes]:
     else:
         props = b""
     remaining = 2 + tlen + len(props) + len(p.payload) + (2 if qos else 0)
+    first = 0x30 | (qos << 1) | (8 if p.dup else 0) | (1 if p.retain else 0)
+    if remaining < 0x80:
+        return _HEAD_1(first, remaining, tlen), topic, props
+    if remaining < 0x4000:
+        return _HEAD_2(first, (remaining & 0x7F) | 0x80, remaining >> 7, tlen), topic, props
     if remaining > MAX_VARINT:
         raise PacketTooLarge(f"remaining length {remaining} exceeds {MAX_VARINT}")
-    first = 0x30 | (qos << 1) | (8 if p.dup else 0) | (1 if p.retain else 0)
-    return _BYTES[first] + encode_varint(remaining) + _pack_u16(tlen) + topic, props
+    return _BYTES[first] + encode_varint(remaining) + _pack_u16(tlen), topic, props
 
 
 def encode_publish_parts(packet: Publish, protocol_level: int) -> tuple[bytes, bytes]:
     """Split a PUBLISH around its packet identifier: the wire form is ``head + pid + tail``
     for QoS > 0 (``head`` already counts the two id bytes) and ``head + tail`` for QoS 0.
     ``packet.packet_id`` is ignored."""
-    head, props = _publish_pieces(packet, protocol_level)
-    return head, props + packet.payload
+    prefix, topic, props = _publish_pieces(packet, protocol_level)
+    return prefix + topic, props + packet.payload
 
 
 def _encode_publish(p: Publish, level: int) -> bytes:
-    head, props = _publish_pieces(p, level)
+    prefix, topic, props = _publish_pieces(p, level)
     if p.qos:
         pid = p.packet_id
-        if not pid or not 0 < pid <= 0xFFFF:
+        if pid is None or not 0 < pid <= 0xFFFF:
             raise ValueError(f"PUBLISH at QoS {p.qos} needs a packet identifier 1..65535, got {pid!r}")
-        return b"".join((head, _pack_u16(pid), props, p.payload))
-    return b"".join((head, props, p.payload))
+        return b"".join((prefix, topic, _pack_u16(pid), props, p.payload))
+    return b"".join((prefix, topic, props, p.payload))
 
 
 def _encode_connect(p: Connect, _level: int) -> bytes:

@@ -79,7 +79,7 @@ def _decode_publish(flags: int, body: bytes, level: int) -> Publish:
     if pos > n:
         raise MalformedPacket("truncated topic name")
     raw = body[2:pos]
-    if b"\x00" in raw:
+    if 0 in raw:
         raise MalformedPacket("topic name contains U+0000")
     try:
         topic = raw.decode("utf-8")
@@ -102,7 +102,7 @@ def _decode_publish(flags: int, body: bytes, level: int) -> Publish:
             props, pos = decode_properties(body, pos, _T.PUBLISH)
     else:
         props = {}
-    return Publish(topic, body[pos:], qos, bool(flags & 1), bool(dup), pid, props)
+    return Publish(topic, body[pos:], qos, flags & 1 == 1, dup != 0, pid, props)
 
 
 def _decode_connect(body: bytes, _level: int) -> Connect:
