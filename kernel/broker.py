@@ -16,7 +16,10 @@ import pluggy
 import trio
 
 from . import hookspecs
-from .config import Config, ListenerConfig
+from .admin import AdminRegistry
+from .admin_commands import register_kernel_commands
+from .config import BrokerSettings, Config, ListenerConfig
+from .control import control_socket_path, serve_control
 from .dispatch import HookDispatcher
 from .listeners import RunningListener, serve_listener
 from .manager import PluginManager
@@ -66,9 +69,12 @@ class Broker:
         self.router = Router(self.sessions, self.dispatcher)
         self.scheduler = Scheduler()
         self.metrics = Metrics()
+        self.admin = AdminRegistry()
+        register_kernel_commands(self.admin)
         self.plugins = PluginManager(self)
         self.listeners: dict[str, RunningListener] = {}
         self.started_at = time.time()
+        self.control_socket: str | None = None
         self._nursery: trio.Nursery | None = None
         self._stopped = trio.Event()
 
@@ -91,6 +97,9 @@ class Broker:
                 await self.plugins.start(nursery)
                 await self.plugins.load_configured(self.config.plugins)
                 await self._restore_sessions()
+                socket_path = control_socket_path(self.settings)
+                if socket_path is not None:
+                    self.control_socket = await nursery.start(serve_control, self, socket_path)
                 for listener in self.config.listeners:
                     await self.start_listener(listener)
                 task_status.started(self)
@@ -118,6 +127,21 @@ class Broker:
         self.listeners[config.name] = running
         await self._nursery.start(serve_listener, self, running)
         return running
+
+    def stop_listener(self, name: str, *, kill_sessions: bool = False) -> bool:
+        """Stop accepting on a listener; its clients stay unless ``kill_sessions``."""
+        running = self.listeners.get(name)
+        if running is None or running.status != "running":
+            return False
+        running.stop(kill_sessions)
+        return True
+
+    def apply_settings(self, settings: BrokerSettings) -> None:
+        """Live settings (``set``): new connections and hook calls use them at once."""
+        self.settings = settings
+        self.config = attrs.evolve(self.config, broker=settings)
+        self.dispatcher.hook_timeout = settings.hook_timeout
+        self.dispatcher.notification_timeout = settings.notification_timeout
 
     def port(self, listener: str | None = None) -> int:
         """The bound port of a listener (the first one by default)."""

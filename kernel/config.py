@@ -86,6 +86,9 @@ class BrokerSettings:
     data_dir: str = "./data"
     hook_timeout: float = attrs.field(default=5.0, validator=_positive)
     notification_timeout: float = attrs.field(default=2.0, validator=_positive)
+    # The ternmq-admin control socket: "" = a per-user path derived from node_name,
+    # "off" = none, anything else = that path.
+    control_socket: str = ""
     limits: Limits = attrs.field(factory=Limits)
 
 

@@ -63,8 +63,7 @@ class Connection:
         "outbound_bytes", "outbound_limit", "_wakeup", "_closing",
         "client_receive_maximum", "client_maximum_packet_size", "outbound_alias_maximum",
         "_out_aliases", "_in_aliases", "server_receive_maximum", "max_topic_alias",
-        "request_problem_information", "auth_method", "over_capacity", "_handlers",
-        "max_queued_override",
+        "request_problem_information", "auth_method", "over_capacity",
     )
 
     def __init__(
@@ -109,20 +108,6 @@ class Connection:
         self.request_problem_information = True
         self.auth_method: str | None = None
         self.over_capacity = False
-        self.max_queued_override: int | None = None
-        self._handlers = {
-            Publish: self._on_publish,
-            Puback: self._on_puback,
-            Pubrec: self._on_pubrec,
-            Pubrel: self._on_pubrel,
-            Pubcomp: self._on_puback,
-            Subscribe: self._on_subscribe,
-            Unsubscribe: self._on_unsubscribe,
-            Pingreq: self._on_pingreq,
-            Disconnect: self._on_disconnect,
-            Auth: self._on_auth,
-            Connect: self._on_second_connect,
-        }
 
     # -- lifetime ----------------------------------------------------------------------
 
@@ -179,7 +164,7 @@ class Connection:
     async def _read_loop(self) -> None:
         stream = self.stream
         framer = self.framer
-        handlers = self._handlers
+        handlers = _HANDLERS
         level = self.protocol_level
         grace = self.keep_alive * 1.5
         with trio.CancelScope() as keep_alive_scope:
@@ -195,7 +180,7 @@ class Connection:
                 framer.feed(data)
                 while (frame := framer.next_frame()) is not None:
                     packet = decode_packet(frame[0], frame[1], level)
-                    if await handlers[type(packet)](packet) is _STOP:
+                    if await handlers[type(packet)](self, packet) is _STOP:
                         return
         if keep_alive_scope.cancelled_caught:
             self.disconnect_reason = "keep_alive"
@@ -437,4 +422,19 @@ class Connection:
 
 
 _PINGRESP = encode(Pingresp(), 4)
+# One table for all connections (bound methods per connection would cost memory per
+# idle client).
+_HANDLERS = {
+    Publish: Connection._on_publish,
+    Puback: Connection._on_puback,
+    Pubrec: Connection._on_pubrec,
+    Pubrel: Connection._on_pubrel,
+    Pubcomp: Connection._on_puback,
+    Subscribe: Connection._on_subscribe,
+    Unsubscribe: Connection._on_unsubscribe,
+    Pingreq: Connection._on_pingreq,
+    Disconnect: Connection._on_disconnect,
+    Auth: Connection._on_auth,
+    Connect: Connection._on_second_connect,
+}
 

@@ -142,11 +142,16 @@ class PluginManager:
 
     # -- loading -----------------------------------------------------------------------
 
-    async def load(self, name: str, settings: Mapping[str, Any] | None = None, *, source_name: str = "api") -> LoadedPlugin:
-        """Load, configure, register and start one plugin."""
+    async def load(self, name: str, settings: Mapping[str, Any] | None = None, *, source_name: str = "api",
+                   path: str | None = None) -> LoadedPlugin:
+        """Load, configure, register and start one plugin.
+
+        ``name`` is resolved as a built-in, entry point or dotted path, unless ``path``
+        (a dotted path) says where the plugin is; then ``name`` only names it.
+        """
         if name in self.loaded:
             raise PluginError(f"plugin {name} is already loaded")
-        target, source, version = self.resolve(name)
+        target, source, version = self.resolve(path or name)
         plugin, config, kernel_settings = self.instantiate(name, target, settings or {}, source_name)
         return await self.register(name, plugin, config=config, settings=kernel_settings, source=source, version=version)
 
@@ -178,11 +183,25 @@ class PluginManager:
                 dispatcher.rebuild()
                 raise PluginError(f"plugin {name} failed to start: {exc}") from exc
         dispatcher.rebuild()
+        self._call_registration_hooks(name, plugin)
         loaded.state = "running"
         log.info("plugin %s loaded (%s)", name, source)
         if dispatcher.has("on_plugin_loaded"):
             await dispatcher.notify("on_plugin_loaded", name=name)
         return loaded
+
+    def _call_registration_hooks(self, name: str, plugin: Any) -> None:
+        """Collect what the plugin registers (admin commands...); a failure is logged."""
+        pm = self.broker.plugin_manager
+        for caller in pm.get_hookcallers(plugin) or []:
+            if caller.name != "register_admin_commands":
+                continue
+            for impl in caller.get_hookimpls():
+                if impl.plugin is plugin:
+                    try:
+                        impl.function(registry=self.broker.admin.owned_by(name))
+                    except Exception:
+                        log.exception("plugin %s: register_admin_commands failed", name)
 
     def _check_hooks(self, name: str, plugin: Any) -> None:
         """A misspelt or unknown hook, or a wrapper of an async hook, fails the load."""
@@ -228,6 +247,7 @@ class PluginManager:
             raise PluginError(f"plugin {name} is not loaded")
         self.broker.plugin_manager.unregister(name=name)
         self.broker.dispatcher.rebuild()
+        self.broker.admin.remove_owner(name)
         if loaded.scope is not None:
             loaded.scope.cancel()
             with trio.move_on_after(UNLOAD_GRACE):

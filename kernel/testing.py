@@ -50,13 +50,15 @@ def test_config(
     allow_anonymous: bool = True,
     plugins: Mapping[str, Mapping[str, Any]] | None = None,
     listeners: tuple[ListenerConfig, ...] | None = None,
+    control_socket: str = "off",
     **limits: Any,
 ) -> Config:
     """A config for tests: one TCP listener on 127.0.0.1:0, the retainer, given limits."""
     plugin_tables = {"retainer": {}} if plugins is None else plugins
     return Config(
         source="<test>",
-        broker=BrokerSettings(allow_anonymous=allow_anonymous, limits=Limits(**limits)),
+        broker=BrokerSettings(allow_anonymous=allow_anonymous, control_socket=control_socket,
+                              limits=Limits(**limits)),
         listeners=listeners or (ListenerConfig(name="test", port=0),),
         plugins=tuple(PluginEntry(name, True, dict(table)) for name, table in plugin_tables.items()),
     )

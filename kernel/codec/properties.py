@@ -25,8 +25,7 @@ _BYTE, _U16, _U32, _VARINT, _STR, _BIN, _PAIR = range(7)
 
 _T = PacketType
 _PUB_WILL = frozenset({_T.PUBLISH, WILL_PROPERTIES})
-_ALL_BUT_WILL = frozenset(_T)
-_ALL = _ALL_BUT_WILL | {WILL_PROPERTIES}
+_ALL = frozenset(_T) | {WILL_PROPERTIES}
 _REASON_STRING = frozenset({
     _T.CONNACK, _T.PUBACK, _T.PUBREC, _T.PUBREL, _T.PUBCOMP, _T.SUBACK, _T.UNSUBACK, _T.DISCONNECT, _T.AUTH,
 })

@@ -1,0 +1,256 @@
+"""The admin command tree, in the shape of ``vmq-admin``.
+
+A command is a path of words (``session show``) bound to a function that receives the
+broker and the parsed arguments and returns a :class:`Table` or a :class:`Text`. The
+same tree is rendered by ``ternmq-admin`` (over the control socket), by the
+management API (``GET /api/v1/<path>?key=value&--flag``) and by tests that call
+:meth:`AdminRegistry.run` directly. Plugins add commands through the
+``register_admin_commands`` hook; they are removed again when the plugin unloads.
+
+Argument syntax (clique's): positional ``key=value``; flags ``--flag`` or
+``--flag=value``; ``--help`` anywhere prints the help of that level.
+"""
+
+from __future__ import annotations
+
+import inspect
+import tomllib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+
+@attrs.frozen
+class Table:
+    """Rows of a table; every row has the same keys (the column names)."""
+
+    rows: tuple[Mapping[str, Any], ...]
+    columns: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "table", "table": [dict(row) for row in self.rows]}
+
+    def render(self) -> str:
+        columns = list(self.columns) or (list(self.rows[0]) if self.rows else [])
+        if not columns:
+            return ""
+        cells = [[_cell(row.get(c)) for c in columns] for row in self.rows]
+        widths = [max([len(c)] + [max((len(line) for line in cell[i].split("\n")), default=0) for cell in cells])
+                  for i, c in enumerate(columns)]
+        rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+        lines = [rule, "|" + "|".join(f" {c:<{w}} " for c, w in zip(columns, widths)) + "|", rule]
+        for cell in cells:
+            parts = [value.split("\n") for value in cell]
+            height = max(len(p) for p in parts)
+            for index in range(height):
+                lines.append("|" + "|".join(
+                    f" {(p[index] if index < len(p) else ''):<{w}} " for p, w in zip(parts, widths)) + "|")
+        lines.append(rule)
+        return "\n".join(lines)
+
+
+@attrs.frozen
+class Text:
+    text: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "text", "text": self.text}
+
+    def render(self) -> str:
+        return self.text
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return "\n".join(_cell(v) for v in value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class CommandError(Exception):
+    """A bad command line; ``usage`` is the help text to show with it."""
+
+    def __init__(self, message: str, usage: str = "") -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+@attrs.frozen
+class Command:
+    path: tuple[str, ...]
+    function: Callable[..., Awaitable[Table | Text] | Table | Text]
+    help: str
+    keys: Mapping[str, str] = attrs.field(factory=dict)
+    flags: Mapping[str, str] = attrs.field(factory=dict)
+    required: tuple[str, ...] = ()
+    any_flags: bool = False  # True: any --item is accepted (session show columns/filters)
+    owner: str = ""
+
+
+@attrs.frozen
+class Arguments:
+    """Parsed arguments: ``keys`` from ``key=value``, ``flags`` from ``--flag[=value]``."""
+
+    keys: Mapping[str, str]
+    flags: Mapping[str, str | bool]
+    repeated: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
+
+    def flag(self, name: str, default: Any = None) -> Any:
+        return self.flags.get(name, default)
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as TOML would read it (``5``, ``true``, ``"x"``), else a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+class AdminRegistry:
+    """The command tree (see module docstring)."""
+
+    def __init__(self) -> None:
+        self.commands: dict[tuple[str, ...], Command] = {}
+        self.group_help: dict[tuple[str, ...], str] = {}
+
+    def add(
+        self, path: str | Sequence[str], function: Callable[..., Any], *, help: str,
+        keys: Mapping[str, str] | None = None, flags: Mapping[str, str] | None = None,
+        required: Sequence[str] = (), any_flags: bool = False, owner: str = "",
+    ) -> None:
+        """Add a command; ``keys``/``flags`` map each accepted name to its help."""
+        words = tuple(path.split()) if isinstance(path, str) else tuple(path)
+        if words in self.commands:
+            raise ValueError(f"admin command {' '.join(words)!r} already exists")
+        self.commands[words] = Command(words, function, help, dict(keys or {}), dict(flags or {}),
+                                       tuple(required), any_flags, owner)
+
+    def describe(self, path: str | Sequence[str], help: str) -> None:
+        """Help text of a command group (``plugin``, ``session``...)."""
+        words = tuple(path.split()) if isinstance(path, str) else tuple(path)
+        self.group_help[words] = help
+
+    def owned_by(self, owner: str) -> _OwnedRegistry:
+        """A view of this registry whose ``add`` records ``owner`` (a plugin's name)."""
+        return _OwnedRegistry(self, owner)
+
+    def remove_owner(self, owner: str) -> None:
+        """Drop every command a plugin added (when it unloads)."""
+        for path in [p for p, c in self.commands.items() if c.owner == owner]:
+            del self.commands[path]
+
+    # -- help ----------------------------------------------------------------------------
+
+    def help(self, words: Sequence[str] = ()) -> str:
+        prefix = tuple(words)
+        command = self.commands.get(prefix)
+        if command is not None:
+            lines = [f"Usage: ternmq-admin {' '.join(prefix)}"
+                     + "".join(f" {k}=<{k}>" for k in command.keys)
+                     + (" [flags]" if command.flags or command.any_flags else ""), "", command.help]
+            if command.keys:
+                lines += ["", "Arguments:"] + [f"  {k}=<value>  {h}" for k, h in command.keys.items()]
+            if command.flags:
+                lines += ["", "Flags:"] + [f"  --{f}  {h}" for f, h in command.flags.items()]
+            return "\n".join(lines)
+        children = sorted({p[len(prefix)] for p in self.commands if p[:len(prefix)] == prefix and len(p) > len(prefix)})
+        if not children:
+            raise CommandError(f"unknown command: {' '.join(prefix)}", self.help(prefix[:-1]))
+        title = self.group_help.get(prefix, "Manage the running ternmq broker." if not prefix else "")
+        lines = [f"Usage: ternmq-admin {' '.join(prefix) + ' ' if prefix else ''}<command>", ""]
+        if title:
+            lines += [title, ""]
+        lines.append("Commands:")
+        for child in children:
+            sub = prefix + (child,)
+            text = self.commands[sub].help if sub in self.commands else self.group_help.get(sub, "")
+            lines.append(f"  {child:<12} {text.splitlines()[0] if text else ''}")
+        lines += ["", "Use --help after any command for its arguments."]
+        return "\n".join(lines)
+
+    # -- running -------------------------------------------------------------------------
+
+    def parse(self, argv: Sequence[str]) -> tuple[Command | None, Arguments, bool]:
+        """Split argv into (command, arguments, wants_help)."""
+        words: list[str] = []
+        rest = list(argv)
+        while rest and not rest[0].startswith("-") and "=" not in rest[0]:
+            words.append(rest.pop(0))
+        wants_help = "--help" in rest or "-h" in rest
+        path = tuple(words)
+        command = self.commands.get(path)
+        if command is None:
+            if wants_help or not rest and any(p[:len(path)] == path and len(p) > len(path) for p in self.commands):
+                return None, Arguments({}, {}), True
+            raise CommandError(f"unknown command: {' '.join(words) or '(none)'}", self._nearest_help(path))
+        keys: dict[str, str] = {}
+        flags: dict[str, str | bool] = {}
+        repeated: dict[str, list[str]] = {}
+        index = 0
+        while index < len(rest):
+            token = rest[index]
+            index += 1
+            if token in ("--help", "-h"):
+                continue
+            if token.startswith("--"):
+                name, has_value, value = token[2:].partition("=")
+                if not command.any_flags and name not in command.flags:
+                    raise CommandError(f"unknown flag --{name}", self.help(path))
+                if name == "config" and not has_value and index < len(rest) and "=" in rest[index]:
+                    value, has_value = rest[index], "="
+                    index += 1
+                if name == "config":
+                    repeated.setdefault(name, []).append(value)
+                flags[name] = value if has_value else True
+            elif "=" in token:
+                name, _, value = token.partition("=")
+                if name not in command.keys:
+                    raise CommandError(f"unknown argument {name}=", self.help(path))
+                keys[name] = value
+            else:
+                raise CommandError(f"unexpected word {token!r}", self.help(path))
+        missing = [k for k in command.required if k not in keys]
+        if missing and not wants_help:
+            raise CommandError(f"missing argument {missing[0]}=", self.help(path))
+        return command, Arguments(keys, flags, {k: tuple(v) for k, v in repeated.items()}), wants_help
+
+    def _nearest_help(self, path: tuple[str, ...]) -> str:
+        for length in range(len(path), -1, -1):
+            try:
+                return self.help(path[:length])
+            except CommandError:
+                continue
+        return ""
+
+    async def run(self, broker: Any, argv: Sequence[str]) -> Table | Text:
+        """Run one command line against ``broker``; raises CommandError for bad input."""
+        command, arguments, wants_help = self.parse(argv)
+        if wants_help or command is None:
+            words = [w for w in argv if not w.startswith("-") and "=" not in w]
+            return Text(self.help(words))
+        result = command.function(broker, arguments)
+        if inspect.isawaitable(result):
+            result = await result
+        if not isinstance(result, (Table, Text)):
+            raise TypeError(f"admin command {' '.join(command.path)} returned {type(result).__name__}")
+        return result
+
+
+class _OwnedRegistry:
+    """What ``register_admin_commands`` receives: ``add`` and ``describe`` of the registry."""
+
+    def __init__(self, registry: AdminRegistry, owner: str) -> None:
+        self._registry = registry
+        self._owner = owner
+
+    def add(self, path: str | Sequence[str], function: Callable[..., Any], **kwargs: Any) -> None:
+        kwargs["owner"] = self._owner
+        self._registry.add(path, function, **kwargs)
+
+    def describe(self, path: str | Sequence[str], help: str) -> None:
+        self._registry.describe(path, help)

@@ -1,0 +1,278 @@
+"""The kernel's own admin commands (plugins add theirs via ``register_admin_commands``)."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from .admin import AdminRegistry, Arguments, CommandError, Table, Text, parse_value
+from .config import ConfigError, Limits, ListenerConfig, build_attrs
+from .manager import PluginError
+
+if TYPE_CHECKING:
+    from .broker import Broker
+
+SESSION_COLUMNS = ("client_id", "is_online", "mountpoint", "peer_host", "peer_port", "user")
+# Live settings for show/set: [broker] keys and [broker.limits] keys.
+LIVE_BROKER_KEYS = ("allow_anonymous", "hook_timeout", "notification_timeout")
+
+
+def plugin_rows(broker: Broker) -> list[dict[str, Any]]:
+    """The plugin listing shared by ``plugin show`` and the HTTP API."""
+    rows = []
+    pm = broker.plugin_manager
+    for name, loaded in broker.plugins.loaded.items():
+        hooks = sorted(caller.name for caller in pm.get_hookcallers(loaded.plugin) or [])
+        stats = [(hook, s) for (plugin, hook), s in broker.dispatcher.stats.items() if plugin == name]
+        rows.append({
+            "Plugin": name,
+            "Type": "module" if type(loaded.plugin).__name__ == "module" else "object",
+            "Hook(s)": hooks,
+            "source": loaded.source,
+            "version": loaded.version,
+            "state": loaded.state,
+            "priority": loaded.settings.priority,
+            "errors": sum(s.errors for _, s in stats),
+            "timeouts": sum(s.timeouts for _, s in stats),
+        })
+    return rows
+
+
+def _plugin_show(broker: Broker, args: Arguments) -> Table:
+    rows = plugin_rows(broker)
+    if args.flag("plugin"):
+        rows = [r for r in rows if r["Plugin"] == args.flag("plugin")]
+    if args.flag("hook"):
+        rows = [r for r in rows if args.flag("hook") in r["Hook(s)"]]
+    return Table(tuple(rows), ("Plugin", "Type", "Hook(s)", "source", "version", "state", "priority", "errors", "timeouts"))
+
+
+def _config_pairs(args: Arguments) -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    for pair in args.repeated.get("config", ()):
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CommandError(f"--config takes key=value, not {pair!r}")
+        settings[key] = parse_value(value)
+    return settings
+
+
+async def _plugin_enable(broker: Broker, args: Arguments) -> Text:
+    name = args.keys["name"]
+    path = args.flag("path")
+    try:
+        await broker.plugins.load(name, _config_pairs(args), source_name="command line",
+                                  path=str(path) if path else None)
+    except (PluginError, ConfigError) as exc:
+        raise CommandError(str(exc)) from None
+    return Text("Done")
+
+
+async def _plugin_disable(broker: Broker, args: Arguments) -> Text:
+    try:
+        await broker.plugins.unload(args.keys["name"])
+    except PluginError as exc:
+        raise CommandError(str(exc)) from None
+    return Text("Done")
+
+
+def _matches(value: Any, wanted: str) -> bool:
+    if wanted.startswith("~"):
+        return re.search(wanted[1:], "" if value is None else str(value)) is not None
+    return _to_text(value) == wanted
+
+
+def _to_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value)
+
+
+def _session_show(broker: Broker, args: Arguments) -> Table:
+    rows = broker.list_sessions()
+    for row in rows:
+        row.setdefault("mountpoint", "")
+    known = set(rows[0]) if rows else set(SESSION_COLUMNS) | {"protocol", "clean_session", "listener",
+                                                                "subscriptions", "inflight", "queued", "node"}
+    columns: list[str] = []
+    limit = 100
+    for name, value in args.flags.items():
+        if name == "limit":
+            limit = int(value)
+            continue
+        if name not in known:
+            raise CommandError(f"unknown session item --{name} (known: {', '.join(sorted(known))})")
+        if value is True:
+            columns.append(name)
+        else:
+            rows = [row for row in rows if _matches(row.get(name), str(value))]
+            columns.append(name)
+    columns = columns or list(SESSION_COLUMNS)
+    return Table(tuple({c: row.get(c) for c in columns} for row in rows[:limit]), tuple(columns))
+
+
+def _session_disconnect(broker: Broker, args: Arguments) -> Text:
+    client_id = args.keys["client-id"]
+    if not broker.disconnect_client(client_id, 0x98, cleanup=bool(args.flag("cleanup"))):
+        raise CommandError(f"no session with client id {client_id!r}")
+    return Text("Done")
+
+
+def _listener_rows(broker: Broker) -> list[dict[str, Any]]:
+    return [{
+        "name": name, "type": running.config.type, "status": running.status,
+        "address": running.config.address, "port": running.port,
+        "max_conns": running.config.max_connections, "active_conns": running.active,
+        "all_conns": running.total,
+    } for name, running in broker.listeners.items()]
+
+
+def _listener_show(broker: Broker, args: Arguments) -> Table:
+    return Table(tuple(_listener_rows(broker)))
+
+
+async def _listener_start(broker: Broker, args: Arguments) -> Text:
+    table = {k: parse_value(v) for k, v in args.keys.items()}
+    table.update({k: parse_value(str(v)) if v is not True else True for k, v in args.flags.items()})
+    table.setdefault("name", f"{table.get('address', '127.0.0.1')}:{table.get('port', 0)}")
+    try:
+        config = build_attrs(ListenerConfig, table, "command line", "listener start")
+        running = await broker.start_listener(config)
+    except (ConfigError, ValueError, OSError) as exc:
+        raise CommandError(str(exc)) from None
+    return Text(f"Done: {config.name} on {config.address}:{running.port}")
+
+
+def _listener_stop(broker: Broker, args: Arguments) -> Text:
+    name = args.keys["name"]
+    if not broker.stop_listener(name, kill_sessions=bool(args.flag("kill_sessions"))):
+        raise CommandError(f"no running listener {name!r}")
+    return Text("Done")
+
+
+async def _retain_show(broker: Broker, args: Arguments) -> Table:
+    if not broker.retain_available:
+        raise CommandError("no retainer plugin is loaded")
+    topic = args.flag("topic")
+    messages = await broker.dispatcher.provide("retain_lookup", default=(),
+                                               topic_filter=topic if isinstance(topic, str) else "#")
+    limit = int(args.flag("limit", 100))
+    rows = [{"topic": m.topic, "payload": m.payload.decode("utf-8", "replace"), "qos": m.qos}
+            for m in list(messages)[:limit]]
+    return Table(tuple(rows), ("topic", "payload", "qos"))
+
+
+async def _retain_delete(broker: Broker, args: Arguments) -> Text:
+    topic = args.flag("topic")
+    if not isinstance(topic, str) or not topic:
+        raise CommandError("retain delete needs --topic=<topic>")
+    await broker.dispatcher.provide("retain_delete", topic=topic)
+    return Text("Done")
+
+
+def metric_values(broker: Broker) -> dict[str, int | float]:
+    """Kernel counters and gauges (what ``metrics show`` and ``node status`` print)."""
+    values: dict[str, int | float] = {f"counter.{k}": v for k, v in attrs.asdict(broker.metrics).items()}
+    router = broker.router
+    values["counter.messages_routed"] = router.messages_routed
+    values["counter.deliveries"] = router.deliveries
+    values["counter.messages_dropped"] = router.drops
+    values["gauge.sessions"] = len(broker.sessions)
+    values["gauge.clients_online"] = sum(1 for s in broker.sessions.values() if s.connection is not None)
+    values["gauge.subscriptions"] = len(router.trie)
+    return values
+
+
+def _metrics_show(broker: Broker, args: Arguments) -> Text:
+    return Text("\n".join(f"{name} = {value}" for name, value in sorted(metric_values(broker).items())))
+
+
+def _node_status(broker: Broker, args: Arguments) -> Table:
+    values = metric_values(broker)
+    online = values["gauge.clients_online"]
+    from ternmq import __version__
+
+    rows = [
+        ("node", broker.node_name), ("num_online", online),
+        ("num_offline", values["gauge.sessions"] - online),
+        ("msg_in", broker.metrics.publish_received), ("msg_out", broker.router.deliveries),
+        ("queue_drop", broker.router.drops), ("num_subscriptions", values["gauge.subscriptions"]),
+        ("version", __version__),
+    ]
+    return Table(tuple({"Status": k, "Value": v} for k, v in rows), ("Status", "Value"))
+
+
+def _live_keys() -> list[str]:
+    return list(LIVE_BROKER_KEYS) + [field.name for field in attrs.fields(Limits)]
+
+
+def _show(broker: Broker, args: Arguments) -> Table:
+    names = [k for k, v in args.flags.items()] or _live_keys()
+    row: dict[str, Any] = {"node": broker.node_name}
+    for name in names:
+        if name in LIVE_BROKER_KEYS:
+            row[name] = getattr(broker.settings, name)
+        elif name in attrs.fields_dict(Limits):
+            row[name] = getattr(broker.settings.limits, name)
+        else:
+            raise CommandError(f"unknown setting {name}")
+    return Table((row,), tuple(row))
+
+
+def _set(broker: Broker, args: Arguments) -> Text:
+    if not args.keys:
+        raise CommandError("set needs key=value")
+    broker_table = {k: parse_value(v) for k, v in args.keys.items() if k in LIVE_BROKER_KEYS}
+    limit_table = {k: parse_value(v) for k, v in args.keys.items() if k not in LIVE_BROKER_KEYS}
+    try:
+        limits = build_attrs(Limits, {**attrs.asdict(broker.settings.limits), **limit_table}, "command line", "set")
+        current = {f.name: getattr(broker.settings, f.name) for f in attrs.fields(type(broker.settings)) if f.name != "limits"}
+        settings = build_attrs(type(broker.settings), {**current, **broker_table}, "command line", "set")
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from None
+    broker.apply_settings(attrs.evolve(settings, limits=limits))
+    return Text("Done")
+
+
+def register_kernel_commands(registry: AdminRegistry) -> None:
+    """The commands of the kernel itself."""
+    registry.describe("plugin", "Show, enable and disable plugins.")
+    registry.add("plugin show", _plugin_show, help="List loaded plugins with their hooks and error counts.",
+                 flags={"plugin": "only this plugin", "hook": "only plugins implementing this hook"})
+    registry.add("plugin enable", _plugin_enable, required=("name",),
+                 help="Load a plugin: a built-in name, an entry point name, or a dotted path.",
+                 keys={"name": "the plugin's name"},
+                 flags={"path": "dotted path (module or module:attribute) if name is not resolvable",
+                        "config": "key=value of the plugin's table (repeatable)"})
+    registry.add("plugin disable", _plugin_disable, required=("name",), help="Unload a plugin.",
+                 keys={"name": "the plugin's name"})
+    registry.describe("session", "Show and disconnect client sessions.")
+    registry.add("session show", _session_show, any_flags=True,
+                 help="List sessions. --<item> adds a column, --<item>=value filters, --<item>=~regex matches; --limit=N.")
+    registry.add("session disconnect", _session_disconnect, required=("client-id",),
+                 help="Disconnect a client (MQTT 5 reason 0x98).",
+                 keys={"client-id": "the client id"}, flags={"cleanup": "also delete its session"})
+    registry.describe("listener", "Show, start and stop listeners.")
+    registry.add("listener show", _listener_show, help="List listeners.")
+    registry.add("listener start", _listener_start, required=("name",),
+                 help="Start a listener (address=, port=, --type=tcp|tls|ws|wss, TLS flags).",
+                 keys={"name": "listener name", "address": "IP address", "port": "port (0 = any)"},
+                 flags={"type": "tcp, tls, ws or wss", "certfile": "PEM", "keyfile": "PEM", "cafile": "PEM",
+                        "max_connections": "limit", "path": "WebSocket path"})
+    registry.add("listener stop", _listener_stop, required=("name",), help="Stop a listener.",
+                 keys={"name": "listener name"}, flags={"kill_sessions": "also close its clients"})
+    registry.describe("retain", "Show and delete retained messages.")
+    registry.add("retain show", _retain_show, help="List retained messages.",
+                 flags={"topic": "a topic filter (default #)", "limit": "rows (default 100)", "payload": "",
+                        "qos": ""})
+    registry.add("retain delete", _retain_delete, help="Delete the retained message of a topic.",
+                 flags={"topic": "the topic"})
+    registry.describe("metrics", "Show metrics.")
+    registry.add("metrics show", _metrics_show, help="Print every counter and gauge.")
+    registry.describe("node", "This broker node.")
+    registry.add("node status", _node_status, help="Node status summary.")
+    registry.add("show", _show, any_flags=True, help="Show live settings: show --allow_anonymous --max_inflight.")
+    registry.add("set", _set, any_flags=True, keys={k: "" for k in _live_keys()},
+                 help="Change live settings: set allow_anonymous=false max_inflight=64.")

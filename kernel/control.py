@@ -1,0 +1,119 @@
+"""The control socket: a Unix socket the kernel owns, through which ``ternmq-admin``
+runs admin commands. Its file permissions (0600, in a 0700 directory) are its access
+control. One JSON line in (``{"argv": [...]}``), one JSON line out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import tempfile
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .admin import CommandError
+
+if TYPE_CHECKING:
+    from .broker import Broker
+    from .config import BrokerSettings
+
+log = logging.getLogger("ternmq.control")
+MAX_REQUEST = 1 << 20
+
+
+def control_socket_path(settings: BrokerSettings) -> str | None:
+    """Where the control socket of a broker with these settings lives (None: off)."""
+    if settings.control_socket == "off":
+        return None
+    if settings.control_socket:
+        return os.path.abspath(settings.control_socket)
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    name = re.sub(r"[^A-Za-z0-9@._-]", "_", settings.node_name)
+    return os.path.join(base, f"ternmq-{os.getuid()}", f"{name}.sock")
+
+
+def _claim(path: str) -> None:
+    """Create the directory (0700) and remove a stale socket; refuse a live one."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    if os.path.exists(path):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # nobody listens: left over from a broker that died
+        else:
+            raise OSError(f"another broker already owns the control socket {path}")
+        finally:
+            probe.close()
+
+
+async def serve_control(broker: Broker, path: str, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+    """Accept admin requests on ``path`` until cancelled; removes the socket after."""
+    _claim(path)
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        await sock.bind(path)
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    sock.listen(16)
+    listener = trio.SocketListener(sock)
+    try:
+        task_status.started(path)
+        async with listener:
+            await trio.serve_listeners(lambda stream: _handle(broker, stream), [listener])
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+async def _handle(broker: Broker, stream: trio.SocketStream) -> None:
+    async with stream:
+        try:
+            with trio.fail_after(5):
+                request = await _read_line(stream)
+            argv = json.loads(request)["argv"]
+            if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+                raise ValueError("argv must be a list of strings")
+        except (ValueError, KeyError, TypeError, trio.TooSlowError) as exc:
+            await _reply(stream, {"ok": False, "error": f"bad request: {exc}", "usage": ""})
+            return
+        except trio.BrokenResourceError:
+            return
+        reply: dict[str, Any]
+        try:
+            result = await broker.admin.run(broker, argv)
+            reply = {"ok": True, "result": result.to_json(), "human": result.render()}
+        except CommandError as exc:
+            reply = {"ok": False, "error": str(exc), "usage": exc.usage}
+        except Exception as exc:  # a broken plugin command must not take the socket down
+            log.exception("admin command %s failed", argv)
+            reply = {"ok": False, "error": f"command failed: {exc!r}", "usage": ""}
+        try:
+            await _reply(stream, reply)
+        except trio.BrokenResourceError:
+            pass
+
+
+async def _read_line(stream: trio.SocketStream) -> bytes:
+    data = bytearray()
+    while b"\n" not in data:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > MAX_REQUEST:
+            raise ValueError("request too large")
+    return bytes(data).split(b"\n", 1)[0]
+
+
+async def _reply(stream: trio.SocketStream, reply: dict[str, Any]) -> None:
+    await stream.send_all(json.dumps(reply, default=str).encode() + b"\n")
