@@ -149,7 +149,7 @@ _PLAUSIBLE = (0x10, 0x20, 0x30, 0x32, 0x3B, 0x40, 0x50, 0x62, 0x70, 0x82, 0x90, 
 def test_fuzz_random_bytes_through_framer_and_decoder():
     rng = random.Random(424242)
     decoded = errors = 0
-    for _ in range(3000):
+    for _ in range(6000):
         framer = Framer(max_packet_size=rng.choice((64, 4096)))
         data = bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 80)))
         if rng.random() < 0.5:  # plausible header: a real type and flags with a matching length
@@ -163,4 +163,4 @@ def test_fuzz_random_bytes_through_framer_and_decoder():
                 decoded += 1
         except MQTTError:
             errors += 1
-    assert decoded > 50 and errors > 500
+    assert decoded > 100 and errors > 1000
