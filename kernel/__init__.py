@@ -1,1 +1,54 @@
-"""The ternmq kernel."""
+"""The ternmq kernel: the public surface for plugin authors.
+
+Import what you need from here::
+
+    from ternmq.kernel import hookimpl, allow, deny, ClientInfo, Message
+
+Everything else under ``ternmq.kernel`` is private to the broker. The testing helpers
+(``open_broker``, ``MQTTTestClient``, ``registered``, ``test_config``) are loaded on first
+use, so importing the kernel does not import pytest.
+"""
+
+from typing import Any
+
+from .hookspecs import hookimpl
+from .types import (
+    Allow,
+    AuthContinue,
+    ClientInfo,
+    Deny,
+    Message,
+    SessionSnapshot,
+    TopicSubscription,
+    allow,
+    auth_continue,
+    deny,
+)
+
+__all__ = [
+    "hookimpl",
+    "Allow",
+    "AuthContinue",
+    "ClientInfo",
+    "Deny",
+    "Message",
+    "SessionSnapshot",
+    "TopicSubscription",
+    "allow",
+    "auth_continue",
+    "deny",
+    "open_broker",
+    "MQTTTestClient",
+    "registered",
+    "test_config",
+]
+
+_TESTING = ("open_broker", "MQTTTestClient", "registered", "test_config")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TESTING:
+        from . import testing
+
+        return getattr(testing, name)
+    raise AttributeError(f"module 'ternmq.kernel' has no attribute {name!r}")
