@@ -15,7 +15,10 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from .codec import Auth, Connack, Connect, Disconnect, decode_packet
+from .codec import (
+    Auth, Connack, Connect, Disconnect, MQTTError, PacketType, ProtocolError,
+    decode_packet, legal_reason_code,
+)
 from .topics import TopicError, validate_topic_name
 from .types import Allow, AuthContinue, Deny, Message
 
@@ -40,6 +43,41 @@ class Refused(Exception):
         self.reason_string = reason_string
 
 
+# CONNACK return code 1 (unacceptable protocol level) in the 3.1.1 form.
+_CONNACK_UNSUPPORTED_LEVEL = b"\x20\x02\x00\x01"
+
+
+async def read_connect(conn: Connection) -> Connect | None:
+    """The first packet, which must be a CONNECT, within connect_timeout; None if none came.
+
+    Anything but a CONNECT is refused at its first byte, without waiting for the rest.
+    An unsupported protocol level gets CONNACK return code 1, then the close (MQTT 3.1.1
+    [MQTT-3.1.2-2]; MQTT 5 §3.1.2.2 allows it): the client's level is unknown, so the
+    3.1.1 form.
+    """
+    framer = conn.framer
+    frame = None
+    with trio.move_on_after(conn.broker.settings.limits.connect_timeout):
+        while (frame := framer.next_frame()) is None:
+            data = await conn.stream.receive_some(65536)
+            if not data:
+                return None
+            if not framer.buffered() and data[0] != 0x10:
+                raise ProtocolError("the first packet must be CONNECT")
+            framer.feed(data)
+    if frame is None:
+        return None
+    try:
+        packet = decode_packet(frame[0], frame[1], 4)
+    except MQTTError as exc:
+        if exc.reason_code == 0x84:
+            conn.write(_CONNACK_UNSUPPORTED_LEVEL)
+        raise
+    if not isinstance(packet, Connect):
+        raise ProtocolError("the first packet must be CONNECT")
+    return packet
+
+
 async def handshake(conn: Connection, packet: Connect) -> bool:
     """Run the CONNECT phase; True when the client is connected and may go on."""
     conn.protocol_level = level = packet.protocol_level
@@ -52,7 +90,7 @@ async def handshake(conn: Connection, packet: Connect) -> bool:
         props = {}
         if level == 5 and refused.reason_string and conn.request_problem_information:
             props["reason_string"] = refused.reason_string
-        conn.send(Connack(False, refused.reason_code, props))
+        conn.send(Connack(False, legal_reason_code(PacketType.CONNACK, refused.reason_code), props))
         conn.disconnect_reason = "refused"
         return False
     session = conn.session
@@ -273,6 +311,7 @@ async def reauthenticate(conn: Connection, packet: Auth) -> bool:
         return True
     code = answer.reason_code if isinstance(answer, Deny) else 0x87
     conn.disconnect_reason = "not_authorized"
-    conn.send(Disconnect(code))
+    # A CONNACK-only code (0x86, 0x8C...) has no place in DISCONNECT: 0x87 instead.
+    conn.send(Disconnect(legal_reason_code(PacketType.DISCONNECT, code)))
     return False
 

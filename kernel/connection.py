@@ -23,6 +23,7 @@ from .codec import (
     Disconnect,
     Framer,
     MQTTError,
+    PacketType,
     Pingreq,
     Pingresp,
     ProtocolError,
@@ -36,6 +37,7 @@ from .codec import (
     decode_packet,
     encode,
     encode_publish_parts,
+    legal_reason_code,
 )
 from .topics import TopicError, validate_topic_name
 from .types import Allow, ClientInfo, Deny, Message
@@ -85,7 +87,8 @@ class Connection:
         self.framer = Framer(limits.max_packet_size)
         self.protocol_level = 4
         self.client_info = ClientInfo("", peer_host=peer_host, peer_port=peer_port,
-                                      listener=listener.name, node=broker.settings.node_name)
+                                      listener=listener.name, node=broker.settings.node_name,
+                                      tls_common_name=tls_common_name)
         self.session: Session | None = None
         self.keep_alive = 0
         self.will: Any = None
@@ -136,8 +139,7 @@ class Connection:
     async def _read_side(self) -> None:
         with self._read_scope:
             try:
-                with trio.move_on_after(self.broker.settings.limits.connect_timeout):
-                    packet = await self._read_first_packet()
+                packet = await connect_phase.read_connect(self)
                 if packet is None:
                     self.disconnect_reason = "connect_timeout"
                     return
@@ -148,18 +150,6 @@ class Connection:
                 self.protocol_error(exc.reason_code, exc.message)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.disconnect_reason = "connection_lost"
-
-    async def _read_first_packet(self) -> Connect | None:
-        framer = self.framer
-        while (frame := framer.next_frame()) is None:
-            data = await self.stream.receive_some(RECEIVE_SIZE)
-            if not data:
-                return None
-            framer.feed(data)
-        packet = decode_packet(frame[0], frame[1], 4)
-        if not isinstance(packet, Connect):
-            raise ProtocolError("the first packet must be CONNECT")
-        return packet
 
     async def _read_loop(self) -> None:
         stream = self.stream
@@ -180,7 +170,9 @@ class Connection:
                 framer.feed(data)
                 while (frame := framer.next_frame()) is not None:
                     packet = decode_packet(frame[0], frame[1], level)
-                    if await handlers[type(packet)](self, packet) is _STOP:
+                    if (handler := handlers.get(type(packet))) is None:  # CONNACK, SUBACK...
+                        raise ProtocolError(f"{type(packet).__name__.upper()} from a client")
+                    if await handler(self, packet) is _STOP:
                         return
         if keep_alive_scope.cancelled_caught:
             self.disconnect_reason = "keep_alive"
@@ -223,7 +215,7 @@ class Connection:
         """MQTT 5 clients get a DISCONNECT with the reason; v3 ones just see the close."""
         if self.protocol_level == 5 and self.connected:
             props = {"reason_string": reason_string} if reason_string and self.request_problem_information else {}
-            self.send(Disconnect(reason_code, props))
+            self.send(Disconnect(legal_reason_code(PacketType.DISCONNECT, reason_code), props))
 
     def protocol_error(self, reason_code: int, message: str = "") -> None:
         """Close this connection for bad input, with the reason code where v5 allows."""
@@ -293,7 +285,7 @@ class Connection:
             self.protocol_error(0x9A, "retained messages are not supported")
             return _STOP
         message = Message(topic, packet.payload, qos, packet.retain, properties)
-        reason_code = 0
+        reason_code, answer = 0, None
         if broker.dispatcher.has("auth_on_publish"):
             answer = await broker.dispatcher.decide(
                 "auth_on_publish", client=self.client_info, message=message, is_will=False)
@@ -307,11 +299,13 @@ class Connection:
                 self.disconnect_reason = "not_authorized"
                 return _STOP
             # MQTT 3.1 publishers are acknowledged anyway (v3 encoding has no reason
-            # code); MQTT 5 ones get the code, and a refused QoS 0 message just vanishes.
+            # code); MQTT 5 ones get the code (and reason string [MQTT-3.1.2-29]); QoS 0 vanishes.
+            props = ({"reason_string": answer.reason_string} if isinstance(answer, Deny) and answer.reason_string
+                     and self.protocol_level == 5 and self.request_problem_information else {})
             if qos == 1:
-                self.send(Puback(packet.packet_id, reason_code))
+                self.send(Puback(packet.packet_id, legal_reason_code(PacketType.PUBACK, reason_code), props))
             elif qos == 2:
-                self.send(Pubrec(packet.packet_id, reason_code))
+                self.send(Pubrec(packet.packet_id, legal_reason_code(PacketType.PUBREC, reason_code), props))
             return None
         matched = await broker.publish(message, self)
         if qos == 1:

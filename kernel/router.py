@@ -19,6 +19,7 @@ import attrs
 from .dispatch import PLUGIN_FAILURE
 from .session import (
     DROP_REASONS,
+    QUEUED,
     QUEUED_OFFLINE,
     SENT,
     Session,
@@ -92,9 +93,9 @@ class Router:
                     continue
             status = session.deliver(out_message, qos, retain, sub_ids,
                                      wire_cache if out_message is message else None)
-            if status == SENT:
-                count += 1
-            elif status not in _QUIET:
+            if status == SENT or status == QUEUED or status == QUEUED_OFFLINE:
+                count += 1  # delivered now or later: a matching subscriber (no PUBACK 0x10)
+            if status not in _QUIET:
                 await self.report(session, out_message, qos, status)
         self.deliveries += count
         return count

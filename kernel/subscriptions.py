@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .codec import Suback, Subscribe, Unsuback, Unsubscribe
+from .codec import PacketType, Suback, Subscribe, Unsuback, Unsubscribe, legal_reason_code
 from .topics import TopicError, parse_shared, validate_topic_filter
 from .types import Allow, Deny, TopicSubscription
 
@@ -69,7 +69,7 @@ async def handle_subscribe(conn: Connection, packet: Subscribe) -> None:
         fresh.append((outcome, is_new))
     if level < 5:
         codes = [code if code is not None and code <= 2 else 0x80 for code in codes]
-    conn.send(Suback(packet.packet_id, [c if c is not None else 0x80 for c in codes]))
+    conn.send(Suback(packet.packet_id, [0x80 if c is None else legal_reason_code(PacketType.SUBACK, c) for c in codes]))
     if fresh and session.persistent:
         await broker.save_session(session)
     if broker.dispatcher.has("on_subscribe"):
@@ -148,7 +148,8 @@ async def handle_unsubscribe(conn: Connection, packet: Unsubscribe) -> None:
             "auth_on_unsubscribe", client=conn.client_info, topic_filters=tuple(filters),
             properties=packet.properties)
         if isinstance(answer, Deny):
-            conn.send(Unsuback(packet.packet_id, [answer.reason_code] * len(filters)))
+            code = legal_reason_code(PacketType.UNSUBACK, answer.reason_code)
+            conn.send(Unsuback(packet.packet_id, [code] * len(filters)))
             return
         if isinstance(answer, Allow) and "topics" in answer.modifiers:
             rewritten = [str(t) for t in answer.modifiers["topics"]]

@@ -128,6 +128,9 @@ class PahoClient:
         except Exception:
             pass
         self.client.loop_stop()
+        # paho keeps an internal socket pair open until this private call; without it
+        # ResourceWarnings (errors here) surface at the end of the session.
+        self.client._reset_sockets()
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ turns a frame into a packet object, ``encode`` turns a packet back into bytes an
 ``encode_publish_parts`` pre-encodes a PUBLISH around its packet identifier for fan-out.
 """
 
-from .decoder import ALLOWED_REASON_CODES, decode_packet
+from .decoder import ALLOWED_REASON_CODES, decode_packet, legal_reason_code
 from .encoder import encode, encode_publish_parts
 from .errors import (
     CONNACK_V3_CODES,
@@ -46,5 +46,5 @@ __all__ = [
     "Connect", "Will", "Connack", "Publish", "Puback", "Pubrec", "Pubrel", "Pubcomp", "Subscribe",
     "SubscriptionRequest", "Suback", "Unsubscribe", "Unsuback", "Pingreq", "Pingresp", "Disconnect", "Auth",
     "Packet", "encode", "encode_publish_parts", "Framer", "decode_packet", "PROPERTY_NAMES", "PROPERTY_IDS",
-    "CONNACK_V3_CODES", "CONNACK_V3_TO_V5", "connack_v3_code", "ALLOWED_REASON_CODES", "DEFAULT_MAX_PACKET_SIZE",
+    "CONNACK_V3_CODES", "CONNACK_V3_TO_V5", "connack_v3_code", "ALLOWED_REASON_CODES", "legal_reason_code", "DEFAULT_MAX_PACKET_SIZE",
 ]

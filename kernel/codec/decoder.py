@@ -12,7 +12,7 @@ from .packets import (
 from .properties import WILL_PROPERTIES, decode_properties
 from .wire import read_bin, read_str
 
-__all__ = ["decode_packet", "ALLOWED_REASON_CODES"]
+__all__ = ["decode_packet", "ALLOWED_REASON_CODES", "legal_reason_code"]
 
 _T = PacketType
 _rc = REASON_CODES.get
@@ -32,6 +32,20 @@ ALLOWED_REASON_CODES: dict[int, frozenset[int]] = {
     _T.AUTH: frozenset({0x00, 0x18, 0x19}),
 }
 _V3_SUBACK_CODES = frozenset({0x00, 0x01, 0x02, 0x80})
+
+
+def legal_reason_code(packet_type: int, reason_code: int) -> int:
+    """``reason_code`` if a v5 packet of this type may carry it, else the nearest legal
+    failure code (0x87 for authentication-like refusals, else 0x80 unspecified error).
+
+    Plugins may answer with any code; this keeps what goes on the wire valid.
+    """
+    allowed = ALLOWED_REASON_CODES[packet_type]
+    if reason_code in allowed:
+        return reason_code
+    if reason_code in (0x86, 0x8A, 0x8C) and 0x87 in allowed:
+        return 0x87
+    return 0x80
 
 # required fixed-header flags per packet type (PUBLISH carries its own flags)
 _FLAGS = (None, 0, 0, None, 0, 0, 2, 0, 2, 0, 2, 0, 0, 0, 0, 0)
