@@ -128,9 +128,10 @@ class PahoClient:
         except Exception:
             pass
         self.client.loop_stop()
-        # paho keeps an internal socket pair open until this private call; without it
-        # ResourceWarnings (errors here) surface at the end of the session.
-        self.client._reset_sockets()
+        # paho keeps an internal wake-up socket pair open until the client is collected;
+        # reinitialise() closes it now, so no ResourceWarning (an error here) surfaces
+        # at the end of the session.
+        self.client.reinitialise()
 
 
 @pytest.fixture
