@@ -1,0 +1,382 @@
+"""Benchmark ternmq against Mosquitto and amqtt with one load generator on loopback.
+
+    python bench/run.py [--quick] [--brokers ternmq,mosquitto,amqtt] [--scenarios ...]
+
+For every broker and every scenario: start a fresh broker on a free 127.0.0.1 port,
+run ``bench/loadgen.py`` against it in its own process (hard timeout), stop the broker.
+Prints a markdown table (absolute numbers, generator and broker CPU, ratios) and writes
+it to bench/results/latest.md (and the raw numbers to latest.json). See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+from brokers import NAMES, Broker, ensure_amqtt_venv, version_of  # noqa: E402
+from loadgen import PARAMS  # noqa: E402
+
+SCENARIOS = ("fanin_qos0", "fanin_qos1", "fanout", "latency", "connects", "memory")
+GEN_SATURATED = 0.90
+# What "best" means when --repeat runs a scenario several times.
+PRIMARY = {"fanin_qos0": ("value", True), "fanin_qos1": ("value", True), "fanout": ("value", True),
+           "latency": ("p99_ms", False), "connects": ("value", True), "memory": ("value", False)}  # generator CPU at or above this marks a result as possibly generator-bound
+
+
+# (row label, scenario, key in the result, higher_is_better, target as (ratio, against) or None)
+ROWS = [
+    ("QoS 0 fan-in 8→1 (msg/s)", "fanin_qos0", "value", True, (5.0, "amqtt")),
+    ("QoS 1 fan-in 8→1 (msg/s)", "fanin_qos1", "value", True, None),
+    ("fan-out 1→50 (deliveries/s)", "fanout", "value", True, (3.0, "amqtt")),
+    ("latency p50 @1k msg/s (ms, lower is better)", "latency", "p50_ms", False, None),
+    ("latency p99 @1k msg/s (ms, lower is better)", "latency", "p99_ms", False, None),
+    ("connects (conn/s)", "connects", "value", True, (10.0, "amqtt")),
+    ("memory per idle connection (KiB, lower is better)", "memory", "value", False, ("15 KiB", None)),
+]
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_one(broker_name: str, scenario: str, args: argparse.Namespace, pin: bool) -> dict:
+    broker = Broker(broker_name, cpus={0} if pin else None)
+    try:
+        broker.start()
+    except Exception as exc:
+        return {"error": f"broker did not start: {exc}"}
+    profiler = None
+    try:
+        cmd = [sys.executable, str(BENCH / "loadgen.py"), scenario, "--port", str(broker.port),
+               "--broker-pid", str(broker.pid), "--deadline", str(max(5.0, args.timeout - 8.0))]
+        if args.quick:
+            cmd.append("--quick")
+        for item in args.set:
+            cmd += ["--set", item]
+        if args.profile and broker_name == "ternmq":
+            profiler = start_profiler(broker.pid, scenario)
+        started = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
+                                  preexec_fn=(lambda: os.sched_setaffinity(0, {1})) if pin else None)
+        except subprocess.TimeoutExpired:
+            return {"error": f"hard timeout after {args.timeout:.0f} s"}
+        if proc.returncode != 0 or not proc.stdout.strip():
+            tail = (proc.stderr or "").strip().splitlines()[-3:]
+            return {"error": "load generator failed: " + " | ".join(tail),
+                    "broker_log": broker.log_tail(5)}
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        result["elapsed"] = time.perf_counter() - started
+        if broker.proc.poll() is not None:
+            result["error"] = f"broker exited with {broker.proc.returncode} during the run"
+        return result
+    finally:
+        if profiler is not None:
+            stop_profiler(profiler, scenario)
+        broker.stop()
+
+
+# -- optional profiling of ternmq with py-spy ----------------------------------------------
+
+
+def start_profiler(pid: int, scenario: str) -> subprocess.Popen | None:
+    out = BENCH / "results" / f"profile-{scenario}.txt"
+    out.parent.mkdir(exist_ok=True)
+    try:
+        proc = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", "200", "--gil", "--format", "raw",
+                                 "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    except FileNotFoundError:
+        log("--profile needs py-spy (pip install py-spy)")
+        return None
+    time.sleep(0.5)  # let py-spy attach before the load starts
+    return proc
+
+
+def stop_profiler(proc: subprocess.Popen, scenario: str) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    path = BENCH / "results" / f"profile-{scenario}.txt"
+    if path.exists():
+        summary = summarize_profile(path)
+        (BENCH / "results" / f"profile-{scenario}-top.txt").write_text(summary)
+        log(f"  profile: {path.relative_to(BENCH.parent)} (top: profile-{scenario}-top.txt)")
+
+
+def _ours(frame: str) -> bool:
+    return any(m in frame for m in ("(kernel/", "(plugins/", "(api/", "ternmq/")) and not any(
+        m in frame for m in ("__main__", "kernel/cli.py"))
+
+
+def summarize_profile(path: Path, top: int = 25) -> str:
+    """Where the broker's time goes, from py-spy's collapsed stacks (GIL-holding samples).
+
+    Three views: self time per frame (anywhere), time charged to the deepest ternmq frame
+    of each sample (so trio and stdlib work lands on the kernel line that caused it),
+    and inclusive time per ternmq function.
+    """
+    own: collections.Counter[str] = collections.Counter()
+    deepest: collections.Counter[str] = collections.Counter()
+    incl_fn: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        own[frames[-1]] += n
+        mine = [f for f in frames if _ours(f)]
+        deepest[mine[-1] if mine else "(outside ternmq: trio scheduler, I/O wait)"] += n
+        for fn in {f.rsplit(":", 1)[0] + ")" for f in mine}:
+            incl_fn[fn] += n
+    if not total:
+        return "no samples\n"
+
+    def block(title: str, counter: collections.Counter[str]) -> list[str]:
+        return ["", title] + [f"{100 * n / total:5.1f}%  {frame}" for frame, n in counter.most_common(top)]
+
+    lines = [f"{total} samples while holding the GIL"]
+    lines += block("self time per frame", own)
+    lines += block("charged to the deepest ternmq frame (file:line)", deepest)
+    lines += block("inclusive per ternmq function", incl_fn)
+    return "\n".join(lines) + "\n"
+
+
+# -- the table -----------------------------------------------------------------------------
+
+
+def fmt_number(x: float | None) -> str:
+    if x is None:
+        return "–"
+    if x >= 100:
+        return f"{x:,.0f}"
+    if x >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}"
+
+
+def cell(result: dict | None, key: str, show_cpu: bool = True) -> str:
+    if result is None:
+        return "–"
+    if "error" in result and result.get(key) is None:
+        return "failed"
+    value = result.get(key)
+    text = fmt_number(value)
+    gen, brk = result.get("gen_cpu"), result.get("broker_cpu")
+    cpu = []
+    if gen is not None:
+        cpu.append(f"gen {100 * gen:.0f}%" + (" ⚠" if gen >= GEN_SATURATED else ""))
+    if brk is not None:
+        cpu.append(f"brk {100 * brk:.0f}%")
+    if cpu and show_cpu:
+        text += f" ({', '.join(cpu)})"
+    if result.get("status") not in (None, "complete"):
+        text += " †"
+    return text
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def target_text(target, ours: float | None, ratios: dict[str, float | None], higher: bool) -> str:
+    if target is None:
+        return ""
+    want, against = target
+    if against is None:  # an absolute bound (memory)
+        bound = float(want.split()[0])
+        ok = ours is not None and ours <= bound
+        return f"≤ {want} {'✓' if ok else '✗'}" if ours is not None else f"≤ {want}"
+    r = ratios.get(against)
+    if r is None:
+        return f"≥ {want:g}× {against}"
+    ok = r >= want if higher else r <= 1 / want
+    return f"≥ {want:g}× {against} {'✓' if ok else '✗'}"
+
+
+CPU_ROWS = [
+    ("QoS 0 fan-in (µs per message)", "fanin_qos0"),
+    ("QoS 1 fan-in (µs per message)", "fanin_qos1"),
+    ("fan-out (µs per delivery)", "fanout"),
+    ("latency run (µs per message at 1k msg/s)", "latency"),
+    ("connects (µs per connect+disconnect)", "connects"),
+]
+
+
+def render_cpu(results: dict[str, dict[str, dict]], brokers: list[str], scenarios: list[str]) -> str:
+    """Broker CPU per operation: the same runs, seen as cost instead of rate."""
+    others = [b for b in ("amqtt", "mosquitto") if b in brokers and "ternmq" in brokers]
+    head = ["broker CPU per operation (lower is better)"] + brokers + [f"ternmq/{o}" for o in others]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, scenario in CPU_ROWS:
+        if scenario not in scenarios:
+            continue
+        values = {b: results.get(b, {}).get(scenario, {}).get("broker_us_per_op") for b in brokers}
+        row = [label] + [fmt_number(values[b]) for b in brokers]
+        row += [f"{r:.2f}×" if (r := ratio(values.get("ternmq"), values[o])) is not None else "–" for o in others]
+        lines.append("| " + " | ".join(row) + " |")
+    if len(lines) == 2:
+        return ""
+    other = [r.get("other_cpu") for b in results.values() for r in b.values() if r.get("other_cpu") is not None]
+    note = ""
+    if other and max(other) >= 0.25:
+        note = (f"\n⚠ Other load (other processes, kernel work charged to neither the generator nor the "
+                f"broker) reached {max(other):.2f} cores during some runs (median "
+                f"{sorted(other)[len(other) // 2]:.2f}): where it was high, rates above are lower than on an "
+                "idle machine; the CPU costs in this table are less affected.\n")
+    return "\n".join(lines) + "\n" + note
+
+
+def render(results: dict[str, dict[str, dict]], brokers: list[str], scenarios: list[str]) -> str:
+    others = [b for b in ("amqtt", "mosquitto") if b in brokers and "ternmq" in brokers]
+    head = ["scenario"] + brokers + [f"ternmq/{o}" for o in others] + ["target"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    notes = []
+    for label, scenario, key, higher, target in ROWS:
+        if scenario not in scenarios:
+            continue
+        row = [label]
+        for b in brokers:
+            # Memory is not a rate: the CPU spent opening the connections says nothing about it.
+            row.append(cell(results.get(b, {}).get(scenario), key, show_cpu=scenario != "memory"))
+        ours = results.get("ternmq", {}).get(scenario, {}).get(key)
+        ratios = {o: ratio(ours, results.get(o, {}).get(scenario, {}).get(key)) for o in others}
+        row += [f"{ratios[o]:.2f}×" if ratios[o] is not None else "–" for o in others]
+        row.append(target_text(target, ours, ratios, higher) if "ternmq" in brokers else "")
+        lines.append("| " + " | ".join(row) + " |")
+    for b in brokers:
+        for scenario in scenarios:
+            r = results.get(b, {}).get(scenario)
+            if r is None:
+                continue
+            if "error" in r:
+                notes.append(f"- {b} / {scenario}: {r['error']}")
+            elif r.get("status") not in (None, "complete"):
+                why = {"lost": "the rest never arrived", "timeout": "stopped at the deadline"}.get(
+                    r["status"], r["status"])
+                notes.append(f"- † {b} / {scenario}: {r.get('received', 0):,} of {r.get('expected', 0):,} "
+                             f"delivered ({why}); the rate counts what arrived.")
+            if scenario == "memory" and "rss0_kib" in r:
+                notes.append(f"- {b} / memory: RSS {r['rss0_kib']:,} KiB idle → {r['rss1_kib']:,} KiB with "
+                             f"{r['received']:,} connections")
+    return "\n".join(lines) + ("\n\n" + "\n".join(notes) if notes else "") + "\n"
+
+
+def header(args: argparse.Namespace, brokers: list[str], pin: bool) -> str:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mode = "--quick" if args.quick else "full"
+    p = PARAMS
+    q = 1 if args.quick else 0
+    lines = [
+        f"Run {datetime.datetime.now().isoformat(timespec='seconds')} ({mode}) on {cpu}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}; "
+        + ", ".join(f"{b} {version_of(b)}" for b in brokers) + ".",
+        ("Broker pinned to CPU 0, load generator to CPU 1." if pin else "No CPU pinning.")
+        + f" Per-scenario hard timeout {args.timeout:.0f} s."
+        + (f" Best of {args.repeat} runs per cell." if args.repeat > 1 else ""),
+        f"Parameters: fan-in {p['fanin_qos0']['publishers']} × {p['fanin_qos0']['messages'][q]:,} messages "
+        f"of {p['fanin_qos0']['payload']} B (QoS 1: window {p['fanin_qos1']['window']} per publisher); "
+        f"fan-out {p['fanout']['messages'][q]:,} messages × {p['fanout']['subscribers']} subscribers; "
+        f"latency {p['latency']['rate']:,} msg/s for {p['latency']['seconds'][q]:g} s; "
+        f"{p['connects']['connections'][q]:,} connects in {p['connects']['parallel']} parallel loops; "
+        f"{p['memory']['connections'][q]:,} idle connections."
+        + (f" Overrides: {', '.join(args.set)}." if args.set else ""),
+        "Cells: value (gen = load generator CPU, brk = broker CPU, % of one core over the measured "
+        "window; ⚠ = generator near saturation). Ratios are ternmq ÷ other: above 1 is better for "
+        "throughput, below 1 is better for latency and memory.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="ternmq vs Mosquitto vs amqtt on loopback.")
+    parser.add_argument("--quick", action="store_true", help="smaller counts, 3 s latency run")
+    parser.add_argument("--brokers", default=",".join(NAMES), help="comma-separated, default: all three")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    parser.add_argument("--timeout", type=float, default=60.0, help="hard limit per scenario run, seconds")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin broker and generator to CPUs 0/1")
+    parser.add_argument("--profile", action="store_true",
+                        help="attach py-spy to ternmq during each scenario (bench/results/profile-*.txt)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a load generator parameter for every selected scenario that has it")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run each scenario N times and keep the best run (for a busy machine)")
+    parser.add_argument("--out", default=str(BENCH / "results" / "latest.md"))
+    args = parser.parse_args(argv)
+
+    brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    for b in brokers:
+        if b not in NAMES:
+            parser.error(f"unknown broker {b!r} (known: {', '.join(NAMES)})")
+    for s in scenarios:
+        if s not in SCENARIOS:
+            parser.error(f"unknown scenario {s!r} (known: {', '.join(SCENARIOS)})")
+    pin = not args.no_pin and len(os.sched_getaffinity(0)) >= 2 and {0, 1} <= os.sched_getaffinity(0)
+    if "amqtt" in brokers:
+        ensure_amqtt_venv(log)
+
+    results: dict[str, dict[str, dict]] = {}
+    for b in brokers:
+        for s in scenarios:
+            log(f"{b:9} {s:11} ...")
+            # --set only reaches scenarios that have the parameter.
+            scenario_args = argparse.Namespace(**vars(args))
+            scenario_args.set = [i for i in args.set if i.partition("=")[0] in PARAMS[s]]
+            runs = [run_one(b, s, scenario_args, pin) for _ in range(args.repeat)]
+            key, higher = PRIMARY[s]
+            good = [x for x in runs if isinstance(x.get(key), (int, float)) and "error" not in x]
+            if good:
+                r = (max if higher else min)(good, key=lambda x: x[key])
+                if len(runs) > 1:
+                    r["runs"] = [x.get(key) for x in runs]
+            else:
+                r = runs[-1]
+            results.setdefault(b, {})[s] = r
+            summary = r.get("error") or ", ".join(
+                f"{k}={fmt_number(r[k])}" for k in ("value", "p50_ms", "p99_ms", "gen_cpu", "broker_cpu")
+                if isinstance(r.get(k), (int, float)))
+            log(f"{'':21} {summary}")
+
+    text = header(args, brokers, pin) + "\n" + render(results, brokers, scenarios)
+    cpu_table = render_cpu(results, brokers, scenarios)
+    if cpu_table:
+        text += "\n" + cpu_table
+    print(text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    log(f"wrote {out} and {out.with_suffix('.json').name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
