@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .connection import Connection
 
 log = logging.getLogger("ternmq.broker")
+WATCHDOG_INTERVAL = 0.25  # seconds: the precision of connect timeout and keep-alive
 
 
 @attrs.define
@@ -73,6 +74,7 @@ class Broker:
         register_kernel_commands(self.admin)
         self.plugins = PluginManager(self)
         self.listeners: dict[str, RunningListener] = {}
+        self.connections: set[Connection] = set()
         self.started_at = time.time()
         self.control_socket: str | None = None
         self._nursery: trio.Nursery | None = None
@@ -94,6 +96,7 @@ class Broker:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(self.scheduler.run)
+                nursery.start_soon(self._watchdog)
                 await self.plugins.start(nursery)
                 await self.plugins.load_configured(self.config.plugins)
                 await self._restore_sessions()
@@ -104,10 +107,29 @@ class Broker:
                     await self.start_listener(listener)
                 task_status.started(self)
                 await self._stopped.wait()
+                # Clients learn why they go (v5 DISCONNECT 0x8B; hooks see "shutdown").
+                connections = [s.connection for s in self.sessions.values() if s.connection is not None]
+                for conn in connections:
+                    conn.kick(0x8B, "shutdown")
+                with trio.move_on_after(2):
+                    for conn in connections:
+                        await conn.closed.wait()
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(10):
                 await self._shutdown()
+
+    async def _watchdog(self) -> None:
+        """Close connections past their deadline (connect timeout, keep-alive).
+
+        One task scanning every connection a few times a second costs less than a
+        cancel scope per connection whose deadline moves with every read.
+        """
+        while True:
+            await trio.sleep(WATCHDOG_INTERVAL)
+            now = trio.current_time()
+            for conn in [c for c in self.connections if c.deadline <= now]:
+                conn.timed_out()
 
     def stop(self) -> None:
         """Ask ``serve`` to shut down cleanly."""

@@ -66,12 +66,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         trio.run(run, config)
-    except OSError as exc:
-        print(f"ternmq: cannot start: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         pass
+    except (OSError, ConfigError, BaseExceptionGroup) as exc:
+        error = _startup_error(exc)
+        if error is None:
+            raise
+        if isinstance(error, ConfigError):  # e.g. a certificate file that cannot be loaded
+            print(f"ternmq: configuration error: {error}", file=sys.stderr)
+            return 2
+        print(f"ternmq: cannot start: {error}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _startup_error(exc: BaseException) -> BaseException | None:
+    """The OSError or ConfigError that stopped the start (trio wraps it in nursery groups)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, (OSError, ConfigError)) else None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -29,8 +29,9 @@ class ConfigError(Exception):
         self.source = source
         self.table = table
         self.key = key
-        where = f"[{table}]" + (f" {key}" if key else "")
-        super().__init__(f"{source}: {where}: {message}")
+        # table "-" is the file as a whole (unreadable, not TOML): no table to name.
+        where = "" if table == "-" else f"[{table}]" + (f" {key}" if key else "") + ": "
+        super().__init__(f"{source}: {where}{message}")
 
 
 def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -234,6 +235,9 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
             raise ConfigError(source, table_name, "certfile", f"a {listener.type} listener needs certfile and keyfile")
         if listener.require_certificate and not listener.cafile:
             raise ConfigError(source, table_name, "cafile", "require_certificate needs a cafile")
+        if listener.use_identity_as_username and not (listener.uses_tls and listener.cafile):
+            raise ConfigError(source, table_name, "use_identity_as_username",
+                              "needs a tls or wss listener with a cafile (client certificates)")
         listeners.append(listener)
     names = [listener.name for listener in listeners]
     for name in names:

@@ -19,6 +19,7 @@ from .codec import (
     Auth, Connack, Connect, Disconnect, MQTTError, PacketType, ProtocolError,
     decode_packet, legal_reason_code,
 )
+from . import inbound
 from .topics import TopicError, validate_topic_name
 from .types import Allow, AuthContinue, Deny, Message
 
@@ -55,18 +56,16 @@ async def read_connect(conn: Connection) -> Connect | None:
     [MQTT-3.1.2-2]; MQTT 5 §3.1.2.2 allows it): the client's level is unknown, so the
     3.1.1 form.
     """
+    # The broker's watchdog enforces connect_timeout (conn.deadline) by cancelling
+    # the reader; no cancel scope per connection here.
     framer = conn.framer
-    frame = None
-    with trio.move_on_after(conn.broker.settings.limits.connect_timeout):
-        while (frame := framer.next_frame()) is None:
-            data = await conn.stream.receive_some(65536)
-            if not data:
-                return None
-            if not framer.buffered() and data[0] != 0x10:
-                raise ProtocolError("the first packet must be CONNECT")
-            framer.feed(data)
-    if frame is None:
-        return None
+    while (frame := framer.next_frame()) is None:
+        data = await conn.stream.receive_some(65536)
+        if not data:
+            return None
+        if not framer.buffered() and data[0] != 0x10:
+            raise ProtocolError("the first packet must be CONNECT")
+        framer.feed(data)
     try:
         packet = decode_packet(frame[0], frame[1], 4)
     except MQTTError as exc:
@@ -248,7 +247,7 @@ async def _authorize_will(conn: Connection, packet: Connect) -> Message:
     if broker.dispatcher.has("auth_on_publish"):
         answer = await broker.dispatcher.decide(
             "auth_on_publish", client=conn.client_info, message=message, is_will=True)
-        message, reason_code = conn.apply_publish_answer(message, answer)
+        message, reason_code = inbound.apply_publish_answer(conn, message, answer)
     else:
         reason_code = 0 if broker.settings.allow_anonymous else 0x87
     if reason_code >= 0x80:
@@ -271,6 +270,7 @@ async def _enhanced_auth(conn: Connection, method: str, data: bytes | None) -> b
         if isinstance(answer, Allow):
             return answer.modifiers.get("authentication_data")
         conn.send(Auth(0x18, {"authentication_method": method, "authentication_data": answer.data}))
+        await conn.flush()  # the reader is about to wait for the answer
         packet = await _read_auth(conn)
         if packet.properties.get("authentication_method") != method:
             raise Refused(0x8C, "authentication method changed")

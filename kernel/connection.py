@@ -1,46 +1,38 @@
-"""One client connection: read, decode, ask hooks, route; a writer drains in batches.
+"""One client connection: its lifetime, reading, writing and timeouts.
 
-A connection is two tasks in one nursery: the reader (CONNECT handshake, then one
-packet after another, each handled to the end before the next is read) and the writer
-(joins everything queued by ``write`` since its last send into one ``send_all``). The
-reader's cancel scope is the connection's off switch: ``kick`` cancels it, the writer
-flushes what is left, and the broker detaches the session.
+The reader task performs the CONNECT handshake, then reads packets and hands each to
+its handler in ``inbound.py`` (to the end, before the next is read), and flushes its
+own replies in one write per read. Messages other clients route here while the reader
+waits are sent by a writer task that is started on first need in the listener's
+nursery. Connect timeout and keep-alive are deadlines checked by the broker's
+watchdog, not one cancel scope per client. The reader's cancel scope is the
+connection's off switch: ``kick`` and the watchdog cancel it; what is queued is flushed
+and the broker detaches the session.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING, Any
 
-import attrs
 import trio
 
 from . import connect as connect_phase
-from . import subscriptions
 from .codec import (
-    Auth,
-    Connect,
     Disconnect,
     Framer,
     MQTTError,
     PacketType,
-    Pingreq,
-    Pingresp,
     ProtocolError,
-    Puback,
-    Pubcomp,
     Publish,
-    Pubrec,
-    Pubrel,
-    Subscribe,
-    Unsubscribe,
     decode_packet,
     encode,
     encode_publish_parts,
     legal_reason_code,
 )
-from .topics import TopicError, validate_topic_name
-from .types import Allow, ClientInfo, Deny, Message
+from .inbound import HANDLERS, STOP
+from .types import ClientInfo, Message
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -51,20 +43,23 @@ log = logging.getLogger("ternmq.connection")
 
 RECEIVE_SIZE = 65536
 FLUSH_GRACE = 2.0
-_STOP = object()  # a handler's way of saying "close this connection now"
-PUBLISH_MODIFIERS = frozenset({"topic", "payload", "qos", "retain", "properties"})
 
 
 class Connection:
-    """A client's connection (see module docstring)."""
+    """A client's connection (see module docstring).
+
+    :param nursery: where the writer task runs when one is needed (the listener's
+        connection nursery).
+    """
 
     __slots__ = (
-        "broker", "stream", "listener", "peer_host", "peer_port", "tls_common_name",
-        "framer", "protocol_level", "client_info", "session", "keep_alive",
+        "broker", "stream", "listener", "peer_host", "peer_port", "tls_common_name", "nursery",
+        "framer", "protocol_level", "client_info", "session", "keep_alive", "deadline",
         "will", "disconnect_reason", "connected", "closed", "_read_scope", "_out",
-        "outbound_bytes", "outbound_limit", "_wakeup", "_closing",
+        "outbound_bytes", "outbound_limit", "_wakeup", "_closing", "_reading", "_stopping",
+        "_writer_running", "_writer_done",
         "client_receive_maximum", "client_maximum_packet_size", "outbound_alias_maximum",
-        "_out_aliases", "_in_aliases", "server_receive_maximum", "max_topic_alias",
+        "_out_aliases", "in_aliases", "server_receive_maximum", "max_topic_alias",
         "request_problem_information", "auth_method", "over_capacity",
     )
 
@@ -76,6 +71,8 @@ class Connection:
         peer_host: str,
         peer_port: int,
         tls_common_name: str | None = None,
+        *,
+        nursery: trio.Nursery,
     ) -> None:
         limits = broker.settings.limits
         self.broker = broker
@@ -84,6 +81,7 @@ class Connection:
         self.peer_host = peer_host
         self.peer_port = peer_port
         self.tls_common_name = tls_common_name
+        self.nursery = nursery
         self.framer = Framer(limits.max_packet_size)
         self.protocol_level = 4
         self.client_info = ClientInfo("", peer_host=peer_host, peer_port=peer_port,
@@ -91,6 +89,9 @@ class Connection:
                                       tls_common_name=tls_common_name)
         self.session: Session | None = None
         self.keep_alive = 0
+        # When the watchdog closes this connection: the connect timeout until CONNECT
+        # is done, then 1.5 × keep-alive after the last read (inf without keep-alive).
+        self.deadline = trio.current_time() + limits.connect_timeout
         self.will: Any = None
         self.disconnect_reason = "connection_lost"
         self.connected = False
@@ -101,11 +102,15 @@ class Connection:
         self.outbound_limit = limits.outbound_buffer_bytes
         self._wakeup: trio.Event | None = None
         self._closing = False
+        self._reading = False
+        self._stopping = False
+        self._writer_running = False
+        self._writer_done: trio.Event | None = None
         self.client_receive_maximum = 65535
         self.client_maximum_packet_size = 268_435_460
         self.outbound_alias_maximum = 0
         self._out_aliases: dict[str, int] = {}
-        self._in_aliases: dict[int, str] = {}
+        self.in_aliases: dict[int, str] = {}
         self.server_receive_maximum = limits.max_inflight
         self.max_topic_alias = limits.max_topic_alias
         self.request_problem_information = True
@@ -116,34 +121,32 @@ class Connection:
 
     async def serve(self) -> None:
         """Run the connection until the client leaves or is kicked; then tear down."""
+        broker = self.broker
+        broker.connections.add(self)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_loop)
-                try:
-                    await self._read_side()
-                finally:
-                    self._closing = True
-                    self._wake_writer()
-                    # Give the writer a moment to flush a CONNACK or DISCONNECT.
-                    nursery.cancel_scope.deadline = trio.current_time() + FLUSH_GRACE
+            await self._read_side()
+            await self._finish_writes()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
+            broker.connections.discard(self)
             with trio.CancelScope(shield=True):
                 try:
-                    await self.broker.connection_closed(self)
+                    await broker.connection_closed(self)
                 finally:
-                    await trio.aclose_forcefully(self.stream)
+                    stream = self.stream
+                    if isinstance(stream, trio.SocketStream):
+                        stream.socket.close()  # no checkpoint, no cancel scope: cheap
+                    else:
+                        await trio.aclose_forcefully(stream)
                     self.closed.set()
 
     async def _read_side(self) -> None:
+        self._reading = True
         with self._read_scope:
             try:
                 packet = await connect_phase.read_connect(self)
-                if packet is None:
-                    self.disconnect_reason = "connect_timeout"
-                    return
-                if not await connect_phase.handshake(self, packet):
+                if packet is None or not await connect_phase.handshake(self, packet):
                     return
                 await self._read_loop()
             except MQTTError as exc:
@@ -154,32 +157,62 @@ class Connection:
     async def _read_loop(self) -> None:
         stream = self.stream
         framer = self.framer
-        handlers = _HANDLERS
+        handlers = HANDLERS
         level = self.protocol_level
         grace = self.keep_alive * 1.5
-        with trio.CancelScope() as keep_alive_scope:
+        self.deadline = trio.current_time() + grace if grace else math.inf
+        while True:
+            if self._out and not self._writer_running:
+                await self._flush()  # our own replies (PUBACK...), batched per read
+            if self._stopping:
+                return
+            self._reading = False
+            data = await stream.receive_some(RECEIVE_SIZE)
+            self._reading = True
+            if not data:
+                self.disconnect_reason = "connection_lost"
+                return
             if grace:
-                keep_alive_scope.deadline = trio.current_time() + grace
-            while True:
-                data = await stream.receive_some(RECEIVE_SIZE)
-                if not data:
-                    self.disconnect_reason = "connection_lost"
+                self.deadline = trio.current_time() + grace
+            framer.feed(data)
+            while not self._stopping and (frame := framer.next_frame()) is not None:
+                packet = decode_packet(frame[0], frame[1], level)
+                if (handler := handlers.get(type(packet))) is None:  # CONNACK, SUBACK...
+                    raise ProtocolError(f"{type(packet).__name__.upper()} from a client")
+                if await handler(self, packet) is STOP:
                     return
-                if grace:
-                    keep_alive_scope.deadline = trio.current_time() + grace
-                framer.feed(data)
-                while (frame := framer.next_frame()) is not None:
-                    packet = decode_packet(frame[0], frame[1], level)
-                    if (handler := handlers.get(type(packet))) is None:  # CONNACK, SUBACK...
-                        raise ProtocolError(f"{type(packet).__name__.upper()} from a client")
-                    if await handler(self, packet) is _STOP:
-                        return
-        if keep_alive_scope.cancelled_caught:
+
+    def timed_out(self) -> None:
+        """Called by the broker's watchdog once ``deadline`` has passed."""
+        self.deadline = math.inf
+        if self.connected:
             self.disconnect_reason = "keep_alive"
             self.send_disconnect(0x8D)
+        else:
+            self.disconnect_reason = "connect_timeout"
+        self._read_scope.cancel()
+
+    # -- writing -----------------------------------------------------------------------
+    # The reader flushes its own replies after each read. A writer task is started only
+    # when another task writes to this client (a message routed to it) while the reader
+    # waits for input: a client that only connects, or only publishes, never needs one.
+
+    async def flush(self) -> None:
+        """Send what is queued now, from the reader, before it waits for input."""
+        if self._out and not self._writer_running:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        stream = self.stream
+        while self._out:
+            out = self._out
+            data = out[0] if len(out) == 1 else b"".join(out)
+            self._out = []
+            self.outbound_bytes = 0
+            await stream.send_all(data)
+            self.broker.metrics.bytes_sent += len(data)
 
     async def _write_loop(self) -> None:
-        stream = self.stream
         try:
             while True:
                 while not self._out:
@@ -188,25 +221,44 @@ class Connection:
                     self._wakeup = trio.Event()
                     await self._wakeup.wait()
                     self._wakeup = None
-                out = self._out
-                data = out[0] if len(out) == 1 else b"".join(out)
-                self._out = []
-                self.outbound_bytes = 0
-                await stream.send_all(data)
-                self.broker.metrics.bytes_sent += len(data)
+                await self._flush()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._read_scope.cancel()
+        except Exception:  # e.g. a WebSocket library error: close this client only
+            log.exception("writer of %s failed", self.client_info.client_id)
+            self._read_scope.cancel()
+        finally:
+            self._writer_running = False
+            self._writer_done.set()
+
+    async def _finish_writes(self) -> None:
+        """Let what is queued (a CONNACK refusal, a DISCONNECT) reach the client."""
+        self._closing = True
+        if self._writer_running:
+            self._wake_writer()
+            assert self._writer_done is not None
+            with trio.move_on_after(FLUSH_GRACE):
+                await self._writer_done.wait()
+        elif self._out:
+            with trio.move_on_after(FLUSH_GRACE):
+                await self._flush()
 
     def _wake_writer(self) -> None:
         if self._wakeup is not None:
             self._wakeup.set()
 
     def write(self, data: bytes) -> None:
-        """Queue bytes for the writer; never blocks (the caller checks outbound_bytes)."""
+        """Queue bytes for the client; never blocks (the caller checks outbound_bytes)."""
         self._out.append(data)
         self.outbound_bytes += len(data)
         if self._wakeup is not None:
-            self._wakeup.set()
+            self._wakeup.set()  # a writer is running and waiting: it sends this
+        elif self._reading:
+            return  # the reader (or a busy writer) flushes before waiting again
+        elif not self._writer_running and not self._closing:
+            self._writer_running = True
+            self._writer_done = trio.Event()
+            self.nursery.start_soon(self._write_loop)
 
     def send(self, packet: Any) -> None:
         self.write(encode(packet, self.protocol_level))
@@ -223,13 +275,26 @@ class Connection:
                  self.peer_host, self.peer_port, message, reason_code)
         self.disconnect_reason = "protocol_error"
         self.send_disconnect(reason_code, message)
-        self._read_scope.cancel()
+        self.stop_reading()
 
     def kick(self, reason_code: int, reason: str) -> None:
         """Close from outside (takeover, admin, shutdown): DISCONNECT for v5, then close."""
         self.disconnect_reason = reason
         self.send_disconnect(reason_code)
-        self._read_scope.cancel()
+        self.stop_reading()
+
+    def stop_reading(self) -> None:
+        """End the reader: at once if it waits for input, else when it next would.
+
+        A reader that is handling packets or flushing must not be cancelled there:
+        bytes it took off the queue would be lost (a CONNACK, the DISCONNECT just
+        queued). The watchdog cancels it anyway if that takes longer than FLUSH_GRACE.
+        """
+        if self._reading:
+            self._stopping = True
+            self.deadline = min(self.deadline, trio.current_time() + FLUSH_GRACE)
+        else:
+            self._read_scope.cancel()
 
     def encode_with_alias(self, message: Message, qos: int, retain: bool, props: dict[str, Any]) -> tuple[bytes, bytes]:
         """Encode a PUBLISH using an outbound topic alias (MQTT 5 clients that allow them)."""
@@ -243,192 +308,3 @@ class Connection:
             self._out_aliases[topic] = alias
             props["topic_alias"] = alias
         return encode_publish_parts(Publish(topic, message.payload, qos, retain, False, None, props), 5)
-
-    # -- packets -----------------------------------------------------------------------
-
-    async def _on_publish(self, packet: Publish) -> object:
-        broker = self.broker
-        broker.metrics.publish_received += 1
-        session = self.session
-        assert session is not None
-        qos = packet.qos
-        properties = packet.properties
-        topic = packet.topic
-        if self.protocol_level == 5 and properties:
-            alias = properties.get("topic_alias")
-            if alias is not None:
-                if alias == 0 or alias > self.max_topic_alias:
-                    self.protocol_error(0x94, "topic alias out of range")
-                    return _STOP
-                if topic:
-                    self._in_aliases[alias] = topic
-                else:
-                    topic = self._in_aliases.get(alias, "")
-                    if not topic:
-                        self.protocol_error(0x82, "unknown topic alias")
-                        return _STOP
-                properties = {k: v for k, v in properties.items() if k != "topic_alias"}
-        try:
-            validate_topic_name(topic, broker.settings.limits.max_topic_levels)
-        except TopicError as exc:
-            self.protocol_error(exc.reason_code if topic else 0x82, str(exc))
-            return _STOP
-        if qos == 2:
-            packet_id = packet.packet_id
-            if packet_id in session.incoming_qos2:
-                self.send(Pubrec(packet_id))  # a resend (DUP): acknowledged, not routed again
-                return None
-            if len(session.incoming_qos2) >= self.server_receive_maximum:
-                self.protocol_error(0x93, "receive maximum exceeded")
-                return _STOP
-        if packet.retain and not broker.retain_available:
-            self.protocol_error(0x9A, "retained messages are not supported")
-            return _STOP
-        message = Message(topic, packet.payload, qos, packet.retain, properties)
-        reason_code, answer = 0, None
-        if broker.dispatcher.has("auth_on_publish"):
-            answer = await broker.dispatcher.decide(
-                "auth_on_publish", client=self.client_info, message=message, is_will=False)
-            message, reason_code = self.apply_publish_answer(message, answer)
-        elif not broker.settings.allow_anonymous:
-            reason_code = 0x87
-        if reason_code >= 0x80:
-            broker.metrics.publish_denied += 1
-            if self.protocol_level == 4:
-                # MQTT 3.1.1 has no negative PUBACK: a refused publisher is disconnected.
-                self.disconnect_reason = "not_authorized"
-                return _STOP
-            # MQTT 3.1 publishers are acknowledged anyway (v3 encoding has no reason
-            # code); MQTT 5 ones get the code (and reason string [MQTT-3.1.2-29]); QoS 0 vanishes.
-            props = ({"reason_string": answer.reason_string} if isinstance(answer, Deny) and answer.reason_string
-                     and self.protocol_level == 5 and self.request_problem_information else {})
-            if qos == 1:
-                self.send(Puback(packet.packet_id, legal_reason_code(PacketType.PUBACK, reason_code), props))
-            elif qos == 2:
-                self.send(Pubrec(packet.packet_id, legal_reason_code(PacketType.PUBREC, reason_code), props))
-            return None
-        matched = await broker.publish(message, self)
-        if qos == 1:
-            self.send(Puback(packet.packet_id, 0 if matched or self.protocol_level < 5 else 0x10))
-        elif qos == 2:
-            session.incoming_qos2.add(packet.packet_id)
-            self.send(Pubrec(packet.packet_id, 0 if matched or self.protocol_level < 5 else 0x10))
-        return None
-
-    def apply_publish_answer(self, message: Message, answer: Any) -> tuple[Message, int]:
-        """Turn an auth_on_publish answer into (message to route, reason code)."""
-        if answer is None:
-            return message, 0 if self.broker.settings.allow_anonymous else 0x87
-        if isinstance(answer, Deny):
-            return message, answer.reason_code
-        if isinstance(answer, Allow) and answer.modifiers:
-            modifiers = answer.modifiers
-            unknown = set(modifiers) - PUBLISH_MODIFIERS
-            if unknown:
-                log.error("auth_on_publish: unknown modifiers %s", sorted(unknown))
-                return message, 0x80
-            changes: dict[str, Any] = {}
-            try:
-                if "topic" in modifiers:
-                    changes["topic"] = str(modifiers["topic"])
-                    validate_topic_name(changes["topic"])
-                if "payload" in modifiers:
-                    changes["payload"] = bytes(modifiers["payload"])
-                if "qos" in modifiers:
-                    changes["qos"] = int(modifiers["qos"])
-                    if changes["qos"] not in (0, 1, 2):
-                        raise ValueError("qos must be 0, 1 or 2")
-                if "retain" in modifiers:
-                    changes["retain"] = bool(modifiers["retain"])
-                if "properties" in modifiers:
-                    changes["properties"] = {**message.properties, **dict(modifiers["properties"])}
-            except (ValueError, TypeError) as exc:
-                log.error("auth_on_publish: bad modifier: %s", exc)
-                return message, 0x80
-            return attrs.evolve(message, **changes), 0
-        return message, 0
-
-    async def _on_puback(self, packet: Puback | Pubcomp) -> object:
-        session = self.session
-        assert session is not None
-        if session.acknowledge(packet.packet_id) is not None and session.queue:
-            await self.broker.drain(session)
-        return None
-
-    async def _on_pubrec(self, packet: Pubrec) -> object:
-        session = self.session
-        assert session is not None
-        if packet.reason_code >= 0x80:
-            # The receiver refused the message: the exchange ends here (MQTT 5 §4.3.3).
-            session.acknowledge(packet.packet_id)
-            if session.queue:
-                await self.broker.drain(session)
-            return None
-        if session.received(packet.packet_id):
-            self.send(Pubrel(packet.packet_id))
-        else:
-            self.send(Pubrel(packet.packet_id, 0x92 if self.protocol_level == 5 else 0))
-        return None
-
-    async def _on_pubrel(self, packet: Pubrel) -> object:
-        session = self.session
-        assert session is not None
-        if packet.packet_id in session.incoming_qos2:
-            session.incoming_qos2.discard(packet.packet_id)
-            self.send(Pubcomp(packet.packet_id))
-        else:
-            self.send(Pubcomp(packet.packet_id, 0x92 if self.protocol_level == 5 else 0))
-        return None
-
-    async def _on_subscribe(self, packet: Subscribe) -> object:
-        await subscriptions.handle_subscribe(self, packet)
-        return None
-
-    async def _on_unsubscribe(self, packet: Unsubscribe) -> object:
-        await subscriptions.handle_unsubscribe(self, packet)
-        return None
-
-    async def _on_pingreq(self, packet: Pingreq) -> object:
-        self.write(_PINGRESP)
-        return None
-
-    async def _on_disconnect(self, packet: Disconnect) -> object:
-        session = self.session
-        if packet.reason_code != 0x04:
-            self.will = None  # a normal DISCONNECT discards the will
-        expiry = packet.properties.get("session_expiry_interval")
-        if expiry is not None and session is not None:
-            if session.expiry_interval == 0 and expiry != 0:
-                self.protocol_error(0x82, "session expiry cannot be set after a zero one")
-                return _STOP
-            session.expiry_interval = None if expiry == 0xFFFFFFFF else expiry
-        self.disconnect_reason = "normal"
-        return _STOP
-
-    async def _on_auth(self, packet: Auth) -> object:
-        if not await connect_phase.reauthenticate(self, packet):
-            return _STOP
-        return None
-
-    async def _on_second_connect(self, packet: Connect) -> object:
-        self.protocol_error(0x82, "second CONNECT")
-        return _STOP
-
-
-_PINGRESP = encode(Pingresp(), 4)
-# One table for all connections (bound methods per connection would cost memory per
-# idle client).
-_HANDLERS = {
-    Publish: Connection._on_publish,
-    Puback: Connection._on_puback,
-    Pubrec: Connection._on_pubrec,
-    Pubrel: Connection._on_pubrel,
-    Pubcomp: Connection._on_puback,
-    Subscribe: Connection._on_subscribe,
-    Unsubscribe: Connection._on_unsubscribe,
-    Pingreq: Connection._on_pingreq,
-    Disconnect: Connection._on_disconnect,
-    Auth: Connection._on_auth,
-    Connect: Connection._on_second_connect,
-}
-

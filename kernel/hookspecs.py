@@ -402,7 +402,8 @@ def session_store_load_all() -> Sequence[SessionSnapshot]:
     """Return every persistent session kept by the store, at broker start.
 
     Only the first implementation is called. None loaded: sessions live in memory only
-    and do not survive a restart.
+    and do not survive a restart. Error or timeout: logged and counted; the broker starts
+    without restored sessions.
     """
 
 
@@ -435,7 +436,8 @@ def cluster_forward(message: Message, origin: ClientInfo) -> None:
     :param message: the message after local routing.
     :param origin: the publisher.
 
-    Only the first implementation is called; none loaded means a single node.
+    Only the first implementation is called; none loaded means a single node. Error or
+    timeout: logged and counted; local delivery is not affected.
     """
 
 
@@ -450,7 +452,8 @@ def register_admin_commands(registry: Any) -> None:
 
     :param registry: the command registry; call ``registry.add(path, function, ...)``.
 
-    Synchronous; called once when the plugin loads.
+    Synchronous; called once when the plugin loads. An error is logged and the plugin
+    still loads.
     """
 
 
@@ -460,7 +463,8 @@ def register_api_routes(app: Any) -> None:
 
     :param app: the quart-trio application.
 
-    Synchronous; called when the API plugin starts or the implementer loads.
+    Synchronous; called when the API plugin starts or the implementer loads. An error is
+    logged and the plugin still loads.
     """
 
 
@@ -470,7 +474,8 @@ def register_metrics(registry: Any) -> None:
 
     :param registry: the metrics registry.
 
-    Synchronous; called once when the plugin loads.
+    Synchronous; called once when the plugin loads. An error is logged and the plugin
+    still loads.
     """
 
 
@@ -480,5 +485,6 @@ def register_config(settings: Any) -> None:
 
     :param settings: the settings registry.
 
-    Synchronous; called once when the plugin loads.
+    Synchronous; called once when the plugin loads. An error is logged and the plugin
+    still loads.
     """

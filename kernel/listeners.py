@@ -1,15 +1,18 @@
 """Listeners: TCP, TLS, MQTT over WebSocket (plain and TLS), each from the config.
 
 Each listener is a start-able task: it binds, reports its bound port through
-``task_status``, and serves until its cancel scope is cancelled. Connections run in
-the listener's own handler nursery, so stopping a listener can either keep or close
-its clients.
+``task_status``, and accepts until its cancel scope is cancelled. Connections run in
+a nursery outside that scope, so stopping a listener keeps its clients unless
+``kill_sessions`` asks to close them. Every listener type shares one accept path:
+TCP accept, then (tls/wss) the TLS handshake, then (ws/wss) the WebSocket handshake.
+Nothing a client does there (bad TLS, bad HTTP, silence) can reach the broker.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import ssl
 from typing import TYPE_CHECKING
 
@@ -17,6 +20,7 @@ import attrs
 import trio
 import trio_websocket
 
+from .config import ConfigError
 from .connection import Connection
 
 if TYPE_CHECKING:
@@ -24,12 +28,12 @@ if TYPE_CHECKING:
     from .config import ListenerConfig
 
 log = logging.getLogger("ternmq.listeners")
-TLS_HANDSHAKE_TIMEOUT = 10.0
+WEBSOCKET_SUBPROTOCOLS = ("mqtt", "mqttv3.1")
 
 
 @attrs.define
 class RunningListener:
-    """A listener as it runs: its config, bound port, live connection count."""
+    """A listener as it runs: its config, bound port, live connections."""
 
     config: ListenerConfig
     port: int = 0
@@ -37,15 +41,39 @@ class RunningListener:
     total: int = 0
     status: str = "starting"
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    connections: set[Connection] = attrs.field(factory=set)
+
+    def stop(self, kill_sessions: bool = False) -> None:
+        """Stop accepting; with ``kill_sessions`` also close this listener's clients."""
+        self.scope.cancel()
+        if kill_sessions:
+            for connection in list(self.connections):
+                connection.kick(0x98, "listener_stopped")
 
 
-def make_ssl_context(config: ListenerConfig) -> ssl.SSLContext:
-    """The server TLS context of a tls/wss listener (client certificates optional)."""
+def make_ssl_context(config: ListenerConfig, source: str = "<listener>") -> ssl.SSLContext:
+    """The server TLS context of a tls/wss listener (client certificates optional).
+
+    A missing or unreadable file is a :class:`ConfigError` naming the listener and key.
+    """
+    table = f"listeners.{config.name}"
+    if not (config.certfile and config.keyfile):  # parse_config checks it; `listener start` may not
+        raise ConfigError(source, table, "certfile", f"a {config.type} listener needs certfile and keyfile")
+    for key in ("certfile", "keyfile", "cafile"):
+        path = getattr(config, key)
+        if path is not None and not os.path.isfile(path):
+            raise ConfigError(source, table, key, f"no such file: {path}")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    assert config.certfile and config.keyfile
-    context.load_cert_chain(config.certfile, config.keyfile)
+    try:
+        context.load_cert_chain(config.certfile, config.keyfile)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(source, table, "certfile",
+                          f"cannot load {config.certfile} with {config.keyfile}: {exc}") from None
     if config.cafile:
-        context.load_verify_locations(config.cafile)
+        try:
+            context.load_verify_locations(config.cafile)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(source, table, "cafile", f"cannot load {config.cafile}: {exc}") from None
         context.verify_mode = ssl.CERT_REQUIRED if config.require_certificate else ssl.CERT_OPTIONAL
     return context
 
@@ -64,21 +92,81 @@ def _common_name(stream: trio.SSLStream[trio.SocketStream]) -> str | None:
 async def serve_listener(
     broker: Broker, running: RunningListener, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Bind one listener and serve it until cancelled."""
+    """Bind one listener and serve it until its scope is cancelled.
+
+    Errors before ``task_status.started`` (port in use, bad certificate files) are
+    raised bare, so that ``nursery.start`` hands them to the caller unchanged.
+    """
     config = running.config
-    with running.scope:
+    try:
+        context = make_ssl_context(config, broker.config.source) if config.uses_tls else None
         try:
-            if config.type in ("tcp", "tls"):
-                await _serve_stream_listener(broker, running, task_status)
-            else:
-                await _serve_websocket_listener(broker, running, task_status)
-        finally:
-            running.status = "stopped"
+            tcp_listeners = await trio.open_tcp_listeners(config.port, host=config.address)
+        except OSError as exc:
+            raise OSError(exc.errno, f"listener {config.name} cannot listen on {config.address}:{config.port}: "
+                                     f"{exc.strerror or exc}") from None
+    except BaseException:
+        running.status = "stopped"
+        raise
+    running.port = tcp_listeners[0].socket.getsockname()[1]
+    try:
+        async with trio.open_nursery() as connections:
+            handler = functools.partial(_accept, broker, running, context, connections)
+            with running.scope:
+                running.status = "running"
+                suffix = config.path if config.type in ("ws", "wss") else ""
+                log.info("listener %s (%s) ready on %s:%d%s", config.name, config.type, config.address,
+                         running.port, suffix)
+                task_status.started(running.port)
+                await trio.serve_listeners(handler, tcp_listeners, handler_nursery=connections)
+            running.status = "stopped"  # accepting no more; clients stay until they leave
+    finally:
+        running.status = "stopped"
+        for tcp_listener in tcp_listeners:
+            tcp_listener.socket.close()
 
 
-async def _run_connection(broker: Broker, running: RunningListener, connection: Connection) -> None:
+async def _accept(broker: Broker, running: RunningListener, context: ssl.SSLContext | None,
+                  connections: trio.Nursery, stream: trio.SocketStream) -> None:
+    """One accepted TCP connection, through TLS and WebSocket handshakes to MQTT."""
+    try:
+        try:
+            host, port = stream.socket.getpeername()[:2]
+        except OSError:
+            await trio.aclose_forcefully(stream)
+            return
+        log.debug("connection from %s:%d on listener %s", host, port, running.config.name)
+        common_name = None
+        client_stream: trio.abc.Stream = stream
+        if context is not None:
+            tls_stream = trio.SSLStream(stream, context, server_side=True,
+                                        https_compatible=running.config.type == "wss")
+            try:
+                with trio.fail_after(broker.settings.limits.connect_timeout):
+                    await tls_stream.do_handshake()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError) as exc:
+                cause = exc.__cause__ or exc
+                log.info("TLS handshake with %s:%d on %s failed: %s", host, port, running.config.name,
+                         str(cause) or type(cause).__name__)
+                await trio.aclose_forcefully(tls_stream)
+                return
+            common_name = _common_name(tls_stream)
+            client_stream = tls_stream
+        if running.config.type in ("ws", "wss"):
+            await _serve_websocket(broker, running, client_stream, host, port, common_name)
+        else:
+            await _run_connection(running, Connection(broker, client_stream, running.config, host, port,
+                                                      common_name, nursery=connections))
+    except Exception:
+        # Whatever a client managed to break stays with its own connection.
+        log.exception("connection on listener %s failed", running.config.name)
+        await trio.aclose_forcefully(stream)
+
+
+async def _run_connection(running: RunningListener, connection: Connection) -> None:
     running.active += 1
     running.total += 1
+    running.connections.add(connection)
     connection.over_capacity = running.active > running.config.max_connections
     try:
         await connection.serve()
@@ -86,39 +174,36 @@ async def _run_connection(broker: Broker, running: RunningListener, connection: 
         log.exception("connection from %s:%d failed", connection.peer_host, connection.peer_port)
     finally:
         running.active -= 1
+        running.connections.discard(connection)
 
 
-async def _serve_stream_listener(broker: Broker, running: RunningListener, task_status: trio.TaskStatus[int]) -> None:
+async def _serve_websocket(broker: Broker, running: RunningListener, stream: trio.abc.Stream,
+                           host: str, port: int, common_name: str | None) -> None:
     config = running.config
-    tcp_listeners = await trio.open_tcp_listeners(config.port, host=config.address)
-    running.port = tcp_listeners[0].socket.getsockname()[1]
-    context = make_ssl_context(config) if config.uses_tls else None
-
-    async def handle(stream: trio.SocketStream) -> None:
+    limits = broker.settings.limits
+    async with trio.open_nursery() as nursery:
+        request = None
+        with trio.move_on_after(limits.connect_timeout):
+            request = await trio_websocket.wrap_server_stream(
+                nursery, stream,
+                # A WebSocket message may carry a whole MQTT packet; our own framer
+                # then applies max_packet_size with the proper MQTT reason code.
+                max_message_size=limits.max_packet_size + 16)
         try:
-            peer = stream.socket.getpeername()
-        except OSError:
+            if request is None:
+                log.info("no WebSocket handshake from %s:%d on %s", host, port, config.name)
+            elif config.path and request.path.split("?")[0] != config.path:
+                await request.reject(404, body=b"no MQTT endpoint here")
+            else:
+                proposed = request.proposed_subprotocols
+                subprotocol = next((p for p in WEBSOCKET_SUBPROTOCOLS if p in proposed), None)
+                websocket = await request.accept(subprotocol=subprotocol)
+                connection = Connection(broker, WebSocketStream(websocket), config, host, port, common_name,
+                                        nursery=nursery)
+                await _run_connection(running, connection)
+        finally:
+            nursery.cancel_scope.cancel()
             await trio.aclose_forcefully(stream)
-            return
-        common_name = None
-        client_stream: trio.abc.Stream = stream
-        if context is not None:
-            tls_stream = trio.SSLStream(stream, context, server_side=True)
-            try:
-                with trio.fail_after(TLS_HANDSHAKE_TIMEOUT):
-                    await tls_stream.do_handshake()
-            except (trio.BrokenResourceError, trio.TooSlowError) as exc:
-                log.info("TLS handshake with %s:%d failed: %s", peer[0], peer[1], exc)
-                await trio.aclose_forcefully(tls_stream)
-                return
-            common_name = _common_name(tls_stream)
-            client_stream = tls_stream
-        await _run_connection(broker, running, Connection(broker, client_stream, config, peer[0], peer[1], common_name))
-
-    running.status = "running"
-    log.info("listener %s (%s) ready on %s:%d", config.name, config.type, config.address, running.port)
-    task_status.started(running.port)
-    await trio.serve_listeners(handle, tcp_listeners)
 
 
 class WebSocketStream(trio.abc.Stream):
@@ -126,16 +211,23 @@ class WebSocketStream(trio.abc.Stream):
 
     def __init__(self, websocket: trio_websocket.WebSocketConnection) -> None:
         self.websocket = websocket
+        self._pending = b""
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        try:
-            message = await self.websocket.get_message()
-        except trio_websocket.ConnectionClosed:
-            return b""
-        if isinstance(message, str):
-            # MQTT over WebSocket must use binary frames (MQTT 5 §6).
-            raise trio.BrokenResourceError("text frame on an MQTT WebSocket")
-        return message
+        if not self._pending:
+            try:
+                message = await self.websocket.get_message()
+            except trio_websocket.ConnectionClosed:
+                return b""
+            if isinstance(message, str):
+                # MQTT over WebSocket must use binary frames (MQTT 5 §6.0.0-1).
+                raise trio.BrokenResourceError("text frame on an MQTT WebSocket")
+            self._pending = message
+        if max_bytes is None or len(self._pending) <= max_bytes:
+            data, self._pending = self._pending, b""
+        else:
+            data, self._pending = self._pending[:max_bytes], self._pending[max_bytes:]
+        return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         try:
@@ -151,34 +243,3 @@ class WebSocketStream(trio.abc.Stream):
 
     async def aclose(self) -> None:
         await self.websocket.aclose()
-
-
-async def _serve_websocket_listener(broker: Broker, running: RunningListener, task_status: trio.TaskStatus[int]) -> None:
-    config = running.config
-    context = make_ssl_context(config) if config.uses_tls else None
-
-    async def handle(request: trio_websocket.WebSocketRequest) -> None:
-        if config.path and request.path.split("?")[0] != config.path:
-            await request.reject(404, body=b"no MQTT endpoint here")
-            return
-        proposed = request.proposed_subprotocols
-        subprotocol = next((p for p in ("mqtt", "mqttv3.1") if p in proposed), None)
-        websocket = await request.accept(subprotocol=subprotocol)
-        remote = request.remote
-        host = getattr(remote, "address", "") or ""
-        port = getattr(remote, "port", 0) or 0
-        connection = Connection(broker, WebSocketStream(websocket), config, str(host), int(port))
-        await _run_connection(broker, running, connection)
-
-    async with trio.open_nursery() as nursery:
-        server = await nursery.start(functools.partial(
-            trio_websocket.serve_websocket, handle, config.address, config.port, context,
-            # A WebSocket message may carry a whole MQTT packet; our own framer then
-            # applies max_packet_size with the proper MQTT reason code.
-            max_message_size=broker.settings.limits.max_packet_size + 16,
-            connect_timeout=broker.settings.limits.connect_timeout))
-        running.port = server.port
-        running.status = "running"
-        log.info("listener %s (%s) ready on %s:%d%s", config.name, config.type, config.address,
-                 running.port, config.path)
-        task_status.started(running.port)

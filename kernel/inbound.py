@@ -1,0 +1,230 @@
+"""What the broker does with each packet a connected client sends.
+
+Handlers are functions of (connection, packet); one returning ``STOP`` closes the
+connection. PUBLISH is the hot path: no hook dispatch happens unless a plugin
+implements the hook, and the acknowledgement is queued only after routing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from . import connect as connect_phase
+from . import subscriptions
+from .codec import (
+    Auth,
+    Connect,
+    Disconnect,
+    PacketType,
+    Pingreq,
+    Pingresp,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+    Subscribe,
+    Unsubscribe,
+    encode,
+    legal_reason_code,
+)
+from .topics import TopicError, validate_topic_name
+from .types import Allow, Deny, Message
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+log = logging.getLogger("ternmq.inbound")
+
+STOP = object()  # a handler's way of saying "close this connection now"
+PUBLISH_MODIFIERS = frozenset({"topic", "payload", "qos", "retain", "properties"})
+PINGRESP = encode(Pingresp(), 4)
+
+
+async def on_publish(conn: Connection, packet: Publish) -> object:
+    broker = conn.broker
+    broker.metrics.publish_received += 1
+    session = conn.session
+    assert session is not None
+    qos = packet.qos
+    properties = packet.properties
+    topic = packet.topic
+    if conn.protocol_level == 5 and properties:
+        alias = properties.get("topic_alias")
+        if alias is not None:
+            if alias == 0 or alias > conn.max_topic_alias:
+                conn.protocol_error(0x94, "topic alias out of range")
+                return STOP
+            if topic:
+                conn.in_aliases[alias] = topic
+            else:
+                topic = conn.in_aliases.get(alias, "")
+                if not topic:
+                    conn.protocol_error(0x82, "unknown topic alias")
+                    return STOP
+            properties = {k: v for k, v in properties.items() if k != "topic_alias"}
+    try:
+        validate_topic_name(topic, broker.settings.limits.max_topic_levels)
+    except TopicError as exc:
+        conn.protocol_error(exc.reason_code if topic else 0x82, str(exc))
+        return STOP
+    if qos == 2:
+        packet_id = packet.packet_id
+        if packet_id in session.incoming_qos2:
+            conn.send(Pubrec(packet_id))  # a resend (DUP): acknowledged, not routed again
+            return None
+        if len(session.incoming_qos2) >= conn.server_receive_maximum:
+            conn.protocol_error(0x93, "receive maximum exceeded")
+            return STOP
+    if packet.retain and not broker.retain_available:
+        conn.protocol_error(0x9A, "retained messages are not supported")
+        return STOP
+    message = Message(topic, packet.payload, qos, packet.retain, properties)
+    reason_code, answer = 0, None
+    if broker.dispatcher.has("auth_on_publish"):
+        answer = await broker.dispatcher.decide(
+            "auth_on_publish", client=conn.client_info, message=message, is_will=False)
+        message, reason_code = apply_publish_answer(conn, message, answer)
+    elif not broker.settings.allow_anonymous:
+        reason_code = 0x87
+    if reason_code >= 0x80:
+        broker.metrics.publish_denied += 1
+        if conn.protocol_level == 4:
+            # MQTT 3.1.1 has no negative PUBACK: a refused publisher is disconnected.
+            conn.disconnect_reason = "not_authorized"
+            return STOP
+        # MQTT 3.1 publishers are acknowledged anyway (v3 encoding has no reason
+        # code); MQTT 5 ones get the code (and reason string [MQTT-3.1.2-29]); QoS 0 vanishes.
+        props = ({"reason_string": answer.reason_string} if isinstance(answer, Deny) and answer.reason_string
+                 and conn.protocol_level == 5 and conn.request_problem_information else {})
+        if qos == 1:
+            conn.send(Puback(packet.packet_id, legal_reason_code(PacketType.PUBACK, reason_code), props))
+        elif qos == 2:
+            conn.send(Pubrec(packet.packet_id, legal_reason_code(PacketType.PUBREC, reason_code), props))
+        return None
+    matched = await broker.publish(message, conn)
+    if qos == 1:
+        conn.send(Puback(packet.packet_id, 0 if matched or conn.protocol_level < 5 else 0x10))
+    elif qos == 2:
+        session.incoming_qos2.add(packet.packet_id)
+        conn.send(Pubrec(packet.packet_id, 0 if matched or conn.protocol_level < 5 else 0x10))
+    return None
+
+def apply_publish_answer(conn: Connection, message: Message, answer: Any) -> tuple[Message, int]:
+    """Turn an auth_on_publish answer into (message to route, reason code)."""
+    if answer is None:
+        return message, 0 if conn.broker.settings.allow_anonymous else 0x87
+    if isinstance(answer, Deny):
+        return message, answer.reason_code
+    if isinstance(answer, Allow) and answer.modifiers:
+        modifiers = answer.modifiers
+        unknown = set(modifiers) - PUBLISH_MODIFIERS
+        if unknown:
+            log.error("auth_on_publish: unknown modifiers %s", sorted(unknown))
+            return message, 0x80
+        changes: dict[str, Any] = {}
+        try:
+            if "topic" in modifiers:
+                changes["topic"] = str(modifiers["topic"])
+                validate_topic_name(changes["topic"])
+            if "payload" in modifiers:
+                changes["payload"] = bytes(modifiers["payload"])
+            if "qos" in modifiers:
+                changes["qos"] = int(modifiers["qos"])
+                if changes["qos"] not in (0, 1, 2):
+                    raise ValueError("qos must be 0, 1 or 2")
+            if "retain" in modifiers:
+                changes["retain"] = bool(modifiers["retain"])
+            if "properties" in modifiers:
+                changes["properties"] = {**message.properties, **dict(modifiers["properties"])}
+        except (ValueError, TypeError) as exc:
+            log.error("auth_on_publish: bad modifier: %s", exc)
+            return message, 0x80
+        return attrs.evolve(message, **changes), 0
+    return message, 0
+
+async def on_puback(conn: Connection, packet: Puback | Pubcomp) -> object:
+    session = conn.session
+    assert session is not None
+    if session.acknowledge(packet.packet_id) is not None and session.queue:
+        await conn.broker.drain(session)
+    return None
+
+async def on_pubrec(conn: Connection, packet: Pubrec) -> object:
+    session = conn.session
+    assert session is not None
+    if packet.reason_code >= 0x80:
+        # The receiver refused the message: the exchange ends here (MQTT 5 §4.3.3).
+        session.acknowledge(packet.packet_id)
+        if session.queue:
+            await conn.broker.drain(session)
+        return None
+    if session.received(packet.packet_id):
+        conn.send(Pubrel(packet.packet_id))
+    else:
+        conn.send(Pubrel(packet.packet_id, 0x92 if conn.protocol_level == 5 else 0))
+    return None
+
+async def on_pubrel(conn: Connection, packet: Pubrel) -> object:
+    session = conn.session
+    assert session is not None
+    if packet.packet_id in session.incoming_qos2:
+        session.incoming_qos2.discard(packet.packet_id)
+        conn.send(Pubcomp(packet.packet_id))
+    else:
+        conn.send(Pubcomp(packet.packet_id, 0x92 if conn.protocol_level == 5 else 0))
+    return None
+
+async def on_subscribe(conn: Connection, packet: Subscribe) -> object:
+    await subscriptions.handle_subscribe(conn, packet)
+    return None
+
+async def on_unsubscribe(conn: Connection, packet: Unsubscribe) -> object:
+    await subscriptions.handle_unsubscribe(conn, packet)
+    return None
+
+async def on_pingreq(conn: Connection, packet: Pingreq) -> object:
+    conn.write(PINGRESP)
+    return None
+
+async def on_disconnect(conn: Connection, packet: Disconnect) -> object:
+    session = conn.session
+    if packet.reason_code != 0x04:
+        conn.will = None  # a normal DISCONNECT discards the will
+    expiry = packet.properties.get("session_expiry_interval")
+    if expiry is not None and session is not None:
+        if session.expiry_interval == 0 and expiry != 0:
+            conn.protocol_error(0x82, "session expiry cannot be set after a zero one")
+            return STOP
+        session.expiry_interval = None if expiry == 0xFFFFFFFF else expiry
+    conn.disconnect_reason = "normal"
+    return STOP
+
+async def on_auth(conn: Connection, packet: Auth) -> object:
+    if not await connect_phase.reauthenticate(conn, packet):
+        return STOP
+    return None
+
+async def on_second_connect(conn: Connection, packet: Connect) -> object:
+    conn.protocol_error(0x82, "second CONNECT")
+    return STOP
+
+
+# One table for all connections (bound methods per connection would cost memory per
+# idle client).
+HANDLERS: dict[type, Any] = {
+    Publish: on_publish,
+    Puback: on_puback,
+    Pubrec: on_pubrec,
+    Pubrel: on_pubrel,
+    Pubcomp: on_puback,
+    Subscribe: on_subscribe,
+    Unsubscribe: on_unsubscribe,
+    Pingreq: on_pingreq,
+    Disconnect: on_disconnect,
+    Auth: on_auth,
+    Connect: on_second_connect,
+}

@@ -1,0 +1,221 @@
+"""Notification hooks on_offline_message, on_session_expired, on_message_drop, on_plugin_*.
+
+Each test registers a small recording plugin, drives the broker with real clients
+until the hook must fire (shared/reference/vernemq.md §2.3, items 9, 13 and 14) and
+checks the frozen arguments it gets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from ternmq.kernel.hookspecs import hookimpl
+from ternmq.kernel.testing import MQTTTestClient, registered
+from ternmq.kernel.types import Message
+
+PERSISTENT = {"session_expiry_interval": 60}
+
+
+async def eventually(predicate: Callable[[], Any], timeout: float = 5.0) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.005)
+
+
+class Gate:
+    def __init__(self) -> None:
+        self.entered = trio.Event()
+        self.release = trio.Event()
+
+    async def hold(self) -> None:
+        self.entered.set()
+        await self.release.wait()
+
+
+class Recorder:
+    """Records every call of the notification hooks it is given, with a snapshot."""
+
+    def __init__(self, broker: Any = None, gate: Gate | None = None) -> None:
+        self.broker = broker
+        self.gate = gate
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def of(self, hook: str) -> list[dict[str, Any]]:
+        return [kwargs for name, kwargs in self.calls if name == hook]
+
+    async def _record(self, hook: str, **kwargs: Any) -> None:
+        self.calls.append((hook, kwargs))
+        if self.gate is not None:
+            await self.gate.hold()
+
+
+async def offline(broker: Any, client_id: str) -> None:
+    await eventually(lambda: client_id in broker.sessions and broker.sessions[client_id].connection is None)
+
+
+# ------------------------------------------------------------------ on_offline_message
+
+
+class OfflineWatcher(Recorder):
+    @hookimpl
+    async def on_offline_message(self, client_id: str, message: Message) -> None:
+        await self._record("on_offline_message", client_id=client_id, message=message,
+                           queued=len(self.broker.sessions[client_id].queue))
+
+
+async def test_hook_on_offline_message(broker: Any) -> None:
+    plugin = OfflineWatcher(broker)
+    async with MQTTTestClient.open(broker.port()) as client:
+        await client.connect("away", clean_start=False, properties=PERSISTENT)
+        await client.subscribe("o/#", qos=1)
+        await client.disconnect()
+    await offline(broker, "away")
+    async with registered(broker, plugin), MQTTTestClient.open(broker.port()) as pub:
+        await pub.connect("pub")
+        await pub.publish("o/1", b"qos2", qos=2, properties={"user_property": [("k", "v")]})
+        await pub.publish("o/0", b"qos0", qos=0)  # QoS 0 is not queued for offline sessions
+        await pub.publish("o/2", b"second", qos=1)
+        await eventually(lambda: len(plugin.calls) == 2)
+        first, second = plugin.of("on_offline_message")
+        assert first["client_id"] == "away" and first["queued"] == 1
+        assert (first["message"].topic, first["message"].payload, first["message"].qos) == ("o/1", b"qos2", 1)
+        assert dict(first["message"].properties) == {"user_property": [("k", "v")]}
+        assert (second["message"].payload, second["queued"]) == (b"second", 2)
+
+
+# ------------------------------------------------------------------ on_session_expired
+
+
+class ExpiryWatcher(Recorder):
+    @hookimpl
+    async def on_session_expired(self, client_id: str) -> None:
+        await self._record("on_session_expired", client_id=client_id,
+                           still_there=client_id in self.broker.sessions)
+
+
+async def test_hook_on_session_expired(broker: Any) -> None:
+    plugin = ExpiryWatcher(broker)
+    async with registered(broker, plugin):
+        async with MQTTTestClient.open(broker.port()) as client:
+            await client.connect("short", clean_start=False, properties={"session_expiry_interval": 1})
+            await client.subscribe("x", qos=1)
+            await client.disconnect()
+        await offline(broker, "short")
+        assert plugin.calls == []
+        await eventually(lambda: plugin.calls, timeout=3)
+        assert plugin.calls == [("on_session_expired", {"client_id": "short", "still_there": False})]
+        assert broker.router.trie.match("x") == ([], {})
+
+
+async def test_on_session_expired_not_fired_when_the_client_returns_in_time(broker: Any) -> None:
+    plugin = ExpiryWatcher(broker)
+    async with registered(broker, plugin):
+        async with MQTTTestClient.open(broker.port()) as client:
+            await client.connect("back", clean_start=False, properties={"session_expiry_interval": 1})
+            await client.disconnect()
+        await offline(broker, "back")
+        async with MQTTTestClient.open(broker.port()) as client:
+            await client.connect("back", clean_start=False, properties={"session_expiry_interval": 1})
+            await trio.sleep(1.2)
+            assert plugin.calls == []
+
+
+# --------------------------------------------------------------------- on_message_drop
+
+
+class DropWatcher(Recorder):
+    @hookimpl
+    async def on_message_drop(self, client_id: str, message: Message, reason: str) -> None:
+        await self._record("on_message_drop", client_id=client_id, message=message, reason=reason)
+
+
+async def test_hook_on_message_drop(broker_factory: Any) -> None:
+    """reason "queue_full": an offline session's queue is at max_queued_messages."""
+    async with broker_factory(max_queued_messages=1) as broker:
+        plugin = DropWatcher(broker)
+        async with MQTTTestClient.open(broker.port()) as client:
+            await client.connect("full", clean_start=False, properties=PERSISTENT)
+            await client.subscribe("f", qos=1)
+            await client.disconnect()
+        await offline(broker, "full")
+        async with registered(broker, plugin):
+            await broker.publish_message("f", b"kept", qos=1)
+            await broker.publish_message("f", b"dropped", qos=1)
+            [call] = plugin.of("on_message_drop")
+            assert (call["client_id"], call["reason"], call["message"].payload) == ("full", "queue_full", b"dropped")
+
+
+async def test_on_message_drop_max_packet_size_exceeded(broker: Any) -> None:
+    plugin = DropWatcher(broker)
+    async with registered(broker, plugin), MQTTTestClient.open(broker.port()) as client:
+        await client.connect("tiny", properties={"maximum_packet_size": 64})
+        await client.subscribe("big", qos=1)
+        await broker.publish_message("big", b"x" * 100, qos=1)
+        await broker.publish_message("big", b"fits", qos=1)
+        assert (await client.receive()).payload == b"fits"
+        [call] = plugin.of("on_message_drop")
+        assert (call["client_id"], call["reason"], call["message"].payload) == (
+            "tiny", "max_packet_size_exceeded", b"x" * 100)
+
+
+async def test_on_message_drop_expired_in_the_offline_queue(broker: Any) -> None:
+    plugin = DropWatcher(broker)
+    async with MQTTTestClient.open(broker.port()) as client:
+        await client.connect("late", clean_start=False, properties=PERSISTENT)
+        await client.subscribe("e", qos=1)
+        await client.disconnect()
+    await offline(broker, "late")
+    await broker.publish_message("e", b"stale", qos=1, properties={"message_expiry_interval": 1})
+    await broker.publish_message("e", b"fresh", qos=1)
+    await trio.sleep(1.05)
+    async with registered(broker, plugin), MQTTTestClient.open(broker.port()) as client:
+        await client.connect("late", clean_start=False, properties=PERSISTENT)
+        assert (await client.receive()).payload == b"fresh"
+        await eventually(lambda: plugin.calls)
+        [call] = plugin.of("on_message_drop")
+        assert (call["client_id"], call["reason"], call["message"].payload) == ("late", "expired", b"stale")
+
+
+# ------------------------------------------------------- on_plugin_loaded / on_plugin_unloaded
+
+
+class PluginWatcher(Recorder):
+    @hookimpl
+    async def on_plugin_loaded(self, name: str) -> None:
+        await self._record("on_plugin_loaded", name=name, listed=name in self.broker.plugins.loaded)
+
+    @hookimpl
+    async def on_plugin_unloaded(self, name: str) -> None:
+        await self._record("on_plugin_unloaded", name=name, listed=name in self.broker.plugins.loaded)
+
+
+class Empty:
+    @hookimpl
+    def on_publish(self) -> None:
+        pass
+
+
+async def test_hook_on_plugin_loaded(broker: Any) -> None:
+    watcher = PluginWatcher(broker)
+    async with registered(broker, watcher, name="watcher"):
+        async with registered(broker, Empty(), name="other"):
+            pass
+        await broker.plugins.load("retainer-two", path="ternmq.plugins.retainer")
+        loaded = [(c["name"], c["listed"]) for c in watcher.of("on_plugin_loaded")]
+        assert loaded == [("watcher", True), ("other", True), ("retainer-two", True)]  # itself included
+        await broker.plugins.unload("retainer-two")
+
+
+async def test_hook_on_plugin_unloaded(broker: Any) -> None:
+    watcher = PluginWatcher(broker)
+    async with registered(broker, watcher, name="watcher"):
+        async with registered(broker, Empty(), name="other"):
+            pass
+        await broker.plugins.unload("retainer")
+        assert [(c["name"], c["listed"]) for c in watcher.of("on_plugin_unloaded")] == [
+            ("other", False), ("retainer", False)]
+    # Once unloaded itself, the watcher's hooks are gone: it does not see its own unload.
+    assert [c["name"] for c in watcher.of("on_plugin_unloaded")] == ["other", "retainer"]
