@@ -10,11 +10,12 @@ Nothing a client does there (bad TLS, bad HTTP, silence) can reach the broker.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
 import ssl
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -118,12 +119,39 @@ async def serve_listener(
                 log.info("listener %s (%s) ready on %s:%d%s", config.name, config.type, config.address,
                          running.port, suffix)
                 task_status.started(running.port)
-                await trio.serve_listeners(handler, tcp_listeners, handler_nursery=connections)
+                async with trio.open_nursery() as accepting:
+                    for tcp_listener in tcp_listeners:
+                        accepting.start_soon(_accept_loop, tcp_listener, handler, connections)
             running.status = "stopped"  # accepting no more; clients stay until they leave
     finally:
         running.status = "stopped"
         for tcp_listener in tcp_listeners:
             tcp_listener.socket.close()
+
+
+# accept() errors that mean "out of resources now", not "this listener is broken"
+# (the same set trio.serve_listeners retries).
+_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+
+
+async def _accept_loop(listener: trio.SocketListener, handler: Any, connections: trio.Nursery) -> None:
+    """Accept forever, one task per client in ``connections``.
+
+    Unlike trio.serve_listeners, no aclose_forcefully runs after each handler: the
+    connection closes its own socket, so a connect+disconnect costs one cancel scope
+    and one Cancelled exception less.
+    """
+    async with listener:  # stopping the listener closes its socket at once
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                log.error("accept failed: %s; retrying in 100 ms", os.strerror(exc.errno or 0))
+                await trio.sleep(0.1)
+                continue
+            connections.start_soon(handler, stream)
 
 
 async def _accept(broker: Broker, running: RunningListener, context: ssl.SSLContext | None,
