@@ -180,7 +180,7 @@ class Broker:
             for subscription in snapshot.subscriptions:
                 self.router.subscribe(session, subscription)
             for message in snapshot.queued:
-                session.queue.append(Delivery(message, message.qos, message.retain))
+                session.queue.append(Delivery(message, message.qos, message.retain, hooked=False))
             session.disconnected_at = snapshot.disconnected_at
             self._schedule_expiry(session)
         if snapshots:
@@ -240,9 +240,25 @@ class Broker:
         """After CONNACK: resend what is in flight, drain the queue, fire wakeup."""
         for delivery, status in list(session.resend_inflight()):
             await self.router.report(session, delivery.message, delivery.qos, status)
+        if self.dispatcher.has("on_deliver"):
+            await self._deliver_hook_on_offline_queue(session)
         await self.drain(session)
         if self.dispatcher.has("on_client_wakeup"):
             await self.dispatcher.notify("on_client_wakeup", client=conn.client_info)
+
+    async def _deliver_hook_on_offline_queue(self, session: Session) -> None:
+        """Run on_deliver over messages queued while offline (rewrite or drop them)."""
+        kept = []
+        for delivery in list(session.queue):
+            if not delivery.hooked:
+                message = await self.router.on_deliver(session, delivery.message, delivery.qos)
+                if message is None:
+                    continue  # dropped by the plugin (on_message_drop already fired)
+                delivery.message = message
+                delivery.hooked = True
+            kept.append(delivery)
+        session.queue.clear()
+        session.queue.extend(kept)
 
     async def drain(self, session: Session) -> None:
         for delivery, status in list(session.drain()):

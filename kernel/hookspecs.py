@@ -205,8 +205,10 @@ def on_auth(
 def on_deliver(client: ClientInfo, message: Message) -> Answer | None:
     """Inspect or rewrite a message just before it is sent to one subscriber.
 
-    Fires: once per delivery, in the publisher's task for online subscribers and when a
-    queued message is sent. Costs nothing when no plugin implements it.
+    Fires: once per delivery to an online subscriber, in the publisher's task (also
+    for a message that then waits for a free in-flight slot), and for messages queued
+    while the subscriber was offline when its session comes back, before they are sent.
+    Costs nothing when no plugin implements it.
 
     :param client: the receiving client.
     :param message: the message as it will be delivered (QoS already downgraded).

@@ -66,6 +66,9 @@ class Delivery:
     sub_ids: tuple[int, ...] = ()
     # QoS 2 only: True once PUBREC arrived and PUBREL was sent.
     released: bool = False
+    # False for messages queued while the session was offline: on_deliver has not
+    # seen them yet (it runs when the session comes back, before they are sent).
+    hooked: bool = True
 
 
 class Session:
@@ -135,7 +138,7 @@ class Session:
                 return DROPPED_OFFLINE_QOS0
             if len(self.queue) >= self.max_queued:
                 return DROPPED_QUEUE_FULL
-            self.queue.append(Delivery(message, qos, retain, sub_ids))
+            self.queue.append(Delivery(message, qos, retain, sub_ids, hooked=False))
             return QUEUED_OFFLINE
         if qos == 0:
             if connection.outbound_bytes > connection.outbound_limit:

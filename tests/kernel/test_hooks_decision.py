@@ -332,8 +332,6 @@ async def test_on_deliver_applies_to_retained_messages(broker: Any) -> None:
         assert (got.payload, got.retain) == (b"R:kept", True)
 
 
-@pytest.mark.xfail(strict=True, reason="on_deliver is not called for queued messages sent on reconnect "
-                   "(Broker.drain/Session.drain send without the hook; the hookspec says it fires then)")
 async def test_on_deliver_applies_to_queued_messages_when_they_are_sent(broker: Any) -> None:
     async with MQTTTestClient.open(broker.port()) as a:
         await a.connect("offline", clean_start=False, properties={"session_expiry_interval": 60})
