@@ -184,7 +184,8 @@ class PluginManager:
                 raise PluginError(f"plugin {name} failed to start: {exc}") from exc
         dispatcher.rebuild()
         self._call_registration_hooks(name, plugin)
-        loaded.state = "running"
+        if loaded.state == "loading":  # serve may already have failed right after started()
+            loaded.state = "running"
         log.info("plugin %s loaded (%s)", name, source)
         if dispatcher.has("on_plugin_loaded"):
             await dispatcher.notify("on_plugin_loaded", name=name)
