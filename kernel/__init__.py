@@ -11,7 +11,12 @@ use, so importing the kernel does not import pytest.
 
 from typing import Any
 
+from .admin import Table, Text
+from .codec import Auth, SubscriptionRequest, Will
+from .config import ConfigError
 from .hookspecs import hookimpl
+from .manager import PluginError
+from .topics import TopicError, topic_matches
 from .types import (
     Allow,
     AuthContinue,
@@ -27,6 +32,15 @@ from .types import (
 
 __all__ = [
     "hookimpl",
+    "Table",
+    "Text",
+    "Auth",
+    "SubscriptionRequest",
+    "Will",
+    "ConfigError",
+    "PluginError",
+    "TopicError",
+    "topic_matches",
     "Allow",
     "AuthContinue",
     "ClientInfo",

@@ -6,6 +6,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import trio
 
 from .admin import AdminRegistry, Arguments, CommandError, Table, Text, parse_value
 from .config import ConfigError, Limits, ListenerConfig, build_attrs
@@ -145,10 +146,15 @@ async def _listener_start(broker: Broker, args: Arguments) -> Text:
     return Text(f"Done: {config.name} on {config.address}:{running.port}")
 
 
-def _listener_stop(broker: Broker, args: Arguments) -> Text:
+async def _listener_stop(broker: Broker, args: Arguments) -> Text:
     name = args.keys["name"]
     if not broker.stop_listener(name, kill_sessions=bool(args.flag("kill_sessions"))):
         raise CommandError(f"no running listener {name!r}")
+    # Stopping cancels the listener's task; "Done" only once it has closed its port.
+    running = broker.listeners[name]
+    with trio.move_on_after(5):
+        while running.status == "running":
+            await trio.sleep(0.001)
     return Text("Done")
 
 

@@ -177,6 +177,7 @@ class Broker:
             session = self._new_session(snapshot.client_id, snapshot.username, snapshot.protocol_level,
                                         snapshot.expiry_interval, self.settings.limits.max_inflight,
                                         self.settings.limits.max_queued_messages)
+            session.stored = True
             for subscription in snapshot.subscriptions:
                 self.router.subscribe(session, subscription)
             for message in snapshot.queued:
@@ -288,9 +289,7 @@ class Broker:
             if self.dispatcher.has("on_client_offline"):
                 await self.dispatcher.notify("on_client_offline", client=conn.client_info, reason=reason)
         else:
-            self.router.remove_session(session)
-            if self.sessions.get(session.client_id) is session:
-                del self.sessions[session.client_id]
+            await self._end_session(session)
             if self.dispatcher.has("on_client_gone"):
                 await self.dispatcher.notify("on_client_gone", client=conn.client_info, reason=reason)
 
@@ -324,11 +323,15 @@ class Broker:
         self.router.remove_session(session)
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
-        if session.persistent:
+        # Whenever a store holds it, also for a session made non-persistent later
+        # (admin cleanup): its stored state must not come back after a restart.
+        if session.stored:
+            session.stored = False
             await self.dispatcher.provide("session_store_delete", client_id=session.client_id)
 
     async def save_session(self, session: Session) -> None:
         if self.dispatcher.has("session_store_save"):
+            session.stored = True
             await self.dispatcher.provide("session_store_save", session=session.snapshot())
 
     # -- publishing --------------------------------------------------------------------
@@ -375,10 +378,9 @@ class Broker:
         if cleanup:
             session.expiry_interval = 0
         if session.connection is not None:
-            session.connection.kick(reason_code, "kicked")
-        elif cleanup:
-            self.router.remove_session(session)
-            self.sessions.pop(client_id, None)
+            session.connection.kick(reason_code, "kicked")  # its teardown ends the session
+        elif cleanup and self._nursery is not None:
+            self._nursery.start_soon(self._end_session, session)
         return True
 
     def list_sessions(self) -> list[dict[str, Any]]:

@@ -126,6 +126,14 @@ class HookDispatcher:
         """Plugin names implementing ``hook_name``, in calling order."""
         return [impl.plugin_name for impl in self._impls[hook_name]]
 
+    def count_error(self, plugin_name: str, hook_name: str, what: str) -> None:
+        """Count an error found in an answer after the call (e.g. an unknown modifier)."""
+        for impl in self._impls[hook_name]:
+            if impl.plugin_name == plugin_name:
+                log.error("plugin %s: %s: %s", plugin_name, hook_name, what)
+                self._failed(impl, hook_name, what, timed_out=False)
+                return
+
     def forget_plugin(self, plugin_name: str) -> None:
         """Drop the counters and policy of an unloaded plugin."""
         self.policies.pop(plugin_name, None)
@@ -175,11 +183,15 @@ class HookDispatcher:
 
         Returns ``None`` when nobody answered (the caller applies the default policy).
         """
+        return (await self.decide_with_plugin(hook_name, **kwargs))[0]
+
+    async def decide_with_plugin(self, hook_name: str, **kwargs: Any) -> tuple[Any, str | None]:
+        """Like :meth:`decide`, also naming the plugin that answered (None: nobody)."""
         for impl in self._impls[hook_name]:
             if self._breaker_open(impl):
                 if impl.policy.on_error == "next":
                     continue
-                return PLUGIN_FAILURE
+                return PLUGIN_FAILURE, impl.plugin_name
             try:
                 answer = await self._call(impl, hook_name, kwargs, self.hook_timeout)
             except Exception as exc:
@@ -202,11 +214,11 @@ class HookDispatcher:
             if answer is _FAILED:
                 if impl.policy.on_error == "next":
                     continue
-                return PLUGIN_FAILURE
+                return PLUGIN_FAILURE, impl.plugin_name
             impl.stats.consecutive_failures = 0
             if answer is not None:
-                return answer
-        return None
+                return answer, impl.plugin_name
+        return None, None
 
     async def notify(self, hook_name: str, **kwargs: Any) -> None:
         """Run every implementation of a notification hook; failures are counted."""
@@ -231,6 +243,8 @@ class HookDispatcher:
         if not impls:
             return default
         impl = impls[0]
+        if self._breaker_open(impl):
+            return default
         try:
             result = await self._call(impl, hook_name, kwargs, self.hook_timeout)
         except Exception as exc:

@@ -23,7 +23,9 @@ Families, told apart by name:
   loads.
 
 Hook deadlines are the broker's ``hook_timeout`` (decision and provider hooks) and
-``notification_timeout`` settings.
+``notification_timeout`` settings, or a plugin's own ``hook_timeout``. A deadline can
+only interrupt an ``async def`` implementation at an ``await``: a synchronous one runs
+to its end, so keep synchronous hooks quick.
 """
 
 from __future__ import annotations
@@ -102,7 +104,8 @@ def auth_on_register(
     ``clean_start``, ``session_expiry_interval``, ``max_inflight_messages``,
     ``max_message_size`` (largest inbound packet), ``max_packet_size`` (largest outbound
     packet), ``max_queued_messages``. ``deny(reason_code)`` refuses with that CONNACK code
-    (v3 clients get the 3.1.1 return code that matches: 0x86 → 4, others → 5).
+    (v3 clients get the 3.1.1 return code that matches, as ``codec.connack_v3_code``
+    maps it: 0x84 → 1, 0x85 → 2, 0x88/0x89/0x8B/0x9F → 3, 0x86/0x8C → 4, others → 5).
 
     First answer wins. Nobody answers: allowed with ``allow_anonymous``, else refused
     (v5 0x86, v3 return code 5, as VerneMQ). Error or timeout: refused.
@@ -289,7 +292,9 @@ def on_client_offline(client: ClientInfo, reason: str) -> None:
 
     :param client: the client.
     :param reason: why: ``"normal"`` (DISCONNECT), ``"taken_over"``, ``"keep_alive"``,
-        ``"protocol_error"``, ``"connection_lost"``, ``"kicked"``, ``"shutdown"``.
+        ``"protocol_error"``, ``"connection_lost"``, ``"kicked"`` (admin or service API),
+        ``"not_authorized"`` (a refused MQTT 3.1.1 publish or re-authentication),
+        ``"listener_stopped"``, ``"shutdown"``.
 
     Every implementation runs; answers are ignored; errors and timeouts are counted.
     """

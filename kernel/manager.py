@@ -86,15 +86,19 @@ class PluginManager:
 
     # -- resolving ---------------------------------------------------------------------
 
-    def resolve(self, name: str) -> tuple[Any, str, str]:
-        """Find a plugin target by name: (module or object, source, version)."""
+    def resolve(self, name: str, *, is_path: bool = False) -> tuple[Any, str, str]:
+        """Find a plugin target by name: (module or object, source, version).
+
+        With ``is_path`` the name is only a module path (``mymodule``,
+        ``package.module`` or ``package.module:attribute``).
+        """
         from ternmq.plugins import BUILTIN
 
-        if name in BUILTIN:
+        if name in BUILTIN and not is_path:
             from ternmq import __version__
 
             return importlib.import_module(BUILTIN[name]), "builtin", __version__
-        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        for entry_point in () if is_path else importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             if entry_point.name == name:
                 try:
                     target = entry_point.load()
@@ -103,7 +107,7 @@ class PluginManager:
                 dist = entry_point.dist
                 return target, f"entry point ({dist.name if dist else entry_point.value})", dist.version if dist else ""
         module_name, _, attribute = name.partition(":")
-        if "." not in module_name and not attribute:
+        if "." not in module_name and not attribute and not is_path:
             raise PluginError(f"plugin {name}: not a built-in plugin, entry point or dotted path")
         try:
             target = importlib.import_module(module_name)
@@ -151,7 +155,7 @@ class PluginManager:
         """
         if name in self.loaded:
             raise PluginError(f"plugin {name} is already loaded")
-        target, source, version = self.resolve(path or name)
+        target, source, version = self.resolve(path, is_path=True) if path else self.resolve(name)
         plugin, config, kernel_settings = self.instantiate(name, target, settings or {}, source_name)
         return await self.register(name, plugin, config=config, settings=kernel_settings, source=source, version=version)
 

@@ -173,7 +173,7 @@ class Router:
         assert connection is not None
         client = connection.client_info
         delivered = message if message.qos == qos else _with(message, qos=qos)
-        answer = await self.dispatcher.decide("on_deliver", client=client, message=delivered)
+        answer, plugin_name = await self.dispatcher.decide_with_plugin("on_deliver", client=client, message=delivered)
         if answer is None or answer is PLUGIN_FAILURE:
             return message  # a broken plugin must not swallow messages
         if isinstance(answer, Deny):
@@ -189,7 +189,10 @@ class Router:
             if "properties" in modifiers:
                 changes["properties"] = {**message.properties, **modifiers.pop("properties")}
             if modifiers:
-                return message  # unknown modifiers: deliver unchanged, do not half-apply
+                # Unknown modifiers: an error of the plugin (counted), and the message goes
+                # out unchanged rather than half-rewritten.
+                self.dispatcher.count_error(plugin_name or "", "on_deliver", f"unknown modifiers {sorted(modifiers)}")
+                return message
             return _with(message, **changes)
         return message
 

@@ -101,6 +101,8 @@ class Session:
         self.disconnected_at: float | None = None
         # Handles of the broker's scheduler: a pending delayed will, the expiry timer.
         self.will_timer: Any = None
+        # True once a session store was given this session (it must then be deleted there).
+        self.stored = False
         self.expiry_timer: Any = None
 
     @property
