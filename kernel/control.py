@@ -76,31 +76,36 @@ async def serve_control(broker: Broker, path: str, *, task_status: trio.TaskStat
 
 
 async def _handle(broker: Broker, stream: trio.SocketStream) -> None:
+    """One request. Nothing a client of the socket sends or does may end the broker."""
     async with stream:
         try:
-            with trio.fail_after(5):
-                request = await _read_line(stream)
-            argv = json.loads(request)["argv"]
-            if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
-                raise ValueError("argv must be a list of strings")
-        except (ValueError, KeyError, TypeError, trio.TooSlowError) as exc:
-            await _reply(stream, {"ok": False, "error": f"bad request: {exc}", "usage": ""})
-            return
-        except trio.BrokenResourceError:
-            return
-        reply: dict[str, Any]
-        try:
-            result = await broker.admin.run(broker, argv)
-            reply = {"ok": True, "result": result.to_json(), "human": result.render()}
-        except CommandError as exc:
-            reply = {"ok": False, "error": str(exc), "usage": exc.usage}
-        except Exception as exc:  # a broken plugin command must not take the socket down
-            log.exception("admin command %s failed", argv)
-            reply = {"ok": False, "error": f"command failed: {exc!r}", "usage": ""}
-        try:
-            await _reply(stream, reply)
-        except trio.BrokenResourceError:
-            pass
+            await _answer(broker, stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+            pass  # the client went away or never finished its request
+        except Exception:
+            log.exception("control socket request failed")
+
+
+async def _answer(broker: Broker, stream: trio.SocketStream) -> None:
+    try:
+        with trio.fail_after(5):
+            request = await _read_line(stream)
+        argv = json.loads(request)["argv"]
+        if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+            raise ValueError("argv must be a list of strings")
+    except (ValueError, KeyError, TypeError) as exc:
+        await _reply(stream, {"ok": False, "error": f"bad request: {exc}", "usage": ""})
+        return
+    reply: dict[str, Any]
+    try:
+        result = await broker.admin.run(broker, argv)
+        reply = {"ok": True, "result": result.to_json(), "human": result.render()}
+    except CommandError as exc:
+        reply = {"ok": False, "error": str(exc), "usage": exc.usage}
+    except Exception as exc:  # a broken plugin command must not take the socket down
+        log.exception("admin command %s failed", argv)
+        reply = {"ok": False, "error": f"command failed: {exc!r}", "usage": ""}
+    await _reply(stream, reply)
 
 
 async def _read_line(stream: trio.SocketStream) -> bytes:
