@@ -88,6 +88,7 @@ class Command:
     flags: Mapping[str, str] = attrs.field(factory=dict)
     required: tuple[str, ...] = ()
     any_flags: bool = False  # True: any --item is accepted (session show columns/filters)
+    any_keys: bool = False  # True: any key=value is accepted (set: plugins add settings)
     owner: str = ""
 
 
@@ -121,14 +122,14 @@ class AdminRegistry:
     def add(
         self, path: str | Sequence[str], function: Callable[..., Any], *, help: str,
         keys: Mapping[str, str] | None = None, flags: Mapping[str, str] | None = None,
-        required: Sequence[str] = (), any_flags: bool = False, owner: str = "",
+        required: Sequence[str] = (), any_flags: bool = False, any_keys: bool = False, owner: str = "",
     ) -> None:
         """Add a command; ``keys``/``flags`` map each accepted name to its help."""
         words = tuple(path.split()) if isinstance(path, str) else tuple(path)
         if words in self.commands:
             raise ValueError(f"admin command {' '.join(words)!r} already exists")
         self.commands[words] = Command(words, function, help, dict(keys or {}), dict(flags or {}),
-                                       tuple(required), any_flags, owner)
+                                       tuple(required), any_flags, any_keys, owner)
 
     def describe(self, path: str | Sequence[str], help: str) -> None:
         """Help text of a command group (``plugin``, ``session``...)."""
@@ -209,7 +210,7 @@ class AdminRegistry:
                 flags[name] = value if has_value else True
             elif "=" in token:
                 name, _, value = token.partition("=")
-                if name not in command.keys:
+                if name not in command.keys and not command.any_keys:
                     raise CommandError(f"unknown argument {name}=", self.help(path))
                 keys[name] = value
             else:

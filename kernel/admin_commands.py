@@ -188,6 +188,7 @@ def metric_values(broker: Broker) -> dict[str, int | float]:
     values["gauge.sessions"] = len(broker.sessions)
     values["gauge.clients_online"] = sum(1 for s in broker.sessions.values() if s.connection is not None)
     values["gauge.subscriptions"] = len(router.trie)
+    values.update(broker.plugin_metrics.values())
     return values
 
 
@@ -215,13 +216,15 @@ def _live_keys() -> list[str]:
 
 
 def _show(broker: Broker, args: Arguments) -> Table:
-    names = [k for k, v in args.flags.items()] or _live_keys()
+    names = [k for k, v in args.flags.items()] or _live_keys() + sorted(broker.plugin_settings.entries)
     row: dict[str, Any] = {"node": broker.node_name}
     for name in names:
         if name in LIVE_BROKER_KEYS:
             row[name] = getattr(broker.settings, name)
         elif name in attrs.fields_dict(Limits):
             row[name] = getattr(broker.settings.limits, name)
+        elif name in broker.plugin_settings.entries:
+            row[name] = broker.plugin_settings.entries[name].read()
         else:
             raise CommandError(f"unknown setting {name}")
     return Table((row,), tuple(row))
@@ -230,8 +233,18 @@ def _show(broker: Broker, args: Arguments) -> Table:
 def _set(broker: Broker, args: Arguments) -> Text:
     if not args.keys:
         raise CommandError("set needs key=value")
+    plugin_settings = broker.plugin_settings.entries
+    unknown = [k for k in args.keys if k not in plugin_settings and k not in _live_keys()]
+    if unknown:
+        raise CommandError(f"unknown setting {unknown[0]}")
+    for name in [k for k in args.keys if k in plugin_settings]:
+        try:
+            plugin_settings[name].write(parse_value(args.keys[name]))
+        except (ValueError, TypeError) as exc:
+            raise CommandError(f"{name}: {exc}") from None
     broker_table = {k: parse_value(v) for k, v in args.keys.items() if k in LIVE_BROKER_KEYS}
-    limit_table = {k: parse_value(v) for k, v in args.keys.items() if k not in LIVE_BROKER_KEYS}
+    limit_table = {k: parse_value(v) for k, v in args.keys.items()
+                   if k not in LIVE_BROKER_KEYS and k not in plugin_settings}
     try:
         limits = build_attrs(Limits, {**attrs.asdict(broker.settings.limits), **limit_table}, "command line", "set")
         current = {f.name: getattr(broker.settings, f.name) for f in attrs.fields(type(broker.settings)) if f.name != "limits"}
@@ -280,5 +293,5 @@ def register_kernel_commands(registry: AdminRegistry) -> None:
     registry.describe("node", "This broker node.")
     registry.add("node status", _node_status, help="Node status summary.")
     registry.add("show", _show, any_flags=True, help="Show live settings: show --allow_anonymous --max_inflight.")
-    registry.add("set", _set, any_flags=True, keys={k: "" for k in _live_keys()},
+    registry.add("set", _set, any_flags=True, any_keys=True,
                  help="Change live settings: set allow_anonymous=false max_inflight=64.")

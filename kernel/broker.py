@@ -23,6 +23,7 @@ from .control import control_socket_path, serve_control
 from .dispatch import HookDispatcher
 from .listeners import RunningListener, serve_listener
 from .manager import PluginManager
+from .registries import MetricsRegistry, SettingsRegistry
 from .router import Router
 from .scheduler import Scheduler
 from .session import Delivery, Session
@@ -71,6 +72,8 @@ class Broker:
         self.scheduler = Scheduler()
         self.metrics = Metrics()
         self.admin = AdminRegistry()
+        self.plugin_metrics = MetricsRegistry()
+        self.plugin_settings = SettingsRegistry()
         register_kernel_commands(self.admin)
         self.plugins = PluginManager(self)
         self.listeners: dict[str, RunningListener] = {}

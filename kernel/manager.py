@@ -11,6 +11,7 @@ attrs ``Config`` (unknown keys are errors). Built-in plugins load exactly this w
 from __future__ import annotations
 
 import importlib
+import inspect
 import importlib.metadata
 import logging
 from collections.abc import Iterable, Mapping
@@ -22,6 +23,7 @@ import trio
 
 from .config import ConfigError, PluginEntry, build_attrs
 from .dispatch import ASYNC_HOOKS, PluginPolicy
+from .hookspecs import REGISTRATION_HOOKS
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -196,17 +198,32 @@ class PluginManager:
         return loaded
 
     def _call_registration_hooks(self, name: str, plugin: Any) -> None:
-        """Collect what the plugin registers (admin commands...); a failure is logged."""
-        pm = self.broker.plugin_manager
-        for caller in pm.get_hookcallers(plugin) or []:
-            if caller.name != "register_admin_commands":
+        """Collect what the plugin registers (admin commands, metrics, live settings).
+
+        Only this plugin's implementations are called, with a view of each registry
+        that records the plugin as owner, so unloading removes exactly its entries.
+        ``register_api_routes`` is called by the management API plugin, not here.
+        """
+        broker = self.broker
+        arguments = {
+            "register_admin_commands": {"registry": broker.admin.owned_by(name)},
+            "register_metrics": {"registry": broker.plugin_metrics.owned_by(name)},
+            "register_config": {"settings": broker.plugin_settings.owned_by(name)},
+        }
+        for caller in broker.plugin_manager.get_hookcallers(plugin) or []:
+            if caller.name not in arguments:
                 continue
             for impl in caller.get_hookimpls():
                 if impl.plugin is plugin:
                     try:
-                        impl.function(registry=self.broker.admin.owned_by(name))
+                        impl.function(**{a: arguments[caller.name][a] for a in impl.argnames})
                     except Exception:
-                        log.exception("plugin %s: register_admin_commands failed", name)
+                        log.exception("plugin %s: %s failed", name, caller.name)
+
+    def _remove_registrations(self, name: str) -> None:
+        self.broker.admin.remove_owner(name)
+        self.broker.plugin_metrics.remove_owner(name)
+        self.broker.plugin_settings.remove_owner(name)
 
     def _check_hooks(self, name: str, plugin: Any) -> None:
         """A misspelt or unknown hook, or a wrapper of an async hook, fails the load."""
@@ -222,6 +239,8 @@ class PluginManager:
             hook_name = opts.get("specname") or attribute
             if not hasattr(self.broker.plugin_manager.hook, hook_name) and not opts.get("optionalhook"):
                 raise PluginError(f"plugin {name}: {attribute} implements unknown hook {hook_name!r}")
+            if hook_name in REGISTRATION_HOOKS and inspect.iscoroutinefunction(function):
+                raise PluginError(f"plugin {name}: {hook_name} must be synchronous (it is called at load)")
             if hook_name in ASYNC_HOOKS and (opts.get("wrapper") or opts.get("hookwrapper")):
                 raise PluginError(f"plugin {name}: {hook_name} cannot be a wrapper (it is called asynchronously)")
 
@@ -252,7 +271,7 @@ class PluginManager:
             raise PluginError(f"plugin {name} is not loaded")
         self.broker.plugin_manager.unregister(name=name)
         self.broker.dispatcher.rebuild()
-        self.broker.admin.remove_owner(name)
+        self._remove_registrations(name)
         if loaded.scope is not None:
             loaded.scope.cancel()
             with trio.move_on_after(UNLOAD_GRACE):

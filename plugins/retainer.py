@@ -4,6 +4,10 @@ Implements the provider hooks ``retain_store``, ``retain_lookup`` and ``retain_d
 while it is loaded the broker announces ``retain_available``. Expired messages (MQTT 5
 message expiry) are skipped on lookup and removed.
 
+Live settings (``ternmq-admin show --retainer.max_messages``, ``set``):
+``retainer.max_messages`` and ``retainer.max_payload_size``. Metrics: ``retained_messages``
+(gauge) and ``retained_refused`` (counter).
+
 Config keys (``[plugins.retainer]``):
 
 * ``max_messages`` (default 100000; 0 = unlimited): beyond it a new topic is not
@@ -15,6 +19,7 @@ Config keys (``[plugins.retainer]``):
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import attrs
 
@@ -40,6 +45,22 @@ class Plugin:
         self.config = config or Config()
         self.messages: dict[str, Message] = {}
         self.refused = 0
+
+    @hookimpl
+    def register_metrics(self, registry: Any) -> None:
+        registry.gauge("retained_messages", lambda: len(self.messages), "retained messages held")
+        registry.counter("retained_refused", lambda: self.refused, "retained messages not kept (limits)")
+
+    @hookimpl
+    def register_config(self, settings: Any) -> None:
+        for key in ("max_messages", "max_payload_size"):
+            settings.add(f"retainer.{key}", lambda key=key: getattr(self.config, key),
+                         lambda value, key=key: self._set(key, value), f"see [plugins.retainer] {key}")
+
+    def _set(self, key: str, value: Any) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError("must be a whole number >= 0")
+        self.config = attrs.evolve(self.config, **{key: value})
 
     @hookimpl
     def retain_store(self, message: Message) -> None:

@@ -760,19 +760,20 @@ async def drive_register_api_routes(example: type) -> None:
 
 
 async def drive_register_metrics(example: type) -> None:
-    plugin, registry = example(), object()
-    plugin.register_metrics(registry)
-    assert plugin.registry is registry
     async with open_broker() as broker, registered(broker, example()):
-        pass
+        async with MQTTTestClient.open(broker.port()) as client:
+            await client.connect("counted")
+        shown = (await broker.admin.run(broker, ["metrics", "show"])).render()
+        assert "counter.example_logins = 1" in shown
 
 
 async def drive_register_config(example: type) -> None:
-    plugin, settings = example(), object()
-    plugin.register_config(settings)
-    assert plugin.settings is settings
     async with open_broker() as broker, registered(broker, example()):
-        pass
+        assert (await broker.admin.run(broker, ["set", 'example.greeting="hi"'])).text == "Done"
+        shown = await broker.admin.run(broker, ["show", "--example.greeting"])
+        assert shown.rows[0]["example.greeting"] == "hi"
+        with pytest.raises(CommandError):
+            await broker.admin.run(broker, ["set", "example.greeting=5"])
 
 
 DRIVERS: dict[str, Callable[[type], Any]] = {

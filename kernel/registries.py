@@ -1,0 +1,85 @@
+"""What plugins register at load: metrics (``register_metrics``) and live settings
+(``register_config``). Both are removed again when the plugin unloads.
+
+* ``registry.counter(name, read, help)`` / ``registry.gauge(...)``: a metric whose value
+  ``read()`` returns when metrics are shown (``metrics show``, later Prometheus).
+* ``settings.add(name, read, write, help)``: a live setting for ``show``/``set``;
+  ``write(value)`` receives the value parsed as TOML would (``5``, ``true``, ``"x"``)
+  and raises ValueError to refuse it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+
+@attrs.frozen
+class Metric:
+    name: str
+    kind: str  # "counter" or "gauge"
+    read: Callable[[], int | float]
+    help: str = ""
+    owner: str = ""
+
+
+@attrs.frozen
+class Setting:
+    name: str
+    read: Callable[[], Any]
+    write: Callable[[Any], None]
+    help: str = ""
+    owner: str = ""
+
+
+class _Owned:
+    """Base of both registries: entries remember which plugin added them."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, Any] = {}
+        self._owner = ""
+
+    def owned_by(self, owner: str) -> Any:
+        view = type(self).__new__(type(self))
+        view.entries = self.entries
+        view._owner = owner
+        return view
+
+    def remove_owner(self, owner: str) -> None:
+        for name in [name for name, entry in self.entries.items() if entry.owner == owner]:
+            del self.entries[name]
+
+    def _put(self, name: str, entry: Any) -> None:
+        if name in self.entries:
+            raise ValueError(f"{name!r} is already registered")
+        self.entries[name] = entry
+
+
+class MetricsRegistry(_Owned):
+    """Metrics that plugins add (the kernel's own counters are in ``Broker.metrics``)."""
+
+    def counter(self, name: str, read: Callable[[], int | float], help: str = "") -> None:
+        self._put(name, Metric(name, "counter", read, help, self._owner))
+
+    def gauge(self, name: str, read: Callable[[], int | float], help: str = "") -> None:
+        self._put(name, Metric(name, "gauge", read, help, self._owner))
+
+    def values(self) -> dict[str, int | float]:
+        """``{"counter.NAME": value, "gauge.NAME": value}``; a failing reader reads -1."""
+        values: dict[str, int | float] = {}
+        for metric in self.entries.values():
+            try:
+                value = metric.read()
+            except Exception:
+                value = -1
+            values[f"{metric.kind}.{metric.name}"] = value
+        return values
+
+
+class SettingsRegistry(_Owned):
+    """Live settings that plugins add for ``show``/``set``."""
+
+    def add(self, name: str, read: Callable[[], Any], write: Callable[[Any], None], help: str = "") -> None:
+        self._put(name, Setting(name, read, write, help, self._owner))
