@@ -21,12 +21,13 @@ from .admin_commands import register_kernel_commands
 from .config import BrokerSettings, Config, ListenerConfig
 from .control import control_socket_path, serve_control
 from .dispatch import HookDispatcher
+from .lifecycle import SessionLifecycle
 from .listeners import RunningListener, serve_listener
 from .manager import PluginManager
 from .registries import MetricsRegistry, SettingsRegistry
 from .router import Router
 from .scheduler import Scheduler
-from .session import Delivery, Session
+from .session import Session
 from .topics import validate_topic_name
 from .types import ClientInfo, Message, SessionSnapshot, TopicSubscription
 
@@ -50,7 +51,7 @@ class Metrics:
     sessions_expired: int = 0
 
 
-class Broker:
+class Broker(SessionLifecycle):
     """A ternmq broker; ``await nursery.start(broker.serve)`` runs it.
 
     :param config: the configuration (``load_config()`` for the embedded default).
@@ -173,169 +174,6 @@ class Broker:
         if listener is None:
             return next(iter(self.listeners.values())).port
         return self.listeners[listener].port
-
-    async def _restore_sessions(self) -> None:
-        snapshots = await self.dispatcher.provide("session_store_load_all", default=())
-        for snapshot in snapshots:
-            session = self._new_session(snapshot.client_id, snapshot.username, snapshot.protocol_level,
-                                        snapshot.expiry_interval, self.settings.limits.max_inflight,
-                                        self.settings.limits.max_queued_messages)
-            session.stored = True
-            for subscription in snapshot.subscriptions:
-                self.router.subscribe(session, subscription)
-            for message in snapshot.queued:
-                session.queue.append(Delivery(message, message.qos, message.retain, hooked=False))
-            session.disconnected_at = snapshot.disconnected_at
-            self._schedule_expiry(session)
-        if snapshots:
-            log.info("restored %d sessions from the session store", len(snapshots))
-
-    # -- sessions ----------------------------------------------------------------------
-
-    def _new_session(self, client_id: str, username: str | None, level: int, expiry: int | None,
-                     max_inflight: int, max_queued: int) -> Session:
-        session = Session(client_id, username=username, protocol_level=level, expiry_interval=expiry,
-                          max_inflight=max_inflight, max_queued=max_queued)
-        self.sessions[client_id] = session
-        return session
-
-    async def attach_session(
-        self, conn: Connection, client_id: str, *, clean_start: bool, expiry_interval: int | None,
-        username: str | None, max_inflight: int, max_queued: int,
-    ) -> tuple[Session, bool]:
-        """Take over any live connection of ``client_id``, then resume or create its session."""
-        session = self.sessions.get(client_id)
-        if session is not None and session.connection is not None:
-            old = session.connection
-            old.kick(0x8E, "taken_over")
-            with trio.move_on_after(5):
-                await old.closed.wait()
-            session = self.sessions.get(client_id)
-        if session is not None:
-            if session.will_timer is not None:
-                # A new connection before the will delay passed: the will is not sent,
-                # unless the session ends now (clean start), which also ends the delay.
-                timer, session.will_timer = session.will_timer, None
-                timer.cancel()
-                if clean_start:
-                    await timer.callback()
-            if session.expiry_timer is not None:
-                session.expiry_timer.cancel()
-                session.expiry_timer = None
-        present = session is not None and not clean_start
-        if session is not None and clean_start:
-            await self._end_session(session)
-            session = None
-        if session is None:
-            session = self._new_session(client_id, username, conn.protocol_level, expiry_interval,
-                                        max_inflight, max_queued)
-        else:
-            session.username = username
-            session.protocol_level = conn.protocol_level
-            session.expiry_interval = expiry_interval
-            session.max_inflight = max_inflight
-            session.max_queued = max_queued
-        session.connection = conn
-        session.disconnected_at = None
-        self.metrics.connections_accepted += 1
-        return session, present
-
-    async def session_online(self, conn: Connection, session: Session) -> None:
-        """After CONNACK: resend what is in flight, drain the queue, fire wakeup."""
-        for delivery, status in list(session.resend_inflight()):
-            await self.router.report(session, delivery.message, delivery.qos, status)
-        if self.dispatcher.has("on_deliver"):
-            await self._deliver_hook_on_offline_queue(session)
-        await self.drain(session)
-        if self.dispatcher.has("on_client_wakeup"):
-            await self.dispatcher.notify("on_client_wakeup", client=conn.client_info)
-
-    async def _deliver_hook_on_offline_queue(self, session: Session) -> None:
-        """Run on_deliver over messages queued while offline (rewrite or drop them)."""
-        kept = []
-        for delivery in list(session.queue):
-            if not delivery.hooked:
-                message = await self.router.on_deliver(session, delivery.message, delivery.qos)
-                if message is None:
-                    continue  # dropped by the plugin (on_message_drop already fired)
-                delivery.message = message
-                delivery.hooked = True
-            kept.append(delivery)
-        session.queue.clear()
-        session.queue.extend(kept)
-
-    async def drain(self, session: Session) -> None:
-        for delivery, status in list(session.drain()):
-            await self.router.report(session, delivery.message, delivery.qos, status)
-
-    async def connection_closed(self, conn: Connection) -> None:
-        """Detach a closed connection from its session: will, offline or gone, hooks."""
-        session = conn.session
-        if session is None or session.connection is not conn:
-            return
-        session.connection = None
-        session.disconnected_at = time.time()
-        will = conn.will
-        if will is not None:
-            delay = will.properties.get("will_delay_interval", 0) if conn.protocol_level == 5 else 0
-            if session.expiry_interval is not None:
-                delay = min(delay, session.expiry_interval)
-            if delay > 0:
-                session.will_timer = self.scheduler.call_later(
-                    delay, lambda: self._publish_will(session, will, conn.client_info))
-            else:
-                await self._publish_will(session, will, conn.client_info)
-        reason = conn.disconnect_reason
-        if session.persistent:
-            self._schedule_expiry(session)
-            await self.save_session(session)
-            if self.dispatcher.has("on_client_offline"):
-                await self.dispatcher.notify("on_client_offline", client=conn.client_info, reason=reason)
-        else:
-            await self._end_session(session)
-            if self.dispatcher.has("on_client_gone"):
-                await self.dispatcher.notify("on_client_gone", client=conn.client_info, reason=reason)
-
-    async def _publish_will(self, session: Session, will: Message, client: ClientInfo) -> None:
-        session.will_timer = None
-        self.metrics.wills_published += 1
-        # The will's created_at is now: its message expiry starts when it is published.
-        await self.publish(attrs.evolve(will, created_at=time.time()), None, origin=client)
-
-    def _schedule_expiry(self, session: Session) -> None:
-        if session.expiry_interval is None:
-            return
-        elapsed = time.time() - (session.disconnected_at or time.time())
-        session.expiry_timer = self.scheduler.call_later(
-            max(0.0, session.expiry_interval - elapsed), lambda: self._expire(session))
-
-    async def _expire(self, session: Session) -> None:
-        session.expiry_timer = None
-        if session.connection is not None or self.sessions.get(session.client_id) is not session:
-            return
-        self.metrics.sessions_expired += 1
-        if session.will_timer is not None:
-            timer, session.will_timer = session.will_timer, None
-            timer.cancel()
-            await timer.callback()
-        await self._end_session(session)
-        if self.dispatcher.has("on_session_expired"):
-            await self.dispatcher.notify("on_session_expired", client_id=session.client_id)
-
-    async def _end_session(self, session: Session) -> None:
-        self.router.remove_session(session)
-        if self.sessions.get(session.client_id) is session:
-            del self.sessions[session.client_id]
-        # Whenever a store holds it, also for a session made non-persistent later
-        # (admin cleanup): its stored state must not come back after a restart.
-        if session.stored:
-            session.stored = False
-            await self.dispatcher.provide("session_store_delete", client_id=session.client_id)
-
-    async def save_session(self, session: Session) -> None:
-        if self.dispatcher.has("session_store_save"):
-            session.stored = True
-            await self.dispatcher.provide("session_store_save", session=session.snapshot())
 
     # -- publishing --------------------------------------------------------------------
 

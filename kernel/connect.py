@@ -12,7 +12,6 @@ import logging
 import secrets
 from typing import TYPE_CHECKING, Any
 
-import attrs
 import trio
 
 from .codec import (
