@@ -1,0 +1,458 @@
+"""The plugin manager: finding, configuring, loading and unloading plugins.
+
+Plugins are found by built-in short name, by entry point (the installed third-party
+example, examples/third_party) and by dotted path (a module of hook functions, or
+``module:attribute``); their table builds their typed ``Config`` and the kernel's own
+keys (priority, hook_timeout, on_error, breaker_*). Loading and unloading at run time
+must not drop a connection or lose a QoS 1 message, and the failure policy of a plugin
+(its timeout, on_error, circuit breaker) shows end to end with real clients.
+"""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import plugin_samples
+import pytest
+import trio
+from plugin_samples import (
+    CALL_ORDER,
+    Failer,
+    Hanger,
+    SampleConfig,
+    SamplePlugin,
+    Server,
+    v311_connack_return_code,
+)
+
+import ternmq
+from ternmq.kernel.codec import Puback, Publish
+from ternmq.kernel.config import ConfigError
+from ternmq.kernel.manager import PluginError
+from ternmq.kernel.testing import MQTTTestClient
+from ternmq.plugins import retainer
+
+
+async def eventually(predicate: Callable[[], Any], timeout: float = 5.0) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.005)
+
+
+async def plugin_row(broker: Any, name: str) -> dict[str, Any]:
+    table = await broker.admin.run(broker, ["plugin", "show"])
+    rows = [dict(row) for row in table.rows if row["Plugin"] == name]
+    assert rows, f"{name} not in plugin show"
+    return rows[0]
+
+
+async def publish_qos1(client: MQTTTestClient, topic: str, payload: bytes = b"x") -> Puback:
+    return await client.publish(topic, payload, qos=1)
+
+
+@pytest.fixture(scope="module")
+def json_auth() -> None:
+    """The third-party example plugin, installed in this environment."""
+    plugin_samples.ensure_json_auth_installed()
+
+
+@pytest.fixture
+def module_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A package on sys.path whose module ``hooks`` is a plugin made of hook functions."""
+    package = f"ternmq_sample_{uuid.uuid4().hex[:8]}"
+    (tmp_path / package).mkdir()
+    (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / package / "hooks.py").write_text(textwrap.dedent('''
+        import attrs
+        from ternmq.kernel import hookimpl, deny
+
+        __version__ = "2.5.0"
+
+        @attrs.frozen
+        class Config:
+            banned: str = "mallory"
+
+        CONFIG = []
+
+        @hookimpl
+        def auth_on_register(client):
+            if client.username == CONFIG[-1].banned:
+                return deny(0x8A, "banned")
+            return None
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield f"{package}.hooks"
+    for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+        del sys.modules[name]
+
+
+# ------------------------------------------------------------------ finding plugins
+
+
+async def test_retainer_loads_by_builtin_short_name_through_the_same_path(broker_factory: Any) -> None:
+    async with broker_factory(plugins={}) as broker:
+        assert not broker.retain_available
+        loaded = await broker.plugins.load("retainer", {"max_messages": 5}, source_name="test.toml")
+        assert loaded.source == "builtin"
+        assert loaded.version == ternmq.__version__
+        assert loaded.config == retainer.Config(max_messages=5)
+        assert isinstance(loaded.plugin, retainer.Plugin) and loaded.plugin.config.max_messages == 5
+        assert broker.retain_available
+        row = await plugin_row(broker, "retainer")
+        assert (row["source"], row["state"], row["Type"]) == ("builtin", "running", "object")
+        assert {"retain_delete", "retain_lookup", "retain_store"} <= set(row["Hook(s)"])
+        async with MQTTTestClient.open(broker.port()) as client:
+            await client.connect("r1")
+            await client.publish("kept/1", b"v", qos=1, retain=True)
+            await client.subscribe("kept/#")
+            message = await client.receive()
+            assert (message.topic, message.payload, message.retain) == ("kept/1", b"v", True)
+
+
+async def test_configured_retainer_is_listed_as_builtin(broker: Any) -> None:
+    # The broker fixture loads [plugins.retainer] from its config, like any other table.
+    row = await plugin_row(broker, "retainer")
+    assert row["source"] == "builtin"
+    assert row["version"] == ternmq.__version__
+
+
+async def test_entry_point_plugin_is_found_by_name(broker_factory: Any, json_auth: None, tmp_path: Path) -> None:
+    users = tmp_path / "users.json"
+    users.write_text('{"alice": "secret"}')
+    async with broker_factory(allow_anonymous=False) as broker:
+        loaded = await broker.plugins.load("json_auth", {"users_file": str(users)})
+        assert loaded.source == "entry point (ternmq-json-auth)"
+        assert loaded.version == "1.0.0"
+        assert type(loaded.config).__module__ == "ternmq_json_auth"
+        assert loaded.config.users_file == str(users)
+        async with MQTTTestClient.open(broker.port()) as good, MQTTTestClient.open(broker.port()) as bad:
+            assert (await good.connect("a", username="alice", password=b"secret")).reason_code == 0
+            assert (await bad.connect("b", username="alice", password=b"nope")).reason_code == 0x86
+
+
+async def test_dotted_path_module_of_hook_functions(broker: Any, module_plugin: str) -> None:
+    loaded = await broker.plugins.load(module_plugin, {"banned": "eve"})
+    module = sys.modules[module_plugin]
+    assert loaded.plugin is module
+    assert loaded.config == module.Config(banned="eve")
+    assert loaded.source == f"path ({module_plugin})"
+    assert loaded.version == "2.5.0"
+    module.CONFIG.append(loaded.config)
+    row = await plugin_row(broker, module_plugin)
+    assert row["Type"] == "module" and row["Hook(s)"] == ["auth_on_register"]
+    async with MQTTTestClient.open(broker.port()) as eve, MQTTTestClient.open(broker.port()) as mallory:
+        assert (await eve.connect("e", username="eve")).reason_code == 0x8A
+        assert (await mallory.connect("m", username="mallory")).reason_code == 0
+
+
+async def test_dotted_path_module_attribute_builds_the_typed_config(broker: Any) -> None:
+    loaded = await broker.plugins.load("sample", {"greeting": "hi", "limit": 7}, path="plugin_samples:SamplePlugin")
+    assert loaded.config == SampleConfig(greeting="hi", limit=7)
+    assert isinstance(loaded.plugin, SamplePlugin) and loaded.plugin.config is loaded.config
+    assert loaded.source == "path (plugin_samples)"
+    async with MQTTTestClient.open(broker.port()) as client:
+        await client.connect("p")
+        await client.publish("seen/1", qos=1)
+    assert loaded.plugin.published == ["seen/1"]
+    # Without path=, the dotted path is the name.
+    other = await broker.plugins.load("plugin_samples:SamplePlugin")
+    assert other.config == SampleConfig() and "plugin_samples:SamplePlugin" in broker.plugins.loaded
+
+
+async def test_unresolvable_name_is_a_plugin_error(broker: Any) -> None:
+    with pytest.raises(PluginError, match="nosuchplugin"):
+        await broker.plugins.load("nosuchplugin")
+    with pytest.raises(PluginError, match="cannot import"):
+        await broker.plugins.load("x", path="no_such_package.module")
+    with pytest.raises(PluginError, match="has no Nope"):
+        await broker.plugins.load("x", path="plugin_samples:Nope")
+    assert "x" not in broker.plugins.loaded
+
+
+# ------------------------------------------------------------------ configuration
+
+
+@pytest.mark.parametrize(("table", "key"), [
+    ({"colour": "red"}, "colour"),           # unknown key of the plugin
+    ({"limit": "many"}, "limit"),            # wrong type for the plugin's own key
+    ({"on_error": "maybe"}, "on_error"),     # bad value of a kernel key
+    ({"hook_timeout": "soon"}, "hook_timeout"),
+    ({"priority": 1.5}, "priority"),
+])
+async def test_bad_table_is_refused_naming_the_plugin_table_and_key(broker: Any, table: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        await broker.plugins.load("sample", table, source_name="/etc/ternmq/plugins.toml", path="plugin_samples:SamplePlugin")
+    assert caught.value.table == "plugins.sample"
+    assert caught.value.key == key
+    assert str(caught.value).startswith(f"/etc/ternmq/plugins.toml: [plugins.sample] {key}:")
+    assert "sample" not in broker.plugins.loaded
+    assert broker.plugin_manager.get_plugin("sample") is None
+
+
+async def test_plugin_without_config_refuses_any_own_key(broker: Any) -> None:
+    with pytest.raises(ConfigError, match=r"\[plugins.f\] retries: unknown key"):
+        await broker.plugins.load("f", {"retries": 3}, path="plugin_samples:Failer")
+
+
+async def test_kernel_keys_of_the_table_are_applied(broker: Any) -> None:
+    table = {"priority": 3, "hook_timeout": 0.25, "on_error": "next", "breaker_threshold": 4,
+             "breaker_cooldown": 1.5, "greeting": "yo"}
+    loaded = await broker.plugins.load("sample", table, path="plugin_samples:SamplePlugin")
+    assert loaded.config == SampleConfig(greeting="yo")  # kernel keys are not the plugin's
+    policy = broker.dispatcher.policies["sample"]
+    assert (policy.priority, policy.hook_timeout, policy.on_error, policy.breaker_threshold,
+            policy.breaker_cooldown) == (3, 0.25, "next", 4, 1.5)
+    assert (await plugin_row(broker, "sample"))["priority"] == 3
+
+
+async def test_priority_changes_the_calling_order(broker: Any) -> None:
+    async def order() -> list[str]:
+        CALL_ORDER.clear()
+        async with MQTTTestClient.open(broker.port()) as client:
+            assert (await client.connect("o")).reason_code == 0
+        return list(CALL_ORDER)
+
+    await broker.plugins.load("a", {"tag": "a"}, path="plugin_samples:Recorder")
+    await broker.plugins.load("b", {"tag": "b"}, path="plugin_samples:Recorder")
+    assert await order() == ["b", "a"]  # pluggy's order: last loaded first
+    await broker.plugins.unload("a")
+    await broker.plugins.unload("b")
+    await broker.plugins.load("a", {"tag": "a", "priority": 1}, path="plugin_samples:Recorder")
+    await broker.plugins.load("b", {"tag": "b"}, path="plugin_samples:Recorder")
+    assert await order() == ["a", "b"]  # a priority comes before pluggy's order
+
+
+async def test_misspelt_hookimpl_fails_the_load_naming_it(broker: Any) -> None:
+    with pytest.raises(PluginError, match="auth_on_registr") as caught:
+        await broker.plugins.load("typo", path="plugin_samples:Misspelt")
+    assert "typo" in str(caught.value)
+    assert "typo" not in broker.plugins.loaded
+    assert broker.plugin_manager.get_plugin("typo") is None
+
+
+# ------------------------------------------------------------------ serve
+
+
+async def test_serve_runs_in_its_own_scope_and_its_socket_and_task_end_at_unload(broker: Any) -> None:
+    loaded = await broker.plugins.load("server", path="plugin_samples:Server")
+    server = loaded.plugin
+    assert isinstance(server, Server) and server.port
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    async with stream:
+        assert await stream.receive_some(10) == b"hi\n"
+    assert not server.stopped and not server.child_cancelled
+    await broker.plugins.unload("server")
+    assert server.stopped and server.child_cancelled
+    assert loaded.state == "unloaded" and loaded.done.is_set()
+    with pytest.raises(OSError):
+        await trio.open_tcp_stream("127.0.0.1", server.port)
+    # The broker itself serves on.
+    async with MQTTTestClient.open(broker.port()) as client:
+        assert (await client.connect("after")).reason_code == 0
+
+
+async def test_serve_failing_before_started_fails_the_load_cleanly(broker: Any) -> None:
+    with pytest.raises(PluginError, match="broken") as caught:
+        await broker.plugins.load("broken", path="plugin_samples:BrokenServe")
+    assert "database unreachable" in repr(caught.value.__cause__) or "database unreachable" in str(caught.value)
+    assert "broken" not in broker.plugins.loaded
+    assert broker.plugin_manager.get_plugin("broken") is None
+    assert not broker.dispatcher.has("on_publish")
+    async with MQTTTestClient.open(broker.port()) as client:
+        assert (await client.connect("still")).reason_code == 0
+        await client.subscribe("s/#")
+        await client.publish("s/1", b"ok", qos=1)
+        assert (await client.receive()).payload == b"ok"
+    # The name is free again.
+    await broker.plugins.load("broken", path="plugin_samples:SamplePlugin")
+    assert broker.plugins.loaded["broken"].state == "running"
+
+
+# ------------------------------------------------------------------ at run time, with clients
+
+
+async def test_load_unload_reload_while_clients_publish_drops_nothing(broker: Any, paho_client: Any) -> None:
+    total = 200
+    sub = paho_client("flow-sub", paho.MQTTv311)
+    pub = paho_client("flow-pub", paho.MQTTv311)
+    await sub.connect(broker.port())
+    await pub.connect(broker.port())
+    await sub.subscribe("flow/#", qos=1)
+    sent = 0
+    samples: list[SamplePlugin] = []
+
+    async def publisher() -> None:
+        nonlocal sent
+        for index in range(total):
+            info = await pub.publish(f"flow/{index}", str(index).encode(), qos=1)
+            assert info.is_published()
+            sent += 1
+
+    async def after(count: int) -> None:
+        await eventually(lambda: sent >= count, timeout=20)
+
+    async def operator() -> None:
+        plugins = broker.plugins
+        await after(20)
+        samples.append((await plugins.load("sample", {"greeting": "v1"}, path="plugin_samples:SamplePlugin")).plugin)
+        await after(50)
+        await plugins.unload("sample")
+        samples.append((await plugins.load("sample", {"greeting": "v2"}, path="plugin_samples:SamplePlugin")).plugin)
+        await after(80)
+        await plugins.unload("retainer")
+        await after(110)
+        await plugins.load("retainer", {"max_messages": 10})
+        await after(140)
+        await plugins.unload("retainer")
+        await plugins.load("retainer", {"max_messages": 20})
+        await plugins.unload("sample")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(publisher)
+        nursery.start_soon(operator)
+    received = set()
+    with trio.fail_after(10):
+        while len(received) < total:
+            received.add((await sub.receive()).payload)
+    assert received == {str(i).encode() for i in range(total)}
+    assert not sub.disconnected.is_set() and not pub.disconnected.is_set()
+    assert sub.client.is_connected() and pub.client.is_connected()
+    assert [s.config.greeting for s in samples] == ["v1", "v2"]
+    assert samples[0].published and samples[1].published  # each saw part of the flow
+    assert broker.plugins.loaded["retainer"].config.max_messages == 20
+    await sub.disconnect()
+    await pub.disconnect()
+
+
+async def test_decision_in_flight_while_its_plugin_unloads_still_answers(broker: Any) -> None:
+    loaded = await broker.plugins.load("slow", {"delay": 0.5, "code": 0x97}, path="plugin_samples:SlowDenier")
+    plugin = loaded.plugin
+    async with MQTTTestClient.open(broker.port()) as client:
+        await client.connect("inflight")
+        await client.send(Publish("slow/1", b"x", 1, False, False, 1, {}))
+        await plugin.entered.wait()
+        await broker.plugins.unload("slow")
+        assert "slow" not in broker.plugins.loaded
+        puback = await client.expect(Puback)
+        assert (puback.packet_id, puback.reason_code) == (1, 0x97)  # the plugin's own answer
+        # The next publish is no longer asked of it: the default policy allows.
+        assert (await client.publish("slow/2", qos=1)).reason_code == 0x10
+        assert plugin.calls == 1
+
+
+async def test_unloading_the_only_auth_plugin_keeps_the_broker_closed(broker_factory: Any) -> None:
+    async with broker_factory(allow_anonymous=False) as broker:
+        await broker.plugins.load("auth", {"password": "pw"}, path="plugin_samples:PasswordAuth")
+        async with MQTTTestClient.open(broker.port()) as inside:
+            assert (await inside.connect("inside", username="u", password=b"pw")).reason_code == 0
+            await broker.plugins.unload("auth")
+            async with MQTTTestClient.open(broker.port()) as late:
+                connack = await late.connect("late", username="u", password=b"pw")
+                assert connack.reason_code == 0x86
+            assert await v311_connack_return_code(broker.port(), "late3", "u", b"pw") == 5
+            assert await v311_connack_return_code(broker.port(), "anon3") == 5
+            await inside.ping()
+            assert type(await inside.next_packet()).__name__ == "Pingresp"
+
+
+# ------------------------------------------------------------------ failure policy, end to end
+
+
+async def test_hook_timeout_of_the_plugin_table_refuses_a_hanging_publish(broker: Any) -> None:
+    assert broker.settings.hook_timeout == 5.0
+    await broker.plugins.load("hang", {"hook_timeout": 0.3}, path="plugin_samples:Hanger")
+    async with MQTTTestClient.open(broker.port()) as client:
+        await client.connect("h")
+        started = trio.current_time()
+        puback = await client.publish("h/1", qos=1)
+        elapsed = trio.current_time() - started
+    assert puback.reason_code == 0x80
+    assert 0.25 <= elapsed < 2.0
+    row = await plugin_row(broker, "hang")
+    assert (row["timeouts"], row["errors"]) == (1, 0)
+
+
+async def test_on_error_next_lets_the_next_plugin_decide(broker: Any) -> None:
+    failing = (await broker.plugins.load("failing", {"on_error": "next", "priority": 1},
+                                         path="plugin_samples:Failer")).plugin
+    await broker.plugins.load("decider", {"code": 0x97, "priority": 2}, path="plugin_samples:SlowDenier")
+    async with MQTTTestClient.open(broker.port()) as client:
+        await client.connect("n")
+        assert (await client.publish("n/1", qos=1)).reason_code == 0x97
+        assert failing.calls == 1
+        assert (await plugin_row(broker, "failing"))["errors"] == 1
+        # The same plugin with on_error = "deny" (the default) refuses instead.
+        await broker.plugins.unload("failing")
+        await broker.plugins.load("failing", {"priority": 1}, path="plugin_samples:Failer")
+        assert (await client.publish("n/2", qos=1)).reason_code == 0x80
+
+
+async def test_error_and_timeout_counts_appear_in_plugin_show(broker: Any) -> None:
+    await broker.plugins.load("failing", {"on_error": "next"}, path="plugin_samples:Failer")
+    await broker.plugins.load("hanging", {"on_error": "next", "hook_timeout": 0.1}, path="plugin_samples:Hanger")
+    async with MQTTTestClient.open(broker.port()) as client:
+        await client.connect("c")
+        for index in range(3):
+            assert (await client.publish(f"c/{index}", qos=1)).reason_code == 0x10
+    failing = await plugin_row(broker, "failing")
+    hanging = await plugin_row(broker, "hanging")
+    assert (failing["errors"], failing["timeouts"]) == (3, 0)
+    assert (hanging["errors"], hanging["timeouts"]) == (0, 3)
+    assert set(failing) == {"Plugin", "Type", "Hook(s)", "source", "version", "state", "priority", "errors",
+                            "timeouts"}
+
+
+@pytest.mark.parametrize(("on_error", "while_open"), [("deny", 0x80), ("next", 0x10)])
+async def test_circuit_breaker_skips_the_plugin_then_tries_it_after_the_cooldown(
+        broker: Any, on_error: str, while_open: int) -> None:
+    failer = (await broker.plugins.load("failing", {"breaker_threshold": 2, "breaker_cooldown": 0.5,
+                                                    "on_error": on_error}, path="plugin_samples:Failer")).plugin
+    assert isinstance(failer, Failer)
+    async with MQTTTestClient.open(broker.port()) as client:
+        await client.connect("b")
+        for expected_calls in (1, 2):
+            assert (await client.publish("b/1", qos=1)).reason_code == while_open
+            assert failer.calls == expected_calls
+        opened = trio.current_time()
+        for _ in range(3):  # open: not called, the policy answers
+            assert (await client.publish("b/1", qos=1)).reason_code == while_open
+        assert failer.calls == 2
+        assert trio.current_time() - opened < 0.5
+        await trio.sleep(0.55)
+        assert (await client.publish("b/1", qos=1)).reason_code == while_open
+        assert failer.calls == 3  # called again after the cool-down
+    assert (await plugin_row(broker, "failing"))["errors"] == 3
+
+
+async def test_hanging_plugin_does_not_stall_a_client_it_does_not_concern(broker: Any) -> None:
+    hanger = (await broker.plugins.load("hang-a", {"client_id": "A", "hook_timeout": 1.2},
+                                        path="plugin_samples:Hanger")).plugin
+    assert isinstance(hanger, Hanger)
+    async with MQTTTestClient.open(broker.port()) as a, MQTTTestClient.open(broker.port()) as b:
+        await a.connect("A")
+        await b.connect("B")
+        await b.subscribe("t/#", qos=1)
+        started = trio.current_time()
+        await a.send(Publish("t/a", b"from A", 1, False, False, 7, {}))
+        await eventually(lambda: hanger.calls == 1)
+        with trio.fail_after(0.8):
+            assert (await b.publish("t/b", b"from B", qos=1)).reason_code == 0
+            message = await b.receive()
+        assert message.payload == b"from B"
+        assert trio.current_time() - started < 1.0  # while A's check still hangs
+        puback = await a.expect(Puback, timeout=5)
+        assert (puback.packet_id, puback.reason_code) == (7, 0x80)
+        assert await b.nothing_received(0.2)  # A's refused message was not routed
+
+
+@pytest.fixture(autouse=True)
+def _clear_call_order() -> Iterator[None]:
+    CALL_ORDER.clear()
+    yield
+    CALL_ORDER.clear()

@@ -1,0 +1,172 @@
+"""The example configurations start as written (with ``--port 0``), from the repository
+root as the working directory (examples/third_party.toml names its users file relative
+to it); production.toml parses and starts once its certificate paths point at real
+files (trustme) in a modified copy.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import ssl
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trustme
+
+from ternmq.kernel.config import load_config
+from ternmq.kernel.testing import MQTTTestClient
+
+
+def _helpers() -> Any:
+    """tests/kernel/plugin_samples.py (the broker-process helpers), imported by path:
+    tests/kernel is only on sys.path while pytest runs the tests there."""
+    name = "plugin_samples"
+    if name not in sys.modules:
+        path = Path(__file__).parent / "kernel" / "plugin_samples.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+helpers = _helpers()
+REPO: Path = helpers.REPO
+EXAMPLES = REPO / "examples"
+
+
+@pytest.fixture(scope="module")
+def json_auth() -> None:
+    helpers.ensure_json_auth_installed()
+
+
+def start(runtime_dir: Path, config: Path | str, listeners: int = 1) -> Any:
+    env = helpers.subprocess_env(runtime_dir)
+    process = helpers.BrokerProcess(["--config", str(config), "--port", "0"], env=env, cwd=REPO,
+                                    listeners=listeners)
+    try:
+        process.wait_ready()
+    except BaseException:
+        process.stop()
+        raise
+    return process
+
+
+@pytest.fixture
+def runtime_dir() -> Iterator[Path]:
+    """XDG_RUNTIME_DIR of the brokers: the examples use the default control socket."""
+    with helpers.short_dir() as path:
+        yield path
+
+
+@pytest.fixture
+def broker_process(runtime_dir: Path) -> Iterator[Any]:
+    started: list[Any] = []
+
+    def factory(config: Path | str, listeners: int = 1) -> Any:
+        process = start(runtime_dir, config, listeners)
+        started.append(process)
+        return process
+
+    yield factory
+    for process in started:
+        process.stop()
+
+
+async def connack(port: int, client_id: str, username: str | None = None, password: bytes | None = None,
+                  protocol_level: int = 5) -> int:
+    async with MQTTTestClient.open(port, protocol_level) as client:
+        return (await client.connect(client_id, username=username, password=password)).reason_code
+
+
+async def test_minimal_toml_starts_and_takes_anonymous_clients_with_retained_messages(
+        broker_process: Any, runtime_dir: Path) -> None:
+    process = broker_process("examples/minimal.toml")
+    assert list(process.ports) == ["default"]
+    port = process.port
+    async with MQTTTestClient.open(port) as client:
+        assert (await client.connect("dev-client")).reason_code == 0
+        await client.publish("dev/state", b"on", qos=1, retain=True)
+    async with MQTTTestClient.open(port, 4) as late:
+        assert (await late.connect("late")).reason_code == 0
+        await late.subscribe("dev/#")
+        message = await late.receive()
+        assert (message.topic, message.payload, message.retain) == ("dev/state", b"on", True)
+    socket = runtime_dir / f"ternmq-{os.getuid()}" / "dev@127.0.0.1.sock"
+    assert socket.exists()  # node_name "dev@127.0.0.1" names the control socket
+
+
+async def test_third_party_toml_lets_alice_in_and_refuses_bob(broker_process: Any, json_auth: None) -> None:
+    process = broker_process("examples/third_party.toml")
+    port = process.port
+    assert await connack(port, "a", "alice", b"secret") == 0
+    assert await connack(port, "a4", "alice", b"secret", protocol_level=4) == 0
+    assert await connack(port, "b", "bob", b"secret") == 0x86
+    assert await connack(port, "b2", "alice", b"guess") == 0x86
+    assert await connack(port, "anon") == 0x86
+    assert await helpers.v311_connack_return_code(port, "b3", "bob", b"secret") == 5
+
+
+def test_production_toml_parses() -> None:
+    config = load_config(EXAMPLES / "production.toml")
+    assert config.broker.allow_anonymous is False
+    assert config.broker.node_name == "mqtt1@broker.example.com"
+    assert config.broker.limits.max_packet_size == 262144
+    assert [(listener.name, listener.type, listener.port) for listener in config.listeners] == [
+        ("local", "tcp", 1883), ("tls", "tls", 8883), ("wss", "wss", 8084)]
+    assert [(p.name, p.enabled) for p in config.plugins] == [("retainer", True), ("json_auth", True)]
+    json_auth = config.plugins[1].settings
+    assert (json_auth["on_error"], json_auth["breaker_threshold"], json_auth["breaker_cooldown"]) == ("deny", 20, 10.0)
+
+
+@pytest.fixture
+def certificates(tmp_path: Path) -> dict[str, Any]:
+    ca = trustme.CA()
+    server = ca.issue_cert("localhost", "127.0.0.1")
+    paths = {"server.pem": tmp_path / "server.pem", "server.key": tmp_path / "server.key",
+             "ca.pem": tmp_path / "ca.pem"}
+    server.cert_chain_pems[0].write_to_path(str(paths["server.pem"]))
+    for blob in server.cert_chain_pems[1:]:
+        blob.write_to_path(str(paths["server.pem"]), append=True)
+    server.private_key_pem.write_to_path(str(paths["server.key"]))
+    ca.cert_pem.write_to_path(str(paths["ca.pem"]))
+    return {"ca": ca, "paths": paths}
+
+
+async def test_production_toml_starts_with_real_certificate_files(
+        broker_process: Any, json_auth: None, tmp_path: Path, certificates: dict[str, Any]) -> None:
+    text = (EXAMPLES / "production.toml").read_text()
+    for name, path in certificates["paths"].items():
+        assert f"/etc/ternmq/{name}" in text
+        text = text.replace(f'"/etc/ternmq/{name}"', f'"{path}"')
+    users = tmp_path / "users.json"
+    users.write_text('{"alice": "secret"}')
+    text = text.replace('"/etc/ternmq/users.json"', f'"{users}"')
+    # Fixed ports may be taken on a test machine: the TLS and WSS listeners get any free
+    # port (the first listener's is --port 0).
+    assert "port = 8883" in text and "port = 8084" in text
+    text = text.replace("port = 8883", "port = 0").replace("port = 8084", "port = 0")
+    assert "/etc/ternmq" not in text
+    copy = tmp_path / "production.toml"
+    copy.write_text(text)
+
+    process = broker_process(copy, listeners=3)
+    assert set(process.ports) == {"local", "tls", "wss"}
+    assert await connack(process.ports["local"], "alice-tcp", "alice", b"secret") == 0
+    assert await connack(process.ports["local"], "anon") == 0x86
+    context = ssl.create_default_context()
+    certificates["ca"].configure_trust(context)
+    tcp = await trio.open_tcp_stream("127.0.0.1", process.ports["tls"])
+    tls = trio.SSLStream(tcp, context, server_hostname="localhost")
+    client = MQTTTestClient(tls, 5)
+    try:
+        assert (await client.connect("alice-tls", username="alice", password=b"secret")).reason_code == 0
+        assert client.stream.getpeercert()["subjectAltName"]  # a verified server certificate
+    finally:
+        await trio.aclose_forcefully(tls)
