@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import queue
 import shutil
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -38,6 +39,23 @@ def broker_factory() -> Callable[..., Any]:
             yield running
 
     return factory
+
+
+@pytest.fixture
+def no_tracebacks(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Fail a test if a ternmq logger recorded an ERROR with a traceback during it
+    (``pytestmark = pytest.mark.usefixtures("no_tracebacks")`` for a whole file)."""
+    caplog.set_level(logging.INFO, logger="ternmq")
+    yield
+    records = caplog.get_records("setup") + caplog.get_records("call") + caplog.records
+    tracebacks = [
+        record for record in records
+        if record.name.startswith("ternmq") and record.levelno >= logging.ERROR
+        and (record.exc_info or "Traceback" in record.getMessage())
+    ]
+    assert not tracebacks, "unexpected tracebacks:\n" + "\n".join(
+        f"{r.name}: {r.getMessage()} {r.exc_info[1]!r}" if r.exc_info else f"{r.name}: {r.getMessage()}"
+        for r in tracebacks)
 
 
 @pytest.fixture

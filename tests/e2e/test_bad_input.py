@@ -9,9 +9,9 @@ broker must never log a traceback for anything a client sends (``no_tracebacks``
 
 from __future__ import annotations
 
-import logging
+import functools
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -23,13 +23,9 @@ from ternmq.kernel.broker import Broker
 from ternmq.kernel.codec import (
     Connack,
     Connect,
-    Disconnect,
     Pingresp,
     Publish,
-    Pubrel,
     Suback,
-    Subscribe,
-    SubscriptionRequest,
     Unsuback,
     Will,
     encode,
@@ -37,27 +33,20 @@ from ternmq.kernel.codec import (
 from ternmq.kernel.codec.wire import encode_varint
 from ternmq.kernel.testing import MQTTTestClient
 
-LEVELS = [pytest.param(4, id="v311"), pytest.param(5, id="v5")]
-BYSTANDER_TOPIC = "bystander/news"
+import helpers
+from helpers import (
+    BYSTANDER_TOPIC,
+    LEVELS,
+    eventually,
+    expect_refused_close,
+    packets_until_close,
+    raw_until_close,
+)
 
+pytestmark = pytest.mark.usefixtures("no_tracebacks")  # never a traceback, whatever a client sends
 
-# -- no tracebacks, ever ------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def no_tracebacks(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """Fail a test if a ternmq logger recorded an ERROR with a traceback during it."""
-    caplog.set_level(logging.INFO, logger="ternmq")
-    yield
-    records = caplog.get_records("setup") + caplog.get_records("call") + caplog.records
-    tracebacks = [
-        record for record in records
-        if record.name.startswith("ternmq") and record.levelno >= logging.ERROR
-        and (record.exc_info or "Traceback" in record.getMessage())
-    ]
-    assert not tracebacks, "unexpected tracebacks:\n" + "\n".join(
-        f"{r.name}: {r.getMessage()} {r.exc_info[1]!r}" if r.exc_info else f"{r.name}: {r.getMessage()}"
-        for r in tracebacks)
+# the bystander must also still be online at the end of every test here
+watched = functools.partial(helpers.watched, stays_online=True)
 
 
 # -- raw bytes ------------------------------------------------------------------------
@@ -81,67 +70,7 @@ def publish_bytes(level: int, raw_topic: bytes, payload: bytes = b"x", *, first_
     return frame(first_byte, string(raw_topic) + packet_id + props + payload)
 
 
-async def packets_until_close(client: MQTTTestClient, timeout: float = 5.0) -> list[Any]:
-    """Everything the broker sends until it closes the connection (fails if it doesn't)."""
-    packets = []
-    while (packet := await client.next_packet(timeout)) is not None:
-        packets.append(packet)
-    return packets
-
-
-async def raw_until_close(client: MQTTTestClient, timeout: float = 5.0) -> bytes:
-    """The raw bytes the broker sends until it closes (for answers our codec can't decode)."""
-    received = b""
-    with trio.fail_after(timeout):
-        while True:
-            try:
-                data = await client.stream.receive_some(65536)
-            except trio.BrokenResourceError:
-                return received
-            if not data:
-                return received
-            received += data
-
-
-async def expect_refused_close(client: MQTTTestClient, reason_code: int, timeout: float = 5.0) -> None:
-    """The broker closes; an MQTT 5 client is told ``reason_code`` first, a 3.1.1 one nothing."""
-    packets = await packets_until_close(client, timeout)
-    if client.protocol_level == 5:
-        assert packets == [Disconnect(reason_code, packets[-1].properties if packets else {})], packets
-    else:
-        assert packets == [], packets
-
-
-# -- bystanders ----------------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def connected(broker: Broker, client_id: str, level: int = 5) -> AsyncIterator[MQTTTestClient]:
-    """An MQTTTestClient with a successful CONNACK."""
-    async with MQTTTestClient.open(broker.port(), level) as client:
-        connack = await client.connect(client_id)
-        assert isinstance(connack, Connack) and connack.reason_code == 0, connack
-        yield client
-
-
-async def broker_is_healthy(broker: Broker, bystander: MQTTTestClient | Any, payload: bytes) -> None:
-    """A fresh client can connect and publish, and the bystander receives it."""
-    async with connected(broker, "fresh-publisher", 4) as fresh:
-        await fresh.publish(BYSTANDER_TOPIC, payload, qos=1)
-    message = await bystander.receive()
-    assert (message.topic, message.payload) == (BYSTANDER_TOPIC, payload)
-
-
-@asynccontextmanager
-async def watched(broker: Broker, level: int = 4) -> AsyncIterator[MQTTTestClient]:
-    """A subscribed MQTTTestClient bystander; the block's end proves nothing else was hurt."""
-    async with connected(broker, "bystander", level) as bystander:
-        suback = await bystander.subscribe("bystander/#", qos=1)
-        assert suback.reason_codes == [1]
-        yield bystander
-        assert await bystander.nothing_received(0.05), "the bystander got something it didn't ask for"
-        await broker_is_healthy(broker, bystander, b"still here")
-        assert any(row["client_id"] == "bystander" and row["is_online"] for row in broker.list_sessions())
+# -- the bad client ------------------------------------------------------------------------
 
 
 @asynccontextmanager
@@ -152,12 +81,6 @@ async def bad_client(broker: Broker, level: int = 5, *, connect: bool = True) ->
             connack = await client.connect("bad")
             assert connack.reason_code == 0, connack
         yield client
-
-
-async def eventually(condition: Any, timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
-        while not condition():
-            await trio.sleep(0.01)
 
 
 def session_gone(broker: Broker, client_id: str = "bad") -> bool:

@@ -12,23 +12,7 @@ from ternmq.kernel.broker import Broker
 from ternmq.kernel.codec import Disconnect, Pingresp, Will
 from ternmq.kernel.testing import MQTTTestClient
 
-LEVELS = [pytest.param(4, id="v311"), pytest.param(5, id="v5")]
-
-
-@pytest.fixture
-def paho_client(paho_client: Any) -> Any:
-    """conftest's factory, plus closing paho's wake-up socket pair at teardown (paho
-    closes it only in ``__del__``, and a cycle collected later warns about it)."""
-    made: list[Any] = []
-
-    def factory(*args: Any, **kwargs: Any) -> Any:
-        made.append(paho_client(*args, **kwargs))
-        return made[-1]
-
-    yield factory
-    for c in made:
-        c.close()
-        c.client.reinitialise()
+from helpers import LEVELS, PAHO
 
 
 async def closed_after(c: MQTTTestClient, timeout: float = 4.0) -> tuple[float, Any]:
@@ -72,8 +56,7 @@ async def test_any_packet_counts_as_activity(broker: Broker) -> None:
         assert await c.nothing_received(0.2)
 
 
-@pytest.mark.parametrize("protocol", [pytest.param(paho.MQTTv311, id="paho-v311"),
-                                      pytest.param(paho.MQTTv5, id="paho-v5")])
+@pytest.mark.parametrize("protocol", PAHO)
 async def test_paho_client_with_one_second_keep_alive_stays_connected(
     broker: Broker, paho_client: Any, protocol: int
 ) -> None:

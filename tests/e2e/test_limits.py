@@ -8,94 +8,33 @@ receives a fresh publish and that a new client can still connect.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import trio
 
 from ternmq.kernel.broker import Broker
-from ternmq.kernel.codec import Connack, Connect, Disconnect, Puback, Publish, Pubrec, Will, encode
+from ternmq.kernel.codec import Connack, Connect, Puback, Publish, Pubrec, Will, encode
 from ternmq.kernel.config import Limits, ListenerConfig
-from ternmq.kernel.hookspecs import hookimpl
 from ternmq.kernel.testing import MQTTTestClient, registered
-from ternmq.kernel.types import Message
 
-LEVELS = [pytest.param(4, id="v311"), pytest.param(5, id="v5")]
-BYSTANDER_TOPIC = "bystander/news"
+from helpers import (
+    BYSTANDER_TOPIC,
+    LEVELS,
+    DropRecorder,
+    connected,
+    eventually,
+    expect_refused_close,
+    packets_until_close,
+    raw_until_close,
+    session_row,
+    watched,
+)
 
-
-@pytest.fixture(autouse=True)
-def no_tracebacks(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """Fail a test if a ternmq logger recorded an ERROR with a traceback during it."""
-    caplog.set_level(logging.INFO, logger="ternmq")
-    yield
-    records = caplog.get_records("setup") + caplog.get_records("call") + caplog.records
-    tracebacks = [
-        record for record in records
-        if record.name.startswith("ternmq") and record.levelno >= logging.ERROR
-        and (record.exc_info or "Traceback" in record.getMessage())
-    ]
-    assert not tracebacks, "unexpected tracebacks: " + ", ".join(r.getMessage() for r in tracebacks)
+pytestmark = pytest.mark.usefixtures("no_tracebacks")
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def connected(broker: Broker, client_id: str, level: int = 5, *, auto_ack: bool = True,
-                    **connect: Any) -> AsyncIterator[MQTTTestClient]:
-    """An MQTTTestClient with a successful CONNACK (kept as ``client.connack``)."""
-    async with MQTTTestClient.open(broker.port(), level, auto_ack=auto_ack) as client:
-        connack = await client.connect(client_id, **connect)
-        assert isinstance(connack, Connack) and connack.reason_code == 0, connack
-        client.connack = connack  # type: ignore[attr-defined]
-        yield client
-
-
-@asynccontextmanager
-async def watched(broker: Broker, level: int = 4) -> AsyncIterator[MQTTTestClient]:
-    """A subscribed bystander; the block's end proves it and the broker are unharmed."""
-    async with connected(broker, "bystander", level) as bystander:
-        suback = await bystander.subscribe("bystander/#", qos=1)
-        assert suback.reason_codes == [1]
-        yield bystander
-        assert await bystander.nothing_received(0.05), "the bystander got something it didn't ask for"
-        async with connected(broker, "fresh-publisher", 4) as fresh:
-            await fresh.publish(BYSTANDER_TOPIC, b"still here", qos=1)
-        message = await bystander.receive()
-        assert (message.topic, message.payload) == (BYSTANDER_TOPIC, b"still here")
-
-
-async def packets_until_close(client: MQTTTestClient, timeout: float = 5.0) -> list[Any]:
-    packets = []
-    while (packet := await client.next_packet(timeout)) is not None:
-        packets.append(packet)
-    return packets
-
-
-async def raw_until_close(client: MQTTTestClient, timeout: float = 5.0) -> bytes:
-    received = b""
-    with trio.fail_after(timeout):
-        while True:
-            try:
-                data = await client.stream.receive_some(65536)
-            except trio.BrokenResourceError:
-                return received
-            if not data:
-                return received
-            received += data
-
-
-async def expect_refused_close(client: MQTTTestClient, reason_code: int) -> None:
-    """MQTT 5: a DISCONNECT with ``reason_code``, then the close; MQTT 3.1.1: just the close."""
-    packets = await packets_until_close(client)
-    if client.protocol_level == 5:
-        assert [(type(p), p.reason_code) for p in packets] == [(Disconnect, reason_code)], packets
-    else:
-        assert packets == [], packets
 
 
 async def refused_connack(broker: Broker, level: int, client_id: str, **fields: Any) -> int | bytes:
@@ -107,16 +46,6 @@ async def refused_connack(broker: Broker, level: int, client_id: str, **fields: 
             assert len(packets) == 1 and isinstance(packets[0], Connack), packets
             return int(packets[0].reason_code)
         return await raw_until_close(client)
-
-
-def session_row(broker: Broker, client_id: str) -> dict[str, Any]:
-    return next(row for row in broker.list_sessions() if row["client_id"] == client_id)
-
-
-async def eventually(condition: Any, timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
-        while not condition():
-            await trio.sleep(0.01)
 
 
 def publish_of_size(level: int, size: int, topic: str = BYSTANDER_TOPIC) -> Publish:
@@ -245,15 +174,6 @@ async def test_client_over_receive_maximum_closes_with_receive_maximum_exceeded(
 
 
 # -- max_queued_messages --------------------------------------------------------------------
-
-
-class DropRecorder:
-    def __init__(self) -> None:
-        self.drops: list[tuple[str, bytes, str]] = []
-
-    @hookimpl
-    def on_message_drop(self, client_id: str, message: Message, reason: str) -> None:
-        self.drops.append((client_id, message.payload, reason))
 
 
 async def test_offline_queue_keeps_max_queued_messages_and_drops_the_rest(broker_factory: Any) -> None:

@@ -7,75 +7,14 @@ refuses to send.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
-
 import paho.mqtt.client as paho
-import pytest
 import trio
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
-from ternmq.kernel.codec import Connack, Disconnect, Puback, Pubcomp, Publish, Pubrec, Pubrel
-from ternmq.kernel.hookspecs import hookimpl
-from ternmq.kernel.testing import MQTTTestClient, registered
+from ternmq.kernel.codec import Disconnect, Puback, Pubcomp, Publish, Pubrec, Pubrel
+from ternmq.kernel.testing import registered
 
-
-@asynccontextmanager
-async def connected(port: int, client_id: str = "", *, auto_ack: bool = True,
-                    **connect_kwargs: Any) -> AsyncIterator[MQTTTestClient]:
-    """An MQTT 5 MQTTTestClient that got CONNACK 0; ``c.connack`` keeps the CONNACK."""
-    async with MQTTTestClient.open(port, 5, auto_ack=auto_ack) as c:
-        connack = await c.connect(client_id, **connect_kwargs)
-        assert isinstance(connack, Connack) and connack.reason_code == 0, connack
-        c.connack = connack  # type: ignore[attr-defined]
-        yield c
-
-
-def publish_props(**values: Any) -> Properties:
-    props = Properties(PacketTypes.PUBLISH)
-    for name, value in values.items():
-        setattr(props, name, value)
-    return props
-
-
-def connect_props(**values: Any) -> Properties:
-    props = Properties(PacketTypes.CONNECT)
-    for name, value in values.items():
-        setattr(props, name, value)
-    return props
-
-
-@pytest.fixture
-async def paho_client(paho_client: Any) -> AsyncIterator[Any]:
-    """conftest's paho_client, closed for good: paho keeps a socket pair (its wake-up
-    channel) open after ``loop_stop`` until the client is finalized, which inside a
-    garbage cycle raises ResourceWarning; close it here, after the DISCONNECT went out."""
-    made: list[Any] = []
-
-    def factory(*args: Any, **kwargs: Any) -> Any:
-        made.append(paho_client(*args, **kwargs))
-        return made[-1]
-
-    yield factory
-    for c in made:
-        if c.client.is_connected():
-            c.client.disconnect()
-            await trio.to_thread.run_sync(c.disconnected.wait, 2)
-        c.client.loop_stop()
-        c.client._reset_sockets()  # no public API closes the socket pair
-
-
-class DropRecorder:
-    """Records on_message_drop notifications."""
-
-    def __init__(self) -> None:
-        self.drops: list[tuple[str, str, bytes]] = []
-
-    @hookimpl
-    def on_message_drop(self, client_id: str, message: Any, reason: str) -> None:
-        self.drops.append((client_id, reason, message.payload))
+from helpers import DropRecorder, connected, paho_props
 
 
 # -- topic aliases, client -> broker ----------------------------------------------------
@@ -89,11 +28,11 @@ async def test_client_topic_alias_routes_empty_topic_publishes_to_the_aliased_to
     flags, reason, connack_props = await pub.connect(broker.port())
     assert connack_props.TopicAliasMaximum >= 1
 
-    await pub.publish("alias/one", b"first", 1, properties=publish_props(TopicAlias=1))
-    await pub.publish("", b"second", 1, properties=publish_props(TopicAlias=1))
+    await pub.publish("alias/one", b"first", 1, properties=paho_props(PacketTypes.PUBLISH, TopicAlias=1))
+    await pub.publish("", b"second", 1, properties=paho_props(PacketTypes.PUBLISH, TopicAlias=1))
     # A topic name with a known alias replaces the mapping (MQTT 5 §3.3.2.3.4).
-    await pub.publish("alias/two", b"third", 1, properties=publish_props(TopicAlias=1))
-    await pub.publish("", b"fourth", 1, properties=publish_props(TopicAlias=1))
+    await pub.publish("alias/two", b"third", 1, properties=paho_props(PacketTypes.PUBLISH, TopicAlias=1))
+    await pub.publish("", b"fourth", 1, properties=paho_props(PacketTypes.PUBLISH, TopicAlias=1))
 
     got = [await sub.receive() for _ in range(4)]
     assert [(m.topic, m.payload) for m in got] == [
@@ -242,7 +181,7 @@ async def test_broker_never_sends_a_packet_above_the_client_maximum_packet_size(
     recorder = DropRecorder()
     async with registered(broker, recorder):
         sub = paho_client("small-sub", paho.MQTTv5)
-        await sub.connect(broker.port(), properties=connect_props(MaximumPacketSize=100))
+        await sub.connect(broker.port(), properties=paho_props(PacketTypes.CONNECT, MaximumPacketSize=100))
         await sub.subscribe("mps/t", 1)
         async with connected(broker.port(), "mps-pub") as pub:
             await pub.publish("mps/t", b"L" * 500, qos=1)
@@ -252,7 +191,7 @@ async def test_broker_never_sends_a_packet_above_the_client_maximum_packet_size(
         second = await sub.receive()
         assert (first.payload, second.payload) == (b"small", b"S" * 80)
         assert await sub.nothing_received()
-    assert recorder.drops == [("small-sub", "max_packet_size_exceeded", b"L" * 500)]
+    assert recorder.drops == [("small-sub", b"L" * 500, "max_packet_size_exceeded")]
 
 
 # -- message expiry ------------------------------------------------------------------------------
@@ -278,7 +217,7 @@ async def test_queued_message_expires_and_a_later_one_carries_its_remaining_expi
             assert message.payload == b"long"
             assert 0 < message.properties["message_expiry_interval"] < 60
             assert await sub.nothing_received()
-    assert ("exp-sub", "expired", b"short") in recorder.drops
+    assert ("exp-sub", b"short", "expired") in recorder.drops
 
 
 async def test_live_message_keeps_its_message_expiry_interval(broker, paho_client):
@@ -287,6 +226,6 @@ async def test_live_message_keeps_its_message_expiry_interval(broker, paho_clien
     await sub.subscribe("expl/t", 1)
     pub = paho_client("exp-live-pub", paho.MQTTv5)
     await pub.connect(broker.port())
-    await pub.publish("expl/t", b"x", 1, properties=publish_props(MessageExpiryInterval=30))
+    await pub.publish("expl/t", b"x", 1, properties=paho_props(PacketTypes.PUBLISH, MessageExpiryInterval=30))
     message = await sub.receive()
     assert message.properties.MessageExpiryInterval in (29, 30)

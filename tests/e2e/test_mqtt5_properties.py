@@ -3,57 +3,18 @@ strings, server-initiated DISCONNECT, session expiry set at DISCONNECT."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import paho.mqtt.client as paho
-import pytest
 import trio
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
-from ternmq.kernel.codec import Connack, Disconnect, Pingresp, Publish, Pubrec
+from ternmq.kernel.codec import Disconnect, Pingresp, Publish, Pubrec
 from ternmq.kernel.hookspecs import hookimpl
-from ternmq.kernel.testing import MQTTTestClient, registered
+from ternmq.kernel.testing import registered
 from ternmq.kernel.types import deny
 
-
-@asynccontextmanager
-async def connected(port: int, client_id: str = "", **connect_kwargs: Any) -> AsyncIterator[MQTTTestClient]:
-    """An MQTT 5 MQTTTestClient that got CONNACK 0; ``c.connack`` keeps the CONNACK."""
-    async with MQTTTestClient.open(port, 5) as c:
-        connack = await c.connect(client_id, **connect_kwargs)
-        assert isinstance(connack, Connack) and connack.reason_code == 0, connack
-        c.connack = connack  # type: ignore[attr-defined]
-        yield c
-
-
-def properties(packet_type: int, **values: Any) -> Properties:
-    props = Properties(packet_type)
-    for name, value in values.items():
-        setattr(props, name, value)
-    return props
-
-
-@pytest.fixture
-async def paho_client(paho_client: Any) -> AsyncIterator[Any]:
-    """conftest's paho_client, closed for good: paho keeps a socket pair (its wake-up
-    channel) open after ``loop_stop`` until the client is finalized, which inside a
-    garbage cycle raises ResourceWarning; close it here, after the DISCONNECT went out."""
-    made: list[Any] = []
-
-    def factory(*args: Any, **kwargs: Any) -> Any:
-        made.append(paho_client(*args, **kwargs))
-        return made[-1]
-
-    yield factory
-    for c in made:
-        if c.client.is_connected():
-            c.client.disconnect()
-            await trio.to_thread.run_sync(c.disconnected.wait, 2)
-        c.client.loop_stop()
-        c.client._reset_sockets()  # no public API closes the socket pair
+from helpers import connected, paho_props
 
 
 # -- request / response ------------------------------------------------------------------------
@@ -62,7 +23,7 @@ async def paho_client(paho_client: Any) -> AsyncIterator[Any]:
 async def test_request_response_information_gives_response_information_in_connack(broker, paho_client):
     asking = paho_client("rri-1", paho.MQTTv5)
     _, reason, props = await asking.connect(
-        broker.port(), properties=properties(PacketTypes.CONNECT, RequestResponseInformation=1))
+        broker.port(), properties=paho_props(PacketTypes.CONNECT, RequestResponseInformation=1))
     assert reason == 0
     assert isinstance(props.ResponseInformation, str) and props.ResponseInformation
     # [MQTT-3.1.2-28]: without the request the server must not send it.
@@ -80,13 +41,13 @@ async def test_response_topic_and_correlation_data_reach_the_responder_and_back(
     await responder.connect(port)
     await responder.subscribe("service/time", 1)
 
-    await requester.publish("service/time", b"what time?", 1, properties=properties(
+    await requester.publish("service/time", b"what time?", 1, properties=paho_props(
         PacketTypes.PUBLISH, ResponseTopic="reply/req", CorrelationData=b"\x00id-42\xff"))
     request = await responder.receive()
     assert request.properties.ResponseTopic == "reply/req"
     assert request.properties.CorrelationData == b"\x00id-42\xff"
 
-    await responder.publish(request.properties.ResponseTopic, b"noon", 1, properties=properties(
+    await responder.publish(request.properties.ResponseTopic, b"noon", 1, properties=paho_props(
         PacketTypes.PUBLISH, CorrelationData=request.properties.CorrelationData))
     reply = await requester.receive()
     assert (reply.topic, reply.payload) == ("reply/req", b"noon")
@@ -103,7 +64,7 @@ async def test_user_properties_content_type_and_payload_format_pass_through_unch
     await sub.subscribe("up/t", 1)
     pub = paho_client("up-pub", paho.MQTTv5)
     await pub.connect(broker.port())
-    await pub.publish("up/t", b'{"x": 1}', 1, properties=properties(
+    await pub.publish("up/t", b'{"x": 1}', 1, properties=paho_props(
         PacketTypes.PUBLISH, UserProperty=user, ContentType="application/json", PayloadFormatIndicator=1))
     message = await sub.receive()
     assert message.properties.UserProperty == user  # order and duplicates kept

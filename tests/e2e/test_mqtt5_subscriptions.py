@@ -3,48 +3,15 @@ handling, shared subscriptions."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
-
 import paho.mqtt.client as paho
 import pytest
-import trio
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from ternmq.kernel.codec import Connack, Disconnect, Subscribe, SubscriptionRequest
-from ternmq.kernel.testing import MQTTTestClient
+from ternmq.kernel.codec import Disconnect, Subscribe, SubscriptionRequest
 
-
-@asynccontextmanager
-async def connected(port: int, client_id: str = "", **connect_kwargs: Any) -> AsyncIterator[MQTTTestClient]:
-    """An MQTT 5 MQTTTestClient that got CONNACK 0."""
-    async with MQTTTestClient.open(port, 5) as c:
-        connack = await c.connect(client_id, **connect_kwargs)
-        assert isinstance(connack, Connack) and connack.reason_code == 0, connack
-        yield c
-
-
-@pytest.fixture
-async def paho_client(paho_client: Any) -> AsyncIterator[Any]:
-    """conftest's paho_client, closed for good: paho keeps a socket pair (its wake-up
-    channel) open after ``loop_stop`` until the client is finalized, which inside a
-    garbage cycle raises ResourceWarning; close it here, after the DISCONNECT went out."""
-    made: list[Any] = []
-
-    def factory(*args: Any, **kwargs: Any) -> Any:
-        made.append(paho_client(*args, **kwargs))
-        return made[-1]
-
-    yield factory
-    for c in made:
-        if c.client.is_connected():
-            c.client.disconnect()
-            await trio.to_thread.run_sync(c.disconnected.wait, 2)
-        c.client.loop_stop()
-        c.client._reset_sockets()  # no public API closes the socket pair
+from helpers import connected
 
 
 # -- subscription identifiers ---------------------------------------------------------------

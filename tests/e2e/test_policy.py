@@ -14,7 +14,7 @@ from ternmq.kernel.hookspecs import hookimpl
 from ternmq.kernel.testing import MQTTTestClient, registered
 from ternmq.kernel.types import ClientInfo, Message, allow
 
-LEVELS = [pytest.param(4, id="v311"), pytest.param(5, id="v5")]
+from helpers import LEVELS, connected
 
 
 class RegisterOnly:
@@ -32,22 +32,6 @@ class RegisterOnly:
         self.published.append(message)
 
 
-@pytest.fixture
-def paho_client(paho_client: Any) -> Any:
-    """conftest's factory, plus closing paho's wake-up socket pair at teardown (paho
-    closes it only in ``__del__``, and a cycle collected later warns about it)."""
-    made: list[Any] = []
-
-    def factory(*args: Any, **kwargs: Any) -> Any:
-        made.append(paho_client(*args, **kwargs))
-        return made[-1]
-
-    yield factory
-    for c in made:
-        c.close()
-        c.client.reinitialise()
-
-
 @asynccontextmanager
 async def locked_broker(broker_factory: Any) -> AsyncIterator[tuple[Broker, RegisterOnly]]:
     """allow_anonymous off, with a plugin that only answers auth_on_register."""
@@ -55,14 +39,6 @@ async def locked_broker(broker_factory: Any) -> AsyncIterator[tuple[Broker, Regi
         plugin = RegisterOnly()
         async with registered(broker, plugin):
             yield broker, plugin
-
-
-@asynccontextmanager
-async def connected(broker: Broker, client_id: str, level: int = 5) -> AsyncIterator[MQTTTestClient]:
-    async with MQTTTestClient.open(broker.port(), level) as c:
-        connack = await c.connect(client_id)
-        assert connack.reason_code == 0, connack
-        yield c
 
 
 # -- no plugin at all ------------------------------------------------------------------------

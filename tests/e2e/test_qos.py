@@ -2,59 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
-import paho.mqtt.client as paho
 import pytest
 import trio
 
 from ternmq.kernel.broker import Broker
 from ternmq.kernel.codec import Puback, Pubcomp, Publish, Pubrec, Pubrel
-from ternmq.kernel.testing import MQTTTestClient
 
-LEVELS = [pytest.param(4, id="v311"), pytest.param(5, id="v5")]
-PAHO = [pytest.param(paho.MQTTv311, id="paho-v311"), pytest.param(paho.MQTTv5, id="paho-v5")]
-
-
-@pytest.fixture
-def paho_client(paho_client: Any) -> Any:
-    """conftest's factory, plus closing paho's wake-up socket pair at teardown (paho
-    closes it only in ``__del__``, and a cycle collected later warns about it)."""
-    made: list[Any] = []
-
-    def factory(*args: Any, **kwargs: Any) -> Any:
-        made.append(paho_client(*args, **kwargs))
-        return made[-1]
-
-    yield factory
-    for c in made:
-        c.close()
-        c.client.reinitialise()
-
-
-@asynccontextmanager
-async def connected(broker: Broker, client_id: str, level: int = 5, *, auto_ack: bool = True,
-                    clean_start: bool = True, **connect: Any) -> AsyncIterator[MQTTTestClient]:
-    """An MQTTTestClient, connected; a persistent v5 session lives 60 s."""
-    if level == 5 and not clean_start:
-        connect.setdefault("properties", {"session_expiry_interval": 60})
-    async with MQTTTestClient.open(broker.port(), level, auto_ack=auto_ack) as c:
-        connack = await c.connect(client_id, clean_start=clean_start, **connect)
-        assert connack.reason_code == 0, connack
-        c.connack = connack  # type: ignore[attr-defined]
-        yield c
-
-
-def inflight(broker: Broker, client_id: str) -> int:
-    return next(row["inflight"] for row in broker.list_sessions() if row["client_id"] == client_id)
-
-
-async def eventually(condition: Any, timeout: float = 2.0) -> None:
-    with trio.fail_after(timeout):
-        while not condition():
-            await trio.sleep(0.01)
+from helpers import LEVELS, PAHO, connected, eventually, session_row
 
 
 # -- publisher -> broker ------------------------------------------------------------------
@@ -140,13 +96,13 @@ async def test_qos1_delivery_waits_for_puback_and_uses_distinct_packet_ids(broke
         ids = [m.packet_id for m in received]
         assert all(ids) and len(set(ids)) == 3, ids
         assert all(m.qos == 1 and not m.dup for m in received)
-        assert inflight(broker, "sub") == 3
+        assert session_row(broker, "sub")["inflight"] == 3
         for m in received:
             await sub.send(Puback(m.packet_id))
         await pub.publish("q/1", b"after", qos=1)
         assert (await sub.receive()).payload == b"after"
         # the three acknowledged ones left; "after" is not acknowledged yet
-        await eventually(lambda: inflight(broker, "sub") == 1)
+        await eventually(lambda: session_row(broker, "sub")["inflight"] == 1, 2)
 
 
 @pytest.mark.parametrize("level", LEVELS)
@@ -161,7 +117,7 @@ async def test_qos2_delivery_runs_pubrec_pubrel_pubcomp(broker: Broker, level: i
         assert pubrel.packet_id == message.packet_id and pubrel.reason_code == 0
         await sub.send(Pubcomp(message.packet_id))
         assert await sub.nothing_received(0.3)
-        assert inflight(broker, "sub") == 0
+        assert session_row(broker, "sub")["inflight"] == 0
 
 
 async def test_v5_receive_maximum_holds_back_messages_until_acknowledged(broker: Broker) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -11,45 +9,9 @@ import pytest
 import trio
 
 from ternmq.kernel.broker import Broker
-from ternmq.kernel.hookspecs import hookimpl
 from ternmq.kernel.testing import MQTTTestClient, registered
-from ternmq.kernel.types import Message
 
-LEVELS = [pytest.param(4, id="v311"), pytest.param(5, id="v5")]
-
-
-@pytest.fixture
-def paho_client(paho_client: Any) -> Any:
-    """conftest's factory, plus closing paho's wake-up socket pair at teardown (paho
-    closes it only in ``__del__``, and a cycle collected later warns about it)."""
-    made: list[Any] = []
-
-    def factory(*args: Any, **kwargs: Any) -> Any:
-        made.append(paho_client(*args, **kwargs))
-        return made[-1]
-
-    yield factory
-    for c in made:
-        c.close()
-        c.client.reinitialise()
-
-
-@asynccontextmanager
-async def connected(broker: Broker, client_id: str, level: int = 5, *, clean_start: bool = True,
-                    expiry: int | None = None, **kwargs: Any) -> AsyncIterator[MQTTTestClient]:
-    """A connected MQTTTestClient; ``expiry`` is the v5 session expiry interval
-    (defaults to 60 s for a v5 client that asks to keep its session)."""
-    properties: dict[str, Any] = {}
-    if level == 5:
-        if expiry is None and not clean_start:
-            expiry = 60
-        if expiry is not None:
-            properties["session_expiry_interval"] = expiry
-    async with MQTTTestClient.open(broker.port(), level) as c:
-        connack = await c.connect(client_id, clean_start=clean_start, properties=properties, **kwargs)
-        assert connack.reason_code == 0, connack
-        c.connack = connack  # type: ignore[attr-defined]
-        yield c
+from helpers import LEVELS, DropRecorder, connected, wait_offline
 
 
 async def disconnect(c: MQTTTestClient) -> None:
@@ -60,13 +22,6 @@ async def disconnect(c: MQTTTestClient) -> None:
 
 def session_ids(broker: Broker) -> set[str]:
     return {row["client_id"] for row in broker.list_sessions()}
-
-
-async def wait_offline(broker: Broker, client_id: str) -> None:
-    """Until the broker has detached ``client_id``'s connection (or ended its session)."""
-    with trio.fail_after(2):
-        while any(r["client_id"] == client_id and r["is_online"] for r in broker.list_sessions()):
-            await trio.sleep(0.01)
 
 
 # -- clean session / clean start, session present ------------------------------------------
@@ -276,15 +231,6 @@ async def test_mosquitto_sub_persistent_session_receives_message_queued_while_of
     assert done.stdout.decode().strip() == "queued"
 
 
-class DropRecorder:
-    def __init__(self) -> None:
-        self.drops: list[tuple[str, Message, str]] = []
-
-    @hookimpl
-    def on_message_drop(self, client_id: str, message: Message, reason: str) -> None:
-        self.drops.append((client_id, message, reason))
-
-
 @pytest.mark.parametrize("level", LEVELS)
 async def test_offline_queue_limit_drops_the_excess_and_fires_on_message_drop(
     broker_factory: Any, level: int
@@ -298,7 +244,7 @@ async def test_offline_queue_limit_drops_the_excess_and_fires_on_message_drop(
             async with connected(broker, "p", level) as p:
                 for n in range(5):
                     await p.publish("off/t", b"m%d" % n, qos=1)
-            assert [(cid, m.payload, reason) for cid, m, reason in recorder.drops] == [
+            assert recorder.drops == [
                 ("c", b"m2", "queue_full"), ("c", b"m3", "queue_full"), ("c", b"m4", "queue_full")]
             async with connected(broker, "c", level, clean_start=False) as c:
                 assert [(await c.receive()).payload for _ in range(2)] == [b"m0", b"m1"]

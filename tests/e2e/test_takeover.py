@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -14,34 +12,7 @@ from ternmq.kernel.broker import Broker
 from ternmq.kernel.codec import Disconnect, Puback
 from ternmq.kernel.testing import MQTTTestClient
 
-LEVELS = [pytest.param(4, id="v311"), pytest.param(5, id="v5")]
-
-
-@pytest.fixture
-def paho_client(paho_client: Any) -> Any:
-    """conftest's factory, plus closing paho's wake-up socket pair at teardown (paho
-    closes it only in ``__del__``, and a cycle collected later warns about it)."""
-    made: list[Any] = []
-
-    def factory(*args: Any, **kwargs: Any) -> Any:
-        made.append(paho_client(*args, **kwargs))
-        return made[-1]
-
-    yield factory
-    for c in made:
-        c.close()
-        c.client.reinitialise()
-
-
-@asynccontextmanager
-async def connected(broker: Broker, client_id: str, level: int = 5, *, clean_start: bool = True,
-                    auto_ack: bool = True, **kwargs: Any) -> AsyncIterator[MQTTTestClient]:
-    properties = {"session_expiry_interval": 60} if level == 5 and not clean_start else {}
-    async with MQTTTestClient.open(broker.port(), level, auto_ack=auto_ack) as c:
-        connack = await c.connect(client_id, clean_start=clean_start, properties=properties, **kwargs)
-        assert connack.reason_code == 0, connack
-        c.connack = connack  # type: ignore[attr-defined]
-        yield c
+from helpers import LEVELS, connected
 
 
 # -- takeover -------------------------------------------------------------------------------

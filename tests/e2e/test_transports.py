@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,8 @@ from ternmq.kernel.hookspecs import hookimpl
 from ternmq.kernel.listeners import WebSocketStream
 from ternmq.kernel.testing import MQTTTestClient, open_broker, registered, test_config
 from ternmq.kernel.types import ClientInfo
+
+from helpers import eventually
 
 
 @attrs.frozen
@@ -107,12 +109,6 @@ async def ws_client(url: str, level: int = 5) -> AsyncIterator[MQTTTestClient]:
     """An MQTTTestClient speaking over a raw WebSocket (binary frames)."""
     async with raw_websocket(url) as websocket:
         yield MQTTTestClient(WebSocketStream(websocket), level)
-
-
-async def eventually(condition: Callable[[], Any], timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
-        while not condition():
-            await trio.sleep(0.01)
 
 
 class Registrations:

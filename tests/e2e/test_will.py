@@ -15,34 +15,7 @@ from ternmq.kernel.broker import Broker
 from ternmq.kernel.codec import Will
 from ternmq.kernel.testing import MQTTTestClient
 
-LEVELS = [pytest.param(4, id="v311"), pytest.param(5, id="v5")]
-
-
-@pytest.fixture
-def paho_client(paho_client: Any) -> Any:
-    """conftest's factory, plus closing paho's wake-up socket pair at teardown (paho
-    closes it only in ``__del__``, and a cycle collected later warns about it)."""
-    made: list[Any] = []
-
-    def factory(*args: Any, **kwargs: Any) -> Any:
-        made.append(paho_client(*args, **kwargs))
-        return made[-1]
-
-    yield factory
-    for c in made:
-        c.close()
-        c.client.reinitialise()
-
-
-@asynccontextmanager
-async def connected(broker: Broker, client_id: str, level: int = 5, *, clean_start: bool = True,
-                    expiry: int | None = None, will: Will | None = None) -> AsyncIterator[MQTTTestClient]:
-    properties = {"session_expiry_interval": expiry} if level == 5 and expiry is not None else {}
-    async with MQTTTestClient.open(broker.port(), level) as c:
-        connack = await c.connect(client_id, clean_start=clean_start, properties=properties, will=will)
-        assert connack.reason_code == 0, connack
-        c.connack = connack  # type: ignore[attr-defined]
-        yield c
+from helpers import LEVELS, connected, eventually, wait_offline
 
 
 @asynccontextmanager
@@ -50,12 +23,6 @@ async def watcher(broker: Broker, topic_filter: str = "will/#", qos: int = 2) ->
     async with connected(broker, "watcher") as w:
         await w.subscribe(topic_filter, qos=qos)
         yield w
-
-
-async def wait_offline(broker: Broker, client_id: str) -> None:
-    with trio.fail_after(2):
-        while any(r["client_id"] == client_id and r["is_online"] for r in broker.list_sessions()):
-            await trio.sleep(0.01)
 
 
 # -- when the will is sent ----------------------------------------------------------------
@@ -149,9 +116,7 @@ async def test_mosquitto_sub_killed_sends_its_will_and_clean_exit_does_not(
 
 
 async def wait_subscribed(broker: Broker, client_id: str) -> None:
-    with trio.fail_after(5):
-        while not any(r["client_id"] == client_id and r["subscriptions"] for r in broker.list_sessions()):
-            await trio.sleep(0.02)
+    await eventually(lambda: any(r["client_id"] == client_id and r["subscriptions"] for r in broker.list_sessions()))
 
 
 # -- MQTT 5 will delay --------------------------------------------------------------------

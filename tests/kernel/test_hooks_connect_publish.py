@@ -7,7 +7,6 @@ the right frozen arguments, and that its answer takes effect on the wire.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -28,51 +27,7 @@ from ternmq.kernel.hookspecs import hookimpl
 from ternmq.kernel.testing import MQTTTestClient, registered
 from ternmq.kernel.types import ClientInfo, Message, allow, deny
 
-
-@pytest.fixture
-def paho_client(paho_client: Any) -> Any:
-    """conftest's paho_client, plus closing paho's wake-up socketpair at teardown.
-
-    paho keeps the socketpair made by loop_start() until Client.__del__, and the
-    PahoClient callbacks form a reference cycle, so the sockets may be finalized first
-    and raise ResourceWarning (an error here) at the end of the session.
-    """
-    made: list[Any] = []
-
-    def factory(*args: Any, **kwargs: Any) -> Any:
-        made.append(paho_client(*args, **kwargs))
-        return made[-1]
-
-    yield factory
-    for c in made:
-        c.close()
-        c.client._reset_sockets(sockpair_only=True)
-
-
-async def eventually(predicate: Callable[[], Any], timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.005)
-
-
-class Gate:
-    """Holds a hook until the test releases it, to see what happened before and after."""
-
-    def __init__(self) -> None:
-        self.entered = trio.Event()
-        self.release = trio.Event()
-
-    async def hold(self) -> None:
-        self.entered.set()
-        await self.release.wait()
-
-
-def client_info(broker: Any, client: MQTTTestClient, client_id: str, username: str | None = None,
-                level: int = 5) -> ClientInfo:
-    """The ClientInfo the broker should pass for ``client``."""
-    return ClientInfo(client_id, username=username, peer_host="127.0.0.1",
-                      peer_port=client.stream.socket.getsockname()[1], protocol_level=level,
-                      listener="test", mountpoint="", node=broker.node_name, tls_common_name=None)
+from helpers import Gate, client_info, eventually
 
 
 # ------------------------------------------------------------------ auth_on_register

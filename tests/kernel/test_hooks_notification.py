@@ -8,7 +8,6 @@ frozen arguments it gets.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -20,71 +19,7 @@ from ternmq.kernel.hookspecs import hookimpl
 from ternmq.kernel.testing import MQTTTestClient, registered
 from ternmq.kernel.types import ClientInfo, Message, TopicSubscription, allow, deny
 
-PERSISTENT = {"session_expiry_interval": 60}
-
-
-@pytest.fixture
-def paho_client(paho_client: Any) -> Any:
-    """conftest's paho_client, plus closing paho's wake-up socketpair at teardown.
-
-    paho keeps the socketpair made by loop_start() until Client.__del__, and the
-    PahoClient callbacks form a reference cycle, so the sockets may be finalized first
-    and raise ResourceWarning (an error here) at the end of the session.
-    """
-    made: list[Any] = []
-
-    def factory(*args: Any, **kwargs: Any) -> Any:
-        made.append(paho_client(*args, **kwargs))
-        return made[-1]
-
-    yield factory
-    for c in made:
-        c.close()
-        c.client._reset_sockets(sockpair_only=True)
-
-
-async def eventually(predicate: Callable[[], Any], timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.005)
-
-
-class Gate:
-    def __init__(self) -> None:
-        self.entered = trio.Event()
-        self.release = trio.Event()
-
-    async def hold(self) -> None:
-        self.entered.set()
-        await self.release.wait()
-
-
-class Recorder:
-    """Records every call of the notification hooks it is given, with a snapshot."""
-
-    def __init__(self, broker: Any = None, gate: Gate | None = None) -> None:
-        self.broker = broker
-        self.gate = gate
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-
-    def of(self, hook: str) -> list[dict[str, Any]]:
-        return [kwargs for name, kwargs in self.calls if name == hook]
-
-    async def _record(self, hook: str, **kwargs: Any) -> None:
-        self.calls.append((hook, kwargs))
-        if self.gate is not None:
-            await self.gate.hold()
-
-
-def client_info(broker: Any, client: MQTTTestClient, client_id: str, username: str | None = None,
-                level: int = 5) -> ClientInfo:
-    return ClientInfo(client_id, username=username, peer_host="127.0.0.1",
-                      peer_port=client.stream.socket.getsockname()[1], protocol_level=level,
-                      listener="test", mountpoint="", node=broker.node_name, tls_common_name=None)
-
-
-async def offline(broker: Any, client_id: str) -> None:
-    await eventually(lambda: client_id in broker.sessions and broker.sessions[client_id].connection is None)
+from helpers import PERSISTENT, Gate, Recorder, client_info, eventually, left_subscribed
 
 
 # ------------------------------------------------------------------------ on_register
@@ -286,11 +221,7 @@ class WakeupWatcher(Recorder):
 
 async def test_hook_on_client_wakeup(broker: Any) -> None:
     """After CONNACK, once the offline queue has been drained to the client."""
-    async with MQTTTestClient.open(broker.port()) as client:
-        await client.connect("sleeper", clean_start=False, properties=PERSISTENT)
-        await client.subscribe("q", qos=1)
-        await client.disconnect()
-    await offline(broker, "sleeper")
+    await left_subscribed(broker, "sleeper", "q")
     await broker.publish_message("q", b"while away", qos=1)
     gate = Gate()
     plugin = WakeupWatcher(broker, gate)

@@ -7,7 +7,7 @@ the same store object registered before the second broker's listeners start.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -25,13 +25,9 @@ from ternmq.kernel.testing import MQTTTestClient, registered, test_config
 from ternmq.kernel.topics import topic_matches
 from ternmq.kernel.types import ClientInfo, Message, SessionSnapshot, TopicSubscription
 
+from helpers import eventually
+
 PERSISTENT = {"session_expiry_interval": 300}
-
-
-async def eventually(predicate: Callable[[], Any], timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.005)
 
 
 # ----------------------------------------------------------------- retained messages

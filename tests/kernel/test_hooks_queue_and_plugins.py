@@ -7,7 +7,6 @@ checks the frozen arguments it gets.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -16,44 +15,7 @@ from ternmq.kernel.hookspecs import hookimpl
 from ternmq.kernel.testing import MQTTTestClient, registered
 from ternmq.kernel.types import Message
 
-PERSISTENT = {"session_expiry_interval": 60}
-
-
-async def eventually(predicate: Callable[[], Any], timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.005)
-
-
-class Gate:
-    def __init__(self) -> None:
-        self.entered = trio.Event()
-        self.release = trio.Event()
-
-    async def hold(self) -> None:
-        self.entered.set()
-        await self.release.wait()
-
-
-class Recorder:
-    """Records every call of the notification hooks it is given, with a snapshot."""
-
-    def __init__(self, broker: Any = None, gate: Gate | None = None) -> None:
-        self.broker = broker
-        self.gate = gate
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-
-    def of(self, hook: str) -> list[dict[str, Any]]:
-        return [kwargs for name, kwargs in self.calls if name == hook]
-
-    async def _record(self, hook: str, **kwargs: Any) -> None:
-        self.calls.append((hook, kwargs))
-        if self.gate is not None:
-            await self.gate.hold()
-
-
-async def offline(broker: Any, client_id: str) -> None:
-    await eventually(lambda: client_id in broker.sessions and broker.sessions[client_id].connection is None)
+from helpers import PERSISTENT, Recorder, eventually, left_subscribed, wait_offline
 
 
 # ------------------------------------------------------------------ on_offline_message
@@ -68,11 +30,7 @@ class OfflineWatcher(Recorder):
 
 async def test_hook_on_offline_message(broker: Any) -> None:
     plugin = OfflineWatcher(broker)
-    async with MQTTTestClient.open(broker.port()) as client:
-        await client.connect("away", clean_start=False, properties=PERSISTENT)
-        await client.subscribe("o/#", qos=1)
-        await client.disconnect()
-    await offline(broker, "away")
+    await left_subscribed(broker, "away", "o/#")
     async with registered(broker, plugin), MQTTTestClient.open(broker.port()) as pub:
         await pub.connect("pub")
         await pub.publish("o/1", b"qos2", qos=2, properties={"user_property": [("k", "v")]})
@@ -103,7 +61,7 @@ async def test_hook_on_session_expired(broker: Any) -> None:
             await client.connect("short", clean_start=False, properties={"session_expiry_interval": 1})
             await client.subscribe("x", qos=1)
             await client.disconnect()
-        await offline(broker, "short")
+        await wait_offline(broker, "short", session_kept=True)
         assert plugin.calls == []
         await eventually(lambda: plugin.calls, timeout=3)
         assert plugin.calls == [("on_session_expired", {"client_id": "short", "still_there": False})]
@@ -116,7 +74,7 @@ async def test_on_session_expired_not_fired_when_the_client_returns_in_time(brok
         async with MQTTTestClient.open(broker.port()) as client:
             await client.connect("back", clean_start=False, properties={"session_expiry_interval": 1})
             await client.disconnect()
-        await offline(broker, "back")
+        await wait_offline(broker, "back", session_kept=True)
         async with MQTTTestClient.open(broker.port()) as client:
             await client.connect("back", clean_start=False, properties={"session_expiry_interval": 1})
             await trio.sleep(1.2)
@@ -136,11 +94,7 @@ async def test_hook_on_message_drop(broker_factory: Any) -> None:
     """reason "queue_full": an offline session's queue is at max_queued_messages."""
     async with broker_factory(max_queued_messages=1) as broker:
         plugin = DropWatcher(broker)
-        async with MQTTTestClient.open(broker.port()) as client:
-            await client.connect("full", clean_start=False, properties=PERSISTENT)
-            await client.subscribe("f", qos=1)
-            await client.disconnect()
-        await offline(broker, "full")
+        await left_subscribed(broker, "full", "f")
         async with registered(broker, plugin):
             await broker.publish_message("f", b"kept", qos=1)
             await broker.publish_message("f", b"dropped", qos=1)
@@ -163,11 +117,7 @@ async def test_on_message_drop_max_packet_size_exceeded(broker: Any) -> None:
 
 async def test_on_message_drop_expired_in_the_offline_queue(broker: Any) -> None:
     plugin = DropWatcher(broker)
-    async with MQTTTestClient.open(broker.port()) as client:
-        await client.connect("late", clean_start=False, properties=PERSISTENT)
-        await client.subscribe("e", qos=1)
-        await client.disconnect()
-    await offline(broker, "late")
+    await left_subscribed(broker, "late", "e")
     await broker.publish_message("e", b"stale", qos=1, properties={"message_expiry_interval": 1})
     await broker.publish_message("e", b"fresh", qos=1)
     await trio.sleep(1.05)

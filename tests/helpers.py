@@ -1,0 +1,207 @@
+"""Helpers shared by the test files (``from helpers import ...``; fixtures live in conftest.py).
+
+Clients: :func:`connected` (an MQTTTestClient that got CONNACK 0), :func:`watched` (a
+subscribed bystander that proves, at the end of its block, that nobody else was hurt),
+:func:`packets_until_close` / :func:`raw_until_close` / :func:`expect_refused_close`.
+Waiting: :func:`eventually`, :func:`wait_offline`. Hook plugins: :class:`Gate`,
+:class:`Recorder`, :class:`DropRecorder`, :func:`client_info`. paho: :func:`paho_props`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+import trio
+from paho.mqtt.properties import Properties
+
+from ternmq.kernel.broker import Broker
+from ternmq.kernel.codec import Connack, Disconnect
+from ternmq.kernel.hookspecs import hookimpl
+from ternmq.kernel.testing import MQTTTestClient
+from ternmq.kernel.types import ClientInfo, Message
+
+LEVELS = [pytest.param(4, id="v311"), pytest.param(5, id="v5")]
+PAHO = [pytest.param(paho.MQTTv311, id="paho-v311"), pytest.param(paho.MQTTv5, id="paho-v5")]
+PERSISTENT = {"session_expiry_interval": 60}
+BYSTANDER_TOPIC = "bystander/news"
+
+
+# -- waiting ------------------------------------------------------------------------------
+
+
+async def eventually(condition: Callable[[], Any], timeout: float = 5.0) -> None:
+    """Poll ``condition`` until it is true; fail after ``timeout`` seconds."""
+    with trio.fail_after(timeout):
+        while not condition():
+            await trio.sleep(0.005)
+
+
+def is_online(broker: Broker, client_id: str) -> bool:
+    return any(row["client_id"] == client_id and row["is_online"] for row in broker.list_sessions())
+
+
+async def wait_offline(broker: Broker, client_id: str, *, session_kept: bool = False) -> None:
+    """Until the broker has detached ``client_id``'s connection; with ``session_kept``
+    its session must still be there, otherwise it may also have ended."""
+    await eventually(lambda: not is_online(broker, client_id)
+                     and (not session_kept or client_id in broker.sessions))
+
+
+async def left_subscribed(broker: Broker, client_id: str, topic_filter: str, qos: int = 1) -> None:
+    """A persistent MQTT 5 session subscribed to ``topic_filter`` whose client has
+    disconnected: the broker queues for it from now on."""
+    async with MQTTTestClient.open(broker.port()) as client:
+        await client.connect(client_id, clean_start=False, properties=PERSISTENT)
+        await client.subscribe(topic_filter, qos=qos)
+        await client.disconnect()
+    await wait_offline(broker, client_id, session_kept=True)
+
+
+def session_row(broker: Broker, client_id: str) -> dict[str, Any]:
+    return next(row for row in broker.list_sessions() if row["client_id"] == client_id)
+
+
+# -- MQTTTestClient -------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def connected(broker: Broker | int, client_id: str = "", level: int = 5, *, auto_ack: bool = True,
+                    clean_start: bool = True, expiry: int | None = None,
+                    **connect: Any) -> AsyncIterator[MQTTTestClient]:
+    """An MQTTTestClient of ``broker`` (or of a port) that got CONNACK 0, kept as ``c.connack``.
+
+    ``expiry`` is the v5 session expiry interval; a v5 client asking to keep its session
+    (``clean_start=False``) gets 60 s unless ``expiry`` or ``properties`` say otherwise.
+    """
+    port = broker if isinstance(broker, int) else broker.port()
+    if level == 5 and "properties" not in connect:
+        if expiry is None and not clean_start:
+            expiry = 60
+        if expiry is not None:
+            connect["properties"] = {"session_expiry_interval": expiry}
+    async with MQTTTestClient.open(port, level, auto_ack=auto_ack) as c:
+        connack = await c.connect(client_id, clean_start=clean_start, **connect)
+        assert isinstance(connack, Connack) and connack.reason_code == 0, connack
+        c.connack = connack  # type: ignore[attr-defined]
+        yield c
+
+
+@asynccontextmanager
+async def watched(broker: Broker, level: int = 4, *, stays_online: bool = False) -> AsyncIterator[MQTTTestClient]:
+    """A bystander subscribed to ``bystander/#``; the block's end proves it and the broker
+    are unharmed: it got nothing it didn't ask for, a fresh client can connect and publish
+    to it (and, with ``stays_online``, its session is still online)."""
+    async with connected(broker, "bystander", level) as bystander:
+        suback = await bystander.subscribe("bystander/#", qos=1)
+        assert suback.reason_codes == [1]
+        yield bystander
+        assert await bystander.nothing_received(0.05), "the bystander got something it didn't ask for"
+        await broker_is_healthy(broker, bystander, b"still here")
+        if stays_online:
+            assert is_online(broker, "bystander")
+
+
+async def broker_is_healthy(broker: Broker, bystander: Any, payload: bytes) -> None:
+    """A fresh client can connect and publish, and the bystander receives it."""
+    async with connected(broker, "fresh-publisher", 4) as fresh:
+        await fresh.publish(BYSTANDER_TOPIC, payload, qos=1)
+    message = await bystander.receive()
+    assert (message.topic, message.payload) == (BYSTANDER_TOPIC, payload)
+
+
+async def packets_until_close(client: MQTTTestClient, timeout: float = 5.0) -> list[Any]:
+    """Everything the broker sends until it closes the connection (fails if it doesn't)."""
+    packets = []
+    while (packet := await client.next_packet(timeout)) is not None:
+        packets.append(packet)
+    return packets
+
+
+async def raw_until_close(client: MQTTTestClient, timeout: float = 5.0) -> bytes:
+    """The raw bytes the broker sends until it closes (for answers our codec can't decode)."""
+    received = b""
+    with trio.fail_after(timeout):
+        while True:
+            try:
+                data = await client.stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                return received
+            if not data:
+                return received
+            received += data
+
+
+async def expect_refused_close(client: MQTTTestClient, reason_code: int, timeout: float = 5.0) -> None:
+    """The broker closes; an MQTT 5 client is told ``reason_code`` first, a 3.1.1 one nothing."""
+    packets = await packets_until_close(client, timeout)
+    if client.protocol_level == 5:
+        assert [(type(p), p.reason_code) for p in packets] == [(Disconnect, reason_code)], packets
+    else:
+        assert packets == [], packets
+
+
+# -- hook plugins ---------------------------------------------------------------------------
+
+
+class Gate:
+    """Holds a hook until the test releases it, to see what happened before and after."""
+
+    def __init__(self) -> None:
+        self.entered = trio.Event()
+        self.release = trio.Event()
+
+    async def hold(self) -> None:
+        self.entered.set()
+        await self.release.wait()
+
+
+class Recorder:
+    """Base of notification-hook recorders: ``_record`` keeps each call (with a snapshot
+    the subclass takes) and holds at the gate, if any; ``of(hook)`` lists one hook's calls."""
+
+    def __init__(self, broker: Any = None, gate: Gate | None = None) -> None:
+        self.broker = broker
+        self.gate = gate
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def of(self, hook: str) -> list[dict[str, Any]]:
+        return [kwargs for name, kwargs in self.calls if name == hook]
+
+    async def _record(self, hook: str, **kwargs: Any) -> None:
+        self.calls.append((hook, kwargs))
+        if self.gate is not None:
+            await self.gate.hold()
+
+
+class DropRecorder:
+    """Records on_message_drop notifications as ``(client_id, payload, reason)``."""
+
+    def __init__(self) -> None:
+        self.drops: list[tuple[str, bytes, str]] = []
+
+    @hookimpl
+    def on_message_drop(self, client_id: str, message: Message, reason: str) -> None:
+        self.drops.append((client_id, message.payload, reason))
+
+
+def client_info(broker: Any, client: MQTTTestClient, client_id: str, username: str | None = None,
+                level: int = 5) -> ClientInfo:
+    """The ClientInfo the broker should pass for ``client``."""
+    return ClientInfo(client_id, username=username, peer_host="127.0.0.1",
+                      peer_port=client.stream.socket.getsockname()[1], protocol_level=level,
+                      listener="test", mountpoint="", node=broker.node_name, tls_common_name=None)
+
+
+# -- paho ---------------------------------------------------------------------------------
+
+
+def paho_props(packet_type: int, **values: Any) -> Properties:
+    """paho Properties of ``packet_type`` (a PacketTypes member) with the given fields."""
+    props = Properties(packet_type)
+    for name, value in values.items():
+        setattr(props, name, value)
+    return props
