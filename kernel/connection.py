@@ -32,6 +32,7 @@ from .codec import (
     legal_reason_code,
 )
 from .inbound import HANDLERS, STOP
+from .rawstream import RawSocketStream
 from .types import ClientInfo, Message
 
 if TYPE_CHECKING:
@@ -135,8 +136,8 @@ class Connection:
                     await broker.connection_closed(self)
                 finally:
                     stream = self.stream
-                    if isinstance(stream, trio.SocketStream):
-                        stream.socket.close()  # no checkpoint, no cancel scope: cheap
+                    if type(stream) is RawSocketStream:
+                        stream.close_now()  # no checkpoint, no cancel scope: cheap
                     else:
                         await trio.aclose_forcefully(stream)
                     self.closed.set()

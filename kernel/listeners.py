@@ -10,12 +10,12 @@ Nothing a client does there (bad TLS, bad HTTP, silence) can reach the broker.
 
 from __future__ import annotations
 
-import errno
 import functools
 import logging
 import os
+import socket
 import ssl
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -23,6 +23,7 @@ import trio_websocket
 
 from .config import ConfigError
 from .connection import Connection
+from .rawstream import RawSocketStream, accept_loop, close_socket
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -79,7 +80,7 @@ def make_ssl_context(config: ListenerConfig, source: str = "<listener>") -> ssl.
     return context
 
 
-def _common_name(stream: trio.SSLStream[trio.SocketStream]) -> str | None:
+def _common_name(stream: trio.SSLStream[RawSocketStream]) -> str | None:
     cert = stream.getpeercert()
     if not cert:
         return None
@@ -109,7 +110,11 @@ async def serve_listener(
     except BaseException:
         running.status = "stopped"
         raise
-    running.port = tcp_listeners[0].socket.getsockname()[1]
+    # The accept path runs on the stdlib sockets (rawstream.py says why); trio only bound them.
+    listening = [socket.socket(fileno=tcp_listener.socket.detach()) for tcp_listener in tcp_listeners]
+    for sock in listening:
+        sock.setblocking(False)
+    running.port = listening[0].getsockname()[1]
     try:
         async with trio.open_nursery() as connections:
             handler = functools.partial(_accept, broker, running, context, connections)
@@ -120,49 +125,20 @@ async def serve_listener(
                          running.port, suffix)
                 task_status.started(running.port)
                 async with trio.open_nursery() as accepting:
-                    for tcp_listener in tcp_listeners:
-                        accepting.start_soon(_accept_loop, tcp_listener, handler, connections)
+                    for sock in listening:
+                        accepting.start_soon(accept_loop, sock, handler, connections)
             running.status = "stopped"  # accepting no more; clients stay until they leave
     finally:
         running.status = "stopped"
-        for tcp_listener in tcp_listeners:
-            tcp_listener.socket.close()
-
-
-# accept() errors that mean "out of resources now", not "this listener is broken"
-# (the same set trio.serve_listeners retries).
-_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
-
-
-async def _accept_loop(listener: trio.SocketListener, handler: Any, connections: trio.Nursery) -> None:
-    """Accept forever, one task per client in ``connections``.
-
-    Unlike trio.serve_listeners, no aclose_forcefully runs after each handler: the
-    connection closes its own socket, so a connect+disconnect costs one cancel scope
-    and one Cancelled exception less.
-    """
-    async with listener:  # stopping the listener closes its socket at once
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
-                    raise
-                log.error("accept failed: %s; retrying in 100 ms", os.strerror(exc.errno or 0))
-                await trio.sleep(0.1)
-                continue
-            connections.start_soon(handler, stream)
+        for sock in listening:
+            close_socket(sock)
 
 
 async def _accept(broker: Broker, running: RunningListener, context: ssl.SSLContext | None,
-                  connections: trio.Nursery, stream: trio.SocketStream) -> None:
+                  connections: trio.Nursery, stream: RawSocketStream, address: tuple) -> None:
     """One accepted TCP connection, through TLS and WebSocket handshakes to MQTT."""
     try:
-        try:
-            host, port = stream.socket.getpeername()[:2]
-        except OSError:
-            await trio.aclose_forcefully(stream)
-            return
+        host, port = address[:2]
         log.debug("connection from %s:%d on listener %s", host, port, running.config.name)
         common_name = None
         client_stream: trio.abc.Stream = stream

@@ -398,7 +398,7 @@ async def test_broker_survives_200_random_garbage_connections(broker: Broker, pa
     await bystander.connect(broker.port())
     assert await bystander.subscribe(BYSTANDER_TOPIC, 1)
     rng = random.Random(20240611)
-    async with watched(broker) as test_bystander:
+    async with watched(broker):
         for i in range(200):
             level = 5 if i % 2 else 4
             garbage = random_garbage(rng)

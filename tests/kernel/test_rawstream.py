@@ -1,0 +1,139 @@
+"""The lean accept path and stream of kernel/rawstream.py, over real sockets."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import trio
+
+from ternmq.kernel.rawstream import RawSocketStream, accept_loop
+
+
+def stream_pair() -> tuple[RawSocketStream, socket.socket]:
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    return RawSocketStream(ours), theirs
+
+
+async def test_receive_waits_for_data_and_returns_it() -> None:
+    stream, peer = stream_pair()
+    with peer:
+        async with trio.open_nursery() as nursery:
+            received: list[bytes] = []
+
+            async def receive() -> None:
+                received.append(await stream.receive_some())
+
+            nursery.start_soon(receive)
+            await trio.sleep(0.05)
+            assert received == []  # still waiting: nothing was sent
+            peer.sendall(b"hello")
+        assert received == [b"hello"]
+        await stream.aclose()
+
+
+async def test_receive_returns_empty_bytes_at_end_of_stream() -> None:
+    stream, peer = stream_pair()
+    peer.sendall(b"last")
+    peer.close()
+    assert await stream.receive_some() == b"last"
+    assert await stream.receive_some() == b""
+    await stream.aclose()
+
+
+async def test_send_all_delivers_more_than_the_kernel_buffer_holds() -> None:
+    stream, peer = stream_pair()
+    payload = bytes(range(256)) * 40_000  # 10 MB: send() blocks many times
+    received = bytearray()
+
+    def drain() -> None:
+        with peer:
+            while chunk := peer.recv(1 << 20):
+                received.extend(chunk)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.to_thread.run_sync, drain)
+        await stream.send_all(payload)
+        await stream.send_eof()
+    assert bytes(received) == payload
+    await stream.aclose()
+
+
+async def test_closing_wakes_a_waiting_receiver_with_closed_resource_error() -> None:
+    stream, peer = stream_pair()
+    errors: list[BaseException] = []
+
+    async def receive() -> None:
+        try:
+            await stream.receive_some()
+        except trio.ClosedResourceError as exc:
+            errors.append(exc)
+
+    with peer:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive)
+            await trio.sleep(0.05)
+            stream.close_now()
+    assert len(errors) == 1
+
+
+async def test_use_after_close_is_closed_resource_error() -> None:
+    stream, peer = stream_pair()
+    peer.close()
+    await stream.aclose()
+    await stream.aclose()  # twice is harmless
+    with pytest.raises(trio.ClosedResourceError):
+        await stream.receive_some()
+    with pytest.raises(trio.ClosedResourceError):
+        await stream.send_all(b"x")
+
+
+async def test_send_to_a_reset_peer_is_broken_resource_error() -> None:
+    stream, peer = stream_pair()
+    peer.close()
+    with pytest.raises(trio.BrokenResourceError):
+        for _ in range(100):  # the first send may still be buffered
+            await stream.send_all(b"x" * 65536)
+    await stream.aclose()
+
+
+async def test_a_cancelled_receive_leaves_the_stream_usable() -> None:
+    stream, peer = stream_pair()
+    with peer:
+        with trio.move_on_after(0.05) as scope:
+            await stream.receive_some()
+        assert scope.cancelled_caught
+        peer.sendall(b"after")
+        assert await stream.receive_some() == b"after"
+    await stream.aclose()
+
+
+async def test_accept_loop_hands_each_client_and_its_address_to_the_handler() -> None:
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    listening.setblocking(False)
+    port = listening.getsockname()[1]
+    seen: list[tuple[bytes, int, int]] = []
+
+    async def handler(stream: RawSocketStream, address: tuple) -> None:
+        nodelay = stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        seen.append((await stream.receive_some(), address[1], nodelay))
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(accept_loop, listening, handler, nursery)
+        local_ports = []
+        for i in range(3):
+            client = await trio.open_tcp_stream("127.0.0.1", port)
+            local_ports.append(client.socket.getsockname()[1])
+            await client.send_all(b"client %d" % i)
+            assert await client.receive_some() == b""  # the handler closed it
+            await client.aclose()
+        nursery.cancel_scope.cancel()
+    assert seen == [(b"client %d" % i, local_ports[i], 1) for i in range(3)]
+    # Leaving the accept loop closed the listening socket: nobody else gets in.
+    assert listening.fileno() == -1
+    with pytest.raises(OSError):
+        await trio.open_tcp_stream("127.0.0.1", port)
