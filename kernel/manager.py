@@ -144,7 +144,13 @@ class PluginManager:
             return target, config, kernel_settings  # a module of hook functions
         if isinstance(factory, type):
             return (factory(config) if config is not None else factory()), config, kernel_settings
-        return target, config, kernel_settings
+        # A ready-made object (module:object) was built without this table: keys for it
+        # would be silently ignored, so they are refused.
+        if own_table:
+            raise ConfigError(source_name, table_name, sorted(own_table)[0],
+                              f"unknown key: {type(target).__name__} is a ready-made plugin object, used as it "
+                              "is; name its class (module:Class) to configure it")
+        return target, None, kernel_settings
 
     # -- loading -----------------------------------------------------------------------
 

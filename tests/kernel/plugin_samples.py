@@ -67,6 +67,9 @@ class SamplePlugin:
         return Text(f"{self.config.greeting}, {args.flag('name', 'world')}")
 
 
+READY_MADE = SamplePlugin(SampleConfig(greeting="built by its module"))
+
+
 @attrs.frozen
 class TagConfig:
     tag: str = ""

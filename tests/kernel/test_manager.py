@@ -165,6 +165,25 @@ async def test_dotted_path_module_attribute_builds_the_typed_config(broker: Any)
     assert other.config == SampleConfig() and "plugin_samples:SamplePlugin" in broker.plugins.loaded
 
 
+async def test_dotted_path_to_an_object_registers_it_as_it_is(broker: Any) -> None:
+    loaded = await broker.plugins.load("ready", {"priority": 5}, path="plugin_samples:READY_MADE")
+    assert loaded.plugin is plugin_samples.READY_MADE
+    assert loaded.config is None  # it came with its own config, not one from the table
+    assert loaded.plugin.config.greeting == "built by its module"
+    async with MQTTTestClient.open(broker.port()) as client:
+        await client.connect("o")
+        await client.publish("ready/1", qos=1)
+    assert "ready/1" in loaded.plugin.published
+
+
+async def test_settings_for_a_ready_made_object_are_refused_not_ignored(broker: Any) -> None:
+    with pytest.raises(ConfigError) as refused:
+        await broker.plugins.load("ready", {"greeting": "ignored?"}, path="plugin_samples:READY_MADE")
+    assert "plugins.ready" in str(refused.value) and "greeting" in str(refused.value)
+    assert "module:Class" in str(refused.value)
+    assert "ready" not in broker.plugins.loaded
+
+
 async def test_unresolvable_name_is_a_plugin_error(broker: Any) -> None:
     with pytest.raises(PluginError, match="nosuchplugin"):
         await broker.plugins.load("nosuchplugin")
