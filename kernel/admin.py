@@ -202,7 +202,9 @@ class AdminRegistry:
                 name, has_value, value = token[2:].partition("=")
                 if not command.any_flags and name not in command.flags:
                     raise CommandError(f"unknown flag --{name}", self.help(path))
-                if name == "config" and not has_value and index < len(rest) and "=" in rest[index]:
+                # "--config key=value" as two words; a next word without "=" is taken
+                # too, so that _config_pairs names it as the bad pair it is.
+                if name == "config" and not has_value and index < len(rest) and not rest[index].startswith("-"):
                     value, has_value = rest[index], "="
                     index += 1
                 if name == "config":

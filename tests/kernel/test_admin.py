@@ -113,7 +113,10 @@ async def test_plugin_enable_and_disable_errors_are_command_errors(broker: Any) 
     assert "--config takes key=value" in str(error)
     error = await command_error(broker, "plugin", "enable", "name=sample", "--path=plugin_samples:SamplePlugin",
                                 "--config", "novalue")
-    assert "unexpected word 'novalue'" in str(error)
+    assert "--config takes key=value, not 'novalue'" in str(error)
+    error = await command_error(broker, "plugin", "enable", "name=sample", "--path=plugin_samples:SamplePlugin",
+                                "--config")
+    assert "--config takes key=value, not ''" in str(error)
     assert "plugin nosuch: not a built-in plugin" in str(await command_error(broker, "plugin", "enable", "name=nosuch"))
     assert "nosuch" in str(await command_error(broker, "plugin", "disable", "name=nosuch"))
     assert "already loaded" in str(await command_error(broker, "plugin", "enable", "name=retainer"))
