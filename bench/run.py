@@ -304,7 +304,7 @@ def header(args: argparse.Namespace, brokers: list[str], pin: bool) -> str:
         f"of {p['fanin_qos0']['payload']} B (QoS 1: window {p['fanin_qos1']['window']} per publisher); "
         f"fan-out {p['fanout']['messages'][q]:,} messages × {p['fanout']['subscribers']} subscribers; "
         f"latency {p['latency']['rate']:,} msg/s for {p['latency']['seconds'][q]:g} s; "
-        f"{p['connects']['connections'][q]:,} connects in {p['connects']['parallel']} parallel loops; "
+        f"{p['connects']['connections'][q]:,} connects, {p['connects']['parallel']} in flight (C client); "
         f"{p['memory']['connections'][q]:,} idle connections."
         + (f" Overrides: {', '.join(args.set)}." if args.set else ""),
         "Cells: value (gen = load generator CPU, brk = broker CPU, % of one core over the measured "
