@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -28,7 +29,8 @@ from .registries import MetricsRegistry, SettingsRegistry
 from .router import Router
 from .scheduler import Scheduler
 from .session import Session
-from .topics import validate_topic_name
+from .subscriptions import after_subscribe, after_unsubscribe
+from .topics import validate_topic_filter, validate_topic_name
 from .types import ClientInfo, Message, SessionSnapshot, TopicSubscription
 
 if TYPE_CHECKING:
@@ -244,6 +246,44 @@ class Broker(SessionLifecycle):
                 "node": self.node_name,
             })
         return rows
+
+    async def subscribe_client(self, client_id: str, subscriptions: Sequence[TopicSubscription]) -> bool:
+        """Service API: subscribe a session on its client's behalf (online or offline).
+
+        As the broker itself, so no auth_on_subscribe and no subscription quota; the
+        rest is a SUBSCRIBE's: the session is stored, on_subscribe fires, retained
+        messages follow retain handling. False when there is no such session; a bad
+        filter or QoS raises TopicError or ValueError before anything changes.
+        """
+        session = self.sessions.get(client_id)
+        if session is None:
+            return False
+        for subscription in subscriptions:
+            validate_topic_filter(subscription.topic_filter, self.settings.limits.max_topic_levels)
+            if subscription.qos not in (0, 1, 2) or subscription.retain_handling not in (0, 1, 2):
+                raise ValueError(f"{subscription.topic_filter}: qos and retain_handling must be 0, 1 or 2")
+        fresh = [(subscription, self.router.subscribe(session, subscription)) for subscription in subscriptions]
+        await after_subscribe(self, session, self._client_of(session), list(subscriptions), fresh)
+        return True
+
+    async def unsubscribe_client(self, client_id: str, topic_filters: Sequence[str]) -> list[bool] | None:
+        """Service API: remove subscriptions of a session; per filter, whether it existed.
+
+        No auth_on_unsubscribe (the broker acts); None when there is no such session.
+        """
+        session = self.sessions.get(client_id)
+        if session is None:
+            return None
+        existed = [self.router.unsubscribe(session, topic_filter) for topic_filter in topic_filters]
+        await after_unsubscribe(self, session, self._client_of(session), list(topic_filters))
+        return existed
+
+    def _client_of(self, session: Session) -> ClientInfo:
+        """Who hooks are told about: the connection's client, or the offline session's."""
+        if session.connection is not None:
+            return session.connection.client_info
+        return ClientInfo(session.client_id, session.username, protocol_level=session.protocol_level,
+                          node=self.node_name)
 
     def session_snapshot(self, client_id: str) -> SessionSnapshot | None:
         """Service API: a frozen view of one session."""

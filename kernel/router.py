@@ -159,7 +159,8 @@ class Router:
                 continue
             qos = min(message.qos, subscription.qos)
             out_message: Message | None = message
-            if self.dispatcher.has("on_deliver"):
+            if session.connection is not None and self.dispatcher.has("on_deliver"):
+                # Offline: on_deliver runs over the queue when the client is back.
                 out_message = await self.on_deliver(session, message, qos)
                 if out_message is None:
                     continue

@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 from .codec import PacketType, Suback, Subscribe, Unsuback, Unsubscribe, legal_reason_code
 from .topics import TopicError, parse_shared, validate_topic_filter
-from .types import Allow, Deny, TopicSubscription
+from .types import Allow, ClientInfo, Deny, TopicSubscription
 
 if TYPE_CHECKING:
+    from .broker import Broker
     from .connection import Connection
+    from .session import Session
 
 log = logging.getLogger("ternmq.subscriptions")
 
@@ -70,10 +72,22 @@ async def handle_subscribe(conn: Connection, packet: Subscribe) -> None:
     if level < 5:
         codes = [code if code is not None and code <= 2 else 0x80 for code in codes]
     conn.send(Suback(packet.packet_id, [0x80 if c is None else legal_reason_code(PacketType.SUBACK, c) for c in codes]))
+    await after_subscribe(broker, session, conn.client_info, results, fresh)
+
+
+async def after_subscribe(
+    broker: Broker, session: Session, client: ClientInfo, results: list[TopicSubscription],
+    fresh: list[tuple[TopicSubscription, bool]],
+) -> None:
+    """What follows granted subscriptions (a SUBSCRIBE's, or the service API's): store
+    the session, fire on_subscribe, send retained messages as retain handling asks.
+
+    ``fresh`` pairs each granted subscription with whether it is new to the session.
+    """
     if fresh and session.persistent:
         await broker.save_session(session)
     if broker.dispatcher.has("on_subscribe"):
-        await broker.dispatcher.notify("on_subscribe", client=conn.client_info, subscriptions=tuple(results))
+        await broker.dispatcher.notify("on_subscribe", client=client, subscriptions=tuple(results))
     if broker.retain_available:
         for subscription, is_new in fresh:
             if parse_shared(subscription.topic_filter)[0] is not None:
@@ -156,21 +170,19 @@ async def handle_unsubscribe(conn: Connection, packet: Unsubscribe) -> None:
             for topic_filter in rewritten:
                 broker.router.unsubscribe(session, topic_filter)
             conn.send(Unsuback(packet.packet_id, [0] * len(filters)))
-            await _after_unsubscribe(conn, rewritten)
+            await after_unsubscribe(broker, session, conn.client_info, rewritten)
             return
     codes = []
     for topic_filter in filters:
         existed = broker.router.unsubscribe(session, topic_filter)
         codes.append(0x00 if existed else 0x11)
     conn.send(Unsuback(packet.packet_id, codes))
-    await _after_unsubscribe(conn, filters)
+    await after_unsubscribe(broker, session, conn.client_info, filters)
 
 
-async def _after_unsubscribe(conn: Connection, filters: list[str]) -> None:
-    broker = conn.broker
-    session = conn.session
-    assert session is not None
+async def after_unsubscribe(broker: Broker, session: Session, client: ClientInfo, filters: list[str]) -> None:
+    """What follows removed subscriptions: store the session, fire on_unsubscribe."""
     if session.persistent:
         await broker.save_session(session)
     if broker.dispatcher.has("on_unsubscribe"):
-        await broker.dispatcher.notify("on_unsubscribe", client=conn.client_info, topic_filters=tuple(filters))
+        await broker.dispatcher.notify("on_unsubscribe", client=client, topic_filters=tuple(filters))

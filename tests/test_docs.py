@@ -1045,7 +1045,7 @@ async def test_plugins_md_service_api_table_matches_the_broker() -> None:
     rows = table_rows(document("plugins.md").section("The broker's service API"))
     methods = {re.match(r"(?:await )?broker\.(\w+)", backticked(row[0])[0]).group(1): row[1] for row in rows}
     assert set(methods) == {"publish_message", "disconnect_client", "list_sessions", "session_snapshot",
-                            "subscriptions_of", "node_name"}
+                            "subscriptions_of", "node_name", "subscribe_client", "unsubscribe_client"}
     assert all(hasattr(Broker, name) for name in methods)
     async with open_broker() as broker:
         async with MQTTTestClient.open(broker.port()) as client:
