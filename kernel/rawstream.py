@@ -7,10 +7,10 @@ bench/), and the profile showed most of its CPU in those layers, not in MQTT. So
 listeners accept and read with the stdlib socket in non-blocking mode and wait with
 trio.lowlevel.wait_readable / wait_writable.
 
-What this stream gives up, on purpose: it does not detect two tasks sending at once
-(a Connection never does: its reader and its writer take turns, see connection.py),
-and a send that the kernel buffer takes at once is not a checkpoint (every receive
-is, so a busy client still lets the scheduler run others). TLS and WebSocket layers
+What this stream gives up, on purpose: a send that the kernel buffer takes at once is
+not a checkpoint (every receive is, so a busy client still lets the scheduler run
+others). Two tasks sending at once is still an error, as in trio (BusyResourceError),
+checked with a flag instead of a conflict detector object. TLS and WebSocket layers
 wrap it like any trio Stream.
 """
 
@@ -37,10 +37,11 @@ _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, e
 class RawSocketStream(trio.abc.HalfCloseableStream):
     """A connected non-blocking stdlib socket as a trio Stream (see module docstring)."""
 
-    __slots__ = ("socket",)
+    __slots__ = ("socket", "_sending")
 
     def __init__(self, sock: socket.socket) -> None:
         self.socket = sock
+        self._sending = False
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         sock = self.socket
@@ -56,17 +57,24 @@ class RawSocketStream(trio.abc.HalfCloseableStream):
             return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        sock = self.socket
-        with memoryview(data) as view:
-            sent = 0
-            total = len(view)
-            while sent < total:
-                try:
-                    sent += sock.send(view[sent:] if sent else view)
-                except BlockingIOError:
-                    await self._wait(wait_writable)
-                except OSError as exc:
-                    raise _broken(exc) from exc
+        if self._sending:
+            # Bytes of two senders would interleave on the wire.
+            raise trio.BusyResourceError("another task is sending on this connection")
+        self._sending = True
+        try:
+            sock = self.socket
+            with memoryview(data) as view:
+                sent = 0
+                total = len(view)
+                while sent < total:
+                    try:
+                        sent += sock.send(view[sent:] if sent else view)
+                    except BlockingIOError:
+                        await self._wait(wait_writable)
+                    except OSError as exc:
+                        raise _broken(exc) from exc
+        finally:
+            self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._wait(wait_writable)
