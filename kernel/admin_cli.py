@@ -61,7 +61,8 @@ def request(path: str, argv: list[str], timeout: float = 30.0) -> dict[str, Any]
             if not chunk:
                 break
             data += chunk
-    return json.loads(data)
+    reply: dict[str, Any] = json.loads(data)
+    return reply
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import sys
+from typing import Any
 
 import attrs
 import trio
@@ -35,7 +36,7 @@ def apply_overrides(config: Config, host: str | None, port: int | None) -> Confi
     if not config.listeners:
         raise ConfigError(config.source, "listeners", None, "--host/--port need at least one [[listeners]]")
     first = config.listeners[0]
-    changes = {}
+    changes: dict[str, Any] = {}
     if host is not None:
         changes["address"] = host
     if port is not None:

@@ -139,7 +139,8 @@ class Config:
 @functools.cache
 def _resolved_fields(cls: type) -> tuple[attrs.Attribute[Any], ...]:
     attrs.resolve_types(cls)
-    return attrs.fields(cls)
+    fields: tuple[attrs.Attribute[Any], ...] = attrs.fields(cls)
+    return fields
 
 
 def _check_type(value: Any, annotation: Any) -> bool:
@@ -186,7 +187,7 @@ def build_attrs(cls: type, table: Mapping[str, Any], source: str, table_name: st
     values: dict[str, Any] = {}
     for name, value in table.items():
         field = fields[name]
-        if attrs.has(field.type) and isinstance(field.type, type):
+        if isinstance(field.type, type) and attrs.has(field.type):
             values[name] = build_attrs(field.type, value, source, f"{table_name}.{name}")
             continue
         if not _check_type(value, field.type):

@@ -230,6 +230,7 @@ class Connection:
             self._read_scope.cancel()
         finally:
             self._writer_running = False
+            assert self._writer_done is not None  # set before the writer starts
             self._writer_done.set()
 
     async def _finish_writes(self) -> None:

@@ -67,7 +67,10 @@ async def serve_control(broker: Broker, path: str, *, task_status: trio.TaskStat
     try:
         task_status.started(path)
         async with listener:
-            await trio.serve_listeners(lambda stream: _handle(broker, stream), [listener])
+            async def handle(stream: trio.SocketStream) -> None:
+                await _handle(broker, stream)
+
+            await trio.serve_listeners(handle, [listener])
     finally:
         try:
             os.unlink(path)
@@ -75,7 +78,7 @@ async def serve_control(broker: Broker, path: str, *, task_status: trio.TaskStat
             pass
 
 
-async def _handle(broker: Broker, stream: trio.SocketStream) -> None:
+async def _handle(broker: Broker, stream: trio.abc.Stream) -> None:
     """One request. Nothing a client of the socket sends or does may end the broker."""
     async with stream:
         try:
@@ -86,7 +89,7 @@ async def _handle(broker: Broker, stream: trio.SocketStream) -> None:
             log.exception("control socket request failed")
 
 
-async def _answer(broker: Broker, stream: trio.SocketStream) -> None:
+async def _answer(broker: Broker, stream: trio.abc.Stream) -> None:
     try:
         with trio.fail_after(5):
             request = await _read_line(stream)
@@ -108,7 +111,7 @@ async def _answer(broker: Broker, stream: trio.SocketStream) -> None:
     await _reply(stream, reply)
 
 
-async def _read_line(stream: trio.SocketStream) -> bytes:
+async def _read_line(stream: trio.abc.Stream) -> bytes:
     data = bytearray()
     while b"\n" not in data:
         chunk = await stream.receive_some(65536)
@@ -120,5 +123,5 @@ async def _read_line(stream: trio.SocketStream) -> bytes:
     return bytes(data).split(b"\n", 1)[0]
 
 
-async def _reply(stream: trio.SocketStream, reply: dict[str, Any]) -> None:
+async def _reply(stream: trio.abc.Stream, reply: dict[str, Any]) -> None:
     await stream.send_all(json.dumps(reply, default=str).encode() + b"\n")

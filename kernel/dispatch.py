@@ -183,7 +183,8 @@ class HookDispatcher:
 
         Returns ``None`` when nobody answered (the caller applies the default policy).
         """
-        return (await self.decide_with_plugin(hook_name, **kwargs))[0]
+        answer: Allow | Deny | AuthContinue | None = (await self.decide_with_plugin(hook_name, **kwargs))[0]
+        return answer
 
     async def decide_with_plugin(self, hook_name: str, **kwargs: Any) -> tuple[Any, str | None]:
         """Like :meth:`decide`, also naming the plugin that answered (None: nobody)."""

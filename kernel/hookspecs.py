@@ -1,3 +1,5 @@
+# Hookspecs are signatures with docstrings and no bodies (pluggy never calls them).
+# mypy: disable-error-code="empty-body"
 """Every hook a ternmq plugin can implement, grouped by family.
 
 Implement a hook with ``@hookimpl`` on a function or method of the same name; declare

@@ -100,12 +100,16 @@ async def on_publish(conn: Connection, packet: Publish) -> object:
         # code); MQTT 5 ones get the code (and reason string [MQTT-3.1.2-29]); QoS 0 vanishes.
         props = ({"reason_string": answer.reason_string} if isinstance(answer, Deny) and answer.reason_string
                  and conn.protocol_level == 5 and conn.request_problem_information else {})
+        if packet.packet_id is None:  # QoS 0: nothing to acknowledge
+            return None
         if qos == 1:
             conn.send(Puback(packet.packet_id, legal_reason_code(PacketType.PUBACK, reason_code), props))
         elif qos == 2:
             conn.send(Pubrec(packet.packet_id, legal_reason_code(PacketType.PUBREC, reason_code), props))
         return None
     matched = await broker.publish(message, conn)
+    if packet.packet_id is None:  # QoS 0 (the decoder refuses QoS > 0 without one)
+        return None
     if qos == 1:
         conn.send(Puback(packet.packet_id, 0 if matched or conn.protocol_level < 5 else 0x10))
     elif qos == 2:

@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import ssl
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -135,7 +135,7 @@ async def serve_listener(
 
 
 async def _accept(broker: Broker, running: RunningListener, context: ssl.SSLContext | None,
-                  connections: trio.Nursery, stream: RawSocketStream, address: tuple) -> None:
+                  connections: trio.Nursery, stream: RawSocketStream, address: tuple[Any, ...]) -> None:
     """One accepted TCP connection, through TLS and WebSocket handshakes to MQTT."""
     try:
         host, port = address[:2]

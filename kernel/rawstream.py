@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 from trio.lowlevel import checkpoint, notify_closing, wait_readable, wait_writable
@@ -107,7 +108,7 @@ def _broken(exc: OSError) -> Exception:
 
 
 async def accept_loop(listening: socket.socket,
-                      handler: Callable[[RawSocketStream, tuple], Awaitable[None]],
+                      handler: Callable[[RawSocketStream, tuple[Any, ...]], Awaitable[None]],
                       connections: trio.Nursery) -> None:
     """Accept forever on a non-blocking listening socket, one task per client in ``connections``.
 

@@ -88,9 +88,10 @@ class Router:
                 continue
             out_message = message
             if rewrite and session.connection is not None:
-                out_message = await self.on_deliver(session, message, qos)
-                if out_message is None:
+                rewritten = await self.on_deliver(session, message, qos)
+                if rewritten is None:
                     continue
+                out_message = rewritten
             status = session.deliver(out_message, qos, retain, sub_ids,
                                      wire_cache if out_message is message else None)
             if status == SENT or status == QUEUED or status == QUEUED_OFFLINE:
@@ -158,12 +159,13 @@ class Router:
             if message.expired():
                 continue
             qos = min(message.qos, subscription.qos)
-            out_message: Message | None = message
+            out_message = message
             if session.connection is not None and self.dispatcher.has("on_deliver"):
                 # Offline: on_deliver runs over the queue when the client is back.
-                out_message = await self.on_deliver(session, message, qos)
-                if out_message is None:
+                rewritten = await self.on_deliver(session, message, qos)
+                if rewritten is None:
                     continue
+                out_message = rewritten
             status = session.deliver(out_message, qos, True, sub_ids, None)
             if status not in _QUIET:
                 await self.report(session, out_message, qos, status)

@@ -172,6 +172,7 @@ class Session:
     ) -> int:
         message = delivery.message
         level = connection.protocol_level
+        parts: tuple[bytes, bytes] | None
         if level == 5 and connection.outbound_alias_maximum:
             parts = connection.encode_with_alias(message, delivery.qos, delivery.retain,
                                                  outbound_properties(message, delivery.sub_ids))

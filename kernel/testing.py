@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import trio
@@ -91,6 +91,9 @@ async def registered(broker: Broker, plugin: Any, name: str | None = None, **set
             await broker.plugins.unload(plugin_name)
 
 
+_PacketT = TypeVar("_PacketT")
+
+
 class MQTTTestClient:
     """An MQTT client for tests; packets are ternmq codec objects.
 
@@ -144,7 +147,7 @@ class MQTTTestClient:
                 self._framer.feed(data)
         return decode_packet(frame[0], frame[1], self.protocol_level)
 
-    async def expect(self, kind: type, timeout: float = 5.0) -> Any:
+    async def expect(self, kind: type[_PacketT], timeout: float = 5.0) -> _PacketT:
         """The next packet of type ``kind``; publishes met on the way are kept."""
         skipped = []
         try:
@@ -186,7 +189,7 @@ class MQTTTestClient:
             pubrec = await self.expect(Pubrec)
             if pubrec.reason_code >= 0x80:
                 return pubrec
-            await self.send(Pubrel(packet_id))
+            await self.send(Pubrel(pubrec.packet_id))
             return await self.expect(Pubcomp)
         return None
 
@@ -203,12 +206,13 @@ class MQTTTestClient:
     async def receive(self, timeout: float = 5.0) -> Publish:
         """The next PUBLISH (acknowledged per QoS when auto_ack is on)."""
         packet = await self.expect(Publish, timeout)
-        if self.auto_ack and packet.qos == 1:
-            await self.send(Puback(packet.packet_id))
-        elif self.auto_ack and packet.qos == 2:
-            await self.send(Pubrec(packet.packet_id))
+        packet_id = packet.packet_id  # None at QoS 0
+        if self.auto_ack and packet.qos == 1 and packet_id is not None:
+            await self.send(Puback(packet_id))
+        elif self.auto_ack and packet.qos == 2 and packet_id is not None:
+            await self.send(Pubrec(packet_id))
             await self.expect(Pubrel, timeout)
-            await self.send(Pubcomp(packet.packet_id))
+            await self.send(Pubcomp(packet_id))
         return packet
 
     async def nothing_received(self, wait: float = 0.3) -> bool:

@@ -9,7 +9,7 @@ literal children.
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 __all__ = ["TopicError", "validate_topic_name", "validate_topic_filter", "parse_shared"]
 __all__ += ["topic_matches", "SubscriptionTrie"]
@@ -118,8 +118,8 @@ class _Node:
         self.children: dict[str, _Node] = {}
         self.plus: _Node | None = None
         self.hash: _Node | None = None
-        self.subs: dict | None = None
-        self.shared: dict[str, dict] | None = None
+        self.subs: dict[Any, Any] | None = None
+        self.shared: dict[str, dict[Any, Any]] | None = None
         self.inner = ""
 
     def is_empty(self) -> bool:
@@ -215,12 +215,14 @@ class SubscriptionTrie(Generic[K, V]):
                 self._filters -= 1
         else:
             shared = node.shared
-            members = shared.get(group) if shared else None
+            if not shared:
+                return False
+            members = shared.get(group)
             if not members or key not in members:
                 return False
             del members[key]
             if not members:
-                del shared[group]  # type: ignore[index]
+                del shared[group]
                 self._filters -= 1
                 if not shared:
                     node.shared = None

@@ -77,7 +77,7 @@ class Message:
 
     def expired(self, now: float | None = None) -> bool:
         """True once the message's MQTT 5 message expiry interval has passed."""
-        interval = self.properties.get("message_expiry_interval")
+        interval: float | None = self.properties.get("message_expiry_interval")
         if interval is None:
             return False
         return (now if now is not None else time.time()) - self.created_at >= interval

@@ -39,8 +39,6 @@ class Config:
 class Plugin:
     """In-memory retained message store."""
 
-    Config = Config
-
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or Config()
         self.messages: dict[str, Message] = {}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from .errors import CONNACK_V3_TO_V5, REASON_CODES, MalformedPacket, MQTTError, ProtocolError, ReasonCode
 from .packets import (
@@ -11,6 +13,10 @@ from .packets import (
 )
 from .properties import WILL_PROPERTIES, decode_properties
 from .wire import read_bin, read_str
+
+_Ack = TypeVar("_Ack", Puback, Pubrec, Pubrel, Pubcomp)
+_Empty = TypeVar("_Empty", Pingreq, Pingresp)
+_ReasonProps = TypeVar("_ReasonProps", Disconnect, Auth)
 
 __all__ = ["decode_packet", "ALLOWED_REASON_CODES", "legal_reason_code"]
 
@@ -110,7 +116,7 @@ def _decode_publish(flags: int, body: bytes, level: int) -> Publish:
         pid = None
     if level >= 5:
         if pos < n and body[pos] == 0:
-            props = {}
+            props: dict[str, Any] = {}
             pos += 1
         else:
             props, pos = decode_properties(body, pos, _T.PUBLISH)
@@ -144,7 +150,7 @@ def _decode_connect(body: bytes, _level: int) -> Connect:
     has_username = flags & 0x80
     if has_password and not has_username and level < 5:
         raise MalformedPacket("password flag without user name flag")
-    props = {}
+    props: dict[str, Any] = {}
     if level >= 5:
         props, pos = decode_properties(body, pos, _T.CONNECT)
         if "authentication_data" in props and "authentication_method" not in props:
@@ -152,7 +158,7 @@ def _decode_connect(body: bytes, _level: int) -> Connect:
     client_id, pos = read_str(body, pos)
     will = None
     if will_flag:
-        will_props = {}
+        will_props: dict[str, Any] = {}
         if level >= 5:
             will_props, pos = decode_properties(body, pos, WILL_PROPERTIES)
         will_topic, pos = read_str(body, pos)
@@ -175,10 +181,11 @@ def _decode_connack(body: bytes, level: int) -> Connack:
         _end(body, 2)
         if level == 3:
             ack_flags = 0  # 3.1: a reserved, unused byte
-        code = CONNACK_V3_TO_V5.get(body[1])
-        if code is None:
+        v5_code = CONNACK_V3_TO_V5.get(body[1])
+        if v5_code is None:
             raise MalformedPacket(f"reserved CONNACK return code {body[1]}")
-        props = {}
+        code = int(v5_code)
+        props: dict[str, Any] = {}
     else:
         code = _reason(body, 1, _T.CONNACK)
         props, pos = decode_properties(body, 2, _T.CONNACK)
@@ -188,8 +195,8 @@ def _decode_connack(body: bytes, level: int) -> Connack:
     return Connack(bool(ack_flags), code, props)
 
 
-def _ack_decoder(cls, ptype: int):
-    def decode(body: bytes, level: int):
+def _ack_decoder(cls: type[_Ack], ptype: int) -> Callable[[bytes, int], _Ack]:
+    def decode(body: bytes, level: int) -> _Ack:
         pid = _packet_id(body, 0, level)
         n = len(body)
         if n == 2:
@@ -209,7 +216,7 @@ def _ack_decoder(cls, ptype: int):
 def _decode_subscribe(body: bytes, level: int) -> Subscribe:
     pid = _packet_id(body, 0, level)
     pos = 2
-    props = {}
+    props: dict[str, Any] = {}
     if level >= 5:
         props, pos = decode_properties(body, pos, _T.SUBSCRIBE)
     reserved = 0xC0 if level >= 5 else 0xFC
@@ -238,7 +245,7 @@ def _decode_subscribe(body: bytes, level: int) -> Subscribe:
 def _decode_suback(body: bytes, level: int) -> Suback:
     pid = _packet_id(body, 0, level)
     pos = 2
-    props = {}
+    props: dict[str, Any] = {}
     if level >= 5:
         props, pos = decode_properties(body, pos, _T.SUBACK)
         allowed = ALLOWED_REASON_CODES[_T.SUBACK]
@@ -256,7 +263,7 @@ def _decode_suback(body: bytes, level: int) -> Suback:
 def _decode_unsubscribe(body: bytes, level: int) -> Unsubscribe:
     pid = _packet_id(body, 0, level)
     pos = 2
-    props = {}
+    props: dict[str, Any] = {}
     if level >= 5:
         props, pos = decode_properties(body, pos, _T.UNSUBSCRIBE)
     n = len(body)
@@ -285,8 +292,8 @@ def _decode_unsuback(body: bytes, level: int) -> Unsuback:
     return Unsuback(pid, [_rc(c, c) for c in codes], props)
 
 
-def _empty_decoder(cls):
-    def decode(body: bytes, _level: int):
+def _empty_decoder(cls: type[_Empty]) -> Callable[[bytes, int], _Empty]:
+    def decode(body: bytes, _level: int) -> _Empty:
         if body:
             raise MalformedPacket(f"{cls.__name__} must have remaining length 0")
         return cls()
@@ -294,10 +301,10 @@ def _empty_decoder(cls):
     return decode
 
 
-def _reason_props_decoder(cls, ptype: int):
+def _reason_props_decoder(cls: type[_ReasonProps], ptype: int) -> Callable[[bytes, int], _ReasonProps]:
     """DISCONNECT and AUTH: v5 remaining length 0 means reason 0, 1 means no properties."""
 
-    def decode(body: bytes, level: int):
+    def decode(body: bytes, level: int) -> _ReasonProps:
         if level < 5:
             if ptype == _T.AUTH:
                 raise MalformedPacket("AUTH before MQTT 5")
@@ -335,7 +342,7 @@ _DECODERS = (
 )
 
 
-def decode_packet(fixed_header_byte: int, body: bytes | bytearray | memoryview, protocol_level: int):
+def decode_packet(fixed_header_byte: int, body: bytes | bytearray | memoryview, protocol_level: int) -> Any:
     """Decode one packet from its fixed header byte and body (remaining length already stripped).
 
     ``protocol_level`` (3, 4 or 5) is the connection's; CONNECT ignores it and reports its own.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+from typing import Any
 
 from .errors import PacketTooLarge, connack_v3_code
 from .packets import (
@@ -104,8 +106,8 @@ def _encode_connack(p: Connack, level: int) -> bytes:
     return _frame(0x20, body)
 
 
-def _ack_encoder(first_byte: int):
-    def encode(p, level: int) -> bytes:
+def _ack_encoder(first_byte: int) -> Callable[[Any, int], bytes]:
+    def encode(p: Puback | Pubrec | Pubrel | Pubcomp, level: int) -> bytes:
         pid = _pack_u16(p.packet_id)
         if level < 5 or (not p.reason_code and not p.properties):
             return bytes((first_byte, 2)) + pid
@@ -167,7 +169,7 @@ def _encode_auth(p: Auth, level: int) -> bytes:
     return _frame(0xF0, _BYTES[p.reason_code] + encode_properties(p.properties))
 
 
-_ENCODERS = {
+_ENCODERS: dict[type, Callable[[Any, int], bytes]] = {
     Connect: _encode_connect,
     Connack: _encode_connack,
     Publish: _encode_publish,
@@ -186,7 +188,7 @@ _ENCODERS = {
 }
 
 
-def encode(packet, protocol_level: int) -> bytes:
+def encode(packet: Any, protocol_level: int) -> bytes:
     """The full wire bytes of ``packet`` for a connection at ``protocol_level`` (3, 4 or 5).
 
     CONNECT is encoded at its own ``protocol_level``. Properties are dropped below level 5.

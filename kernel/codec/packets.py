@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import attrs
 
@@ -48,7 +48,7 @@ class PacketType(IntEnum):
     AUTH = 15
 
 
-def _props() -> dict:
+def _props() -> dict[str, Any]:
     return attrs.field(factory=dict)
 
 
@@ -58,7 +58,7 @@ class Will:
     payload: bytes
     qos: int = 0
     retain: bool = False
-    properties: dict = _props()
+    properties: dict[str, Any] = _props()
 
 
 def _default_protocol_name(self: Connect) -> str:
@@ -75,7 +75,7 @@ class Connect:
     username: str | None = None
     password: bytes | None = None
     will: Will | None = None
-    properties: dict = _props()
+    properties: dict[str, Any] = _props()
     #: defaults to "MQIsdp" when protocol_level is 3, else "MQTT"
     protocol_name: str = attrs.field(default=attrs.Factory(_default_protocol_name, takes_self=True))
 
@@ -86,7 +86,7 @@ class Connack:
     session_present: bool = False
     #: always a v5 reason code; encoding for 3.1/3.1.1 converts it with connack_v3_code
     reason_code: int = 0
-    properties: dict = _props()
+    properties: dict[str, Any] = _props()
 
 
 @attrs.define(slots=True)
@@ -98,7 +98,7 @@ class Publish:
     retain: bool = False
     dup: bool = False
     packet_id: int | None = None
-    properties: dict = _props()
+    properties: dict[str, Any] = _props()
 
 
 @attrs.define(slots=True)
@@ -106,7 +106,7 @@ class Puback:
     packet_type: ClassVar[PacketType] = PacketType.PUBACK
     packet_id: int
     reason_code: int = 0
-    properties: dict = _props()
+    properties: dict[str, Any] = _props()
 
 
 @attrs.define(slots=True)
@@ -114,7 +114,7 @@ class Pubrec:
     packet_type: ClassVar[PacketType] = PacketType.PUBREC
     packet_id: int
     reason_code: int = 0
-    properties: dict = _props()
+    properties: dict[str, Any] = _props()
 
 
 @attrs.define(slots=True)
@@ -122,7 +122,7 @@ class Pubrel:
     packet_type: ClassVar[PacketType] = PacketType.PUBREL
     packet_id: int
     reason_code: int = 0
-    properties: dict = _props()
+    properties: dict[str, Any] = _props()
 
 
 @attrs.define(slots=True)
@@ -130,7 +130,7 @@ class Pubcomp:
     packet_type: ClassVar[PacketType] = PacketType.PUBCOMP
     packet_id: int
     reason_code: int = 0
-    properties: dict = _props()
+    properties: dict[str, Any] = _props()
 
 
 @attrs.define(slots=True)
@@ -147,7 +147,7 @@ class Subscribe:
     packet_type: ClassVar[PacketType] = PacketType.SUBSCRIBE
     packet_id: int
     subscriptions: list[SubscriptionRequest]
-    properties: dict = _props()
+    properties: dict[str, Any] = _props()
 
 
 @attrs.define(slots=True)
@@ -155,7 +155,7 @@ class Suback:
     packet_type: ClassVar[PacketType] = PacketType.SUBACK
     packet_id: int
     reason_codes: list[int]
-    properties: dict = _props()
+    properties: dict[str, Any] = _props()
 
 
 @attrs.define(slots=True)
@@ -163,7 +163,7 @@ class Unsubscribe:
     packet_type: ClassVar[PacketType] = PacketType.UNSUBSCRIBE
     packet_id: int
     topic_filters: list[str]
-    properties: dict = _props()
+    properties: dict[str, Any] = _props()
 
 
 @attrs.define(slots=True)
@@ -172,35 +172,35 @@ class Unsuback:
     packet_id: int
     #: empty for 3.1/3.1.1 (no payload there)
     reason_codes: list[int] = attrs.field(factory=list)
-    properties: dict = _props()
+    properties: dict[str, Any] = _props()
 
 
 @attrs.define(slots=True)
 class Pingreq:
     packet_type: ClassVar[PacketType] = PacketType.PINGREQ
     #: never on the wire; present so every packet has ``.properties``
-    properties: dict = _props()
+    properties: dict[str, Any] = _props()
 
 
 @attrs.define(slots=True)
 class Pingresp:
     packet_type: ClassVar[PacketType] = PacketType.PINGRESP
     #: never on the wire; present so every packet has ``.properties``
-    properties: dict = _props()
+    properties: dict[str, Any] = _props()
 
 
 @attrs.define(slots=True)
 class Disconnect:
     packet_type: ClassVar[PacketType] = PacketType.DISCONNECT
     reason_code: int = 0
-    properties: dict = _props()
+    properties: dict[str, Any] = _props()
 
 
 @attrs.define(slots=True)
 class Auth:
     packet_type: ClassVar[PacketType] = PacketType.AUTH
     reason_code: int = 0
-    properties: dict = _props()
+    properties: dict[str, Any] = _props()
 
 
 Packet = (

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .errors import MalformedPacket, ProtocolError
 from .packets import PacketType
 from .wire import U16, U32, enc_bin, enc_str, encode_varint, read_bin, read_str, read_varint
@@ -81,7 +83,7 @@ _u16 = U16.unpack_from
 _u32 = U32.unpack_from
 
 
-def decode_properties(buf: bytes, pos: int, context: int) -> tuple[dict, int]:
+def decode_properties(buf: bytes, pos: int, context: int) -> tuple[dict[str, Any], int]:
     """Decode a property block (length varint + properties) at ``pos`` for packet type ``context``."""
     if pos < len(buf) and buf[pos] == 0:  # fast path: no properties
         return {}, pos + 1
@@ -89,7 +91,8 @@ def decode_properties(buf: bytes, pos: int, context: int) -> tuple[dict, int]:
     end = pos + length
     if end > len(buf):
         raise MalformedPacket("property length exceeds packet")
-    props: dict = {}
+    props: dict[str, Any] = {}
+    value: Any  # str, int or bytes, by the property's kind
     while pos < end:
         pid = buf[pos]
         pos += 1
@@ -155,7 +158,7 @@ def decode_properties(buf: bytes, pos: int, context: int) -> tuple[dict, int]:
     return props, pos
 
 
-def encode_properties(props: dict) -> bytes:
+def encode_properties(props: dict[str, Any]) -> bytes:
     """Encode a property block including its length prefix (``b"\\x00"`` when empty).
 
     ``None`` values are skipped; ``subscription_identifier`` may be an int or a list of ints.
