@@ -20,7 +20,7 @@ from ternmq.kernel.admin import CommandError, Table, Text
 from ternmq.kernel.codec import Disconnect, Pingresp
 from ternmq.kernel.testing import MQTTTestClient
 
-PLUGIN_COLUMNS = ("Plugin", "Type", "Hook(s)", "source", "version", "state", "priority", "errors", "timeouts")
+PLUGIN_COLUMNS = ("Plugin", "Type", "Hook(s)", "M:F/A", "source", "version", "state", "priority", "errors", "timeouts")
 
 
 async def run(broker: Any, *argv: str) -> Table | Text:
@@ -61,8 +61,10 @@ async def test_plugin_show_lists_each_plugin_with_its_columns(broker: Any) -> No
     rows = [dict(row) for row in result.rows]
     hooks = rows[0].pop("Hook(s)")
     assert hooks == sorted(hooks) and {"retain_delete", "retain_lookup", "retain_store"} <= set(hooks)
+    functions = rows[0].pop("M:F/A")
+    assert [f.split(":")[1].split("/")[0] for f in functions] == [f"Plugin.{hook}" for hook in hooks]
     assert rows == [{
-        "Plugin": "retainer", "Type": "object", "source": "builtin", "version": __version__, "state": "running",
+        "Plugin": "retainer", "Type": "application", "source": "builtin", "version": __version__, "state": "running",
         "priority": None, "errors": 0, "timeouts": 0,
     }]
     rendered = result.render()

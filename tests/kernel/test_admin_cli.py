@@ -68,7 +68,7 @@ def test_plugin_show(running: Running) -> None:
     result = running.admin("plugin", "show")
     assert result.returncode == 0, result.stderr
     header = result.stdout.splitlines()[1]
-    for column in ("Plugin", "Type", "Hook(s)", "source", "version", "state", "priority", "errors", "timeouts"):
+    for column in ("Plugin", "Type", "Hook(s)", "M:F/A", "source", "version", "state", "priority", "errors", "timeouts"):
         assert column in header
     assert "retainer" in result.stdout and "builtin" in result.stdout
     assert result.stderr == ""

@@ -105,8 +105,10 @@ async def test_retainer_loads_by_builtin_short_name_through_the_same_path(broker
         assert isinstance(loaded.plugin, retainer.Plugin) and loaded.plugin.config.max_messages == 5
         assert broker.retain_available
         row = await plugin_row(broker, "retainer")
-        assert (row["source"], row["state"], row["Type"]) == ("builtin", "running", "object")
+        assert (row["source"], row["state"], row["Type"]) == ("builtin", "running", "application")
         assert {"retain_delete", "retain_lookup", "retain_store"} <= set(row["Hook(s)"])
+        lookup = row["Hook(s)"].index("retain_lookup")
+        assert row["M:F/A"][lookup] == "ternmq.plugins.retainer:Plugin.retain_lookup/1"
         async with MQTTTestClient.open(broker.port()) as client:
             await client.connect("r1")
             await client.publish("kept/1", b"v", qos=1, retain=True)
@@ -146,6 +148,7 @@ async def test_dotted_path_module_of_hook_functions(broker: Any, module_plugin: 
     module.CONFIG.append(loaded.config)
     row = await plugin_row(broker, module_plugin)
     assert row["Type"] == "module" and row["Hook(s)"] == ["auth_on_register"]
+    assert row["M:F/A"] == [f"{module_plugin}:auth_on_register/1"]
     async with MQTTTestClient.open(broker.port()) as eve, MQTTTestClient.open(broker.port()) as mallory:
         assert (await eve.connect("e", username="eve")).reason_code == 0x8A
         assert (await mallory.connect("m", username="mallory")).reason_code == 0
@@ -423,7 +426,7 @@ async def test_error_and_timeout_counts_appear_in_plugin_show(broker: Any) -> No
     hanging = await plugin_row(broker, "hanging")
     assert (failing["errors"], failing["timeouts"]) == (3, 0)
     assert (hanging["errors"], hanging["timeouts"]) == (0, 3)
-    assert set(failing) == {"Plugin", "Type", "Hook(s)", "source", "version", "state", "priority", "errors",
+    assert set(failing) == {"Plugin", "Type", "Hook(s)", "M:F/A", "source", "version", "state", "priority", "errors",
                             "timeouts"}
 
 
