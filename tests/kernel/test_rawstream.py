@@ -67,6 +67,9 @@ async def test_two_tasks_sending_at_once_is_busy_resource_error() -> None:
             # The first sender fills the socket buffer and waits for the peer to read.
             nursery.start_soon(stream.send_all, b"x" * 10_000_000)
             await trio.sleep(0.05)
+            # Room again, but the first sender has not run yet: a second send must
+            # not slip its bytes in between.
+            peer.recv(1 << 20)
             with pytest.raises(trio.BusyResourceError):
                 await stream.send_all(b"y")
             nursery.cancel_scope.cancel()
