@@ -349,6 +349,30 @@ async def wait_delivered(tally: Tally, publishers_done: asyncio.Future, deadline
 # -- scenarios -----------------------------------------------------------------------------
 
 
+async def publish_qos0(client: Client, topic: str, payload: bytes, count: int, batch_n: int) -> None:
+    """Write ``count`` prebuilt QoS 0 PUBLISH frames in batches, respecting flow control."""
+    frame = publish_packet(topic, payload, 0)
+    batch = frame * batch_n
+    sent = 0
+    while sent < count:
+        k = min(batch_n, count - sent)
+        client.write(batch if k == batch_n else frame * k)
+        sent += k
+        await client.drain()
+
+
+def rate_result(tally: Tally, result: dict, status: str, unit: str) -> dict:
+    """A throughput scenario's report: what arrived over the measured window."""
+    return {
+        "value": tally.received / result["wall"] if result["wall"] > 0 else 0.0,
+        "unit": unit,
+        "received": tally.received,
+        "expected": tally.target,
+        "status": status,
+        **result,
+    }
+
+
 async def fanin(port: int, pid: int | None, quick: bool, deadline: float, qos: int) -> dict:
     p = PARAMS["fanin_qos1" if qos else "fanin_qos0"]
     publishers = p["publishers"]
@@ -363,15 +387,7 @@ async def fanin(port: int, pid: int | None, quick: bool, deadline: float, qos: i
     window = Window(pid)
 
     async def qos0_publisher(i: int, client: Client) -> None:
-        frame = publish_packet(f"bench/fanin/{i}", payload, 0)
-        batch_n = 256
-        batch = frame * batch_n
-        sent = 0
-        while sent < per_pub:
-            k = min(batch_n, per_pub - sent)
-            client.write(batch if k == batch_n else frame * k)
-            sent += k
-            await client.drain()
+        await publish_qos0(client, f"bench/fanin/{i}", payload, per_pub, 256)
 
     # QoS 1: each publisher keeps up to `window` PUBACKs outstanding, and the generator
     # never lets more than publishers * window messages be published but not yet
@@ -431,14 +447,7 @@ async def fanin(port: int, pid: int | None, quick: bool, deadline: float, qos: i
     watcher.cancel()
     for c in pubs + [sub]:
         c.close()
-    return {
-        "value": tally.received / result["wall"] if result["wall"] > 0 else 0.0,
-        "unit": "msg/s",
-        "received": tally.received,
-        "expected": tally.target,
-        "status": status,
-        **result,
-    }
+    return rate_result(tally, result, status, "msg/s")
 
 
 async def fanout(port: int, pid: int | None, quick: bool, deadline: float) -> dict:
@@ -457,15 +466,8 @@ async def fanout(port: int, pid: int | None, quick: bool, deadline: float) -> di
     window = Window(pid)
 
     async def publisher() -> None:
-        frame = publish_packet("bench/fanout", b"x" * p["payload"], 0)
-        batch_n = 64
-        sent = 0
         try:
-            while sent < messages:
-                k = min(batch_n, messages - sent)
-                pub.write(frame * k)
-                sent += k
-                await pub.drain()
+            await publish_qos0(pub, "bench/fanout", b"x" * p["payload"], messages, 64)
         finally:
             publishers_done.set_result(time.perf_counter())
 
@@ -475,14 +477,7 @@ async def fanout(port: int, pid: int | None, quick: bool, deadline: float) -> di
     task.cancel()
     for c in subs + [pub]:
         c.close()
-    return {
-        "value": tally.received / result["wall"] if result["wall"] > 0 else 0.0,
-        "unit": "deliveries/s",
-        "received": tally.received,
-        "expected": tally.target,
-        "status": status,
-        **result,
-    }
+    return rate_result(tally, result, status, "deliveries/s")
 
 
 async def latency(port: int, pid: int | None, quick: bool, deadline: float) -> dict:
