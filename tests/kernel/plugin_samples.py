@@ -402,3 +402,28 @@ async def v311_connack_return_code(port: int, client_id: str, username: str | No
                 data += chunk
     assert data[:2] == b"\x20\x02", data
     return data[3]
+
+
+@contextlib.contextmanager
+def broker_with_control_socket(directory: Path, node_name: str,
+                               socket: Path) -> Iterator[tuple[BrokerProcess, Path, dict[str, str]]]:
+    """``ternmq --config`` in a subprocess (anonymous clients, retainer on, port 0)
+    whose control socket is ``socket``: (process, config file, environment), ready."""
+    config = directory / "plugins.toml"
+    config.write_text(f'''
+[broker]
+node_name = "{node_name}"
+allow_anonymous = true
+control_socket = "{socket}"
+
+[[listeners]]
+name = "default"
+port = 0
+
+[plugins.retainer]
+''')
+    env = subprocess_env(directory)
+    with BrokerProcess(["--config", str(config)], env=env, cwd=directory) as process:
+        process.wait_ready()
+        wait_for_path(socket)
+        yield process, config, env

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from plugin_samples import BrokerProcess, admin, short_dir, subprocess_env, wait_for_path
+from plugin_samples import BrokerProcess, admin, broker_with_control_socket, short_dir, subprocess_env, wait_for_path
 
 NODE = "cli@127.0.0.1"
 
@@ -44,23 +44,7 @@ class Running:
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     tmp = tmp_path_factory.mktemp("cli")
     socket = tmp / "run" / "admin.sock"
-    config = tmp / "plugins.toml"
-    config.write_text(f'''
-[broker]
-node_name = "{NODE}"
-allow_anonymous = true
-control_socket = "{socket}"
-
-[[listeners]]
-name = "default"
-port = 0
-
-[plugins.retainer]
-''')
-    env = subprocess_env(tmp)
-    with BrokerProcess(["--config", str(config)], env=env, cwd=tmp) as process:
-        process.wait_ready()
-        wait_for_path(socket)
+    with broker_with_control_socket(tmp, NODE, socket) as (process, config, env):
         yield Running(process, config, socket, env)
 
 

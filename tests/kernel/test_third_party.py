@@ -30,10 +30,9 @@ from plugin_samples import (
     REPO,
     BrokerProcess,
     admin,
+    broker_with_control_socket,
     ensure_json_auth_installed,
-    subprocess_env,
     v311_connack_return_code,
-    wait_for_path,
 )
 
 from ternmq.kernel.testing import MQTTTestClient
@@ -80,23 +79,7 @@ class Running:
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[Running]:
     socket = tmp_path / "admin.sock"
-    config = tmp_path / "plugins.toml"
-    config.write_text(f'''
-[broker]
-node_name = "third-party@127.0.0.1"
-allow_anonymous = true
-control_socket = "{socket}"
-
-[[listeners]]
-name = "default"
-port = 0
-
-[plugins.retainer]
-''')
-    env = subprocess_env(tmp_path)
-    with BrokerProcess(["--config", str(config)], env=env, cwd=tmp_path) as process:
-        process.wait_ready()
-        wait_for_path(socket)
+    with broker_with_control_socket(tmp_path, "third-party@127.0.0.1", socket) as (process, config, env):
         yield Running(process, config, env)
 
 
