@@ -42,7 +42,7 @@ from .codec import (
 from .config import BrokerSettings, Config, Limits, ListenerConfig, PluginEntry
 from .manager import KernelSettings, LoadedPlugin
 
-__all__ = ["open_broker", "test_config", "MQTTTestClient", "registered"]
+__all__ = ["open_broker", "serving", "test_config", "MQTTTestClient", "registered"]
 
 
 def test_config(
@@ -70,7 +70,14 @@ test_config.__test__ = False  # type: ignore[attr-defined]  # not a test, despit
 @asynccontextmanager
 async def open_broker(config: Config | None = None) -> AsyncIterator[Broker]:
     """Run a broker for the duration of the block; ``broker.port()`` is its port."""
-    broker = Broker(config or test_config())
+    async with serving(Broker(config or test_config())) as broker:
+        yield broker
+
+
+@asynccontextmanager
+async def serving(broker: Broker) -> AsyncIterator[Broker]:
+    """Run an already built broker for the block: for plugins that must be registered
+    before it starts (a session store is asked for its sessions at start)."""
     async with trio.open_nursery() as nursery:
         await nursery.start(broker.serve)
         try:

@@ -21,7 +21,7 @@ from ternmq.kernel.admin import Text
 from ternmq.kernel.broker import Broker
 from ternmq.kernel.codec import Publish, SubscriptionRequest
 from ternmq.kernel.hookspecs import hookimpl
-from ternmq.kernel.testing import MQTTTestClient, registered, test_config
+from ternmq.kernel.testing import MQTTTestClient, registered, serving, test_config
 from ternmq.kernel.topics import topic_matches
 from ternmq.kernel.types import ClientInfo, Message, SessionSnapshot, TopicSubscription
 
@@ -171,12 +171,8 @@ async def broker_with_store(store: DictStore) -> AsyncIterator[Broker]:
     broker = Broker(test_config())
     store.broker = broker
     await broker.plugins.register("store", store)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(broker.serve)
-        try:
-            yield broker
-        finally:
-            broker.stop()
+    async with serving(broker):
+        yield broker
 
 
 async def test_hook_session_store_load_all(broker: Any) -> None:
