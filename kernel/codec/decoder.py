@@ -213,12 +213,17 @@ def _ack_decoder(cls: type[_Ack], ptype: int) -> Callable[[bytes, int], _Ack]:
     return decode
 
 
-def _decode_subscribe(body: bytes, level: int) -> Subscribe:
+def _id_and_properties(body: bytes, level: int, ptype: int) -> tuple[int, dict[str, Any], int]:
+    """The packet identifier, then (MQTT 5) the properties: (id, properties, next position)."""
     pid = _packet_id(body, 0, level)
-    pos = 2
-    props: dict[str, Any] = {}
-    if level >= 5:
-        props, pos = decode_properties(body, pos, _T.SUBSCRIBE)
+    if level < 5:
+        return pid, {}, 2
+    props, pos = decode_properties(body, 2, ptype)
+    return pid, props, pos
+
+
+def _decode_subscribe(body: bytes, level: int) -> Subscribe:
+    pid, props, pos = _id_and_properties(body, level, _T.SUBSCRIBE)
     reserved = 0xC0 if level >= 5 else 0xFC
     n = len(body)
     subs = []
@@ -243,14 +248,8 @@ def _decode_subscribe(body: bytes, level: int) -> Subscribe:
 
 
 def _decode_suback(body: bytes, level: int) -> Suback:
-    pid = _packet_id(body, 0, level)
-    pos = 2
-    props: dict[str, Any] = {}
-    if level >= 5:
-        props, pos = decode_properties(body, pos, _T.SUBACK)
-        allowed = ALLOWED_REASON_CODES[_T.SUBACK]
-    else:
-        allowed = _V3_SUBACK_CODES
+    pid, props, pos = _id_and_properties(body, level, _T.SUBACK)
+    allowed = ALLOWED_REASON_CODES[_T.SUBACK] if level >= 5 else _V3_SUBACK_CODES
     codes = body[pos:]
     if not codes:
         raise _violation(level, "SUBACK without reason codes")
@@ -261,11 +260,7 @@ def _decode_suback(body: bytes, level: int) -> Suback:
 
 
 def _decode_unsubscribe(body: bytes, level: int) -> Unsubscribe:
-    pid = _packet_id(body, 0, level)
-    pos = 2
-    props: dict[str, Any] = {}
-    if level >= 5:
-        props, pos = decode_properties(body, pos, _T.UNSUBSCRIBE)
+    pid, props, pos = _id_and_properties(body, level, _T.UNSUBSCRIBE)
     n = len(body)
     filters = []
     while pos < n:
