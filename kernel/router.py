@@ -74,7 +74,7 @@ class Router:
         targets = self._merge(plain, origin_client_id, message)
         if shared:
             for group_key, members in shared.items():
-                chosen = self._choose_shared(group_key, members)
+                chosen = self._choose_shared(group_key, members, message.qos)
                 if chosen is not None:
                     targets.append(chosen)
         wire_cache: dict[Any, tuple[bytes, bytes]] = {}
@@ -134,7 +134,7 @@ class Router:
         return targets
 
     def _choose_shared(
-        self, group_key: tuple[str, str], members: list[tuple[str, TopicSubscription]]
+        self, group_key: tuple[str, str], members: list[tuple[str, TopicSubscription]], msg_qos: int
     ) -> tuple[str, int, bool, tuple[int, ...]] | None:
         """Round robin over the group, preferring members that are online."""
         turn = self._shared_turn.get(group_key)
@@ -147,7 +147,7 @@ class Router:
             return None
         client_id, sub = pool[next(turn) % len(pool)]
         sid = sub.subscription_identifier
-        return (client_id, sub.qos, False, (sid,) if sid else ())
+        return (client_id, min(msg_qos, sub.qos), False, (sid,) if sid else ())
 
     async def deliver_retained(
         self, session: Session, subscription: TopicSubscription, messages: Iterable[Message]

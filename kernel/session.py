@@ -177,7 +177,7 @@ class Session:
             parts = connection.encode_with_alias(message, delivery.qos, delivery.retain,
                                                  outbound_properties(message, delivery.sub_ids))
         else:
-            key = (level == 5, delivery.qos > 0, delivery.retain, delivery.sub_ids)
+            key = (level == 5, delivery.qos, delivery.retain, delivery.sub_ids)
             parts = wire_cache.get(key) if wire_cache is not None else None
             if parts is None:
                 props = outbound_properties(message, delivery.sub_ids) if level == 5 else {}

@@ -136,6 +136,14 @@ async def test_shared_subscription_gives_each_message_to_exactly_one_member(brok
     assert sorted(everything) == [str(i).encode() for i in range(6)], got
 
 
+@pytest.mark.parametrize(("pub_qos", "sub_qos"), [(0, 1), (1, 2), (2, 1)])
+async def test_shared_delivery_qos_is_the_lower_of_publish_and_subscription_qos(broker, pub_qos, sub_qos):
+    async with connected(broker, "sh-member") as member, connected(broker, "sh-pub") as pub:
+        await member.subscribe("$share/g/sh/q", qos=sub_qos)
+        await pub.publish("sh/q", b"m", qos=pub_qos)
+        assert (await member.receive()).qos == min(pub_qos, sub_qos)
+
+
 async def test_every_shared_group_and_plain_subscriber_gets_the_message(broker, paho_client):
     port = broker.port()
     members = {}

@@ -146,6 +146,19 @@ async def test_delivery_qos_is_the_lower_of_publish_and_subscription_qos(
         assert (message.packet_id is None) == (message.qos == 0)
 
 
+async def test_one_message_reaches_subscribers_of_different_qos_each_at_its_own(broker: Broker) -> None:
+    # One routed message is encoded once per distinct wire form: QoS 1 and QoS 2 copies
+    # differ in the header, so they must not share an encoding.
+    async with connected(broker, "sub0") as sub0, connected(broker, "sub1") as sub1, \
+            connected(broker, "sub2") as sub2, connected(broker, "pub") as pub:
+        for sub, qos in ((sub0, 0), (sub1, 1), (sub2, 2)):
+            await sub.subscribe("mixed/qos", qos=qos)
+        await pub.publish("mixed/qos", b"m", qos=2)
+        for sub, qos in ((sub0, 0), (sub1, 1), (sub2, 2)):
+            message = await sub.receive()
+            assert (message.qos, message.payload) == (qos, b"m")
+
+
 @pytest.mark.parametrize("protocol", PAHO)
 @pytest.mark.parametrize("qos", [0, 1, 2])
 async def test_paho_publishes_and_receives_at_each_qos(broker: Broker, paho_client: Any, protocol: int,
