@@ -189,12 +189,14 @@ class Broker(SessionLifecycle):
                 await dispatcher.provide("retain_store", message=message)
         origin_id = conn.client_info.client_id if conn is not None else None
         count = await self.router.route(message, origin_id)
-        if dispatcher.has("on_publish"):
+        announce = dispatcher.has("on_publish")
+        forward = dispatcher.has("cluster_forward")
+        if announce or forward:
             client = conn.client_info if conn is not None else origin or self.service_client
-            await dispatcher.notify("on_publish", client=client, message=message)
-        if dispatcher.has("cluster_forward"):
-            await dispatcher.provide("cluster_forward", message=message,
-                                     origin=conn.client_info if conn is not None else origin or self.service_client)
+            if announce:
+                await dispatcher.notify("on_publish", client=client, message=message)
+            if forward:
+                await dispatcher.provide("cluster_forward", message=message, origin=client)
         return count
 
     @property

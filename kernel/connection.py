@@ -32,7 +32,7 @@ from .codec import (
     legal_reason_code,
 )
 from .inbound import HANDLERS, STOP
-from .rawstream import RawSocketStream
+from .rawstream import RECEIVE_SIZE, RawSocketStream
 from .types import ClientInfo, Message
 
 if TYPE_CHECKING:
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ternmq.connection")
 
-RECEIVE_SIZE = 65536
 FLUSH_GRACE = 2.0
 
 

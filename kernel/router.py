@@ -19,6 +19,7 @@ import attrs
 from .dispatch import PLUGIN_FAILURE
 from .session import (
     DROP_REASONS,
+    DROPPED_OFFLINE_QOS0,
     QUEUED,
     QUEUED_OFFLINE,
     SENT,
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from .dispatch import HookDispatcher
 
 # Delivery outcomes that are neither sent nor worth a hook (QoS 0 for offline sessions).
-_QUIET = frozenset({SENT, 1, 6})
+_QUIET = frozenset({SENT, QUEUED, DROPPED_OFFLINE_QOS0})
 
 
 class Router:
@@ -155,13 +156,14 @@ class Router:
         """Send retained messages to a new subscription (retain flag set, as the spec says)."""
         sid = subscription.subscription_identifier
         sub_ids = (sid,) if sid else ()
+        # Offline: on_deliver runs over the queue when the client is back.
+        rewrite = session.connection is not None and self.dispatcher.has("on_deliver")
         for message in messages:
             if message.expired():
                 continue
             qos = min(message.qos, subscription.qos)
             out_message = message
-            if session.connection is not None and self.dispatcher.has("on_deliver"):
-                # Offline: on_deliver runs over the queue when the client is back.
+            if rewrite:
                 rewritten = await self.on_deliver(session, message, qos)
                 if rewritten is None:
                     continue

@@ -145,15 +145,20 @@ class Session:
         if qos == 0:
             if connection.outbound_bytes > connection.outbound_limit:
                 return DROPPED_SLOW_CONSUMER
-            return self._send_publish(connection, Delivery(message, 0, retain, sub_ids), None, wire_cache)
+            return self._send_publish(connection, message, 0, retain, sub_ids, None, wire_cache)
         if len(self.inflight) >= self.window(connection) or self.queue:
             if len(self.queue) >= self.max_queued:
                 return DROPPED_QUEUE_FULL
             self.queue.append(Delivery(message, qos, retain, sub_ids))
             return QUEUED
-        delivery = Delivery(message, qos, retain, sub_ids)
+        return self._send_tracked(connection, Delivery(message, qos, retain, sub_ids), wire_cache)
+
+    def _send_tracked(self, connection: Connection, delivery: Delivery,
+                      wire_cache: dict[Any, tuple[bytes, bytes]] | None) -> int:
+        """Send a QoS 1/2 delivery under a new packet id, in flight once it is sent."""
         packet_id = self._allocate_packet_id()
-        status = self._send_publish(connection, delivery, packet_id, wire_cache)
+        status = self._send_publish(connection, delivery.message, delivery.qos, delivery.retain,
+                                    delivery.sub_ids, packet_id, wire_cache)
         if status == SENT:
             self.inflight[packet_id] = delivery
         return status
@@ -165,27 +170,29 @@ class Session:
     def _send_publish(
         self,
         connection: Connection,
-        delivery: Delivery,
+        message: Message,
+        qos: int,
+        retain: bool,
+        sub_ids: tuple[int, ...],
         packet_id: int | None,
         wire_cache: dict[Any, tuple[bytes, bytes]] | None,
         dup: bool = False,
     ) -> int:
-        message = delivery.message
         level = connection.protocol_level
         parts: tuple[bytes, bytes] | None
         if level == 5 and connection.outbound_alias_maximum:
-            parts = connection.encode_with_alias(message, delivery.qos, delivery.retain,
-                                                 outbound_properties(message, delivery.sub_ids))
+            parts = connection.encode_with_alias(message, qos, retain, outbound_properties(message, sub_ids))
         else:
-            key = (level == 5, delivery.qos, delivery.retain, delivery.sub_ids)
+            key = (level == 5, qos, retain, sub_ids)
             parts = wire_cache.get(key) if wire_cache is not None else None
             if parts is None:
-                props = outbound_properties(message, delivery.sub_ids) if level == 5 else {}
-                parts = encode_publish_parts(
-                    Publish(message.topic, message.payload, delivery.qos, delivery.retain,
-                            False, None, props),
-                    level,
-                )
+                props = outbound_properties(message, sub_ids) if level == 5 else {}
+                parts = encode_publish_parts(Publish(message.topic, message.payload, qos, retain, False, None, props),
+                                             level)
+                if qos == 0:
+                    # No packet id goes between the parts: join once for every subscriber
+                    # of this wire form (``head + b""`` below is then no copy).
+                    parts = (parts[0] + parts[1], b"")
                 if wire_cache is not None:
                     wire_cache[key] = parts
         head, tail = parts
@@ -229,12 +236,10 @@ class Session:
                 yield delivery, -1
                 continue
             if delivery.qos == 0:
-                status = self._send_publish(connection, delivery, None, None)
+                status = self._send_publish(connection, delivery.message, 0, delivery.retain, delivery.sub_ids,
+                                            None, None)
             else:
-                packet_id = self._allocate_packet_id()
-                status = self._send_publish(connection, delivery, packet_id, None)
-                if status == SENT:
-                    self.inflight[packet_id] = delivery
+                status = self._send_tracked(connection, delivery, None)
             if status != SENT:
                 yield delivery, status
 
@@ -250,7 +255,8 @@ class Session:
                 del self.inflight[packet_id]
                 yield delivery, -1
                 continue
-            status = self._send_publish(connection, delivery, packet_id, None, dup=True)
+            status = self._send_publish(connection, delivery.message, delivery.qos, delivery.retain,
+                                        delivery.sub_ids, packet_id, None, dup=True)
             if status != SENT:
                 del self.inflight[packet_id]
                 yield delivery, status
