@@ -247,13 +247,8 @@ async def _authorize_will(conn: Connection, packet: Connect) -> Message:
         raise Refused(exc.reason_code, str(exc)) from None
     if will.retain and not broker.retain_available:
         raise Refused(0x9A, "retained messages are not supported")
-    message = Message(will.topic, will.payload, will.qos, will.retain, will.properties)
-    if broker.dispatcher.has("auth_on_publish"):
-        answer = await broker.dispatcher.decide(
-            "auth_on_publish", client=conn.client_info, message=message, is_will=True)
-        message, reason_code = inbound.apply_publish_answer(conn, message, answer)
-    else:
-        reason_code = 0 if broker.settings.allow_anonymous else 0x87
+    message, reason_code, _ = await inbound.authorize_publish(
+        conn, Message(will.topic, will.payload, will.qos, will.retain, will.properties), is_will=True)
     if reason_code >= 0x80:
         raise Refused(reason_code, "will not authorized")
     return message

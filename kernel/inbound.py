@@ -82,14 +82,9 @@ async def on_publish(conn: Connection, packet: Publish) -> object:
     if packet.retain and not broker.retain_available:
         conn.protocol_error(0x9A, "retained messages are not supported")
         return STOP
-    message = Message(topic, packet.payload, qos, packet.retain, properties)
-    reason_code, answer = 0, None
-    if broker.dispatcher.has("auth_on_publish"):
-        answer = await broker.dispatcher.decide(
-            "auth_on_publish", client=conn.client_info, message=message, is_will=False)
-        message, reason_code = apply_publish_answer(conn, message, answer)
-    elif not broker.settings.allow_anonymous:
-        reason_code = 0x87
+    message, reason_code, answer = await authorize_publish(
+        conn, Message(topic, packet.payload, qos, packet.retain, properties), is_will=False)
+    props: dict[str, Any] = {}
     if reason_code >= 0x80:
         broker.metrics.publish_denied += 1
         if conn.protocol_level == 4:
@@ -98,24 +93,32 @@ async def on_publish(conn: Connection, packet: Publish) -> object:
             return STOP
         # MQTT 3.1 publishers are acknowledged anyway (v3 encoding has no reason
         # code); MQTT 5 ones get the code (and reason string [MQTT-3.1.2-29]); QoS 0 vanishes.
-        props = ({"reason_string": answer.reason_string} if isinstance(answer, Deny) and answer.reason_string
-                 and conn.protocol_level == 5 and conn.request_problem_information else {})
-        if packet.packet_id is None:  # QoS 0: nothing to acknowledge
-            return None
-        if qos == 1:
-            conn.send(Puback(packet.packet_id, legal_reason_code(PacketType.PUBACK, reason_code), props))
-        elif qos == 2:
-            conn.send(Pubrec(packet.packet_id, legal_reason_code(PacketType.PUBREC, reason_code), props))
-        return None
-    matched = await broker.publish(message, conn)
-    if packet.packet_id is None:  # QoS 0 (the decoder refuses QoS > 0 without one)
+        if isinstance(answer, Deny) and answer.reason_string and conn.protocol_level == 5 \
+                and conn.request_problem_information:
+            props = {"reason_string": answer.reason_string}
+    else:
+        matched = await broker.publish(message, conn)
+        reason_code = 0 if matched or conn.protocol_level < 5 else 0x10
+    packet_id = packet.packet_id
+    if packet_id is None:  # QoS 0 (the decoder refuses QoS > 0 without one): no acknowledgement
         return None
     if qos == 1:
-        conn.send(Puback(packet.packet_id, 0 if matched or conn.protocol_level < 5 else 0x10))
-    elif qos == 2:
-        session.incoming_qos2.add(packet.packet_id)
-        conn.send(Pubrec(packet.packet_id, 0 if matched or conn.protocol_level < 5 else 0x10))
+        conn.send(Puback(packet_id, legal_reason_code(PacketType.PUBACK, reason_code), props))
+    else:
+        if reason_code < 0x80:
+            session.incoming_qos2.add(packet_id)
+        conn.send(Pubrec(packet_id, legal_reason_code(PacketType.PUBREC, reason_code), props))
     return None
+
+
+async def authorize_publish(conn: Connection, message: Message, *, is_will: bool) -> tuple[Message, int, Any]:
+    """Ask auth_on_publish (if anybody implements it): (message to route, reason code, answer)."""
+    dispatcher = conn.broker.dispatcher
+    answer = None
+    if dispatcher.has("auth_on_publish"):
+        answer = await dispatcher.decide("auth_on_publish", client=conn.client_info, message=message, is_will=is_will)
+    message, reason_code = apply_publish_answer(conn, message, answer)
+    return message, reason_code, answer
 
 def apply_publish_answer(conn: Connection, message: Message, answer: Any) -> tuple[Message, int]:
     """Turn an auth_on_publish answer into (message to route, reason code)."""

@@ -107,10 +107,10 @@ async def _authorize(
     if not wanted:
         return []
     broker = conn.broker
-    if not broker.dispatcher.has("auth_on_subscribe"):
-        return list(wanted) if broker.settings.allow_anonymous else [NOT_AUTHORIZED] * len(wanted)
-    answer = await broker.dispatcher.decide(
-        "auth_on_subscribe", client=conn.client_info, subscriptions=tuple(wanted), properties=properties)
+    answer = None
+    if broker.dispatcher.has("auth_on_subscribe"):
+        answer = await broker.dispatcher.decide(
+            "auth_on_subscribe", client=conn.client_info, subscriptions=tuple(wanted), properties=properties)
     if answer is None:
         return list(wanted) if broker.settings.allow_anonymous else [NOT_AUTHORIZED] * len(wanted)
     if isinstance(answer, Deny):
