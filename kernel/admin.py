@@ -35,7 +35,7 @@ class Table:
         columns = list(self.columns) or (list(self.rows[0]) if self.rows else [])
         if not columns:
             return ""
-        cells = [[_cell(row.get(c)) for c in columns] for row in self.rows]
+        cells = [[cell_text(row.get(c)) for c in columns] for row in self.rows]
         widths = [max([len(c)] + [max((len(line) for line in cell[i].split("\n")), default=0) for cell in cells])
                   for i, c in enumerate(columns)]
         rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
@@ -61,11 +61,12 @@ class Text:
         return self.text
 
 
-def _cell(value: Any) -> str:
+def cell_text(value: Any) -> str:
+    """A value as a table cell shows it (and as a column filter compares it)."""
     if value is None:
         return ""
     if isinstance(value, (list, tuple)):
-        return "\n".join(_cell(v) for v in value)
+        return "\n".join(cell_text(v) for v in value)
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)

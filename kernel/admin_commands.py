@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from .admin import AdminRegistry, Arguments, CommandError, Table, Text, parse_value
+from .admin import AdminRegistry, Arguments, CommandError, Table, Text, cell_text, parse_value
 from .config import ConfigError, Limits, ListenerConfig, build_attrs
 from .manager import PluginError
 
@@ -93,13 +93,7 @@ async def _plugin_disable(broker: Broker, args: Arguments) -> Text:
 def _matches(value: Any, wanted: str) -> bool:
     if wanted.startswith("~"):
         return re.search(wanted[1:], "" if value is None else str(value)) is not None
-    return _to_text(value) == wanted
-
-
-def _to_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return "" if value is None else str(value)
+    return cell_text(value) == wanted
 
 
 def _session_show(broker: Broker, args: Arguments) -> Table:
@@ -164,8 +158,7 @@ async def _listener_stop(broker: Broker, args: Arguments) -> Text:
     # Stopping cancels the listener's task; "Done" only once it has closed its port.
     running = broker.listeners[name]
     with trio.move_on_after(5):
-        while running.status == "running":
-            await trio.sleep(0.001)
+        await running.stopped.wait()
     return Text("Done")
 
 

@@ -31,7 +31,6 @@ REGISTER_MODIFIERS = frozenset({
     "client_id", "username", "clean_start", "session_expiry_interval",
     "max_inflight_messages", "max_message_size", "max_packet_size", "max_queued_messages",
 })
-TAKEOVER_WAIT = 5.0
 
 
 class Refused(Exception):

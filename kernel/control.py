@@ -5,6 +5,7 @@ control. One JSON line in (``{"argv": [...]}``), one JSON line out.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -66,11 +67,8 @@ async def serve_control(broker: Broker, path: str, *, task_status: trio.TaskStat
     listener = trio.SocketListener(sock)
     try:
         task_status.started(path)
-        async with listener:
-            async def handle(stream: trio.SocketStream) -> None:
-                await _handle(broker, stream)
-
-            await trio.serve_listeners(handle, [listener])
+        # serve_listeners closes the listener, and each stream after its handler.
+        await trio.serve_listeners(functools.partial(_handle, broker), [listener])
     finally:
         try:
             os.unlink(path)
@@ -80,13 +78,12 @@ async def serve_control(broker: Broker, path: str, *, task_status: trio.TaskStat
 
 async def _handle(broker: Broker, stream: trio.abc.Stream) -> None:
     """One request. Nothing a client of the socket sends or does may end the broker."""
-    async with stream:
-        try:
-            await _answer(broker, stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
-            pass  # the client went away or never finished its request
-        except Exception:
-            log.exception("control socket request failed")
+    try:
+        await _answer(broker, stream)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+        pass  # the client went away or never finished its request
+    except Exception:
+        log.exception("control socket request failed")
 
 
 async def _answer(broker: Broker, stream: trio.abc.Stream) -> None:

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ternmq.broker")
 
+# How long a takeover waits for the old connection to finish its teardown.
+TAKEOVER_WAIT = 5.0
+
 
 class SessionLifecycle:
     """Session attach/detach, wills and expiry (mixed into Broker)."""
@@ -76,17 +79,13 @@ class SessionLifecycle:
         if session is not None and session.connection is not None:
             old = session.connection
             old.kick(0x8E, "taken_over")
-            with trio.move_on_after(5):
+            with trio.move_on_after(TAKEOVER_WAIT):
                 await old.closed.wait()
             session = self.sessions.get(client_id)
         if session is not None:
-            if session.will_timer is not None:
-                # A new connection before the will delay passed: the will is not sent,
-                # unless the session ends now (clean start), which also ends the delay.
-                timer, session.will_timer = session.will_timer, None
-                timer.cancel()
-                if clean_start:
-                    await timer.callback()
+            # A new connection before the will delay passed: the will is not sent,
+            # unless the session ends now (clean start), which also ends the delay.
+            await self._end_will_delay(session, publish_now=clean_start)
             if session.expiry_timer is not None:
                 session.expiry_timer.cancel()
                 session.expiry_timer = None
@@ -182,13 +181,19 @@ class SessionLifecycle:
         if session.connection is not None or self.sessions.get(session.client_id) is not session:
             return
         self.metrics.sessions_expired += 1
-        if session.will_timer is not None:
-            timer, session.will_timer = session.will_timer, None
-            timer.cancel()
-            await timer.callback()
+        await self._end_will_delay(session, publish_now=True)
         await self._end_session(session)
         if self.dispatcher.has("on_session_expired"):
             await self.dispatcher.notify("on_session_expired", client_id=session.client_id)
+
+    async def _end_will_delay(self, session: Session, *, publish_now: bool) -> None:
+        """Stop a pending will's delay, if any; with ``publish_now`` the will goes out now."""
+        timer, session.will_timer = session.will_timer, None
+        if timer is None:
+            return
+        timer.cancel()
+        if publish_now:
+            await timer.callback()
 
     async def _end_session(self, session: Session) -> None:
         self.router.remove_session(session)

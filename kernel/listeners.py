@@ -44,6 +44,11 @@ class RunningListener:
     status: str = "starting"
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     connections: set[Connection] = attrs.field(factory=set)
+    stopped: trio.Event = attrs.field(factory=trio.Event)  # set when it accepts no more
+
+    def mark_stopped(self) -> None:
+        self.status = "stopped"
+        self.stopped.set()
 
     def stop(self, kill_sessions: bool = False) -> None:
         """Stop accepting; with ``kill_sessions`` also close this listener's clients."""
@@ -108,7 +113,7 @@ async def serve_listener(
             raise OSError(exc.errno, f"listener {config.name} cannot listen on {config.address}:{config.port}: "
                                      f"{exc.strerror or exc}") from None
     except BaseException:
-        running.status = "stopped"
+        running.mark_stopped()
         raise
     # The accept path runs on the stdlib sockets (rawstream.py says why); trio only bound them.
     listening = [socket.socket(fileno=tcp_listener.socket.detach()) for tcp_listener in tcp_listeners]
@@ -127,9 +132,9 @@ async def serve_listener(
                 async with trio.open_nursery() as accepting:
                     for sock in listening:
                         accepting.start_soon(accept_loop, sock, handler, connections)
-            running.status = "stopped"  # accepting no more; clients stay until they leave
+            running.mark_stopped()  # accepting no more; clients stay until they leave
     finally:
-        running.status = "stopped"
+        running.mark_stopped()
         for sock in listening:
             close_socket(sock)
 

@@ -180,9 +180,7 @@ class PluginManager:
         except ValueError as exc:
             raise PluginError(f"plugin {name}: {exc}") from None
         dispatcher = self.broker.dispatcher
-        dispatcher.policies[name] = PluginPolicy(
-            hook_timeout=settings.hook_timeout, on_error=settings.on_error, priority=settings.priority,
-            breaker_threshold=settings.breaker_threshold, breaker_cooldown=settings.breaker_cooldown)
+        dispatcher.policies[name] = PluginPolicy(**attrs.asdict(settings))  # the same fields
         loaded = LoadedPlugin(name, plugin, source, version, config, settings)
         self.loaded[name] = loaded
         serve = getattr(plugin, "serve", None)
@@ -193,6 +191,7 @@ class PluginManager:
                 pm.unregister(name=name)
                 del self.loaded[name]
                 dispatcher.rebuild()
+                dispatcher.forget_plugin(name)
                 raise PluginError(f"plugin {name} failed to start: {exc}") from exc
         dispatcher.rebuild()
         self._call_registration_hooks(name, plugin)

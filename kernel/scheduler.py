@@ -48,9 +48,6 @@ class Scheduler:
         heapq.heappush(heap, timer)
         return timer
 
-    def __len__(self) -> int:
-        return sum(1 for timer in self._heap if not timer.cancelled)
-
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         heap = self._heap
         task_status.started()
