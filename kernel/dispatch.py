@@ -143,15 +143,22 @@ class HookDispatcher:
     # -- calling ------------------------------------------------------------------------
 
     async def _call(self, impl: _Impl, hook_name: str, kwargs: dict[str, Any], timeout: float) -> Any:
-        """Call one implementation; raises on error, returns ``_TIMED_OUT`` on deadline."""
+        """Call one implementation under its deadline; an error or a timeout is logged,
+        counted, and returned as ``_FAILED`` (cancellation is not an Exception: it passes)."""
         impl.stats.calls += 1
-        result = impl.function(*[kwargs[name] for name in impl.argnames])
-        if inspect.isawaitable(result):
-            deadline = impl.policy.hook_timeout or timeout
-            with trio.move_on_after(deadline):
+        try:
+            result = impl.function(*[kwargs[name] for name in impl.argnames])
+            if not inspect.isawaitable(result):
+                return result
+            with trio.move_on_after(impl.policy.hook_timeout or timeout):
                 return await result
-            return _TIMED_OUT
-        return result
+        except Exception as exc:
+            log.exception("plugin %s failed in %s", impl.plugin_name, hook_name)
+            self._failed(impl, repr(exc), timed_out=False)
+            return _FAILED
+        log.warning("plugin %s timed out in %s", impl.plugin_name, hook_name)
+        self._failed(impl, "timeout", timed_out=True)
+        return _FAILED
 
     def _breaker_open(self, impl: _Impl) -> bool:
         policy = impl.policy
@@ -162,7 +169,7 @@ class HookDispatcher:
             return False
         return True
 
-    def _failed(self, impl: _Impl, hook_name: str, what: str, timed_out: bool) -> None:
+    def _failed(self, impl: _Impl, what: str, timed_out: bool) -> None:
         stats = impl.stats
         if timed_out:
             stats.timeouts += 1
@@ -193,24 +200,15 @@ class HookDispatcher:
                 if impl.policy.on_error == "next":
                     continue
                 return PLUGIN_FAILURE, impl.plugin_name
-            try:
-                answer = await self._call(impl, hook_name, kwargs, self.hook_timeout)
-            except Exception as exc:
-                log.exception("plugin %s failed in %s", impl.plugin_name, hook_name)
-                self._failed(impl, hook_name, repr(exc), timed_out=False)
-                answer = _FAILED
-            if answer is _TIMED_OUT:
-                log.warning("plugin %s timed out in %s", impl.plugin_name, hook_name)
-                self._failed(impl, hook_name, "timeout", timed_out=True)
-                answer = _FAILED
-            elif answer is not _FAILED and answer is not None and not isinstance(
+            answer = await self._call(impl, hook_name, kwargs, self.hook_timeout)
+            if answer is not _FAILED and answer is not None and not isinstance(
                 answer, (Allow, Deny, AuthContinue)
             ):
                 log.error(
                     "plugin %s answered %s with %r, not allow()/deny()/None",
                     impl.plugin_name, hook_name, answer,
                 )
-                self._failed(impl, hook_name, f"bad answer {answer!r}", timed_out=False)
+                self._failed(impl, f"bad answer {answer!r}", timed_out=False)
                 answer = _FAILED
             if answer is _FAILED:
                 if impl.policy.on_error == "next":
@@ -226,17 +224,8 @@ class HookDispatcher:
         for impl in self._impls[hook_name]:
             if self._breaker_open(impl):
                 continue
-            try:
-                result = await self._call(impl, hook_name, kwargs, self.notification_timeout)
-            except Exception as exc:
-                log.exception("plugin %s failed in %s", impl.plugin_name, hook_name)
-                self._failed(impl, hook_name, repr(exc), timed_out=False)
-                continue
-            if result is _TIMED_OUT:
-                log.warning("plugin %s timed out in %s", impl.plugin_name, hook_name)
-                self._failed(impl, hook_name, "timeout", timed_out=True)
-                continue
-            impl.stats.consecutive_failures = 0
+            if await self._call(impl, hook_name, kwargs, self.notification_timeout) is not _FAILED:
+                impl.stats.consecutive_failures = 0
 
     async def provide(self, hook_name: str, default: Any = None, **kwargs: Any) -> Any:
         """Call the first implementation of a provider hook; ``default`` on failure."""
@@ -246,15 +235,8 @@ class HookDispatcher:
         impl = impls[0]
         if self._breaker_open(impl):
             return default
-        try:
-            result = await self._call(impl, hook_name, kwargs, self.hook_timeout)
-        except Exception as exc:
-            log.exception("plugin %s failed in %s", impl.plugin_name, hook_name)
-            self._failed(impl, hook_name, repr(exc), timed_out=False)
-            return default
-        if result is _TIMED_OUT:
-            log.warning("plugin %s timed out in %s", impl.plugin_name, hook_name)
-            self._failed(impl, hook_name, "timeout", timed_out=True)
+        result = await self._call(impl, hook_name, kwargs, self.hook_timeout)
+        if result is _FAILED:
             return default
         impl.stats.consecutive_failures = 0
         return default if result is None else result
@@ -270,5 +252,4 @@ class _Sentinel:
         return self.name
 
 
-_TIMED_OUT = _Sentinel("<timed out>")
 _FAILED = _Sentinel("<failed>")
