@@ -81,7 +81,7 @@ async def handshake(conn: Connection, packet: Connect) -> bool:
     conn.keep_alive = packet.keep_alive
     conn.request_problem_information = bool(packet.properties.get("request_problem_information", 1))
     try:
-        connack_props = await _accept(conn, packet)
+        connack_props, session_present = await _accept(conn, packet)
     except Refused as refused:
         conn.broker.metrics.connect_refused += 1
         props = {}
@@ -93,12 +93,13 @@ async def handshake(conn: Connection, packet: Connect) -> bool:
     session = conn.session
     assert session is not None
     conn.connected = True
-    conn.send(Connack(connack_props.pop("_session_present"), 0, connack_props if level == 5 else {}))
+    conn.send(Connack(session_present, 0, connack_props if level == 5 else {}))
     await conn.broker.session_online(conn, session)
     return True
 
 
-async def _accept(conn: Connection, packet: Connect) -> dict[str, Any]:
+async def _accept(conn: Connection, packet: Connect) -> tuple[dict[str, Any], bool]:
+    """Authorize and attach the session: (CONNACK properties, session present)."""
     broker = conn.broker
     settings = broker.settings
     limits = settings.limits
@@ -150,7 +151,7 @@ async def _accept(conn: Connection, packet: Connect) -> dict[str, Any]:
     if level == 5:
         expiry = props.get("session_expiry_interval", 0)
     else:
-        expiry = 0 if clean_start else limits.persistent_session_expiry or 0xFFFFFFFF
+        expiry = _v3_session_expiry(clean_start, limits.persistent_session_expiry)
     max_inflight = limits.max_inflight
     max_queued = limits.max_queued_messages
 
@@ -180,7 +181,7 @@ async def _accept(conn: Connection, packet: Connect) -> dict[str, Any]:
             if "clean_start" in mods:
                 clean_start = bool(mods["clean_start"])
                 if level < 5:
-                    expiry = 0 if clean_start else limits.persistent_session_expiry or 0xFFFFFFFF
+                    expiry = _v3_session_expiry(clean_start, limits.persistent_session_expiry)
             if "session_expiry_interval" in mods:
                 expiry = int(mods["session_expiry_interval"])
                 connack["session_expiry_interval"] = expiry
@@ -214,7 +215,6 @@ async def _accept(conn: Connection, packet: Connect) -> dict[str, Any]:
         expiry_interval=None if expiry == 0xFFFFFFFF else expiry,
         username=username, max_inflight=max_inflight, max_queued=max_queued)
     conn.session = session
-    connack["_session_present"] = present
 
     if level == 5:
         connack["receive_maximum"] = conn.server_receive_maximum
@@ -225,9 +225,14 @@ async def _accept(conn: Connection, packet: Connect) -> dict[str, Any]:
         if props.get("request_response_information"):
             connack["response_information"] = f"response/{client_id}"
     if dispatcher.has("on_register"):
-        await dispatcher.notify("on_register", client=conn.client_info,
-                                properties={k: v for k, v in connack.items() if k[0] != "_"})
-    return connack
+        await dispatcher.notify("on_register", client=conn.client_info, properties=dict(connack))
+    return connack, present
+
+
+def _v3_session_expiry(clean_session: bool, persistent_session_expiry: int) -> int:
+    """MQTT 3 has no session expiry: clean sessions end at once, others after the
+    configured expiry (0: never, as 0xFFFFFFFF means in MQTT 5)."""
+    return 0 if clean_session else persistent_session_expiry or 0xFFFFFFFF
 
 
 def _client_info(conn: Connection, client_id: str, username: str | None) -> ClientInfo:
