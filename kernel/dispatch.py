@@ -131,7 +131,7 @@ class HookDispatcher:
         for impl in self._impls[hook_name]:
             if impl.plugin_name == plugin_name:
                 log.error("plugin %s: %s: %s", plugin_name, hook_name, what)
-                self._failed(impl, hook_name, what, timed_out=False)
+                self._failed(impl, what, timed_out=False)
                 return
 
     def forget_plugin(self, plugin_name: str) -> None:

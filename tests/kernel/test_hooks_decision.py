@@ -264,6 +264,19 @@ async def test_on_deliver_rewrites_topic_and_payload_per_subscriber(broker: Any)
         assert (got_b.topic, got_b.payload) == ("r/t/1", b"ABC")
 
 
+async def test_on_deliver_unknown_modifier_is_a_counted_error_and_the_message_goes_out_unchanged(
+    broker: Any,
+) -> None:
+    plugin = DeliverRecorder(lambda client, message: allow(payload=b"half", colour="red"))
+    async with registered(broker, plugin, name="rewriter"), MQTTTestClient.open(broker.port()) as sub:
+        await sub.connect("sub")
+        await sub.subscribe("t/#", qos=1)
+        await broker.publish_message("t/1", b"original", qos=1)
+        assert (await sub.receive()).payload == b"original"
+        stats = broker.dispatcher.stats[("rewriter", "on_deliver")]
+        assert (stats.errors, stats.last_error) == (1, "unknown modifiers ['colour']")
+
+
 async def test_on_deliver_deny_drops_for_that_subscriber_only(broker: Any) -> None:
     drops: list[tuple[str, str]] = []
 
