@@ -20,6 +20,8 @@ from typing import Any
 
 import attrs
 
+from .registries import Owned
+
 
 @attrs.frozen
 class Table:
@@ -113,11 +115,13 @@ def parse_value(text: str) -> Any:
         return text
 
 
-class AdminRegistry:
-    """The command tree (see module docstring)."""
+class AdminRegistry(Owned):
+    """The command tree (see module docstring); ``owned_by(plugin)`` is what a plugin's
+    ``register_admin_commands`` receives, so that its commands go when it unloads."""
 
     def __init__(self) -> None:
-        self.commands: dict[tuple[str, ...], Command] = {}
+        super().__init__()
+        self.commands: dict[tuple[str, ...], Command] = self.entries
         self.group_help: dict[tuple[str, ...], str] = {}
 
     def add(
@@ -130,21 +134,12 @@ class AdminRegistry:
         if words in self.commands:
             raise ValueError(f"admin command {' '.join(words)!r} already exists")
         self.commands[words] = Command(words, function, help, dict(keys or {}), dict(flags or {}),
-                                       tuple(required), any_flags, any_keys, owner)
+                                       tuple(required), any_flags, any_keys, owner or self._owner)
 
     def describe(self, path: str | Sequence[str], help: str) -> None:
         """Help text of a command group (``plugin``, ``session``...)."""
         words = tuple(path.split()) if isinstance(path, str) else tuple(path)
         self.group_help[words] = help
-
-    def owned_by(self, owner: str) -> _OwnedRegistry:
-        """A view of this registry whose ``add`` records ``owner`` (a plugin's name)."""
-        return _OwnedRegistry(self, owner)
-
-    def remove_owner(self, owner: str) -> None:
-        """Drop every command a plugin added (when it unloads)."""
-        for path in [p for p, c in self.commands.items() if c.owner == owner]:
-            del self.commands[path]
 
     # -- help ----------------------------------------------------------------------------
 
@@ -243,18 +238,3 @@ class AdminRegistry:
         if not isinstance(result, (Table, Text)):
             raise TypeError(f"admin command {' '.join(command.path)} returned {type(result).__name__}")
         return result
-
-
-class _OwnedRegistry:
-    """What ``register_admin_commands`` receives: ``add`` and ``describe`` of the registry."""
-
-    def __init__(self, registry: AdminRegistry, owner: str) -> None:
-        self._registry = registry
-        self._owner = owner
-
-    def add(self, path: str | Sequence[str], function: Callable[..., Any], **kwargs: Any) -> None:
-        kwargs["owner"] = self._owner
-        self._registry.add(path, function, **kwargs)
-
-    def describe(self, path: str | Sequence[str], help: str) -> None:
-        self._registry.describe(path, help)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -34,16 +35,16 @@ class Setting:
     owner: str = ""
 
 
-class _Owned:
-    """Base of both registries: entries remember which plugin added them."""
+class Owned:
+    """Base of the plugin-facing registries: entries remember which plugin added them."""
 
     def __init__(self) -> None:
-        self.entries: dict[str, Any] = {}
+        self.entries: dict[Any, Any] = {}
         self._owner = ""
 
     def owned_by(self, owner: str) -> Any:
-        view = type(self).__new__(type(self))
-        view.entries = self.entries
+        """A view sharing this registry's contents whose additions record ``owner``."""
+        view = copy.copy(self)  # shallow: the dicts stay shared
         view._owner = owner
         return view
 
@@ -57,7 +58,7 @@ class _Owned:
         self.entries[name] = entry
 
 
-class MetricsRegistry(_Owned):
+class MetricsRegistry(Owned):
     """Metrics that plugins add (the kernel's own counters are in ``Broker.metrics``)."""
 
     def counter(self, name: str, read: Callable[[], int | float], help: str = "") -> None:
@@ -78,7 +79,7 @@ class MetricsRegistry(_Owned):
         return values
 
 
-class SettingsRegistry(_Owned):
+class SettingsRegistry(Owned):
     """Live settings that plugins add for ``show``/``set``."""
 
     def add(self, name: str, read: Callable[[], Any], write: Callable[[Any], None], help: str = "") -> None:
