@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -179,8 +179,13 @@ class Broker(SessionLifecycle):
 
     # -- publishing --------------------------------------------------------------------
 
-    async def publish(self, message: Message, conn: Connection | None, origin: ClientInfo | None = None) -> int:
-        """Retain, route and announce an authorized message; returns deliveries."""
+    async def publish(self, message: Message, conn: Connection | None, origin: ClientInfo | None = None,
+                      on_matched: Callable[[int], None] | None = None) -> int:
+        """Retain, route and announce an authorized message; returns deliveries.
+
+        ``on_matched`` (the publisher's acknowledgement) is called with the number of
+        matching subscribers before any of them gets the message (Router.route).
+        """
         dispatcher = self.dispatcher
         if message.retain:
             if not message.payload:
@@ -188,7 +193,7 @@ class Broker(SessionLifecycle):
             else:
                 await dispatcher.provide("retain_store", message=message)
         origin_id = conn.client_info.client_id if conn is not None else None
-        count = await self.router.route(message, origin_id)
+        count = await self.router.route(message, origin_id, on_matched)
         announce = dispatcher.has("on_publish")
         forward = dispatcher.has("cluster_forward")
         if announce or forward:

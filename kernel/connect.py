@@ -14,12 +14,20 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .codec import (
-    Auth, Connack, Connect, Disconnect, MQTTError, PacketType, ProtocolError,
-    decode_packet, legal_reason_code,
-)
 from . import inbound
-from .topics import TopicError, validate_topic_name
+from .codec import (
+    Auth,
+    Connack,
+    Connect,
+    Disconnect,
+    MQTTError,
+    PacketType,
+    ProtocolError,
+    decode_packet,
+    encode,
+    legal_reason_code,
+)
+from .topics import TopicError, is_broker_topic, validate_topic_name
 from .types import Allow, AuthContinue, ClientInfo, Deny, Message
 
 if TYPE_CHECKING:
@@ -34,12 +42,17 @@ REGISTER_MODIFIERS = frozenset({
 
 
 class Refused(Exception):
-    """The CONNECT is refused with a CONNACK reason code (v5 numbering)."""
+    """The CONNECT is refused with a CONNACK reason code (v5 numbering).
 
-    def __init__(self, reason_code: int, reason_string: str | None = None) -> None:
+    ``answered`` False: the connection is closed without a CONNACK (a malformed will
+    from an MQTT 3 client, a CONNACK larger than the client accepts).
+    """
+
+    def __init__(self, reason_code: int, reason_string: str | None = None, *, answered: bool = True) -> None:
         super().__init__(reason_string or f"0x{reason_code:02X}")
         self.reason_code = reason_code
         self.reason_string = reason_string
+        self.answered = answered
 
 
 # CONNACK return code 1 (unacceptable protocol level) in the 3.1.1 form.
@@ -84,15 +97,19 @@ async def handshake(conn: Connection, packet: Connect) -> bool:
         connack_props, session_present = await _accept(conn, packet)
     except Refused as refused:
         conn.broker.metrics.connect_refused += 1
-        props = {}
-        if level == 5 and refused.reason_string and conn.request_problem_information:
-            props["reason_string"] = refused.reason_string
-        conn.send(Connack(False, legal_reason_code(PacketType.CONNACK, refused.reason_code), props))
         conn.disconnect_reason = "refused"
+        log.info("refused %s (%s:%d): %s (0x%02X)", packet.client_id or "-", conn.peer_host, conn.peer_port,
+                 refused, refused.reason_code)
+        if refused.answered:
+            # The reason string goes out even with Request Problem Information 0: the
+            # spec allows it on CONNACK, and it tells the user why.
+            props = {"reason_string": refused.reason_string} if level == 5 and refused.reason_string else {}
+            conn.send(Connack(False, legal_reason_code(PacketType.CONNACK, refused.reason_code), props))
         return False
     session = conn.session
     assert session is not None
     conn.connected = True
+    conn.session_present = session_present
     conn.send(Connack(session_present, 0, connack_props if level == 5 else {}))
     await conn.broker.session_online(conn, session)
     return True
@@ -106,6 +123,12 @@ async def _accept(conn: Connection, packet: Connect) -> tuple[dict[str, Any], bo
     level = packet.protocol_level
     props = packet.properties
     connack: dict[str, Any] = {}
+    if level == 5:
+        conn.client_receive_maximum = props.get("receive_maximum", 65535)
+        conn.client_maximum_packet_size = props.get("maximum_packet_size", 268_435_460)
+        conn.outbound_alias_maximum = props.get("topic_alias_maximum", 0)
+    if packet.will is not None:
+        _check_will_topic(conn, packet.will.topic, level)
     if conn.over_capacity:
         raise Refused(0x89, "listener at max_connections")
 
@@ -128,10 +151,6 @@ async def _accept(conn: Connection, packet: Connect) -> tuple[dict[str, Any], bo
             # MQTT 3 cannot be told another keep-alive: refuse, as Mosquitto does.
             raise Refused(0x85, "keep alive above the server maximum")
 
-    if level == 5:
-        conn.client_receive_maximum = props.get("receive_maximum", 65535)
-        conn.client_maximum_packet_size = props.get("maximum_packet_size", 268_435_460)
-        conn.outbound_alias_maximum = props.get("topic_alias_maximum", 0)
 
     username = packet.username
     if conn.listener.use_identity_as_username:
@@ -210,12 +229,6 @@ async def _accept(conn: Connection, packet: Connect) -> tuple[dict[str, Any], bo
     if packet.will is not None:
         conn.will = await _authorize_will(conn, packet)
 
-    session, present = await broker.attach_session(
-        conn, client_id, clean_start=clean_start,
-        expiry_interval=None if expiry == 0xFFFFFFFF else expiry,
-        username=username, max_inflight=max_inflight, max_queued=max_queued)
-    conn.session = session
-
     if level == 5:
         connack["receive_maximum"] = conn.server_receive_maximum
         connack.setdefault("maximum_packet_size", conn.framer.max_packet_size)
@@ -224,6 +237,17 @@ async def _accept(conn: Connection, packet: Connect) -> tuple[dict[str, Any], bo
             connack["retain_available"] = 0
         if props.get("request_response_information"):
             connack["response_information"] = f"response/{client_id}"
+        # The broker never sends a packet larger than the client allows [MQTT-3.1.2-24],
+        # not even the CONNACK: then the client is closed without one.
+        if "maximum_packet_size" in props and \
+                len(encode(Connack(True, 0, connack), 5)) > conn.client_maximum_packet_size:
+            raise Refused(0x95, "the CONNACK exceeds the client's maximum packet size", answered=False)
+
+    session, present = await broker.attach_session(
+        conn, client_id, clean_start=clean_start,
+        expiry_interval=None if expiry == 0xFFFFFFFF else expiry,
+        username=username, max_inflight=max_inflight, max_queued=max_queued)
+    conn.session = session
     if dispatcher.has("on_register"):
         await dispatcher.notify("on_register", client=conn.client_info, properties=dict(connack))
     return connack, present
@@ -245,10 +269,8 @@ async def _authorize_will(conn: Connection, packet: Connect) -> Message:
     will = packet.will
     assert will is not None
     broker = conn.broker
-    try:
-        validate_topic_name(will.topic, broker.settings.limits.max_topic_levels)
-    except TopicError as exc:
-        raise Refused(exc.reason_code, str(exc)) from None
+    if is_broker_topic(will.topic):
+        raise Refused(0x87, "clients may not publish to $SYS")
     if will.retain and not broker.retain_available:
         raise Refused(0x9A, "retained messages are not supported")
     message, reason_code, _ = await inbound.authorize_publish(
@@ -256,6 +278,15 @@ async def _authorize_will(conn: Connection, packet: Connect) -> Message:
     if reason_code >= 0x80:
         raise Refused(reason_code, "will not authorized")
     return message
+
+
+def _check_will_topic(conn: Connection, topic: str, level: int) -> None:
+    """A will topic must be a valid topic name: MQTT 5 is refused with 0x90 (Topic Name
+    invalid), MQTT 3 (whose CONNACK has no such code) is closed without a CONNACK."""
+    try:
+        validate_topic_name(topic, conn.broker.settings.limits.max_topic_levels)
+    except TopicError as exc:
+        raise Refused(0x90, f"will topic: {exc}", answered=level == 5) from None
 
 
 async def _enhanced_auth(conn: Connection, method: str, data: bytes | None) -> bytes | None:

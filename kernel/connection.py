@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("ternmq.connection")
 
 FLUSH_GRACE = 2.0
+# What a server may leave out of a packet that would exceed the client's maximum size.
+_OPTIONAL_PROPERTIES = frozenset({"reason_string", "user_property"})
 
 
 class Connection:
@@ -53,14 +55,44 @@ class Connection:
     """
 
     __slots__ = (
-        "broker", "stream", "listener", "peer_host", "peer_port", "tls_common_name", "nursery",
-        "framer", "protocol_level", "client_info", "session", "keep_alive", "deadline",
-        "will", "disconnect_reason", "connected", "closed", "_read_scope", "_out",
-        "outbound_bytes", "outbound_limit", "_wakeup", "_closing", "_reading", "_stopping",
-        "_writer_running", "_writer_done",
-        "client_receive_maximum", "client_maximum_packet_size", "outbound_alias_maximum",
-        "_out_aliases", "in_aliases", "server_receive_maximum", "max_topic_alias",
-        "request_problem_information", "auth_method", "over_capacity",
+        "_closing",
+        "_out",
+        "_out_aliases",
+        "_read_scope",
+        "_reading",
+        "_stopping",
+        "_wakeup",
+        "_writer_done",
+        "_writer_running",
+        "auth_method",
+        "broker",
+        "client_info",
+        "client_maximum_packet_size",
+        "client_receive_maximum",
+        "closed",
+        "connected",
+        "deadline",
+        "disconnect_reason",
+        "framer",
+        "in_aliases",
+        "keep_alive",
+        "listener",
+        "max_topic_alias",
+        "nursery",
+        "outbound_alias_maximum",
+        "outbound_bytes",
+        "outbound_limit",
+        "over_capacity",
+        "peer_host",
+        "peer_port",
+        "protocol_level",
+        "request_problem_information",
+        "server_receive_maximum",
+        "session",
+        "session_present",
+        "stream",
+        "tls_common_name",
+        "will",
     )
 
     def __init__(
@@ -116,6 +148,8 @@ class Connection:
         self.request_problem_information = True
         self.auth_method: str | None = None
         self.over_capacity = False
+        # The CONNACK said "session present": PUBRELs of the last connection may follow.
+        self.session_present = False
 
     # -- lifetime ----------------------------------------------------------------------
 
@@ -162,6 +196,15 @@ class Connection:
         grace = self.keep_alive * 1.5
         self.deadline = trio.current_time() + grace if grace else math.inf
         while True:
+            # Frames first, then the socket: what arrived with the CONNECT (or an AUTH
+            # round) is already in the framer, and a client that pipelines CONNECT,
+            # SUBSCRIBE, PUBLISH in one write waits for those answers before it writes again.
+            while not self._stopping and (frame := framer.next_frame()) is not None:
+                packet = decode_packet(frame[0], frame[1], level)
+                if (handler := handlers.get(type(packet))) is None:  # CONNACK, SUBACK...
+                    raise ProtocolError(f"{type(packet).__name__.upper()} from a client")
+                if await handler(self, packet) is STOP:
+                    return
             if self._out and not self._writer_running:
                 await self._flush()  # our own replies (PUBACK...), batched per read
             if self._stopping:
@@ -175,12 +218,6 @@ class Connection:
             if grace:
                 self.deadline = trio.current_time() + grace
             framer.feed(data)
-            while not self._stopping and (frame := framer.next_frame()) is not None:
-                packet = decode_packet(frame[0], frame[1], level)
-                if (handler := handlers.get(type(packet))) is None:  # CONNACK, SUBACK...
-                    raise ProtocolError(f"{type(packet).__name__.upper()} from a client")
-                if await handler(self, packet) is STOP:
-                    return
 
     def timed_out(self) -> None:
         """Called by the broker's watchdog once ``deadline`` has passed."""
@@ -261,13 +298,40 @@ class Connection:
             self._writer_done = trio.Event()
             self.nursery.start_soon(self._write_loop)
 
-    def send(self, packet: Any) -> None:
-        self.write(encode(packet, self.protocol_level))
+    def send(self, packet: Any) -> bool:
+        """Queue a control packet (not a routed PUBLISH: sessions encode those).
+
+        A packet over the client's Maximum Packet Size loses its reason string and user
+        properties, which the client may not be sent then [MQTT-3.1.2-25]; if it is still
+        too large it is not sent at all (False).
+        """
+        data = encode(packet, self.protocol_level)
+        if len(data) > self.client_maximum_packet_size:
+            properties = getattr(packet, "properties", None)
+            if not properties or not _OPTIONAL_PROPERTIES.intersection(properties):
+                return False
+            packet.properties = {k: v for k, v in properties.items() if k not in _OPTIONAL_PROPERTIES}
+            data = encode(packet, self.protocol_level)
+            if len(data) > self.client_maximum_packet_size:
+                return False
+        self.write(data)
+        return True
+
+    def problem_information(self, reason_string: str | None) -> dict[str, Any]:
+        """Properties carrying ``reason_string`` on a packet other than CONNACK and
+        DISCONNECT: none unless the MQTT 5 client asked for problem information."""
+        if reason_string and self.protocol_level == 5 and self.request_problem_information:
+            return {"reason_string": reason_string}
+        return {}
 
     def send_disconnect(self, reason_code: int, reason_string: str | None = None) -> None:
-        """MQTT 5 clients get a DISCONNECT with the reason; v3 ones just see the close."""
+        """MQTT 5 clients get a DISCONNECT with the reason; v3 ones just see the close.
+
+        The reason string goes out even to a client that set Request Problem Information
+        to 0: the spec allows it on DISCONNECT, and it tells the user why.
+        """
         if self.protocol_level == 5 and self.connected:
-            props = {"reason_string": reason_string} if reason_string and self.request_problem_information else {}
+            props = {"reason_string": reason_string} if reason_string else {}
             self.send(Disconnect(legal_reason_code(PacketType.DISCONNECT, reason_code), props))
 
     def protocol_error(self, reason_code: int, message: str = "") -> None:

@@ -31,11 +31,12 @@ from .codec import (
     encode,
     legal_reason_code,
 )
-from .topics import TopicError, validate_topic_name
+from .topics import TopicError, is_broker_topic, validate_topic_name
 from .types import Allow, Deny, Message
 
 if TYPE_CHECKING:
     from .connection import Connection
+    from .session import Session
 
 log = logging.getLogger("ternmq.inbound")
 
@@ -79,36 +80,54 @@ async def on_publish(conn: Connection, packet: Publish) -> object:
         if len(session.incoming_qos2) >= conn.server_receive_maximum:
             conn.protocol_error(0x93, "receive maximum exceeded")
             return STOP
+    if is_broker_topic(topic):
+        # $SYS belongs to the broker: MQTT 5 publishers are told "not authorized"; MQTT 3
+        # ones, which have no negative acknowledgement, are acknowledged and ignored.
+        broker.metrics.publish_denied += 1
+        if packet.packet_id is not None:
+            _acknowledge(conn, session, qos, packet.packet_id, 0x87 if conn.protocol_level == 5 else 0,
+                         "clients may not publish to $SYS")
+        return None
     if packet.retain and not broker.retain_available:
         conn.protocol_error(0x9A, "retained messages are not supported")
         return STOP
     message, reason_code, answer = await authorize_publish(
         conn, Message(topic, packet.payload, qos, packet.retain, properties), is_will=False)
-    props: dict[str, Any] = {}
-    if reason_code >= 0x80:
-        broker.metrics.publish_denied += 1
-        if conn.protocol_level == 4:
-            # MQTT 3.1.1 has no negative PUBACK: a refused publisher is disconnected.
-            conn.disconnect_reason = "not_authorized"
-            return STOP
-        # MQTT 3.1 publishers are acknowledged anyway (v3 encoding has no reason
-        # code); MQTT 5 ones get the code (and reason string [MQTT-3.1.2-29]); QoS 0 vanishes.
-        if isinstance(answer, Deny) and answer.reason_string and conn.protocol_level == 5 \
-                and conn.request_problem_information:
-            props = {"reason_string": answer.reason_string}
-    else:
-        matched = await broker.publish(message, conn)
-        reason_code = 0 if matched or conn.protocol_level < 5 else 0x10
-    packet_id = packet.packet_id
-    if packet_id is None:  # QoS 0 (the decoder refuses QoS > 0 without one): no acknowledgement
+    packet_id = packet.packet_id  # None at QoS 0 (the decoder refuses QoS > 0 without one)
+    if reason_code < 0x80:
+        if packet_id is None:
+            await broker.publish(message, conn)
+        else:
+            # Acknowledged once the subscribers are known and before any gets a copy: a
+            # publisher subscribed to its own topic sees its PUBACK/PUBREC first.
+            def acknowledge(matched: int) -> None:
+                _acknowledge(conn, session, qos, packet_id, 0 if matched or conn.protocol_level < 5 else 0x10)
+
+            await broker.publish(message, conn, on_matched=acknowledge)
         return None
+    broker.metrics.publish_denied += 1
+    if conn.protocol_level == 4:
+        # MQTT 3.1.1 has no negative PUBACK: a refused publisher is disconnected.
+        conn.disconnect_reason = "not_authorized"
+        return STOP
+    # MQTT 3.1 publishers are acknowledged anyway (v3 encoding has no reason code); MQTT 5
+    # ones get the code (and reason string [MQTT-3.1.2-29]); QoS 0 vanishes.
+    if packet_id is not None:
+        reason = answer.reason_string if isinstance(answer, Deny) else None
+        _acknowledge(conn, session, qos, packet_id, reason_code, reason)
+    return None
+
+
+def _acknowledge(conn: Connection, session: Session, qos: int, packet_id: int, reason_code: int,
+                 reason_string: str | None = None) -> None:
+    """PUBACK (QoS 1) or PUBREC (QoS 2) for a client's PUBLISH."""
+    props = conn.problem_information(reason_string)
     if qos == 1:
         conn.send(Puback(packet_id, legal_reason_code(PacketType.PUBACK, reason_code), props))
-    else:
-        if reason_code < 0x80:
-            session.incoming_qos2.add(packet_id)
-        conn.send(Pubrec(packet_id, legal_reason_code(PacketType.PUBREC, reason_code), props))
-    return None
+        return
+    if reason_code < 0x80:
+        session.incoming_qos2.add(packet_id)
+    conn.send(Pubrec(packet_id, legal_reason_code(PacketType.PUBREC, reason_code), props))
 
 
 async def authorize_publish(conn: Connection, message: Message, *, is_will: bool) -> tuple[Message, int, Any]:
@@ -153,23 +172,29 @@ def apply_publish_answer(conn: Connection, message: Message, answer: Any) -> tup
         return attrs.evolve(message, **changes), 0
     return message, 0
 
-async def on_puback(conn: Connection, packet: Puback | Pubcomp) -> object:
+async def on_puback(conn: Connection, packet: Puback) -> object:
+    return await _settled(conn, packet.packet_id, 1)
+
+async def on_pubcomp(conn: Connection, packet: Pubcomp) -> object:
+    return await _settled(conn, packet.packet_id, 2)
+
+async def _settled(conn: Connection, packet_id: int, qos: int) -> object:
     session = conn.session
     assert session is not None
-    if session.acknowledge(packet.packet_id) is not None and session.queue:
+    if session.acknowledge(packet_id, qos) is not None and session.queue:
         await conn.broker.drain(session)
     return None
 
 async def on_pubrec(conn: Connection, packet: Pubrec) -> object:
     session = conn.session
     assert session is not None
-    if packet.reason_code >= 0x80:
-        # The receiver refused the message: the exchange ends here (MQTT 5 §4.3.3).
-        session.acknowledge(packet.packet_id)
-        if session.queue:
+    # A refusing PUBREC ends the exchange (MQTT 5 §4.3.3): no PUBREL, room in the window.
+    refused = packet.reason_code >= 0x80
+    known = session.received(packet.packet_id, refused)
+    if refused:
+        if known and session.queue:
             await conn.broker.drain(session)
-        return None
-    if session.received(packet.packet_id):
+    elif known:
         conn.send(Pubrel(packet.packet_id))
     else:
         conn.send(Pubrel(packet.packet_id, 0x92 if conn.protocol_level == 5 else 0))
@@ -178,11 +203,17 @@ async def on_pubrec(conn: Connection, packet: Pubrec) -> object:
 async def on_pubrel(conn: Connection, packet: Pubrel) -> object:
     session = conn.session
     assert session is not None
-    if packet.packet_id in session.incoming_qos2:
-        session.incoming_qos2.discard(packet.packet_id)
-        conn.send(Pubcomp(packet.packet_id))
+    packet_id = packet.packet_id
+    if packet_id in session.incoming_qos2:
+        session.incoming_qos2.discard(packet_id)
+        conn.send(Pubcomp(packet_id))
+    elif conn.session_present:
+        # The PUBCOMP of an earlier connection may not have arrived: the client resends
+        # its PUBREL after reconnecting [MQTT-4.3.3], and gets "not found" from us.
+        conn.send(Pubcomp(packet_id, 0x92 if conn.protocol_level == 5 else 0))
     else:
-        conn.send(Pubcomp(packet.packet_id, 0x92 if conn.protocol_level == 5 else 0))
+        conn.protocol_error(0x82, f"PUBREL for packet {packet_id}, which awaits no release")
+        return STOP
     return None
 
 async def on_subscribe(conn: Connection, packet: Subscribe) -> object:
@@ -227,7 +258,7 @@ HANDLERS: dict[type, Any] = {
     Puback: on_puback,
     Pubrec: on_pubrec,
     Pubrel: on_pubrel,
-    Pubcomp: on_puback,
+    Pubcomp: on_pubcomp,
     Subscribe: on_subscribe,
     Unsubscribe: on_unsubscribe,
     Pingreq: on_pingreq,

@@ -11,7 +11,7 @@ fan-out to a thousand subscribers encodes each distinct wire form once.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -66,11 +66,19 @@ class Router:
 
     # -- routing -----------------------------------------------------------------------
 
-    async def route(self, message: Message, origin_client_id: str | None) -> int:
-        """Deliver ``message`` to every matching subscription; returns the count."""
+    async def route(self, message: Message, origin_client_id: str | None,
+                    on_matched: Callable[[int], None] | None = None) -> int:
+        """Deliver ``message`` to every matching subscription; returns the count.
+
+        ``on_matched`` is called with the number of matching subscribers once they are
+        known and before any of them is handed the message: the publisher's PUBACK or
+        PUBREC goes out before a copy reaches a subscriber on the same connection.
+        """
         plain, shared = self.trie.match(message.topic)
         self.messages_routed += 1
         if not plain and not shared:
+            if on_matched is not None:
+                on_matched(0)
             return 0
         targets = self._merge(plain, origin_client_id, message)
         if shared:
@@ -78,6 +86,8 @@ class Router:
                 chosen = self._choose_shared(group_key, members, message.qos)
                 if chosen is not None:
                     targets.append(chosen)
+        if on_matched is not None:
+            on_matched(len(targets))
         wire_cache: dict[Any, tuple[bytes, bytes]] = {}
         sessions = self.sessions
         dispatcher = self.dispatcher

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .codec import Publish, Pubrel, encode, encode_publish_parts
+from .codec import ProtocolError, Publish, Pubrel, encode, encode_publish_parts
 from .types import Message, SessionSnapshot, TopicSubscription
 
 if TYPE_CHECKING:
@@ -207,16 +207,36 @@ class Session:
             connection.write(head + packet_id.to_bytes(2, "big") + tail)
         return SENT
 
-    def acknowledge(self, packet_id: int) -> Delivery | None:
-        """PUBACK or PUBCOMP arrived: the message left our hands."""
-        return self.inflight.pop(packet_id, None)
+    def acknowledge(self, packet_id: int, qos: int) -> Delivery | None:
+        """PUBACK (``qos`` 1) or PUBCOMP (``qos`` 2) arrived: the message left our hands.
 
-    def received(self, packet_id: int) -> bool:
-        """PUBREC arrived: answer with PUBREL; False if the id is unknown."""
+        None when nothing is in flight under ``packet_id`` (a late duplicate, ignored).
+        An acknowledgement of the wrong kind is a protocol error: PUBACK for a QoS 2
+        message, PUBCOMP for a QoS 1 message or before PUBREC.
+        """
         delivery = self.inflight.get(packet_id)
-        if delivery is None or delivery.qos != 2:
+        if delivery is None:
+            return None
+        if delivery.qos != qos or (qos == 2 and not delivery.released):
+            kind = "PUBACK" if qos == 1 else "PUBCOMP"
+            raise ProtocolError(f"{kind} for packet {packet_id}, a QoS {delivery.qos} message"
+                                + (" waiting for PUBREC" if delivery.qos == 2 else ""))
+        del self.inflight[packet_id]
+        return delivery
+
+    def received(self, packet_id: int, refused: bool = False) -> bool:
+        """PUBREC arrived for ``packet_id``: True when it is a QoS 2 message in flight
+        (answer PUBREL), False when the id is unknown (PUBREL 0x92). A refusing PUBREC
+        ends the exchange. PUBREC for a QoS 1 message is a protocol error."""
+        delivery = self.inflight.get(packet_id)
+        if delivery is None:
             return False
-        delivery.released = True
+        if delivery.qos != 2:
+            raise ProtocolError(f"PUBREC for packet {packet_id}, a QoS 1 message")
+        if refused:
+            del self.inflight[packet_id]
+        else:
+            delivery.released = True
         return True
 
     def drain(self) -> Iterator[tuple[Delivery, int]]:

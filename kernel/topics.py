@@ -55,6 +55,11 @@ def validate_topic_name(topic: str, max_levels: int = 0) -> None:
         raise TopicError("wildcard in topic name", TOPIC_NAME_INVALID)
 
 
+def is_broker_topic(topic: str) -> bool:
+    """True for the broker's own ``$SYS`` tree, which clients may read but not publish to."""
+    return topic.startswith("$SYS") and (len(topic) == 4 or topic[4] == "/")
+
+
 def validate_topic_filter(topic_filter: str, max_levels: int = 0) -> None:
     """Validate a SUBSCRIBE/UNSUBSCRIBE filter (plain or ``$share/group/filter``).
 

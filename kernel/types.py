@@ -7,6 +7,7 @@ corrupt broker state.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -88,7 +89,10 @@ class Message:
         if interval is None:
             return None
         elapsed = (now if now is not None else time.time()) - self.created_at
-        return max(0, int(interval - elapsed))
+        # Rounded up: a message that waited a few milliseconds still shows its full
+        # interval, and one with 0.3 s left shows 1, never 0 (which reads as "expired").
+        left: int = max(0, math.ceil(interval - elapsed))
+        return min(int(interval), left)
 
 
 @attrs.frozen

@@ -214,8 +214,12 @@ def _ack_decoder(cls: type[_Ack], ptype: int) -> Callable[[bytes, int], _Ack]:
 
 
 def _id_and_properties(body: bytes, level: int, ptype: int) -> tuple[int, dict[str, Any], int]:
-    """The packet identifier, then (MQTT 5) the properties: (id, properties, next position)."""
-    pid = _packet_id(body, 0, level)
+    """The packet identifier, then (MQTT 5) the properties: (id, properties, next position).
+
+    Identifier 0 is a malformed packet here at every level (0x81), as strict peers
+    expect of SUBSCRIBE and UNSUBSCRIBE.
+    """
+    pid = _packet_id(body, 0, 4)
     if level < 5:
         return pid, {}, 2
     props, pos = decode_properties(body, 2, ptype)

@@ -246,7 +246,10 @@ def test_subscribe_errors():
     raises(M, 0x82, b"\x00\x01" + s("a") + b"\x03", 4)      # QoS 3
     raises(M, 0x82, b"\x00\x01\x00" + s("a") + b"\x30", 5)  # retain handling 3
     raises(M, 0x82, b"\x00\x01" + s("a"), 4)                # options byte missing
-    raises(P, 0x82, b"\x00\x00" + s("a") + b"\x00\x00", 5)  # packet id 0
+    raises(M, 0x82, b"\x00\x00\x00" + s("a") + b"\x00", 5)  # packet id 0: malformed (0x81), as strict peers expect
+    raises(M, 0x82, b"\x00\x00" + s("a") + b"\x00", 4)
+    raises(M, 0xA2, b"\x00\x00\x00" + s("a"), 5)
+    raises(M, 0xA2, b"\x00\x00" + s("a"), 4)
     raises(P, 0xA2, b"\x00\x01\x00", 5)                 # no topic filters
     raises(M, 0xA2, b"\x00\x01", 4)
     raises(M, 0xA2, b"\x00\x01" + s("a") + b"\x00", 4)  # truncated second filter
