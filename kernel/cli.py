@@ -12,7 +12,7 @@ import attrs
 import trio
 
 from .broker import Broker
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, load_config, require_listeners
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config = apply_overrides(load_config(args.config), args.host, args.port)
+        config = load_config(args.config)
+        require_listeners(config)
+        config = apply_overrides(config, args.host, args.port)
     except ConfigError as exc:
         print(f"ternmq: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -3,6 +3,11 @@
 Every error names the file, the table and the key, so an operator can fix it without
 reading code. The embedded default (used when ``ternmq`` starts without ``--config``)
 is the ``plugins.toml`` at the repository root, shipped inside the package.
+
+A key whose attrs field is typed ``pathlib.Path`` (also ``Path | None`` and
+``tuple[Path, ...]``) takes a string in TOML; a relative one is joined to the folder of
+the configuration file, so that a configuration means the same files whatever folder
+the broker is started from.
 """
 
 from __future__ import annotations
@@ -84,12 +89,17 @@ class BrokerSettings:
 
     node_name: str = "ternmq@127.0.0.1"
     allow_anonymous: bool = False
+    # What a publish, subscribe or unsubscribe gets when no plugin answers its decision
+    # hook (EMQX's name). allow_anonymous decides only a CONNECT nobody answers.
+    no_match: str = attrs.field(default="allow", validator=_one_of("allow", "deny"))
     data_dir: str = "./data"
     hook_timeout: float = attrs.field(default=5.0, validator=_positive)
     notification_timeout: float = attrs.field(default=2.0, validator=_positive)
     # The ternmq-admin control socket: "" = a per-user path derived from node_name,
     # "off" = none, anything else = that path.
     control_socket: str = ""
+    # Folders put in front of the broker's sys.path before plugins are imported.
+    plugin_path: tuple[Path, ...] = attrs.field(factory=tuple)
     limits: Limits = attrs.field(factory=Limits)
 
 
@@ -125,12 +135,22 @@ class PluginEntry:
 
 @attrs.frozen
 class Config:
-    """A whole configuration; ``source`` is the file it came from."""
+    """A whole configuration; ``source`` is the file it came from.
+
+    ``directory`` is the folder relative paths of the configuration are joined to
+    (the file's folder); None when it came from no file: the working directory.
+    """
 
     source: str = EMBEDDED_DEFAULT
     broker: BrokerSettings = attrs.field(factory=BrokerSettings)
     listeners: tuple[ListenerConfig, ...] = ()
     plugins: tuple[PluginEntry, ...] = ()
+    directory: Path | None = None
+
+    @property
+    def base_directory(self) -> Path:
+        """Where a relative path of this configuration points from."""
+        return self.directory if self.directory is not None else Path.cwd()
 
 
 # -- building attrs objects from TOML tables ---------------------------------------------
@@ -165,15 +185,56 @@ def _check_type(value: Any, annotation: Any) -> bool:
 def _type_name(annotation: Any) -> str:
     if isinstance(annotation, type):
         return {"str": "a string", "int": "an integer", "float": "a number",
-                "bool": "true or false"}.get(annotation.__name__, annotation.__name__)
+                "bool": "true or false", "Path": "a path (a string)"}.get(annotation.__name__, annotation.__name__)
+    if _path_kind(annotation) == "many":
+        return "a list of paths (strings)"
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(arg) for arg in typing.get_args(annotation) if arg is not type(None))
     return str(annotation).replace("NoneType", "None")
 
 
-def build_attrs(cls: type, table: Mapping[str, Any], source: str, table_name: str) -> Any:
+def _path_kind(annotation: Any) -> str | None:
+    """"one" for ``Path`` or ``Path | None``, "many" for ``tuple[Path, ...]`` or
+    ``list[Path]``, None for any other annotation."""
+    if annotation is Path:
+        return "one"
+    origin = typing.get_origin(annotation)
+    arguments = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType) and Path in arguments:
+        return "one"
+    if origin in (tuple, list) and arguments and arguments[0] is Path:
+        return "many"
+    return None
+
+
+def _as_path(value: str | Path, base: Path | None) -> Path:
+    path = Path(value)
+    return path if base is None or path.is_absolute() else base / path
+
+
+def _paths(value: Any, kind: str, base: Path | None) -> Any:
+    """Strings (or Paths) of a path-typed key as Paths, relative ones joined to
+    ``base``; any other value is returned as it is, for the type check to refuse."""
+    if kind == "one":
+        if value == "":
+            raise ValueError("must not be empty (leave the key out instead)")
+        if isinstance(value, (str, Path)):
+            return _as_path(value, base)
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(item, (str, Path)) for item in value):
+        if any(item == "" for item in value):
+            raise ValueError("must not hold an empty path")
+        return tuple(_as_path(item, base) for item in value)
+    return value
+
+
+def build_attrs(cls: type, table: Mapping[str, Any], source: str, table_name: str, *,
+                base: Path | None = None) -> Any:
     """Build an attrs ``cls`` from a TOML table, refusing unknown keys and bad values.
 
     Nested attrs fields (``[broker.limits]``) are built recursively. Errors are
-    :class:`ConfigError` naming ``source``, the table and the key.
+    :class:`ConfigError` naming ``source``, the table and the key. Strings of keys
+    typed ``Path`` become Paths; with ``base``, relative ones are joined to it.
     """
     if not isinstance(table, Mapping):
         raise ConfigError(source, table_name, None, "must be a table")
@@ -188,14 +249,29 @@ def build_attrs(cls: type, table: Mapping[str, Any], source: str, table_name: st
     for name, value in table.items():
         field = fields[name]
         if isinstance(field.type, type) and attrs.has(field.type):
-            values[name] = build_attrs(field.type, value, source, f"{table_name}.{name}")
+            values[name] = build_attrs(field.type, value, source, f"{table_name}.{name}", base=base)
             continue
+        kind = _path_kind(field.type)
+        if kind is not None:
+            try:
+                value = _paths(value, kind, base)
+            except ValueError as exc:
+                raise ConfigError(source, table_name, name, str(exc)) from None
+            if kind == "many" and not isinstance(value, tuple):
+                raise ConfigError(source, table_name, name, f"must be {_type_name(field.type)}, not {value!r}")
         if not _check_type(value, field.type):
             raise ConfigError(source, table_name, name, f"must be {_type_name(field.type)}, not {value!r}")
         values[name] = tuple(value) if isinstance(value, list) else value
     missing = [f.name for f in fields.values() if f.default is attrs.NOTHING and f.name not in values]
     if missing:
         raise ConfigError(source, table_name, missing[0], "is required")
+    if base is not None:
+        # A relative default (users_file: Path = Path("users.json")) means the same
+        # folder as the key written out would.
+        for field in fields.values():
+            kind = _path_kind(field.type)
+            if kind and field.name not in values and not isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
+                values[field.name] = _paths(field.default, kind, base)
     try:
         return cls(**values)
     except (ValueError, TypeError) as exc:
@@ -217,12 +293,17 @@ def _failing_key(cls: type, values: dict[str, Any], exc: Exception) -> str | Non
 # -- whole files ------------------------------------------------------------------------
 
 
-def parse_config(data: Mapping[str, Any], source: str) -> Config:
-    """Turn the parsed TOML document ``data`` into a :class:`Config`."""
+def parse_config(data: Mapping[str, Any], source: str, directory: Path | None = None) -> Config:
+    """Turn the parsed TOML document ``data`` into a :class:`Config`.
+
+    ``directory`` is the folder relative paths are joined to (the file's); without it,
+    the working directory.
+    """
     unknown = sorted(set(data) - {"broker", "listeners", "plugins"})
     if unknown:
         raise ConfigError(source, unknown[0], None, "unknown table (expected broker, listeners, plugins)")
-    broker = build_attrs(BrokerSettings, data.get("broker", {}), source, "broker")
+    base = directory if directory is not None else Path.cwd()
+    broker = build_attrs(BrokerSettings, data.get("broker", {}), source, "broker", base=base)
     raw_listeners = data.get("listeners", [])
     if not isinstance(raw_listeners, list):
         raise ConfigError(source, "listeners", None, "must be an array of tables: [[listeners]]")
@@ -256,16 +337,29 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
         if not isinstance(enabled, bool):
             raise ConfigError(source, f"plugins.{name}", "enabled", "must be true or false")
         plugins.append(PluginEntry(name=name, enabled=enabled, settings=settings))
-    return Config(source=source, broker=broker, listeners=tuple(listeners), plugins=tuple(plugins))
+    return Config(source=source, broker=broker, listeners=tuple(listeners), plugins=tuple(plugins),
+                  directory=directory)
+
+
+def require_listeners(config: Config) -> None:
+    """A broker to run needs a listener: without one it would start and serve nobody."""
+    if not config.listeners:
+        raise ConfigError(config.source, "listeners", None,
+                          "no listener: the broker would accept no client; add one, for example "
+                          '[[listeners]] name = "default" port = 1883')
 
 
 def load_config(path: str | Path | None = None) -> Config:
     """Read a TOML file (or the embedded default when ``path`` is None)."""
+    directory: Path | None = None
     if path is None:
         text = importlib.resources.files("ternmq.kernel").joinpath("default.toml").read_text("utf-8")
         source = EMBEDDED_DEFAULT
     else:
         source = str(path)
+        # Absolute now: the meaning of the configuration's relative paths must not
+        # depend on a working directory that could change later.
+        directory = Path(path).absolute().parent
         try:
             text = Path(path).read_text("utf-8")
         except OSError as exc:
@@ -274,4 +368,4 @@ def load_config(path: str | Path | None = None) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, "-", None, f"not valid TOML: {exc}") from None
-    return parse_config(data, source)
+    return parse_config(data, source, directory)

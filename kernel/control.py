@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .admin import CommandError
+from .config import EMBEDDED_DEFAULT
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -37,7 +38,7 @@ def control_socket_path(settings: BrokerSettings) -> str | None:
     return os.path.join(base, f"ternmq-{os.getuid()}", f"{name}.sock")
 
 
-def _claim(path: str) -> None:
+def _claim(path: str, settings: BrokerSettings, source: str) -> None:
     """Create the directory (0700) and remove a stale socket; refuse a live one."""
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -48,14 +49,23 @@ def _claim(path: str) -> None:
         except OSError:
             os.unlink(path)  # nobody listens: left over from a broker that died
         else:
-            raise OSError(f"another broker already owns the control socket {path}")
+            raise OSError(_taken(path, settings, source))
         finally:
             probe.close()
 
 
+def _taken(path: str, settings: BrokerSettings, source: str) -> str:
+    """Why the control socket is taken, and the two keys that give this broker its own."""
+    why = f" (it is named after node_name {settings.node_name!r})" if not settings.control_socket else ""
+    where = "a configuration file given with --config" if source == EMBEDDED_DEFAULT else source
+    return (f"another broker already owns the control socket {path}{why}; to run one more broker on this "
+            f"machine, give it another node_name or another control_socket (\"off\": none) in the [broker] "
+            f"table of {where}")
+
+
 async def serve_control(broker: Broker, path: str, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
     """Accept admin requests on ``path`` until cancelled; removes the socket after."""
-    _claim(path)
+    _claim(path, broker.settings, broker.config.source)
     sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
     try:
@@ -65,6 +75,9 @@ async def serve_control(broker: Broker, path: str, *, task_status: trio.TaskStat
     os.chmod(path, 0o600)
     sock.listen(16)
     listener = trio.SocketListener(sock)
+    # Logged so that an operator knows which socket (and so which node_name) to give
+    # ternmq-admin, and sees at once when two brokers would want the same one.
+    log.info("control socket for ternmq-admin: %s", path)
     try:
         task_status.started(path)
         # serve_listeners closes the listener, and each stream after its handler.

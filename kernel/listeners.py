@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import socket
 import ssl
 from typing import TYPE_CHECKING, Any
@@ -58,29 +57,68 @@ class RunningListener:
                 connection.kick(0x98, "listener_stopped")
 
 
+class _Encrypted(Exception):
+    """Raised instead of letting OpenSSL ask for a pass phrase on the terminal."""
+
+
+def _no_pass_phrase() -> str:
+    raise _Encrypted
+
+
+def _read(source: str, table: str, key: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise ConfigError(source, table, key, f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(source, table, key, f"{path} is a folder, not a file") from None
+    except OSError as exc:
+        raise ConfigError(source, table, key, f"cannot read {path}: {exc.strerror or exc}") from None
+
+
 def make_ssl_context(config: ListenerConfig, source: str = "<listener>") -> ssl.SSLContext:
     """The server TLS context of a tls/wss listener (client certificates optional).
 
-    A missing or unreadable file is a :class:`ConfigError` naming the listener and key.
+    A missing, unreadable or wrong file is a :class:`ConfigError` naming the listener
+    and the key at fault (certfile, keyfile or cafile).
     """
     table = f"listeners.{config.name}"
     if not (config.certfile and config.keyfile):  # parse_config checks it; `listener start` may not
         raise ConfigError(source, table, "certfile", f"a {config.type} listener needs certfile and keyfile")
-    for key in ("certfile", "keyfile", "cafile"):
-        path = getattr(config, key)
-        if path is not None and not os.path.isfile(path):
-            raise ConfigError(source, table, key, f"no such file: {path}")
+    certfile, keyfile = config.certfile, config.keyfile
+    contents = {key: _read(source, table, key, path) for key in ("certfile", "keyfile", "cafile")
+                if (path := getattr(config, key)) is not None}
+    # OpenSSL's own errors name neither the file nor what is wrong with it ("[SSL] PEM
+    # lib"), so the certificate is loaded alone first: what fails after it is the key.
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=certfile)
+    except ssl.SSLError:
+        raise ConfigError(source, table, "certfile",
+                          f"{certfile} holds no PEM certificate (-----BEGIN CERTIFICATE-----)") from None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        context.load_cert_chain(config.certfile, config.keyfile)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(source, table, "certfile",
-                          f"cannot load {config.certfile} with {config.keyfile}: {exc}") from None
+        context.load_cert_chain(certfile, keyfile, password=_no_pass_phrase)
+    except _Encrypted:
+        raise ConfigError(source, table, "keyfile",
+                          f"{keyfile} is protected by a pass phrase; give an unencrypted key") from None
+    except ssl.SSLError as exc:
+        if b"PRIVATE KEY-----" not in contents["keyfile"]:
+            message = f"{keyfile} holds no PEM private key (-----BEGIN PRIVATE KEY-----)"
+        else:
+            message = f"the private key in {keyfile} does not match the certificate in {certfile}"
+            if exc.reason != "KEY_VALUES_MISMATCH":  # some OpenSSL versions only say "PEM lib"
+                message += " (or it is damaged)"
+        raise ConfigError(source, table, "keyfile", message) from None
+    except OSError as exc:
+        raise ConfigError(source, table, "keyfile", f"cannot load {keyfile}: {exc.strerror or exc}") from None
     if config.cafile:
         try:
             context.load_verify_locations(config.cafile)
         except (OSError, ValueError) as exc:
-            raise ConfigError(source, table, "cafile", f"cannot load {config.cafile}: {exc}") from None
+            reason = exc.strerror if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError) else None
+            raise ConfigError(source, table, "cafile", f"cannot load {config.cafile}: "
+                              f"{reason or 'it holds no PEM CA certificate'}") from None
         context.verify_mode = ssl.CERT_REQUIRED if config.require_certificate else ssl.CERT_OPTIONAL
     return context
 

@@ -2,23 +2,31 @@
 
 A plugin is found by built-in short name (``ternmq.plugins.BUILTIN``), by entry point
 in the group ``ternmq.plugins``, or by dotted path (``package.module`` or
-``package.module:attribute``). Its table in plugins.toml is split into the settings the
-kernel applies to every plugin (``priority``, ``hook_timeout``, ``on_error``,
+``package.module:attribute``), imported by the broker from its own ``sys.path`` (with
+``[broker] plugin_path`` in front). Its table in plugins.toml is split into the settings
+the kernel applies to every plugin (``priority``, ``hook_timeout``, ``on_error``,
 ``breaker_threshold``, ``breaker_cooldown``) and the plugin's own keys, which build its
-attrs ``Config`` (unknown keys are errors). Built-in plugins load exactly this way.
+attrs ``Config`` (unknown keys are errors; relative ``Path`` keys are joined to the
+configuration file's folder). Built-in plugins load exactly this way.
+
+Loading is all or nothing: if building the Config, the constructor, or ``serve``
+before it reports started fails, the load fails with a :class:`PluginError` and
+nothing of the plugin stays registered.
 """
 
 from __future__ import annotations
 
 import importlib
-import inspect
 import importlib.metadata
+import inspect
 import logging
+import sys
 from collections.abc import Iterable, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import pluggy
 import trio
 
 from .config import ConfigError, PluginEntry, build_attrs
@@ -32,10 +40,34 @@ log = logging.getLogger("ternmq.plugins")
 
 ENTRY_POINT_GROUP = "ternmq.plugins"
 UNLOAD_GRACE = 5.0
+# Where a module is looked for: people expect the folder they run ternmq-admin in.
+IMPORT_HINT = ("the broker imports plugins itself, from its own Python path: installed packages, its PYTHONPATH "
+               "and the folders of [broker] plugin_path (the folder ternmq-admin runs in does not matter)")
 
 
 class PluginError(Exception):
-    """A plugin cannot be found, configured or loaded; the message says which and why."""
+    """A plugin cannot be found, configured or loaded; the message says which and why.
+
+    ``plugin`` and ``reason`` are the two halves of the message ("plugin NAME: REASON"),
+    for a caller that names the plugin its own way (a configuration error names its table).
+    """
+
+    def __init__(self, message: str, *, plugin: str | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.plugin = plugin
+        self.reason = message if reason is None else reason
+
+
+def _error(name: str, reason: str) -> PluginError:
+    return PluginError(f"plugin {name}: {reason}", plugin=name, reason=reason)
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception as one readable line (the type only where the message needs it)."""
+    text = " ".join(str(exc).split())
+    if text and not isinstance(exc, LookupError):  # KeyError('x') reads as 'x'
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @attrs.frozen
@@ -78,13 +110,36 @@ class PluginManager:
         self._nursery: trio.Nursery | None = None
 
     async def start(self, nursery: trio.Nursery) -> None:
-        """Give the manager the nursery that plugin ``serve`` tasks run in."""
+        """Give the manager the nursery that plugin ``serve`` tasks run in, and put
+        ``[broker] plugin_path`` in front of ``sys.path``."""
         self._nursery = nursery
+        self._extend_import_path()
+
+    def _extend_import_path(self) -> None:
+        # sys.path is the process's: a second broker in the same process shares it,
+        # so a folder already on it is not added twice.
+        config = self.broker.config
+        folders = self.broker.settings.plugin_path
+        for folder in folders:
+            if not folder.is_dir():
+                raise ConfigError(config.source, "broker", "plugin_path", f"no such folder: {folder}")
+        for folder in reversed(folders):
+            if str(folder) not in sys.path:
+                sys.path.insert(0, str(folder))
 
     async def load_configured(self, entries: Iterable[PluginEntry]) -> None:
+        """Load the enabled plugins of the configuration, in order.
+
+        A plugin that cannot be found, imported or set up is an error of the
+        configuration file, reported like a bad key: file, ``[plugins.NAME]``, why.
+        """
+        source = self.broker.config.source
         for entry in entries:
             if entry.enabled:
-                await self.load(entry.name, entry.settings, source_name=self.broker.config.source)
+                try:
+                    await self.load(entry.name, entry.settings, source_name=source)
+                except PluginError as exc:
+                    raise ConfigError(source, f"plugins.{entry.name}", None, exc.reason) from None
 
     # -- resolving ---------------------------------------------------------------------
 
@@ -100,28 +155,53 @@ class PluginManager:
             from ternmq import __version__
 
             return importlib.import_module(BUILTIN[name]), "builtin", __version__
-        for entry_point in () if is_path else importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        # A module written, or a package installed, since the broker started is found too.
+        importlib.invalidate_caches()
+        entry_points = () if is_path else importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+        for entry_point in entry_points:
             if entry_point.name == name:
                 try:
                     target = entry_point.load()
                 except Exception as exc:
-                    raise PluginError(f"plugin {name}: entry point {entry_point.value} failed to import: {exc}") from exc
+                    raise _error(name, f"entry point {entry_point.value} (group {ENTRY_POINT_GROUP}) failed to "
+                                       f"import: {_describe(exc)}") from exc
                 dist = entry_point.dist
                 return target, f"entry point ({dist.name if dist else entry_point.value})", dist.version if dist else ""
         module_name, _, attribute = name.partition(":")
         if "." not in module_name and not attribute and not is_path:
-            raise PluginError(f"plugin {name}: not a built-in plugin, entry point or dotted path")
-        try:
-            target = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise PluginError(f"plugin {name}: cannot import {module_name}: {exc}") from exc
+            raise _error(name, self._unknown(sorted({entry_point.name for entry_point in entry_points})))
+        target = self._import(name, module_name)
         if attribute:
             try:
                 target = getattr(target, attribute)
             except AttributeError:
-                raise PluginError(f"plugin {name}: {module_name} has no {attribute}") from None
+                raise _error(name, f"{module_name} has no {attribute}") from None
         version = getattr(target, "__version__", "")
         return target, f"path ({module_name})", str(version)
+
+    @staticmethod
+    def _unknown(installed: list[str]) -> str:
+        """Why a plain name resolves to nothing, and every way a plugin can be named."""
+        from ternmq.plugins import BUILTIN
+
+        return (f"not a built-in plugin ({', '.join(sorted(BUILTIN))}), not an entry point "
+                f"in group {ENTRY_POINT_GROUP} (installed: {', '.join(installed) or 'none'}) and not a dotted "
+                "path (package.module, or module:object for a module outside a package); a plugin package is "
+                "installed into the broker's environment with pip install PACKAGE")
+
+    @staticmethod
+    def _import(name: str, module_name: str) -> ModuleType:
+        try:
+            return importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            missing = exc.name or ""
+            if missing and (module_name == missing or module_name.startswith(missing + ".")):
+                raise _error(name, f"cannot import {module_name}: no module named {missing!r}; {IMPORT_HINT}") from exc
+            # The module is there, but something it imports is not installed.
+            raise _error(name, f"importing {module_name} failed: {_describe(exc)} (pip install what it "
+                               "needs into the broker's environment)") from exc
+        except Exception as exc:
+            raise _error(name, f"importing {module_name} failed: {_describe(exc)}") from exc
 
     def instantiate(self, name: str, target: Any, settings: Mapping[str, Any], source_name: str) -> tuple[Any, Any, KernelSettings]:
         """Build (plugin object, its Config, kernel settings) from a table."""
@@ -135,7 +215,13 @@ class PluginManager:
         if config_class is None and isinstance(target, ModuleType):
             config_class = getattr(target, "Config", None)
         if config_class is not None:
-            config = build_attrs(config_class, own_table, source_name, table_name)
+            try:
+                config = build_attrs(config_class, own_table, source_name, table_name,
+                                     base=self.broker.config.base_directory)
+            except ConfigError:
+                raise
+            except Exception as exc:  # a Config may check more than types, and raise what it likes
+                raise _error(name, f"its configuration was refused: {_describe(exc)}") from exc
         elif own_table:
             raise ConfigError(source_name, table_name, sorted(own_table)[0], "unknown key (this plugin takes no settings)")
         else:
@@ -143,7 +229,11 @@ class PluginManager:
         if factory is None:
             return target, config, kernel_settings  # a module of hook functions
         if isinstance(factory, type):
-            return (factory(config) if config is not None else factory()), config, kernel_settings
+            try:
+                plugin = factory(config) if config is not None else factory()
+            except Exception as exc:  # e.g. a file named in its table that cannot be read
+                raise _error(name, f"set-up failed: {_describe(exc)}") from exc
+            return plugin, config, kernel_settings
         # A ready-made object (module:object) was built without this table: keys for it
         # would be silently ignored, so they are refused.
         if own_table:
@@ -162,7 +252,7 @@ class PluginManager:
         (a dotted path) says where the plugin is; then ``name`` only names it.
         """
         if name in self.loaded:
-            raise PluginError(f"plugin {name} is already loaded")
+            raise _error(name, "already loaded")
         target, source, version = self.resolve(path, is_path=True) if path else self.resolve(name)
         plugin, config, kernel_settings = self.instantiate(name, target, settings or {}, source_name)
         return await self.register(name, plugin, config=config, settings=kernel_settings, source=source, version=version)
@@ -177,8 +267,8 @@ class PluginManager:
         self._check_hooks(name, plugin)
         try:
             pm.register(plugin, name=name)
-        except ValueError as exc:
-            raise PluginError(f"plugin {name}: {exc}") from None
+        except (ValueError, pluggy.PluginValidationError) as exc:
+            raise _error(name, str(exc)) from None
         dispatcher = self.broker.dispatcher
         dispatcher.policies[name] = PluginPolicy(**attrs.asdict(settings))  # the same fields
         loaded = LoadedPlugin(name, plugin, source, version, config, settings)
@@ -192,7 +282,7 @@ class PluginManager:
                 del self.loaded[name]
                 dispatcher.rebuild()
                 dispatcher.forget_plugin(name)
-                raise PluginError(f"plugin {name} failed to start: {exc}") from exc
+                raise _error(name, f"failed to start: {_describe(exc)}") from exc
         dispatcher.rebuild()
         self._call_registration_hooks(name, plugin)
         if loaded.state == "loading":  # serve may already have failed right after started()
@@ -243,11 +333,11 @@ class PluginManager:
                 continue
             hook_name = opts.get("specname") or attribute
             if not hasattr(self.broker.plugin_manager.hook, hook_name) and not opts.get("optionalhook"):
-                raise PluginError(f"plugin {name}: {attribute} implements unknown hook {hook_name!r}")
+                raise _error(name, f"{attribute} implements unknown hook {hook_name!r}")
             if hook_name in REGISTRATION_HOOKS and inspect.iscoroutinefunction(function):
-                raise PluginError(f"plugin {name}: {hook_name} must be synchronous (it is called at load)")
+                raise _error(name, f"{hook_name} must be synchronous (it is called at load)")
             if hook_name in ASYNC_HOOKS and (opts.get("wrapper") or opts.get("hookwrapper")):
-                raise PluginError(f"plugin {name}: {hook_name} cannot be a wrapper (it is called asynchronously)")
+                raise _error(name, f"{hook_name} cannot be a wrapper (it is called asynchronously)")
 
     async def _run_plugin(self, loaded: LoadedPlugin, serve: Any, *, task_status: trio.TaskStatus[None]) -> None:
         started = False
@@ -273,7 +363,7 @@ class PluginManager:
         """Unregister first (no new calls), then cancel what the plugin started."""
         loaded = self.loaded.pop(name, None)
         if loaded is None:
-            raise PluginError(f"plugin {name} is not loaded")
+            raise _error(name, "not loaded")
         self.broker.plugin_manager.unregister(name=name)
         self.broker.dispatcher.rebuild()
         self._remove_registrations(name)

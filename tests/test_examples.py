@@ -1,7 +1,11 @@
-"""The example configurations start as written (with ``--port 0``), from the repository
-root as the working directory (examples/third_party.toml names its users file relative
-to it); production.toml parses and starts once its certificate paths point at real
-files (trustme) in a modified copy.
+"""The example configurations start as written (with ``--port 0``); examples/third_party.toml
+also from another working directory (its users file is relative to its own folder);
+production.toml parses and starts once its certificate paths point at real files
+(trustme) in a modified copy.
+
+The examples that use the json_auth plugin get examples/third_party pip-installed into a
+folder of its own, on the broker's PYTHONPATH: the test run installs nothing into this
+environment.
 """
 
 from __future__ import annotations
@@ -42,13 +46,17 @@ EXAMPLES = REPO / "examples"
 
 
 @pytest.fixture(scope="module")
-def json_auth() -> None:
-    helpers.ensure_json_auth_installed()
+def json_auth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder examples/third_party is installed into (brokers of a test that asks
+    for this fixture get it on their PYTHONPATH)."""
+    site: Path = helpers.json_auth_site(tmp_path_factory)
+    return site
 
 
-def start(runtime_dir: Path, config: Path | str, listeners: int = 1) -> Any:
-    env = helpers.subprocess_env(runtime_dir)
-    process = helpers.BrokerProcess(["--config", str(config), "--port", "0"], env=env, cwd=REPO,
+def start(runtime_dir: Path, config: Path | str, listeners: int = 1, *, cwd: Path = REPO,
+          pythonpath: tuple[Path, ...] = ()) -> Any:
+    env = helpers.subprocess_env(runtime_dir, pythonpath=pythonpath)
+    process = helpers.BrokerProcess(["--config", str(config), "--port", "0"], env=env, cwd=cwd,
                                     listeners=listeners)
     try:
         process.wait_ready()
@@ -66,11 +74,13 @@ def runtime_dir() -> Iterator[Path]:
 
 
 @pytest.fixture
-def broker_process(runtime_dir: Path) -> Iterator[Any]:
+def broker_process(runtime_dir: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
     started: list[Any] = []
+    # A test that asks for json_auth runs brokers that can import it.
+    pythonpath = (request.getfixturevalue("json_auth"),) if "json_auth" in request.fixturenames else ()
 
-    def factory(config: Path | str, listeners: int = 1) -> Any:
-        process = start(runtime_dir, config, listeners)
+    def factory(config: Path | str, listeners: int = 1, cwd: Path = REPO) -> Any:
+        process = start(runtime_dir, config, listeners, cwd=cwd, pythonpath=pythonpath)
         started.append(process)
         return process
 
@@ -102,8 +112,14 @@ async def test_minimal_toml_starts_and_takes_anonymous_clients_with_retained_mes
     assert socket.exists()  # node_name "dev@127.0.0.1" names the control socket
 
 
-async def test_third_party_toml_lets_alice_in_and_refuses_bob(broker_process: Any, json_auth: None) -> None:
-    process = broker_process("examples/third_party.toml")
+@pytest.mark.parametrize("where", ["repository", "elsewhere"])
+async def test_third_party_toml_lets_alice_in_and_refuses_bob(broker_process: Any, json_auth: Path,
+                                                              runtime_dir: Path, where: str) -> None:
+    # Started from another folder, the relative users_file is still examples/users.json.
+    if where == "repository":
+        process = broker_process("examples/third_party.toml")
+    else:
+        process = broker_process(EXAMPLES / "third_party.toml", cwd=runtime_dir)
     port = process.port
     assert await connack(port, "a", "alice", b"secret") == 0
     assert await connack(port, "a4", "alice", b"secret", protocol_level=4) == 0

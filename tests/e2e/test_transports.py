@@ -8,6 +8,7 @@ clients are paho-mqtt (TCP, TLS, websockets), mosquitto_pub/mosquitto_sub (TLS),
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -232,6 +233,60 @@ async def test_missing_certificate_file_refuses_the_listener_naming_the_key(cert
         with pytest.raises(ConfigError) as error:  # as `ternmq-admin listener start type=tls` could
             await broker.start_listener(ListenerConfig(name="bad3", type="tls", port=0))
         assert (error.value.table, error.value.key) == ("listeners.bad3", "certfile")
+
+
+async def test_key_that_does_not_match_the_certificate_is_reported_under_keyfile(
+        certs: Certs, tmp_path: Path) -> None:
+    other = trustme.CA().issue_cert("127.0.0.1")  # a key of another certificate
+    other.private_key_pem.write_to_path(str(tmp_path / "other.key"))
+    async with open_broker() as broker:
+        with pytest.raises(ConfigError) as error:
+            await broker.start_listener(attrs.evolve(tls_listener(certs, "bad"), keyfile=str(tmp_path / "other.key")))
+    assert (error.value.source, error.value.table, error.value.key) == ("<test>", "listeners.bad", "keyfile")
+    assert str(error.value) == (f"<test>: [listeners.bad] keyfile: the private key in {tmp_path / 'other.key'} "
+                                f"does not match the certificate in {certs.certfile}")
+
+
+def _encrypted_key(tmp_path: Path) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(trustme.CA().issue_cert("x").private_key_pem.bytes(), None)
+    path = tmp_path / "encrypted.key"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.BestAvailableEncryption(b"secret")))
+    return str(path)
+
+
+@pytest.mark.parametrize(("key", "make", "message"), [
+    ("certfile", lambda certs, tmp: str(tmp), "{path} is a folder, not a file"),
+    ("keyfile", lambda certs, tmp: str(tmp), "{path} is a folder, not a file"),
+    ("certfile", lambda certs, tmp: certs.keyfile, "{path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"),
+    ("keyfile", lambda certs, tmp: certs.certfile, "{path} holds no PEM private key (-----BEGIN PRIVATE KEY-----)"),
+    ("keyfile", lambda certs, tmp: _encrypted_key(tmp), "{path} is protected by a pass phrase; give an unencrypted key"),
+    ("cafile", lambda certs, tmp: certs.keyfile, "cannot load {path}: it holds no PEM CA certificate"),
+], ids=["certfile-folder", "keyfile-folder", "certfile-is-a-key", "keyfile-is-a-certificate", "keyfile-encrypted",
+        "cafile-is-a-key"])
+async def test_unusable_certificate_files_are_reported_under_their_key(
+        certs: Certs, tmp_path: Path, key: str, make: Any, message: str) -> None:
+    path = make(certs, tmp_path)
+    async with open_broker() as broker:
+        with pytest.raises(ConfigError) as error:
+            await broker.start_listener(attrs.evolve(tls_listener(certs, "bad"), **{key: path}))
+    assert (error.value.table, error.value.key) == ("listeners.bad", key)
+    assert str(error.value) == f"<test>: [listeners.bad] {key}: " + message.format(path=path)
+
+
+async def test_unreadable_keyfile_is_reported_under_keyfile(certs: Certs, tmp_path: Path) -> None:
+    if os.geteuid() == 0:  # root reads a file whatever its mode: take one whose reading fails anyway
+        secret, reason = Path("/proc/self/mem"), "Input/output error"
+    else:
+        secret, reason = tmp_path / "secret.key", "Permission denied"
+        secret.write_bytes(Path(certs.keyfile).read_bytes())
+        secret.chmod(0)
+    async with open_broker() as broker:
+        with pytest.raises(ConfigError) as error:
+            await broker.start_listener(attrs.evolve(tls_listener(certs, "bad"), keyfile=str(secret)))
+    assert str(error.value) == f"<test>: [listeners.bad] keyfile: cannot read {secret}: {reason}"
 
 
 # ------------------------------------------------------------------ client certificates

@@ -8,7 +8,6 @@ broker subprocess put it on that process's ``PYTHONPATH``.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import importlib.metadata
 import os
 import re
@@ -219,42 +218,44 @@ class PasswordAuth:
         return deny(0x86, "bad username or password")
 
 
-# -- the third-party example, installed into this environment -------------------------
-
-
-def json_auth_installed() -> bool:
-    try:
-        importlib.metadata.version("ternmq-json-auth")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
+# -- the third-party example, installed as a user would, outside this environment ------
 
 
 _install_lock = threading.Lock()
+_json_auth_site: Path | None = None
 
 
-def ensure_json_auth_installed() -> None:
-    """``pip install`` examples/third_party once (skipped when it is installed already).
+def json_auth_site(tmp_path_factory: Any) -> Path:
+    """A folder with examples/third_party installed in it by ``pip install --target``
+    (its module and its dist-info, which holds the entry point), once per test session.
 
+    Nothing is installed into this environment, so the test run leaves it as it found
+    it: a test puts the folder on a broker subprocess's ``PYTHONPATH``, or on
+    ``sys.path`` (importlib.metadata finds entry points in any dist-info on sys.path).
     The package is built from a copy, so that the build leaves nothing (build/,
     *.egg-info) in the work tree. ``--no-build-isolation`` when this environment can
     build a wheel itself; otherwise pip fetches setuptools into an isolated build.
     """
+    global _json_auth_site
     with _install_lock:
-        if json_auth_installed():
-            return
+        if _json_auth_site is not None:
+            return _json_auth_site
+        site = Path(tmp_path_factory.mktemp("json_auth_site"))
         with tempfile.TemporaryDirectory() as tmp:
             source = Path(tmp) / "third_party"
             shutil.copytree(THIRD_PARTY, source, ignore=shutil.ignore_patterns(
-                "__pycache__", "*.egg-info", "build", ".pytest_cache"))
-            command = [sys.executable, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check", "-q"]
+                "__pycache__", "*.egg-info", "build", ".pytest_cache", "tests"))
+            command = [sys.executable, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check", "-q",
+                       "--no-compile", "--target", str(site)]
             if _can_build_wheels_in_place():
                 command.append("--no-build-isolation")
-            result = subprocess.run(command + [str(source)], capture_output=True, text=True, timeout=300)
+            result = subprocess.run(command + [str(source)], capture_output=True, text=True, timeout=300,
+                                    stdin=subprocess.DEVNULL)
         if result.returncode != 0:
             raise RuntimeError(f"installing examples/third_party failed:\n{result.stdout}\n{result.stderr}")
-        importlib.invalidate_caches()
-        assert json_auth_installed()
+        assert list(site.glob("ternmq_json_auth-*.dist-info")), list(site.iterdir())
+        _json_auth_site = site
+        return site
 
 
 def _can_build_wheels_in_place() -> bool:
@@ -371,14 +372,16 @@ def wait_for_path(path: str | Path, timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-def subprocess_env(runtime_dir: Path, **extra: str) -> dict[str, str]:
-    """The environment of a broker/admin subprocess: this directory importable,
-    ``XDG_RUNTIME_DIR`` (where the default control socket goes) set to ``runtime_dir``.
+def subprocess_env(runtime_dir: Path, *, pythonpath: Sequence[Path] = (), **extra: str) -> dict[str, str]:
+    """The environment of a broker/admin subprocess: this directory (and ``pythonpath``)
+    importable, ``XDG_RUNTIME_DIR`` (where the default control socket goes) set to
+    ``runtime_dir``.
 
     Keep ``runtime_dir`` short where the default socket is used: a Unix socket path
     has at most 107 bytes (see :func:`short_dir`)."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH", "")]))
+    folders = [str(HERE), *(str(folder) for folder in pythonpath), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, folders))
     env["XDG_RUNTIME_DIR"] = str(runtime_dir)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env.update(extra)
@@ -405,10 +408,13 @@ async def v311_connack_return_code(port: int, client_id: str, username: str | No
 
 
 @contextlib.contextmanager
-def broker_with_control_socket(directory: Path, node_name: str,
-                               socket: Path) -> Iterator[tuple[BrokerProcess, Path, dict[str, str]]]:
+def broker_with_control_socket(directory: Path, node_name: str, socket: Path, *, pythonpath: Sequence[Path] = (),
+                               cwd: Path | None = None) -> Iterator[tuple[BrokerProcess, Path, dict[str, str]]]:
     """``ternmq --config`` in a subprocess (anonymous clients, retainer on, port 0)
-    whose control socket is ``socket``: (process, config file, environment), ready."""
+    whose control socket is ``socket``: (process, config file, environment), ready.
+
+    The config file is in ``directory``, which is also the working directory unless
+    ``cwd`` says otherwise; ``pythonpath`` goes on the broker's PYTHONPATH."""
     config = directory / "plugins.toml"
     config.write_text(f'''
 [broker]
@@ -422,8 +428,8 @@ port = 0
 
 [plugins.retainer]
 ''')
-    env = subprocess_env(directory)
-    with BrokerProcess(["--config", str(config)], env=env, cwd=directory) as process:
+    env = subprocess_env(directory, pythonpath=pythonpath)
+    with BrokerProcess(["--config", str(config)], env=env, cwd=cwd or directory) as process:
         process.wait_ready()
         wait_for_path(socket)
         yield process, config, env

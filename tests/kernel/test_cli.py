@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import trio
 import trio_websocket
+import trustme
 
 from ternmq.kernel.codec import Disconnect
 from ternmq.kernel.testing import MQTTTestClient
@@ -327,3 +328,139 @@ async def test_help_describes_the_options(ternmq_run: Any) -> None:
     assert result.returncode == 0
     for option in (b"--config", b"--host", b"--port", b"--log-level"):
         assert option in result.stdout
+
+
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (DEBUG|INFO|WARNING) ternmq")
+
+
+def error_line(result: subprocess.CompletedProcess[bytes]) -> str:
+    """The one line (with its newline) that is not a log line of the start-up; there
+    must be exactly one, and no traceback."""
+    stderr = result.stderr.decode()
+    lines = [line for line in stderr.splitlines(keepends=True) if not LOG_LINE.match(line)]
+    assert len(lines) == 1 and lines[0].endswith("\n"), stderr
+    assert "Traceback" not in stderr and "ready on" not in stderr
+    return lines[0]
+
+
+def one_line_config_error(result: subprocess.CompletedProcess[bytes], path: str, table: str) -> str:
+    """The error of a refused configuration: exit code 2, one line naming the file and table."""
+    assert result.returncode == 2, result.stderr.decode()
+    line = error_line(result)
+    assert line.startswith(f"ternmq: configuration error: {path}: [{table}]"), line
+    return line
+
+
+LISTENER = '[broker]\ncontrol_socket = "off"\n[[listeners]]\nname = "default"\nport = 0\n'
+
+
+async def test_config_without_listeners_is_refused(ternmq_run: Any, tmp_path: Path) -> None:
+    path = write_config(tmp_path, "[broker]\nallow_anonymous = true\n[plugins.retainer]\n")
+    stderr = one_line_config_error(await ternmq_run("--config", path), path, "listeners")
+    assert "no listener" in stderr and "[[listeners]]" in stderr
+
+
+async def test_second_broker_on_the_same_control_socket_names_both_ways_out(
+        ternmq: Any, ternmq_run: Any, runtime_dir: str, tmp_path: Path) -> None:
+    socket = f"{runtime_dir}/ternmq-{os.getuid()}/ternmq@127.0.0.1.sock"
+    async with ternmq("--port", "0") as first:
+        await first.ready()
+        # The broker says where ternmq-admin reaches it.
+        assert f" INFO ternmq.control: control socket for ternmq-admin: {socket}\n" in first.stderr
+        second = await ternmq_run("--port", "0")
+        assert second.returncode == 1
+        assert error_line(second) == (f"ternmq: cannot start: another broker already owns the control socket {socket} (it is "
+                          "named after node_name 'ternmq@127.0.0.1'); to run one more broker on this machine, give "
+                          'it another node_name or another control_socket ("off": none) in the [broker] table of '
+                          "a configuration file given with --config\n")
+        # With a configuration file, the message names it.
+        path = write_config(tmp_path, LISTENER.replace('control_socket = "off"', f'control_socket = "{socket}"'))
+        stderr = error_line(await ternmq_run("--config", path))
+        assert f"already owns the control socket {socket}; to run one more broker" in stderr
+        assert stderr.endswith(f"in the [broker] table of {path}\n")
+        # Another node_name is a way out: it gets a socket of its own.
+        path = write_config(tmp_path, LISTENER.replace('control_socket = "off"', 'node_name = "second@127.0.0.1"'),
+                            "second.toml")
+        async with ternmq("--config", path) as other:
+            await other.ready()
+            assert f"control socket for ternmq-admin: {runtime_dir}/ternmq-{os.getuid()}/second@127.0.0.1.sock" \
+                in other.stderr
+            assert await other.stop() == 0
+        assert await first.stop() == 0
+
+
+async def test_unknown_plugin_is_a_one_line_configuration_error_with_the_ways_to_name_one(
+        ternmq_run: Any, tmp_path: Path) -> None:
+    path = write_config(tmp_path, LISTENER + "[plugins.retainer]\n[plugins.nosuch]\n")
+    stderr = one_line_config_error(await ternmq_run("--config", path), path, "plugins.nosuch")
+    assert stderr.startswith(f"ternmq: configuration error: {path}: [plugins.nosuch]: not a built-in plugin "
+                             "(retainer), not an entry point in group ternmq.plugins (installed: none) and not a "
+                             "dotted path")
+    assert "module:object" in stderr and "pip install PACKAGE" in stderr
+
+
+PLUGIN_FAILURES = [
+    # A module in plugin_path that raises while it is imported.
+    ('[plugins."broken:Plugin"]\n', "broken.py", "RATE = 1 / 0\n",
+     "plugins.broken:Plugin", "importing broken failed: division by zero"),
+    # A module nowhere on the broker's Python path.
+    ('[plugins."nowhere:Plugin"]\n', None, None,
+     "plugins.nowhere:Plugin", "cannot import nowhere: no module named 'nowhere'; the broker imports plugins itself"),
+    # A constructor that cannot read the file its (relative) key names.
+    ('[plugins."reader:Plugin"]\nsource = "absent.txt"\n', "reader.py",
+     "import attrs\nfrom pathlib import Path\n\n@attrs.frozen\nclass Config:\n    source: Path = Path('x')\n\n"
+     "class Plugin:\n    Config = Config\n\n    def __init__(self, config):\n        config.source.read_text()\n",
+     "plugins.reader:Plugin", "set-up failed: [Errno 2] No such file or directory: '{folder}/absent.txt'"),
+]
+
+
+@pytest.mark.parametrize(("table", "module", "code", "name", "message"), PLUGIN_FAILURES,
+                         ids=["fails-to-import", "not-found", "set-up-fails"])
+async def test_a_plugin_that_cannot_load_is_a_one_line_configuration_error(
+        ternmq_run: Any, tmp_path: Path, table: str, module: str | None, code: str | None,
+        name: str, message: str) -> None:
+    folder = tmp_path / "etc"
+    (folder / "plugins").mkdir(parents=True)
+    if module is not None:
+        (folder / "plugins" / module).write_text(code or "")
+    path = write_config(folder, LISTENER.replace("[broker]\n", '[broker]\nplugin_path = ["plugins"]\n') + table)
+    stderr = one_line_config_error(await ternmq_run("--config", path), path, name)
+    assert message.format(folder=folder) in stderr
+
+
+async def test_plugin_path_folder_that_does_not_exist_is_refused(ternmq_run: Any, tmp_path: Path) -> None:
+    path = write_config(tmp_path, LISTENER.replace("[broker]\n", '[broker]\nplugin_path = ["plugins"]\n'))
+    stderr = one_line_config_error(await ternmq_run("--config", path), path, "broker")
+    assert stderr == f"ternmq: configuration error: {path}: [broker] plugin_path: no such folder: {tmp_path}/plugins\n"
+
+
+async def test_plugin_path_folders_are_relative_to_the_configuration_file(ternmq: Any, tmp_path: Path) -> None:
+    folder = tmp_path / "etc"
+    (folder / "plugins").mkdir(parents=True)
+    (folder / "plugins" / "refuse_internal.py").write_text(
+        "from ternmq.kernel import deny, hookimpl\n\n"
+        "class Plugin:\n"
+        "    @hookimpl\n"
+        "    def auth_on_publish(self, message):\n"
+        "        return deny(0x87, 'reserved') if message.topic.startswith('internal/') else None\n")
+    text = LISTENER.replace("[broker]\n", '[broker]\nallow_anonymous = true\nplugin_path = ["plugins"]\n')
+    path = write_config(folder, text + '[plugins."refuse_internal:Plugin"]\n')
+    async with ternmq("--config", path) as broker:  # its working directory is tmp_path, not tmp_path/etc
+        port = int((await broker.ready())["default"]["port"])
+        async with MQTTTestClient.open(port) as client:
+            assert (await client.connect("c")).reason_code == 0
+            assert (await client.publish("internal/x", b"1", qos=1)).reason_code == 0x87
+            assert (await client.publish("public/x", b"1", qos=1)).reason_code < 0x80
+        assert await broker.stop() == 0
+
+
+async def test_tls_key_that_does_not_match_the_certificate_is_reported_under_keyfile(
+        ternmq_run: Any, tmp_path: Path) -> None:
+    ours, theirs = trustme.CA().issue_cert("localhost"), trustme.CA().issue_cert("localhost")
+    ours.cert_chain_pems[0].write_to_path(str(tmp_path / "server.pem"))
+    theirs.private_key_pem.write_to_path(str(tmp_path / "other.key"))
+    path = write_config(tmp_path, '[broker]\ncontrol_socket = "off"\n[[listeners]]\nname = "secure"\ntype = "tls"\n'
+                        f'port = 0\ncertfile = "{tmp_path}/server.pem"\nkeyfile = "{tmp_path}/other.key"\n')
+    stderr = one_line_config_error(await ternmq_run("--config", path), path, "listeners.secure")
+    assert stderr == (f"ternmq: configuration error: {path}: [listeners.secure] keyfile: the private key in "
+                      f"{tmp_path}/other.key does not match the certificate in {tmp_path}/server.pem\n")

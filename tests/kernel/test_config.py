@@ -22,6 +22,7 @@ from ternmq.kernel.config import (
     build_attrs,
     load_config,
     parse_config,
+    require_listeners,
 )
 
 REPOSITORY = Path(ternmq.kernel.__file__).resolve().parent.parent
@@ -30,8 +31,10 @@ REPOSITORY = Path(ternmq.kernel.__file__).resolve().parent.parent
 def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (str, Path)):
+        return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
     return repr(value)
 
 
@@ -63,7 +66,8 @@ def test_embedded_default_is_the_repository_plugins_toml() -> None:
     assert os.path.realpath(shipped) == str(REPOSITORY / "plugins.toml")
     embedded = importlib.resources.files("ternmq.kernel").joinpath("default.toml").read_text("utf-8")
     assert embedded == (REPOSITORY / "plugins.toml").read_text("utf-8")
-    assert attrs.evolve(load_config(), source="x") == attrs.evolve(load_config(REPOSITORY / "plugins.toml"), source="x")
+    assert attrs.evolve(load_config(), source="x", directory=None) == attrs.evolve(
+        load_config(REPOSITORY / "plugins.toml"), source="x", directory=None)
 
 
 def test_embedded_default_is_a_loopback_development_broker() -> None:
@@ -84,7 +88,7 @@ def test_embedded_default_states_every_limit_at_its_built_in_value() -> None:
 
 def test_empty_file_gives_the_built_in_defaults(write: Any) -> None:
     path = write("")
-    assert load_config(path) == Config(source=str(path))
+    assert load_config(path) == Config(source=str(path), directory=path.parent)
     assert Config().broker.allow_anonymous is False  # only the embedded default opens up
 
 
@@ -118,7 +122,8 @@ def test_limits_as_an_inline_table_and_integer_seconds(write: Any) -> None:
 
 def test_broker_settings_round_trip(write: Any) -> None:
     settings = BrokerSettings(node_name="n1@10.0.0.1", allow_anonymous=True, data_dir="/var/lib/tq",
-                              hook_timeout=0.5, notification_timeout=9, control_socket="off")
+                              hook_timeout=0.5, notification_timeout=9, control_socket="off",
+                              plugin_path=(Path("/opt/ternmq/plugins"), Path("/srv/more")))
     text = "[broker]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in attrs.asdict(settings).items()
                                   if k != "limits")
     assert load_config(write(text)).broker == settings
@@ -338,3 +343,79 @@ def test_config_objects_are_frozen() -> None:
         config.broker.limits.max_inflight = 1  # type: ignore[misc]
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         config.listeners[0].port = 1  # type: ignore[misc]
+
+
+# ------------------------------------------------------------- paths and listeners
+
+
+def test_the_directory_of_a_file_is_its_absolute_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "ternmq.toml").write_text("")
+    monkeypatch.chdir(tmp_path)
+    config = load_config("etc/ternmq.toml")
+    assert config.source == "etc/ternmq.toml"  # messages name the file as it was given
+    assert config.directory == config.base_directory == tmp_path / "etc"
+    assert load_config().directory is None and load_config().base_directory == tmp_path
+
+
+def test_plugin_path_is_relative_to_the_folder_of_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "etc").mkdir()
+    path = tmp_path / "etc" / "ternmq.toml"
+    path.write_text('[broker]\nplugin_path = ["plugins", "../shared", "/opt/ternmq"]\n')
+    monkeypatch.chdir("/")
+    assert load_config(path).broker.plugin_path == (
+        tmp_path / "etc" / "plugins", tmp_path / "etc" / ".." / "shared", Path("/opt/ternmq"))
+    assert load_config().broker.plugin_path == ()
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ('"plugins"', "must be a list of paths (strings), not 'plugins'"),
+    ("[5]", "must be a list of paths (strings), not [5]"),
+    ('[""]', "must not hold an empty path"),
+], ids=["string", "number", "empty"])
+def test_plugin_path_must_be_a_list_of_paths(write: Any, value: str, message: str) -> None:
+    path = write(f"[broker]\nplugin_path = {value}\n")
+    error = refused(path)
+    assert (error.table, error.key) == ("broker", "plugin_path")
+    assert message in str(error)
+
+
+@attrs.frozen
+class WithPaths:
+    users_file: Path | None = None
+    certificate: Path = Path("/etc/default.pem")
+    extra: tuple[Path, ...] = ()
+    label: str = "plain.txt"
+
+
+def test_build_attrs_joins_relative_path_keys_to_the_base(tmp_path: Path) -> None:
+    built = build_attrs(WithPaths, {"users_file": "users.json", "certificate": "/abs/c.pem",
+                                    "extra": ["a", "/b"], "label": "kept.txt"}, "f.toml", "plugins.p", base=tmp_path)
+    assert built == WithPaths(tmp_path / "users.json", Path("/abs/c.pem"), (tmp_path / "a", Path("/b")), "kept.txt")
+    # Without a base (a value already resolved, as `set` re-validates) paths are kept as they are.
+    assert build_attrs(WithPaths, {"users_file": "users.json"}, "f.toml", "plugins.p").users_file == Path("users.json")
+    assert build_attrs(WithPaths, {}, "f.toml", "plugins.p", base=tmp_path) == WithPaths()
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("users_file", 5, "must be a path (a string), not 5"),
+    ("users_file", "", "must not be empty"),
+    ("certificate", None, "must be a path (a string), not None"),
+    ("extra", "a", "must be a list of paths (strings), not 'a'"),
+])
+def test_build_attrs_refuses_what_is_not_a_path(tmp_path: Path, key: str, value: Any, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        build_attrs(WithPaths, {key: value}, "f.toml", "plugins.p", base=tmp_path)
+    assert (error.value.source, error.value.table, error.value.key) == ("f.toml", "plugins.p", key)
+    assert message in str(error.value)
+
+
+def test_a_configuration_to_run_needs_a_listener(write: Any) -> None:
+    path = write("[broker]\nallow_anonymous = true\n")
+    config = load_config(path)  # a file may be read without listeners (ternmq-admin does)
+    with pytest.raises(ConfigError) as error:
+        require_listeners(config)
+    assert (error.value.source, error.value.table, error.value.key) == (str(path), "listeners", None)
+    assert str(error.value).startswith(f"{path}: [listeners]: no listener")
+    assert "[[listeners]]" in str(error.value)
+    require_listeners(load_config())  # the embedded default has one

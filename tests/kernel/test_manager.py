@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import paho.mqtt.client as paho
 import plugin_samples
 import pytest
@@ -56,10 +57,33 @@ async def publish_qos1(client: MQTTTestClient, topic: str, payload: bytes = b"x"
     return await client.publish(topic, payload, qos=1)
 
 
-@pytest.fixture(scope="module")
-def json_auth() -> None:
-    """The third-party example plugin, installed in this environment."""
-    plugin_samples.ensure_json_auth_installed()
+@pytest.fixture
+def json_auth(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The third-party example plugin, pip-installed into a folder that is on sys.path
+    for the test only (this environment is left as it was)."""
+    site = plugin_samples.json_auth_site(tmp_path_factory)
+    monkeypatch.syspath_prepend(str(site))
+    return site
+
+
+@pytest.fixture
+def write_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str, str], str]]:
+    """``name = write_module("stem", source)``: a module in a folder on sys.path, under a
+    unique name (returned), forgotten after the test."""
+    folder = tmp_path / "modules"
+    folder.mkdir()
+    monkeypatch.syspath_prepend(str(folder))
+    written: list[str] = []
+
+    def write(stem: str, source: str) -> str:
+        name = f"{stem}_{uuid.uuid4().hex[:8]}"
+        (folder / f"{name}.py").write_text(textwrap.dedent(source))
+        written.append(name)
+        return name
+
+    yield write
+    for name in written:
+        sys.modules.pop(name, None)
 
 
 @pytest.fixture
@@ -124,7 +148,7 @@ async def test_configured_retainer_is_listed_as_builtin(broker: Any) -> None:
     assert row["version"] == ternmq.__version__
 
 
-async def test_entry_point_plugin_is_found_by_name(broker_factory: Any, json_auth: None, tmp_path: Path) -> None:
+async def test_entry_point_plugin_is_found_by_name(broker_factory: Any, json_auth: Path, tmp_path: Path) -> None:
     users = tmp_path / "users.json"
     users.write_text('{"alice": "secret"}')
     async with broker_factory(allow_anonymous=False) as broker:
@@ -132,7 +156,7 @@ async def test_entry_point_plugin_is_found_by_name(broker_factory: Any, json_aut
         assert loaded.source == "entry point (ternmq-json-auth)"
         assert loaded.version == "1.0.0"
         assert type(loaded.config).__module__ == "ternmq_json_auth"
-        assert loaded.config.users_file == str(users)
+        assert loaded.config.users_file == users
         async with MQTTTestClient.open(broker.port()) as good, MQTTTestClient.open(broker.port()) as bad:
             assert (await good.connect("a", username="alice", password=b"secret")).reason_code == 0
             assert (await bad.connect("b", username="alice", password=b"nope")).reason_code == 0x86
@@ -187,6 +211,34 @@ async def test_settings_for_a_ready_made_object_are_refused_not_ignored(broker: 
     assert "ready" not in broker.plugins.loaded
 
 
+async def test_unknown_name_names_every_way_a_plugin_can_be_found(broker: Any, json_auth: Path) -> None:
+    with pytest.raises(PluginError) as caught:
+        await broker.plugins.load("nosuch")
+    error = caught.value
+    assert (error.plugin, str(error)) == ("nosuch", f"plugin nosuch: {error.reason}")
+    assert error.reason.startswith("not a built-in plugin (retainer), not an entry point in group ternmq.plugins "
+                                   "(installed: json_auth) and not a dotted path")
+    assert "module:object" in error.reason and "pip install" in error.reason
+
+
+async def test_a_module_that_fails_to_import_is_a_plugin_error(broker: Any, write_module: Any) -> None:
+    broken = write_module("broken", "import attrs\nRATE = 1 / 0\n")
+    with pytest.raises(PluginError) as caught:
+        await broker.plugins.load(f"{broken}:Plugin")
+    assert caught.value.reason == f"importing {broken} failed: division by zero"
+    needy = write_module("needy", "import no_such_dependency_of_a_plugin\n")
+    with pytest.raises(PluginError) as caught:
+        await broker.plugins.load(f"{needy}:Plugin")
+    assert f"importing {needy} failed: No module named 'no_such_dependency_of_a_plugin'" in caught.value.reason
+    assert "pip install" in caught.value.reason
+    with pytest.raises(PluginError) as caught:
+        await broker.plugins.load("nowhere_to_be_found:Plugin")
+    assert caught.value.reason.startswith("cannot import nowhere_to_be_found: no module named "
+                                          "'nowhere_to_be_found'; the broker imports plugins itself")
+    assert "[broker] plugin_path" in caught.value.reason
+    assert set(broker.plugins.loaded) == {"retainer"}
+
+
 async def test_unresolvable_name_is_a_plugin_error(broker: Any) -> None:
     with pytest.raises(PluginError, match="nosuchplugin"):
         await broker.plugins.load("nosuchplugin")
@@ -198,6 +250,93 @@ async def test_unresolvable_name_is_a_plugin_error(broker: Any) -> None:
 
 
 # ------------------------------------------------------------------ configuration
+
+
+FRAGILE_PLUGIN = """
+import attrs
+from pathlib import Path
+from ternmq.kernel import hookimpl
+from ternmq.kernel.admin import Text
+
+
+@attrs.frozen
+class Config:
+    users_file: Path = Path("users.json")
+    url: str = "db://nowhere"
+    fail_in: str = ""
+
+    def __attrs_post_init__(self):
+        if self.fail_in == "config":  # a Config that checks more than types raises what it likes
+            raise ConnectionRefusedError(f"cannot reach {self.url}")
+
+
+class Plugin:
+    Config = Config
+
+    def __init__(self, config):
+        self.config = config
+        if config.fail_in == "constructor":
+            self.users = config.users_file.read_text()
+
+    async def serve(self, broker, *, task_status):
+        if self.config.fail_in == "serve":
+            raise ConnectionRefusedError("database unreachable")
+        task_status.started()
+
+    @hookimpl
+    def on_publish(self, message):
+        pass
+
+    @hookimpl
+    def register_admin_commands(self, registry):
+        registry.describe("fragile", "Commands of a plugin that may not load.")
+        registry.add("fragile show", lambda broker, args: Text("here"), help="Show.")
+
+    @hookimpl
+    def register_metrics(self, registry):
+        registry.gauge("fragile.up", lambda: 1, help="1 while loaded")
+"""
+
+
+@pytest.mark.parametrize(("stage", "reason"), [
+    ("config", "its configuration was refused: cannot reach db://nowhere"),
+    # users_file is relative: joined to the folder of the broker's configuration file.
+    ("constructor", "set-up failed: [Errno 2] No such file or directory: '{base}/users.json'"),
+    ("serve", "failed to start: database unreachable"),
+], ids=["config", "constructor", "serve"])
+async def test_a_plugin_whose_set_up_fails_is_not_loaded_and_leaves_nothing_registered(
+        broker_factory: Any, write_module: Any, tmp_path: Path, stage: str, reason: str) -> None:
+    module = write_module("fragile", FRAGILE_PLUGIN)
+    async with broker_factory() as broker:
+        broker.config = attrs.evolve(broker.config, directory=tmp_path)  # as if read from a file in tmp_path
+        with pytest.raises(PluginError) as caught:
+            await broker.plugins.load("fragile", {"fail_in": stage}, path=f"{module}:Plugin")
+        assert str(caught.value) == "plugin fragile: " + reason.format(base=tmp_path)
+        assert "fragile" not in broker.plugins.loaded
+        assert broker.plugin_manager.get_plugin("fragile") is None
+        assert not broker.dispatcher.has("on_publish")
+        assert "fragile" not in broker.dispatcher.policies
+        assert ("fragile", "show") not in broker.admin.commands
+        assert "fragile.up" not in broker.plugin_metrics.entries
+        assert [row["Plugin"] for row in (await broker.admin.run(broker, ["plugin", "show"])).rows] == ["retainer"]
+        # The same plugin with a good table loads, with all it registers.
+        (tmp_path / "users.json").write_text("{}")
+        await broker.plugins.load("fragile", {"fail_in": ""}, path=f"{module}:Plugin")
+        assert broker.dispatcher.has("on_publish") and ("fragile", "show") in broker.admin.commands
+        assert broker.plugin_metrics.values()["gauge.fragile.up"] == 1
+
+
+async def test_path_keys_of_a_plugin_table_resolve_against_the_configuration_folder(
+        broker_factory: Any, write_module: Any, tmp_path: Path) -> None:
+    module = write_module("fragile", FRAGILE_PLUGIN)
+    async with broker_factory() as broker:
+        broker.config = attrs.evolve(broker.config, directory=tmp_path / "etc")
+        loaded = await broker.plugins.load("a", {"users_file": "users.json"}, path=f"{module}:Plugin")
+        assert loaded.config.users_file == tmp_path / "etc" / "users.json"
+        loaded = await broker.plugins.load("b", {"users_file": "/srv/users.json"}, path=f"{module}:Plugin")
+        assert loaded.config.users_file == Path("/srv/users.json")
+        with pytest.raises(ConfigError, match=r"\[plugins.c\] users_file: must be a path \(a string\), not 5"):
+            await broker.plugins.load("c", {"users_file": 5}, path=f"{module}:Plugin")
 
 
 @pytest.mark.parametrize(("table", "key"), [

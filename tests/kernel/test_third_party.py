@@ -1,8 +1,11 @@
 """The third-party example plugin (examples/third_party), installed as a user would.
 
-The package is pip-installed into this environment once (skipped when it is there
-already); its own test suite must pass; and it is enabled and disabled with
-``ternmq-admin`` in a running ``ternmq`` process while a client stays connected.
+The package is built and installed by pip once per test session, into a folder of its
+own (``pip install --target``), never into this environment: the broker subprocesses
+get that folder on their PYTHONPATH, or in ``[broker] plugin_path``, where the entry
+point is found as in site-packages. Its own test suite must pass; and it is enabled and
+disabled with ``ternmq-admin`` in a running ``ternmq`` process while a client stays
+connected.
 
 The running broker starts with ``allow_anonymous = true`` only so that the observing
 paho client can connect and subscribe first; ``ternmq-admin set allow_anonymous=false``
@@ -31,21 +34,36 @@ from plugin_samples import (
     BrokerProcess,
     admin,
     broker_with_control_socket,
-    ensure_json_auth_installed,
+    json_auth_site,
+    short_dir,
+    subprocess_env,
     v311_connack_return_code,
 )
 
 from ternmq.kernel.testing import MQTTTestClient
 
 
-@pytest.fixture(scope="module", autouse=True)
-def json_auth() -> None:
-    ensure_json_auth_installed()
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder examples/third_party is pip-installed into."""
+    return json_auth_site(tmp_path_factory)
 
 
-def test_the_example_is_installed_with_its_entry_point() -> None:
+def test_the_example_is_installed_with_its_entry_point_outside_this_environment(
+        site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.metadata
 
+    # This environment does not have it (the test run installs nothing into it) ...
+    probe = ("import importlib.metadata as m, sys\n"
+             "try: m.version('ternmq-json-auth')\n"
+             "except m.PackageNotFoundError: sys.exit(0)\n"
+             "sys.exit(f'ternmq-json-auth is installed in {sys.prefix}')")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    # ... but the folder does, with its entry point, as soon as it is on sys.path.
+    monkeypatch.syspath_prepend(str(site))
     assert importlib.metadata.version("ternmq-json-auth") == "1.0.0"
     points = [ep for ep in importlib.metadata.entry_points(group="ternmq.plugins") if ep.name == "json_auth"]
     assert [ep.value for ep in points] == ["ternmq_json_auth"]
@@ -58,7 +76,7 @@ def test_the_examples_own_test_suite_passes() -> None:
          "-p", "no:cacheprovider", "-q"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 passed" in result.stdout, result.stdout
+    assert "8 passed" in result.stdout, result.stdout
 
 
 class Running:
@@ -77,9 +95,14 @@ class Running:
 
 
 @pytest.fixture
-def running(tmp_path: Path) -> Iterator[Running]:
+def running(tmp_path: Path, site: Path) -> Iterator[Running]:
+    """A broker whose configuration is in tmp_path/etc, started in tmp_path/work: a
+    relative path is the configuration folder's, not the working directory's."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "work").mkdir()
     socket = tmp_path / "admin.sock"
-    with broker_with_control_socket(tmp_path, "third-party@127.0.0.1", socket) as (process, config, env):
+    with broker_with_control_socket(tmp_path / "etc", "third-party@127.0.0.1", socket, pythonpath=[site],
+                                    cwd=tmp_path / "work") as (process, config, env):
         yield Running(process, config, env)
 
 
@@ -137,3 +160,67 @@ async def test_enable_with_a_bad_table_is_refused_and_loads_nothing(running: Run
     assert "[plugins.json_auth] password_file: unknown key" in result.stderr
     shown = json.loads(await running.ok("--format=json", "plugin", "show"))["table"]
     assert [r["Plugin"] for r in shown] == ["retainer"]
+
+
+async def test_enable_with_a_missing_users_file_fails_and_loads_nothing(running: Running, tmp_path: Path) -> None:
+    result = await running.admin("plugin", "enable", "name=json_auth", "--config", "users_file=missing.json")
+    assert result.returncode == 1
+    # Relative to the broker's configuration file, not to the folder of either process.
+    missing = tmp_path / "etc" / "missing.json"
+    assert result.stderr == (f"ternmq-admin: plugin json_auth: set-up failed: [Errno 2] No such file or "
+                             f"directory: '{missing}'\n")
+    shown = json.loads(await running.ok("--format=json", "plugin", "show"))["table"]
+    assert [r["Plugin"] for r in shown] == ["retainer"]
+    (tmp_path / "etc" / "broken.json").write_text('{"alice": ')
+    result = await running.admin("plugin", "enable", "name=json_auth", "--config", "users_file=broken.json")
+    assert result.returncode == 1
+    assert f"plugin json_auth: set-up failed: {tmp_path / 'etc' / 'broken.json'} is not valid JSON" in result.stderr
+    assert "Traceback" not in running.process.text()
+
+
+async def test_enable_with_a_relative_users_file_reads_the_one_next_to_the_configuration(
+        running: Running, tmp_path: Path) -> None:
+    port = running.process.port
+    (tmp_path / "etc" / "users.json").write_text(json.dumps({"alice": "secret"}))
+    (tmp_path / "work" / "users.json").write_text(json.dumps({"alice": "other"}))  # the broker's cwd: not this one
+    assert await running.ok("set", "allow_anonymous=false") == "Done"
+    assert await running.ok("plugin", "enable", "name=json_auth", "--config", "users_file=users.json") == "Done"
+    assert await connack_v5(port, "a1", "alice", b"secret") == 0
+    assert await connack_v5(port, "a2", "alice", b"other") == 0x86
+    # An edit of the file applies at the next CONNECT; a broken edit keeps the users read before.
+    (tmp_path / "etc" / "users.json").write_text(json.dumps({"alice": "changed"}))
+    assert await connack_v5(port, "a3", "alice", b"changed") == 0
+    (tmp_path / "etc" / "users.json").write_text('{"alice": "half-saved')
+    assert await connack_v5(port, "a4", "alice", b"changed") == 0
+    assert "keeping the users read before" in running.process.text()
+    assert "Traceback" not in running.process.text()
+
+
+async def test_plugin_path_finds_the_example_installed_into_a_folder_next_to_the_configuration(
+        tmp_path: Path, site: Path) -> None:
+    """``pip install --target`` into a plugin_path folder, as an operator without a
+    virtualenv of the broker's would: the entry point name works in plugins.toml."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "plugins").symlink_to(site, target_is_directory=True)
+    (etc / "users.json").write_text(json.dumps({"alice": "secret"}))
+    config = etc / "ternmq.toml"
+    config.write_text("""
+[broker]
+allow_anonymous = false
+control_socket = "off"
+plugin_path = ["plugins"]
+
+[[listeners]]
+name = "default"
+port = 0
+
+[plugins.json_auth]
+users_file = "users.json"
+""")
+    with short_dir() as runtime:
+        env = {k: v for k, v in subprocess_env(runtime).items() if k != "PYTHONPATH"}
+        with BrokerProcess(["--config", str(config)], env=env, cwd=runtime) as process:
+            process.wait_ready()
+            assert await connack_v5(process.port, "a", "alice", b"secret") == 0
+            assert await connack_v5(process.port, "b", "alice", b"wrong") == 0x86
