@@ -14,6 +14,7 @@ Argument syntax (clique's): positional ``key=value``; flags ``--flag`` or
 from __future__ import annotations
 
 import inspect
+import re
 import tomllib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -97,14 +98,54 @@ class Command:
 
 @attrs.frozen
 class Arguments:
-    """Parsed arguments: ``keys`` from ``key=value``, ``flags`` from ``--flag[=value]``."""
+    """Parsed arguments: ``keys`` from ``key=value``, ``flags`` from ``--flag[=value]``.
+
+    ``flag`` returns a flag as given (``True`` when bare); ``text_flag``, ``int_flag``
+    and ``bool_flag`` also check its value and raise a :class:`CommandError` that names
+    the flag, says what it takes and carries the command's ``usage``.
+    """
 
     keys: Mapping[str, str]
     flags: Mapping[str, str | bool]
     repeated: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
+    usage: str = attrs.field(default="", eq=False, repr=False)
 
     def flag(self, name: str, default: Any = None) -> Any:
         return self.flags.get(name, default)
+
+    def text_flag(self, name: str, default: str | None = None) -> str | None:
+        """``--name=value``; a bare ``--name`` is an error (it would read as ``True``)."""
+        value = self.flags.get(name)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise CommandError(f"--{name} needs a value: --{name}=<value>", self.usage)
+        return value
+
+    def int_flag(self, name: str, default: int, *, minimum: int = 0) -> int:
+        """``--name=N``, a whole number of at least ``minimum``."""
+        value = self.flags.get(name)
+        if value is None:
+            return default
+        # Digits only: int() would also take " 5", "1_0" and "+5", which nobody means.
+        if isinstance(value, str) and re.fullmatch(r"[0-9]+", value) and int(value) >= minimum:
+            return int(value)
+        given = "nothing" if value is True else repr(value)
+        raise CommandError(f"--{name} takes a whole number >= {minimum} (--{name}=N), not {given}", self.usage)
+
+    def bool_flag(self, name: str) -> bool:
+        """A switch: ``--name`` or ``--name=true`` is on, ``--name=false`` off."""
+        value = self.flags.get(name, False)
+        if isinstance(value, bool):
+            return value
+        if value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise CommandError(f"--{name} is a switch (--{name}, or --{name}=true|false), not --{name}={value}",
+                           self.usage)
+
+    def usage_error(self, message: str) -> CommandError:
+        """An error about these arguments, with the command's usage."""
+        return CommandError(message, self.usage)
 
 
 def parse_value(text: str) -> Any:
@@ -113,6 +154,26 @@ def parse_value(text: str) -> Any:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+
+
+# ternmq-admin's own options, shown in the top-level help of the tree (which is what
+# `ternmq-admin --help` prints, with or without a running broker).
+ADMIN_OPTIONS_USAGE = "[--config FILE] [--socket PATH] [--format=human|json]"
+ADMIN_OPTIONS = (
+    ("--config FILE", "the broker's configuration: use its control socket (default: the embedded default's)"),
+    ("--socket PATH", "use this control socket"),
+    ("--format=human|json", "print the answer as text (default) or JSON; also after the command"),
+    ("-h, --help", "this help; `ternmq-admin <command> --help` for one command"),
+)
+# Each one runs as written against a running broker (the json_auth one once that plugin
+# is installed and its users file written); tests run them.
+ADMIN_EXAMPLES = (
+    "plugin show",
+    "session show --client_id --is_online",
+    "retain show --topic='sensors/#'",
+    "plugin enable name=json_auth --config users_file=users.json   # a plugin installed with pip",
+    "set max_inflight=64",
+)
 
 
 class AdminRegistry(Owned):
@@ -149,7 +210,9 @@ class AdminRegistry(Owned):
         if command is not None:
             lines = [f"Usage: ternmq-admin {' '.join(prefix)}"
                      + "".join(f" {k}=<{k}>" for k in command.keys)
-                     + (" [flags]" if command.flags or command.any_flags else ""), "", command.help]
+                     + (" <key>=<value>..." if command.any_keys else "")
+                     + (" [flags]" if command.flags else " [--<name>...]" if command.any_flags else ""),
+                     "", command.help]
             if command.keys:
                 lines += ["", "Arguments:"] + [f"  {k}=<value>  {h}" for k, h in command.keys.items()]
             if command.flags:
@@ -159,7 +222,8 @@ class AdminRegistry(Owned):
         if not children:
             raise CommandError(f"unknown command: {' '.join(prefix)}", self.help(prefix[:-1]))
         title = self.group_help.get(prefix, "Manage the running ternmq broker." if not prefix else "")
-        lines = [f"Usage: ternmq-admin {' '.join(prefix) + ' ' if prefix else ''}<command>", ""]
+        usage = f"{' '.join(prefix)} <command>" if prefix else f"{ADMIN_OPTIONS_USAGE} <command> [args]"
+        lines = [f"Usage: ternmq-admin {usage}", ""]
         if title:
             lines += [title, ""]
         lines.append("Commands:")
@@ -167,6 +231,10 @@ class AdminRegistry(Owned):
             sub = prefix + (child,)
             text = self.commands[sub].help if sub in self.commands else self.group_help.get(sub, "")
             lines.append(f"  {child:<12} {text.splitlines()[0] if text else ''}")
+        if not prefix:
+            # The top level is what `ternmq-admin --help` prints: commands and options together.
+            lines += ["", "Options:"] + [f"  {option:<21} {text}" for option, text in ADMIN_OPTIONS]
+            lines += ["", "Examples:"] + [f"  ternmq-admin {example}" for example in ADMIN_EXAMPLES]
         lines += ["", "Use --help after any command for its arguments."]
         return "\n".join(lines)
 
@@ -216,7 +284,8 @@ class AdminRegistry(Owned):
         missing = [k for k in command.required if k not in keys]
         if missing and not wants_help:
             raise CommandError(f"missing argument {missing[0]}=", self.help(path))
-        return command, Arguments(keys, flags, {k: tuple(v) for k, v in repeated.items()}), wants_help
+        arguments = Arguments(keys, flags, {k: tuple(v) for k, v in repeated.items()}, self.help(path))
+        return command, arguments, wants_help
 
     def _nearest_help(self, path: tuple[str, ...]) -> str:
         for length in range(len(path), -1, -1):

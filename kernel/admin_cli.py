@@ -5,6 +5,10 @@ finds the control socket of the broker started with the same ``--config`` (or th
 embedded default's without it), sends the command and prints the answer. Exit codes:
 0 done, 1 the command failed or was not understood, 2 the broker cannot be reached or
 the configuration is bad.
+
+``--help`` is answered by the broker, whose command tree includes the commands its
+plugins added. When no broker answers, the kernel's own tree (built here, without a
+broker) still answers it, with a note saying which socket nobody listens on.
 """
 
 from __future__ import annotations
@@ -14,17 +18,36 @@ import socket
 import sys
 from typing import Any
 
+import attrs
+
+from .admin import ADMIN_OPTIONS_USAGE, AdminRegistry, CommandError
 from .config import ConfigError, load_config
 from .control import control_socket_path
 
-USAGE = """Usage: ternmq-admin [--config FILE] [--socket PATH] [--format=human|json] <command> [args]
+USAGE = f"""Usage: ternmq-admin {ADMIN_OPTIONS_USAGE} <command> [args]
 
-Runs an admin command in the running ternmq broker, e.g.
-  ternmq-admin plugin show
-  ternmq-admin session show --client_id --is_online
-  ternmq-admin plugin enable name=myauth --config password_file=/etc/ternmq/users.json
-Use `ternmq-admin --help` with a running broker for every command, and
-`ternmq-admin <command> --help` for one."""
+`ternmq-admin --help` lists the commands and options."""
+HELP = ("--help", "-h")
+
+
+class Unreachable(Exception):
+    """Nothing accepts connections on the control socket (the reason is the message)."""
+
+
+class NoSocket(Exception):
+    """The control socket cannot be known (bad configuration, or it is off)."""
+
+
+@attrs.frozen
+class Target:
+    """The broker ternmq-admin talks to: its control socket and, if known, node name."""
+
+    path: str
+    node: str | None
+    start_hint: str  # how to start the broker this socket belongs to
+
+    def describe(self) -> str:
+        return self.path + (f" (node {self.node})" if self.node else "")
 
 
 def _split_options(argv: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -50,10 +73,25 @@ def _split_options(argv: list[str]) -> tuple[dict[str, str], list[str]]:
     return options, rest
 
 
+def _reason(exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "no such socket"
+    if isinstance(exc, ConnectionRefusedError):
+        return "nobody listens on it"
+    if isinstance(exc, PermissionError):
+        return "permission denied (the socket is for the user the broker runs as)"
+    return exc.strerror or str(exc)
+
+
 def request(path: str, argv: list[str], timeout: float = 30.0) -> dict[str, Any]:
+    """Send one command; :class:`Unreachable` if the socket takes no connection,
+    OSError/ValueError if the broker does not answer properly."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
-        sock.connect(path)
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            raise Unreachable(_reason(exc)) from None
         sock.sendall(json.dumps({"argv": argv}).encode() + b"\n")
         data = bytearray()
         while not data.endswith(b"\n"):
@@ -65,6 +103,44 @@ def request(path: str, argv: list[str], timeout: float = 30.0) -> dict[str, Any]
     return reply
 
 
+def _target(options: dict[str, str]) -> Target:
+    """Where the broker is, from --socket or the configuration (:class:`NoSocket` if neither says)."""
+    config_file = options.get("config")
+    hint = f"Start it with `ternmq --config {config_file}`." if config_file else \
+        "Start it with `ternmq`, or name its configuration with --config FILE."
+    path = options.get("socket")
+    node: str | None = None
+    if path is None or config_file is not None:
+        try:
+            settings = load_config(config_file).broker
+        except ConfigError as exc:
+            raise NoSocket(f"configuration error: {exc}") from None
+        node = settings.node_name
+        if path is None:
+            path = control_socket_path(settings)
+            if path is None:
+                raise NoSocket("this configuration has control_socket = \"off\"")
+    if options.get("socket") is not None:
+        hint = "Is the broker that owns it running?"
+    return Target(path, node, hint)
+
+
+def _offline_help(command: list[str], target: Target, reason: str) -> str | None:
+    """The help of ``command`` from the kernel's own command tree (None if it is not
+    a kernel command: only the broker knows its plugins' commands)."""
+    from .admin_commands import register_kernel_commands
+
+    registry = AdminRegistry()
+    register_kernel_commands(registry)
+    words = [w for w in command if not w.startswith("-") and "=" not in w]
+    try:
+        text = registry.help(words)
+    except CommandError:
+        return None
+    return (f"{text}\n\nBroker: control socket {target.describe()}, not reachable: {reason}. {target.start_hint}\n"
+            "This help lists the kernel's commands; those of plugins are listed once the broker runs.")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -74,28 +150,31 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     output_format = options.get("format", "human")
     if output_format not in ("human", "json"):
-        print(f"ternmq-admin: --format must be human or json\n\n{USAGE}", file=sys.stderr)
+        print(f"ternmq-admin: --format must be human or json, not {output_format!r}\n\n{USAGE}", file=sys.stderr)
         return 1
-    if not command:
-        print(USAGE, file=sys.stderr)
+    if command and command[0].startswith("-") and command[0] not in HELP:
+        print(f"ternmq-admin: unknown option {command[0]}\n\n{USAGE}", file=sys.stderr)
         return 1
-    path = options.get("socket")
-    if path is None:
-        try:
-            path = control_socket_path(load_config(options.get("config")).broker)
-        except ConfigError as exc:
-            print(f"ternmq-admin: configuration error: {exc}", file=sys.stderr)
-            return 2
-        if path is None:
-            print("ternmq-admin: this configuration has control_socket = \"off\"", file=sys.stderr)
-            return 2
+    # No command at all: the top-level help, as for --help, but as the usage error it is.
+    no_command = not command
+    wants_help = no_command or any(word in HELP for word in command)
     try:
-        reply = request(path, command)
+        target = _target(options)
+    except NoSocket as exc:
+        print(f"ternmq-admin: {exc}", file=sys.stderr)
+        return 2
+    try:
+        reply = request(target.path, command or ["--help"])
+    except Unreachable as exc:
+        text = _offline_help(command, target, str(exc)) if wants_help else None
+        if text is None:
+            print(f"ternmq-admin: cannot reach the broker at {target.describe()}: {exc}. {target.start_hint}",
+                  file=sys.stderr)
+            return 2
+        print(text, file=sys.stderr if no_command else sys.stdout)
+        return 1 if no_command else 0
     except (OSError, ValueError) as exc:
-        if command in (["--help"], ["-h"]):
-            print(USAGE)
-            return 0
-        print(f"ternmq-admin: cannot reach the broker at {path}: {exc}", file=sys.stderr)
+        print(f"ternmq-admin: the broker at {target.describe()} did not answer: {exc}", file=sys.stderr)
         return 2
     if not reply.get("ok"):
         message = f"ternmq-admin: {reply.get('error')}"
@@ -105,9 +184,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if output_format == "json":
         print(json.dumps(reply["result"]))
+    elif wants_help and all(word.startswith("-") for word in command):
+        # The top-level help: also which broker answered it.
+        print(f"{reply['human']}\n\nBroker: control socket {target.describe()}, running.",
+              file=sys.stderr if no_command else sys.stdout)
     else:
         print(reply["human"])
-    return 0
+    return 1 if no_command else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +13,7 @@ import trio
 from .admin import AdminRegistry, Arguments, CommandError, Table, Text, cell_text, parse_value
 from .config import ConfigError, Limits, ListenerConfig, build_attrs
 from .manager import PluginError
+from .topics import TopicError, validate_topic_filter
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -54,10 +56,11 @@ def _implementation(caller: Any, plugin: object) -> str:
 
 def _plugin_show(broker: Broker, args: Arguments) -> Table:
     rows = plugin_rows(broker)
-    if args.flag("plugin"):
-        rows = [r for r in rows if r["Plugin"] == args.flag("plugin")]
-    if args.flag("hook"):
-        rows = [r for r in rows if args.flag("hook") in r["Hook(s)"]]
+    plugin, hook = args.text_flag("plugin"), args.text_flag("hook")
+    if plugin is not None:
+        rows = [r for r in rows if r["Plugin"] == plugin]
+    if hook is not None:
+        rows = [r for r in rows if hook in r["Hook(s)"]]
     return Table(tuple(rows), ("Plugin", "Type", "Hook(s)", "M:F/A", "source", "version", "state", "priority", "errors", "timeouts"))
 
 
@@ -73,10 +76,9 @@ def _config_pairs(args: Arguments) -> dict[str, Any]:
 
 async def _plugin_enable(broker: Broker, args: Arguments) -> Text:
     name = args.keys["name"]
-    path = args.flag("path")
+    path = args.text_flag("path")
     try:
-        await broker.plugins.load(name, _config_pairs(args), source_name="command line",
-                                  path=str(path) if path else None)
+        await broker.plugins.load(name, _config_pairs(args), source_name="command line", path=path or None)
     except (PluginError, ConfigError) as exc:
         raise CommandError(str(exc)) from None
     return Text("Done")
@@ -90,10 +92,15 @@ async def _plugin_disable(broker: Broker, args: Arguments) -> Text:
     return Text("Done")
 
 
-def _matches(value: Any, wanted: str) -> bool:
-    if wanted.startswith("~"):
-        return re.search(wanted[1:], "" if value is None else str(value)) is not None
-    return cell_text(value) == wanted
+def _column_filter(name: str, wanted: str, args: Arguments) -> Callable[[Any], bool]:
+    """``--name=value`` keeps cells equal to value; ``--name=~regex`` cells the regex matches."""
+    if not wanted.startswith("~"):
+        return lambda value: cell_text(value) == wanted
+    try:
+        pattern = re.compile(wanted[1:])
+    except re.error as exc:
+        raise args.usage_error(f"--{name}={wanted}: not a regular expression ({exc})") from None
+    return lambda value: pattern.search("" if value is None else str(value)) is not None
 
 
 def _session_show(broker: Broker, args: Arguments) -> Table:
@@ -103,25 +110,23 @@ def _session_show(broker: Broker, args: Arguments) -> Table:
     known = set(rows[0]) if rows else set(SESSION_COLUMNS) | {"protocol", "clean_session", "listener",
                                                                 "subscriptions", "inflight", "queued", "node"}
     columns: list[str] = []
-    limit = 100
+    limit = args.int_flag("limit", 100, minimum=1)
     for name, value in args.flags.items():
         if name == "limit":
-            limit = int(value)
             continue
         if name not in known:
-            raise CommandError(f"unknown session item --{name} (known: {', '.join(sorted(known))})")
-        if value is True:
-            columns.append(name)
-        else:
-            rows = [row for row in rows if _matches(row.get(name), str(value))]
-            columns.append(name)
+            raise args.usage_error(f"unknown session item --{name} (known: {', '.join(sorted(known))})")
+        if value is not True:
+            keep = _column_filter(name, str(value), args)
+            rows = [row for row in rows if keep(row.get(name))]
+        columns.append(name)
     columns = columns or list(SESSION_COLUMNS)
     return Table(tuple({c: row.get(c) for c in columns} for row in rows[:limit]), tuple(columns))
 
 
 def _session_disconnect(broker: Broker, args: Arguments) -> Text:
     client_id = args.keys["client-id"]
-    if not broker.disconnect_client(client_id, 0x98, cleanup=bool(args.flag("cleanup"))):
+    if not broker.disconnect_client(client_id, 0x98, cleanup=args.bool_flag("cleanup")):
         raise CommandError(f"no session with client id {client_id!r}")
     return Text("Done")
 
@@ -139,21 +144,59 @@ def _listener_show(broker: Broker, args: Arguments) -> Table:
     return Table(tuple(_listener_rows(broker)))
 
 
+def _option_error(exc: ConfigError, args: Arguments) -> CommandError:
+    """A ConfigError about a command-line value, naming the option as it was typed."""
+    if exc.key is None:
+        return args.usage_error(str(exc))
+    message = str(exc).removeprefix(f"{exc.source}: [{exc.table}] {exc.key}: ")
+    option = f"--{exc.key}" if exc.key in args.flags else exc.key
+    return args.usage_error(f"{option}: {message}")
+
+
+def _listener_table(args: Arguments) -> dict[str, Any]:
+    """The listener's table from the command line, each value read as its key's type."""
+    kinds = {field.name: field.type for field in attrs.fields(attrs.resolve_types(ListenerConfig))}
+    table: dict[str, Any] = {}
+    for name, value in args.keys.items():
+        # A string key (name, address) keeps what was typed: name=1 is a name, not a number.
+        table[name] = value if kinds.get(name) in (str, str | None) else parse_value(value)
+    for name in args.flags:
+        if kinds.get(name) is bool:
+            table[name] = args.bool_flag(name)
+        elif kinds.get(name) in (str, str | None):
+            table[name] = args.text_flag(name)
+        else:
+            table[name] = parse_value(args.text_flag(name) or "")
+    return table
+
+
 async def _listener_start(broker: Broker, args: Arguments) -> Text:
-    table = {k: parse_value(v) for k, v in args.keys.items()}
-    table.update({k: parse_value(str(v)) if v is not True else True for k, v in args.flags.items()})
-    table.setdefault("name", f"{table.get('address', '127.0.0.1')}:{table.get('port', 0)}")
+    table = _listener_table(args)
     try:
         config = build_attrs(ListenerConfig, table, "command line", "listener start")
+    except ConfigError as exc:
+        raise _option_error(exc, args) from None
+    previous = broker.listeners.get(config.name)
+    try:
         running = await broker.start_listener(config)
     except (ConfigError, ValueError, OSError) as exc:
-        raise CommandError(str(exc)) from None
+        # start_listener lists the listener before it binds; one that could not start
+        # leaves the table as it was (without a new row, or with the stopped one it replaced).
+        failed = broker.listeners.get(config.name)
+        if failed is not None and failed is not previous and failed.status != "running":
+            if previous is None:
+                del broker.listeners[config.name]
+            else:
+                broker.listeners[config.name] = previous
+        # The OSError's strerror is the whole message ("listener x cannot listen on ..."),
+        # without the "[Errno 98]" that str() puts in front.
+        raise CommandError(exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)) from None
     return Text(f"Done: {config.name} on {config.address}:{running.port}")
 
 
 async def _listener_stop(broker: Broker, args: Arguments) -> Text:
     name = args.keys["name"]
-    if not broker.stop_listener(name, kill_sessions=bool(args.flag("kill_sessions"))):
+    if not broker.stop_listener(name, kill_sessions=args.bool_flag("kill_sessions")):
         raise CommandError(f"no running listener {name!r}")
     # Stopping cancels the listener's task; "Done" only once it has closed its port.
     running = broker.listeners[name]
@@ -162,24 +205,51 @@ async def _listener_stop(broker: Broker, args: Arguments) -> Text:
     return Text("Done")
 
 
-async def _retain_show(broker: Broker, args: Arguments) -> Table:
+def _retain_topic(args: Arguments, default: str | None) -> str:
+    """The ``--topic`` of the retain commands: a topic, or a filter with ``+``/``#``."""
+    topic = args.text_flag("topic", default)
+    if not topic:
+        raise args.usage_error("--topic is required: --topic=<topic>, or a filter such as --topic='sensors/#'")
+    if topic.startswith("$share/"):
+        raise args.usage_error(f"--topic={topic}: a topic or topic filter, not a shared subscription")
+    try:
+        validate_topic_filter(topic)
+    except TopicError as exc:
+        raise args.usage_error(f"--topic={topic}: {exc}") from None
+    return topic
+
+
+async def _retained(broker: Broker, topic_filter: str) -> list[Any]:
+    """The retained messages matching ``topic_filter``, by topic (the provider may
+    return expired ones: they are not there any more)."""
     if not broker.retain_available:
         raise CommandError("no retainer plugin is loaded")
-    topic = args.flag("topic")
-    messages = await broker.dispatcher.provide("retain_lookup", default=(),
-                                               topic_filter=topic if isinstance(topic, str) else "#")
-    limit = int(args.flag("limit", 100))
+    messages = await broker.dispatcher.provide("retain_lookup", default=(), topic_filter=topic_filter)
+    return sorted((m for m in messages if not m.expired()), key=lambda m: m.topic)
+
+
+async def _retain_show(broker: Broker, args: Arguments) -> Table:
+    topic = _retain_topic(args, "#")
+    limit = args.int_flag("limit", 100, minimum=1)
+    named = [column for column in ("payload", "qos") if args.bool_flag(column)]
+    columns = ("topic", *named) if named else ("topic", "payload", "qos")
     rows = [{"topic": m.topic, "payload": m.payload.decode("utf-8", "replace"), "qos": m.qos}
-            for m in list(messages)[:limit]]
-    return Table(tuple(rows), ("topic", "payload", "qos"))
+            for m in (await _retained(broker, topic))[:limit]]
+    return Table(tuple({c: row[c] for c in columns} for row in rows), columns)
 
 
 async def _retain_delete(broker: Broker, args: Arguments) -> Text:
-    topic = args.flag("topic")
-    if not isinstance(topic, str) or not topic:
-        raise CommandError("retain delete needs --topic=<topic>")
-    await broker.dispatcher.provide("retain_delete", topic=topic)
-    return Text("Done")
+    topic = _retain_topic(args, None)
+    # A filter deletes every retained message it matches (as EMQX's retainer clean does);
+    # the answer says how many, so that a typo shows as "No retained message".
+    messages = await _retained(broker, topic)
+    for message in messages:
+        await broker.dispatcher.provide("retain_delete", topic=message.topic)
+    where = f"matching {topic}" if "+" in topic or "#" in topic else f"on {topic}"
+    if not messages:
+        return Text(f"No retained message {where}")
+    count = len(messages)
+    return Text(f"Deleted {count} retained message{'' if count == 1 else 's'} {where}")
 
 
 def metric_values(broker: Broker) -> dict[str, int | float]:
@@ -220,7 +290,10 @@ def _live_keys() -> list[str]:
 
 
 def _show(broker: Broker, args: Arguments) -> Table:
-    names = [k for k, v in args.flags.items()] or _live_keys() + sorted(broker.plugin_settings.entries)
+    for name, value in args.flags.items():
+        if value is not True:
+            raise args.usage_error(f"show takes --{name} without a value (set {name}={value} changes it)")
+    names = list(args.flags) or _live_keys() + sorted(broker.plugin_settings.entries)
     row: dict[str, Any] = {"node": broker.node_name}
     for name in names:
         if name in LIVE_BROKER_KEYS:
@@ -236,7 +309,7 @@ def _show(broker: Broker, args: Arguments) -> Table:
 
 def _set(broker: Broker, args: Arguments) -> Text:
     if not args.keys:
-        raise CommandError("set needs key=value")
+        raise args.usage_error("set needs key=value")
     plugin_settings = broker.plugin_settings.entries
     unknown = [k for k in args.keys if k not in plugin_settings and k not in _live_keys()]
     if unknown:
@@ -254,7 +327,7 @@ def _set(broker: Broker, args: Arguments) -> Text:
         current = {f.name: getattr(broker.settings, f.name) for f in attrs.fields(type(broker.settings)) if f.name != "limits"}
         settings = build_attrs(type(broker.settings), {**current, **broker_table}, "command line", "set")
     except ConfigError as exc:
-        raise CommandError(str(exc)) from None
+        raise _option_error(exc, args) from None
     broker.apply_settings(attrs.evolve(settings, limits=limits))
     return Text("Done")
 
@@ -283,19 +356,23 @@ def register_kernel_commands(registry: AdminRegistry) -> None:
                  help="Start a listener (address=, port=, --type=tcp|tls|ws|wss, TLS flags).",
                  keys={"name": "listener name", "address": "IP address", "port": "port (0 = any)"},
                  flags={"type": "tcp, tls, ws or wss", "certfile": "PEM", "keyfile": "PEM", "cafile": "PEM",
+                        "require_certificate": "refuse TLS clients without a valid certificate (needs cafile)",
+                        "use_identity_as_username": "the client certificate's CN becomes the username",
                         "max_connections": "limit", "path": "WebSocket path"})
     registry.add("listener stop", _listener_stop, required=("name",), help="Stop a listener.",
                  keys={"name": "listener name"}, flags={"kill_sessions": "also close its clients"})
     registry.describe("retain", "Show and delete retained messages.")
     registry.add("retain show", _retain_show, help="List retained messages.",
-                 flags={"topic": "a topic filter (default #)", "limit": "rows (default 100)", "payload": "",
-                        "qos": ""})
-    registry.add("retain delete", _retain_delete, help="Delete the retained message of a topic.",
-                 flags={"topic": "the topic"})
+                 flags={"topic": "a topic filter (default #)", "limit": "rows (default 100)",
+                        "payload": "show the payload column (naming columns shows only those, with the topic)",
+                        "qos": "show the qos column"})
+    registry.add("retain delete", _retain_delete,
+                 help="Delete the retained message of a topic, or every one a filter matches.",
+                 flags={"topic": "a topic, or a filter with + or # (quote it for the shell)"})
     registry.describe("metrics", "Show metrics.")
     registry.add("metrics show", _metrics_show, help="Print every counter and gauge.")
     registry.describe("node", "This broker node.")
     registry.add("node status", _node_status, help="Node status summary.")
     registry.add("show", _show, any_flags=True, help="Show live settings: show --allow_anonymous --max_inflight.")
-    registry.add("set", _set, any_flags=True, any_keys=True,
+    registry.add("set", _set, any_keys=True,
                  help="Change live settings: set allow_anonymous=false max_inflight=64.")

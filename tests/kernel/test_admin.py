@@ -8,6 +8,8 @@ and the HTTP API send (``{"type": "table", "table": [...]}``, ``{"type": "text",
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,7 +18,7 @@ import trio
 from plugin_samples import SampleConfig, SamplePlugin
 
 from ternmq import __version__
-from ternmq.kernel.admin import CommandError, Table, Text
+from ternmq.kernel.admin import ADMIN_EXAMPLES, ADMIN_OPTIONS_USAGE, CommandError, Table, Text
 from ternmq.kernel.codec import Disconnect, Pingresp
 from ternmq.kernel.testing import MQTTTestClient
 
@@ -257,6 +259,25 @@ async def test_listener_start_errors(broker: Any) -> None:
     assert "missing argument name=" in str(await command_error(broker, "listener", "start", "port=0"))
 
 
+async def test_a_listener_start_that_fails_leaves_the_table_as_it_was(broker: Any) -> None:
+    before = await table(broker, "listener", "show")
+    taken = broker.port()
+    error = await command_error(broker, "listener", "start", "name=busy", f"port={taken}")
+    assert str(error).startswith(f"listener busy cannot listen on 127.0.0.1:{taken}: ")  # no "[Errno 98]"
+    error = await command_error(broker, "listener", "start", "name=nowhere", "address=192.0.2.1", "port=0")
+    assert str(error).startswith("listener nowhere cannot listen on 192.0.2.1:0: ")
+    assert await table(broker, "listener", "show") == before
+    # A stopped listener that fails to start again keeps its row as it was.
+    await run(broker, "listener", "start", "name=spare", "port=0")
+    spare = broker.port("spare")
+    await run(broker, "listener", "stop", "name=spare")
+    stopped = await table(broker, "listener", "show")
+    assert {r["name"]: (r["status"], r["port"]) for r in stopped}["spare"] == ("stopped", spare)
+    assert "cannot listen" in str(await command_error(broker, "listener", "start", "name=spare", f"port={taken}"))
+    assert await table(broker, "listener", "show") == stopped
+    assert (await text(broker, "listener", "start", "name=spare", "port=0")).startswith("Done: spare on 127.0.0.1:")
+
+
 # ------------------------------------------------------------------ retain, metrics, node
 
 
@@ -269,14 +290,66 @@ async def test_retain_show_and_delete(broker: Any) -> None:
     rows = await table(broker, "retain", "show")
     assert sorted((r["topic"], r["payload"], r["qos"]) for r in rows) == [("r/1", "one", 1), ("r/2", "two", 0)]
     assert await table(broker, "retain", "show", "--topic=r/1") == [{"topic": "r/1", "payload": "one", "qos": 1}]
-    assert await text(broker, "retain", "delete", "--topic=r/1") == "Done"
+    assert await text(broker, "retain", "delete", "--topic=r/1") == "Deleted 1 retained message on r/1"
     assert [r["topic"] for r in await table(broker, "retain", "show")] == ["r/2"]
     async with MQTTTestClient.open(broker.port()) as late:
         await late.connect("late")
         await late.subscribe("r/#")
         assert (await late.receive()).topic == "r/2"
         assert await late.nothing_received(0.2)
+    assert await text(broker, "retain", "delete", "--topic=r/1") == "No retained message on r/1"
     assert "--topic" in str(await command_error(broker, "retain", "delete"))
+
+
+async def test_retain_delete_with_a_filter_deletes_what_it_matches_and_says_how_many(broker: Any) -> None:
+    async with MQTTTestClient.open(broker.port()) as client:
+        await client.connect("r")
+        for topic in ("a/1", "a/2", "a/b/c", "b/1", "$app/x"):
+            await client.publish(topic, topic.encode(), qos=1, retain=True)
+    assert await text(broker, "retain", "delete", "--topic=a/+/c") == "Deleted 1 retained message matching a/+/c"
+    assert await text(broker, "retain", "delete", "--topic=a/#") == "Deleted 2 retained messages matching a/#"
+    assert await text(broker, "retain", "delete", "--topic=a/#") == "No retained message matching a/#"
+    # "#" leaves the $ topics alone, as it does for a subscriber.
+    assert sorted(r["topic"] for r in await table(broker, "retain", "show")) == ["b/1"]
+    assert await table(broker, "retain", "show", "--topic=$app/#") == [{"topic": "$app/x", "payload": "$app/x",
+                                                                       "qos": 1}]
+    async with MQTTTestClient.open(broker.port()) as late:
+        await late.connect("late")
+        await late.subscribe("#")
+        assert (await late.receive()).topic == "b/1"
+        assert await late.nothing_received(0.2)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["retain", "delete", "--topic=a/#/b"], "--topic=a/#/b: '#' must be the whole last level"),
+    (["retain", "delete", "--topic=$share/g/a"], "not a shared subscription"),
+    (["retain", "delete", "--topic"], "--topic needs a value"),
+    (["retain", "delete", "--topic="], "--topic is required"),
+    (["retain", "show", "--topic=a+"], "'+' must be a whole level"),
+])
+async def test_retain_refuses_a_bad_topic_and_deletes_nothing(broker: Any, argv: list[str], message: str) -> None:
+    async with MQTTTestClient.open(broker.port()) as client:
+        await client.connect("r")
+        await client.publish("a/1", b"kept", qos=1, retain=True)
+    error = await command_error(broker, *argv)
+    assert message in str(error)
+    assert error.usage.startswith(f"Usage: ternmq-admin {argv[0]} {argv[1]}")
+    assert [r["topic"] for r in await table(broker, "retain", "show")] == ["a/1"]
+
+
+async def test_retain_delete_without_a_retainer_says_so(broker: Any) -> None:
+    await run(broker, "plugin", "disable", "name=retainer")
+    assert "no retainer" in str(await command_error(broker, "retain", "delete", "--topic=a/b"))
+
+
+async def test_retain_show_columns_and_limit(broker: Any) -> None:
+    async with MQTTTestClient.open(broker.port()) as client:
+        await client.connect("r")
+        for topic in ("c/3", "c/1", "c/2"):
+            await client.publish(topic, b"p", qos=1, retain=True)
+    assert await table(broker, "retain", "show", "--qos", "--limit=2") == [{"topic": "c/1", "qos": 1},
+                                                                          {"topic": "c/2", "qos": 1}]
+    assert await table(broker, "retain", "show", "--payload", "--topic=c/3") == [{"topic": "c/3", "payload": "p"}]
 
 
 async def test_retain_show_without_a_retainer_says_so(broker: Any) -> None:
@@ -337,6 +410,53 @@ async def test_set_allow_anonymous_false_applies_to_the_next_connect(broker: Any
         assert isinstance(await before.next_packet(), Pingresp)
 
 
+@pytest.mark.parametrize(("argv", "message"), [
+    (["session", "show", "--limit=abc"], "--limit takes a whole number >= 1 (--limit=N), not 'abc'"),
+    (["session", "show", "--limit=-2"], "--limit takes a whole number >= 1 (--limit=N), not '-2'"),
+    (["session", "show", "--limit"], "--limit takes a whole number >= 1 (--limit=N), not nothing"),
+    (["retain", "show", "--limit=1.5"], "--limit takes a whole number >= 1 (--limit=N), not '1.5'"),
+    (["retain", "show", "--limit=0"], "--limit takes a whole number >= 1 (--limit=N), not '0'"),
+    (["session", "show", "--client_id=~("], "--client_id=~(: not a regular expression"),
+    (["session", "disconnect", "client-id=victim", "--cleanup=no"],
+     "--cleanup is a switch (--cleanup, or --cleanup=true|false), not --cleanup=no"),
+    (["listener", "stop", "name=test", "--kill_sessions=yes"], "--kill_sessions is a switch"),
+    (["listener", "start", "name=x", "port=abc"], "port: must be an integer, not 'abc'"),
+    (["listener", "start", "name=x", "port=70000"], "port: must be between 0 and 65535"),
+    (["listener", "start", "name=x", "port=0", "--max_connections=0"], "--max_connections: must be greater than 0"),
+    (["listener", "start", "name=x", "port=0", "--type=pigeon"], "--type: must be one of 'tcp', 'tls', 'ws', 'wss'"),
+    (["listener", "start", "name=x", "port=0", "--type"], "--type needs a value: --type=<value>"),
+    (["listener", "start", "name=x", "port=0", "--require_certificate=maybe"], "--require_certificate is a switch"),
+    (["plugin", "show", "--plugin"], "--plugin needs a value"),
+    (["plugin", "enable", "name=x", "--path"], "--path needs a value"),
+    (["show", "--max_inflight=3"], "show takes --max_inflight without a value (set max_inflight=3 changes it)"),
+    (["set", "max_inflight=abc"], "max_inflight: must be an integer, not 'abc'"),
+    (["set", "--max_inflight=3"], "unknown flag --max_inflight"),
+])
+async def test_a_bad_option_value_is_a_usage_error_that_changes_nothing(
+        broker: Any, argv: list[str], message: str) -> None:
+    async with MQTTTestClient.open(broker.port()) as victim:
+        await victim.connect("victim")
+        settings, listeners, plugins = broker.settings, dict(broker.listeners), list(broker.plugins.loaded)
+        error = await command_error(broker, *argv)
+        assert message in str(error)
+        words = " ".join(w for w in argv if not w.startswith("-") and "=" not in w)
+        assert error.usage.startswith(f"Usage: ternmq-admin {words}"), error.usage
+        assert (broker.settings, broker.listeners, list(broker.plugins.loaded)) == (settings, listeners, plugins)
+        assert [r["status"] for r in await table(broker, "listener", "show")] == ["running"]
+        await victim.ping()
+        assert isinstance(await victim.next_packet(), Pingresp)
+
+
+async def test_switches_take_true_and_false(broker: Any) -> None:
+    async with MQTTTestClient.open(broker.port()) as client:
+        await client.connect("kept", clean_start=False, properties={"session_expiry_interval": 60})
+        assert await text(broker, "session", "disconnect", "client-id=kept", "--cleanup=false") == "Done"
+        await client.closed()
+    await eventually(lambda: "kept" in broker.sessions and broker.sessions["kept"].connection is None)
+    assert await text(broker, "session", "disconnect", "client-id=kept", "--cleanup=true") == "Done"
+    await eventually(lambda: "kept" not in broker.sessions)
+
+
 @pytest.mark.parametrize(("argv", "needle"), [
     (["set", "max_inflight=0"], "max_inflight"),
     (["set", "allow_anonymous=maybe"], "allow_anonymous"),
@@ -355,7 +475,7 @@ async def test_bad_set_or_show_is_refused_and_changes_nothing(broker: Any, argv:
 
 
 @pytest.mark.parametrize(("argv", "message", "usage"), [
-    (["bogus"], "unknown command: bogus", "Usage: ternmq-admin <command>"),
+    (["bogus"], "unknown command: bogus", f"Usage: ternmq-admin {ADMIN_OPTIONS_USAGE} <command>"),
     (["plugin", "bogus"], "unknown command: plugin bogus", "Usage: ternmq-admin plugin <command>"),
     (["plugin", "show", "stray"], "unknown command: plugin show stray", "Usage: ternmq-admin plugin show"),
     (["plugin", "show", "--bogus"], "unknown flag --bogus", "Usage: ternmq-admin plugin show"),
@@ -396,6 +516,30 @@ async def test_help_at_every_level(broker: Any) -> None:
                 assert all(f"--{name}" in result.text for name in command.flags), level
     # A group named alone prints its help too.
     assert (await text(broker, "session")).startswith("Usage: ternmq-admin session <command>")
+
+
+async def test_top_level_help_lists_commands_options_and_examples(broker: Any) -> None:
+    help_text = await text(broker, "--help")
+    assert help_text.startswith(f"Usage: ternmq-admin {ADMIN_OPTIONS_USAGE} <command> [args]")
+    commands = help_text[help_text.index("Commands:"):help_text.index("Options:")]
+    assert all(f"  {group} " in commands for group in ("listener", "node", "plugin", "retain", "session", "set"))
+    options = help_text[help_text.index("Options:"):help_text.index("Examples:")]
+    assert all(option in options for option in ("--config FILE", "--socket PATH", "--format=human|json", "--help"))
+    assert all(f"  ternmq-admin {example}" in help_text for example in ADMIN_EXAMPLES)
+
+
+async def test_every_help_example_parses_against_the_command_tree(broker: Any) -> None:
+    # (test_admin_cli runs them against a real broker.)
+    for example in ADMIN_EXAMPLES:
+        command, _, wants_help = broker.admin.parse(shlex.split(example, comments=True))
+        assert command is not None and not wants_help, example
+    found = []
+    for command in broker.admin.commands.values():  # "set a=b c=d." / "show --a --b." in a command's help
+        for example in re.findall(r": ((?:show|set) [^.]*)\.", command.help):
+            parsed, _, _ = broker.admin.parse(shlex.split(example))
+            assert parsed is command, example
+            found.append(example)
+    assert len(found) == 2, found
 
 
 async def test_help_mentions_required_arguments(broker: Any) -> None:
