@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 SESSION_COLUMNS = ("client_id", "is_online", "mountpoint", "peer_host", "peer_port", "user")
 # Live settings for show/set: [broker] keys and [broker.limits] keys.
-LIVE_BROKER_KEYS = ("allow_anonymous", "hook_timeout", "notification_timeout")
+LIVE_BROKER_KEYS = ("allow_anonymous", "no_match", "hook_timeout", "notification_timeout")
 
 
 def plugin_rows(broker: Broker) -> list[dict[str, Any]]:

@@ -12,8 +12,9 @@ Families, told apart by name:
 * **decision** hooks (``auth_on_*``, ``on_auth``, ``on_deliver``) are called in plugin
   order; ``None`` means "no opinion, ask the next plugin"; the first real answer
   (:class:`Allow`, :class:`Deny`, :class:`AuthContinue`) wins and later plugins are not
-  called. When nobody answers, the default policy decides: refuse, unless the broker's
-  ``allow_anonymous`` is on, which allows. A raising or timed-out implementation counts
+  called. When nobody answers, the default policy decides: for ``auth_on_register`` the
+  broker's ``allow_anonymous`` (refuse unless it is on); for ``auth_on_publish`` and
+  ``auth_on_subscribe`` its ``no_match`` (``"allow"`` by default, or ``"deny"``). A raising or timed-out implementation counts
   as an error of its plugin and refuses the request.
 * **notification** hooks (``on_*``) run every implementation; answers are ignored;
   errors and timeouts are logged and counted, and the next implementation still runs.
@@ -130,8 +131,8 @@ def auth_on_publish(client: ClientInfo, message: Message, is_will: bool) -> Answ
     3.1.1 publishers are disconnected, MQTT 3.1 publishers see the message dropped and
     acknowledged (VerneMQ's behaviour). A refused will refuses the CONNECT.
 
-    First answer wins. Nobody answers: allowed with ``allow_anonymous``, else refused
-    with 0x87. Error or timeout: refused.
+    First answer wins. Nobody answers: the broker's ``no_match`` decides (``"allow"``
+    publishes, ``"deny"`` refuses with 0x87). Error or timeout: refused.
     """
 
 
@@ -154,8 +155,9 @@ def auth_on_subscribe(
     that one filter. ``deny(code)`` refuses every filter with that SUBACK code (v3: 0x80);
     the client stays connected.
 
-    First answer wins. Nobody answers: granted with ``allow_anonymous``, else every filter
-    refused with 0x87. Error or timeout: every filter refused.
+    First answer wins. Nobody answers: the broker's ``no_match`` decides (``"allow"``
+    grants as asked, ``"deny"`` refuses every filter with 0x87). Error or timeout: every
+    filter refused.
     """
 
 

@@ -142,7 +142,7 @@ async def authorize_publish(conn: Connection, message: Message, *, is_will: bool
 def apply_publish_answer(conn: Connection, message: Message, answer: Any) -> tuple[Message, int]:
     """Turn an auth_on_publish answer into (message to route, reason code)."""
     if answer is None:
-        return message, 0 if conn.broker.settings.allow_anonymous else 0x87
+        return message, 0 if conn.broker.settings.no_match == "allow" else 0x87
     if isinstance(answer, Deny):
         return message, answer.reason_code
     if isinstance(answer, Allow) and answer.modifiers:

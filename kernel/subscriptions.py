@@ -112,7 +112,7 @@ async def _authorize(
         answer = await broker.dispatcher.decide(
             "auth_on_subscribe", client=conn.client_info, subscriptions=tuple(wanted), properties=properties)
     if answer is None:
-        return list(wanted) if broker.settings.allow_anonymous else [NOT_AUTHORIZED] * len(wanted)
+        return list(wanted) if broker.settings.no_match == "allow" else [NOT_AUTHORIZED] * len(wanted)
     if isinstance(answer, Deny):
         return [answer.reason_code] * len(wanted)
     if not isinstance(answer, Allow):

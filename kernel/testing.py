@@ -48,6 +48,7 @@ __all__ = ["open_broker", "serving", "test_config", "MQTTTestClient", "registere
 def test_config(
     *,
     allow_anonymous: bool = True,
+    no_match: str = "allow",
     plugins: Mapping[str, Mapping[str, Any]] | None = None,
     listeners: tuple[ListenerConfig, ...] | None = None,
     control_socket: str = "off",
@@ -57,7 +58,7 @@ def test_config(
     plugin_tables = {"retainer": {}} if plugins is None else plugins
     return Config(
         source="<test>",
-        broker=BrokerSettings(allow_anonymous=allow_anonymous, control_socket=control_socket,
+        broker=BrokerSettings(allow_anonymous=allow_anonymous, no_match=no_match, control_socket=control_socket,
                               limits=Limits(**limits)),
         listeners=listeners or (ListenerConfig(name="test", port=0),),
         plugins=tuple(PluginEntry(name, True, dict(table)) for name, table in plugin_tables.items()),

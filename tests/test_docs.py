@@ -419,7 +419,7 @@ async def drive_auth_on_publish(example: type) -> None:
             await v311.connect("d3")
             await v311.publish("devices/d2/t", b"x", qos=0)
             assert await v311.closed() is None  # MQTT 3.1.1: disconnected
-    async with open_broker(test_config(allow_anonymous=False)) as broker, \
+    async with open_broker(test_config(allow_anonymous=False, no_match="deny")) as broker, \
             registered(broker, AllowConnect()), registered(broker, example()):
         async with MQTTTestClient.open(broker.port()) as d1:
             await d1.connect("d1")

@@ -184,5 +184,15 @@ async def test_production_toml_starts_with_real_certificate_files(
     try:
         assert (await client.connect("alice-tls", username="alice", password=b"secret")).reason_code == 0
         assert client.stream.getpeercert()["subjectAltName"]  # a verified server certificate
+        # What the example's comment promises: an authenticated user publishes and
+        # subscribes (no_match = "allow"; no authorization plugin is configured).
+        suback = await client.subscribe("plant/#", qos=1)
+        assert suback.reason_codes == [1]
+        async with MQTTTestClient.open(process.ports["local"], 4) as local:
+            assert (await local.connect("alice-tcp", username="alice", password=b"secret")).reason_code == 0
+            puback = await local.publish("plant/line1/temp", b"21.5", qos=1)
+            assert puback.reason_code == 0
+        message = await client.receive()
+        assert (message.topic, message.payload) == ("plant/line1/temp", b"21.5")
     finally:
         await trio.aclose_forcefully(tls)

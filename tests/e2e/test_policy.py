@@ -33,9 +33,9 @@ class RegisterOnly:
 
 
 @asynccontextmanager
-async def locked_broker(broker_factory: Any) -> AsyncIterator[tuple[Broker, RegisterOnly]]:
-    """allow_anonymous off, with a plugin that only answers auth_on_register."""
-    async with broker_factory(allow_anonymous=False) as broker:
+async def locked_broker(broker_factory: Any, no_match: str = "deny") -> AsyncIterator[tuple[Broker, RegisterOnly]]:
+    """allow_anonymous off, no_match deny, with a plugin that only answers auth_on_register."""
+    async with broker_factory(allow_anonymous=False, no_match=no_match) as broker:
         plugin = RegisterOnly()
         async with registered(broker, plugin):
             yield broker, plugin
@@ -88,6 +88,23 @@ async def test_anonymous_publish_and_subscribe_pass_without_plugins(broker_facto
 
 
 # -- an auth plugin that only answers auth_on_register -----------------------------------------
+
+
+@pytest.mark.parametrize("level", LEVELS)
+async def test_no_match_allow_lets_an_authenticated_user_publish_and_subscribe(broker_factory: Any,
+                                                                               level: int) -> None:
+    """allow_anonymous decides only CONNECT: with the default no_match = "allow", a
+    publish or subscribe nobody answers goes through (Mosquitto without an ACL file)."""
+    async with locked_broker(broker_factory, no_match="allow") as (broker, plugin), \
+            connected(broker, "c", level) as c:
+        suback = await c.subscribe("any/#", qos=1)
+        assert suback.reason_codes == [1]
+        await c.publish("any/t", b"allowed", qos=1)
+        assert (await c.receive()).payload == b"allowed"
+        assert [m.payload for m in plugin.published] == [b"allowed"]
+
+
+# With no_match = "deny" a publish or subscribe that no plugin answers is refused:
 
 
 async def test_v5_subscribe_without_an_auth_on_subscribe_answer_gets_0x87(broker_factory: Any) -> None:

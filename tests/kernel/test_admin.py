@@ -398,6 +398,18 @@ async def test_set_max_inflight_then_show_it_and_new_clients_get_it(broker: Any)
     assert every["max_inflight"] == 64 and every["allow_anonymous"] is True and "hook_timeout" in every
 
 
+async def test_set_no_match_deny_refuses_the_next_unanswered_publish(broker: Any) -> None:
+    async with MQTTTestClient.open(broker.port()) as client:
+        assert (await client.connect("no-match")).reason_code == 0
+        assert (await client.publish("nm/t", b"x", qos=1)).reason_code == 0x10  # allowed, nobody listens
+        assert await text(broker, "set", "no_match=deny") == "Done"
+        assert (await client.publish("nm/t", b"x", qos=1)).reason_code == 0x87
+        assert (await client.subscribe("nm/#", qos=1)).reason_codes == [0x87]
+        with pytest.raises(CommandError, match="no_match: must be one of 'allow', 'deny'"):
+            await text(broker, "set", "no_match=maybe")
+        assert broker.settings.no_match == "deny"
+
+
 async def test_set_allow_anonymous_false_applies_to_the_next_connect(broker: Any) -> None:
     async with MQTTTestClient.open(broker.port()) as before:
         assert (await before.connect("before")).reason_code == 0

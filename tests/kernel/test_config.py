@@ -224,6 +224,7 @@ def test_validator_refuses_value_naming_file_table_and_key(write: Any, table: st
 BAD_TYPES = [
     ("broker", "node_name", 5, "must be a string, not 5"),
     ("broker", "allow_anonymous", "yes", "must be true or false, not 'yes'"),
+    ("broker", "no_match", "maybe", "must be one of 'allow', 'deny'"),
     ("broker", "hook_timeout", "5s", "must be a number"),
     ("broker", "hook_timeout", True, "must be a number"),
     ("broker.limits", "max_inflight", "many", "must be an integer, not 'many'"),
