@@ -24,10 +24,14 @@ LIVE_BROKER_KEYS = ("allow_anonymous", "no_match", "hook_timeout", "notification
 
 
 def plugin_rows(broker: Broker) -> list[dict[str, Any]]:
-    """The plugin listing shared by ``plugin show`` and the HTTP API."""
+    """The plugin listing shared by ``plugin show`` and the HTTP API, in calling order."""
     rows = []
     pm = broker.plugin_manager
-    for name, loaded in broker.plugins.loaded.items():
+    loaded_plugins = broker.plugins.loaded
+    for name in broker.dispatcher.calling_order():
+        loaded = loaded_plugins.get(name)
+        if loaded is None:  # registered by hand (tests), not through the plugin manager
+            continue
         callers = sorted(pm.get_hookcallers(loaded.plugin) or [], key=lambda caller: caller.name)
         stats = [(hook, s) for (plugin, hook), s in broker.dispatcher.stats.items() if plugin == name]
         rows.append({

@@ -97,26 +97,40 @@ class HookDispatcher:
     def rebuild(self) -> None:
         """Take a new snapshot of implementations; call after every (un)register."""
         impls: dict[str, tuple[_Impl, ...]] = {}
+        registered = self._registration_order()
         for name in ASYNC_HOOKS:
             caller = getattr(self._plugin_manager.hook, name, None)
             if caller is None:
                 impls[name] = ()
                 continue
-            # pluggy calls get_hookimpls() from the end: that is the documented order
-            # (LIFO, adjusted by tryfirst/trylast). test_dispatch pins the equality.
-            ordered = []
-            for hookimpl in reversed(caller.get_hookimpls()):
+            keyed = []
+            for hookimpl in caller.get_hookimpls():
                 plugin_name = hookimpl.plugin_name
                 stats = self.stats.setdefault((plugin_name, name), HookStats())
                 policy = self.policies.setdefault(plugin_name, PluginPolicy())
-                ordered.append(
-                    _Impl(plugin_name, hookimpl.function, tuple(hookimpl.argnames), stats, policy)
-                )
-            # An explicit priority (lower first) comes before pluggy's order; plugins
-            # without one keep pluggy's order after the prioritised ones (stable sort).
-            ordered.sort(key=lambda impl: (impl.policy.priority is None, impl.policy.priority or 0))
-            impls[name] = tuple(ordered)
+                # tryfirst/trylast move one implementation within its priority class.
+                marker = 0 if hookimpl.tryfirst else 2 if hookimpl.trylast else 1
+                keyed.append(((policy.priority is None, policy.priority or 0, marker, registered[plugin_name]),
+                              _Impl(plugin_name, hookimpl.function, tuple(hookimpl.argnames), stats, policy)))
+            keyed.sort(key=lambda pair: pair[0])
+            impls[name] = tuple(impl for _, impl in keyed)
         self._impls = impls
+
+    def _registration_order(self) -> dict[str, int]:
+        # pluggy keeps its plugins in registration order: the configuration's tables in
+        # order, then plugins enabled at run time in the order they were enabled.
+        return {name: index for index, (name, _) in enumerate(self._plugin_manager.list_name_plugin())}
+
+    def calling_order(self) -> list[str]:
+        """Every registered plugin in the order hooks ask them: by ``priority`` (lower
+        first; plugins with one before those without), then first registered first."""
+        registered = self._registration_order()
+
+        def key(name: str) -> tuple[bool, int, int]:
+            priority = self.policies[name].priority if name in self.policies else None
+            return priority is None, priority or 0, registered[name]
+
+        return sorted(registered, key=key)
 
     def has(self, hook_name: str) -> bool:
         """True if at least one plugin implements ``hook_name`` (hot-path guard)."""

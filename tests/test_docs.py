@@ -52,6 +52,8 @@ from ternmq.kernel.testing import MQTTTestClient, open_broker, registered, test_
 from ternmq.kernel.types import Message, SessionSnapshot, TopicSubscription
 from ternmq.plugins import retainer
 
+from helpers import eventually
+
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 EXAMPLES_PACKAGE = "ternmq_doc_examples"
@@ -225,12 +227,6 @@ def named_example(name: str) -> types.ModuleType:
 
 
 # -- client helpers ---------------------------------------------------------------------------
-
-
-async def wait_until(predicate: Callable[[], Any], timeout: float = 3.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.01)
 
 
 async def connack(port: int, client_id: str, username: str | None = None, password: bytes | None = None,
@@ -511,7 +507,7 @@ async def drive_on_subscribe(example: type) -> None:
         async with MQTTTestClient.open(broker.port()) as client:
             await client.connect("c")
             await client.subscribe("a/+", "bad/#/x", qos=1)
-            await wait_until(lambda: plugin.log)
+            await eventually(lambda: plugin.log)
             assert plugin.log == [("c", "a/+", 1), ("c", "bad/#/x", 0x8F)]
 
 
@@ -522,7 +518,7 @@ async def drive_on_unsubscribe(example: type) -> None:
             await client.connect("c")
             await client.subscribe("a", "b")
             await client.unsubscribe("a", "b")
-            await wait_until(lambda: plugin.log)
+            await eventually(lambda: plugin.log)
             assert plugin.log == [("c", ("a", "b"))]
 
 
@@ -531,7 +527,7 @@ async def drive_on_client_wakeup(example: type) -> None:
     async with open_broker() as broker, registered(broker, plugin):
         async with MQTTTestClient.open(broker.port()) as client:
             await client.connect("c")
-            await wait_until(lambda: "c" in plugin.clients)
+            await eventually(lambda: "c" in plugin.clients)
 
 
 async def drive_on_client_offline(example: type) -> None:
@@ -545,8 +541,8 @@ async def drive_on_client_offline(example: type) -> None:
             await client.connect("clean")
             await client.disconnect()
             await client.closed()
-        await wait_until(lambda: broker.sessions.get("clean") is None)
-        await wait_until(lambda: plugin.log)
+        await eventually(lambda: broker.sessions.get("clean") is None)
+        await eventually(lambda: plugin.log)
         assert plugin.log == [("persistent", "normal")]
 
 
@@ -557,7 +553,7 @@ async def drive_on_client_gone(example: type) -> None:
             await client.connect("c")
             assert broker.disconnect_client("c")
             assert (await client.closed()).reason_code == 0x98
-        await wait_until(lambda: plugin.log)
+        await eventually(lambda: plugin.log)
         assert plugin.log == [("c", "kicked")]
 
 
@@ -567,7 +563,7 @@ async def _offline_subscriber(broker: Any, client_id: str, topic: str, expiry: i
         await client.subscribe(topic, qos=1)
         await client.disconnect()
         await client.closed()
-    await wait_until(lambda: broker.sessions[client_id].connection is None)
+    await eventually(lambda: broker.sessions[client_id].connection is None)
 
 
 async def drive_on_offline_message(example: type) -> None:
@@ -587,7 +583,7 @@ async def drive_on_session_expired(example: type) -> None:
     async with open_broker() as broker, registered(broker, plugin):
         await _offline_subscriber(broker, "s", "t", expiry=1)
         assert plugin.expired == []
-        await wait_until(lambda: plugin.expired, timeout=4)
+        await eventually(lambda: plugin.expired, timeout=4)
         assert plugin.expired == ["s"] and "s" not in broker.sessions
 
 
@@ -693,7 +689,7 @@ async def drive_session_store_save(example: type) -> None:
             async with MQTTTestClient.open(broker.port()) as client:
                 await client.connect("p", clean_start=False, properties=PERSISTENT)
                 await client.subscribe("t", qos=1)
-                await wait_until(lambda: "p" in sessions)
+                await eventually(lambda: "p" in sessions)
                 assert [s.topic_filter for s in sessions["p"].subscriptions] == ["t"]
             async with MQTTTestClient.open(broker.port()) as client:
                 await client.connect("clean")
@@ -711,7 +707,7 @@ async def drive_session_store_delete(example: type) -> None:
             await _offline_subscriber(broker, "p", "t")
             assert "p" in sessions
             await connack(broker.port(), "p", clean_start=True)
-            await wait_until(lambda: "p" not in sessions)
+            await eventually(lambda: "p" not in sessions)
     finally:
         sessions.clear()
 
@@ -855,7 +851,7 @@ async def plugins_md_webhook(module: types.ModuleType) -> None:
             await client.connect("c")
             for n in range(3):
                 await client.publish(f"t/{n}", b"x", qos=1)
-            await wait_until(lambda: len(plugin.posted) == 3)
+            await eventually(lambda: len(plugin.posted) == 3)
             assert sorted(e["topic"] for e in plugin.posted) == ["t/0", "t/1", "t/2"]
             assert plugin.posted[0] == {"client_id": "c", "topic": plugin.posted[0]["topic"], "payload": "x"}
 
@@ -944,7 +940,7 @@ async def test_plugins_md_a_misspelt_hook_fails_the_load() -> None:
                 pass
 
 
-async def test_plugins_md_the_plugin_loaded_last_is_asked_first_unless_priorities_say_otherwise() -> None:
+async def test_plugins_md_the_plugin_loaded_first_is_asked_first_unless_priorities_say_otherwise() -> None:
     asked: list[str] = []
 
     class Asks:
@@ -958,12 +954,12 @@ async def test_plugins_md_the_plugin_loaded_last_is_asked_first_unless_prioritie
     async with open_broker() as broker:
         async with registered(broker, Asks("first"), name="first"), registered(broker, Asks("second"), name="second"):
             await connack(broker.port(), "c")
-            assert asked == ["second", "first"]
-            asked.clear()
-        async with registered(broker, Asks("first"), name="first", priority=1), \
-                registered(broker, Asks("second"), name="second"):
-            await connack(broker.port(), "c")
             assert asked == ["first", "second"]
+            asked.clear()
+        async with registered(broker, Asks("first"), name="first"), \
+                registered(broker, Asks("second"), name="second", priority=1):
+            await connack(broker.port(), "c")
+            assert asked == ["second", "first"]
 
 
 # -- docs/configuration.md and the kernel key tables --------------------------------------
@@ -1063,7 +1059,7 @@ async def test_plugins_md_service_api_table_matches_the_broker() -> None:
             assert broker.disconnect_client("nobody") is False
             assert broker.disconnect_client("c", cleanup=True) is True
             assert (await client.closed()).reason_code == 0x98
-        await wait_until(lambda: "c" not in broker.sessions)  # cleanup ended the session
+        await eventually(lambda: "c" not in broker.sessions)  # cleanup ended the session
 
 
 async def test_plugins_md_serve_failures_before_and_after_started() -> None:
@@ -1090,7 +1086,7 @@ async def test_plugins_md_serve_failures_before_and_after_started() -> None:
             await broker.plugins.register("early", FailsEarly())
         assert "early" not in broker.plugins.loaded
         async with registered(broker, FailsLater(), name="later") as loaded:
-            await wait_until(lambda: loaded.state == "failed")
+            await eventually(lambda: loaded.state == "failed")
             await broker.publish_message("still/called")
             assert calls == ["still/called"]  # its hooks stay registered
 

@@ -22,6 +22,8 @@ from ternmq.kernel.admin import ADMIN_EXAMPLES, ADMIN_OPTIONS_USAGE, CommandErro
 from ternmq.kernel.codec import Disconnect, Pingresp
 from ternmq.kernel.testing import MQTTTestClient
 
+from helpers import eventually
+
 PLUGIN_COLUMNS = ("Plugin", "Type", "Hook(s)", "M:F/A", "source", "version", "state", "priority", "errors", "timeouts")
 
 
@@ -45,12 +47,6 @@ async def command_error(broker: Any, *argv: str) -> CommandError:
     with pytest.raises(CommandError) as caught:
         await run(broker, *argv)
     return caught.value
-
-
-async def eventually(predicate: Any, timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.005)
 
 
 # ------------------------------------------------------------------ plugin
@@ -568,3 +564,12 @@ async def test_json_shape_of_every_read_only_command(broker: Any) -> None:
         assert document["type"] == "table" and isinstance(document["table"], list)
         json.dumps(document)
     assert (await run(broker, "metrics", "show")).to_json()["type"] == "text"
+
+
+async def test_plugin_show_lists_plugins_in_calling_order(broker: Any) -> None:
+    # The broker fixture's retainer came from the configuration, so it is first.
+    await broker.plugins.load("late", {"tag": "late"}, path="plugin_samples:Recorder")
+    await broker.plugins.load("urgent", {"tag": "urgent", "priority": 1}, path="plugin_samples:Recorder")
+    await broker.plugins.load("later", {"tag": "later"}, path="plugin_samples:Recorder")
+    rows = await table(broker, "plugin", "show")
+    assert [row["Plugin"] for row in rows] == ["urgent", "retainer", "late", "later"]

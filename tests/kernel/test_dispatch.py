@@ -22,6 +22,8 @@ from ternmq.kernel.hookspecs import hookimpl
 from ternmq.kernel.testing import MQTTTestClient, registered
 from ternmq.kernel.types import ClientInfo, Message, allow, auth_continue, deny
 
+from helpers import eventually
+
 CLIENT = ClientInfo("c1", username="u1", protocol_level=5)
 MESSAGE = Message("a/b", b"x", 1)
 
@@ -75,45 +77,50 @@ MIXED_MARKS = [
 ]
 
 
-async def test_calling_order_equals_pluggys_own_order() -> None:
+async def test_first_registered_is_asked_first_with_tryfirst_and_trylast_within() -> None:
     calls: list[str] = []
-    pm, dispatcher = setup(*[(name, notifier(calls, name, **marks)) for name, marks in MIXED_MARKS])
-    pm.hook.on_plugin_unloaded(name="x")
-    pluggy_order, calls[:] = list(calls), []
+    _, dispatcher = setup(*[(name, notifier(calls, name, **marks)) for name, marks in MIXED_MARKS])
     await dispatcher.notify("on_plugin_unloaded", name="x")
-    assert calls == pluggy_order
-    assert dispatcher.implementers("on_plugin_unloaded") == pluggy_order
-    # The mix really exercises both markers and LIFO registration order.
-    assert set(pluggy_order[:2]) == {"p3", "p6"} and set(pluggy_order[-2:]) == {"p2", "p5"}
+    # Registration order (the configuration's order), tryfirst ones ahead and trylast
+    # ones behind, each group still in registration order: not pluggy's LIFO.
+    assert calls == ["p3", "p6", "p1", "p4", "p7", "p2", "p5"]
+    assert dispatcher.implementers("on_plugin_unloaded") == calls
+    assert dispatcher.calling_order() == ["p1", "p2", "p3", "p4", "p5", "p6", "p7"]
 
 
-async def test_calling_order_stays_equal_to_pluggy_after_unregister() -> None:
+async def test_a_plugin_registered_again_goes_to_the_end() -> None:
+    calls: list[str] = []
+    pm, dispatcher = setup(*[(name, notifier(calls, name)) for name in ("a", "b", "c")])
+    plugin = pm.unregister(name="a")
+    pm.register(plugin, name="a")  # disabled, then enabled again at run time
+    dispatcher.rebuild()
+    await dispatcher.notify("on_plugin_unloaded", name="x")
+    assert calls == ["b", "c", "a"]
+
+
+async def test_calling_order_after_unregister() -> None:
     calls: list[str] = []
     pm, dispatcher = setup(*[(name, notifier(calls, name, **marks)) for name, marks in MIXED_MARKS])
     pm.unregister(name="p3")
     pm.unregister(name="p4")
     dispatcher.rebuild()
-    pm.hook.on_plugin_unloaded(name="x")
-    pluggy_order, calls[:] = list(calls), []
     await dispatcher.notify("on_plugin_unloaded", name="x")
-    assert calls == pluggy_order
-    assert "p3" not in calls and "p4" not in calls
+    assert calls == ["p6", "p1", "p7", "p2", "p5"]
 
 
-async def test_explicit_priority_orders_before_pluggys_order() -> None:
+async def test_explicit_priority_orders_before_registration_order() -> None:
     calls: list[str] = []
     policies = {"late": PluginPolicy(priority=20), "early": PluginPolicy(priority=-5),
                 "mid": PluginPolicy(priority=3)}
-    pm, dispatcher = setup(
-        ("late", notifier(calls, "late")), ("plain1", notifier(calls, "plain1", tryfirst=True)),
+    _, dispatcher = setup(
+        ("late", notifier(calls, "late")), ("plain1", notifier(calls, "plain1", trylast=True)),
         ("early", notifier(calls, "early", trylast=True)), ("plain2", notifier(calls, "plain2")),
         ("mid", notifier(calls, "mid")), policies=policies)
-    pm.hook.on_plugin_unloaded(name="x")
-    pluggy_order, calls[:] = list(calls), []
     await dispatcher.notify("on_plugin_unloaded", name="x")
     assert calls[:3] == ["early", "mid", "late"]
-    # Plugins without a priority keep pluggy's relative order after the prioritised ones.
-    assert calls[3:] == [name for name in pluggy_order if name.startswith("plain")]
+    # Plugins without a priority follow, in registration order but for trylast.
+    assert calls[3:] == ["plain2", "plain1"]
+    assert dispatcher.calling_order() == ["early", "mid", "late", "plain1", "plain2"]
 
 
 async def test_priority_from_manager_settings_orders_calls(broker: Any) -> None:
@@ -130,9 +137,7 @@ async def test_priority_from_manager_settings_orders_calls(broker: Any) -> None:
         assert broker.dispatcher.implementers("on_client_wakeup") == ["first", "second", "none"]
         async with MQTTTestClient.open(broker.port()) as client:
             assert (await client.connect("prio")).reason_code == 0
-            with trio.fail_after(5):
-                while len(calls) < 3:
-                    await trio.sleep(0.01)
+            await eventually(lambda: len(calls) >= 3)
     assert calls == ["first", "second", "none"]
 
 
@@ -154,9 +159,9 @@ async def test_decision_first_answer_wins_and_later_implementations_are_not_call
             return run()
         return impl("on_deliver", on_deliver)
 
-    # Registered last = called first (pluggy's LIFO order).
-    _, dispatcher = setup(("never", lazy_async("never", allow())), ("second", lazy_async("second", deny(0x97))),
-                          ("first", decider(calls, "first", None)))
+    # Registered first = called first (the configuration's order).
+    _, dispatcher = setup(("first", decider(calls, "first", None)), ("second", lazy_async("second", deny(0x97))),
+                          ("never", lazy_async("never", allow())))
     answer = await decide(dispatcher)
     assert answer == deny(0x97)
     assert calls == ["first", "second", "second:awaited"]
@@ -165,7 +170,7 @@ async def test_decision_first_answer_wins_and_later_implementations_are_not_call
 
 async def test_decision_none_passes_on_and_nobody_answering_returns_none() -> None:
     calls: list[str] = []
-    _, dispatcher = setup(("a", decider(calls, "a")), ("b", decider(calls, "b")))
+    _, dispatcher = setup(("b", decider(calls, "b")), ("a", decider(calls, "a")))
     assert await decide(dispatcher) is None
     assert calls == ["b", "a"]
 
@@ -187,8 +192,8 @@ async def test_sync_and_async_implementations_mix_in_one_chain() -> None:
     async def on_deliver(message: Message) -> Any:
         calls.append("async")
         return None
-    _, dispatcher = setup(("sync", decider(calls, "sync", allow(payload=b"z"))),
-                          ("async", impl("on_deliver", on_deliver)))
+    _, dispatcher = setup(("async", impl("on_deliver", on_deliver)),
+                          ("sync", decider(calls, "sync", allow(payload=b"z"))))
     assert await decide(dispatcher) == allow(payload=b"z")
     assert calls == ["async", "sync"]
 
@@ -213,8 +218,8 @@ async def test_raising_decision_refuses_with_plugin_failure_under_on_error_deny(
     async def async_boom(client: ClientInfo) -> Any:
         await trio.sleep(0)
         raise RuntimeError("boom")
-    _, dispatcher = setup(("after", decider(calls, "after", allow())),
-                          ("broken", impl("on_deliver", async_boom if is_async else sync_boom)))
+    _, dispatcher = setup(("broken", impl("on_deliver", async_boom if is_async else sync_boom)),
+                          ("after", decider(calls, "after", allow())))
     assert await decide(dispatcher) is PLUGIN_FAILURE
     assert PLUGIN_FAILURE.reason_code == 0x80
     stats = dispatcher.stats[("broken", "on_deliver")]
@@ -228,7 +233,7 @@ async def test_raising_decision_passes_to_next_under_on_error_next() -> None:
 
     def boom(client: ClientInfo) -> Any:
         raise ValueError("bad")
-    _, dispatcher = setup(("after", decider(calls, "after", allow())), ("broken", impl("on_deliver", boom)),
+    _, dispatcher = setup(("broken", impl("on_deliver", boom)), ("after", decider(calls, "after", allow())),
                           policies={"broken": PluginPolicy(on_error="next")})
     assert await decide(dispatcher) == allow()
     assert calls == ["after"]
@@ -237,7 +242,7 @@ async def test_raising_decision_passes_to_next_under_on_error_next() -> None:
 
 async def test_bad_answer_type_counts_as_error_and_refuses() -> None:
     calls: list[str] = []
-    _, dispatcher = setup(("ok", decider(calls, "ok", allow())), ("bad", decider(calls, "bad", True)))
+    _, dispatcher = setup(("bad", decider(calls, "bad", True)), ("ok", decider(calls, "ok", allow())))
     assert await decide(dispatcher) is PLUGIN_FAILURE
     stats = dispatcher.stats[("bad", "on_deliver")]
     assert stats.errors == 1 and "bad answer" in stats.last_error
@@ -260,7 +265,7 @@ async def test_per_plugin_hook_timeout_overrides_the_dispatchers(autojump_clock:
 
     async def on_deliver() -> Any:
         await trio.sleep_forever()
-    _, dispatcher = setup(("next", decider(calls, "next", deny(0x97))), ("slow", impl("on_deliver", on_deliver)),
+    _, dispatcher = setup(("slow", impl("on_deliver", on_deliver)), ("next", decider(calls, "next", deny(0x97))),
                           policies={"slow": PluginPolicy(hook_timeout=0.25, on_error="next")}, hook_timeout=60.0)
     start = trio.current_time()
     assert await decide(dispatcher) == deny(0x97)
@@ -323,9 +328,9 @@ async def test_notification_failure_does_not_stop_later_implementations(autojump
 
     async def slow(name: str) -> None:
         await trio.sleep_forever()
-    _, dispatcher = setup(("last", notifier(calls, "last")), ("slow", impl("on_plugin_unloaded", slow)),
-                          ("middle", notifier(calls, "middle")), ("boom", impl("on_plugin_unloaded", boom)),
-                          ("first", notifier(calls, "first")), notification_timeout=0.5)
+    _, dispatcher = setup(("first", notifier(calls, "first")), ("boom", impl("on_plugin_unloaded", boom)),
+                          ("middle", notifier(calls, "middle")), ("slow", impl("on_plugin_unloaded", slow)),
+                          ("last", notifier(calls, "last")), notification_timeout=0.5)
     start = trio.current_time()
     assert await dispatcher.notify("on_plugin_unloaded", name="x") is None
     assert calls == ["first", "middle", "last"]
@@ -341,7 +346,7 @@ async def test_notification_answers_are_ignored() -> None:
     def answers(name: str) -> Any:
         calls.append("answers")
         return deny()
-    _, dispatcher = setup(("after", notifier(calls, "after")), ("answers", impl("on_plugin_unloaded", answers)))
+    _, dispatcher = setup(("answers", impl("on_plugin_unloaded", answers)), ("after", notifier(calls, "after")))
     await dispatcher.notify("on_plugin_unloaded", name="x")
     assert calls == ["answers", "after"]
 
@@ -357,7 +362,7 @@ async def test_provide_calls_only_the_first_implementation() -> None:
             calls.append(label)
             return [Message(topic_filter, label.encode())]
         return impl("retain_lookup", retain_lookup)
-    _, dispatcher = setup(("second", lookup("second")), ("first", lookup("first")))
+    _, dispatcher = setup(("first", lookup("first")), ("second", lookup("second")))
     result = await dispatcher.provide("retain_lookup", default=(), topic_filter="t")
     assert [m.payload for m in result] == [b"first"]
     assert calls == ["first"]
@@ -448,7 +453,7 @@ async def test_open_breaker_with_on_error_next_skips_to_the_next_plugin(autojump
     async def slow() -> Any:
         await trio.sleep_forever()
     policy = PluginPolicy(breaker_threshold=1, breaker_cooldown=30.0, on_error="next", hook_timeout=1.0)
-    _, dispatcher = setup(("backup", decider(calls, "backup", allow())), ("slow", impl("on_deliver", slow)),
+    _, dispatcher = setup(("slow", impl("on_deliver", slow)), ("backup", decider(calls, "backup", allow())),
                           policies={"slow": policy})
     start = trio.current_time()
     assert await decide(dispatcher) == allow()

@@ -127,7 +127,7 @@ async def test_hook_retain_delete(broker_factory: Any) -> None:
 async def test_only_the_first_retainer_is_called(broker_factory: Any) -> None:
     async with broker_factory(plugins={}) as broker:
         first, second = DictRetainer(), DictRetainer()
-        async with registered(broker, second), registered(broker, first):  # LIFO: first is asked first
+        async with registered(broker, first), registered(broker, second):  # first registered, first asked
             await broker.publish_message("t", b"x", retain=True)
             assert [k for k, _ in first.calls] == ["store"] and second.calls == []
 
@@ -273,7 +273,7 @@ class Forwarder:
 
 async def test_hook_cluster_forward(broker: Any) -> None:
     first, second = Forwarder(broker), Forwarder(broker)
-    async with registered(broker, second), registered(broker, first), \
+    async with registered(broker, first), registered(broker, second), \
             MQTTTestClient.open(broker.port()) as sub, MQTTTestClient.open(broker.port()) as pub:
         await sub.connect("sub")
         await sub.subscribe("c/#")

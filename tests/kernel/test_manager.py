@@ -39,11 +39,7 @@ from ternmq.kernel.manager import PluginError
 from ternmq.kernel.testing import MQTTTestClient
 from ternmq.plugins import retainer
 
-
-async def eventually(predicate: Callable[[], Any], timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.005)
+from helpers import eventually
 
 
 async def plugin_row(broker: Any, name: str) -> dict[str, Any]:
@@ -381,12 +377,15 @@ async def test_priority_changes_the_calling_order(broker: Any) -> None:
 
     await broker.plugins.load("a", {"tag": "a"}, path="plugin_samples:Recorder")
     await broker.plugins.load("b", {"tag": "b"}, path="plugin_samples:Recorder")
-    assert await order() == ["b", "a"]  # pluggy's order: last loaded first
+    assert await order() == ["a", "b"]  # first loaded, first asked
+    await broker.plugins.unload("a")
+    await broker.plugins.load("a", {"tag": "a"}, path="plugin_samples:Recorder")
+    assert await order() == ["b", "a"]  # enabled again at run time: asked after b
     await broker.plugins.unload("a")
     await broker.plugins.unload("b")
-    await broker.plugins.load("a", {"tag": "a", "priority": 1}, path="plugin_samples:Recorder")
-    await broker.plugins.load("b", {"tag": "b"}, path="plugin_samples:Recorder")
-    assert await order() == ["a", "b"]  # a priority comes before pluggy's order
+    await broker.plugins.load("a", {"tag": "a"}, path="plugin_samples:Recorder")
+    await broker.plugins.load("b", {"tag": "b", "priority": 1}, path="plugin_samples:Recorder")
+    assert await order() == ["b", "a"]  # a priority comes before the loading order
 
 
 async def test_misspelt_hookimpl_fails_the_load_naming_it(broker: Any) -> None:
