@@ -3,12 +3,15 @@
 Clients: :func:`connected` (an MQTTTestClient that got CONNACK 0), :func:`watched` (a
 subscribed bystander that proves, at the end of its block, that nobody else was hurt),
 :func:`packets_until_close` / :func:`raw_until_close` / :func:`expect_refused_close`.
-Waiting: :func:`eventually`, :func:`wait_offline`. Hook plugins: :class:`Gate`,
-:class:`Recorder`, :class:`DropRecorder`, :func:`client_info`. paho: :func:`paho_props`.
+Waiting: :func:`eventually` (its twin outside trio: :func:`eventually_sync`), :func:`wait_offline`.
+Hook plugins: :class:`Gate`, :class:`Recorder`, :class:`DropRecorder`, :func:`client_info`.
+paho: :func:`paho_props`.
 """
 
 from __future__ import annotations
 
+import inspect
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -33,11 +36,32 @@ BYSTANDER_TOPIC = "bystander/news"
 # -- waiting ------------------------------------------------------------------------------
 
 
-async def eventually(condition: Callable[[], Any], timeout: float = 5.0) -> None:
-    """Poll ``condition`` until it is true; fail after ``timeout`` seconds."""
-    with trio.fail_after(timeout):
-        while not condition():
-            await trio.sleep(0.005)
+async def eventually(condition: Callable[[], Any], timeout: float = 5.0, *, message: str = "",
+                     interval: float = 0.005) -> Any:
+    """Call ``condition`` every ``interval`` seconds until it returns something true, and
+    return that; an AssertionError (``message``, if any) after ``timeout`` seconds.
+
+    ``condition`` may be an async function (awaited, within the same timeout)."""
+    with trio.move_on_after(timeout):
+        while not (result := await _awaited(condition())):
+            await trio.sleep(interval)
+        return result
+    raise AssertionError(f"not true within {timeout} s: {message or condition}")
+
+
+def eventually_sync(condition: Callable[[], Any], timeout: float = 5.0, *, message: str = "",
+                    interval: float = 0.005) -> Any:
+    """:func:`eventually` for code outside trio (it blocks with ``time.sleep``)."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not true within {timeout} s: {message or condition}")
+        time.sleep(interval)
+    return result
+
+
+async def _awaited(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
 
 
 def is_online(broker: Broker, client_id: str) -> bool:

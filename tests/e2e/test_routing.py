@@ -12,7 +12,7 @@ from ternmq.kernel.broker import Broker
 from ternmq.kernel.codec import SubscriptionRequest
 from ternmq.kernel.testing import MQTTTestClient
 
-from helpers import LEVELS, connected
+from helpers import LEVELS, connected, eventually
 
 
 async def received_topics(c: MQTTTestClient, wait: float = 0.3) -> list[str]:
@@ -177,9 +177,8 @@ async def test_mosquitto_sub_wildcard_receives_mosquitto_pub(broker: Broker, mos
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(subscribe)
-        with trio.fail_after(5):
-            while not any(r["client_id"] == "mosq-sub" and r["subscriptions"] for r in broker.list_sessions()):
-                await trio.sleep(0.02)
+        await eventually(lambda: any(r["client_id"] == "mosq-sub" and r["subscriptions"]
+                                     for r in broker.list_sessions()))
         await mosquitto("mosquitto_pub", "-p", port, "-t", "house/garden/humidity", "-m", "60")
         await mosquitto("mosquitto_pub", "-p", port, "-t", "house/kitchen/temp", "-m", "21.5")
     assert result["sub"].stdout.decode().strip() == "house/kitchen/temp 21.5"

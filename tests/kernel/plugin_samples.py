@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -364,14 +363,6 @@ def short_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def wait_for_path(path: str | Path, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} did not appear within {timeout} s")
-        time.sleep(0.02)
-
-
 def subprocess_env(runtime_dir: Path, *, pythonpath: Sequence[Path] = (), **extra: str) -> dict[str, str]:
     """The environment of a broker/admin subprocess: this directory (and ``pythonpath``)
     importable, ``XDG_RUNTIME_DIR`` (where the default control socket goes) set to
@@ -429,7 +420,10 @@ port = 0
 [plugins.retainer]
 ''')
     env = subprocess_env(directory, pythonpath=pythonpath)
+    # Imported here: broker subprocesses import this module without tests/ on their path.
+    from helpers import eventually_sync
+
     with BrokerProcess(["--config", str(config)], env=env, cwd=cwd or directory) as process:
         process.wait_ready()
-        wait_for_path(socket)
+        eventually_sync(socket.exists, 10, message=f"{socket} did not appear")
         yield process, config, env

@@ -31,10 +31,11 @@ from plugin_samples import (
     json_auth_site,
     short_dir,
     subprocess_env,
-    wait_for_path,
 )
 
 from ternmq.kernel.admin import ADMIN_EXAMPLES
+
+from helpers import eventually_sync
 
 NODE = "cli@127.0.0.1"
 
@@ -118,13 +119,9 @@ def test_session_show_lists_a_connected_mosquitto_sub(running: Running) -> None:
                             "cli-watcher", "-t", "cli/#", "-q", "1"],
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
-        rows: list[dict[str, Any]] = []
-        while time.monotonic() < deadline:
-            rows = running.json("session", "show", "--client_id=cli-watcher", "--is_online")["table"]
-            if rows:
-                break
-            time.sleep(0.1)
+        rows = eventually_sync(
+            lambda: running.json("session", "show", "--client_id=cli-watcher", "--is_online")["table"], 10,
+            interval=0.1)
         assert rows == [{"client_id": "cli-watcher", "is_online": True}]
         human = running.admin("session", "show")
         assert human.returncode == 0 and "cli-watcher" in human.stdout and "127.0.0.1" in human.stdout
@@ -331,7 +328,7 @@ def test_without_config_both_use_the_embedded_defaults_socket(tmp_path: Path) ->
         expected = runtime / f"ternmq-{os.getuid()}" / "ternmq@127.0.0.1.sock"
         with BrokerProcess(["--port", "0"], env=env, cwd=tmp_path) as process:
             process.wait_ready()
-            wait_for_path(expected)
+            eventually_sync(expected.exists, 10, message=f"{expected} did not appear")
             assert stat.S_IMODE(os.stat(expected).st_mode) == 0o600
             assert stat.S_IMODE(os.stat(expected.parent).st_mode) == 0o700
             result = admin("--format=json", "listener", "show", env=env)
@@ -386,7 +383,8 @@ def test_the_readme_command_list_runs_top_to_bottom(tmp_path: Path) -> None:
         # The embedded default (plain `ternmq`), on another port than 1883.
         with BrokerProcess(["--port", "0"], env=env, cwd=tmp_path) as process:
             process.wait_ready()
-            wait_for_path(runtime / f"ternmq-{os.getuid()}" / "ternmq@127.0.0.1.sock")
+            socket = runtime / f"ternmq-{os.getuid()}" / "ternmq@127.0.0.1.sock"
+            eventually_sync(socket.exists, 10, message=f"{socket} did not appear")
             for line in lines:
                 # The README's mosquitto clients talk to port 1883, as the embedded default does.
                 command = re.sub(r"^(mosquitto_(?:pub|sub)) ", rf"\1 -p {process.port} ", line)

@@ -28,6 +28,8 @@ import trustme
 from ternmq.kernel.codec import Disconnect
 from ternmq.kernel.testing import MQTTTestClient
 
+from helpers import eventually
+
 READY = re.compile(r"listener (?P<name>\S+) \((?P<type>\w+)\) ready on (?P<address>[^\s:]+):(?P<port>\d+)(?P<path>\S*)")
 # The console script installed next to this interpreter (not a pyenv shim in front of it).
 _BESIDE = Path(sys.executable).parent / "ternmq"
@@ -134,19 +136,19 @@ def write_config(tmp_path: Path, text: str, name: str = "ternmq.toml") -> str:
 
 async def mosquitto_round_trip(mosquitto: Any, port: int, topic: str = "cli/t", payload: str = "hi") -> None:
     """mosquitto_sub receives what mosquitto_pub publishes (published until the sub got it)."""
+    result: list[bytes] = []
+
+    async def subscribe() -> None:
+        done = await mosquitto("mosquitto_sub", "-p", str(port), "-t", topic, "-C", "1", "-W", "8")
+        result.append(done.stdout)
+
+    async def published_and_received() -> list[bytes]:
+        await mosquitto("mosquitto_pub", "-p", str(port), "-t", topic, "-m", payload)
+        return result
+
     async with trio.open_nursery() as nursery:
-        result: list[bytes] = []
-
-        async def subscribe() -> None:
-            done = await mosquitto("mosquitto_sub", "-p", str(port), "-t", topic, "-C", "1", "-W", "8")
-            result.append(done.stdout)
-            nursery.cancel_scope.cancel()
-
         nursery.start_soon(subscribe)
-        with trio.fail_after(8):
-            while True:
-                await mosquitto("mosquitto_pub", "-p", str(port), "-t", topic, "-m", payload)
-                await trio.sleep(0.1)
+        await eventually(published_and_received, 8, interval=0.1)
     assert result == [f"{payload}\n".encode()]
 
 
