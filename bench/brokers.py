@@ -26,6 +26,9 @@ MOSQUITTO = "/usr/sbin/mosquitto"
 MAX_INFLIGHT = 32
 MAX_QUEUED = 1000
 NAMES = ("ternmq", "mosquitto", "amqtt")
+# Not a broker: floor.py's trio-raw server (accept, fixed CONNACK, close), which run.py
+# measures beside ternmq in the connects scenario. It answers nothing but CONNECT.
+FLOOR = "trio-raw"
 
 
 def free_port() -> int:
@@ -56,6 +59,9 @@ def version_of(name: str) -> str:
         if name == "mosquitto":
             out = subprocess.run([MOSQUITTO, "-h"], capture_output=True, text=True)
             return (out.stdout + out.stderr).split("\n")[0].replace("mosquitto version ", "")
+        if name == FLOOR:
+            import trio
+            return f"(bench/floor.py on trio {trio.__version__})"
         if name == "amqtt":
             out = subprocess.run([str(AMQTT_VENV / "bin" / "amqtt"), "--version"],
                                  capture_output=True, text=True)
@@ -69,8 +75,8 @@ class Broker:
     """One running broker process."""
 
     def __init__(self, name: str, cpus: set[int] | None = None) -> None:
-        if name not in NAMES:
-            raise ValueError(f"unknown broker {name!r} (known: {', '.join(NAMES)})")
+        if name not in NAMES and name != FLOOR:
+            raise ValueError(f"unknown broker {name!r} (known: {', '.join(NAMES)}, {FLOOR})")
         self.name = name
         self.cpus = cpus
         self.port = free_port()
@@ -85,6 +91,8 @@ class Broker:
 
     def argv(self) -> list[str]:
         t, port = self.tmp, self.port
+        if self.name == FLOOR:
+            return [sys.executable, str(BENCH / "floor.py"), "--serve", FLOOR, "--listen", str(port)]
         if self.name == "ternmq":
             (t / "ternmq.toml").write_text(
                 "[broker]\n"

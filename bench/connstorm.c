@@ -27,6 +27,7 @@ enum phase { CONNECTING, AWAIT_CONNACK };
 
 struct slot {
     int fd;
+    long n; /* this connection's number: its client id is bench-cN */
     enum phase phase;
     int got;
     unsigned char buf[8];
@@ -59,7 +60,9 @@ static int connect_packet(unsigned char *out, long n) {
 
 static void send_connect(struct slot *s) {
     unsigned char pkt[64];
-    int len = connect_packet(pkt, started);
+    /* s->n, not `started`: that has moved on if other connects were started while
+     * this one was in progress, and two clients with one id are a takeover. */
+    int len = connect_packet(pkt, s->n);
     if (send(s->fd, pkt, len, MSG_NOSIGNAL) != len) {
         failed++;
         close(s->fd);
@@ -75,7 +78,7 @@ static void send_connect(struct slot *s) {
 static void start(struct slot *s) {
     s->fd = -1;
     if (started >= total) return;
-    started++;
+    s->n = ++started;
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
     if (fd < 0) { failed++; return; }
     int one = 1;

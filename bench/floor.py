@@ -12,6 +12,10 @@ reads the CONNECT, writes a fixed CONNACK, reads until the client closes, and cl
 
 The same C client (connstorm.c) drives them, pinned like run.py pins brokers (server on
 CPU 0, client on CPU 1). Usage: python bench/floor.py [--connections N] [--repeat R]
+
+``--serve KIND --listen PORT`` only serves, on 127.0.0.1:PORT, until SIGTERM: that is how
+run.py starts trio-raw beside ternmq in the connects scenario, so that both are measured
+in the same run by the same generator and the same /proc CPU accounting.
 """
 
 from __future__ import annotations
@@ -54,19 +58,27 @@ def measure(port: int, binary: Path, total: int, repeat: int, pin: bool) -> dict
     return best
 
 
-def serve_trio(kind: str, binary: Path, total: int, repeat: int, pin: bool) -> dict:
+def serve_trio(kind: str, binary: Path | None, total: int, repeat: int, pin: bool, listen: int = 0) -> dict | None:
     import trio
-    from trio.lowlevel import checkpoint, notify_closing, wait_readable
+    from trio.lowlevel import checkpoint, checkpoint_if_cancelled, notify_closing, wait_readable
 
     async def recv(sock: socket.socket) -> bytes:
-        while True:
-            try:
-                data = sock.recv(65536)
-            except BlockingIOError:
-                await wait_readable(sock)
-                continue
+        # As RawSocketStream.receive_some: the checkpoint is the wait, or one after a
+        # read that found data at once (and a cancel check after a wait).
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            pass
+        else:
             await checkpoint()
             return data
+        while True:
+            await wait_readable(sock)
+            await checkpoint_if_cancelled()
+            try:
+                return sock.recv(65536)
+            except BlockingIOError:
+                continue
 
     async def handle_raw(sock: socket.socket) -> None:
         await recv(sock)
@@ -99,17 +111,20 @@ def serve_trio(kind: str, binary: Path, total: int, repeat: int, pin: bool) -> d
         while True:
             nursery.start_soon(handle_stream, await listener.accept())
 
-    async def main() -> dict:
+    async def main() -> dict | None:
         async with trio.open_nursery() as nursery:
             if kind == "trio-raw":
-                listening = socket.create_server(("127.0.0.1", 0), backlog=1024)
+                listening = socket.create_server(("127.0.0.1", listen or 0), backlog=1024)
                 listening.setblocking(False)
                 port = listening.getsockname()[1]
                 nursery.start_soon(accept_raw, listening, nursery)
             else:
-                listener = (await trio.open_tcp_listeners(0, host="127.0.0.1", backlog=1024))[0]
+                listener = (await trio.open_tcp_listeners(listen or 0, host="127.0.0.1", backlog=1024))[0]
                 port = listener.socket.getsockname()[1]
                 nursery.start_soon(accept_stream, listener, nursery)
+            if listen:
+                await trio.sleep_forever()  # until SIGTERM
+            assert binary is not None
             result = await trio.to_thread.run_sync(measure, port, binary, total, repeat, pin)
             nursery.cancel_scope.cancel()
         return result
@@ -142,8 +157,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--serve", choices=SERVERS, help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=SERVERS, help="run one server only (used by run.py and by itself)")
+    parser.add_argument("--listen", type=int, default=0, metavar="PORT",
+                        help="with --serve trio-raw or trio-stream: serve on this port until SIGTERM, no client")
     args = parser.parse_args()
+    if args.listen:
+        if args.serve not in ("trio-raw", "trio-stream"):
+            parser.error("--listen needs --serve trio-raw or --serve trio-stream")
+        serve_trio(args.serve, None, 0, 0, False, listen=args.listen)
+        return 0
     binary = build_connstorm()
     if binary is None:
         parser.error("needs gcc to build connstorm.c")

@@ -57,6 +57,10 @@ class Refused(Exception):
 
 # CONNACK return code 1 (unacceptable protocol level) in the 3.1.1 form.
 _CONNACK_UNSUPPORTED_LEVEL = b"\x20\x02\x00\x01"
+# The accepting CONNACK of MQTT 3.1 / 3.1.1 by session present (3.1 has no such flag):
+# four fixed bytes, encoded here once instead of at every CONNECT.
+_CONNACK_ACCEPTED_V3 = {False: b"\x20\x02\x00\x00", True: b"\x20\x02\x00\x00"}
+_CONNACK_ACCEPTED_V4 = {False: b"\x20\x02\x00\x00", True: b"\x20\x02\x01\x00"}
 
 
 async def read_connect(conn: Connection) -> Connect | None:
@@ -110,7 +114,10 @@ async def handshake(conn: Connection, packet: Connect) -> bool:
     assert session is not None
     conn.connected = True
     conn.session_present = session_present
-    conn.send(Connack(session_present, 0, connack_props if level == 5 else {}))
+    if level == 5:
+        conn.send(Connack(session_present, 0, connack_props))
+    else:  # what encode() gives, without encoding it (tests/kernel/test_connect_path.py)
+        conn.write((_CONNACK_ACCEPTED_V4 if level == 4 else _CONNACK_ACCEPTED_V3)[session_present])
     await conn.broker.session_online(conn, session)
     return True
 

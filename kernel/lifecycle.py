@@ -109,11 +109,14 @@ class SessionLifecycle:
 
     async def session_online(self, conn: Connection, session: Session) -> None:
         """After CONNACK: resend what is in flight, drain the queue, fire wakeup."""
-        for delivery, status in list(session.resend_inflight()):
-            await self.router.report(session, delivery.message, delivery.qos, status)
-        if self.dispatcher.has("on_deliver"):
-            await self._deliver_hook_on_offline_queue(session)
-        await self.drain(session)
+        # A new session has nothing in flight and nothing queued: skip the generators.
+        if session.inflight:
+            for delivery, status in list(session.resend_inflight()):
+                await self.router.report(session, delivery.message, delivery.qos, status)
+        if session.queue:
+            if self.dispatcher.has("on_deliver"):
+                await self._deliver_hook_on_offline_queue(session)
+            await self.drain(session)
         if self.dispatcher.has("on_client_wakeup"):
             await self.dispatcher.notify("on_client_wakeup", client=conn.client_info)
 
@@ -135,11 +138,39 @@ class SessionLifecycle:
         for delivery, status in list(session.drain()):
             await self.router.report(session, delivery.message, delivery.qos, status)
 
-    async def connection_closed(self, conn: Connection) -> None:
-        """Detach a closed connection from its session: will, offline or gone, hooks."""
+    def detach_at_once(self, conn: Connection) -> bool:
+        """:meth:`connection_closed` for the common close, which awaits nothing: no will,
+        no hook to call, no session store to update. False, with nothing changed, when
+        there is something to await: then ``connection_closed`` must run (shielded).
+
+        Why: the caller needs no cancel scope then, and on the connect+disconnect path a
+        shielded scope costs more than the whole detach (about 7 µs of 100, measured).
+        """
         session = conn.session
         if session is None or session.connection is not conn:
+            return True
+        if conn.will is not None:
+            return False
+        has = self.dispatcher.has
+        if session.persistent:
+            if has("session_store_save") or has("on_client_offline"):
+                return False
+        elif session.stored or has("on_client_gone"):
+            return False
+        session.connection = None
+        session.disconnected_at = time.time()
+        if session.persistent:
+            self._schedule_expiry(session)  # save_session would save nothing
+        else:
+            self._forget_session(session)  # all of _end_session when nothing is stored
+        return True
+
+    async def connection_closed(self, conn: Connection) -> None:
+        """Detach a closed connection from its session: will, offline or gone, hooks."""
+        if self.detach_at_once(conn):
             return
+        session = conn.session
+        assert session is not None  # detach_at_once handled the other cases
         session.connection = None
         session.disconnected_at = time.time()
         will = conn.will
@@ -196,14 +227,17 @@ class SessionLifecycle:
             await timer.callback()
 
     async def _end_session(self, session: Session) -> None:
-        self.router.remove_session(session)
-        if self.sessions.get(session.client_id) is session:
-            del self.sessions[session.client_id]
+        self._forget_session(session)
         # Whenever a store holds it, also for a session made non-persistent later
         # (admin cleanup): its stored state must not come back after a restart.
         if session.stored:
             session.stored = False
             await self.dispatcher.provide("session_store_delete", client_id=session.client_id)
+
+    def _forget_session(self, session: Session) -> None:
+        self.router.remove_session(session)
+        if self.sessions.get(session.client_id) is session:
+            del self.sessions[session.client_id]
 
     async def save_session(self, session: Session) -> None:
         if self.dispatcher.has("session_store_save"):

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
-from trio.lowlevel import checkpoint, notify_closing, wait_readable, wait_writable
+from trio.lowlevel import checkpoint, checkpoint_if_cancelled, notify_closing, wait_readable, wait_writable
 
 log = logging.getLogger("ternmq.listeners")
 
@@ -45,31 +45,55 @@ class RawSocketStream(trio.abc.HalfCloseableStream):
         self._sending = False
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        # The checkpoint is the wait, or, when data was there at once, one after the
+        # read: as in trio's own sockets, a wait is not followed by another schedule
+        # point (that would be one more pass of the scheduler per wake-up). A cancel
+        # that came with the wake-up is still raised before anything is read, so a
+        # cancelled reader never goes on to handle what it read.
         sock = self.socket
+        size = max_bytes or RECEIVE_SIZE
+        try:
+            data = sock.recv(size)
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            raise _broken(exc) from exc
+        else:
+            await checkpoint()
+            return data
         while True:
+            # Not self._wait: a socket that just said "would block" is open.
+            await wait_readable(sock)
+            await checkpoint_if_cancelled()
             try:
-                data = sock.recv(max_bytes or RECEIVE_SIZE)
-            except BlockingIOError:
-                await self._wait(wait_readable)
+                return sock.recv(size)
+            except BlockingIOError:  # woken without data (it can happen): wait again
                 continue
             except OSError as exc:
                 raise _broken(exc) from exc
-            await checkpoint()
-            return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._sending:
             # Bytes of two senders would interleave on the wire.
             raise trio.BusyResourceError("another task is sending on this connection")
+        sock = self.socket
+        # Most sends (a CONNACK, a batch of acks) fit in the kernel buffer: one call, no
+        # await, so no other sender can come in between and no flag or view is needed.
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise _broken(exc) from exc
+        if sent == len(data):
+            return
         self._sending = True
         try:
-            sock = self.socket
             with memoryview(data) as view:
-                sent = 0
                 total = len(view)
                 while sent < total:
                     try:
-                        sent += sock.send(view[sent:] if sent else view)
+                        sent += sock.send(view[sent:])
                     except BlockingIOError:
                         await self._wait(wait_writable)
                     except OSError as exc:
