@@ -44,8 +44,9 @@ def ensure_amqtt_venv(log=print) -> Path:
         return exe
     log(f"creating {AMQTT_VENV.relative_to(ROOT)} and installing {AMQTT_REQUIREMENT} (once)...")
     subprocess.run([sys.executable, "-m", "venv", str(AMQTT_VENV)], check=True)
-    subprocess.run([str(AMQTT_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet",
-                    AMQTT_REQUIREMENT], check=True)
+    subprocess.run(
+        [str(AMQTT_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet", AMQTT_REQUIREMENT], check=True
+    )
     return exe
 
 
@@ -53,18 +54,20 @@ def version_of(name: str) -> str:
     try:
         if name == "ternmq":
             from ternmq import __version__
-            rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                 capture_output=True, text=True).stdout.strip()
+
+            rev = subprocess.run(
+                ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+            ).stdout.strip()
             return f"{__version__} ({rev})" if rev else __version__
         if name == "mosquitto":
             out = subprocess.run([MOSQUITTO, "-h"], capture_output=True, text=True)
             return (out.stdout + out.stderr).split("\n")[0].replace("mosquitto version ", "")
         if name == FLOOR:
             import trio
+
             return f"(bench/floor.py on trio {trio.__version__})"
         if name == "amqtt":
-            out = subprocess.run([str(AMQTT_VENV / "bin" / "amqtt"), "--version"],
-                                 capture_output=True, text=True)
+            out = subprocess.run([str(AMQTT_VENV / "bin" / "amqtt"), "--version"], capture_output=True, text=True)
             return out.stdout.strip()
     except Exception as exc:  # a version string is decoration, never a reason to fail
         return f"? ({exc})"
@@ -110,9 +113,19 @@ class Broker:
                 f"port = {port}\n"
                 "max_connections = 100000\n"
                 "\n[plugins.retainer]\n"
-                "enabled = true\n")
-            return [sys.executable, "-m", "ternmq.kernel", "--config", str(t / "ternmq.toml"),
-                    "--port", str(port), "--log-level", "warning"]
+                "enabled = true\n"
+            )
+            return [
+                sys.executable,
+                "-m",
+                "ternmq.kernel",
+                "--config",
+                str(t / "ternmq.toml"),
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ]
         if self.name == "mosquitto":
             (t / "mosquitto.conf").write_text(
                 f"listener {port} 127.0.0.1\n"
@@ -124,7 +137,8 @@ class Broker:
                 "set_tcp_nodelay true\n"
                 "log_dest stderr\n"
                 "log_type error\n"
-                "log_type warning\n")
+                "log_type warning\n"
+            )
             return [MOSQUITTO, "-c", str(t / "mosquitto.conf")]
         exe = ensure_amqtt_venv()
         # amqtt has no in-flight or queue limits to set; only the anonymous-auth plugin
@@ -136,7 +150,8 @@ class Broker:
             f"    bind: 127.0.0.1:{port}\n"
             "plugins:\n"
             "  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
-            "    allow_anonymous: true\n")
+            "    allow_anonymous: true\n"
+        )
         return [str(exe), "-c", str(t / "amqtt.yaml")]
 
     def start(self, ready_timeout: float = 30.0) -> None:
@@ -152,8 +167,15 @@ class Broker:
                 os.sched_setaffinity(0, cpus)
 
         log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                     cwd=self.tmp, preexec_fn=setup, start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.tmp,
+            preexec_fn=setup,
+            start_new_session=True,
+        )
         log.close()
         deadline = time.monotonic() + ready_timeout
         while True:
@@ -163,8 +185,9 @@ class Broker:
                 return
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"{self.name} did not accept MQTT connections within {ready_timeout} s:\n"
-                                   f"{self.log_tail()}")
+                raise RuntimeError(
+                    f"{self.name} did not accept MQTT connections within {ready_timeout} s:\n{self.log_tail()}"
+                )
             time.sleep(0.1)
 
     def log_tail(self, lines: int = 20) -> str:

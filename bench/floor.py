@@ -38,8 +38,12 @@ SERVERS = ("trio-raw", "trio-stream", "asyncio-protocol")
 
 def storm(binary: Path, port: int, total: int, pin: bool) -> tuple[int, float]:
     prefix = ["taskset", "-c", "1"] if pin else []
-    out = subprocess.run([*prefix, str(binary), "127.0.0.1", str(port), str(total), "32", "60"],
-                         capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [*prefix, str(binary), "127.0.0.1", str(port), str(total), "32", "60"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     return int(out[0]), float(out[2])
 
 
@@ -158,8 +162,13 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--serve", choices=SERVERS, help="run one server only (used by run.py and by itself)")
-    parser.add_argument("--listen", type=int, default=0, metavar="PORT",
-                        help="with --serve trio-raw or trio-stream: serve on this port until SIGTERM, no client")
+    parser.add_argument(
+        "--listen",
+        type=int,
+        default=0,
+        metavar="PORT",
+        help="with --serve trio-raw or trio-stream: serve on this port until SIGTERM, no client",
+    )
     args = parser.parse_args()
     if args.listen:
         if args.serve not in ("trio-raw", "trio-stream"):
@@ -183,8 +192,21 @@ def main() -> int:
         return 0
     print("| server (no MQTT logic) | conn/s | CPU µs per connection |\n|---|---|---|")
     for kind in SERVERS:
-        out = subprocess.run([sys.executable, __file__, "--serve", kind, "--connections", str(args.connections),
-                              "--repeat", str(args.repeat)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--serve",
+                kind,
+                "--connections",
+                str(args.connections),
+                "--repeat",
+                str(args.repeat),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         result = json.loads(out.stdout)
         print(f"| {kind} | {result['conn_per_s']:,.0f} | {result['cpu_us']:.0f} |")
     return 0

@@ -105,7 +105,7 @@ def proc_cpu(pid: int | None) -> float | None:
             stat = f.read()
     except OSError:
         return None
-    fields = stat[stat.rindex(b")") + 2:].split()
+    fields = stat[stat.rindex(b")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
@@ -271,7 +271,7 @@ class Client(asyncio.Protocol):
                     if acks is not None:
                         p = start + 2 + ((buf[start] << 8) | buf[start + 1])
                         acks += b"\x40\x02"
-                        acks += buf[p:p + 2]
+                        acks += buf[p : p + 2]
                 if stamps is not None:
                     p = start + 2 + ((buf[start] << 8) | buf[start + 1]) + (2 if h & 0x06 else 0)
                     stamps.append(struct.unpack_from(">q", buf, p)[0])
@@ -282,7 +282,7 @@ class Client(asyncio.Protocol):
                     self.connack.set_result(buf[start + 1])
             elif kind == 9:
                 if self.suback is not None and not self.suback.done():
-                    self.suback.set_result(bytes(buf[start + 2:end]))
+                    self.suback.set_result(bytes(buf[start + 2 : end]))
             pos = end
         if pos:
             del buf[:pos]
@@ -408,8 +408,7 @@ async def fanin(port: int, pid: int | None, quick: bool, deadline: float, qos: i
             return
         prefix, body = qos1_frames[i]
         start = sent[i]
-        pubs[i].write(b"".join([prefix + ((j % 65535) + 1).to_bytes(2, "big") + body
-                                for j in range(start, start + k)]))
+        pubs[i].write(b"".join([prefix + ((j % 65535) + 1).to_bytes(2, "big") + body for j in range(start, start + k)]))
         sent[i] = start + k
         totals["sent"] += k
 
@@ -520,7 +519,7 @@ async def latency(port: int, pid: int | None, quick: bool, deadline: float) -> d
     task.cancel()
     sub.close()
     pub.close()
-    lat = sorted(tally.latencies[p["warmup"]:] or tally.latencies)
+    lat = sorted(tally.latencies[p["warmup"] :] or tally.latencies)
     if not lat:
         return {"value": None, "status": "no messages", **result}
     pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] / 1e6  # noqa: E731 (ns -> ms)
@@ -589,8 +588,14 @@ async def connects(port: int, pid: int | None, quick: bool, deadline: float) -> 
     total = p["connections"][quick]
     window = Window(pid)
     proc = await asyncio.create_subprocess_exec(
-        str(binary), HOST, str(port), str(total), str(p["parallel"]),
-        str(max(1.0, deadline - time.perf_counter())), stdout=asyncio.subprocess.PIPE)
+        str(binary),
+        HOST,
+        str(port),
+        str(total),
+        str(p["parallel"]),
+        str(max(1.0, deadline - time.perf_counter())),
+        stdout=asyncio.subprocess.PIPE,
+    )
     out, _ = await proc.communicate()
     result = window.close()
     ok, failed, wall, cpu = out.split()
@@ -623,9 +628,9 @@ async def connects_asyncio(port: int, pid: int | None, quick: bool, deadline: fl
             counts["next"] += 1
             done = loop.create_future()
             try:
-                await loop.create_connection(lambda: _Churn(f"bench-c{w}-{i}", done), HOST, port)
+                await loop.create_connection(lambda i=i, done=done: _Churn(f"bench-c{w}-{i}", done), HOST, port)
                 ok = await asyncio.wait_for(done, max(0.1, deadline - time.perf_counter()))
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 ok = False
             counts["ok" if ok else "failed"] += 1
 
@@ -661,9 +666,12 @@ async def memory(port: int, pid: int | None, quick: bool, deadline: float) -> di
         if time.perf_counter() > deadline:
             status = "timeout"
             break
-        clients += await asyncio.gather(*(
-            open_client(port, f"bench-idle-{i}", keep_alive=p["keep_alive"])
-            for i in range(start, min(total, start + batch))))
+        clients += await asyncio.gather(
+            *(
+                open_client(port, f"bench-idle-{i}", keep_alive=p["keep_alive"])
+                for i in range(start, min(total, start + batch))
+            )
+        )
     connected_in = time.perf_counter() - window.t0
     result = window.close()
     await asyncio.sleep(1.5)
@@ -703,8 +711,8 @@ def raise_nofile() -> None:
 async def amain(args: argparse.Namespace) -> dict:
     deadline = time.perf_counter() + args.deadline
     return await asyncio.wait_for(
-        SCENARIOS[args.scenario](args.port, args.broker_pid, args.quick, deadline),
-        args.deadline + 5.0)
+        SCENARIOS[args.scenario](args.port, args.broker_pid, args.quick, deadline), args.deadline + 5.0
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -713,10 +721,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--broker-pid", type=int, default=None)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--deadline", type=float, default=50.0,
-                        help="seconds after which the scenario stops and reports what it has")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a scenario parameter (e.g. --set window=10), for experiments")
+    parser.add_argument(
+        "--deadline", type=float, default=50.0, help="seconds after which the scenario stops and reports what it has"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a scenario parameter (e.g. --set window=10), for experiments",
+    )
     args = parser.parse_args(argv)
     for item in args.set:
         key, _, value = item.partition("=")
@@ -728,9 +742,12 @@ def main(argv: list[str] | None = None) -> int:
     raise_nofile()
     try:
         result = asyncio.run(amain(args))
-    except (asyncio.TimeoutError, TimeoutError):
-        print(f"{args.scenario}: no result within {args.deadline + 5:.0f} s (the broker never answered "
-              "a CONNECT or SUBSCRIBE?)", file=sys.stderr)
+    except TimeoutError:
+        print(
+            f"{args.scenario}: no result within {args.deadline + 5:.0f} s (the broker never answered "
+            "a CONNECT or SUBSCRIBE?)",
+            file=sys.stderr,
+        )
         return 1
     except (OSError, RuntimeError) as exc:
         print(f"{args.scenario}: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -35,8 +35,14 @@ from loadgen import PARAMS  # noqa: E402
 SCENARIOS = ("fanin_qos0", "fanin_qos1", "fanout", "latency", "connects", "memory")
 GEN_SATURATED = 0.90  # generator CPU at or above this marks a result as possibly generator-bound
 # What "best" means when --repeat runs a scenario several times.
-PRIMARY = {"fanin_qos0": ("value", True), "fanin_qos1": ("value", True), "fanout": ("value", True),
-           "latency": ("p99_ms", False), "connects": ("value", True), "memory": ("value", False)}
+PRIMARY = {
+    "fanin_qos0": ("value", True),
+    "fanin_qos1": ("value", True),
+    "fanout": ("value", True),
+    "latency": ("p99_ms", False),
+    "connects": ("value", True),
+    "memory": ("value", False),
+}
 # ternmq's broker CPU per connect+disconnect against the trio-raw floor's (the goal that
 # replaced "≥ 10× amqtt connects/s": a ratio to what trio itself costs, on one core).
 FLOOR_TARGET = 1.3
@@ -66,8 +72,17 @@ def run_one(broker_name: str, scenario: str, args: argparse.Namespace, pin: bool
         return {"error": f"broker did not start: {exc}"}
     profiler = None
     try:
-        cmd = [sys.executable, str(BENCH / "loadgen.py"), scenario, "--port", str(broker.port),
-               "--broker-pid", str(broker.pid), "--deadline", str(max(5.0, args.timeout - 8.0))]
+        cmd = [
+            sys.executable,
+            str(BENCH / "loadgen.py"),
+            scenario,
+            "--port",
+            str(broker.port),
+            "--broker-pid",
+            str(broker.pid),
+            "--deadline",
+            str(max(5.0, args.timeout - 8.0)),
+        ]
         if args.quick:
             cmd.append("--quick")
         for item in args.set:
@@ -76,14 +91,18 @@ def run_one(broker_name: str, scenario: str, args: argparse.Namespace, pin: bool
             profiler = start_profiler(broker.pid, scenario)
         started = time.perf_counter()
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
-                                  preexec_fn=(lambda: os.sched_setaffinity(0, {1})) if pin else None)
+            proc = subprocess.run(
+                cmd,
+                capture_output=True,
+                text=True,
+                timeout=args.timeout,
+                preexec_fn=(lambda: os.sched_setaffinity(0, {1})) if pin else None,
+            )
         except subprocess.TimeoutExpired:
             return {"error": f"hard timeout after {args.timeout:.0f} s"}
         if proc.returncode != 0 or not proc.stdout.strip():
             tail = (proc.stderr or "").strip().splitlines()[-3:]
-            return {"error": "load generator failed: " + " | ".join(tail),
-                    "broker_log": broker.log_tail(5)}
+            return {"error": "load generator failed: " + " | ".join(tail), "broker_log": broker.log_tail(5)}
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         result["elapsed"] = time.perf_counter() - started
         if broker.proc.poll() is not None:
@@ -102,8 +121,11 @@ def start_profiler(pid: int, scenario: str) -> subprocess.Popen | None:
     out = BENCH / "results" / f"profile-{scenario}.txt"
     out.parent.mkdir(exist_ok=True)
     try:
-        proc = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", "200", "--gil", "--format", "raw",
-                                 "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            ["py-spy", "record", "--pid", str(pid), "--rate", "200", "--gil", "--format", "raw", "--output", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
     except FileNotFoundError:
         log("--profile needs py-spy (pip install py-spy)")
         return None
@@ -127,7 +149,8 @@ def stop_profiler(proc: subprocess.Popen, scenario: str) -> None:
 
 def _ours(frame: str) -> bool:
     return any(m in frame for m in ("(kernel/", "(plugins/", "(api/", "ternmq/")) and not any(
-        m in frame for m in ("__main__", "kernel/cli.py"))
+        m in frame for m in ("__main__", "kernel/cli.py")
+    )
 
 
 def summarize_profile(path: Path, top: int = 25) -> str:
@@ -243,8 +266,12 @@ def render_cpu(results: dict[str, dict[str, dict]], brokers: list[str], scenario
     others = [b for b in ("amqtt", "mosquitto") if b in brokers and "ternmq" in brokers]
     floor = FLOOR in results and "ternmq" in brokers
     columns = brokers + ([f"{FLOOR} (floor)"] if floor else [])
-    head = (["broker CPU per operation (lower is better)"] + columns + [f"ternmq/{o}" for o in others]
-            + ([f"ternmq/{FLOOR}", "target"] if floor else []))
+    head = (
+        ["broker CPU per operation (lower is better)"]
+        + columns
+        + [f"ternmq/{o}" for o in others]
+        + ([f"ternmq/{FLOOR}", "target"] if floor else [])
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, scenario in CPU_ROWS:
         if scenario not in scenarios:
@@ -268,10 +295,12 @@ def render_cpu(results: dict[str, dict[str, dict]], brokers: list[str], scenario
     other = [r.get("other_cpu") for b in results.values() for r in b.values() if r.get("other_cpu") is not None]
     note = ""
     if other and max(other) >= 0.25:
-        note = (f"\n⚠ Other load (other processes, kernel work charged to neither the generator nor the "
-                f"broker) reached {max(other):.2f} cores during some runs (median "
-                f"{sorted(other)[len(other) // 2]:.2f}): where it was high, rates above are lower than on an "
-                "idle machine; the CPU costs in this table are less affected.\n")
+        note = (
+            f"\n⚠ Other load (other processes, kernel work charged to neither the generator nor the "
+            f"broker) reached {max(other):.2f} cores during some runs (median "
+            f"{sorted(other)[len(other) // 2]:.2f}): where it was high, rates above are lower than on an "
+            "idle machine; the CPU costs in this table are less affected.\n"
+        )
     return "\n".join(lines) + "\n" + note
 
 
@@ -279,8 +308,12 @@ def render(results: dict[str, dict[str, dict]], brokers: list[str], scenarios: l
     others = [b for b in ("amqtt", "mosquitto") if b in brokers and "ternmq" in brokers]
     # The floor ran only the connects scenario; its column is "–" elsewhere.
     columns = brokers + ([FLOOR] if FLOOR in results else [])
-    head = ["scenario"] + [f"{b} (floor)" if b == FLOOR else b for b in columns] \
-        + [f"ternmq/{o}" for o in others] + ["target"]
+    head = (
+        ["scenario"]
+        + [f"{b} (floor)" if b == FLOOR else b for b in columns]
+        + [f"ternmq/{o}" for o in others]
+        + ["target"]
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     notes = []
     for label, scenario, key, higher, target in ROWS:
@@ -307,12 +340,17 @@ def render(results: dict[str, dict[str, dict]], brokers: list[str], scenarios: l
                 notes.append(f"- {b} / {scenario}: {r['error']}")
             elif r.get("status") not in (None, "complete"):
                 why = {"lost": "the rest never arrived", "timeout": "stopped at the deadline"}.get(
-                    r["status"], r["status"])
-                notes.append(f"- † {b} / {scenario}: {r.get('received', 0):,} of {r.get('expected', 0):,} "
-                             f"delivered ({why}); the rate counts what arrived.")
+                    r["status"], r["status"]
+                )
+                notes.append(
+                    f"- † {b} / {scenario}: {r.get('received', 0):,} of {r.get('expected', 0):,} "
+                    f"delivered ({why}); the rate counts what arrived."
+                )
             if scenario == "memory" and "rss0_kib" in r:
-                notes.append(f"- {b} / memory: RSS {r['rss0_kib']:,} KiB idle → {r['rss1_kib']:,} KiB with "
-                             f"{r['received']:,} connections")
+                notes.append(
+                    f"- {b} / memory: RSS {r['rss0_kib']:,} KiB idle → {r['rss1_kib']:,} KiB with "
+                    f"{r['received']:,} connections"
+                )
     return "\n".join(lines) + ("\n\n" + "\n".join(notes) if notes else "") + "\n"
 
 
@@ -331,11 +369,16 @@ def header(args: argparse.Namespace, brokers: list[str], pin: bool, floor: bool 
     lines = [
         f"Run {datetime.datetime.now().isoformat(timespec='seconds')} ({mode}) on {cpu}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}; "
-        + ", ".join(f"{b} {version_of(b)}" for b in brokers + ([FLOOR] if floor else [])) + ".",
+        + ", ".join(f"{b} {version_of(b)}" for b in brokers + ([FLOOR] if floor else []))
+        + ".",
         ("Broker pinned to CPU 0, load generator to CPU 1." if pin else "No CPU pinning.")
         + f" Per-scenario hard timeout {args.timeout:.0f} s."
-        + (f" Best of {args.repeat} rounds per cell (runs interleaved: each round runs every cell once;"
-           " CPU per operation is the lowest of the rounds)." if args.repeat > 1 else ""),
+        + (
+            f" Best of {args.repeat} rounds per cell (runs interleaved: each round runs every cell once;"
+            " CPU per operation is the lowest of the rounds)."
+            if args.repeat > 1
+            else ""
+        ),
         f"Parameters: fan-in {p['fanin_qos0']['publishers']} × {p['fanin_qos0']['messages'][q]:,} messages "
         f"of {p['fanin_qos0']['payload']} B (QoS 1: window {p['fanin_qos1']['window']} per publisher); "
         f"fan-out {p['fanout']['messages'][q]:,} messages × {p['fanout']['subscribers']} subscribers; "
@@ -343,9 +386,15 @@ def header(args: argparse.Namespace, brokers: list[str], pin: bool, floor: bool 
         f"{p['connects']['connections'][q]:,} connects, {p['connects']['parallel']} in flight (C client); "
         f"{p['memory']['connections'][q]:,} idle connections."
         + (f" Overrides: {', '.join(args.set)}." if args.set else ""),
-        *([f"Floor: {FLOOR} is bench/floor.py's trio server with no MQTT in it (accept, read the CONNECT, "
-           "write a fixed CONNACK, read until the client closes, close), in the connects scenario only, "
-           "right after ternmq in each round."] if floor else []),
+        *(
+            [
+                f"Floor: {FLOOR} is bench/floor.py's trio server with no MQTT in it (accept, read the CONNECT, "
+                "write a fixed CONNACK, read until the client closes, close), in the connects scenario only, "
+                "right after ternmq in each round."
+            ]
+            if floor
+            else []
+        ),
         "Cells: value (gen = load generator CPU, brk = broker CPU, % of one core over the measured "
         "window; ⚠ = generator near saturation). Ratios are ternmq ÷ other: above 1 is better for "
         "throughput, below 1 is better for latency and memory.",
@@ -357,18 +406,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="ternmq vs Mosquitto vs amqtt on loopback.")
     parser.add_argument("--quick", action="store_true", help="smaller counts, 3 s latency run")
     parser.add_argument("--brokers", default=",".join(NAMES), help="comma-separated, default: all three")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
-                        help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    parser.add_argument(
+        "--scenarios", default=",".join(SCENARIOS), help=f"comma-separated subset of {','.join(SCENARIOS)}"
+    )
     parser.add_argument("--timeout", type=float, default=60.0, help="hard limit per scenario run, seconds")
     parser.add_argument("--no-pin", action="store_true", help="do not pin broker and generator to CPUs 0/1")
-    parser.add_argument("--profile", action="store_true",
-                        help="attach py-spy to ternmq during each scenario (bench/results/profile-*.txt)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a load generator parameter for every selected scenario that has it")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="run each scenario N times and keep the best run (for a busy machine)")
-    parser.add_argument("--no-floor", action="store_true",
-                        help=f"do not run the {FLOOR} floor server beside ternmq in the connects scenario")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="attach py-spy to ternmq during each scenario (bench/results/profile-*.txt)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a load generator parameter for every selected scenario that has it",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run each scenario N times and keep the best run (for a busy machine)"
+    )
+    parser.add_argument(
+        "--no-floor",
+        action="store_true",
+        help=f"do not run the {FLOOR} floor server beside ternmq in the connects scenario",
+    )
     parser.add_argument("--out", default=str(BENCH / "results" / "latest.md"))
     args = parser.parse_args(argv)
 
@@ -400,9 +462,10 @@ def main(argv: list[str] | None = None) -> int:
             x = run_one(b, s, scenario_args, pin)
             runs[b, s].append(x)
             summary = x.get("error") or ", ".join(
-                f"{k}={fmt_number(x[k])}" for k in ("value", "p50_ms", "p99_ms", "gen_cpu", "broker_cpu",
-                                                    "broker_us_per_op")
-                if isinstance(x.get(k), (int, float)))
+                f"{k}={fmt_number(x[k])}"
+                for k in ("value", "p50_ms", "p99_ms", "gen_cpu", "broker_cpu", "broker_us_per_op")
+                if isinstance(x.get(k), (int, float))
+            )
             log(f"{'':21} {summary}")
 
     results: dict[str, dict[str, dict]] = {}

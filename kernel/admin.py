@@ -17,11 +17,14 @@ import inspect
 import re
 import tomllib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from .registries import Owned
+
+if TYPE_CHECKING:
+    from .config import ConfigError
 
 
 @attrs.frozen
@@ -39,16 +42,23 @@ class Table:
         if not columns:
             return ""
         cells = [[cell_text(row.get(c)) for c in columns] for row in self.rows]
-        widths = [max([len(c)] + [max((len(line) for line in cell[i].split("\n")), default=0) for cell in cells])
-                  for i, c in enumerate(columns)]
+        widths = [
+            max([len(c)] + [max((len(line) for line in cell[i].split("\n")), default=0) for cell in cells])
+            for i, c in enumerate(columns)
+        ]
         rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-        lines = [rule, "|" + "|".join(f" {c:<{w}} " for c, w in zip(columns, widths)) + "|", rule]
+        lines = [rule, "|" + "|".join(f" {c:<{w}} " for c, w in zip(columns, widths, strict=True)) + "|", rule]
         for cell in cells:
             parts = [value.split("\n") for value in cell]
             height = max(len(p) for p in parts)
             for index in range(height):
-                lines.append("|" + "|".join(
-                    f" {(p[index] if index < len(p) else ''):<{w}} " for p, w in zip(parts, widths)) + "|")
+                lines.append(
+                    "|"
+                    + "|".join(
+                        f" {(p[index] if index < len(p) else ''):<{w}} " for p, w in zip(parts, widths, strict=True)
+                    )
+                    + "|"
+                )
         lines.append(rule)
         return "\n".join(lines)
 
@@ -140,8 +150,7 @@ class Arguments:
             return value
         if value.lower() in ("true", "false"):
             return value.lower() == "true"
-        raise CommandError(f"--{name} is a switch (--{name}, or --{name}=true|false), not --{name}={value}",
-                           self.usage)
+        raise CommandError(f"--{name} is a switch (--{name}, or --{name}=true|false), not --{name}={value}", self.usage)
 
     def usage_error(self, message: str) -> CommandError:
         """An error about these arguments, with the command's usage."""
@@ -186,16 +195,33 @@ class AdminRegistry(Owned):
         self.group_help: dict[tuple[str, ...], str] = {}
 
     def add(
-        self, path: str | Sequence[str], function: Callable[..., Any], *, help: str,
-        keys: Mapping[str, str] | None = None, flags: Mapping[str, str] | None = None,
-        required: Sequence[str] = (), any_flags: bool = False, any_keys: bool = False, owner: str = "",
+        self,
+        path: str | Sequence[str],
+        function: Callable[..., Any],
+        *,
+        help: str,
+        keys: Mapping[str, str] | None = None,
+        flags: Mapping[str, str] | None = None,
+        required: Sequence[str] = (),
+        any_flags: bool = False,
+        any_keys: bool = False,
+        owner: str = "",
     ) -> None:
         """Add a command; ``keys``/``flags`` map each accepted name to its help."""
         words = tuple(path.split()) if isinstance(path, str) else tuple(path)
         if words in self.commands:
             raise ValueError(f"admin command {' '.join(words)!r} already exists")
-        self.commands[words] = Command(words, function, help, dict(keys or {}), dict(flags or {}),
-                                       tuple(required), any_flags, any_keys, owner or self._owner)
+        self.commands[words] = Command(
+            words,
+            function,
+            help,
+            dict(keys or {}),
+            dict(flags or {}),
+            tuple(required),
+            any_flags,
+            any_keys,
+            owner or self._owner,
+        )
 
     def describe(self, path: str | Sequence[str], help: str) -> None:
         """Help text of a command group (``plugin``, ``session``...)."""
@@ -208,17 +234,22 @@ class AdminRegistry(Owned):
         prefix = tuple(words)
         command = self.commands.get(prefix)
         if command is not None:
-            lines = [f"Usage: ternmq-admin {' '.join(prefix)}"
-                     + "".join(f" {k}=<{k}>" for k in command.keys)
-                     + (" <key>=<value>..." if command.any_keys else "")
-                     + (" [flags]" if command.flags else " [--<name>...]" if command.any_flags else ""),
-                     "", command.help]
+            lines = [
+                f"Usage: ternmq-admin {' '.join(prefix)}"
+                + "".join(f" {k}=<{k}>" for k in command.keys)
+                + (" <key>=<value>..." if command.any_keys else "")
+                + (" [flags]" if command.flags else " [--<name>...]" if command.any_flags else ""),
+                "",
+                command.help,
+            ]
             if command.keys:
                 lines += ["", "Arguments:"] + [f"  {k}=<value>  {h}" for k, h in command.keys.items()]
             if command.flags:
                 lines += ["", "Flags:"] + [f"  --{f}  {h}" for f, h in command.flags.items()]
             return "\n".join(lines)
-        children = sorted({p[len(prefix)] for p in self.commands if p[:len(prefix)] == prefix and len(p) > len(prefix)})
+        children = sorted(
+            {p[len(prefix)] for p in self.commands if p[: len(prefix)] == prefix and len(p) > len(prefix)}
+        )
         if not children:
             raise CommandError(f"unknown command: {' '.join(prefix)}", self.help(prefix[:-1]))
         title = self.group_help.get(prefix, "Manage the running ternmq broker." if not prefix else "")
@@ -250,7 +281,7 @@ class AdminRegistry(Owned):
         path = tuple(words)
         command = self.commands.get(path)
         if command is None:
-            if wants_help or not rest and any(p[:len(path)] == path and len(p) > len(path) for p in self.commands):
+            if wants_help or not rest and any(p[: len(path)] == path and len(p) > len(path) for p in self.commands):
                 return None, Arguments({}, {}), True
             raise CommandError(f"unknown command: {' '.join(words) or '(none)'}", self._nearest_help(path))
         keys: dict[str, str] = {}
@@ -307,3 +338,12 @@ class AdminRegistry(Owned):
         if not isinstance(result, (Table, Text)):
             raise TypeError(f"admin command {' '.join(command.path)} returned {type(result).__name__}")
         return result
+
+
+def option_error(exc: ConfigError, args: Arguments) -> CommandError:
+    """A ConfigError about a command-line value, naming the option as it was typed."""
+    if exc.key is None:
+        return args.usage_error(str(exc))
+    message = str(exc).removeprefix(f"{exc.source}: [{exc.table}] {exc.key}: ")
+    option = f"--{exc.key}" if exc.key in args.flags else exc.key
+    return args.usage_error(f"{option}: {message}")

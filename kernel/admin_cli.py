@@ -106,8 +106,11 @@ def request(path: str, argv: list[str], timeout: float = 30.0) -> dict[str, Any]
 def _target(options: dict[str, str]) -> Target:
     """Where the broker is, from --socket or the configuration (:class:`NoSocket` if neither says)."""
     config_file = options.get("config")
-    hint = f"Start it with `ternmq --config {config_file}`." if config_file else \
-        "Start it with `ternmq`, or name its configuration with --config FILE."
+    hint = (
+        f"Start it with `ternmq --config {config_file}`."
+        if config_file
+        else "Start it with `ternmq`, or name its configuration with --config FILE."
+    )
     path = options.get("socket")
     node: str | None = None
     if path is None or config_file is not None:
@@ -119,7 +122,7 @@ def _target(options: dict[str, str]) -> Target:
         if path is None:
             path = control_socket_path(settings)
             if path is None:
-                raise NoSocket("this configuration has control_socket = \"off\"")
+                raise NoSocket('this configuration has control_socket = "off"')
     if options.get("socket") is not None:
         hint = "Is the broker that owns it running?"
     return Target(path, node, hint)
@@ -137,8 +140,10 @@ def _offline_help(command: list[str], target: Target, reason: str) -> str | None
         text = registry.help(words)
     except CommandError:
         return None
-    return (f"{text}\n\nBroker: control socket {target.describe()}, not reachable: {reason}. {target.start_hint}\n"
-            "This help lists the kernel's commands; those of plugins are listed once the broker runs.")
+    return (
+        f"{text}\n\nBroker: control socket {target.describe()}, not reachable: {reason}. {target.start_hint}\n"
+        "This help lists the kernel's commands; those of plugins are listed once the broker runs."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,8 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     except Unreachable as exc:
         text = _offline_help(command, target, str(exc)) if wants_help else None
         if text is None:
-            print(f"ternmq-admin: cannot reach the broker at {target.describe()}: {exc}. {target.start_hint}",
-                  file=sys.stderr)
+            print(
+                f"ternmq-admin: cannot reach the broker at {target.describe()}: {exc}. {target.start_hint}",
+                file=sys.stderr,
+            )
             return 2
         print(text, file=sys.stderr if no_command else sys.stdout)
         return 1 if no_command else 0
@@ -186,8 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(reply["result"]))
     elif wants_help and all(word.startswith("-") for word in command):
         # The top-level help: also which broker answered it.
-        print(f"{reply['human']}\n\nBroker: control socket {target.describe()}, running.",
-              file=sys.stderr if no_command else sys.stdout)
+        print(
+            f"{reply['human']}\n\nBroker: control socket {target.describe()}, running.",
+            file=sys.stderr if no_command else sys.stdout,
+        )
     else:
         print(reply["human"])
     return 1 if no_command else 0

@@ -8,10 +8,10 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import trio
 
-from .admin import AdminRegistry, Arguments, CommandError, Table, Text, cell_text, parse_value
-from .config import ConfigError, Limits, ListenerConfig, build_attrs
+from .admin import AdminRegistry, Arguments, CommandError, Table, Text, cell_text, option_error, parse_value
+from .admin_listeners import register_listener_commands
+from .config import ConfigError, Limits, build_attrs
 from .manager import PluginError
 from .topics import TopicError, validate_topic_filter
 
@@ -34,20 +34,22 @@ def plugin_rows(broker: Broker) -> list[dict[str, Any]]:
             continue
         callers = sorted(pm.get_hookcallers(loaded.plugin) or [], key=lambda caller: caller.name)
         stats = [(hook, s) for (plugin, hook), s in broker.dispatcher.stats.items() if plugin == name]
-        rows.append({
-            "Plugin": name,
-            # VerneMQ's words: a module of hook functions is a "module" plugin; a plugin
-            # object (a class with hooks, config, maybe serve) is an "application".
-            "Type": "module" if isinstance(loaded.plugin, ModuleType) else "application",
-            "Hook(s)": [caller.name for caller in callers],
-            "M:F/A": [_implementation(caller, loaded.plugin) for caller in callers],
-            "source": loaded.source,
-            "version": loaded.version,
-            "state": loaded.state,
-            "priority": loaded.settings.priority,
-            "errors": sum(s.errors for _, s in stats),
-            "timeouts": sum(s.timeouts for _, s in stats),
-        })
+        rows.append(
+            {
+                "Plugin": name,
+                # VerneMQ's words: a module of hook functions is a "module" plugin; a plugin
+                # object (a class with hooks, config, maybe serve) is an "application".
+                "Type": "module" if isinstance(loaded.plugin, ModuleType) else "application",
+                "Hook(s)": [caller.name for caller in callers],
+                "M:F/A": [_implementation(caller, loaded.plugin) for caller in callers],
+                "source": loaded.source,
+                "version": loaded.version,
+                "state": loaded.state,
+                "priority": loaded.settings.priority,
+                "errors": sum(s.errors for _, s in stats),
+                "timeouts": sum(s.timeouts for _, s in stats),
+            }
+        )
     return rows
 
 
@@ -65,7 +67,10 @@ def _plugin_show(broker: Broker, args: Arguments) -> Table:
         rows = [r for r in rows if r["Plugin"] == plugin]
     if hook is not None:
         rows = [r for r in rows if hook in r["Hook(s)"]]
-    return Table(tuple(rows), ("Plugin", "Type", "Hook(s)", "M:F/A", "source", "version", "state", "priority", "errors", "timeouts"))
+    return Table(
+        tuple(rows),
+        ("Plugin", "Type", "Hook(s)", "M:F/A", "source", "version", "state", "priority", "errors", "timeouts"),
+    )
 
 
 def _config_pairs(args: Arguments) -> dict[str, Any]:
@@ -111,8 +116,12 @@ def _session_show(broker: Broker, args: Arguments) -> Table:
     rows = broker.list_sessions()
     for row in rows:
         row.setdefault("mountpoint", "")
-    known = set(rows[0]) if rows else set(SESSION_COLUMNS) | {"protocol", "clean_session", "listener",
-                                                                "subscriptions", "inflight", "queued", "node"}
+    known = (
+        set(rows[0])
+        if rows
+        else set(SESSION_COLUMNS)
+        | {"protocol", "clean_session", "listener", "subscriptions", "inflight", "queued", "node"}
+    )
     columns: list[str] = []
     limit = args.int_flag("limit", 100, minimum=1)
     for name, value in args.flags.items():
@@ -132,80 +141,6 @@ def _session_disconnect(broker: Broker, args: Arguments) -> Text:
     client_id = args.keys["client-id"]
     if not broker.disconnect_client(client_id, 0x98, cleanup=args.bool_flag("cleanup")):
         raise CommandError(f"no session with client id {client_id!r}")
-    return Text("Done")
-
-
-def _listener_rows(broker: Broker) -> list[dict[str, Any]]:
-    return [{
-        "name": name, "type": running.config.type, "status": running.status,
-        "address": running.config.address, "port": running.port,
-        "max_conns": running.config.max_connections, "active_conns": running.active,
-        "all_conns": running.total,
-    } for name, running in broker.listeners.items()]
-
-
-def _listener_show(broker: Broker, args: Arguments) -> Table:
-    return Table(tuple(_listener_rows(broker)))
-
-
-def _option_error(exc: ConfigError, args: Arguments) -> CommandError:
-    """A ConfigError about a command-line value, naming the option as it was typed."""
-    if exc.key is None:
-        return args.usage_error(str(exc))
-    message = str(exc).removeprefix(f"{exc.source}: [{exc.table}] {exc.key}: ")
-    option = f"--{exc.key}" if exc.key in args.flags else exc.key
-    return args.usage_error(f"{option}: {message}")
-
-
-def _listener_table(args: Arguments) -> dict[str, Any]:
-    """The listener's table from the command line, each value read as its key's type."""
-    kinds = {field.name: field.type for field in attrs.fields(attrs.resolve_types(ListenerConfig))}
-    table: dict[str, Any] = {}
-    for name, value in args.keys.items():
-        # A string key (name, address) keeps what was typed: name=1 is a name, not a number.
-        table[name] = value if kinds.get(name) in (str, str | None) else parse_value(value)
-    for name in args.flags:
-        if kinds.get(name) is bool:
-            table[name] = args.bool_flag(name)
-        elif kinds.get(name) in (str, str | None):
-            table[name] = args.text_flag(name)
-        else:
-            table[name] = parse_value(args.text_flag(name) or "")
-    return table
-
-
-async def _listener_start(broker: Broker, args: Arguments) -> Text:
-    table = _listener_table(args)
-    try:
-        config = build_attrs(ListenerConfig, table, "command line", "listener start")
-    except ConfigError as exc:
-        raise _option_error(exc, args) from None
-    previous = broker.listeners.get(config.name)
-    try:
-        running = await broker.start_listener(config)
-    except (ConfigError, ValueError, OSError) as exc:
-        # start_listener lists the listener before it binds; one that could not start
-        # leaves the table as it was (without a new row, or with the stopped one it replaced).
-        failed = broker.listeners.get(config.name)
-        if failed is not None and failed is not previous and failed.status != "running":
-            if previous is None:
-                del broker.listeners[config.name]
-            else:
-                broker.listeners[config.name] = previous
-        # The OSError's strerror is the whole message ("listener x cannot listen on ..."),
-        # without the "[Errno 98]" that str() puts in front.
-        raise CommandError(exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)) from None
-    return Text(f"Done: {config.name} on {config.address}:{running.port}")
-
-
-async def _listener_stop(broker: Broker, args: Arguments) -> Text:
-    name = args.keys["name"]
-    if not broker.stop_listener(name, kill_sessions=args.bool_flag("kill_sessions")):
-        raise CommandError(f"no running listener {name!r}")
-    # Stopping cancels the listener's task; "Done" only once it has closed its port.
-    running = broker.listeners[name]
-    with trio.move_on_after(5):
-        await running.stopped.wait()
     return Text("Done")
 
 
@@ -237,8 +172,10 @@ async def _retain_show(broker: Broker, args: Arguments) -> Table:
     limit = args.int_flag("limit", 100, minimum=1)
     named = [column for column in ("payload", "qos") if args.bool_flag(column)]
     columns = ("topic", *named) if named else ("topic", "payload", "qos")
-    rows = [{"topic": m.topic, "payload": m.payload.decode("utf-8", "replace"), "qos": m.qos}
-            for m in (await _retained(broker, topic))[:limit]]
+    rows = [
+        {"topic": m.topic, "payload": m.payload.decode("utf-8", "replace"), "qos": m.qos}
+        for m in (await _retained(broker, topic))[:limit]
+    ]
     return Table(tuple({c: row[c] for c in columns} for row in rows), columns)
 
 
@@ -280,10 +217,13 @@ def _node_status(broker: Broker, args: Arguments) -> Table:
     from ternmq import __version__
 
     rows = [
-        ("node", broker.node_name), ("num_online", online),
+        ("node", broker.node_name),
+        ("num_online", online),
         ("num_offline", values["gauge.sessions"] - online),
-        ("msg_in", broker.metrics.publish_received), ("msg_out", broker.router.deliveries),
-        ("queue_drop", broker.router.drops), ("num_subscriptions", values["gauge.subscriptions"]),
+        ("msg_in", broker.metrics.publish_received),
+        ("msg_out", broker.router.deliveries),
+        ("queue_drop", broker.router.drops),
+        ("num_subscriptions", values["gauge.subscriptions"]),
         ("version", __version__),
     ]
     return Table(tuple({"Status": k, "Value": v} for k, v in rows), ("Status", "Value"))
@@ -324,14 +264,17 @@ def _set(broker: Broker, args: Arguments) -> Text:
         except (ValueError, TypeError) as exc:
             raise CommandError(f"{name}: {exc}") from None
     broker_table = {k: parse_value(v) for k, v in args.keys.items() if k in LIVE_BROKER_KEYS}
-    limit_table = {k: parse_value(v) for k, v in args.keys.items()
-                   if k not in LIVE_BROKER_KEYS and k not in plugin_settings}
+    limit_table = {
+        k: parse_value(v) for k, v in args.keys.items() if k not in LIVE_BROKER_KEYS and k not in plugin_settings
+    }
     try:
         limits = build_attrs(Limits, {**attrs.asdict(broker.settings.limits), **limit_table}, "command line", "set")
-        current = {f.name: getattr(broker.settings, f.name) for f in attrs.fields(type(broker.settings)) if f.name != "limits"}
+        current = {
+            f.name: getattr(broker.settings, f.name) for f in attrs.fields(type(broker.settings)) if f.name != "limits"
+        }
         settings = build_attrs(type(broker.settings), {**current, **broker_table}, "command line", "set")
     except ConfigError as exc:
-        raise _option_error(exc, args) from None
+        raise option_error(exc, args) from None
     broker.apply_settings(attrs.evolve(settings, limits=limits))
     return Text("Done")
 
@@ -339,44 +282,67 @@ def _set(broker: Broker, args: Arguments) -> Text:
 def register_kernel_commands(registry: AdminRegistry) -> None:
     """The commands of the kernel itself."""
     registry.describe("plugin", "Show, enable and disable plugins.")
-    registry.add("plugin show", _plugin_show, help="List loaded plugins with their hooks and error counts.",
-                 flags={"plugin": "only this plugin", "hook": "only plugins implementing this hook"})
-    registry.add("plugin enable", _plugin_enable, required=("name",),
-                 help="Load a plugin: a built-in name, an entry point name, or a dotted path.",
-                 keys={"name": "the plugin's name"},
-                 flags={"path": "dotted path (module or module:attribute) if name is not resolvable",
-                        "config": "key=value of the plugin's table (repeatable)"})
-    registry.add("plugin disable", _plugin_disable, required=("name",), help="Unload a plugin.",
-                 keys={"name": "the plugin's name"})
+    registry.add(
+        "plugin show",
+        _plugin_show,
+        help="List loaded plugins with their hooks and error counts.",
+        flags={"plugin": "only this plugin", "hook": "only plugins implementing this hook"},
+    )
+    registry.add(
+        "plugin enable",
+        _plugin_enable,
+        required=("name",),
+        help="Load a plugin: a built-in name, an entry point name, or a dotted path.",
+        keys={"name": "the plugin's name"},
+        flags={
+            "path": "dotted path (module or module:attribute) if name is not resolvable",
+            "config": "key=value of the plugin's table (repeatable)",
+        },
+    )
+    registry.add(
+        "plugin disable",
+        _plugin_disable,
+        required=("name",),
+        help="Unload a plugin.",
+        keys={"name": "the plugin's name"},
+    )
     registry.describe("session", "Show and disconnect client sessions.")
-    registry.add("session show", _session_show, any_flags=True,
-                 help="List sessions. --<item> adds a column, --<item>=value filters, --<item>=~regex matches; --limit=N.")
-    registry.add("session disconnect", _session_disconnect, required=("client-id",),
-                 help="Disconnect a client (MQTT 5 reason 0x98).",
-                 keys={"client-id": "the client id"}, flags={"cleanup": "also delete its session"})
-    registry.describe("listener", "Show, start and stop listeners.")
-    registry.add("listener show", _listener_show, help="List listeners.")
-    registry.add("listener start", _listener_start, required=("name",),
-                 help="Start a listener (address=, port=, --type=tcp|tls|ws|wss, TLS flags).",
-                 keys={"name": "listener name", "address": "IP address", "port": "port (0 = any)"},
-                 flags={"type": "tcp, tls, ws or wss", "certfile": "PEM", "keyfile": "PEM", "cafile": "PEM",
-                        "require_certificate": "refuse TLS clients without a valid certificate (needs cafile)",
-                        "use_identity_as_username": "the client certificate's CN becomes the username",
-                        "max_connections": "limit", "path": "WebSocket path"})
-    registry.add("listener stop", _listener_stop, required=("name",), help="Stop a listener.",
-                 keys={"name": "listener name"}, flags={"kill_sessions": "also close its clients"})
+    registry.add(
+        "session show",
+        _session_show,
+        any_flags=True,
+        help="List sessions. --<item> adds a column, --<item>=value filters, --<item>=~regex matches; --limit=N.",
+    )
+    registry.add(
+        "session disconnect",
+        _session_disconnect,
+        required=("client-id",),
+        help="Disconnect a client (MQTT 5 reason 0x98).",
+        keys={"client-id": "the client id"},
+        flags={"cleanup": "also delete its session"},
+    )
+    register_listener_commands(registry)
     registry.describe("retain", "Show and delete retained messages.")
-    registry.add("retain show", _retain_show, help="List retained messages.",
-                 flags={"topic": "a topic filter (default #)", "limit": "rows (default 100)",
-                        "payload": "show the payload column (naming columns shows only those, with the topic)",
-                        "qos": "show the qos column"})
-    registry.add("retain delete", _retain_delete,
-                 help="Delete the retained message of a topic, or every one a filter matches.",
-                 flags={"topic": "a topic, or a filter with + or # (quote it for the shell)"})
+    registry.add(
+        "retain show",
+        _retain_show,
+        help="List retained messages.",
+        flags={
+            "topic": "a topic filter (default #)",
+            "limit": "rows (default 100)",
+            "payload": "show the payload column (naming columns shows only those, with the topic)",
+            "qos": "show the qos column",
+        },
+    )
+    registry.add(
+        "retain delete",
+        _retain_delete,
+        help="Delete the retained message of a topic, or every one a filter matches.",
+        flags={"topic": "a topic, or a filter with + or # (quote it for the shell)"},
+    )
     registry.describe("metrics", "Show metrics.")
     registry.add("metrics show", _metrics_show, help="Print every counter and gauge.")
     registry.describe("node", "This broker node.")
     registry.add("node status", _node_status, help="Node status summary.")
     registry.add("show", _show, any_flags=True, help="Show live settings: show --allow_anonymous --max_inflight.")
-    registry.add("set", _set, any_keys=True,
-                 help="Change live settings: set allow_anonymous=false max_inflight=64.")
+    registry.add("set", _set, any_keys=True, help="Change live settings: set allow_anonymous=false max_inflight=64.")

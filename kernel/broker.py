@@ -179,8 +179,13 @@ class Broker(SessionLifecycle):
 
     # -- publishing --------------------------------------------------------------------
 
-    async def publish(self, message: Message, conn: Connection | None, origin: ClientInfo | None = None,
-                      on_matched: Callable[[int], None] | None = None) -> int:
+    async def publish(
+        self,
+        message: Message,
+        conn: Connection | None,
+        origin: ClientInfo | None = None,
+        on_matched: Callable[[int], None] | None = None,
+    ) -> int:
         """Retain, route and announce an authorized message; returns deliveries.
 
         ``on_matched`` (the publisher's acknowledgement) is called with the number of
@@ -211,7 +216,11 @@ class Broker(SessionLifecycle):
     # -- service API for plugins -------------------------------------------------------
 
     async def publish_message(
-        self, topic: str, payload: bytes = b"", qos: int = 0, retain: bool = False,
+        self,
+        topic: str,
+        payload: bytes = b"",
+        qos: int = 0,
+        retain: bool = False,
         properties: dict[str, Any] | None = None,
     ) -> int:
         """Service API: publish as the broker itself (no authorization hooks)."""
@@ -238,20 +247,22 @@ class Broker(SessionLifecycle):
         rows = []
         for session in self.sessions.values():
             conn = session.connection
-            rows.append({
-                "client_id": session.client_id,
-                "is_online": conn is not None,
-                "user": session.username,
-                "peer_host": conn.peer_host if conn else None,
-                "peer_port": conn.peer_port if conn else None,
-                "protocol": session.protocol_level,
-                "clean_session": not session.persistent,
-                "listener": conn.listener.name if conn else None,
-                "subscriptions": len(session.subscriptions),
-                "inflight": len(session.inflight),
-                "queued": len(session.queue),
-                "node": self.node_name,
-            })
+            rows.append(
+                {
+                    "client_id": session.client_id,
+                    "is_online": conn is not None,
+                    "user": session.username,
+                    "peer_host": conn.peer_host if conn else None,
+                    "peer_port": conn.peer_port if conn else None,
+                    "protocol": session.protocol_level,
+                    "clean_session": not session.persistent,
+                    "listener": conn.listener.name if conn else None,
+                    "subscriptions": len(session.subscriptions),
+                    "inflight": len(session.inflight),
+                    "queued": len(session.queue),
+                    "node": self.node_name,
+                }
+            )
         return rows
 
     async def subscribe_client(self, client_id: str, subscriptions: Sequence[TopicSubscription]) -> bool:
@@ -289,8 +300,9 @@ class Broker(SessionLifecycle):
         """Who hooks are told about: the connection's client, or the offline session's."""
         if session.connection is not None:
             return session.connection.client_info
-        return ClientInfo(session.client_id, session.username, protocol_level=session.protocol_level,
-                          node=self.node_name)
+        return ClientInfo(
+            session.client_id, session.username, protocol_level=session.protocol_level, node=self.node_name
+        )
 
     def session_snapshot(self, client_id: str) -> SessionSnapshot | None:
         """Service API: a frozen view of one session."""

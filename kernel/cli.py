@@ -24,8 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE", help="a TOML configuration (see plugins.toml)")
     parser.add_argument("--host", help="override the address of the first listener")
     parser.add_argument("--port", type=int, help="override the port of the first listener")
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"], help="default: info")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default: info"
+    )
     return parser
 
 

@@ -184,8 +184,13 @@ def _check_type(value: Any, annotation: Any) -> bool:
 
 def _type_name(annotation: Any) -> str:
     if isinstance(annotation, type):
-        return {"str": "a string", "int": "an integer", "float": "a number",
-                "bool": "true or false", "Path": "a path (a string)"}.get(annotation.__name__, annotation.__name__)
+        return {
+            "str": "a string",
+            "int": "an integer",
+            "float": "a number",
+            "bool": "true or false",
+            "Path": "a path (a string)",
+        }.get(annotation.__name__, annotation.__name__)
     if _path_kind(annotation) == "many":
         return "a list of paths (strings)"
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
@@ -194,7 +199,7 @@ def _type_name(annotation: Any) -> str:
 
 
 def _path_kind(annotation: Any) -> str | None:
-    """"one" for ``Path`` or ``Path | None``, "many" for ``tuple[Path, ...]`` or
+    """ "one" for ``Path`` or ``Path | None``, "many" for ``tuple[Path, ...]`` or
     ``list[Path]``, None for any other annotation."""
     if annotation is Path:
         return "one"
@@ -228,8 +233,7 @@ def _paths(value: Any, kind: str, base: Path | None) -> Any:
     return value
 
 
-def build_attrs(cls: type, table: Mapping[str, Any], source: str, table_name: str, *,
-                base: Path | None = None) -> Any:
+def build_attrs(cls: type, table: Mapping[str, Any], source: str, table_name: str, *, base: Path | None = None) -> Any:
     """Build an attrs ``cls`` from a TOML table, refusing unknown keys and bad values.
 
     Nested attrs fields (``[broker.limits]``) are built recursively. Errors are
@@ -242,7 +246,9 @@ def build_attrs(cls: type, table: Mapping[str, Any], source: str, table_name: st
     unknown = sorted(set(table) - set(fields))
     if unknown:
         raise ConfigError(
-            source, table_name, unknown[0],
+            source,
+            table_name,
+            unknown[0],
             f"unknown key (known keys: {', '.join(sorted(fields))})",
         )
     values: dict[str, Any] = {}
@@ -318,8 +324,12 @@ def parse_config(data: Mapping[str, Any], source: str, directory: Path | None = 
         if listener.require_certificate and not listener.cafile:
             raise ConfigError(source, table_name, "cafile", "require_certificate needs a cafile")
         if listener.use_identity_as_username and not (listener.uses_tls and listener.cafile):
-            raise ConfigError(source, table_name, "use_identity_as_username",
-                              "needs a tls or wss listener with a cafile (client certificates)")
+            raise ConfigError(
+                source,
+                table_name,
+                "use_identity_as_username",
+                "needs a tls or wss listener with a cafile (client certificates)",
+            )
         listeners.append(listener)
     names = [listener.name for listener in listeners]
     for name in names:
@@ -337,16 +347,19 @@ def parse_config(data: Mapping[str, Any], source: str, directory: Path | None = 
         if not isinstance(enabled, bool):
             raise ConfigError(source, f"plugins.{name}", "enabled", "must be true or false")
         plugins.append(PluginEntry(name=name, enabled=enabled, settings=settings))
-    return Config(source=source, broker=broker, listeners=tuple(listeners), plugins=tuple(plugins),
-                  directory=directory)
+    return Config(source=source, broker=broker, listeners=tuple(listeners), plugins=tuple(plugins), directory=directory)
 
 
 def require_listeners(config: Config) -> None:
     """A broker to run needs a listener: without one it would start and serve nobody."""
     if not config.listeners:
-        raise ConfigError(config.source, "listeners", None,
-                          "no listener: the broker would accept no client; add one, for example "
-                          '[[listeners]] name = "default" port = 1883')
+        raise ConfigError(
+            config.source,
+            "listeners",
+            None,
+            "no listener: the broker would accept no client; add one, for example "
+            '[[listeners]] name = "default" port = 1883',
+        )
 
 
 def load_config(path: str | Path | None = None) -> Config:

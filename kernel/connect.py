@@ -35,10 +35,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ternmq.connect")
 
-REGISTER_MODIFIERS = frozenset({
-    "client_id", "username", "clean_start", "session_expiry_interval",
-    "max_inflight_messages", "max_message_size", "max_packet_size", "max_queued_messages",
-})
+REGISTER_MODIFIERS = frozenset(
+    {
+        "client_id",
+        "username",
+        "clean_start",
+        "session_expiry_interval",
+        "max_inflight_messages",
+        "max_message_size",
+        "max_packet_size",
+        "max_queued_messages",
+    }
+)
 
 
 class Refused(Exception):
@@ -102,8 +110,14 @@ async def handshake(conn: Connection, packet: Connect) -> bool:
     except Refused as refused:
         conn.broker.metrics.connect_refused += 1
         conn.disconnect_reason = "refused"
-        log.info("refused %s (%s:%d): %s (0x%02X)", packet.client_id or "-", conn.peer_host, conn.peer_port,
-                 refused, refused.reason_code)
+        log.info(
+            "refused %s (%s:%d): %s (0x%02X)",
+            packet.client_id or "-",
+            conn.peer_host,
+            conn.peer_port,
+            refused,
+            refused.reason_code,
+        )
         if refused.answered:
             # The reason string goes out even with Request Problem Information 0: the
             # spec allows it on CONNACK, and it tells the user why.
@@ -158,7 +172,6 @@ async def _accept(conn: Connection, packet: Connect) -> tuple[dict[str, Any], bo
             # MQTT 3 cannot be told another keep-alive: refuse, as Mosquitto does.
             raise Refused(0x85, "keep alive above the server maximum")
 
-
     username = packet.username
     if conn.listener.use_identity_as_username:
         if conn.tls_common_name is None:
@@ -167,8 +180,7 @@ async def _accept(conn: Connection, packet: Connect) -> tuple[dict[str, Any], bo
     conn.client_info = client = _client_info(conn, client_id, username)
 
     if level == 5 and "authentication_method" in props:
-        auth_data = await _enhanced_auth(conn, props["authentication_method"],
-                                         props.get("authentication_data"))
+        auth_data = await _enhanced_auth(conn, props["authentication_method"], props.get("authentication_data"))
         connack["authentication_method"] = props["authentication_method"]
         if auth_data:
             connack["authentication_data"] = auth_data
@@ -184,8 +196,8 @@ async def _accept(conn: Connection, packet: Connect) -> tuple[dict[str, Any], bo
     dispatcher = broker.dispatcher
     if dispatcher.has("auth_on_register"):
         answer = await dispatcher.decide(
-            "auth_on_register", client=client, password=packet.password,
-            clean_start=clean_start, properties=props)
+            "auth_on_register", client=client, password=packet.password, clean_start=clean_start, properties=props
+        )
     else:
         answer = None
     if answer is None:
@@ -219,8 +231,7 @@ async def _accept(conn: Connection, packet: Connect) -> tuple[dict[str, Any], bo
                 conn.framer.max_packet_size = int(mods["max_message_size"])
                 connack["maximum_packet_size"] = conn.framer.max_packet_size
             if "max_packet_size" in mods:
-                conn.client_maximum_packet_size = min(conn.client_maximum_packet_size,
-                                                      int(mods["max_packet_size"]))
+                conn.client_maximum_packet_size = min(conn.client_maximum_packet_size, int(mods["max_packet_size"]))
         except (TypeError, ValueError) as exc:
             log.error("auth_on_register: bad modifier: %s", exc)
             raise Refused(0x80, "plugin error") from None
@@ -246,14 +257,21 @@ async def _accept(conn: Connection, packet: Connect) -> tuple[dict[str, Any], bo
             connack["response_information"] = f"response/{client_id}"
         # The broker never sends a packet larger than the client allows [MQTT-3.1.2-24],
         # not even the CONNACK: then the client is closed without one.
-        if "maximum_packet_size" in props and \
-                len(encode(Connack(True, 0, connack), 5)) > conn.client_maximum_packet_size:
+        if (
+            "maximum_packet_size" in props
+            and len(encode(Connack(True, 0, connack), 5)) > conn.client_maximum_packet_size
+        ):
             raise Refused(0x95, "the CONNACK exceeds the client's maximum packet size", answered=False)
 
     session, present = await broker.attach_session(
-        conn, client_id, clean_start=clean_start,
+        conn,
+        client_id,
+        clean_start=clean_start,
         expiry_interval=None if expiry == 0xFFFFFFFF else expiry,
-        username=username, max_inflight=max_inflight, max_queued=max_queued)
+        username=username,
+        max_inflight=max_inflight,
+        max_queued=max_queued,
+    )
     conn.session = session
     if dispatcher.has("on_register"):
         await dispatcher.notify("on_register", client=conn.client_info, properties=dict(connack))
@@ -268,8 +286,17 @@ def _v3_session_expiry(clean_session: bool, persistent_session_expiry: int) -> i
 
 def _client_info(conn: Connection, client_id: str, username: str | None) -> ClientInfo:
     # Built directly: attrs.evolve costs several times more, once per CONNECT.
-    return ClientInfo(client_id, username, conn.peer_host, conn.peer_port, conn.protocol_level,
-                      conn.listener.name, "", conn.broker.settings.node_name, conn.tls_common_name)
+    return ClientInfo(
+        client_id,
+        username,
+        conn.peer_host,
+        conn.peer_port,
+        conn.protocol_level,
+        conn.listener.name,
+        "",
+        conn.broker.settings.node_name,
+        conn.tls_common_name,
+    )
 
 
 async def _authorize_will(conn: Connection, packet: Connect) -> Message:
@@ -281,7 +308,8 @@ async def _authorize_will(conn: Connection, packet: Connect) -> Message:
     if will.retain and not broker.retain_available:
         raise Refused(0x9A, "retained messages are not supported")
     message, reason_code, _ = await inbound.authorize_publish(
-        conn, Message(will.topic, will.payload, will.qos, will.retain, will.properties), is_will=True)
+        conn, Message(will.topic, will.payload, will.qos, will.retain, will.properties), is_will=True
+    )
     if reason_code >= 0x80:
         raise Refused(reason_code, "will not authorized")
     return message
@@ -302,8 +330,8 @@ async def _enhanced_auth(conn: Connection, method: str, data: bytes | None) -> b
     reauthenticate = False
     while True:
         answer = await conn.broker.dispatcher.decide(
-            "on_auth", client=conn.client_info, method=method, data=data,
-            reauthenticate=reauthenticate)
+            "on_auth", client=conn.client_info, method=method, data=data, reauthenticate=reauthenticate
+        )
         if answer is None:
             raise Refused(0x8C, "no plugin handles this authentication method")
         if isinstance(answer, Deny):
@@ -338,9 +366,12 @@ async def reauthenticate(conn: Connection, packet: Auth) -> bool:
         conn.protocol_error(0x82, "AUTH without the method of CONNECT")
         return False
     answer = await conn.broker.dispatcher.decide(
-        "on_auth", client=conn.client_info, method=method,
+        "on_auth",
+        client=conn.client_info,
+        method=method,
         data=packet.properties.get("authentication_data"),
-        reauthenticate=True)
+        reauthenticate=True,
+    )
     if isinstance(answer, AuthContinue):
         conn.send(Auth(0x18, {"authentication_method": method, "authentication_data": answer.data}))
         return True
@@ -355,4 +386,3 @@ async def reauthenticate(conn: Connection, packet: Auth) -> bool:
     # A CONNACK-only code (0x86, 0x8C...) has no place in DISCONNECT: 0x87 instead.
     conn.send(Disconnect(legal_reason_code(PacketType.DISCONNECT, code)))
     return False
-

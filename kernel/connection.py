@@ -343,8 +343,14 @@ class Connection:
 
     def protocol_error(self, reason_code: int, message: str = "") -> None:
         """Close this connection for bad input, with the reason code where v5 allows."""
-        log.info("closing %s (%s:%d): %s (0x%02X)", self.client_info.client_id or "-",
-                 self.peer_host, self.peer_port, message, reason_code)
+        log.info(
+            "closing %s (%s:%d): %s (0x%02X)",
+            self.client_info.client_id or "-",
+            self.peer_host,
+            self.peer_port,
+            message,
+            reason_code,
+        )
         self.disconnect_reason = "protocol_error"
         self.send_disconnect(reason_code, message)
         self.stop_reading()

@@ -58,12 +58,16 @@ def _taken(path: str, settings: BrokerSettings, source: str) -> str:
     """Why the control socket is taken, and the two keys that give this broker its own."""
     why = f" (it is named after node_name {settings.node_name!r})" if not settings.control_socket else ""
     where = "a configuration file given with --config" if source == EMBEDDED_DEFAULT else source
-    return (f"another broker already owns the control socket {path}{why}; to run one more broker on this "
-            f"machine, give it another node_name or another control_socket (\"off\": none) in the [broker] "
-            f"table of {where}")
+    return (
+        f"another broker already owns the control socket {path}{why}; to run one more broker on this "
+        f'machine, give it another node_name or another control_socket ("off": none) in the [broker] '
+        f"table of {where}"
+    )
 
 
-async def serve_control(broker: Broker, path: str, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+async def serve_control(
+    broker: Broker, path: str, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+) -> None:
     """Accept admin requests on ``path`` until cancelled; removes the socket after."""
     _claim(path, broker.settings, broker.config.source)
     sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)

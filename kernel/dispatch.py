@@ -110,8 +110,12 @@ class HookDispatcher:
                 policy = self.policies.setdefault(plugin_name, PluginPolicy())
                 # tryfirst/trylast move one implementation within its priority class.
                 marker = 0 if hookimpl.tryfirst else 2 if hookimpl.trylast else 1
-                keyed.append(((policy.priority is None, policy.priority or 0, marker, registered[plugin_name]),
-                              _Impl(plugin_name, hookimpl.function, tuple(hookimpl.argnames), stats, policy)))
+                keyed.append(
+                    (
+                        (policy.priority is None, policy.priority or 0, marker, registered[plugin_name]),
+                        _Impl(plugin_name, hookimpl.function, tuple(hookimpl.argnames), stats, policy),
+                    )
+                )
             keyed.sort(key=lambda pair: pair[0])
             impls[name] = tuple(impl for _, impl in keyed)
         self._impls = impls
@@ -196,7 +200,9 @@ class HookDispatcher:
             policy.open_until = trio.current_time() + policy.breaker_cooldown
             log.warning(
                 "plugin %s: %d consecutive failures, not called for %.0f s",
-                impl.plugin_name, stats.consecutive_failures, policy.breaker_cooldown,
+                impl.plugin_name,
+                stats.consecutive_failures,
+                policy.breaker_cooldown,
             )
 
     async def decide(self, hook_name: str, **kwargs: Any) -> Allow | Deny | AuthContinue | None:
@@ -215,12 +221,12 @@ class HookDispatcher:
                     continue
                 return PLUGIN_FAILURE, impl.plugin_name
             answer = await self._call(impl, hook_name, kwargs, self.hook_timeout)
-            if answer is not _FAILED and answer is not None and not isinstance(
-                answer, (Allow, Deny, AuthContinue)
-            ):
+            if answer is not _FAILED and answer is not None and not isinstance(answer, (Allow, Deny, AuthContinue)):
                 log.error(
                     "plugin %s answered %s with %r, not allow()/deny()/None",
-                    impl.plugin_name, hook_name, answer,
+                    impl.plugin_name,
+                    hook_name,
+                    answer,
                 )
                 self._failed(impl, f"bad answer {answer!r}", timed_out=False)
                 answer = _FAILED

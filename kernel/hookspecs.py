@@ -184,9 +184,7 @@ def auth_on_unsubscribe(
 
 
 @hookspec(firstresult=True)
-def on_auth(
-    client: ClientInfo, method: str, data: bytes | None, reauthenticate: bool
-) -> Answer | None:
+def on_auth(client: ClientInfo, method: str, data: bytes | None, reauthenticate: bool) -> Answer | None:
     """MQTT 5 enhanced authentication (CONNECT with an authentication method, AUTH).
 
     Fires: at CONNECT when the client sets ``authentication_method`` (before

@@ -85,14 +85,21 @@ async def on_publish(conn: Connection, packet: Publish) -> object:
         # ones, which have no negative acknowledgement, are acknowledged and ignored.
         broker.metrics.publish_denied += 1
         if packet.packet_id is not None:
-            _acknowledge(conn, session, qos, packet.packet_id, 0x87 if conn.protocol_level == 5 else 0,
-                         "clients may not publish to $SYS")
+            _acknowledge(
+                conn,
+                session,
+                qos,
+                packet.packet_id,
+                0x87 if conn.protocol_level == 5 else 0,
+                "clients may not publish to $SYS",
+            )
         return None
     if packet.retain and not broker.retain_available:
         conn.protocol_error(0x9A, "retained messages are not supported")
         return STOP
     message, reason_code, answer = await authorize_publish(
-        conn, Message(topic, packet.payload, qos, packet.retain, properties), is_will=False)
+        conn, Message(topic, packet.payload, qos, packet.retain, properties), is_will=False
+    )
     packet_id = packet.packet_id  # None at QoS 0 (the decoder refuses QoS > 0 without one)
     if reason_code < 0x80:
         if packet_id is None:
@@ -118,8 +125,9 @@ async def on_publish(conn: Connection, packet: Publish) -> object:
     return None
 
 
-def _acknowledge(conn: Connection, session: Session, qos: int, packet_id: int, reason_code: int,
-                 reason_string: str | None = None) -> None:
+def _acknowledge(
+    conn: Connection, session: Session, qos: int, packet_id: int, reason_code: int, reason_string: str | None = None
+) -> None:
     """PUBACK (QoS 1) or PUBREC (QoS 2) for a client's PUBLISH."""
     props = conn.problem_information(reason_string)
     if qos == 1:
@@ -138,6 +146,7 @@ async def authorize_publish(conn: Connection, message: Message, *, is_will: bool
         answer = await dispatcher.decide("auth_on_publish", client=conn.client_info, message=message, is_will=is_will)
     message, reason_code = apply_publish_answer(conn, message, answer)
     return message, reason_code, answer
+
 
 def apply_publish_answer(conn: Connection, message: Message, answer: Any) -> tuple[Message, int]:
     """Turn an auth_on_publish answer into (message to route, reason code)."""
@@ -172,11 +181,14 @@ def apply_publish_answer(conn: Connection, message: Message, answer: Any) -> tup
         return attrs.evolve(message, **changes), 0
     return message, 0
 
+
 async def on_puback(conn: Connection, packet: Puback) -> object:
     return await _settled(conn, packet.packet_id, 1)
 
+
 async def on_pubcomp(conn: Connection, packet: Pubcomp) -> object:
     return await _settled(conn, packet.packet_id, 2)
+
 
 async def _settled(conn: Connection, packet_id: int, qos: int) -> object:
     session = conn.session
@@ -184,6 +196,7 @@ async def _settled(conn: Connection, packet_id: int, qos: int) -> object:
     if session.acknowledge(packet_id, qos) is not None and session.queue:
         await conn.broker.drain(session)
     return None
+
 
 async def on_pubrec(conn: Connection, packet: Pubrec) -> object:
     session = conn.session
@@ -199,6 +212,7 @@ async def on_pubrec(conn: Connection, packet: Pubrec) -> object:
     else:
         conn.send(Pubrel(packet.packet_id, 0x92 if conn.protocol_level == 5 else 0))
     return None
+
 
 async def on_pubrel(conn: Connection, packet: Pubrel) -> object:
     session = conn.session
@@ -216,17 +230,21 @@ async def on_pubrel(conn: Connection, packet: Pubrel) -> object:
         return STOP
     return None
 
+
 async def on_subscribe(conn: Connection, packet: Subscribe) -> object:
     await subscriptions.handle_subscribe(conn, packet)
     return None
+
 
 async def on_unsubscribe(conn: Connection, packet: Unsubscribe) -> object:
     await subscriptions.handle_unsubscribe(conn, packet)
     return None
 
+
 async def on_pingreq(conn: Connection, packet: Pingreq) -> object:
     conn.write(PINGRESP)
     return None
+
 
 async def on_disconnect(conn: Connection, packet: Disconnect) -> object:
     session = conn.session
@@ -241,10 +259,12 @@ async def on_disconnect(conn: Connection, packet: Disconnect) -> object:
     conn.disconnect_reason = "normal"
     return STOP
 
+
 async def on_auth(conn: Connection, packet: Auth) -> object:
     if not await connect_phase.reauthenticate(conn, packet):
         return STOP
     return None
+
 
 async def on_second_connect(conn: Connection, packet: Connect) -> object:
     conn.protocol_error(0x82, "second CONNECT")

@@ -42,15 +42,19 @@ class SessionLifecycle:
 
     if TYPE_CHECKING:  # provided by Broker
 
-        async def publish(self, message: Message, conn: Connection | None,
-                          origin: ClientInfo | None = None) -> int: ...
+        async def publish(self, message: Message, conn: Connection | None, origin: ClientInfo | None = None) -> int: ...
 
     async def _restore_sessions(self) -> None:
         snapshots = await self.dispatcher.provide("session_store_load_all", default=())
         for snapshot in snapshots:
-            session = self._new_session(snapshot.client_id, snapshot.username, snapshot.protocol_level,
-                                        snapshot.expiry_interval, self.settings.limits.max_inflight,
-                                        self.settings.limits.max_queued_messages)
+            session = self._new_session(
+                snapshot.client_id,
+                snapshot.username,
+                snapshot.protocol_level,
+                snapshot.expiry_interval,
+                self.settings.limits.max_inflight,
+                self.settings.limits.max_queued_messages,
+            )
             session.stored = True
             for subscription in snapshot.subscriptions:
                 self.router.subscribe(session, subscription)
@@ -63,16 +67,30 @@ class SessionLifecycle:
 
     # -- sessions ----------------------------------------------------------------------
 
-    def _new_session(self, client_id: str, username: str | None, level: int, expiry: int | None,
-                     max_inflight: int, max_queued: int) -> Session:
-        session = Session(client_id, username=username, protocol_level=level, expiry_interval=expiry,
-                          max_inflight=max_inflight, max_queued=max_queued)
+    def _new_session(
+        self, client_id: str, username: str | None, level: int, expiry: int | None, max_inflight: int, max_queued: int
+    ) -> Session:
+        session = Session(
+            client_id,
+            username=username,
+            protocol_level=level,
+            expiry_interval=expiry,
+            max_inflight=max_inflight,
+            max_queued=max_queued,
+        )
         self.sessions[client_id] = session
         return session
 
     async def attach_session(
-        self, conn: Connection, client_id: str, *, clean_start: bool, expiry_interval: int | None,
-        username: str | None, max_inflight: int, max_queued: int,
+        self,
+        conn: Connection,
+        client_id: str,
+        *,
+        clean_start: bool,
+        expiry_interval: int | None,
+        username: str | None,
+        max_inflight: int,
+        max_queued: int,
     ) -> tuple[Session, bool]:
         """Take over any live connection of ``client_id``, then resume or create its session."""
         session = self.sessions.get(client_id)
@@ -94,8 +112,9 @@ class SessionLifecycle:
             await self._end_session(session)
             session = None
         if session is None:
-            session = self._new_session(client_id, username, conn.protocol_level, expiry_interval,
-                                        max_inflight, max_queued)
+            session = self._new_session(
+                client_id, username, conn.protocol_level, expiry_interval, max_inflight, max_queued
+            )
         else:
             session.username = username
             session.protocol_level = conn.protocol_level
@@ -180,7 +199,8 @@ class SessionLifecycle:
                 delay = min(delay, session.expiry_interval)
             if delay > 0:
                 session.will_timer = self.scheduler.call_later(
-                    delay, lambda: self._publish_will(session, will, conn.client_info))
+                    delay, lambda: self._publish_will(session, will, conn.client_info)
+                )
             else:
                 await self._publish_will(session, will, conn.client_info)
         reason = conn.disconnect_reason
@@ -205,7 +225,8 @@ class SessionLifecycle:
             return
         elapsed = time.time() - (session.disconnected_at or time.time())
         session.expiry_timer = self.scheduler.call_later(
-            max(0.0, session.expiry_interval - elapsed), lambda: self._expire(session))
+            max(0.0, session.expiry_interval - elapsed), lambda: self._expire(session)
+        )
 
     async def _expire(self, session: Session) -> None:
         session.expiry_timer = None

@@ -87,21 +87,26 @@ def make_ssl_context(config: ListenerConfig, source: str = "<listener>") -> ssl.
     if not (config.certfile and config.keyfile):  # parse_config checks it; `listener start` may not
         raise ConfigError(source, table, "certfile", f"a {config.type} listener needs certfile and keyfile")
     certfile, keyfile = config.certfile, config.keyfile
-    contents = {key: _read(source, table, key, path) for key in ("certfile", "keyfile", "cafile")
-                if (path := getattr(config, key)) is not None}
+    contents = {
+        key: _read(source, table, key, path)
+        for key in ("certfile", "keyfile", "cafile")
+        if (path := getattr(config, key)) is not None
+    }
     # OpenSSL's own errors name neither the file nor what is wrong with it ("[SSL] PEM
     # lib"), so the certificate is loaded alone first: what fails after it is the key.
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=certfile)
     except ssl.SSLError:
-        raise ConfigError(source, table, "certfile",
-                          f"{certfile} holds no PEM certificate (-----BEGIN CERTIFICATE-----)") from None
+        raise ConfigError(
+            source, table, "certfile", f"{certfile} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+        ) from None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         context.load_cert_chain(certfile, keyfile, password=_no_pass_phrase)
     except _Encrypted:
-        raise ConfigError(source, table, "keyfile",
-                          f"{keyfile} is protected by a pass phrase; give an unencrypted key") from None
+        raise ConfigError(
+            source, table, "keyfile", f"{keyfile} is protected by a pass phrase; give an unencrypted key"
+        ) from None
     except ssl.SSLError as exc:
         if b"PRIVATE KEY-----" not in contents["keyfile"]:
             message = f"{keyfile} holds no PEM private key (-----BEGIN PRIVATE KEY-----)"
@@ -117,8 +122,9 @@ def make_ssl_context(config: ListenerConfig, source: str = "<listener>") -> ssl.
             context.load_verify_locations(config.cafile)
         except (OSError, ValueError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError) else None
-            raise ConfigError(source, table, "cafile", f"cannot load {config.cafile}: "
-                              f"{reason or 'it holds no PEM CA certificate'}") from None
+            raise ConfigError(
+                source, table, "cafile", f"cannot load {config.cafile}: {reason or 'it holds no PEM CA certificate'}"
+            ) from None
         context.verify_mode = ssl.CERT_REQUIRED if config.require_certificate else ssl.CERT_OPTIONAL
     return context
 
@@ -148,8 +154,10 @@ async def serve_listener(
         try:
             tcp_listeners = await trio.open_tcp_listeners(config.port, host=config.address)
         except OSError as exc:
-            raise OSError(exc.errno, f"listener {config.name} cannot listen on {config.address}:{config.port}: "
-                                     f"{exc.strerror or exc}") from None
+            raise OSError(
+                exc.errno,
+                f"listener {config.name} cannot listen on {config.address}:{config.port}: {exc.strerror or exc}",
+            ) from None
     except BaseException:
         running.mark_stopped()
         raise
@@ -164,8 +172,9 @@ async def serve_listener(
             with running.scope:
                 running.status = "running"
                 suffix = config.path if config.type in ("ws", "wss") else ""
-                log.info("listener %s (%s) ready on %s:%d%s", config.name, config.type, config.address,
-                         running.port, suffix)
+                log.info(
+                    "listener %s (%s) ready on %s:%d%s", config.name, config.type, config.address, running.port, suffix
+                )
                 task_status.started(running.port)
                 async with trio.open_nursery() as accepting:
                     for sock in listening:
@@ -177,8 +186,14 @@ async def serve_listener(
             close_socket(sock)
 
 
-async def _accept(broker: Broker, running: RunningListener, context: ssl.SSLContext | None,
-                  connections: trio.Nursery, stream: RawSocketStream, address: tuple[Any, ...]) -> None:
+async def _accept(
+    broker: Broker,
+    running: RunningListener,
+    context: ssl.SSLContext | None,
+    connections: trio.Nursery,
+    stream: RawSocketStream,
+    address: tuple[Any, ...],
+) -> None:
     """One accepted TCP connection, through TLS and WebSocket handshakes to MQTT."""
     try:
         host, port = address[:2]
@@ -186,15 +201,21 @@ async def _accept(broker: Broker, running: RunningListener, context: ssl.SSLCont
         common_name = None
         client_stream: trio.abc.Stream = stream
         if context is not None:
-            tls_stream = trio.SSLStream(stream, context, server_side=True,
-                                        https_compatible=running.config.type == "wss")
+            tls_stream = trio.SSLStream(
+                stream, context, server_side=True, https_compatible=running.config.type == "wss"
+            )
             try:
                 with trio.fail_after(broker.settings.limits.connect_timeout):
                     await tls_stream.do_handshake()
             except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError) as exc:
                 cause = exc.__cause__ or exc
-                log.info("TLS handshake with %s:%d on %s failed: %s", host, port, running.config.name,
-                         str(cause) or type(cause).__name__)
+                log.info(
+                    "TLS handshake with %s:%d on %s failed: %s",
+                    host,
+                    port,
+                    running.config.name,
+                    str(cause) or type(cause).__name__,
+                )
                 await trio.aclose_forcefully(tls_stream)
                 return
             common_name = _common_name(tls_stream)
@@ -202,8 +223,7 @@ async def _accept(broker: Broker, running: RunningListener, context: ssl.SSLCont
         if running.config.type in ("ws", "wss"):
             await _serve_websocket(broker, running, client_stream, host, port, common_name)
             return
-        connection = Connection(broker, client_stream, running.config, host, port, common_name,
-                                nursery=connections)
+        connection = Connection(broker, client_stream, running.config, host, port, common_name, nursery=connections)
         # _run_connection's body, inline: one coroutine less to create and to pass
         # through at every resume of the connects hot path.
         _count_in(running, connection)
@@ -241,18 +261,21 @@ def _count_out(running: RunningListener, connection: Connection) -> None:
     running.connections.discard(connection)
 
 
-async def _serve_websocket(broker: Broker, running: RunningListener, stream: trio.abc.Stream,
-                           host: str, port: int, common_name: str | None) -> None:
+async def _serve_websocket(
+    broker: Broker, running: RunningListener, stream: trio.abc.Stream, host: str, port: int, common_name: str | None
+) -> None:
     config = running.config
     limits = broker.settings.limits
     async with trio.open_nursery() as nursery:
         request = None
         with trio.move_on_after(limits.connect_timeout):
             request = await trio_websocket.wrap_server_stream(
-                nursery, stream,
+                nursery,
+                stream,
                 # A WebSocket message may carry a whole MQTT packet; our own framer
                 # then applies max_packet_size with the proper MQTT reason code.
-                max_message_size=limits.max_packet_size + 16)
+                max_message_size=limits.max_packet_size + 16,
+            )
         try:
             if request is None:
                 log.info("no WebSocket handshake from %s:%d on %s", host, port, config.name)
@@ -262,8 +285,9 @@ async def _serve_websocket(broker: Broker, running: RunningListener, stream: tri
                 proposed = request.proposed_subprotocols
                 subprotocol = next((p for p in WEBSOCKET_SUBPROTOCOLS if p in proposed), None)
                 websocket = await request.accept(subprotocol=subprotocol)
-                connection = Connection(broker, WebSocketStream(websocket), config, host, port, common_name,
-                                        nursery=nursery)
+                connection = Connection(
+                    broker, WebSocketStream(websocket), config, host, port, common_name, nursery=nursery
+                )
                 await _run_connection(running, connection)
         finally:
             nursery.cancel_scope.cancel()

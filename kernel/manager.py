@@ -41,8 +41,10 @@ log = logging.getLogger("ternmq.plugins")
 ENTRY_POINT_GROUP = "ternmq.plugins"
 UNLOAD_GRACE = 5.0
 # Where a module is looked for: people expect the folder they run ternmq-admin in.
-IMPORT_HINT = ("the broker imports plugins itself, from its own Python path: installed packages, its PYTHONPATH "
-               "and the folders of [broker] plugin_path (the folder ternmq-admin runs in does not matter)")
+IMPORT_HINT = (
+    "the broker imports plugins itself, from its own Python path: installed packages, its PYTHONPATH "
+    "and the folders of [broker] plugin_path (the folder ternmq-admin runs in does not matter)"
+)
 
 
 class PluginError(Exception):
@@ -163,8 +165,11 @@ class PluginManager:
                 try:
                     target = entry_point.load()
                 except Exception as exc:
-                    raise _error(name, f"entry point {entry_point.value} (group {ENTRY_POINT_GROUP}) failed to "
-                                       f"import: {_describe(exc)}") from exc
+                    raise _error(
+                        name,
+                        f"entry point {entry_point.value} (group {ENTRY_POINT_GROUP}) failed to "
+                        f"import: {_describe(exc)}",
+                    ) from exc
                 dist = entry_point.dist
                 return target, f"entry point ({dist.name if dist else entry_point.value})", dist.version if dist else ""
         module_name, _, attribute = name.partition(":")
@@ -184,10 +189,12 @@ class PluginManager:
         """Why a plain name resolves to nothing, and every way a plugin can be named."""
         from ternmq.plugins import BUILTIN
 
-        return (f"not a built-in plugin ({', '.join(sorted(BUILTIN))}), not an entry point "
-                f"in group {ENTRY_POINT_GROUP} (installed: {', '.join(installed) or 'none'}) and not a dotted "
-                "path (package.module, or module:object for a module outside a package); a plugin package is "
-                "installed into the broker's environment with pip install PACKAGE")
+        return (
+            f"not a built-in plugin ({', '.join(sorted(BUILTIN))}), not an entry point "
+            f"in group {ENTRY_POINT_GROUP} (installed: {', '.join(installed) or 'none'}) and not a dotted "
+            "path (package.module, or module:object for a module outside a package); a plugin package is "
+            "installed into the broker's environment with pip install PACKAGE"
+        )
 
     @staticmethod
     def _import(name: str, module_name: str) -> ModuleType:
@@ -198,12 +205,17 @@ class PluginManager:
             if missing and (module_name == missing or module_name.startswith(missing + ".")):
                 raise _error(name, f"cannot import {module_name}: no module named {missing!r}; {IMPORT_HINT}") from exc
             # The module is there, but something it imports is not installed.
-            raise _error(name, f"importing {module_name} failed: {_describe(exc)} (pip install what it "
-                               "needs into the broker's environment)") from exc
+            raise _error(
+                name,
+                f"importing {module_name} failed: {_describe(exc)} (pip install what it "
+                "needs into the broker's environment)",
+            ) from exc
         except Exception as exc:
             raise _error(name, f"importing {module_name} failed: {_describe(exc)}") from exc
 
-    def instantiate(self, name: str, target: Any, settings: Mapping[str, Any], source_name: str) -> tuple[Any, Any, KernelSettings]:
+    def instantiate(
+        self, name: str, target: Any, settings: Mapping[str, Any], source_name: str
+    ) -> tuple[Any, Any, KernelSettings]:
         """Build (plugin object, its Config, kernel settings) from a table."""
         table_name = f"plugins.{name}"
         kernel_keys = {field.name for field in attrs.fields(KernelSettings)}
@@ -216,14 +228,17 @@ class PluginManager:
             config_class = getattr(target, "Config", None)
         if config_class is not None:
             try:
-                config = build_attrs(config_class, own_table, source_name, table_name,
-                                     base=self.broker.config.base_directory)
+                config = build_attrs(
+                    config_class, own_table, source_name, table_name, base=self.broker.config.base_directory
+                )
             except ConfigError:
                 raise
             except Exception as exc:  # a Config may check more than types, and raise what it likes
                 raise _error(name, f"its configuration was refused: {_describe(exc)}") from exc
         elif own_table:
-            raise ConfigError(source_name, table_name, sorted(own_table)[0], "unknown key (this plugin takes no settings)")
+            raise ConfigError(
+                source_name, table_name, sorted(own_table)[0], "unknown key (this plugin takes no settings)"
+            )
         else:
             config = None
         if factory is None:
@@ -237,15 +252,20 @@ class PluginManager:
         # A ready-made object (module:object) was built without this table: keys for it
         # would be silently ignored, so they are refused.
         if own_table:
-            raise ConfigError(source_name, table_name, sorted(own_table)[0],
-                              f"unknown key: {type(target).__name__} is a ready-made plugin object, used as it "
-                              "is; name its class (module:Class) to configure it")
+            raise ConfigError(
+                source_name,
+                table_name,
+                sorted(own_table)[0],
+                f"unknown key: {type(target).__name__} is a ready-made plugin object, used as it "
+                "is; name its class (module:Class) to configure it",
+            )
         return target, None, kernel_settings
 
     # -- loading -----------------------------------------------------------------------
 
-    async def load(self, name: str, settings: Mapping[str, Any] | None = None, *, source_name: str = "api",
-                   path: str | None = None) -> LoadedPlugin:
+    async def load(
+        self, name: str, settings: Mapping[str, Any] | None = None, *, source_name: str = "api", path: str | None = None
+    ) -> LoadedPlugin:
         """Load, configure, register and start one plugin.
 
         ``name`` is resolved as a built-in, entry point or dotted path, unless ``path``
@@ -255,11 +275,19 @@ class PluginManager:
             raise _error(name, "already loaded")
         target, source, version = self.resolve(path, is_path=True) if path else self.resolve(name)
         plugin, config, kernel_settings = self.instantiate(name, target, settings or {}, source_name)
-        return await self.register(name, plugin, config=config, settings=kernel_settings, source=source, version=version)
+        return await self.register(
+            name, plugin, config=config, settings=kernel_settings, source=source, version=version
+        )
 
     async def register(
-        self, name: str, plugin: Any, *, config: Any = None, settings: KernelSettings | None = None,
-        source: str = "object", version: str = "",
+        self,
+        name: str,
+        plugin: Any,
+        *,
+        config: Any = None,
+        settings: KernelSettings | None = None,
+        source: str = "object",
+        version: str = "",
     ) -> LoadedPlugin:
         """Register an already built plugin object under ``name`` and start its ``serve``."""
         pm = self.broker.plugin_manager

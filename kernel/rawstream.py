@@ -131,9 +131,11 @@ def _broken(exc: OSError) -> Exception:
     return trio.BrokenResourceError(f"connection broken: {os.strerror(exc.errno or 0)}")
 
 
-async def accept_loop(listening: socket.socket,
-                      handler: Callable[[RawSocketStream, tuple[Any, ...]], Awaitable[None]],
-                      connections: trio.Nursery) -> None:
+async def accept_loop(
+    listening: socket.socket,
+    handler: Callable[[RawSocketStream, tuple[Any, ...]], Awaitable[None]],
+    connections: trio.Nursery,
+) -> None:
     """Accept forever on a non-blocking listening socket, one task per client in ``connections``.
 
     Unlike trio.serve_listeners, no aclose_forcefully runs after each handler: the

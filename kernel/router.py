@@ -66,8 +66,9 @@ class Router:
 
     # -- routing -----------------------------------------------------------------------
 
-    async def route(self, message: Message, origin_client_id: str | None,
-                    on_matched: Callable[[int], None] | None = None) -> int:
+    async def route(
+        self, message: Message, origin_client_id: str | None, on_matched: Callable[[int], None] | None = None
+    ) -> int:
         """Deliver ``message`` to every matching subscription; returns the count.
 
         ``on_matched`` is called with the number of matching subscribers once they are
@@ -103,8 +104,7 @@ class Router:
                 if rewritten is None:
                     continue
                 out_message = rewritten
-            status = session.deliver(out_message, qos, retain, sub_ids,
-                                     wire_cache if out_message is message else None)
+            status = session.deliver(out_message, qos, retain, sub_ids, wire_cache if out_message is message else None)
             if status == SENT or status == QUEUED or status == QUEUED_OFFLINE:
                 count += 1  # delivered now or later: a matching subscriber (no PUBACK 0x10)
             if status not in _QUIET:
@@ -123,8 +123,9 @@ class Router:
             client_id, sub = plain[0]
             if not (sub.no_local and client_id == origin):
                 sid = sub.subscription_identifier
-                targets.append((client_id, min(msg_qos, sub.qos), msg_retain and sub.retain_as_published,
-                                (sid,) if sid else ()))
+                targets.append(
+                    (client_id, min(msg_qos, sub.qos), msg_retain and sub.retain_as_published, (sid,) if sid else ())
+                )
             return targets
         by_client: dict[str, list[TopicSubscription]] = {}
         for client_id, sub in plain:
@@ -140,8 +141,14 @@ class Router:
             else:
                 for sub in subs:
                     sid = sub.subscription_identifier
-                    targets.append((client_id, min(msg_qos, sub.qos),
-                                    msg_retain and sub.retain_as_published, (sid,) if sid else ()))
+                    targets.append(
+                        (
+                            client_id,
+                            min(msg_qos, sub.qos),
+                            msg_retain and sub.retain_as_published,
+                            (sid,) if sid else (),
+                        )
+                    )
         return targets
 
     def _choose_shared(
@@ -216,14 +223,16 @@ class Router:
         dispatcher = self.dispatcher
         if status == QUEUED_OFFLINE:
             if dispatcher.has("on_offline_message"):
-                await dispatcher.notify("on_offline_message", client_id=session.client_id,
-                                        message=_with(message, qos=qos) if message.qos != qos else message)
+                await dispatcher.notify(
+                    "on_offline_message",
+                    client_id=session.client_id,
+                    message=_with(message, qos=qos) if message.qos != qos else message,
+                )
             return
         self.drops += 1
         reason = status if isinstance(status, str) else DROP_REASONS.get(status, "expired")
         if dispatcher.has("on_message_drop"):
-            await dispatcher.notify("on_message_drop", client_id=session.client_id,
-                                    message=message, reason=reason)
+            await dispatcher.notify("on_message_drop", client_id=session.client_id, message=message, reason=reason)
 
 
 def _with(message: Message, **changes: Any) -> Message:

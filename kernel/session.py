@@ -153,12 +153,14 @@ class Session:
             return QUEUED
         return self._send_tracked(connection, Delivery(message, qos, retain, sub_ids), wire_cache)
 
-    def _send_tracked(self, connection: Connection, delivery: Delivery,
-                      wire_cache: dict[Any, tuple[bytes, bytes]] | None) -> int:
+    def _send_tracked(
+        self, connection: Connection, delivery: Delivery, wire_cache: dict[Any, tuple[bytes, bytes]] | None
+    ) -> int:
         """Send a QoS 1/2 delivery under a new packet id, in flight once it is sent."""
         packet_id = self._allocate_packet_id()
-        status = self._send_publish(connection, delivery.message, delivery.qos, delivery.retain,
-                                    delivery.sub_ids, packet_id, wire_cache)
+        status = self._send_publish(
+            connection, delivery.message, delivery.qos, delivery.retain, delivery.sub_ids, packet_id, wire_cache
+        )
         if status == SENT:
             self.inflight[packet_id] = delivery
         return status
@@ -187,8 +189,9 @@ class Session:
             parts = wire_cache.get(key) if wire_cache is not None else None
             if parts is None:
                 props = outbound_properties(message, sub_ids) if level == 5 else {}
-                parts = encode_publish_parts(Publish(message.topic, message.payload, qos, retain, False, None, props),
-                                             level)
+                parts = encode_publish_parts(
+                    Publish(message.topic, message.payload, qos, retain, False, None, props), level
+                )
                 if qos == 0:
                     # No packet id goes between the parts: join once for every subscriber
                     # of this wire form (``head + b""`` below is then no copy).
@@ -219,8 +222,10 @@ class Session:
             return None
         if delivery.qos != qos or (qos == 2 and not delivery.released):
             kind = "PUBACK" if qos == 1 else "PUBCOMP"
-            raise ProtocolError(f"{kind} for packet {packet_id}, a QoS {delivery.qos} message"
-                                + (" waiting for PUBREC" if delivery.qos == 2 else ""))
+            raise ProtocolError(
+                f"{kind} for packet {packet_id}, a QoS {delivery.qos} message"
+                + (" waiting for PUBREC" if delivery.qos == 2 else "")
+            )
         del self.inflight[packet_id]
         return delivery
 
@@ -256,8 +261,9 @@ class Session:
                 yield delivery, -1
                 continue
             if delivery.qos == 0:
-                status = self._send_publish(connection, delivery.message, 0, delivery.retain, delivery.sub_ids,
-                                            None, None)
+                status = self._send_publish(
+                    connection, delivery.message, 0, delivery.retain, delivery.sub_ids, None, None
+                )
             else:
                 status = self._send_tracked(connection, delivery, None)
             if status != SENT:
@@ -275,8 +281,9 @@ class Session:
                 del self.inflight[packet_id]
                 yield delivery, -1
                 continue
-            status = self._send_publish(connection, delivery.message, delivery.qos, delivery.retain,
-                                        delivery.sub_ids, packet_id, None, dup=True)
+            status = self._send_publish(
+                connection, delivery.message, delivery.qos, delivery.retain, delivery.sub_ids, packet_id, None, dup=True
+            )
             if status != SENT:
                 del self.inflight[packet_id]
                 yield delivery, status

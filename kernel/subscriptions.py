@@ -31,7 +31,11 @@ async def handle_subscribe(conn: Connection, packet: Subscribe) -> None:
     sub_id = sub_ids[0]
     codes: list[int | None] = []
     wanted: list[TopicSubscription] = []
-    room = limits.max_subscriptions_per_client - len(session.subscriptions) if limits.max_subscriptions_per_client else 1 << 30
+    room = (
+        limits.max_subscriptions_per_client - len(session.subscriptions)
+        if limits.max_subscriptions_per_client
+        else 1 << 30
+    )
     for request in packet.subscriptions:
         try:
             validate_topic_filter(request.topic_filter, limits.max_topic_levels)
@@ -48,9 +52,16 @@ async def handle_subscribe(conn: Connection, packet: Subscribe) -> None:
                 continue
             room -= 1
         codes.append(None)
-        wanted.append(TopicSubscription(
-            request.topic_filter, request.qos, request.no_local,
-            request.retain_as_published, request.retain_handling, sub_id))
+        wanted.append(
+            TopicSubscription(
+                request.topic_filter,
+                request.qos,
+                request.no_local,
+                request.retain_as_published,
+                request.retain_handling,
+                sub_id,
+            )
+        )
 
     granted = await _authorize(conn, wanted, packet.properties)
     results: list[TopicSubscription] = []
@@ -76,7 +87,10 @@ async def handle_subscribe(conn: Connection, packet: Subscribe) -> None:
 
 
 async def after_subscribe(
-    broker: Broker, session: Session, client: ClientInfo, results: list[TopicSubscription],
+    broker: Broker,
+    session: Session,
+    client: ClientInfo,
+    results: list[TopicSubscription],
     fresh: list[tuple[TopicSubscription, bool]],
 ) -> None:
     """What follows granted subscriptions (a SUBSCRIBE's, or the service API's): store
@@ -95,7 +109,8 @@ async def after_subscribe(
             if subscription.retain_handling == 2 or (subscription.retain_handling == 1 and not is_new):
                 continue
             retained = await broker.dispatcher.provide(
-                "retain_lookup", default=(), topic_filter=subscription.topic_filter)
+                "retain_lookup", default=(), topic_filter=subscription.topic_filter
+            )
             if retained:
                 await broker.router.deliver_retained(session, subscription, retained)
 
@@ -110,7 +125,8 @@ async def _authorize(
     answer = None
     if broker.dispatcher.has("auth_on_subscribe"):
         answer = await broker.dispatcher.decide(
-            "auth_on_subscribe", client=conn.client_info, subscriptions=tuple(wanted), properties=properties)
+            "auth_on_subscribe", client=conn.client_info, subscriptions=tuple(wanted), properties=properties
+        )
     if answer is None:
         return list(wanted) if broker.settings.no_match == "allow" else [NOT_AUTHORIZED] * len(wanted)
     if isinstance(answer, Deny):
@@ -129,7 +145,7 @@ def _rewritten(wanted: list[TopicSubscription], topics: Sequence[Any]) -> list[T
         log.error("auth_on_subscribe returned %d topics for %d", len(topics), len(wanted))
         return [0x80] * len(wanted)
     outcomes: list[TopicSubscription | int] = []
-    for original, entry in zip(wanted, topics):
+    for original, entry in zip(wanted, topics, strict=True):  # lengths checked above
         if isinstance(entry, TopicSubscription):
             try:
                 validate_topic_filter(entry.topic_filter)
@@ -141,9 +157,16 @@ def _rewritten(wanted: list[TopicSubscription], topics: Sequence[Any]) -> list[T
             if value >= 0x80:
                 outcomes.append(value)
             elif value in (0, 1, 2):
-                outcomes.append(TopicSubscription(
-                    str(topic_filter), value, original.no_local, original.retain_as_published,
-                    original.retain_handling, original.subscription_identifier))
+                outcomes.append(
+                    TopicSubscription(
+                        str(topic_filter),
+                        value,
+                        original.no_local,
+                        original.retain_as_published,
+                        original.retain_handling,
+                        original.subscription_identifier,
+                    )
+                )
             else:
                 return [0x80] * len(wanted)
         else:
@@ -159,8 +182,8 @@ async def handle_unsubscribe(conn: Connection, packet: Unsubscribe) -> None:
     filters = list(packet.topic_filters)
     if broker.dispatcher.has("auth_on_unsubscribe"):
         answer = await broker.dispatcher.decide(
-            "auth_on_unsubscribe", client=conn.client_info, topic_filters=tuple(filters),
-            properties=packet.properties)
+            "auth_on_unsubscribe", client=conn.client_info, topic_filters=tuple(filters), properties=packet.properties
+        )
         if isinstance(answer, Deny):
             code = legal_reason_code(PacketType.UNSUBACK, answer.reason_code)
             conn.send(Unsuback(packet.packet_id, [code] * len(filters)))

@@ -58,8 +58,9 @@ def test_config(
     plugin_tables = {"retainer": {}} if plugins is None else plugins
     return Config(
         source="<test>",
-        broker=BrokerSettings(allow_anonymous=allow_anonymous, no_match=no_match, control_socket=control_socket,
-                              limits=Limits(**limits)),
+        broker=BrokerSettings(
+            allow_anonymous=allow_anonymous, no_match=no_match, control_socket=control_socket, limits=Limits(**limits)
+        ),
         listeners=listeners or (ListenerConfig(name="test", port=0),),
         plugins=tuple(PluginEntry(name, True, dict(table)) for name, table in plugin_tables.items()),
     )
@@ -88,7 +89,9 @@ async def serving(broker: Broker) -> AsyncIterator[Broker]:
 
 
 @asynccontextmanager
-async def registered(broker: Broker, plugin: Any, name: str | None = None, **settings: Any) -> AsyncIterator[LoadedPlugin]:
+async def registered(
+    broker: Broker, plugin: Any, name: str | None = None, **settings: Any
+) -> AsyncIterator[LoadedPlugin]:
     """Register ``plugin`` (an object with ``@hookimpl`` methods) for one block."""
     plugin_name = name or f"test-{type(plugin).__name__}-{id(plugin):x}"
     loaded = await broker.plugins.register(plugin_name, plugin, settings=KernelSettings(**settings))
@@ -121,8 +124,9 @@ class MQTTTestClient:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, port: int, protocol_level: int = 5, *, host: str = "127.0.0.1",
-                   auto_ack: bool = True) -> AsyncIterator[MQTTTestClient]:
+    async def open(
+        cls, port: int, protocol_level: int = 5, *, host: str = "127.0.0.1", auto_ack: bool = True
+    ) -> AsyncIterator[MQTTTestClient]:
         stream = await trio.open_tcp_stream(host, port)
         client = cls(stream, protocol_level, auto_ack=auto_ack)
         try:
@@ -179,15 +183,40 @@ class MQTTTestClient:
             if isinstance(packet, Disconnect):
                 disconnect = packet
 
-    async def connect(self, client_id: str = "", *, clean_start: bool = True, keep_alive: int = 60,
-                      username: str | None = None, password: bytes | None = None,
-                      will: Will | None = None, properties: dict[str, Any] | None = None) -> Connack | Any:
-        await self.send(Connect(client_id, self.protocol_level, clean_start, keep_alive, username, password,
-                                will, properties or {}, "MQIsdp" if self.protocol_level == 3 else "MQTT"))
+    async def connect(
+        self,
+        client_id: str = "",
+        *,
+        clean_start: bool = True,
+        keep_alive: int = 60,
+        username: str | None = None,
+        password: bytes | None = None,
+        will: Will | None = None,
+        properties: dict[str, Any] | None = None,
+    ) -> Connack | Any:
+        await self.send(
+            Connect(
+                client_id,
+                self.protocol_level,
+                clean_start,
+                keep_alive,
+                username,
+                password,
+                will,
+                properties or {},
+                "MQIsdp" if self.protocol_level == 3 else "MQTT",
+            )
+        )
         return await self.next_packet()
 
-    async def publish(self, topic: str, payload: bytes = b"", qos: int = 0, retain: bool = False,
-                      properties: dict[str, Any] | None = None) -> Any:
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes = b"",
+        qos: int = 0,
+        retain: bool = False,
+        properties: dict[str, Any] | None = None,
+    ) -> Any:
         """Publish; returns the PUBACK (QoS 1), the PUBCOMP or refusing PUBREC (QoS 2)."""
         packet_id = self.packet_id() if qos else None
         await self.send(Publish(topic, payload, qos, retain, False, packet_id, properties or {}))
@@ -201,8 +230,9 @@ class MQTTTestClient:
             return await self.expect(Pubcomp)
         return None
 
-    async def subscribe(self, *filters: str | SubscriptionRequest, qos: int = 0,
-                        properties: dict[str, Any] | None = None) -> Suback:
+    async def subscribe(
+        self, *filters: str | SubscriptionRequest, qos: int = 0, properties: dict[str, Any] | None = None
+    ) -> Suback:
         requests = [f if isinstance(f, SubscriptionRequest) else SubscriptionRequest(f, qos) for f in filters]
         await self.send(Subscribe(self.packet_id(), requests, properties or {}))
         return await self.expect(Suback)
@@ -258,4 +288,3 @@ async def ternmq_client(ternmq_broker: Broker) -> AsyncIterator[MQTTTestClient]:
         connack = await client.connect("ternmq-test-client")
         assert connack.reason_code == 0, connack
         yield client
-

@@ -52,8 +52,12 @@ class Plugin:
     @hookimpl
     def register_config(self, settings: Any) -> None:
         for key in ("max_messages", "max_payload_size"):
-            settings.add(f"retainer.{key}", lambda key=key: getattr(self.config, key),
-                         lambda value, key=key: self._set(key, value), f"see [plugins.retainer] {key}")
+            settings.add(
+                f"retainer.{key}",
+                lambda key=key: getattr(self.config, key),
+                lambda value, key=key: self._set(key, value),
+                f"see [plugins.retainer] {key}",
+            )
 
     def _set(self, key: str, value: Any) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:

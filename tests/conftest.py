@@ -49,13 +49,16 @@ def no_tracebacks(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     yield
     records = caplog.get_records("setup") + caplog.get_records("call") + caplog.records
     tracebacks = [
-        record for record in records
-        if record.name.startswith("ternmq") and record.levelno >= logging.ERROR
+        record
+        for record in records
+        if record.name.startswith("ternmq")
+        and record.levelno >= logging.ERROR
         and (record.exc_info or "Traceback" in record.getMessage())
     ]
     assert not tracebacks, "unexpected tracebacks:\n" + "\n".join(
         f"{r.name}: {r.getMessage()} {r.exc_info[1]!r}" if r.exc_info else f"{r.name}: {r.getMessage()}"
-        for r in tracebacks)
+        for r in tracebacks
+    )
 
 
 @pytest.fixture
@@ -100,8 +103,15 @@ class PahoClient:
     async def call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await trio.to_thread.run_sync(lambda: function(*args, **kwargs))
 
-    async def connect(self, port: int, *, clean: bool | None = None, properties: Properties | None = None,
-                      keepalive: int = 60, wait: bool = True) -> Any:
+    async def connect(
+        self,
+        port: int,
+        *,
+        clean: bool | None = None,
+        properties: Properties | None = None,
+        keepalive: int = 60,
+        wait: bool = True,
+    ) -> Any:
         kwargs: dict[str, Any] = {"keepalive": keepalive}
         if self.protocol == paho.MQTTv5:
             kwargs["clean_start"] = True if clean is None else clean
@@ -118,8 +128,14 @@ class PahoClient:
         await self.call(self.client.subscribe, topic, qos, **kwargs)
         return await trio.to_thread.run_sync(lambda: self.subacks.get(timeout=5))
 
-    async def publish(self, topic: str, payload: bytes | str = b"", qos: int = 0, retain: bool = False,
-                      properties: Properties | None = None) -> Any:
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes | str = b"",
+        qos: int = 0,
+        retain: bool = False,
+        properties: Properties | None = None,
+    ) -> Any:
         info = await self.call(self.client.publish, topic, payload, qos, retain, properties)
         if qos:
             await trio.to_thread.run_sync(lambda: info.wait_for_publish(5))

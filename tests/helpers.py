@@ -36,8 +36,9 @@ BYSTANDER_TOPIC = "bystander/news"
 # -- waiting ------------------------------------------------------------------------------
 
 
-async def eventually(condition: Callable[[], Any], timeout: float = 5.0, *, message: str = "",
-                     interval: float = 0.005) -> Any:
+async def eventually(
+    condition: Callable[[], Any], timeout: float = 5.0, *, message: str = "", interval: float = 0.005
+) -> Any:
     """Call ``condition`` every ``interval`` seconds until it returns something true, and
     return that; an AssertionError (``message``, if any) after ``timeout`` seconds.
 
@@ -49,8 +50,9 @@ async def eventually(condition: Callable[[], Any], timeout: float = 5.0, *, mess
     raise AssertionError(f"not true within {timeout} s: {message or condition}")
 
 
-def eventually_sync(condition: Callable[[], Any], timeout: float = 5.0, *, message: str = "",
-                    interval: float = 0.005) -> Any:
+def eventually_sync(
+    condition: Callable[[], Any], timeout: float = 5.0, *, message: str = "", interval: float = 0.005
+) -> Any:
     """:func:`eventually` for code outside trio (it blocks with ``time.sleep``)."""
     deadline = time.monotonic() + timeout
     while not (result := condition()):
@@ -71,8 +73,7 @@ def is_online(broker: Broker, client_id: str) -> bool:
 async def wait_offline(broker: Broker, client_id: str, *, session_kept: bool = False) -> None:
     """Until the broker has detached ``client_id``'s connection; with ``session_kept``
     its session must still be there, otherwise it may also have ended."""
-    await eventually(lambda: not is_online(broker, client_id)
-                     and (not session_kept or client_id in broker.sessions))
+    await eventually(lambda: not is_online(broker, client_id) and (not session_kept or client_id in broker.sessions))
 
 
 async def left_subscribed(broker: Broker, client_id: str, topic_filter: str, qos: int = 1) -> None:
@@ -93,9 +94,16 @@ def session_row(broker: Broker, client_id: str) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def connected(broker: Broker | int, client_id: str = "", level: int = 5, *, auto_ack: bool = True,
-                    clean_start: bool = True, expiry: int | None = None,
-                    **connect: Any) -> AsyncIterator[MQTTTestClient]:
+async def connected(
+    broker: Broker | int,
+    client_id: str = "",
+    level: int = 5,
+    *,
+    auto_ack: bool = True,
+    clean_start: bool = True,
+    expiry: int | None = None,
+    **connect: Any,
+) -> AsyncIterator[MQTTTestClient]:
     """An MQTTTestClient of ``broker`` (or of a port) that got CONNACK 0, kept as ``c.connack``.
 
     ``expiry`` is the v5 session expiry interval; a v5 client asking to keep its session
@@ -212,12 +220,21 @@ class DropRecorder:
         self.drops.append((client_id, message.payload, reason))
 
 
-def client_info(broker: Any, client: MQTTTestClient, client_id: str, username: str | None = None,
-                level: int = 5) -> ClientInfo:
+def client_info(
+    broker: Any, client: MQTTTestClient, client_id: str, username: str | None = None, level: int = 5
+) -> ClientInfo:
     """The ClientInfo the broker should pass for ``client``."""
-    return ClientInfo(client_id, username=username, peer_host="127.0.0.1",
-                      peer_port=client.stream.socket.getsockname()[1], protocol_level=level,
-                      listener="test", mountpoint="", node=broker.node_name, tls_common_name=None)
+    return ClientInfo(
+        client_id,
+        username=username,
+        peer_host="127.0.0.1",
+        peer_port=client.stream.socket.getsockname()[1],
+        protocol_level=level,
+        listener="test",
+        mountpoint="",
+        node=broker.node_name,
+        tls_common_name=None,
+    )
 
 
 # -- paho ---------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.lowlevel
 
 import ternmq.kernel
 from ternmq.kernel import hookspecs
@@ -102,7 +103,7 @@ class Document:
         for position, (index, _, text) in enumerate(self.headings):
             if text == title:
                 end = self.headings[position + 1][0] if position + 1 < len(self.headings) else len(self.lines)
-                return self.lines[index + 1:end]
+                return self.lines[index + 1 : end]
         raise KeyError(title)
 
 
@@ -127,8 +128,9 @@ def document(name: str) -> Document:
                 index += 1
             marker_match = MARKER.match(lines[start - 1]) if start > 0 else None
             marker = None if marker_match is None else (marker_match.group(1) or "")
-            doc.blocks.append(Block(name, start + 1, fence.group(1), "\n".join(lines[start + 1:index]) + "\n",
-                                    marker, section))
+            doc.blocks.append(
+                Block(name, start + 1, fence.group(1), "\n".join(lines[start + 1 : index]) + "\n", marker, section)
+            )
         elif heading := HEADING.match(line):
             level, text = len(heading.group(1)), heading.group(2)
             doc.headings.append((index, level, text))
@@ -197,8 +199,11 @@ def executed(doc: str) -> dict[str, Ran]:
         except Exception as exc:  # reported by test_runnable_python_block_executes
             results[block.id] = Ran(block, None, {}, exc)
             continue
-        defined = {k: v for k, v in module.__dict__.items()
-                   if not k.startswith("__") and (k not in before or before[k] is not v)}
+        defined = {
+            k: v
+            for k, v in module.__dict__.items()
+            if not k.startswith("__") and (k not in before or before[k] is not v)
+        }
         results[block.id] = Ran(block, module, defined, None)
         if doc in SHARED_NAMESPACE:
             carried.update(defined)
@@ -211,8 +216,11 @@ def hook_example(hook: str) -> type:
     assert len(blocks) == 1, f"### {hook}: expected one runnable example, found {len(blocks)}"
     ran = executed("hooks.md")[blocks[0].id]
     assert ran.error is None, f"the {hook} example fails: {ran.error!r}"
-    classes = [v for v in ran.defined.values()
-               if isinstance(v, type) and isinstance(getattr(getattr(v, hook, None), IMPL_ATTRIBUTE, None), dict)]
+    classes = [
+        v
+        for v in ran.defined.values()
+        if isinstance(v, type) and isinstance(getattr(getattr(v, hook, None), IMPL_ATTRIBUTE, None), dict)
+    ]
     assert len(classes) == 1, f"the {hook} example should define one class implementing it: {classes}"
     return classes[0]
 
@@ -229,8 +237,14 @@ def named_example(name: str) -> types.ModuleType:
 # -- client helpers ---------------------------------------------------------------------------
 
 
-async def connack(port: int, client_id: str, username: str | None = None, password: bytes | None = None,
-                  protocol_level: int = 5, **kwargs: Any) -> Any:
+async def connack(
+    port: int,
+    client_id: str,
+    username: str | None = None,
+    password: bytes | None = None,
+    protocol_level: int = 5,
+    **kwargs: Any,
+) -> Any:
     async with MQTTTestClient.open(port, protocol_level) as client:
         return await client.connect(client_id, username=username, password=password, **kwargs)
 
@@ -264,7 +278,9 @@ def spec_signature(name: str) -> str:
         if param.default is not inspect.Parameter.empty:
             item += f" = {param.default!r}"
         params.append(item)
-    result = "" if signature.return_annotation is inspect.Signature.empty else f" -> {text(signature.return_annotation)}"
+    result = (
+        "" if signature.return_annotation is inspect.Signature.empty else f" -> {text(signature.return_annotation)}"
+    )
     return f"{name}({', '.join(params)}){result}"
 
 
@@ -349,8 +365,9 @@ def test_every_named_plugins_md_example_has_a_driver() -> None:
     assert driven == set(PLUGINS_MD_DRIVERS)
 
 
-@pytest.mark.parametrize("block", [b for doc in ("hooks.md", "plugins.md") for b in runnable(doc, "toml")],
-                         ids=lambda b: b.id)
+@pytest.mark.parametrize(
+    "block", [b for doc in ("hooks.md", "plugins.md") for b in runnable(doc, "toml")], ids=lambda b: b.id
+)
 def test_runnable_toml_blocks_are_valid_configuration(block: Block) -> None:
     data = tomllib.loads(block.code)
     config = parse_config(data, block.id)
@@ -360,8 +377,13 @@ def test_runnable_toml_blocks_are_valid_configuration(block: Block) -> None:
 
 
 def _admin_lines(doc: str) -> list[str]:
-    return [line.strip() for b in document(doc).blocks if b.lang in ("sh", "console", "bash")
-            for line in b.code.splitlines() if line.strip().startswith("ternmq-admin ")]
+    return [
+        line.strip()
+        for b in document(doc).blocks
+        if b.lang in ("sh", "console", "bash")
+        for line in b.code.splitlines()
+        if line.strip().startswith("ternmq-admin ")
+    ]
 
 
 def test_every_ternmq_admin_line_of_plugins_md_parses() -> None:
@@ -415,8 +437,11 @@ async def drive_auth_on_publish(example: type) -> None:
             await v311.connect("d3")
             await v311.publish("devices/d2/t", b"x", qos=0)
             assert await v311.closed() is None  # MQTT 3.1.1: disconnected
-    async with open_broker(test_config(allow_anonymous=False, no_match="deny")) as broker, \
-            registered(broker, AllowConnect()), registered(broker, example()):
+    async with (
+        open_broker(test_config(allow_anonymous=False, no_match="deny")) as broker,
+        registered(broker, AllowConnect()),
+        registered(broker, example()),
+    ):
         async with MQTTTestClient.open(broker.port()) as d1:
             await d1.connect("d1")
             assert (await d1.publish("devices/d1/t", b"own", qos=1)).reason_code == 0x10  # no subscriber
@@ -451,8 +476,9 @@ async def drive_auth_on_unsubscribe(example: type) -> None:
 async def drive_on_auth(example: type) -> None:
     async with open_broker() as broker, registered(broker, example()):
         async with MQTTTestClient.open(broker.port()) as client:
-            step = await client.connect("c", properties={"authentication_method": "demo",
-                                                         "authentication_data": b"hello"})
+            step = await client.connect(
+                "c", properties={"authentication_method": "demo", "authentication_data": b"hello"}
+            )
             assert isinstance(step, Auth) and step.reason_code == 0x18
             assert step.properties["authentication_data"] == b"prove it"
             await client.auth(0x18, {"authentication_method": "demo", "authentication_data": b"proof"})
@@ -469,8 +495,11 @@ async def drive_on_auth(example: type) -> None:
 
 async def drive_on_deliver(example: type) -> None:
     async with open_broker() as broker, registered(broker, example()):
-        async with MQTTTestClient.open(broker.port()) as admin, MQTTTestClient.open(broker.port()) as anon, \
-                MQTTTestClient.open(broker.port()) as publisher:
+        async with (
+            MQTTTestClient.open(broker.port()) as admin,
+            MQTTTestClient.open(broker.port()) as anon,
+            MQTTTestClient.open(broker.port()) as publisher,
+        ):
             await admin.connect("admin", username="admin")
             await anon.connect("anon")
             await publisher.connect("pub")
@@ -666,8 +695,9 @@ def _sessions(example: type) -> dict[str, SessionSnapshot]:
 async def drive_session_store_load_all(example: type) -> None:
     sessions = _sessions(example)
     sessions.clear()
-    sessions["kept"] = SessionSnapshot("kept", None, 5, 60, (TopicSubscription("t", 1),),
-                                       (Message("t", b"from the store", 1),))
+    sessions["kept"] = SessionSnapshot(
+        "kept", None, 5, 60, (TopicSubscription("t", 1),), (Message("t", b"from the store", 1),)
+    )
     try:
         config = test_config(plugins={"retainer": {}, f"{example.__module__}:{example.__name__}": {}})
         async with open_broker(config) as broker:
@@ -902,7 +932,8 @@ async def plugins_md_admin(module: types.ModuleType) -> None:
 
 
 PLUGINS_MD_DRIVERS: dict[str, Callable[[types.ModuleType], Any]] = {
-    name.removeprefix("plugins_md_"): value for name, value in list(globals().items())
+    name.removeprefix("plugins_md_"): value
+    for name, value in list(globals().items())
     if name.startswith("plugins_md_") and callable(value)
 }
 
@@ -920,8 +951,15 @@ def test_plugins_md_test_file_passes_under_pytest(tmp_path: Path) -> None:
         (tmp_path / block.marker).write_text(block.code, encoding="utf-8")
     (tmp_path / "pytest.ini").write_text("[pytest]\ntrio_mode = true\nfilterwarnings = error\n", encoding="utf-8")
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *[b.marker for b in tests]],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *[b.marker for b in tests]],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"\b3 passed\b", result.stdout), result.stdout
 
@@ -956,8 +994,10 @@ async def test_plugins_md_the_plugin_loaded_first_is_asked_first_unless_prioriti
             await connack(broker.port(), "c")
             assert asked == ["first", "second"]
             asked.clear()
-        async with registered(broker, Asks("first"), name="first"), \
-                registered(broker, Asks("second"), name="second", priority=1):
+        async with (
+            registered(broker, Asks("first"), name="first"),
+            registered(broker, Asks("second"), name="second", priority=1),
+        ):
             await connack(broker.port(), "c")
             assert asked == ["second", "first"]
 
@@ -977,8 +1017,9 @@ def documented_keys(doc: str, heading: str) -> dict[str, str]:
     return keys
 
 
-def check_keys(doc: str, heading: str, cls: type, extra: dict[str, Any] | None = None,
-               nested: set[str] = frozenset()) -> None:
+def check_keys(
+    doc: str, heading: str, cls: type, extra: dict[str, Any] | None = None, nested: set[str] = frozenset()
+) -> None:
     documented = documented_keys(doc, heading)
     fields = {f.name: f for f in attrs.fields(cls) if f.name not in nested}
     expected = {name: f.default for name, f in fields.items()} | (extra or {})
@@ -996,8 +1037,9 @@ def check_keys(doc: str, heading: str, cls: type, extra: dict[str, Any] | None =
             continue
         assert values, f"{doc} {heading} {key}: no default value in {cell!r}"
         documented_default = tomllib.loads(f"v = {values[0]}")["v"]
-        assert documented_default == default and type(documented_default) is type(default), \
+        assert documented_default == default and type(documented_default) is type(default), (
             f"{doc} {heading} {key}: default {default!r}, doc says {values[0]}"
+        )
 
 
 def test_configuration_md_documents_every_broker_key() -> None:
@@ -1013,8 +1055,12 @@ def test_configuration_md_documents_every_listener_key() -> None:
 
 
 def test_configuration_md_documents_every_kernel_key_of_plugin_tables() -> None:
-    check_keys("configuration.md", "`[plugins.NAME]`", KernelSettings,
-               extra={"enabled": attrs.fields(PluginEntry).enabled.default})
+    check_keys(
+        "configuration.md",
+        "`[plugins.NAME]`",
+        KernelSettings,
+        extra={"enabled": attrs.fields(PluginEntry).enabled.default},
+    )
 
 
 def test_configuration_md_documents_every_retainer_key() -> None:
@@ -1022,8 +1068,9 @@ def test_configuration_md_documents_every_retainer_key() -> None:
 
 
 def test_plugins_md_documents_every_kernel_key() -> None:
-    check_keys("plugins.md", "Kernel keys", KernelSettings,
-               extra={"enabled": attrs.fields(PluginEntry).enabled.default})
+    check_keys(
+        "plugins.md", "Kernel keys", KernelSettings, extra={"enabled": attrs.fields(PluginEntry).enabled.default}
+    )
 
 
 def test_the_key_check_catches_a_missing_key() -> None:
@@ -1041,8 +1088,16 @@ async def test_plugins_md_service_api_table_matches_the_broker() -> None:
 
     rows = table_rows(document("plugins.md").section("The broker's service API"))
     methods = {re.match(r"(?:await )?broker\.(\w+)", backticked(row[0])[0]).group(1): row[1] for row in rows}
-    assert set(methods) == {"publish_message", "disconnect_client", "list_sessions", "session_snapshot",
-                            "subscriptions_of", "node_name", "subscribe_client", "unsubscribe_client"}
+    assert set(methods) == {
+        "publish_message",
+        "disconnect_client",
+        "list_sessions",
+        "session_snapshot",
+        "subscriptions_of",
+        "node_name",
+        "subscribe_client",
+        "unsubscribe_client",
+    }
     assert all(hasattr(Broker, name) for name in methods)
     async with open_broker() as broker:
         async with MQTTTestClient.open(broker.port()) as client:
@@ -1074,7 +1129,7 @@ async def test_plugins_md_serve_failures_before_and_after_started() -> None:
     class FailsLater:
         async def serve(self, broker: Any, *, task_status: Any) -> None:
             task_status.started()
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
             raise RuntimeError("lost the database")
 
         @hookspecs.hookimpl

@@ -53,11 +53,11 @@ def json_auth(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return site
 
 
-def start(runtime_dir: Path, config: Path | str, listeners: int = 1, *, cwd: Path = REPO,
-          pythonpath: tuple[Path, ...] = ()) -> Any:
+def start(
+    runtime_dir: Path, config: Path | str, listeners: int = 1, *, cwd: Path = REPO, pythonpath: tuple[Path, ...] = ()
+) -> Any:
     env = helpers.subprocess_env(runtime_dir, pythonpath=pythonpath)
-    process = helpers.BrokerProcess(["--config", str(config), "--port", "0"], env=env, cwd=cwd,
-                                    listeners=listeners)
+    process = helpers.BrokerProcess(["--config", str(config), "--port", "0"], env=env, cwd=cwd, listeners=listeners)
     try:
         process.wait_ready()
     except BaseException:
@@ -89,14 +89,16 @@ def broker_process(runtime_dir: Path, request: pytest.FixtureRequest) -> Iterato
         process.stop()
 
 
-async def connack(port: int, client_id: str, username: str | None = None, password: bytes | None = None,
-                  protocol_level: int = 5) -> int:
+async def connack(
+    port: int, client_id: str, username: str | None = None, password: bytes | None = None, protocol_level: int = 5
+) -> int:
     async with MQTTTestClient.open(port, protocol_level) as client:
         return (await client.connect(client_id, username=username, password=password)).reason_code
 
 
 async def test_minimal_toml_starts_and_takes_anonymous_clients_with_retained_messages(
-        broker_process: Any, runtime_dir: Path) -> None:
+    broker_process: Any, runtime_dir: Path
+) -> None:
     process = broker_process("examples/minimal.toml")
     assert list(process.ports) == ["default"]
     port = process.port
@@ -113,8 +115,9 @@ async def test_minimal_toml_starts_and_takes_anonymous_clients_with_retained_mes
 
 
 @pytest.mark.parametrize("where", ["repository", "elsewhere"])
-async def test_third_party_toml_lets_alice_in_and_refuses_bob(broker_process: Any, json_auth: Path,
-                                                              runtime_dir: Path, where: str) -> None:
+async def test_third_party_toml_lets_alice_in_and_refuses_bob(
+    broker_process: Any, json_auth: Path, runtime_dir: Path, where: str
+) -> None:
     # Started from another folder, the relative users_file is still examples/users.json.
     if where == "repository":
         process = broker_process("examples/third_party.toml")
@@ -135,7 +138,10 @@ def test_production_toml_parses() -> None:
     assert config.broker.node_name == "mqtt1@broker.example.com"
     assert config.broker.limits.max_packet_size == 262144
     assert [(listener.name, listener.type, listener.port) for listener in config.listeners] == [
-        ("local", "tcp", 1883), ("tls", "tls", 8883), ("wss", "wss", 8084)]
+        ("local", "tcp", 1883),
+        ("tls", "tls", 8883),
+        ("wss", "wss", 8084),
+    ]
     assert [(p.name, p.enabled) for p in config.plugins] == [("retainer", True), ("json_auth", True)]
     json_auth = config.plugins[1].settings
     assert (json_auth["on_error"], json_auth["breaker_threshold"], json_auth["breaker_cooldown"]) == ("deny", 20, 10.0)
@@ -145,8 +151,11 @@ def test_production_toml_parses() -> None:
 def certificates(tmp_path: Path) -> dict[str, Any]:
     ca = trustme.CA()
     server = ca.issue_cert("localhost", "127.0.0.1")
-    paths = {"server.pem": tmp_path / "server.pem", "server.key": tmp_path / "server.key",
-             "ca.pem": tmp_path / "ca.pem"}
+    paths = {
+        "server.pem": tmp_path / "server.pem",
+        "server.key": tmp_path / "server.key",
+        "ca.pem": tmp_path / "ca.pem",
+    }
     server.cert_chain_pems[0].write_to_path(str(paths["server.pem"]))
     for blob in server.cert_chain_pems[1:]:
         blob.write_to_path(str(paths["server.pem"]), append=True)
@@ -156,7 +165,8 @@ def certificates(tmp_path: Path) -> dict[str, Any]:
 
 
 async def test_production_toml_starts_with_real_certificate_files(
-        broker_process: Any, json_auth: None, tmp_path: Path, certificates: dict[str, Any]) -> None:
+    broker_process: Any, json_auth: None, tmp_path: Path, certificates: dict[str, Any]
+) -> None:
     text = (EXAMPLES / "production.toml").read_text()
     for name, path in certificates["paths"].items():
         assert f"/etc/ternmq/{name}" in text

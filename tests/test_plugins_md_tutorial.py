@@ -56,8 +56,9 @@ def fenced_blocks(lines: list[str]) -> list[tuple[str, str, str | None]]:
             while not lines[index].startswith("```"):
                 index += 1
             marker = re.match(r"^<!--\s*test(?::\s*(\S+))?\s*-->", lines[start - 1])
-            blocks.append((fence.group(1), "\n".join(lines[start + 1:index]) + "\n",
-                           marker.group(1) if marker else None))
+            blocks.append(
+                (fence.group(1), "\n".join(lines[start + 1 : index]) + "\n", marker.group(1) if marker else None)
+            )
         index += 1
     return blocks
 
@@ -90,8 +91,15 @@ def tutorial() -> dict[str, Any]:
     module = re.search(r"name=(\w+):Plugin", enable)
     assert module is not None, enable
     text = "\n".join(section(lines, SECTION))
-    return {"plugin": plugins[0], "toml": tomls[0], "start": shlex.split(starts[0]), "admin": admins,
-            "config": config, "module": module.group(1), "text": text}
+    return {
+        "plugin": plugins[0],
+        "toml": tomls[0],
+        "start": shlex.split(starts[0]),
+        "admin": admins,
+        "config": config,
+        "module": module.group(1),
+        "text": text,
+    }
 
 
 @pytest.fixture
@@ -135,8 +143,15 @@ async def test_the_plugin_path_tutorial_works_as_written(tutorial: dict[str, Any
     with helpers.BrokerProcess([*tutorial["start"][1:], "--port", "0"], env=env, cwd=folders["work"]) as broker:
         broker.wait_ready()
         for line in tutorial["admin"]:
-            result = subprocess.run(shlex.split(line), capture_output=True, text=True, env=env, timeout=20,
-                                    cwd=folders["elsewhere"], stdin=subprocess.DEVNULL)
+            result = subprocess.run(
+                shlex.split(line),
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=20,
+                cwd=folders["elsewhere"],
+                stdin=subprocess.DEVNULL,
+            )
             assert result.returncode == 0, f"{line}: {result.stderr}"
             if " plugin enable " in line:
                 assert result.stdout == "Done\n"
@@ -147,7 +162,8 @@ async def test_the_plugin_path_tutorial_works_as_written(tutorial: dict[str, Any
 
 
 async def test_the_pythonpath_alternative_of_the_tutorial_works_too(
-        tutorial: dict[str, Any], folders: dict[str, Path]) -> None:
+    tutorial: dict[str, Any], folders: dict[str, Path]
+) -> None:
     match = re.search(r"`PYTHONPATH=(\S+) ternmq --config (\S+)`", tutorial["text"])
     assert match is not None, "the section names the PYTHONPATH alternative"
     without = "".join(line + "\n" for line in tutorial["toml"].splitlines() if not line.startswith("plugin_path"))
@@ -157,14 +173,22 @@ async def test_the_pythonpath_alternative_of_the_tutorial_works_too(
     with helpers.BrokerProcess(["--config", match.group(2), "--port", "0"], env=env, cwd=folders["work"]) as broker:
         broker.wait_ready()
         enable = next(line for line in tutorial["admin"] if " plugin enable " in line)
-        result = subprocess.run(shlex.split(enable), capture_output=True, text=True, env=environment(folders["runtime"]),
-                                timeout=20, cwd=folders["elsewhere"], stdin=subprocess.DEVNULL)
+        result = subprocess.run(
+            shlex.split(enable),
+            capture_output=True,
+            text=True,
+            env=environment(folders["runtime"]),
+            timeout=20,
+            cwd=folders["elsewhere"],
+            stdin=subprocess.DEVNULL,
+        )
         assert result.returncode == 0, result.stderr
         await assert_internal_is_refused(broker.port)
 
 
 async def test_without_either_the_module_is_not_found_and_the_error_says_where_to_put_it(
-        tutorial: dict[str, Any], folders: dict[str, Path]) -> None:
+    tutorial: dict[str, Any], folders: dict[str, Path]
+) -> None:
     without = "".join(line + "\n" for line in tutorial["toml"].splitlines() if not line.startswith("plugin_path"))
     plugins = write_files(tutorial, folders["work"], without)
     env = environment(folders["runtime"])
@@ -172,8 +196,15 @@ async def test_without_either_the_module_is_not_found_and_the_error_says_where_t
         broker.wait_ready()
         enable = next(line for line in tutorial["admin"] if " plugin enable " in line)
         # Even from the folder the module is in: the broker imports, not ternmq-admin.
-        result = subprocess.run(shlex.split(enable), capture_output=True, text=True, env=env, timeout=20,
-                                cwd=plugins, stdin=subprocess.DEVNULL)
+        result = subprocess.run(
+            shlex.split(enable),
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=20,
+            cwd=plugins,
+            stdin=subprocess.DEVNULL,
+        )
         assert result.returncode == 1
         assert f"cannot import {tutorial['module']}: no module named '{tutorial['module']}'" in result.stderr
         assert "[broker] plugin_path" in result.stderr and "ternmq-admin runs in does not matter" in result.stderr

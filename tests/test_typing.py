@@ -26,10 +26,22 @@ def package_tree(tmp_path: Path) -> Path:
 
 def mypy(tree: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"),
-         "--cache-dir", str(tree / ".mypy_cache"), *args],
-        cwd=tree, capture_output=True, text=True, env={"MYPYPATH": str(tree), "PATH": "/usr/bin:/bin"},
-        timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--config-file",
+            str(ROOT / "pyproject.toml"),
+            "--cache-dir",
+            str(tree / ".mypy_cache"),
+            *args,
+        ],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        env={"MYPYPATH": str(tree), "PATH": "/usr/bin:/bin"},
+        timeout=300,
+    )
 
 
 def test_the_package_passes_mypy_strict(tmp_path: Path) -> None:

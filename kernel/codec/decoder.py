@@ -8,8 +8,24 @@ from typing import Any, TypeVar
 
 from .errors import CONNACK_V3_TO_V5, REASON_CODES, MalformedPacket, MQTTError, ProtocolError, ReasonCode
 from .packets import (
-    Auth, Connack, Connect, Disconnect, PacketType, Pingreq, Pingresp, Puback, Pubcomp, Publish, Pubrec,
-    Pubrel, Suback, Subscribe, SubscriptionRequest, Unsuback, Unsubscribe, Will,
+    Auth,
+    Connack,
+    Connect,
+    Disconnect,
+    PacketType,
+    Pingreq,
+    Pingresp,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+    Suback,
+    Subscribe,
+    SubscriptionRequest,
+    Unsuback,
+    Unsubscribe,
+    Will,
 )
 from .properties import WILL_PROPERTIES, decode_properties
 from .wire import read_bin, read_str
@@ -26,8 +42,32 @@ _rc = REASON_CODES.get
 _ERRORS = frozenset(range(0x80, 0xA3))
 #: reason codes each v5 packet may carry (MQTT 5.0 section 2.4 and the packet sections)
 ALLOWED_REASON_CODES: dict[int, frozenset[int]] = {
-    _T.CONNACK: frozenset({0x00, 0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A, 0x8C,
-                           0x90, 0x95, 0x97, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9F}),
+    _T.CONNACK: frozenset(
+        {
+            0x00,
+            0x80,
+            0x81,
+            0x82,
+            0x83,
+            0x84,
+            0x85,
+            0x86,
+            0x87,
+            0x88,
+            0x89,
+            0x8A,
+            0x8C,
+            0x90,
+            0x95,
+            0x97,
+            0x99,
+            0x9A,
+            0x9B,
+            0x9C,
+            0x9D,
+            0x9F,
+        }
+    ),
     _T.PUBACK: frozenset({0x00, 0x10, 0x80, 0x83, 0x87, 0x90, 0x91, 0x97, 0x99}),
     _T.PUBREC: frozenset({0x00, 0x10, 0x80, 0x83, 0x87, 0x90, 0x91, 0x97, 0x99}),
     _T.PUBREL: frozenset({0x00, 0x92}),
@@ -52,6 +92,7 @@ def legal_reason_code(packet_type: int, reason_code: int) -> int:
     if reason_code in (0x86, 0x8A, 0x8C) and 0x87 in allowed:
         return 0x87
     return 0x80
+
 
 # required fixed-header flags per packet type (PUBLISH carries its own flags)
 _FLAGS = (None, 0, 0, None, 0, 0, 2, 0, 2, 0, 2, 0, 0, 0, 0, 0)

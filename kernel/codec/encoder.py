@@ -8,8 +8,21 @@ from typing import Any
 
 from .errors import PacketTooLarge, connack_v3_code
 from .packets import (
-    Auth, Connack, Connect, Disconnect, Pingreq, Pingresp, Puback, Pubcomp, Publish, Pubrec, Pubrel,
-    Suback, Subscribe, Unsuback, Unsubscribe,
+    Auth,
+    Connack,
+    Connect,
+    Disconnect,
+    Pingreq,
+    Pingresp,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+    Suback,
+    Subscribe,
+    Unsuback,
+    Unsubscribe,
 )
 from .properties import encode_properties
 from .wire import MAX_VARINT, U16, enc_bin, enc_str, encode_varint

@@ -124,7 +124,9 @@ class _FixedCodeError(MQTTError):
     def __init__(self, message: str = "") -> None:
         super().__init__(self._code, message)
 
-    def __reduce__(self) -> tuple[type[_FixedCodeError], tuple[str]]:  # keep copy/pickle working with the one-argument constructor
+    def __reduce__(
+        self,
+    ) -> tuple[type[_FixedCodeError], tuple[str]]:  # keep copy/pickle working with the one-argument constructor
         return (type(self), (self.message,))
 
 

@@ -76,10 +76,10 @@ class Framer:
             return None
         first = buf[pos]
         if remaining < _SMALL_BODY:
-            body = bytes(buf[pos + header:end])
+            body = bytes(buf[pos + header : end])
         else:  # one copy instead of two; the view is released before the buffer can change
             with memoryview(buf) as view:
-                body = view[pos + header:end].tobytes()
+                body = view[pos + header : end].tobytes()
         if end == n:
             buf.clear()
             self._pos = 0

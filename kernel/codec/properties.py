@@ -28,9 +28,19 @@ _BYTE, _U16, _U32, _VARINT, _STR, _BIN, _PAIR = range(7)
 _T = PacketType
 _PUB_WILL = frozenset({_T.PUBLISH, WILL_PROPERTIES})
 _ALL = frozenset(_T) | {WILL_PROPERTIES}
-_REASON_STRING = frozenset({
-    _T.CONNACK, _T.PUBACK, _T.PUBREC, _T.PUBREL, _T.PUBCOMP, _T.SUBACK, _T.UNSUBACK, _T.DISCONNECT, _T.AUTH,
-})
+_REASON_STRING = frozenset(
+    {
+        _T.CONNACK,
+        _T.PUBACK,
+        _T.PUBREC,
+        _T.PUBREL,
+        _T.PUBCOMP,
+        _T.SUBACK,
+        _T.UNSUBACK,
+        _T.DISCONNECT,
+        _T.AUTH,
+    }
+)
 
 # id: (name, kind, packet types allowed in) -- MQTT 5.0 section 2.2.2.2, table 2-4
 _TABLE: dict[int, tuple[str, int, frozenset[int]]] = {
@@ -72,10 +82,17 @@ _SPECS: list[tuple[str, int, frozenset[int]] | None] = [_TABLE.get(i) for i in r
 _ENC: dict[str, tuple[bytes, int]] = {spec[0]: (bytes((pid,)), spec[1]) for pid, spec in _TABLE.items()}
 
 # byte properties whose only legal values are 0 and 1 (it is a Protocol Error otherwise)
-_BOOLEAN_BYTES = frozenset({
-    "request_problem_information", "request_response_information", "maximum_qos", "retain_available",
-    "wildcard_subscription_available", "subscription_identifier_available", "shared_subscription_available",
-})
+_BOOLEAN_BYTES = frozenset(
+    {
+        "request_problem_information",
+        "request_response_information",
+        "maximum_qos",
+        "retain_available",
+        "wildcard_subscription_available",
+        "subscription_identifier_available",
+        "shared_subscription_available",
+    }
+)
 # properties for which the value 0 is a Protocol Error
 _NON_ZERO = frozenset({"receive_maximum", "maximum_packet_size", "subscription_identifier"})
 

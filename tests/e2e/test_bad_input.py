@@ -64,8 +64,9 @@ def connect_bytes(level: int, client_id: str = "bad", **fields: Any) -> bytes:
     return encode(Connect(client_id, level, **fields), level)
 
 
-def publish_bytes(level: int, raw_topic: bytes, payload: bytes = b"x", *, first_byte: int = 0x30,
-                  packet_id: bytes = b"") -> bytes:
+def publish_bytes(
+    level: int, raw_topic: bytes, payload: bytes = b"x", *, first_byte: int = 0x30, packet_id: bytes = b""
+) -> bytes:
     props = b"\x00" if level == 5 else b""
     return frame(first_byte, string(raw_topic) + packet_id + props + payload)
 
@@ -123,15 +124,19 @@ async def test_null_character_in_a_topic_closes_with_malformed_packet(broker: Br
 
 
 @pytest.mark.parametrize("level", LEVELS)
-@pytest.mark.parametrize("first_byte, body", [
-    pytest.param(0x80, b"\x00\x01\x00\x03a/b\x00", id="subscribe-flags-0"),
-    pytest.param(0x60, b"\x00\x01", id="pubrel-flags-0"),
-    pytest.param(0xA0, b"\x00\x01\x00\x03a/b", id="unsubscribe-flags-0"),
-    pytest.param(0xC1, b"", id="pingreq-flags-1"),
-    pytest.param(0xE8, b"", id="disconnect-flags-8"),
-])
+@pytest.mark.parametrize(
+    "first_byte, body",
+    [
+        pytest.param(0x80, b"\x00\x01\x00\x03a/b\x00", id="subscribe-flags-0"),
+        pytest.param(0x60, b"\x00\x01", id="pubrel-flags-0"),
+        pytest.param(0xA0, b"\x00\x01\x00\x03a/b", id="unsubscribe-flags-0"),
+        pytest.param(0xC1, b"", id="pingreq-flags-1"),
+        pytest.param(0xE8, b"", id="disconnect-flags-8"),
+    ],
+)
 async def test_reserved_fixed_header_flags_close_with_malformed_packet(
-        broker: Broker, level: int, first_byte: int, body: bytes) -> None:
+    broker: Broker, level: int, first_byte: int, body: bytes
+) -> None:
     if level == 5 and first_byte in (0x80, 0xA0):
         body = body[:2] + b"\x00" + body[2:]  # an empty property block
     async with watched(broker):
@@ -144,8 +149,7 @@ async def test_reserved_fixed_header_flags_close_with_malformed_packet(
 async def test_publish_with_qos_3_closes_with_malformed_packet(broker: Broker, level: int) -> None:
     async with watched(broker):
         async with bad_client(broker, level) as bad:
-            await bad.send_raw(publish_bytes(level, BYSTANDER_TOPIC.encode(), first_byte=0x36,
-                                             packet_id=b"\x00\x01"))
+            await bad.send_raw(publish_bytes(level, BYSTANDER_TOPIC.encode(), first_byte=0x36, packet_id=b"\x00\x01"))
             await expect_refused_close(bad, 0x81)
 
 
@@ -170,7 +174,8 @@ async def test_truncated_packet_then_close_counts_as_a_lost_connection(broker: B
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("topic", ["bystander/+", "bystander/#", "#", "+/news"])
 async def test_wildcard_in_a_publish_topic_closes_with_topic_name_invalid(
-        broker: Broker, level: int, topic: str) -> None:
+    broker: Broker, level: int, topic: str
+) -> None:
     async with watched(broker):
         async with bad_client(broker, level) as bad:
             await bad.send(Publish(topic, b"wild", 1, False, False, 1))
@@ -182,8 +187,11 @@ async def test_wildcard_in_a_publish_topic_closes_with_topic_name_invalid(
 async def test_packet_id_0_at_qos_above_0_closes_with_protocol_error(broker: Broker, level: int, qos: int) -> None:
     async with watched(broker) as bystander:
         async with bad_client(broker, level) as bad:
-            await bad.send_raw(publish_bytes(level, BYSTANDER_TOPIC.encode(), b"id0",
-                                             first_byte=0x30 | qos << 1, packet_id=b"\x00\x00"))
+            await bad.send_raw(
+                publish_bytes(
+                    level, BYSTANDER_TOPIC.encode(), b"id0", first_byte=0x30 | qos << 1, packet_id=b"\x00\x00"
+                )
+            )
             await expect_refused_close(bad, 0x82)
         assert await bystander.nothing_received(0.1), "a refused publish must not be routed"
 
@@ -226,14 +234,18 @@ async def test_empty_topic_without_alias_closes_with_protocol_error(broker: Brok
 
 
 @pytest.mark.parametrize("level", LEVELS)
-@pytest.mark.parametrize("packet", [
-    pytest.param(Connack(False, 0), id="connack"),
-    pytest.param(Suback(1, [0]), id="suback"),
-    pytest.param(Unsuback(1, [0]), id="unsuback"),
-    pytest.param(Pingresp(), id="pingresp"),
-])
+@pytest.mark.parametrize(
+    "packet",
+    [
+        pytest.param(Connack(False, 0), id="connack"),
+        pytest.param(Suback(1, [0]), id="suback"),
+        pytest.param(Unsuback(1, [0]), id="unsuback"),
+        pytest.param(Pingresp(), id="pingresp"),
+    ],
+)
 async def test_server_to_client_packet_from_a_client_closes_with_protocol_error(
-        broker: Broker, level: int, packet: Any) -> None:
+    broker: Broker, level: int, packet: Any
+) -> None:
     if level == 4 and isinstance(packet, Unsuback):
         packet = Unsuback(1, [])
     async with watched(broker):
@@ -260,12 +272,15 @@ async def test_reserved_connect_flag_is_refused_without_a_connack(broker: Broker
         assert session_gone(broker)
 
 
-@pytest.mark.parametrize("first", [
-    pytest.param(b"\xc0\x00", id="pingreq"),
-    pytest.param(frame(0x30, string(b"bystander/news") + b"early"), id="publish"),
-    pytest.param(frame(0x82, b"\x00\x01" + string(b"#") + b"\x00"), id="subscribe"),
-    pytest.param(b"\xe0\x00", id="disconnect"),
-])
+@pytest.mark.parametrize(
+    "first",
+    [
+        pytest.param(b"\xc0\x00", id="pingreq"),
+        pytest.param(frame(0x30, string(b"bystander/news") + b"early"), id="publish"),
+        pytest.param(frame(0x82, b"\x00\x01" + string(b"#") + b"\x00"), id="subscribe"),
+        pytest.param(b"\xe0\x00", id="disconnect"),
+    ],
+)
 async def test_first_packet_that_is_not_connect_closes_the_connection(broker: Broker, first: bytes) -> None:
     async with watched(broker) as bystander:
         async with bad_client(broker, connect=False) as bad:
@@ -274,12 +289,15 @@ async def test_first_packet_that_is_not_connect_closes_the_connection(broker: Br
         assert await bystander.nothing_received(0.1)
 
 
-@pytest.mark.parametrize("name, level", [
-    pytest.param("MQTT", 6, id="level-6"),
-    pytest.param("MQTT", 255, id="level-255"),
-    pytest.param("MQTT", 3, id="mqtt-with-3.1-level"),
-    pytest.param("MQIsdp", 4, id="mqisdp-with-3.1.1-level"),
-])
+@pytest.mark.parametrize(
+    "name, level",
+    [
+        pytest.param("MQTT", 6, id="level-6"),
+        pytest.param("MQTT", 255, id="level-255"),
+        pytest.param("MQTT", 3, id="mqtt-with-3.1-level"),
+        pytest.param("MQIsdp", 4, id="mqisdp-with-3.1.1-level"),
+    ],
+)
 async def test_unsupported_protocol_level_gets_connack_1_then_close(broker: Broker, name: str, level: int) -> None:
     # MQTT 3.1.1 [MQTT-3.1.2-2]: CONNACK return code 0x01 (unacceptable protocol level),
     # then disconnect. The client's level is unknown, so the answer is the 3.1.1 CONNACK;
@@ -314,13 +332,16 @@ async def test_half_a_connect_is_closed_after_connect_timeout(broker_factory: An
         assert session_gone(broker, "half")
 
 
-@pytest.mark.parametrize("garbage", [
-    pytest.param(b"GET /mqtt HTTP/1.1\r\nHost: localhost\r\n\r\n", id="http-request"),
-    pytest.param(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32), id="tls-client-hello"),
-    pytest.param(bytes(64), id="zero-bytes"),
-    pytest.param(b"\xff" * 64, id="ff-bytes"),
-    pytest.param(b"SSH-2.0-OpenSSH_9.2\r\n", id="ssh-banner"),
-])
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        pytest.param(b"GET /mqtt HTTP/1.1\r\nHost: localhost\r\n\r\n", id="http-request"),
+        pytest.param(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32), id="tls-client-hello"),
+        pytest.param(bytes(64), id="zero-bytes"),
+        pytest.param(b"\xff" * 64, id="ff-bytes"),
+        pytest.param(b"SSH-2.0-OpenSSH_9.2\r\n", id="ssh-banner"),
+    ],
+)
 async def test_garbage_instead_of_connect_closes_the_connection(broker: Broker, garbage: bytes) -> None:
     async with watched(broker):
         async with bad_client(broker, connect=False) as bad:
@@ -359,8 +380,31 @@ async def test_oversize_connect_is_refused_without_waiting_for_its_body(broker: 
 
 # -- a stress test: random garbage ---------------------------------------------------------
 
-VALID_FIRST_BYTES = (0x10, 0x30, 0x31, 0x32, 0x33, 0x34, 0x35, 0x3A, 0x3B, 0x3D, 0x40, 0x50, 0x62,
-                     0x70, 0x82, 0xA2, 0xC0, 0xE0, 0xF0, 0x20, 0x90, 0xB0, 0xD0)
+VALID_FIRST_BYTES = (
+    0x10,
+    0x30,
+    0x31,
+    0x32,
+    0x33,
+    0x34,
+    0x35,
+    0x3A,
+    0x3B,
+    0x3D,
+    0x40,
+    0x50,
+    0x62,
+    0x70,
+    0x82,
+    0xA2,
+    0xC0,
+    0xE0,
+    0xF0,
+    0x20,
+    0x90,
+    0xB0,
+    0xD0,
+)
 
 
 def random_piece(rng: random.Random) -> bytes:
@@ -409,8 +453,9 @@ async def test_broker_survives_200_random_garbage_connections(broker: Broker, pa
                 await bad.send_raw(garbage)
                 await bad.stream.send_eof()
                 await raw_until_close(bad, timeout=5.0)  # the broker ends it either way
-        await eventually(lambda: not any(row["client_id"].startswith("fuzz-") and row["is_online"]
-                                         for row in broker.list_sessions()))
+        await eventually(
+            lambda: not any(row["client_id"].startswith("fuzz-") and row["is_online"] for row in broker.list_sessions())
+        )
     # the paho bystander got the publish of watched()'s final check and nothing else
     message = await bystander.receive()
     assert (message.topic, message.payload) == (BYSTANDER_TOPIC, b"still here")

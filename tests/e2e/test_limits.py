@@ -197,8 +197,11 @@ async def test_offline_queue_keeps_max_queued_messages_and_drops_the_rest(broker
 
 async def test_online_queue_behind_a_full_window_drops_past_max_queued(broker_factory: Any) -> None:
     recorder = DropRecorder()
-    async with broker_factory(max_inflight=1, max_queued_messages=2) as broker, registered(broker, recorder), \
-            watched(broker):
+    async with (
+        broker_factory(max_inflight=1, max_queued_messages=2) as broker,
+        registered(broker, recorder),
+        watched(broker),
+    ):
         async with connected(broker, "slow", 5, auto_ack=False) as slow, connected(broker, "pub", 4) as pub:
             await slow.subscribe("queue/#", qos=1)
             for i in range(5):
@@ -211,7 +214,9 @@ async def test_online_queue_behind_a_full_window_drops_past_max_queued(broker_fa
             assert received == [b"0", b"1", b"2"]
             assert await slow.nothing_received(0.2)
             assert [(payload, reason) for _, payload, reason in recorder.drops] == [
-                (b"3", "queue_full"), (b"4", "queue_full")]
+                (b"3", "queue_full"),
+                (b"4", "queue_full"),
+            ]
 
 
 # -- max_subscriptions_per_client -------------------------------------------------------------
@@ -241,7 +246,8 @@ async def test_subscriptions_past_the_maximum_get_quota_exceeded(broker_factory:
 
 @pytest.mark.parametrize("level", LEVELS)
 async def test_publish_to_a_topic_over_max_levels_closes_with_topic_name_invalid(
-        broker_factory: Any, level: int) -> None:
+    broker_factory: Any, level: int
+) -> None:
     async with broker_factory(max_topic_levels=3) as broker, watched(broker) as bystander:
         async with connected(broker, "deep", level) as deep:
             await deep.publish("bystander/b/c", b"three levels", qos=1)
@@ -252,8 +258,7 @@ async def test_publish_to_a_topic_over_max_levels_closes_with_topic_name_invalid
 
 
 @pytest.mark.parametrize("level", LEVELS)
-async def test_subscribe_to_a_filter_over_max_levels_gets_topic_filter_invalid(
-        broker_factory: Any, level: int) -> None:
+async def test_subscribe_to_a_filter_over_max_levels_gets_topic_filter_invalid(broker_factory: Any, level: int) -> None:
     async with broker_factory(max_topic_levels=3) as broker, watched(broker):
         async with connected(broker, "deep", level) as deep:
             refused = 0x8F if level == 5 else 0x80

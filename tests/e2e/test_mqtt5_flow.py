@@ -16,7 +16,6 @@ from ternmq.kernel.testing import registered
 
 from helpers import DropRecorder, connected, paho_props
 
-
 # -- topic aliases, client -> broker ----------------------------------------------------
 
 
@@ -36,7 +35,10 @@ async def test_client_topic_alias_routes_empty_topic_publishes_to_the_aliased_to
 
     got = [await sub.receive() for _ in range(4)]
     assert [(m.topic, m.payload) for m in got] == [
-        ("alias/one", b"first"), ("alias/one", b"second"), ("alias/two", b"third"), ("alias/two", b"fourth"),
+        ("alias/one", b"first"),
+        ("alias/one", b"second"),
+        ("alias/two", b"third"),
+        ("alias/two", b"fourth"),
     ]
     # The publisher's alias is per connection: it is never forwarded to a subscriber
     # that did not allow aliases.
@@ -206,12 +208,13 @@ async def test_queued_message_expires_and_a_later_one_carries_its_remaining_expi
             await sub.disconnect()
             await sub.closed()
         async with connected(port, "exp-pub") as pub:
-            acks = [await pub.publish("exp/t", b"short", qos=1, properties={"message_expiry_interval": 1}),
-                    await pub.publish("exp/t", b"long", qos=1, properties={"message_expiry_interval": 60})]
+            acks = [
+                await pub.publish("exp/t", b"short", qos=1, properties={"message_expiry_interval": 1}),
+                await pub.publish("exp/t", b"long", qos=1, properties={"message_expiry_interval": 60}),
+            ]
         assert [a.reason_code for a in acks] == [0, 0]  # queued for an offline subscriber
         await trio.sleep(1.2)
-        async with connected(port, "exp-sub", clean_start=False,
-                             properties={"session_expiry_interval": 60}) as sub:
+        async with connected(port, "exp-sub", clean_start=False, properties={"session_expiry_interval": 60}) as sub:
             assert sub.connack.session_present
             message = await sub.receive()
             assert message.payload == b"long"

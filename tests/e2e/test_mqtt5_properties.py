@@ -16,14 +16,14 @@ from ternmq.kernel.types import deny
 
 from helpers import connected, eventually, paho_props
 
-
 # -- request / response ------------------------------------------------------------------------
 
 
 async def test_request_response_information_gives_response_information_in_connack(broker, paho_client):
     asking = paho_client("rri-1", paho.MQTTv5)
     _, reason, props = await asking.connect(
-        broker.port(), properties=paho_props(PacketTypes.CONNECT, RequestResponseInformation=1))
+        broker.port(), properties=paho_props(PacketTypes.CONNECT, RequestResponseInformation=1)
+    )
     assert reason == 0
     assert isinstance(props.ResponseInformation, str) and props.ResponseInformation
     # [MQTT-3.1.2-28]: without the request the server must not send it.
@@ -41,14 +41,22 @@ async def test_response_topic_and_correlation_data_reach_the_responder_and_back(
     await responder.connect(port)
     await responder.subscribe("service/time", 1)
 
-    await requester.publish("service/time", b"what time?", 1, properties=paho_props(
-        PacketTypes.PUBLISH, ResponseTopic="reply/req", CorrelationData=b"\x00id-42\xff"))
+    await requester.publish(
+        "service/time",
+        b"what time?",
+        1,
+        properties=paho_props(PacketTypes.PUBLISH, ResponseTopic="reply/req", CorrelationData=b"\x00id-42\xff"),
+    )
     request = await responder.receive()
     assert request.properties.ResponseTopic == "reply/req"
     assert request.properties.CorrelationData == b"\x00id-42\xff"
 
-    await responder.publish(request.properties.ResponseTopic, b"noon", 1, properties=paho_props(
-        PacketTypes.PUBLISH, CorrelationData=request.properties.CorrelationData))
+    await responder.publish(
+        request.properties.ResponseTopic,
+        b"noon",
+        1,
+        properties=paho_props(PacketTypes.PUBLISH, CorrelationData=request.properties.CorrelationData),
+    )
     reply = await requester.receive()
     assert (reply.topic, reply.payload) == ("reply/req", b"noon")
     assert reply.properties.CorrelationData == b"\x00id-42\xff"
@@ -64,8 +72,14 @@ async def test_user_properties_content_type_and_payload_format_pass_through_unch
     await sub.subscribe("up/t", 1)
     pub = paho_client("up-pub", paho.MQTTv5)
     await pub.connect(broker.port())
-    await pub.publish("up/t", b'{"x": 1}', 1, properties=paho_props(
-        PacketTypes.PUBLISH, UserProperty=user, ContentType="application/json", PayloadFormatIndicator=1))
+    await pub.publish(
+        "up/t",
+        b'{"x": 1}',
+        1,
+        properties=paho_props(
+            PacketTypes.PUBLISH, UserProperty=user, ContentType="application/json", PayloadFormatIndicator=1
+        ),
+    )
     message = await sub.receive()
     assert message.properties.UserProperty == user  # order and duplicates kept
     assert message.properties.ContentType == "application/json"
@@ -77,8 +91,12 @@ async def test_user_properties_are_forwarded_on_the_wire_in_order(broker):
     async with connected(broker.port(), "upw-sub") as sub:
         await sub.subscribe("upw/t", qos=1)
         async with connected(broker.port(), "upw-pub") as pub:
-            await pub.publish("upw/t", b"p", qos=1, properties={
-                "user_property": user, "payload_format_indicator": 0, "content_type": "text/plain"})
+            await pub.publish(
+                "upw/t",
+                b"p",
+                qos=1,
+                properties={"user_property": user, "payload_format_indicator": 0, "content_type": "text/plain"},
+            )
         message = await sub.receive()
     assert message.properties["user_property"] == user
     assert message.properties["payload_format_indicator"] == 0
@@ -138,8 +156,10 @@ async def test_denied_publish_gets_the_plugin_reason_code_and_reason_string(brok
 
 
 async def test_denied_publish_has_no_reason_string_without_request_problem_information(broker):
-    async with registered(broker, DenyTopic()), connected(
-            broker.port(), "denied-quiet", properties={"request_problem_information": 0}) as c:
+    async with (
+        registered(broker, DenyTopic()),
+        connected(broker.port(), "denied-quiet", properties={"request_problem_information": 0}) as c,
+    ):
         puback = await c.publish("deny/t", b"x", qos=1)
     # [MQTT-3.1.2-29]: no Reason String on a PUBACK when the client asked for none.
     assert puback.reason_code == 0x87 and "reason_string" not in puback.properties
@@ -191,6 +211,5 @@ async def test_session_expiry_lowered_to_zero_at_disconnect_ends_the_session(bro
         await c.subscribe("se/t", qos=1)
         await c.disconnect(0, {"session_expiry_interval": 0})
         assert await c.closed() is None  # a normal close, no DISCONNECT from the broker
-    async with connected(broker.port(), "se-drop", clean_start=False,
-                         properties={"session_expiry_interval": 60}) as c:
+    async with connected(broker.port(), "se-drop", clean_start=False, properties={"session_expiry_interval": 60}) as c:
         assert not c.connack.session_present

@@ -13,7 +13,6 @@ from ternmq.kernel.codec import Disconnect, Subscribe, SubscriptionRequest
 
 from helpers import connected
 
-
 # -- subscription identifiers ---------------------------------------------------------------
 
 
@@ -81,9 +80,13 @@ async def test_retain_as_published_keeps_the_retain_flag_of_live_messages_only_w
             await pub.publish("rap/t", b"r", retain=True)
             await pub.publish("rap/t", b"n", retain=False)
         assert [(p.payload, p.retain) for p in (await keep.receive(), await keep.receive())] == [
-            (b"r", True), (b"n", False)]
+            (b"r", True),
+            (b"n", False),
+        ]
         assert [(p.payload, p.retain) for p in (await clear.receive(), await clear.receive())] == [
-            (b"r", False), (b"n", False)]
+            (b"r", False),
+            (b"n", False),
+        ]
         # A retained message sent because of a new subscription always has RETAIN set.
         async with connected(port, "rap-late") as late:
             await late.subscribe(SubscriptionRequest("rap/t", 0, retain_as_published=False))
@@ -94,11 +97,14 @@ async def test_retain_as_published_keeps_the_retain_flag_of_live_messages_only_w
 # -- retain handling ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("handling", "on_first", "on_repeat"), [
-    (0, True, True),    # send retained messages at every subscribe
-    (1, True, False),   # only if the subscription did not exist
-    (2, False, False),  # never
-])
+@pytest.mark.parametrize(
+    ("handling", "on_first", "on_repeat"),
+    [
+        (0, True, True),  # send retained messages at every subscribe
+        (1, True, False),  # only if the subscription did not exist
+        (2, False, False),  # never
+    ],
+)
 async def test_retain_handling_decides_when_retained_messages_are_sent(broker, handling, on_first, on_repeat):
     port = broker.port()
     async with connected(port, "rh-pub") as pub:

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 import trio
-from helpers import LEVELS, connected, raw_until_close
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from ternmq.kernel.codec import (
     Auth,
     Connack,
@@ -38,6 +38,8 @@ from ternmq.kernel.codec import (
     encode,
 )
 from ternmq.kernel.testing import MQTTTestClient, open_broker, registered
+
+from helpers import LEVELS, connected, raw_until_close
 from test_mqtt5_auth import ANSWER, ChallengeAuth, auth_props
 
 
@@ -51,8 +53,8 @@ def session_bytes(level: int, client_id: str) -> bytes:
         Publish("pipe/1", b"one", 1, packet_id=2),
         Publish("pipe/2", b"two", 2, packet_id=3),
         Pubrel(3),
-        Puback(1),    # the broker's copy of pipe/1 went out as packet 1 ...
-        Pubrec(2),    # ... and of pipe/2 as packet 2
+        Puback(1),  # the broker's copy of pipe/1 went out as packet 1 ...
+        Pubrec(2),  # ... and of pipe/2 as packet 2
         Pubcomp(2),
         Pingreq(),
         Disconnect(),
@@ -89,14 +91,15 @@ def fresh_id(level: int) -> str:
 @pytest.mark.parametrize("level", LEVELS)
 async def test_one_write_is_answered_in_full(broker, level):
     answer = await answer_to(broker.port(), level, [session_bytes(level, fresh_id(level))])
-    shape = [(type(p).__name__, getattr(p, "packet_id", None), getattr(p, "topic", None))
-             for p in decoded(answer, level)]
+    shape = [
+        (type(p).__name__, getattr(p, "packet_id", None), getattr(p, "topic", None)) for p in decoded(answer, level)
+    ]
     assert shape == [
         ("Connack", None, None),
         ("Suback", 1, None),
         ("Publish", None, "pipe/0"),
-        ("Puback", 2, None),           # the publisher's acknowledgement first ...
-        ("Publish", 1, "pipe/1"),      # ... then the copy for itself as subscriber
+        ("Puback", 2, None),  # the publisher's acknowledgement first ...
+        ("Publish", 1, "pipe/1"),  # ... then the copy for itself as subscriber
         ("Pubrec", 3, None),
         ("Publish", 2, "pipe/2"),
         ("Pubcomp", 3, None),
@@ -116,11 +119,10 @@ async def test_every_split_gets_the_same_answer(broker, level):
     expected = await answer_to(broker.port(), level, [data])
     # One byte per write.
     data = session_bytes(level, fresh_id(level))
-    assert await answer_to(broker.port(), level, [data[i:i + 1] for i in range(len(data))]) == expected
+    assert await answer_to(broker.port(), level, [data[i : i + 1] for i in range(len(data))]) == expected
     # Two writes, split at every byte boundary. One after the other: the sessions all
     # subscribe to pipe/#, so at once they would get each other's messages.
-    answers = {point: await answer_to(broker.port(), level, split_at(data, [point]))
-               for point in range(1, len(data))}
+    answers = {point: await answer_to(broker.port(), level, split_at(data, [point])) for point in range(1, len(data))}
     different = [point for point, answer in answers.items() if answer != expected]
     assert not different, f"split at {different[:5]}: {decoded(answers[different[0]], level)}"
 
@@ -141,11 +143,16 @@ async def test_random_splits_get_the_same_answer(level, cuts):
 async def test_connect_subscribe_publish_in_one_write_without_closing(broker, level):
     """The reproduction: nothing follows the one write, yet SUBACK and the message come."""
     async with MQTTTestClient.open(broker.port(), level) as client:
-        await client.send_raw(b"".join(encode(p, level) for p in (
-            Connect(fresh_id(level), level, True, 60),
-            Subscribe(1, [SubscriptionRequest("a/b", 0)]),
-            Publish("a/b", b"hello", 0),
-        )))
+        await client.send_raw(
+            b"".join(
+                encode(p, level)
+                for p in (
+                    Connect(fresh_id(level), level, True, 60),
+                    Subscribe(1, [SubscriptionRequest("a/b", 0)]),
+                    Publish("a/b", b"hello", 0),
+                )
+            )
+        )
         with trio.fail_after(2):
             assert isinstance(await client.next_packet(), Connack)
             assert isinstance(await client.next_packet(), Suback)
@@ -159,11 +166,16 @@ async def test_publish_then_disconnect_in_the_connect_write_is_not_lost(broker, 
     async with connected(broker, "watcher", level) as watcher:
         await watcher.subscribe("burst/#", qos=1)
         async with MQTTTestClient.open(broker.port(), level) as client:
-            await client.send_raw(b"".join(encode(p, level) for p in (
-                Connect(fresh_id(level), level, True, 60, will=Will("burst/will", b"died", 1)),
-                Publish("burst/data", b"payload", 1, packet_id=7),
-                Disconnect(),
-            )))
+            await client.send_raw(
+                b"".join(
+                    encode(p, level)
+                    for p in (
+                        Connect(fresh_id(level), level, True, 60, will=Will("burst/will", b"died", 1)),
+                        Publish("burst/data", b"payload", 1, packet_id=7),
+                        Disconnect(),
+                    )
+                )
+            )
             packets = decoded(await raw_until_close(client), level)
         assert [type(p) for p in packets] == [Connack, Puback]
         message = await watcher.receive()
@@ -174,12 +186,17 @@ async def test_publish_then_disconnect_in_the_connect_write_is_not_lost(broker, 
 async def test_frames_after_an_auth_round_are_handled(broker):
     """CONNECT, the AUTH answer and SUBSCRIBE + PUBLISH in one write (enhanced auth)."""
     async with registered(broker, ChallengeAuth(), name="challenge"), MQTTTestClient.open(broker.port()) as client:
-        await client.send_raw(b"".join(encode(p, 5) for p in (
-            Connect("ea-pipe", 5, True, 60, properties=auth_props(b"hello")),
-            Auth(0x18, auth_props(ANSWER)),
-            Subscribe(1, [SubscriptionRequest("ea/t", 0)]),
-            Publish("ea/t", b"after auth", 0),
-        )))
+        await client.send_raw(
+            b"".join(
+                encode(p, 5)
+                for p in (
+                    Connect("ea-pipe", 5, True, 60, properties=auth_props(b"hello")),
+                    Auth(0x18, auth_props(ANSWER)),
+                    Subscribe(1, [SubscriptionRequest("ea/t", 0)]),
+                    Publish("ea/t", b"after auth", 0),
+                )
+            )
+        )
         with trio.fail_after(2):
             assert isinstance(await client.next_packet(), Auth)  # the challenge
             connack = await client.next_packet()

@@ -63,12 +63,16 @@ async def test_v311_connect_refused_with_return_code_5_when_anonymous_is_off(bro
             assert await c.closed() is None
 
 
-@pytest.mark.parametrize(("protocol", "expected"), [
-    pytest.param(paho.MQTTv311, "Not authorized", id="paho-v311"),
-    pytest.param(paho.MQTTv5, "Bad user name or password", id="paho-v5"),
-])
-async def test_paho_is_refused_when_anonymous_is_off(broker_factory: Any, paho_client: Any, protocol: int,
-                                                     expected: str) -> None:
+@pytest.mark.parametrize(
+    ("protocol", "expected"),
+    [
+        pytest.param(paho.MQTTv311, "Not authorized", id="paho-v311"),
+        pytest.param(paho.MQTTv5, "Bad user name or password", id="paho-v5"),
+    ],
+)
+async def test_paho_is_refused_when_anonymous_is_off(
+    broker_factory: Any, paho_client: Any, protocol: int, expected: str
+) -> None:
     async with broker_factory(allow_anonymous=False) as broker:
         c = paho_client("paho-nobody", protocol)
         c.client.reconnect_delay_set(min_delay=30, max_delay=30)
@@ -91,12 +95,10 @@ async def test_anonymous_publish_and_subscribe_pass_without_plugins(broker_facto
 
 
 @pytest.mark.parametrize("level", LEVELS)
-async def test_no_match_allow_lets_an_authenticated_user_publish_and_subscribe(broker_factory: Any,
-                                                                               level: int) -> None:
+async def test_no_match_allow_lets_an_authenticated_user_publish_and_subscribe(broker_factory: Any, level: int) -> None:
     """allow_anonymous decides only CONNECT: with the default no_match = "allow", a
     publish or subscribe nobody answers goes through (Mosquitto without an ACL file)."""
-    async with locked_broker(broker_factory, no_match="allow") as (broker, plugin), \
-            connected(broker, "c", level) as c:
+    async with locked_broker(broker_factory, no_match="allow") as (broker, plugin), connected(broker, "c", level) as c:
         suback = await c.subscribe("any/#", qos=1)
         assert suback.reason_codes == [1]
         await c.publish("any/t", b"allowed", qos=1)

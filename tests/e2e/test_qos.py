@@ -12,7 +12,6 @@ from ternmq.kernel.codec import Puback, Pubcomp, Publish, Pubrec, Pubrel
 
 from helpers import LEVELS, PAHO, connected, eventually, session_row
 
-
 # -- publisher -> broker ------------------------------------------------------------------
 
 
@@ -121,8 +120,10 @@ async def test_qos2_delivery_runs_pubrec_pubrel_pubcomp(broker: Broker, level: i
 
 
 async def test_v5_receive_maximum_holds_back_messages_until_acknowledged(broker: Broker) -> None:
-    async with connected(broker, "sub", 5, auto_ack=False, properties={"receive_maximum": 1}) as sub, \
-            connected(broker, "pub", 5) as pub:
+    async with (
+        connected(broker, "sub", 5, auto_ack=False, properties={"receive_maximum": 1}) as sub,
+        connected(broker, "pub", 5) as pub,
+    ):
         await sub.subscribe("q/1", qos=1)
         await pub.publish("q/1", b"first", qos=1)
         await pub.publish("q/1", b"second", qos=1)
@@ -149,8 +150,12 @@ async def test_delivery_qos_is_the_lower_of_publish_and_subscription_qos(
 async def test_one_message_reaches_subscribers_of_different_qos_each_at_its_own(broker: Broker) -> None:
     # One routed message is encoded once per distinct wire form: QoS 1 and QoS 2 copies
     # differ in the header, so they must not share an encoding.
-    async with connected(broker, "sub0") as sub0, connected(broker, "sub1") as sub1, \
-            connected(broker, "sub2") as sub2, connected(broker, "pub") as pub:
+    async with (
+        connected(broker, "sub0") as sub0,
+        connected(broker, "sub1") as sub1,
+        connected(broker, "sub2") as sub2,
+        connected(broker, "pub") as pub,
+    ):
         for sub, qos in ((sub0, 0), (sub1, 1), (sub2, 2)):
             await sub.subscribe("mixed/qos", qos=qos)
         await pub.publish("mixed/qos", b"m", qos=2)
@@ -161,8 +166,9 @@ async def test_one_message_reaches_subscribers_of_different_qos_each_at_its_own(
 
 @pytest.mark.parametrize("protocol", PAHO)
 @pytest.mark.parametrize("qos", [0, 1, 2])
-async def test_paho_publishes_and_receives_at_each_qos(broker: Broker, paho_client: Any, protocol: int,
-                                                       qos: int) -> None:
+async def test_paho_publishes_and_receives_at_each_qos(
+    broker: Broker, paho_client: Any, protocol: int, qos: int
+) -> None:
     sub = paho_client("paho-sub", protocol)
     pub = paho_client("paho-pub", protocol)
     await sub.connect(broker.port())
@@ -198,13 +204,15 @@ async def test_mosquitto_qos2_message_reaches_mosquitto_sub(broker: Broker, mosq
             result: dict[str, Any] = {}
 
             async def sub() -> None:
-                result["sub"] = await mosquitto("mosquitto_sub", "-p", port, "-q", "2", "-t", "mosq/qos",
-                                                "-C", "1", "-W", "5", "-F", "%q %p")
+                result["sub"] = await mosquitto(
+                    "mosquitto_sub", "-p", port, "-q", "2", "-t", "mosq/qos", "-C", "1", "-W", "5", "-F", "%q %p"
+                )
 
             nursery.start_soon(sub)
             # wait until mosquitto_sub's subscription is in place
-            await eventually(lambda: any(r["subscriptions"] and r["client_id"] != "waiter"
-                                         for r in broker.list_sessions()), 5)
+            await eventually(
+                lambda: any(r["subscriptions"] and r["client_id"] != "waiter" for r in broker.list_sessions()), 5
+            )
             await mosquitto("mosquitto_pub", "-p", port, "-q", "2", "-t", "mosq/qos", "-m", "hello")
         assert (await waiter.receive()).qos == 2
         assert result["sub"].stdout.decode().strip() == "2 hello"
@@ -261,7 +269,11 @@ async def test_unacknowledged_qos2_messages_are_resent_and_pubrel_follows_pubrec
             assert isinstance(first, Pubrel) and first.packet_id == released.packet_id
             assert isinstance(second, Publish)
             assert (second.packet_id, second.payload, second.qos, second.dup) == (
-                unreceived.packet_id, b"unreceived", 2, True)
+                unreceived.packet_id,
+                b"unreceived",
+                2,
+                True,
+            )
             await sub.send(Pubcomp(released.packet_id))
             await sub.send(Pubrec(second.packet_id))
             assert (await sub.expect(Pubrel)).packet_id == second.packet_id

@@ -26,13 +26,16 @@ async def received_topics(c: MQTTTestClient, wait: float = 0.3) -> list[str]:
 # -- wildcards --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("topic_filter", "matching", "not_matching"), [
-    ("a/+/c", ["a/b/c", "a//c"], ["a/b", "a/b/c/d", "x/b/c"]),
-    ("a/#", ["a", "a/b", "a/b/c"], ["ab", "b/a"]),
-    ("+", ["a"], ["a/b", "/a"]),
-    ("+/+", ["/a", "a/b"], ["a"]),
-    ("a/b", ["a/b"], ["a/b/", "A/b"]),
-])
+@pytest.mark.parametrize(
+    ("topic_filter", "matching", "not_matching"),
+    [
+        ("a/+/c", ["a/b/c", "a//c"], ["a/b", "a/b/c/d", "x/b/c"]),
+        ("a/#", ["a", "a/b", "a/b/c"], ["ab", "b/a"]),
+        ("+", ["a"], ["a/b", "/a"]),
+        ("+/+", ["/a", "a/b"], ["a"]),
+        ("a/b", ["a/b"], ["a/b/", "A/b"]),
+    ],
+)
 async def test_topic_filters_match_the_topics_the_spec_says(
     broker: Broker, topic_filter: str, matching: list[str], not_matching: list[str]
 ) -> None:
@@ -57,8 +60,9 @@ async def test_overlapping_subscriptions_deliver_one_copy_at_the_highest_qos(bro
         assert await sub.nothing_received(0.3), "overlapping subscriptions delivered twice"
 
 
-@pytest.mark.parametrize("protocol", [pytest.param(paho.MQTTv311, id="paho-v311"),
-                                      pytest.param(paho.MQTTv5, id="paho-v5")])
+@pytest.mark.parametrize(
+    "protocol", [pytest.param(paho.MQTTv311, id="paho-v311"), pytest.param(paho.MQTTv5, id="paho-v5")]
+)
 async def test_paho_overlapping_subscriptions_get_one_copy(broker: Broker, paho_client: Any, protocol: int) -> None:
     sub = paho_client("paho-sub", protocol)
     await sub.connect(broker.port())
@@ -106,8 +110,7 @@ async def test_v5_subscription_identifier_from_one_of_two_overlapping_subscripti
 
 
 async def test_subscribers_of_different_clients_each_get_a_copy(broker: Broker) -> None:
-    async with connected(broker, "one", 4) as one, connected(broker, "two", 5) as two, \
-            connected(broker, "pub") as pub:
+    async with connected(broker, "one", 4) as one, connected(broker, "two", 5) as two, connected(broker, "pub") as pub:
         await one.subscribe("fan/+", qos=1)
         await two.subscribe("fan/#", qos=2)
         await pub.publish("fan/out", b"all", qos=2)
@@ -137,8 +140,11 @@ async def test_unsubscribe_stops_delivery(broker: Broker) -> None:
 
 @pytest.mark.parametrize("level", LEVELS)
 async def test_leading_wildcards_do_not_match_dollar_topics(broker: Broker, level: int) -> None:
-    async with connected(broker, "all", level) as everything, connected(broker, "plus", level) as plus, \
-            connected(broker, "sys", level) as sys:
+    async with (
+        connected(broker, "all", level) as everything,
+        connected(broker, "plus", level) as plus,
+        connected(broker, "sys", level) as sys,
+    ):
         await everything.subscribe("#", qos=1)
         await plus.subscribe("+/x", qos=1)
         await sys.subscribe("$SYS/#", qos=1)
@@ -155,8 +161,7 @@ async def test_leading_wildcards_do_not_match_dollar_topics(broker: Broker, leve
 
 
 async def test_client_published_dollar_topic_reaches_only_explicit_subscribers(broker: Broker) -> None:
-    async with connected(broker, "all") as everything, connected(broker, "app") as app, \
-            connected(broker, "pub") as pub:
+    async with connected(broker, "all") as everything, connected(broker, "app") as app, connected(broker, "pub") as pub:
         await everything.subscribe("#", qos=1)
         await app.subscribe("$app/+", qos=1)
         await pub.publish("$app/x", b"x", qos=1)
@@ -172,13 +177,28 @@ async def test_mosquitto_sub_wildcard_receives_mosquitto_pub(broker: Broker, mos
     result: dict[str, Any] = {}
 
     async def subscribe() -> None:
-        result["sub"] = await mosquitto("mosquitto_sub", "-p", port, "-V", "mqttv5", "-i", "mosq-sub",
-                                        "-t", "house/+/temp", "-C", "1", "-W", "5", "-v")
+        result["sub"] = await mosquitto(
+            "mosquitto_sub",
+            "-p",
+            port,
+            "-V",
+            "mqttv5",
+            "-i",
+            "mosq-sub",
+            "-t",
+            "house/+/temp",
+            "-C",
+            "1",
+            "-W",
+            "5",
+            "-v",
+        )
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(subscribe)
-        await eventually(lambda: any(r["client_id"] == "mosq-sub" and r["subscriptions"]
-                                     for r in broker.list_sessions()))
+        await eventually(
+            lambda: any(r["client_id"] == "mosq-sub" and r["subscriptions"] for r in broker.list_sessions())
+        )
         await mosquitto("mosquitto_pub", "-p", port, "-t", "house/garden/humidity", "-m", "60")
         await mosquitto("mosquitto_pub", "-p", port, "-t", "house/kitchen/temp", "-m", "21.5")
     assert result["sub"].stdout.decode().strip() == "house/kitchen/temp 21.5"

@@ -175,8 +175,7 @@ async def test_qos1_and_qos2_messages_published_while_offline_are_delivered_on_r
         assert c.connack.session_present  # type: ignore[attr-defined]
         first = await c.receive()
         second = await c.receive()
-        assert [(m.topic, m.payload, m.qos) for m in (first, second)] == [
-            ("off/1", b"one", 1), ("off/2", b"two", 2)]
+        assert [(m.topic, m.payload, m.qos) for m in (first, second)] == [("off/1", b"one", 1), ("off/2", b"two", 2)]
         assert await c.nothing_received(0.3), "a QoS 0 message was queued for an offline session"
 
 
@@ -200,9 +199,7 @@ async def test_offline_messages_reach_a_clean_session_false_client_after_abrupt_
         assert (await c.receive()).payload == b"while away"
 
 
-async def test_paho_v311_persistent_client_gets_messages_sent_while_offline(
-    broker: Broker, paho_client: Any
-) -> None:
+async def test_paho_v311_persistent_client_gets_messages_sent_while_offline(broker: Broker, paho_client: Any) -> None:
     first = paho_client("paho-offline", paho.MQTTv311, clean_session=False)
     await first.connect(broker.port())
     await first.subscribe("paho/offline", qos=1)
@@ -226,15 +223,14 @@ async def test_mosquitto_sub_persistent_session_receives_message_queued_while_of
     await mosquitto("mosquitto_sub", "-p", port, "-c", "-i", "mosq-offline", "-q", "1", "-t", "mosq/off", "-E")
     assert "mosq-offline" in session_ids(broker)
     await mosquitto("mosquitto_pub", "-p", port, "-q", "1", "-t", "mosq/off", "-m", "queued")
-    done = await mosquitto("mosquitto_sub", "-p", port, "-c", "-i", "mosq-offline", "-q", "1", "-t", "mosq/off",
-                           "-C", "1", "-W", "5")
+    done = await mosquitto(
+        "mosquitto_sub", "-p", port, "-c", "-i", "mosq-offline", "-q", "1", "-t", "mosq/off", "-C", "1", "-W", "5"
+    )
     assert done.stdout.decode().strip() == "queued"
 
 
 @pytest.mark.parametrize("level", LEVELS)
-async def test_offline_queue_limit_drops_the_excess_and_fires_on_message_drop(
-    broker_factory: Any, level: int
-) -> None:
+async def test_offline_queue_limit_drops_the_excess_and_fires_on_message_drop(broker_factory: Any, level: int) -> None:
     async with broker_factory(max_queued_messages=2) as broker:
         recorder = DropRecorder()
         async with registered(broker, recorder):
@@ -245,7 +241,10 @@ async def test_offline_queue_limit_drops_the_excess_and_fires_on_message_drop(
                 for n in range(5):
                     await p.publish("off/t", b"m%d" % n, qos=1)
             assert recorder.drops == [
-                ("c", b"m2", "queue_full"), ("c", b"m3", "queue_full"), ("c", b"m4", "queue_full")]
+                ("c", b"m2", "queue_full"),
+                ("c", b"m3", "queue_full"),
+                ("c", b"m4", "queue_full"),
+            ]
             async with connected(broker, "c", level, clean_start=False) as c:
                 assert [(await c.receive()).payload for _ in range(2)] == [b"m0", b"m1"]
                 assert await c.nothing_received(0.3), "more than max_queued_messages were kept"

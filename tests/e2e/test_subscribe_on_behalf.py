@@ -7,10 +7,11 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
-from helpers import PERSISTENT, connected, eventually, left_subscribed, wait_offline
 
 from ternmq.kernel import ClientInfo, TopicError, TopicSubscription, deny, hookimpl
 from ternmq.kernel.testing import MQTTTestClient, registered
+
+from helpers import PERSISTENT, connected, eventually, left_subscribed, wait_offline
 
 
 class SubscriptionEvents:

@@ -14,7 +14,6 @@ from ternmq.kernel.testing import MQTTTestClient
 
 from helpers import LEVELS, connected
 
-
 # -- takeover -------------------------------------------------------------------------------
 
 

@@ -62,9 +62,12 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     cert_chain = directory / "server.pem"
     cert_chain.write_bytes(b"".join(blob.bytes() for blob in server.cert_chain_pems))
     return Certs(
-        ca=ca, cafile=write("ca.pem", ca.cert_pem), certfile=str(cert_chain),
+        ca=ca,
+        cafile=write("ca.pem", ca.cert_pem),
+        certfile=str(cert_chain),
         keyfile=write("server.key", server.private_key_pem),
-        client_cert=client, client_certfile=write("client.pem", client.cert_chain_pems[0]),
+        client_cert=client,
+        client_certfile=write("client.pem", client.cert_chain_pems[0]),
         client_keyfile=write("client.key", client.private_key_pem),
         stranger_certfile=write("mallory.pem", stranger.cert_chain_pems[0]),
         stranger_keyfile=write("mallory.key", stranger.private_key_pem),
@@ -155,7 +158,11 @@ async def test_tcp_client_info_carries_peer_address_and_listener(broker: Broker)
         local_port = c.stream.socket.getsockname()[1]
     info = recorder.registered[0]
     assert (info.peer_host, info.peer_port, info.listener, info.tls_common_name) == (
-        "127.0.0.1", local_port, "test", None)
+        "127.0.0.1",
+        local_port,
+        "test",
+        None,
+    )
 
 
 # ------------------------------------------------------------------------------- TLS
@@ -190,7 +197,8 @@ async def test_tls_listener_serves_mosquitto_pub_and_sub_with_cafile(certs: Cert
 
 
 async def test_plain_mqtt_on_tls_port_is_dropped_and_broker_keeps_serving(
-        certs: Certs, caplog: pytest.LogCaptureFixture) -> None:
+    certs: Certs, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="ternmq.listeners")
     async with open_broker(test_config(listeners=(tls_listener(certs),))) as broker:
         async with MQTTTestClient.open(broker.port()) as plain:
@@ -235,16 +243,17 @@ async def test_missing_certificate_file_refuses_the_listener_naming_the_key(cert
         assert (error.value.table, error.value.key) == ("listeners.bad3", "certfile")
 
 
-async def test_key_that_does_not_match_the_certificate_is_reported_under_keyfile(
-        certs: Certs, tmp_path: Path) -> None:
+async def test_key_that_does_not_match_the_certificate_is_reported_under_keyfile(certs: Certs, tmp_path: Path) -> None:
     other = trustme.CA().issue_cert("127.0.0.1")  # a key of another certificate
     other.private_key_pem.write_to_path(str(tmp_path / "other.key"))
     async with open_broker() as broker:
         with pytest.raises(ConfigError) as error:
             await broker.start_listener(attrs.evolve(tls_listener(certs, "bad"), keyfile=str(tmp_path / "other.key")))
     assert (error.value.source, error.value.table, error.value.key) == ("<test>", "listeners.bad", "keyfile")
-    assert str(error.value) == (f"<test>: [listeners.bad] keyfile: the private key in {tmp_path / 'other.key'} "
-                                f"does not match the certificate in {certs.certfile}")
+    assert str(error.value) == (
+        f"<test>: [listeners.bad] keyfile: the private key in {tmp_path / 'other.key'} "
+        f"does not match the certificate in {certs.certfile}"
+    )
 
 
 def _encrypted_key(tmp_path: Path) -> str:
@@ -252,22 +261,42 @@ def _encrypted_key(tmp_path: Path) -> str:
 
     key = serialization.load_pem_private_key(trustme.CA().issue_cert("x").private_key_pem.bytes(), None)
     path = tmp_path / "encrypted.key"
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.BestAvailableEncryption(b"secret")))
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
     return str(path)
 
 
-@pytest.mark.parametrize(("key", "make", "message"), [
-    ("certfile", lambda certs, tmp: str(tmp), "{path} is a folder, not a file"),
-    ("keyfile", lambda certs, tmp: str(tmp), "{path} is a folder, not a file"),
-    ("certfile", lambda certs, tmp: certs.keyfile, "{path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"),
-    ("keyfile", lambda certs, tmp: certs.certfile, "{path} holds no PEM private key (-----BEGIN PRIVATE KEY-----)"),
-    ("keyfile", lambda certs, tmp: _encrypted_key(tmp), "{path} is protected by a pass phrase; give an unencrypted key"),
-    ("cafile", lambda certs, tmp: certs.keyfile, "cannot load {path}: it holds no PEM CA certificate"),
-], ids=["certfile-folder", "keyfile-folder", "certfile-is-a-key", "keyfile-is-a-certificate", "keyfile-encrypted",
-        "cafile-is-a-key"])
+@pytest.mark.parametrize(
+    ("key", "make", "message"),
+    [
+        ("certfile", lambda certs, tmp: str(tmp), "{path} is a folder, not a file"),
+        ("keyfile", lambda certs, tmp: str(tmp), "{path} is a folder, not a file"),
+        ("certfile", lambda certs, tmp: certs.keyfile, "{path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"),
+        ("keyfile", lambda certs, tmp: certs.certfile, "{path} holds no PEM private key (-----BEGIN PRIVATE KEY-----)"),
+        (
+            "keyfile",
+            lambda certs, tmp: _encrypted_key(tmp),
+            "{path} is protected by a pass phrase; give an unencrypted key",
+        ),
+        ("cafile", lambda certs, tmp: certs.keyfile, "cannot load {path}: it holds no PEM CA certificate"),
+    ],
+    ids=[
+        "certfile-folder",
+        "keyfile-folder",
+        "certfile-is-a-key",
+        "keyfile-is-a-certificate",
+        "keyfile-encrypted",
+        "cafile-is-a-key",
+    ],
+)
 async def test_unusable_certificate_files_are_reported_under_their_key(
-        certs: Certs, tmp_path: Path, key: str, make: Any, message: str) -> None:
+    certs: Certs, tmp_path: Path, key: str, make: Any, message: str
+) -> None:
     path = make(certs, tmp_path)
     async with open_broker() as broker:
         with pytest.raises(ConfigError) as error:
@@ -300,8 +329,9 @@ async def test_require_certificate_refuses_clients_without_a_certificate(certs: 
     config = test_config(listeners=(client_cert_listener(certs, require_certificate=True),))
     async with open_broker(config) as broker:
         port = broker.port()
-        result = await mosquitto("mosquitto_pub", *mosquitto_tls(certs, port, client_cert=False),
-                                 "-t", "x", "-m", "y", check=False)
+        result = await mosquitto(
+            "mosquitto_pub", *mosquitto_tls(certs, port, client_cert=False), "-t", "x", "-m", "y", check=False
+        )
         assert result.returncode != 0
         async with tls_client(port, client_context(certs)) as c:
             try:
@@ -320,22 +350,43 @@ async def test_require_certificate_refuses_clients_without_a_certificate(certs: 
 async def test_require_certificate_refuses_a_certificate_from_an_unknown_ca(certs: Certs, mosquitto: Any) -> None:
     config = test_config(listeners=(client_cert_listener(certs, require_certificate=True),))
     async with open_broker(config) as broker:
-        args = ["-h", "localhost", "-p", str(broker.port()), "--cafile", certs.cafile,
-                "--cert", certs.stranger_certfile, "--key", certs.stranger_keyfile]
+        args = [
+            "-h",
+            "localhost",
+            "-p",
+            str(broker.port()),
+            "--cafile",
+            certs.cafile,
+            "--cert",
+            certs.stranger_certfile,
+            "--key",
+            certs.stranger_keyfile,
+        ]
         result = await mosquitto("mosquitto_pub", *args, "-t", "x", "-m", "y", check=False)
         assert result.returncode != 0
         assert not broker.sessions
 
 
 async def test_use_identity_as_username_gives_the_certificate_cn_to_auth_on_register(
-        certs: Certs, mosquitto: Any, paho_client: Any) -> None:
+    certs: Certs, mosquitto: Any, paho_client: Any
+) -> None:
     listener = client_cert_listener(certs, require_certificate=True, use_identity_as_username=True)
     async with open_broker(test_config(listeners=(listener,))) as broker:
         recorder = Registrations()
         async with registered(broker, recorder):
             # The username the client sends is replaced by the certificate's CN.
-            await mosquitto("mosquitto_pub", *mosquitto_tls(certs, broker.port()), "-i", "mosq",
-                            "-u", "claimed-name", "-t", "x", "-m", "y")
+            await mosquitto(
+                "mosquitto_pub",
+                *mosquitto_tls(certs, broker.port()),
+                "-i",
+                "mosq",
+                "-u",
+                "claimed-name",
+                "-t",
+                "x",
+                "-m",
+                "y",
+            )
             c = paho_client("paho-cert", paho.MQTTv311)
             c.client.tls_set(ca_certs=certs.cafile, certfile=certs.client_certfile, keyfile=certs.client_keyfile)
             await c.connect(broker.port())
@@ -356,11 +407,12 @@ async def test_optional_client_certificate_admits_clients_without_one(certs: Cer
             async with tls_client(broker.port(), client_context(certs, client_cert=True)) as c:
                 assert (await c.connect("cert", username="u")).reason_code == 0
         assert [(i.client_id, i.username, i.tls_common_name) for i in recorder.auth] == [
-            ("anon", "u", None), ("cert", "u", "sensor-42")]
+            ("anon", "u", None),
+            ("cert", "u", "sensor-42"),
+        ]
 
 
-async def test_use_identity_as_username_refuses_a_client_without_certificate_as_not_authorized(
-        certs: Certs) -> None:
+async def test_use_identity_as_username_refuses_a_client_without_certificate_as_not_authorized(certs: Certs) -> None:
     listener = client_cert_listener(certs, use_identity_as_username=True)
     async with open_broker(test_config(listeners=(listener,))) as broker:
         async with tls_client(broker.port(), client_context(certs)) as c:
@@ -424,9 +476,11 @@ async def test_text_frame_closes_only_that_websocket_connection(ws_broker: Broke
 
 async def test_websocket_on_another_path_is_refused_with_404(ws_broker: Broker) -> None:
     # A hand-written upgrade request (trio-websocket's client leaks its socket on rejection).
-    request = (b"GET /other HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-               b"Sec-WebSocket-Protocol: mqtt\r\n\r\n")
+    request = (
+        b"GET /other HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Protocol: mqtt\r\n\r\n"
+    )
     async with await trio.open_tcp_stream("127.0.0.1", ws_broker.port("ws")) as stream:
         await stream.send_all(request)
         response = b""
@@ -437,7 +491,8 @@ async def test_websocket_on_another_path_is_refused_with_404(ws_broker: Broker) 
 
 
 async def test_garbage_http_on_websocket_listener_does_not_hurt_the_broker(
-        ws_broker: Broker, caplog: pytest.LogCaptureFixture) -> None:
+    ws_broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
     stream = await trio.open_tcp_stream("127.0.0.1", ws_broker.port("ws"))
     await stream.send_all(b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00")  # MQTT, not HTTP
     with trio.fail_after(5):
@@ -451,7 +506,8 @@ async def test_garbage_http_on_websocket_listener_does_not_hurt_the_broker(
 
 @pytest.mark.parametrize("protocol", [paho.MQTTv311, paho.MQTTv5], ids=["paho-v311", "paho-v5"])
 async def test_messages_flow_between_tcp_and_websocket_clients(
-        ws_broker: Broker, paho_client: Any, protocol: int) -> None:
+    ws_broker: Broker, paho_client: Any, protocol: int
+) -> None:
     ws = paho_client("paho-ws", protocol, transport="websockets")
     connack = await ws.connect(ws_broker.port("ws"))
     assert connack[1] == 0
@@ -492,18 +548,21 @@ async def test_wss_listener_serves_paho_websocket_over_tls(certs: Certs, paho_cl
 
 
 async def test_two_tcp_and_one_websocket_listener_run_at_once_each_logging_ready(
-        caplog: pytest.LogCaptureFixture, paho_client: Any) -> None:
+    caplog: pytest.LogCaptureFixture, paho_client: Any
+) -> None:
     caplog.set_level(logging.INFO, logger="ternmq.listeners")
     listeners = (ListenerConfig(name="a", port=0), ListenerConfig(name="b", port=0), ws_listener("w"))
     async with open_broker(test_config(listeners=listeners)) as broker:
         ports = {name: broker.port(name) for name in ("a", "b", "w")}
         assert len(set(ports.values())) == 3
         ready = [r.getMessage() for r in caplog.records if "ready" in r.getMessage()]
-        assert sorted(ready) == sorted([
-            f"listener a (tcp) ready on 127.0.0.1:{ports['a']}",
-            f"listener b (tcp) ready on 127.0.0.1:{ports['b']}",
-            f"listener w (ws) ready on 127.0.0.1:{ports['w']}/mqtt",
-        ])
+        assert sorted(ready) == sorted(
+            [
+                f"listener a (tcp) ready on 127.0.0.1:{ports['a']}",
+                f"listener b (tcp) ready on 127.0.0.1:{ports['b']}",
+                f"listener w (ws) ready on 127.0.0.1:{ports['w']}/mqtt",
+            ]
+        )
         ws = paho_client("on-w", paho.MQTTv311, transport="websockets")
         await ws.connect(ports["w"])
         await ws.subscribe("all/#")
@@ -514,7 +573,10 @@ async def test_two_tcp_and_one_websocket_listener_run_at_once_each_logging_ready
             await b.publish("all/b", b"2")
             assert {(await ws.receive()).payload, (await ws.receive()).payload} == {b"1", b"2"}
             assert {row["client_id"]: row["listener"] for row in broker.list_sessions()} == {
-                "on-w": "w", "on-a": "a", "on-b": "b"}
+                "on-w": "w",
+                "on-a": "a",
+                "on-b": "b",
+            }
         await ws.disconnect()
 
 

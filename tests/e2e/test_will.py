@@ -94,17 +94,48 @@ async def test_mosquitto_sub_killed_sends_its_will_and_clean_exit_does_not(
     await w.subscribe("will/mosq/#", qos=1)
     # a clean exit (-C 1 after one message) sends DISCONNECT: no will
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(lambda: mosquitto(
-            "mosquitto_sub", "-p", port, "-i", "mosq-clean", "-t", "will/trigger", "-C", "1", "-W", "5",
-            "--will-topic", "will/mosq/clean", "--will-payload", "unexpected"))
+        nursery.start_soon(
+            lambda: mosquitto(
+                "mosquitto_sub",
+                "-p",
+                port,
+                "-i",
+                "mosq-clean",
+                "-t",
+                "will/trigger",
+                "-C",
+                "1",
+                "-W",
+                "5",
+                "--will-topic",
+                "will/mosq/clean",
+                "--will-payload",
+                "unexpected",
+            )
+        )
         await wait_subscribed(broker, "mosq-clean")
         await w.publish("will/trigger", b"go")
     assert await w.nothing_received(0.5)
     # killed: the socket closes with no DISCONNECT, the will goes out
     process = await trio.lowlevel.open_process(
-        ["mosquitto_sub", "-p", port, "-i", "mosq-killed", "-t", "will/never", "--will-topic", "will/mosq/killed",
-         "--will-payload", "killed", "--will-qos", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            "mosquitto_sub",
+            "-p",
+            port,
+            "-i",
+            "mosq-killed",
+            "-t",
+            "will/never",
+            "--will-topic",
+            "will/mosq/killed",
+            "--will-payload",
+            "killed",
+            "--will-qos",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         await wait_subscribed(broker, "mosq-killed")
     finally:

@@ -11,13 +11,7 @@ from typing import Any
 
 import pytest
 import trio
-from helpers import (
-    LEVELS,
-    connected,
-    expect_refused_close,
-    raw_until_close,
-    wait_offline,
-)
+
 from ternmq.kernel.codec import (
     Connack,
     Connect,
@@ -35,6 +29,14 @@ from ternmq.kernel.hookspecs import hookimpl
 from ternmq.kernel.testing import MQTTTestClient, registered
 from ternmq.kernel.types import deny
 
+from helpers import (
+    LEVELS,
+    connected,
+    expect_refused_close,
+    raw_until_close,
+    wait_offline,
+)
+
 
 async def raw_packets(client: MQTTTestClient, wait: float = 0.3) -> bytes:
     """The raw bytes the broker sends within ``wait`` seconds."""
@@ -51,12 +53,15 @@ async def raw_packets(client: MQTTTestClient, wait: float = 0.3) -> bytes:
 async def test_success_acknowledgements_use_the_short_form(broker):
     async with connected(broker, "short-acks", auto_ack=False) as c:
         await c.subscribe("short/#", qos=2)
-        await c.send_raw(encode(Publish("short/1", b"1", 1, packet_id=5), 5)
-                         + encode(Publish("short/2", b"2", 2, packet_id=6), 5) + encode(Pubrel(6), 5))
+        await c.send_raw(
+            encode(Publish("short/1", b"1", 1, packet_id=5), 5)
+            + encode(Publish("short/2", b"2", 2, packet_id=6), 5)
+            + encode(Pubrel(6), 5)
+        )
         data = await raw_packets(c)
-        assert b"\x40\x02\x00\x05" in data   # PUBACK 5, reason Success, no properties
-        assert b"\x50\x02\x00\x06" in data   # PUBREC 6
-        assert b"\x70\x02\x00\x06" in data   # PUBCOMP 6
+        assert b"\x40\x02\x00\x05" in data  # PUBACK 5, reason Success, no properties
+        assert b"\x50\x02\x00\x06" in data  # PUBREC 6
+        assert b"\x70\x02\x00\x06" in data  # PUBCOMP 6
         # The broker's copy of short/2 went out as packet 2: its PUBREL is short too.
         await c.send_raw(encode(Pubrec(2), 5))
         assert await raw_packets(c) == b"\x62\x02\x00\x02"
@@ -71,9 +76,17 @@ async def test_long_form_acknowledgements_are_accepted(broker):
         ids = [(await c.receive()).packet_id for _ in range(3)]
         # PUBACK with a reason code, PUBACK with reason code and empty properties,
         # PUBREC and PUBCOMP likewise: all the long forms of Success.
-        await c.send_raw(b"\x40\x03" + ids[0].to_bytes(2, "big") + b"\x00"
-                         + b"\x40\x04" + ids[1].to_bytes(2, "big") + b"\x00\x00"
-                         + b"\x50\x04" + ids[2].to_bytes(2, "big") + b"\x00\x00")
+        await c.send_raw(
+            b"\x40\x03"
+            + ids[0].to_bytes(2, "big")
+            + b"\x00"
+            + b"\x40\x04"
+            + ids[1].to_bytes(2, "big")
+            + b"\x00\x00"
+            + b"\x50\x04"
+            + ids[2].to_bytes(2, "big")
+            + b"\x00\x00"
+        )
         pubrel = await c.expect(Pubrel)
         assert pubrel.packet_id == ids[2]
         await c.send_raw(b"\x70\x03" + ids[2].to_bytes(2, "big") + b"\x00")
@@ -110,12 +123,15 @@ async def delivered(c: MQTTTestClient, qos: int) -> int:
 
 
 @pytest.mark.parametrize("level", LEVELS)
-@pytest.mark.parametrize(("qos", "answer"), [
-    pytest.param(1, Pubcomp, id="pubcomp-for-qos1"),
-    pytest.param(1, Pubrec, id="pubrec-for-qos1"),
-    pytest.param(2, Puback, id="puback-for-qos2"),
-    pytest.param(2, Pubcomp, id="pubcomp-before-pubrec"),
-])
+@pytest.mark.parametrize(
+    ("qos", "answer"),
+    [
+        pytest.param(1, Pubcomp, id="pubcomp-for-qos1"),
+        pytest.param(1, Pubrec, id="pubrec-for-qos1"),
+        pytest.param(2, Puback, id="puback-for-qos2"),
+        pytest.param(2, Pubcomp, id="pubcomp-before-pubrec"),
+    ],
+)
 async def test_an_acknowledgement_of_the_wrong_kind_is_a_protocol_error(broker, level, qos, answer):
     async with connected(broker, "wrong-ack", level, auto_ack=False) as c:
         packet_id = await delivered(c, qos)
@@ -157,11 +173,14 @@ async def test_duplicate_puback_for_a_settled_message_is_ignored(broker):
 
 
 @pytest.mark.parametrize("level", LEVELS)
-@pytest.mark.parametrize("packet", [
-    # identifier 00 00, (v5: no properties), filter "a", (SUBSCRIBE: options QoS 0)
-    pytest.param({5: b"\x82\x07\x00\x00\x00\x00\x01a\x00", 4: b"\x82\x06\x00\x00\x00\x01a\x00"}, id="subscribe"),
-    pytest.param({5: b"\xa2\x06\x00\x00\x00\x00\x01a", 4: b"\xa2\x05\x00\x00\x00\x01a"}, id="unsubscribe"),
-])
+@pytest.mark.parametrize(
+    "packet",
+    [
+        # identifier 00 00, (v5: no properties), filter "a", (SUBSCRIBE: options QoS 0)
+        pytest.param({5: b"\x82\x07\x00\x00\x00\x00\x01a\x00", 4: b"\x82\x06\x00\x00\x00\x01a\x00"}, id="subscribe"),
+        pytest.param({5: b"\xa2\x06\x00\x00\x00\x00\x01a", 4: b"\xa2\x05\x00\x00\x00\x01a"}, id="unsubscribe"),
+    ],
+)
 async def test_packet_identifier_0_is_a_malformed_packet(broker, level, packet):
     async with connected(broker, "pid-zero", level) as c:
         await c.send_raw(packet[level])
@@ -213,8 +232,10 @@ class DenyLoudly:
 
 
 async def test_a_reason_string_that_would_exceed_the_maximum_packet_size_is_left_out(broker):
-    async with registered(broker, DenyLoudly()), connected(
-            broker, "small-max", properties={"maximum_packet_size": 100}) as c:
+    async with (
+        registered(broker, DenyLoudly()),
+        connected(broker, "small-max", properties={"maximum_packet_size": 100}) as c,
+    ):
         puback = await c.publish("loud/t", b"x", qos=1)
         assert puback.reason_code == 0x87 and "reason_string" not in puback.properties
     async with registered(broker, DenyLoudly()), connected(broker, "large-max") as c:

@@ -23,6 +23,7 @@ from typing import Any
 
 import attrs
 import trio
+import trio.lowlevel
 
 from ternmq.kernel import hookimpl
 from ternmq.kernel.admin import Text
@@ -58,8 +59,7 @@ class SamplePlugin:
     @hookimpl
     def register_admin_commands(self, registry: Any) -> None:
         registry.describe("sample", "Commands of the sample plugin.")
-        registry.add("sample hello", self._hello, help="Say the configured greeting.",
-                     flags={"name": "who to greet"})
+        registry.add("sample hello", self._hello, help="Say the configured greeting.", flags={"name": "who to greet"})
 
     def _hello(self, broker: Any, args: Any) -> Text:
         return Text(f"{self.config.greeting}, {args.flag('name', 'world')}")
@@ -137,7 +137,7 @@ class BrokenServe:
         return None
 
     async def serve(self, broker: Any, *, task_status: Any) -> None:
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         raise RuntimeError("database unreachable")
 
 
@@ -242,14 +242,28 @@ def json_auth_site(tmp_path_factory: Any) -> Path:
         site = Path(tmp_path_factory.mktemp("json_auth_site"))
         with tempfile.TemporaryDirectory() as tmp:
             source = Path(tmp) / "third_party"
-            shutil.copytree(THIRD_PARTY, source, ignore=shutil.ignore_patterns(
-                "__pycache__", "*.egg-info", "build", ".pytest_cache", "tests"))
-            command = [sys.executable, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check", "-q",
-                       "--no-compile", "--target", str(site)]
+            shutil.copytree(
+                THIRD_PARTY,
+                source,
+                ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build", ".pytest_cache", "tests"),
+            )
+            command = [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "-q",
+                "--no-compile",
+                "--target",
+                str(site),
+            ]
             if _can_build_wheels_in_place():
                 command.append("--no-build-isolation")
-            result = subprocess.run(command + [str(source)], capture_output=True, text=True, timeout=300,
-                                    stdin=subprocess.DEVNULL)
+            result = subprocess.run(
+                command + [str(source)], capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
+            )
         if result.returncode != 0:
             raise RuntimeError(f"installing examples/third_party failed:\n{result.stdout}\n{result.stderr}")
         assert list(site.glob("ternmq_json_auth-*.dist-info")), list(site.iterdir())
@@ -286,8 +300,14 @@ class BrokerProcess:
     ``ports`` maps each listener name to its bound port once ``wait_ready`` returned.
     """
 
-    def __init__(self, argv: Sequence[str], *, env: dict[str, str] | None = None, cwd: str | Path | None = None,
-                 listeners: int = 1) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: str | Path | None = None,
+        listeners: int = 1,
+    ) -> None:
         self.argv = list(argv)
         self.env = env
         self.log: list[str] = []
@@ -296,8 +316,14 @@ class BrokerProcess:
         self._ready = threading.Event()
         self._lock = threading.Lock()
         self.process = subprocess.Popen(
-            ["ternmq", *self.argv], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True, env=env, cwd=cwd)
+            ["ternmq", *self.argv],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=cwd,
+        )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -349,8 +375,9 @@ class BrokerProcess:
 
 def admin(*argv: str, env: dict[str, str] | None = None, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
     """Run ``ternmq-admin ARGV...`` and return what it printed and its exit code."""
-    return subprocess.run(["ternmq-admin", *argv], capture_output=True, text=True, env=env, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        ["ternmq-admin", *argv], capture_output=True, text=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL
+    )
 
 
 @contextlib.contextmanager
@@ -379,8 +406,9 @@ def subprocess_env(runtime_dir: Path, *, pythonpath: Sequence[Path] = (), **extr
     return env
 
 
-async def v311_connack_return_code(port: int, client_id: str, username: str | None = None,
-                                   password: bytes | None = None) -> int:
+async def v311_connack_return_code(
+    port: int, client_id: str, username: str | None = None, password: bytes | None = None
+) -> int:
     """CONNECT as an MQTT 3.1.1 client and return the CONNACK return code from the wire."""
     from ternmq.kernel.codec import Connect, encode
 
@@ -399,8 +427,9 @@ async def v311_connack_return_code(port: int, client_id: str, username: str | No
 
 
 @contextlib.contextmanager
-def broker_with_control_socket(directory: Path, node_name: str, socket: Path, *, pythonpath: Sequence[Path] = (),
-                               cwd: Path | None = None) -> Iterator[tuple[BrokerProcess, Path, dict[str, str]]]:
+def broker_with_control_socket(
+    directory: Path, node_name: str, socket: Path, *, pythonpath: Sequence[Path] = (), cwd: Path | None = None
+) -> Iterator[tuple[BrokerProcess, Path, dict[str, str]]]:
     """``ternmq --config`` in a subprocess (anonymous clients, retainer on, port 0)
     whose control socket is ``socket``: (process, config file, environment), ready.
 

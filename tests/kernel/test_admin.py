@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 import trio
-from plugin_samples import SampleConfig, SamplePlugin
 
 from ternmq import __version__
 from ternmq.kernel.admin import ADMIN_EXAMPLES, ADMIN_OPTIONS_USAGE, CommandError, Table, Text
@@ -23,6 +22,7 @@ from ternmq.kernel.codec import Disconnect, Pingresp
 from ternmq.kernel.testing import MQTTTestClient
 
 from helpers import eventually
+from plugin_samples import SampleConfig, SamplePlugin
 
 PLUGIN_COLUMNS = ("Plugin", "Type", "Hook(s)", "M:F/A", "source", "version", "state", "priority", "errors", "timeouts")
 
@@ -61,10 +61,18 @@ async def test_plugin_show_lists_each_plugin_with_its_columns(broker: Any) -> No
     assert hooks == sorted(hooks) and {"retain_delete", "retain_lookup", "retain_store"} <= set(hooks)
     functions = rows[0].pop("M:F/A")
     assert [f.split(":")[1].split("/")[0] for f in functions] == [f"Plugin.{hook}" for hook in hooks]
-    assert rows == [{
-        "Plugin": "retainer", "Type": "application", "source": "builtin", "version": __version__, "state": "running",
-        "priority": None, "errors": 0, "timeouts": 0,
-    }]
+    assert rows == [
+        {
+            "Plugin": "retainer",
+            "Type": "application",
+            "source": "builtin",
+            "version": __version__,
+            "state": "running",
+            "priority": None,
+            "errors": 0,
+            "timeouts": 0,
+        }
+    ]
     rendered = result.render()
     assert all(column in rendered.splitlines()[1] for column in PLUGIN_COLUMNS)
     assert "retain_lookup" in rendered
@@ -89,8 +97,16 @@ async def test_results_render_as_the_json_shapes_of_format_json(broker: Any) -> 
 
 
 async def test_plugin_enable_with_path_and_repeated_config_then_disable(broker: Any) -> None:
-    result = await run(broker, "plugin", "enable", "name=sample", "--path=plugin_samples:SamplePlugin",
-                       "--config", "greeting=hey", "--config=limit=9")
+    result = await run(
+        broker,
+        "plugin",
+        "enable",
+        "name=sample",
+        "--path=plugin_samples:SamplePlugin",
+        "--config",
+        "greeting=hey",
+        "--config=limit=9",
+    )
     assert result == Text("Done")
     loaded = broker.plugins.loaded["sample"]
     assert isinstance(loaded.plugin, SamplePlugin)
@@ -105,17 +121,21 @@ async def test_plugin_enable_with_path_and_repeated_config_then_disable(broker: 
 
 
 async def test_plugin_enable_and_disable_errors_are_command_errors(broker: Any) -> None:
-    error = await command_error(broker, "plugin", "enable", "name=sample", "--path=plugin_samples:SamplePlugin",
-                                "--config", "colour=red")
+    error = await command_error(
+        broker, "plugin", "enable", "name=sample", "--path=plugin_samples:SamplePlugin", "--config", "colour=red"
+    )
     assert "[plugins.sample] colour" in str(error)
-    error = await command_error(broker, "plugin", "enable", "name=sample", "--path=plugin_samples:SamplePlugin",
-                                "--config=novalue")
+    error = await command_error(
+        broker, "plugin", "enable", "name=sample", "--path=plugin_samples:SamplePlugin", "--config=novalue"
+    )
     assert "--config takes key=value" in str(error)
-    error = await command_error(broker, "plugin", "enable", "name=sample", "--path=plugin_samples:SamplePlugin",
-                                "--config", "novalue")
+    error = await command_error(
+        broker, "plugin", "enable", "name=sample", "--path=plugin_samples:SamplePlugin", "--config", "novalue"
+    )
     assert "--config takes key=value, not 'novalue'" in str(error)
-    error = await command_error(broker, "plugin", "enable", "name=sample", "--path=plugin_samples:SamplePlugin",
-                                "--config")
+    error = await command_error(
+        broker, "plugin", "enable", "name=sample", "--path=plugin_samples:SamplePlugin", "--config"
+    )
     assert "--config takes key=value, not ''" in str(error)
     assert "plugin nosuch: not a built-in plugin" in str(await command_error(broker, "plugin", "enable", "name=nosuch"))
     assert "nosuch" in str(await command_error(broker, "plugin", "disable", "name=nosuch"))
@@ -124,8 +144,15 @@ async def test_plugin_enable_and_disable_errors_are_command_errors(broker: Any) 
 
 
 async def test_plugin_admin_commands_come_and_go_with_the_plugin(broker: Any) -> None:
-    await run(broker, "plugin", "enable", "name=sample", "--path=plugin_samples:SamplePlugin",
-              "--config", 'greeting="good day"')
+    await run(
+        broker,
+        "plugin",
+        "enable",
+        "name=sample",
+        "--path=plugin_samples:SamplePlugin",
+        "--config",
+        'greeting="good day"',
+    )
     assert await text(broker, "sample", "hello", "--name=bob") == "good day, bob"
     assert "sample" in await text(broker, "--help")
     assert "Say the configured greeting." in await text(broker, "sample", "--help")
@@ -155,10 +182,10 @@ async def test_session_show_columns_and_filters(broker: Any) -> None:
 
         result = await run(broker, "session", "show", "--client_id", "--user")
         assert result.columns == ("client_id", "user")
-        assert sorted((r["client_id"], r["user"]) for r in result.rows) == [("away", None), ("c1", None),
-                                                                             ("c2", "bob")]
+        assert sorted((r["client_id"], r["user"]) for r in result.rows) == [("away", None), ("c1", None), ("c2", "bob")]
         assert await table(broker, "session", "show", "--client_id=c2", "--protocol") == [
-            {"client_id": "c2", "protocol": 4}]
+            {"client_id": "c2", "protocol": 4}
+        ]
         online = await table(broker, "session", "show", "--client_id", "--is_online=true")
         assert sorted(r["client_id"] for r in online) == ["c1", "c2"]
         offline = await table(broker, "session", "show", "--client_id", "--is_online=false")
@@ -179,7 +206,9 @@ async def test_session_disconnect_sends_0x98_and_keeps_a_persistent_session(brok
         disconnect = await client.closed()
         assert isinstance(disconnect, Disconnect) and disconnect.reason_code == 0x98
     await eventually(lambda: broker.sessions["kick"].connection is None)
-    assert [r["is_online"] for r in await table(broker, "session", "show", "--client_id=kick", "--is_online")] == [False]
+    assert [r["is_online"] for r in await table(broker, "session", "show", "--client_id=kick", "--is_online")] == [
+        False
+    ]
     assert "keep/#" in broker.sessions["kick"].subscriptions
 
 
@@ -211,8 +240,18 @@ async def test_listener_show(broker: Any) -> None:
     async with MQTTTestClient.open(broker.port()) as client:
         await client.connect("l")
         rows = await table(broker, "listener", "show")
-    assert rows == [{"name": "test", "type": "tcp", "status": "running", "address": "127.0.0.1",
-                     "port": broker.port(), "max_conns": 10000, "active_conns": 1, "all_conns": 1}]
+    assert rows == [
+        {
+            "name": "test",
+            "type": "tcp",
+            "status": "running",
+            "address": "127.0.0.1",
+            "port": broker.port(),
+            "max_conns": 10000,
+            "active_conns": 1,
+            "all_conns": 1,
+        }
+    ]
 
 
 async def test_listener_start_then_stop_keeps_its_clients(broker: Any) -> None:
@@ -221,7 +260,9 @@ async def test_listener_start_then_stop_keeps_its_clients(broker: Any) -> None:
     assert port and port != broker.port()
     assert done == f"Done: extra on 127.0.0.1:{port}"
     assert {r["name"]: r["status"] for r in await table(broker, "listener", "show")} == {
-        "test": "running", "extra": "running"}
+        "test": "running",
+        "extra": "running",
+    }
     async with MQTTTestClient.open(port) as client:
         assert (await client.connect("on-extra")).reason_code == 0
         assert await text(broker, "listener", "stop", "name=extra") == "Done"
@@ -307,8 +348,9 @@ async def test_retain_delete_with_a_filter_deletes_what_it_matches_and_says_how_
     assert await text(broker, "retain", "delete", "--topic=a/#") == "No retained message matching a/#"
     # "#" leaves the $ topics alone, as it does for a subscriber.
     assert sorted(r["topic"] for r in await table(broker, "retain", "show")) == ["b/1"]
-    assert await table(broker, "retain", "show", "--topic=$app/#") == [{"topic": "$app/x", "payload": "$app/x",
-                                                                       "qos": 1}]
+    assert await table(broker, "retain", "show", "--topic=$app/#") == [
+        {"topic": "$app/x", "payload": "$app/x", "qos": 1}
+    ]
     async with MQTTTestClient.open(broker.port()) as late:
         await late.connect("late")
         await late.subscribe("#")
@@ -316,13 +358,16 @@ async def test_retain_delete_with_a_filter_deletes_what_it_matches_and_says_how_
         assert await late.nothing_received(0.2)
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["retain", "delete", "--topic=a/#/b"], "--topic=a/#/b: '#' must be the whole last level"),
-    (["retain", "delete", "--topic=$share/g/a"], "not a shared subscription"),
-    (["retain", "delete", "--topic"], "--topic needs a value"),
-    (["retain", "delete", "--topic="], "--topic is required"),
-    (["retain", "show", "--topic=a+"], "'+' must be a whole level"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["retain", "delete", "--topic=a/#/b"], "--topic=a/#/b: '#' must be the whole last level"),
+        (["retain", "delete", "--topic=$share/g/a"], "not a shared subscription"),
+        (["retain", "delete", "--topic"], "--topic needs a value"),
+        (["retain", "delete", "--topic="], "--topic is required"),
+        (["retain", "show", "--topic=a+"], "'+' must be a whole level"),
+    ],
+)
 async def test_retain_refuses_a_bad_topic_and_deletes_nothing(broker: Any, argv: list[str], message: str) -> None:
     async with MQTTTestClient.open(broker.port()) as client:
         await client.connect("r")
@@ -343,8 +388,10 @@ async def test_retain_show_columns_and_limit(broker: Any) -> None:
         await client.connect("r")
         for topic in ("c/3", "c/1", "c/2"):
             await client.publish(topic, b"p", qos=1, retain=True)
-    assert await table(broker, "retain", "show", "--qos", "--limit=2") == [{"topic": "c/1", "qos": 1},
-                                                                          {"topic": "c/2", "qos": 1}]
+    assert await table(broker, "retain", "show", "--qos", "--limit=2") == [
+        {"topic": "c/1", "qos": 1},
+        {"topic": "c/2", "qos": 1},
+    ]
     assert await table(broker, "retain", "show", "--payload", "--topic=c/3") == [{"topic": "c/3", "payload": "p"}]
 
 
@@ -410,38 +457,48 @@ async def test_set_allow_anonymous_false_applies_to_the_next_connect(broker: Any
     async with MQTTTestClient.open(broker.port()) as before:
         assert (await before.connect("before")).reason_code == 0
         assert await text(broker, "set", "allow_anonymous=false") == "Done"
-        assert await table(broker, "show", "--allow_anonymous") == [{"node": broker.node_name,
-                                                                     "allow_anonymous": False}]
+        assert await table(broker, "show", "--allow_anonymous") == [
+            {"node": broker.node_name, "allow_anonymous": False}
+        ]
         async with MQTTTestClient.open(broker.port()) as after:
             assert (await after.connect("after")).reason_code == 0x86
         await before.ping()
         assert isinstance(await before.next_packet(), Pingresp)
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["session", "show", "--limit=abc"], "--limit takes a whole number >= 1 (--limit=N), not 'abc'"),
-    (["session", "show", "--limit=-2"], "--limit takes a whole number >= 1 (--limit=N), not '-2'"),
-    (["session", "show", "--limit"], "--limit takes a whole number >= 1 (--limit=N), not nothing"),
-    (["retain", "show", "--limit=1.5"], "--limit takes a whole number >= 1 (--limit=N), not '1.5'"),
-    (["retain", "show", "--limit=0"], "--limit takes a whole number >= 1 (--limit=N), not '0'"),
-    (["session", "show", "--client_id=~("], "--client_id=~(: not a regular expression"),
-    (["session", "disconnect", "client-id=victim", "--cleanup=no"],
-     "--cleanup is a switch (--cleanup, or --cleanup=true|false), not --cleanup=no"),
-    (["listener", "stop", "name=test", "--kill_sessions=yes"], "--kill_sessions is a switch"),
-    (["listener", "start", "name=x", "port=abc"], "port: must be an integer, not 'abc'"),
-    (["listener", "start", "name=x", "port=70000"], "port: must be between 0 and 65535"),
-    (["listener", "start", "name=x", "port=0", "--max_connections=0"], "--max_connections: must be greater than 0"),
-    (["listener", "start", "name=x", "port=0", "--type=pigeon"], "--type: must be one of 'tcp', 'tls', 'ws', 'wss'"),
-    (["listener", "start", "name=x", "port=0", "--type"], "--type needs a value: --type=<value>"),
-    (["listener", "start", "name=x", "port=0", "--require_certificate=maybe"], "--require_certificate is a switch"),
-    (["plugin", "show", "--plugin"], "--plugin needs a value"),
-    (["plugin", "enable", "name=x", "--path"], "--path needs a value"),
-    (["show", "--max_inflight=3"], "show takes --max_inflight without a value (set max_inflight=3 changes it)"),
-    (["set", "max_inflight=abc"], "max_inflight: must be an integer, not 'abc'"),
-    (["set", "--max_inflight=3"], "unknown flag --max_inflight"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["session", "show", "--limit=abc"], "--limit takes a whole number >= 1 (--limit=N), not 'abc'"),
+        (["session", "show", "--limit=-2"], "--limit takes a whole number >= 1 (--limit=N), not '-2'"),
+        (["session", "show", "--limit"], "--limit takes a whole number >= 1 (--limit=N), not nothing"),
+        (["retain", "show", "--limit=1.5"], "--limit takes a whole number >= 1 (--limit=N), not '1.5'"),
+        (["retain", "show", "--limit=0"], "--limit takes a whole number >= 1 (--limit=N), not '0'"),
+        (["session", "show", "--client_id=~("], "--client_id=~(: not a regular expression"),
+        (
+            ["session", "disconnect", "client-id=victim", "--cleanup=no"],
+            "--cleanup is a switch (--cleanup, or --cleanup=true|false), not --cleanup=no",
+        ),
+        (["listener", "stop", "name=test", "--kill_sessions=yes"], "--kill_sessions is a switch"),
+        (["listener", "start", "name=x", "port=abc"], "port: must be an integer, not 'abc'"),
+        (["listener", "start", "name=x", "port=70000"], "port: must be between 0 and 65535"),
+        (["listener", "start", "name=x", "port=0", "--max_connections=0"], "--max_connections: must be greater than 0"),
+        (
+            ["listener", "start", "name=x", "port=0", "--type=pigeon"],
+            "--type: must be one of 'tcp', 'tls', 'ws', 'wss'",
+        ),
+        (["listener", "start", "name=x", "port=0", "--type"], "--type needs a value: --type=<value>"),
+        (["listener", "start", "name=x", "port=0", "--require_certificate=maybe"], "--require_certificate is a switch"),
+        (["plugin", "show", "--plugin"], "--plugin needs a value"),
+        (["plugin", "enable", "name=x", "--path"], "--path needs a value"),
+        (["show", "--max_inflight=3"], "show takes --max_inflight without a value (set max_inflight=3 changes it)"),
+        (["set", "max_inflight=abc"], "max_inflight: must be an integer, not 'abc'"),
+        (["set", "--max_inflight=3"], "unknown flag --max_inflight"),
+    ],
+)
 async def test_a_bad_option_value_is_a_usage_error_that_changes_nothing(
-        broker: Any, argv: list[str], message: str) -> None:
+    broker: Any, argv: list[str], message: str
+) -> None:
     async with MQTTTestClient.open(broker.port()) as victim:
         await victim.connect("victim")
         settings, listeners, plugins = broker.settings, dict(broker.listeners), list(broker.plugins.loaded)
@@ -465,14 +522,17 @@ async def test_switches_take_true_and_false(broker: Any) -> None:
     await eventually(lambda: "kept" not in broker.sessions)
 
 
-@pytest.mark.parametrize(("argv", "needle"), [
-    (["set", "max_inflight=0"], "max_inflight"),
-    (["set", "allow_anonymous=maybe"], "allow_anonymous"),
-    (["set", "hook_timeout=-1"], "hook_timeout"),
-    (["set", "colour=red"], "unknown setting colour"),
-    (["set"], "set needs key=value"),
-    (["show", "--colour"], "unknown setting colour"),
-])
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["set", "max_inflight=0"], "max_inflight"),
+        (["set", "allow_anonymous=maybe"], "allow_anonymous"),
+        (["set", "hook_timeout=-1"], "hook_timeout"),
+        (["set", "colour=red"], "unknown setting colour"),
+        (["set"], "set needs key=value"),
+        (["show", "--colour"], "unknown setting colour"),
+    ],
+)
 async def test_bad_set_or_show_is_refused_and_changes_nothing(broker: Any, argv: list[str], needle: str) -> None:
     before = broker.settings
     assert needle in str(await command_error(broker, *argv))
@@ -482,17 +542,21 @@ async def test_bad_set_or_show_is_refused_and_changes_nothing(broker: Any, argv:
 # ------------------------------------------------------------------ errors and help
 
 
-@pytest.mark.parametrize(("argv", "message", "usage"), [
-    (["bogus"], "unknown command: bogus", f"Usage: ternmq-admin {ADMIN_OPTIONS_USAGE} <command>"),
-    (["plugin", "bogus"], "unknown command: plugin bogus", "Usage: ternmq-admin plugin <command>"),
-    (["plugin", "show", "stray"], "unknown command: plugin show stray", "Usage: ternmq-admin plugin show"),
-    (["plugin", "show", "--bogus"], "unknown flag --bogus", "Usage: ternmq-admin plugin show"),
-    (["plugin", "disable", "nom=x"], "unknown argument nom=", "Usage: ternmq-admin plugin disable name=<name>"),
-    (["plugin", "disable"], "missing argument name=", "Usage: ternmq-admin plugin disable name=<name>"),
-    (["node", "status", "extra=1"], "unknown argument extra=", "Usage: ternmq-admin node status"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message", "usage"),
+    [
+        (["bogus"], "unknown command: bogus", f"Usage: ternmq-admin {ADMIN_OPTIONS_USAGE} <command>"),
+        (["plugin", "bogus"], "unknown command: plugin bogus", "Usage: ternmq-admin plugin <command>"),
+        (["plugin", "show", "stray"], "unknown command: plugin show stray", "Usage: ternmq-admin plugin show"),
+        (["plugin", "show", "--bogus"], "unknown flag --bogus", "Usage: ternmq-admin plugin show"),
+        (["plugin", "disable", "nom=x"], "unknown argument nom=", "Usage: ternmq-admin plugin disable name=<name>"),
+        (["plugin", "disable"], "missing argument name=", "Usage: ternmq-admin plugin disable name=<name>"),
+        (["node", "status", "extra=1"], "unknown argument extra=", "Usage: ternmq-admin node status"),
+    ],
+)
 async def test_unknown_commands_flags_and_arguments_raise_with_usage(
-        broker: Any, argv: list[str], message: str, usage: str) -> None:
+    broker: Any, argv: list[str], message: str, usage: str
+) -> None:
     error = await command_error(broker, *argv)
     assert message in str(error)
     assert error.usage.startswith(usage)
@@ -508,8 +572,17 @@ def _every_level(broker: Any) -> list[tuple[str, ...]]:
 
 async def test_help_at_every_level(broker: Any) -> None:
     levels = _every_level(broker)
-    assert {("plugin",), ("plugin", "show"), ("session", "disconnect"), ("listener", "stop"), ("set",),
-            ("show",), ("node", "status"), ("retain", "delete"), ("metrics", "show")} <= set(levels)
+    assert {
+        ("plugin",),
+        ("plugin", "show"),
+        ("session", "disconnect"),
+        ("listener", "stop"),
+        ("set",),
+        ("show",),
+        ("node", "status"),
+        ("retain", "delete"),
+        ("metrics", "show"),
+    } <= set(levels)
     for level in levels:
         for flag in ("--help", "-h"):
             result = await run(broker, *level, flag)
@@ -517,7 +590,7 @@ async def test_help_at_every_level(broker: Any) -> None:
             assert result.text.startswith("Usage: ternmq-admin " + " ".join(level)), (level, result.text)
             command = broker.admin.commands.get(level)
             if command is None:  # a group lists its commands
-                children = {p[len(level)] for p in broker.admin.commands if p[:len(level)] == level}
+                children = {p[len(level)] for p in broker.admin.commands if p[: len(level)] == level}
                 assert all(f"  {child}" in result.text for child in children), level
             else:
                 assert command.help in result.text
@@ -529,9 +602,9 @@ async def test_help_at_every_level(broker: Any) -> None:
 async def test_top_level_help_lists_commands_options_and_examples(broker: Any) -> None:
     help_text = await text(broker, "--help")
     assert help_text.startswith(f"Usage: ternmq-admin {ADMIN_OPTIONS_USAGE} <command> [args]")
-    commands = help_text[help_text.index("Commands:"):help_text.index("Options:")]
+    commands = help_text[help_text.index("Commands:") : help_text.index("Options:")]
     assert all(f"  {group} " in commands for group in ("listener", "node", "plugin", "retain", "session", "set"))
-    options = help_text[help_text.index("Options:"):help_text.index("Examples:")]
+    options = help_text[help_text.index("Options:") : help_text.index("Examples:")]
     assert all(option in options for option in ("--config FILE", "--socket PATH", "--format=human|json", "--help"))
     assert all(f"  ternmq-admin {example}" in help_text for example in ADMIN_EXAMPLES)
 
@@ -557,8 +630,14 @@ async def test_help_mentions_required_arguments(broker: Any) -> None:
 
 
 async def test_json_shape_of_every_read_only_command(broker: Any) -> None:
-    commands: Sequence[Sequence[str]] = [("plugin", "show"), ("session", "show"), ("listener", "show"),
-                                         ("retain", "show"), ("node", "status"), ("show",)]
+    commands: Sequence[Sequence[str]] = [
+        ("plugin", "show"),
+        ("session", "show"),
+        ("listener", "show"),
+        ("retain", "show"),
+        ("node", "status"),
+        ("show",),
+    ]
     for argv in commands:
         document = (await run(broker, *argv)).to_json()
         assert document["type"] == "table" and isinstance(document["table"], list)

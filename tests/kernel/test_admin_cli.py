@@ -23,6 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from ternmq.kernel.admin import ADMIN_EXAMPLES
+
+from helpers import eventually_sync
 from plugin_samples import (
     REPO,
     BrokerProcess,
@@ -32,10 +36,6 @@ from plugin_samples import (
     short_dir,
     subprocess_env,
 )
-
-from ternmq.kernel.admin import ADMIN_EXAMPLES
-
-from helpers import eventually_sync
 
 NODE = "cli@127.0.0.1"
 
@@ -68,7 +68,18 @@ def test_plugin_show(running: Running) -> None:
     result = running.admin("plugin", "show")
     assert result.returncode == 0, result.stderr
     header = result.stdout.splitlines()[1]
-    for column in ("Plugin", "Type", "Hook(s)", "M:F/A", "source", "version", "state", "priority", "errors", "timeouts"):
+    for column in (
+        "Plugin",
+        "Type",
+        "Hook(s)",
+        "M:F/A",
+        "source",
+        "version",
+        "state",
+        "priority",
+        "errors",
+        "timeouts",
+    ):
         assert column in header
     assert "retainer" in result.stdout and "builtin" in result.stdout
     assert result.stderr == ""
@@ -88,15 +99,24 @@ def test_format_json_prints_the_table_and_text_shapes(running: Running) -> None:
 
 
 def test_plugin_enable_with_config_pairs_then_its_command_then_disable(running: Running) -> None:
-    enabled = running.json("plugin", "enable", "name=sample", "--path=plugin_samples:SamplePlugin",
-                           "--config", "greeting=ahoy", "--config", "limit=4")
+    enabled = running.json(
+        "plugin",
+        "enable",
+        "name=sample",
+        "--path=plugin_samples:SamplePlugin",
+        "--config",
+        "greeting=ahoy",
+        "--config",
+        "limit=4",
+    )
     assert enabled == {"type": "text", "text": "Done"}
     try:
         hello = running.admin("sample", "hello", "--name=cli")
         assert (hello.returncode, hello.stdout.strip()) == (0, "ahoy, cli")
         rows = running.json("plugin", "show", "--plugin=sample")["table"]
         assert [(r["Plugin"], r["source"], r["state"]) for r in rows] == [
-            ("sample", "path (plugin_samples)", "running")]
+            ("sample", "path (plugin_samples)", "running")
+        ]
     finally:
         disabled = running.admin("plugin", "disable", "name=sample")
     assert (disabled.returncode, disabled.stdout.strip()) == (0, "Done")
@@ -115,13 +135,28 @@ def test_node_status(running: Running) -> None:
 def test_session_show_lists_a_connected_mosquitto_sub(running: Running) -> None:
     if shutil.which("mosquitto_sub") is None:
         pytest.fail("mosquitto_sub not installed: apt-get install mosquitto-clients (bash .ci/run does it)")
-    sub = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(running.process.port), "-i",
-                            "cli-watcher", "-t", "cli/#", "-q", "1"],
-                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sub = subprocess.Popen(
+        [
+            "mosquitto_sub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(running.process.port),
+            "-i",
+            "cli-watcher",
+            "-t",
+            "cli/#",
+            "-q",
+            "1",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         rows = eventually_sync(
-            lambda: running.json("session", "show", "--client_id=cli-watcher", "--is_online")["table"], 10,
-            interval=0.1)
+            lambda: running.json("session", "show", "--client_id=cli-watcher", "--is_online")["table"], 10, interval=0.1
+        )
         assert rows == [{"client_id": "cli-watcher", "is_online": True}]
         human = running.admin("session", "show")
         assert human.returncode == 0 and "cli-watcher" in human.stdout and "127.0.0.1" in human.stdout
@@ -180,8 +215,10 @@ def test_broker_not_running_exits_2_with_a_clear_message(tmp_path: Path) -> None
     config.write_text(f'[broker]\ncontrol_socket = "{socket}"\n')
     result = admin("--config", str(config), "plugin", "show")
     assert result.returncode == 2
-    assert result.stderr == (f"ternmq-admin: cannot reach the broker at {socket} (node ternmq@127.0.0.1): "
-                             f"no such socket. Start it with `ternmq --config {config}`.\n")
+    assert result.stderr == (
+        f"ternmq-admin: cannot reach the broker at {socket} (node ternmq@127.0.0.1): "
+        f"no such socket. Start it with `ternmq --config {config}`.\n"
+    )
     # --help still answers, from ternmq-admin itself.
     offline_help = admin("--config", str(config), "--help")
     assert offline_help.returncode == 0 and "Usage: ternmq-admin" in offline_help.stdout
@@ -193,8 +230,10 @@ def test_broker_not_running_exits_2_with_a_clear_message(tmp_path: Path) -> None
     assert f"cannot reach the broker at {socket} (node ternmq@127.0.0.1): nobody listens on it." in result.stderr
     result = admin("--socket", str(tmp_path / "other.sock"), "plugin", "show")
     assert result.returncode == 2
-    assert result.stderr == (f"ternmq-admin: cannot reach the broker at {tmp_path / 'other.sock'}: "
-                             "no such socket. Is the broker that owns it running?\n")
+    assert result.stderr == (
+        f"ternmq-admin: cannot reach the broker at {tmp_path / 'other.sock'}: "
+        "no such socket. Is the broker that owns it running?\n"
+    )
 
 
 def test_without_config_the_error_names_the_default_socket_and_node(tmp_path: Path) -> None:
@@ -203,8 +242,10 @@ def test_without_config_the_error_names_the_default_socket_and_node(tmp_path: Pa
         expected = runtime / f"ternmq-{os.getuid()}" / "ternmq@127.0.0.1.sock"
         result = admin("node", "status", env=env)
     assert result.returncode == 2
-    assert result.stderr == (f"ternmq-admin: cannot reach the broker at {expected} (node ternmq@127.0.0.1): "
-                             "no such socket. Start it with `ternmq`, or name its configuration with --config FILE.\n")
+    assert result.stderr == (
+        f"ternmq-admin: cannot reach the broker at {expected} (node ternmq@127.0.0.1): "
+        "no such socket. Start it with `ternmq`, or name its configuration with --config FILE.\n"
+    )
 
 
 def _sections(help_text: str) -> dict[str, str]:
@@ -236,8 +277,10 @@ def test_help_without_a_broker_lists_the_kernels_commands_and_the_options(tmp_pa
     top = admin("--config", str(config), "--help")
     assert top.returncode == 0, top.stderr
     _check_top_level_help(top.stdout)
-    assert (f"Broker: control socket {socket} (node away@127.0.0.1), not reachable: no such socket. "
-            f"Start it with `ternmq --config {config}`.") in top.stdout
+    assert (
+        f"Broker: control socket {socket} (node away@127.0.0.1), not reachable: no such socket. "
+        f"Start it with `ternmq --config {config}`."
+    ) in top.stdout
     # The kernel's commands answer --help too; a plugin's command needs its broker.
     command = admin("--config", str(config), "retain", "delete", "--help")
     assert command.returncode == 0 and command.stdout.startswith("Usage: ternmq-admin retain delete [flags]")
@@ -296,8 +339,12 @@ def test_retain_delete_says_what_it_deleted(running: Running) -> None:
         pytest.fail("mosquitto_pub not installed: apt-get install mosquitto-clients (bash .ci/run does it)")
 
     def retain(topic: str) -> None:
-        subprocess.run(["mosquitto_pub", "-p", str(running.process.port), "-q", "1", "-r", "-t", topic, "-m", "x"],
-                       check=True, timeout=10, stdin=subprocess.DEVNULL)
+        subprocess.run(
+            ["mosquitto_pub", "-p", str(running.process.port), "-q", "1", "-r", "-t", topic, "-m", "x"],
+            check=True,
+            timeout=10,
+            stdin=subprocess.DEVNULL,
+        )
 
     for topic in ("cli-r/1", "cli-r/2", "cli-r/x/y", "cli-other"):
         retain(topic)
@@ -350,8 +397,9 @@ def test_every_example_of_the_help_runs(tmp_path: Path, tmp_path_factory: pytest
     # The json_auth example needs that plugin installed (next to the broker, not here)
     # and its users file next to the configuration.
     (tmp_path / "users.json").write_text('{"alice": "secret"}')
-    with broker_with_control_socket(tmp_path, "examples@127.0.0.1", socket,
-                                    pythonpath=[json_auth_site(tmp_path_factory)]) as (_, config, env):
+    with broker_with_control_socket(
+        tmp_path, "examples@127.0.0.1", socket, pythonpath=[json_auth_site(tmp_path_factory)]
+    ) as (_, config, env):
         online = admin("--config", str(config), "--help", env=env).stdout
         offline = admin("--socket", str(tmp_path / "nobody.sock"), "--help", env=env).stdout
         examples = _examples(online)
@@ -361,8 +409,9 @@ def test_every_example_of_the_help_runs(tmp_path: Path, tmp_path_factory: pytest
             assert argv[0] == "ternmq-admin"
             result = admin("--config", str(config), *argv[1:], env=env)
             assert result.returncode == 0, (example, result.stderr)
-        loaded = json.loads(admin("--config", str(config), "--format=json", "plugin", "show",
-                                  "--plugin=json_auth", env=env).stdout)["table"]
+        loaded = json.loads(
+            admin("--config", str(config), "--format=json", "plugin", "show", "--plugin=json_auth", env=env).stdout
+        )["table"]
         assert [row["state"] for row in loaded] == ["running"]
 
 
@@ -388,8 +437,16 @@ def test_the_readme_command_list_runs_top_to_bottom(tmp_path: Path) -> None:
             for line in lines:
                 # The README's mosquitto clients talk to port 1883, as the embedded default does.
                 command = re.sub(r"^(mosquitto_(?:pub|sub)) ", rf"\1 -p {process.port} ", line)
-                result = subprocess.run(["bash", "-c", command], check=False, capture_output=True, text=True,
-                                        env=env, cwd=tmp_path, timeout=30, stdin=subprocess.DEVNULL)
+                result = subprocess.run(
+                    ["bash", "-c", command],
+                    check=False,
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    cwd=tmp_path,
+                    timeout=30,
+                    stdin=subprocess.DEVNULL,
+                )
                 output = result.stdout + result.stderr
                 assert result.returncode == 0, (line, output)
                 assert "Error" not in output and "ternmq-admin:" not in output, (line, output)

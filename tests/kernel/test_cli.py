@@ -53,7 +53,9 @@ class TernmqProcess:
             self._grew = trio.Event()
         self._grew.set()
 
-    async def wait_for_stderr(self, pattern: str, count: int = 1, timeout: float = START_TIMEOUT) -> list[re.Match[str]]:
+    async def wait_for_stderr(
+        self, pattern: str, count: int = 1, timeout: float = START_TIMEOUT
+    ) -> list[re.Match[str]]:
         """Wait until ``pattern`` matched ``count`` times in stderr (or the process ended)."""
         with trio.fail_after(timeout):
             while len(matches := list(re.finditer(pattern, self.stderr))) < count:
@@ -92,9 +94,14 @@ def ternmq(tmp_path: Path, run_env: dict[str, str]) -> Any:
 
     @asynccontextmanager
     async def start(*args: str, argv0: tuple[str, ...] = (TERNMQ,)) -> AsyncIterator[TernmqProcess]:
-        process = await trio.lowlevel.open_process([*argv0, *args], stdin=subprocess.DEVNULL,
-                                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                                   cwd=tmp_path, env=run_env)
+        process = await trio.lowlevel.open_process(
+            [*argv0, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=tmp_path,
+            env=run_env,
+        )
         running = TernmqProcess(process)
         try:
             async with trio.open_nursery() as nursery:
@@ -122,8 +129,9 @@ def ternmq_run(tmp_path: Path, run_env: dict[str, str]) -> Any:
 
     async def run(*args: str) -> subprocess.CompletedProcess[bytes]:
         with trio.fail_after(START_TIMEOUT):
-            return await trio.run_process([TERNMQ, *args], capture_stdout=True, capture_stderr=True,
-                                          check=False, cwd=tmp_path, env=run_env)
+            return await trio.run_process(
+                [TERNMQ, *args], capture_stdout=True, capture_stderr=True, check=False, cwd=tmp_path, env=run_env
+            )
 
     return run
 
@@ -188,8 +196,11 @@ async def test_signal_shuts_down_cleanly_with_exit_code_0(ternmq: Any, signum: i
 
 
 async def test_config_file_runs_every_listener_and_logs_one_ready_line_each(
-        ternmq: Any, tmp_path: Path, mosquitto: Any) -> None:
-    path = write_config(tmp_path, """
+    ternmq: Any, tmp_path: Path, mosquitto: Any
+) -> None:
+    path = write_config(
+        tmp_path,
+        """
 [broker]
 allow_anonymous = true
 control_socket = "off"
@@ -203,11 +214,15 @@ port = 0
 name = "web"
 type = "ws"
 port = 0
-""")
+""",
+    )
     async with ternmq("--config", path) as broker:
         ready = await broker.ready(3)
         assert {name: (line["type"], line["path"]) for name, line in ready.items()} == {
-            "first": ("tcp", ""), "second": ("tcp", ""), "web": ("ws", "/mqtt")}
+            "first": ("tcp", ""),
+            "second": ("tcp", ""),
+            "web": ("ws", "/mqtt"),
+        }
         for name in ("first", "second"):
             await mosquitto_round_trip(mosquitto, int(ready[name]["port"]), topic=f"on/{name}", payload=name)
         url = f"ws://127.0.0.1:{ready['web']['port']}/mqtt"
@@ -218,7 +233,9 @@ port = 0
 
 
 async def test_host_and_port_override_only_the_first_listener(ternmq: Any, tmp_path: Path) -> None:
-    path = write_config(tmp_path, """
+    path = write_config(
+        tmp_path,
+        """
 [broker]
 control_socket = "off"
 [[listeners]]
@@ -228,7 +245,8 @@ port = 1
 [[listeners]]
 name = "second"
 port = 0
-""")
+""",
+    )
     async with ternmq("--config", path, "--host", "127.0.0.1", "--port", "0") as broker:
         ready = await broker.ready(2)
         assert ready["first"]["address"] == "127.0.0.1" and int(ready["first"]["port"]) not in (0, 1)
@@ -268,22 +286,37 @@ async def test_python_dash_m_ternmq_kernel_runs_the_broker(ternmq: Any, mosquitt
 
 BAD_CONFIGS = [
     ("[broker]\nallow_anonymus = true\n", "[broker] allow_anonymus: unknown key"),
-    ("[broker.limits]\nmax_inflight = \"many\"\n", "[broker.limits] max_inflight: must be an integer"),
+    ('[broker.limits]\nmax_inflight = "many"\n', "[broker.limits] max_inflight: must be an integer"),
     ("[broker.limits]\nmax_inflight = 0\n", "[broker.limits] max_inflight: must be between 1 and 65535"),
     ('[[listeners]]\nname = "edge"\ntype = "quic"\n', "[listeners.edge] type: must be one of"),
     ('[[listeners]]\nname = "edge"\ntype = "tls"\nport = 0\n', "[listeners.edge] certfile: a tls listener needs"),
     ("[mqtt]\nport = 1883\n", "[mqtt]: unknown table"),
     ('[broker\nnode_name = "x"\n', "not valid TOML"),
-    ('[broker]\ncontrol_socket = "off"\n[[listeners]]\nname = "edge"\ntype = "tls"\nport = 0\n'
-     'certfile = "absent.pem"\nkeyfile = "absent.key"\n', "[listeners.edge] certfile: no such file: absent.pem"),
+    (
+        '[broker]\ncontrol_socket = "off"\n[[listeners]]\nname = "edge"\ntype = "tls"\nport = 0\n'
+        'certfile = "absent.pem"\nkeyfile = "absent.key"\n',
+        "[listeners.edge] certfile: no such file: absent.pem",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("text", "message"), BAD_CONFIGS,
-                         ids=["unknown-key", "wrong-type", "out-of-range", "bad-listener-type", "tls-no-certfile",
-                              "unknown-table", "invalid-toml", "certfile-not-found"])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    BAD_CONFIGS,
+    ids=[
+        "unknown-key",
+        "wrong-type",
+        "out-of-range",
+        "bad-listener-type",
+        "tls-no-certfile",
+        "unknown-table",
+        "invalid-toml",
+        "certfile-not-found",
+    ],
+)
 async def test_bad_config_exits_non_zero_naming_file_table_and_key(
-        ternmq_run: Any, tmp_path: Path, text: str, message: str) -> None:
+    ternmq_run: Any, tmp_path: Path, text: str, message: str
+) -> None:
     path = write_config(tmp_path, text, "bad.toml")
     result = await ternmq_run("--config", path)
     assert result.returncode == 2
@@ -297,7 +330,10 @@ async def test_missing_config_file_exits_non_zero_naming_it(ternmq_run: Any, tmp
     path = tmp_path / "nowhere.toml"
     result = await ternmq_run("--config", str(path))
     assert result.returncode == 2
-    assert result.stderr.decode() == f"ternmq: configuration error: {path}: cannot read the file: No such file or directory\n"
+    assert (
+        result.stderr.decode()
+        == f"ternmq: configuration error: {path}: cannot read the file: No such file or directory\n"
+    )
 
 
 async def test_out_of_range_port_override_names_the_listener(ternmq_run: Any) -> None:
@@ -363,7 +399,8 @@ async def test_config_without_listeners_is_refused(ternmq_run: Any, tmp_path: Pa
 
 
 async def test_second_broker_on_the_same_control_socket_names_both_ways_out(
-        ternmq: Any, ternmq_run: Any, runtime_dir: str, tmp_path: Path) -> None:
+    ternmq: Any, ternmq_run: Any, runtime_dir: str, tmp_path: Path
+) -> None:
     socket = f"{runtime_dir}/ternmq-{os.getuid()}/ternmq@127.0.0.1.sock"
     async with ternmq("--port", "0") as first:
         await first.ready()
@@ -371,56 +408,81 @@ async def test_second_broker_on_the_same_control_socket_names_both_ways_out(
         assert f" INFO ternmq.control: control socket for ternmq-admin: {socket}\n" in first.stderr
         second = await ternmq_run("--port", "0")
         assert second.returncode == 1
-        assert error_line(second) == (f"ternmq: cannot start: another broker already owns the control socket {socket} (it is "
-                          "named after node_name 'ternmq@127.0.0.1'); to run one more broker on this machine, give "
-                          'it another node_name or another control_socket ("off": none) in the [broker] table of '
-                          "a configuration file given with --config\n")
+        assert error_line(second) == (
+            f"ternmq: cannot start: another broker already owns the control socket {socket} (it is "
+            "named after node_name 'ternmq@127.0.0.1'); to run one more broker on this machine, give "
+            'it another node_name or another control_socket ("off": none) in the [broker] table of '
+            "a configuration file given with --config\n"
+        )
         # With a configuration file, the message names it.
         path = write_config(tmp_path, LISTENER.replace('control_socket = "off"', f'control_socket = "{socket}"'))
         stderr = error_line(await ternmq_run("--config", path))
         assert f"already owns the control socket {socket}; to run one more broker" in stderr
         assert stderr.endswith(f"in the [broker] table of {path}\n")
         # Another node_name is a way out: it gets a socket of its own.
-        path = write_config(tmp_path, LISTENER.replace('control_socket = "off"', 'node_name = "second@127.0.0.1"'),
-                            "second.toml")
+        path = write_config(
+            tmp_path, LISTENER.replace('control_socket = "off"', 'node_name = "second@127.0.0.1"'), "second.toml"
+        )
         async with ternmq("--config", path) as other:
             await other.ready()
-            assert f"control socket for ternmq-admin: {runtime_dir}/ternmq-{os.getuid()}/second@127.0.0.1.sock" \
+            assert (
+                f"control socket for ternmq-admin: {runtime_dir}/ternmq-{os.getuid()}/second@127.0.0.1.sock"
                 in other.stderr
+            )
             assert await other.stop() == 0
         assert await first.stop() == 0
 
 
 async def test_unknown_plugin_is_a_one_line_configuration_error_with_the_ways_to_name_one(
-        ternmq_run: Any, tmp_path: Path) -> None:
+    ternmq_run: Any, tmp_path: Path
+) -> None:
     path = write_config(tmp_path, LISTENER + "[plugins.retainer]\n[plugins.nosuch]\n")
     stderr = one_line_config_error(await ternmq_run("--config", path), path, "plugins.nosuch")
-    assert stderr.startswith(f"ternmq: configuration error: {path}: [plugins.nosuch]: not a built-in plugin "
-                             "(retainer), not an entry point in group ternmq.plugins (installed: none) and not a "
-                             "dotted path")
+    assert stderr.startswith(
+        f"ternmq: configuration error: {path}: [plugins.nosuch]: not a built-in plugin "
+        "(retainer), not an entry point in group ternmq.plugins (installed: none) and not a "
+        "dotted path"
+    )
     assert "module:object" in stderr and "pip install PACKAGE" in stderr
 
 
 PLUGIN_FAILURES = [
     # A module in plugin_path that raises while it is imported.
-    ('[plugins."broken:Plugin"]\n', "broken.py", "RATE = 1 / 0\n",
-     "plugins.broken:Plugin", "importing broken failed: division by zero"),
+    (
+        '[plugins."broken:Plugin"]\n',
+        "broken.py",
+        "RATE = 1 / 0\n",
+        "plugins.broken:Plugin",
+        "importing broken failed: division by zero",
+    ),
     # A module nowhere on the broker's Python path.
-    ('[plugins."nowhere:Plugin"]\n', None, None,
-     "plugins.nowhere:Plugin", "cannot import nowhere: no module named 'nowhere'; the broker imports plugins itself"),
+    (
+        '[plugins."nowhere:Plugin"]\n',
+        None,
+        None,
+        "plugins.nowhere:Plugin",
+        "cannot import nowhere: no module named 'nowhere'; the broker imports plugins itself",
+    ),
     # A constructor that cannot read the file its (relative) key names.
-    ('[plugins."reader:Plugin"]\nsource = "absent.txt"\n', "reader.py",
-     "import attrs\nfrom pathlib import Path\n\n@attrs.frozen\nclass Config:\n    source: Path = Path('x')\n\n"
-     "class Plugin:\n    Config = Config\n\n    def __init__(self, config):\n        config.source.read_text()\n",
-     "plugins.reader:Plugin", "set-up failed: [Errno 2] No such file or directory: '{folder}/absent.txt'"),
+    (
+        '[plugins."reader:Plugin"]\nsource = "absent.txt"\n',
+        "reader.py",
+        "import attrs\nfrom pathlib import Path\n\n@attrs.frozen\nclass Config:\n    source: Path = Path('x')\n\n"
+        "class Plugin:\n    Config = Config\n\n    def __init__(self, config):\n        config.source.read_text()\n",
+        "plugins.reader:Plugin",
+        "set-up failed: [Errno 2] No such file or directory: '{folder}/absent.txt'",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("table", "module", "code", "name", "message"), PLUGIN_FAILURES,
-                         ids=["fails-to-import", "not-found", "set-up-fails"])
+@pytest.mark.parametrize(
+    ("table", "module", "code", "name", "message"),
+    PLUGIN_FAILURES,
+    ids=["fails-to-import", "not-found", "set-up-fails"],
+)
 async def test_a_plugin_that_cannot_load_is_a_one_line_configuration_error(
-        ternmq_run: Any, tmp_path: Path, table: str, module: str | None, code: str | None,
-        name: str, message: str) -> None:
+    ternmq_run: Any, tmp_path: Path, table: str, module: str | None, code: str | None, name: str, message: str
+) -> None:
     folder = tmp_path / "etc"
     (folder / "plugins").mkdir(parents=True)
     if module is not None:
@@ -444,7 +506,8 @@ async def test_plugin_path_folders_are_relative_to_the_configuration_file(ternmq
         "class Plugin:\n"
         "    @hookimpl\n"
         "    def auth_on_publish(self, message):\n"
-        "        return deny(0x87, 'reserved') if message.topic.startswith('internal/') else None\n")
+        "        return deny(0x87, 'reserved') if message.topic.startswith('internal/') else None\n"
+    )
     text = LISTENER.replace("[broker]\n", '[broker]\nallow_anonymous = true\nplugin_path = ["plugins"]\n')
     path = write_config(folder, text + '[plugins."refuse_internal:Plugin"]\n')
     async with ternmq("--config", path) as broker:  # its working directory is tmp_path, not tmp_path/etc
@@ -457,12 +520,18 @@ async def test_plugin_path_folders_are_relative_to_the_configuration_file(ternmq
 
 
 async def test_tls_key_that_does_not_match_the_certificate_is_reported_under_keyfile(
-        ternmq_run: Any, tmp_path: Path) -> None:
+    ternmq_run: Any, tmp_path: Path
+) -> None:
     ours, theirs = trustme.CA().issue_cert("localhost"), trustme.CA().issue_cert("localhost")
     ours.cert_chain_pems[0].write_to_path(str(tmp_path / "server.pem"))
     theirs.private_key_pem.write_to_path(str(tmp_path / "other.key"))
-    path = write_config(tmp_path, '[broker]\ncontrol_socket = "off"\n[[listeners]]\nname = "secure"\ntype = "tls"\n'
-                        f'port = 0\ncertfile = "{tmp_path}/server.pem"\nkeyfile = "{tmp_path}/other.key"\n')
+    path = write_config(
+        tmp_path,
+        '[broker]\ncontrol_socket = "off"\n[[listeners]]\nname = "secure"\ntype = "tls"\n'
+        f'port = 0\ncertfile = "{tmp_path}/server.pem"\nkeyfile = "{tmp_path}/other.key"\n',
+    )
     stderr = one_line_config_error(await ternmq_run("--config", path), path, "listeners.secure")
-    assert stderr == (f"ternmq: configuration error: {path}: [listeners.secure] keyfile: the private key in "
-                      f"{tmp_path}/other.key does not match the certificate in {tmp_path}/server.pem\n")
+    assert stderr == (
+        f"ternmq: configuration error: {path}: [listeners.secure] keyfile: the private key in "
+        f"{tmp_path}/other.key does not match the certificate in {tmp_path}/server.pem\n"
+    )

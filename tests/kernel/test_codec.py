@@ -7,9 +7,32 @@ import random
 import pytest
 
 from ternmq.kernel.codec import (
-    PROPERTY_NAMES, Auth, Connack, Connect, Disconnect, Framer, MQTTError, PacketType, Pingreq, Pingresp,
-    Puback, Pubcomp, Publish, Pubrec, Pubrel, ReasonCode, Suback, Subscribe, SubscriptionRequest, Unsuback,
-    Unsubscribe, Will, connack_v3_code, decode_packet, encode, encode_publish_parts,
+    PROPERTY_NAMES,
+    Auth,
+    Connack,
+    Connect,
+    Disconnect,
+    Framer,
+    MQTTError,
+    PacketType,
+    Pingreq,
+    Pingresp,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+    ReasonCode,
+    Suback,
+    Subscribe,
+    SubscriptionRequest,
+    Unsuback,
+    Unsubscribe,
+    Will,
+    connack_v3_code,
+    decode_packet,
+    encode,
+    encode_publish_parts,
 )
 
 UP = [("k1", "v1"), ("k1", "v2"), ("ü", "")]  # repeated key, order matters, non-ASCII, empty value
@@ -22,8 +45,9 @@ def samples(level: int) -> list:
     pkts = [
         Connect("c1", level),
         Connect("", level, clean_start=False, keep_alive=0),
-        Connect("dev-7", level, True, 65535, "user", b"\x00\xffpw",
-                Will("will/t", b"\x00bye", 2, True, will_props), {}),
+        Connect(
+            "dev-7", level, True, 65535, "user", b"\x00\xffpw", Will("will/t", b"\x00bye", 2, True, will_props), {}
+        ),
         Connect("x", level, will=Will("w", b"")),
         Connack(),
         Connack(session_present=level > 3, reason_code=0),
@@ -33,12 +57,17 @@ def samples(level: int) -> list:
         Publish("", b""),
         Publish("t/\u00e9\U0002a6d4", bytes(range(256)) * 3, 1, True, True, 65535),
         Publish("q2", b"x", 2, False, False, 1),
-        Puback(1), Pubrec(2), Pubrel(3), Pubcomp(65535),
+        Puback(1),
+        Pubrec(2),
+        Pubrel(3),
+        Pubcomp(65535),
         Subscribe(10, [SubscriptionRequest("a/#", 0), SubscriptionRequest("+/b", 1), SubscriptionRequest("c", 2)]),
         Suback(10, [0, 1, 2, 0x80]),
         Unsubscribe(11, ["a/#", "b"]),
         Unsuback(11) if not v5 else Unsuback(11, [0, 0x11]),
-        Pingreq(), Pingresp(), Disconnect(),
+        Pingreq(),
+        Pingresp(),
+        Disconnect(),
     ]
     if level == 3:
         for p in pkts:
@@ -48,33 +77,76 @@ def samples(level: int) -> list:
         return pkts
     return pkts + [
         Connect("p", 5, password=b"no-user"),
-        Connect("props", 5, properties={
-            "session_expiry_interval": 0xFFFFFFFF, "receive_maximum": 10, "maximum_packet_size": 1024,
-            "topic_alias_maximum": 5, "request_response_information": 1, "request_problem_information": 0,
-            "authentication_method": "SCRAM", "authentication_data": b"\x01\x02", "user_property": UP}),
-        Connack(True, 0, {"assigned_client_identifier": "auto-1", "server_keep_alive": 30, "maximum_qos": 1,
-                          "retain_available": 0, "wildcard_subscription_available": 1,
-                          "subscription_identifier_available": 0, "shared_subscription_available": 1,
-                          "response_information": "resp/", "server_reference": "other:1883",
-                          "reason_string": "ok", "topic_alias_maximum": 0, "receive_maximum": 65535}),
+        Connect(
+            "props",
+            5,
+            properties={
+                "session_expiry_interval": 0xFFFFFFFF,
+                "receive_maximum": 10,
+                "maximum_packet_size": 1024,
+                "topic_alias_maximum": 5,
+                "request_response_information": 1,
+                "request_problem_information": 0,
+                "authentication_method": "SCRAM",
+                "authentication_data": b"\x01\x02",
+                "user_property": UP,
+            },
+        ),
+        Connack(
+            True,
+            0,
+            {
+                "assigned_client_identifier": "auto-1",
+                "server_keep_alive": 30,
+                "maximum_qos": 1,
+                "retain_available": 0,
+                "wildcard_subscription_available": 1,
+                "subscription_identifier_available": 0,
+                "shared_subscription_available": 1,
+                "response_information": "resp/",
+                "server_reference": "other:1883",
+                "reason_string": "ok",
+                "topic_alias_maximum": 0,
+                "receive_maximum": 65535,
+            },
+        ),
         Connack(reason_code=ReasonCode.BAD_AUTHENTICATION_METHOD, properties={"reason_string": "no"}),
-        Publish("p/5", b"body", 1, False, False, 9, {
-            "payload_format_indicator": 1, "message_expiry_interval": 60, "topic_alias": 3,
-            "response_topic": "r/t", "correlation_data": b"\x00cid", "subscription_identifier": [1, 268435455],
-            "content_type": "json", "user_property": UP}),
+        Publish(
+            "p/5",
+            b"body",
+            1,
+            False,
+            False,
+            9,
+            {
+                "payload_format_indicator": 1,
+                "message_expiry_interval": 60,
+                "topic_alias": 3,
+                "response_topic": "r/t",
+                "correlation_data": b"\x00cid",
+                "subscription_identifier": [1, 268435455],
+                "content_type": "json",
+                "user_property": UP,
+            },
+        ),
         Puback(4, ReasonCode.NO_MATCHING_SUBSCRIBERS),
         Puback(4, ReasonCode.QUOTA_EXCEEDED, {"reason_string": "full", "user_property": UP}),
         Pubrec(5, 0, {"user_property": [("a", "b")]}),
         Pubrel(6, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND),
         Pubcomp(7, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND, {"reason_string": "gone"}),
-        Subscribe(12, [SubscriptionRequest("a", 2, True, True, 2), SubscriptionRequest("$share/g/b", 1, False, True, 1)],
-                  {"subscription_identifier": [42], "user_property": UP}),
+        Subscribe(
+            12,
+            [SubscriptionRequest("a", 2, True, True, 2), SubscriptionRequest("$share/g/b", 1, False, True, 1)],
+            {"subscription_identifier": [42], "user_property": UP},
+        ),
         Suback(12, [ReasonCode.GRANTED_QOS_2, ReasonCode.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED], {"reason_string": "x"}),
         Unsubscribe(13, ["a"], {"user_property": UP}),
         Unsuback(13, [ReasonCode.NOT_AUTHORIZED], {"reason_string": "y"}),
         Disconnect(ReasonCode.DISCONNECT_WITH_WILL_MESSAGE),
-        Disconnect(ReasonCode.SESSION_TAKEN_OVER, {"reason_string": "bye", "session_expiry_interval": 0,
-                                                   "server_reference": "s2"}),
+        Disconnect(
+            ReasonCode.SESSION_TAKEN_OVER,
+            {"reason_string": "bye", "session_expiry_interval": 0, "server_reference": "s2"},
+        ),
         Auth(),
         Auth(ReasonCode.CONTINUE_AUTHENTICATION, {"authentication_method": "SCRAM", "authentication_data": b"d"}),
         Auth(ReasonCode.REAUTHENTICATE, {"reason_string": "again"}),
@@ -92,7 +164,9 @@ def frame_one(wire: bytes) -> tuple[int, bytes]:
 CASES = [(level, p) for level in (3, 4, 5) for p in samples(level)]
 
 
-@pytest.mark.parametrize(("level", "packet"), CASES, ids=[f"v{lv}-{i}-{type(p).__name__}" for i, (lv, p) in enumerate(CASES)])
+@pytest.mark.parametrize(
+    ("level", "packet"), CASES, ids=[f"v{lv}-{i}-{type(p).__name__}" for i, (lv, p) in enumerate(CASES)]
+)
 def test_round_trip(level, packet):
     wire = encode(packet, level)
     fh, body = frame_one(wire)
@@ -114,21 +188,53 @@ def test_every_packet_type_is_sampled():
 
 # a packet that allows each property, and a value for it
 _PROP_HOME = {
-    "payload_format_indicator": 1, "message_expiry_interval": 7, "content_type": "c", "response_topic": "r",
-    "correlation_data": b"\x00\x01", "subscription_identifier": [300], "topic_alias": 9,
-    "session_expiry_interval": 99, "authentication_method": "m", "authentication_data": b"d",
-    "request_problem_information": 1, "request_response_information": 1, "receive_maximum": 1,
-    "topic_alias_maximum": 2, "maximum_packet_size": 268435460, "assigned_client_identifier": "a",
-    "server_keep_alive": 0, "response_information": "ri", "server_reference": "sr", "reason_string": "why",
-    "maximum_qos": 0, "retain_available": 1, "wildcard_subscription_available": 0,
-    "subscription_identifier_available": 1, "shared_subscription_available": 0,
-    "will_delay_interval": 3, "user_property": [("a", "b"), ("a", "c")],
+    "payload_format_indicator": 1,
+    "message_expiry_interval": 7,
+    "content_type": "c",
+    "response_topic": "r",
+    "correlation_data": b"\x00\x01",
+    "subscription_identifier": [300],
+    "topic_alias": 9,
+    "session_expiry_interval": 99,
+    "authentication_method": "m",
+    "authentication_data": b"d",
+    "request_problem_information": 1,
+    "request_response_information": 1,
+    "receive_maximum": 1,
+    "topic_alias_maximum": 2,
+    "maximum_packet_size": 268435460,
+    "assigned_client_identifier": "a",
+    "server_keep_alive": 0,
+    "response_information": "ri",
+    "server_reference": "sr",
+    "reason_string": "why",
+    "maximum_qos": 0,
+    "retain_available": 1,
+    "wildcard_subscription_available": 0,
+    "subscription_identifier_available": 1,
+    "shared_subscription_available": 0,
+    "will_delay_interval": 3,
+    "user_property": [("a", "b"), ("a", "c")],
 }
-_PUBLISH_PROPS = {"payload_format_indicator", "message_expiry_interval", "content_type", "response_topic",
-                  "correlation_data", "subscription_identifier", "topic_alias"}
-_CONNECT_PROPS = {"session_expiry_interval", "authentication_method",
-                  "request_problem_information", "request_response_information", "receive_maximum",
-                  "topic_alias_maximum", "maximum_packet_size", "user_property"}
+_PUBLISH_PROPS = {
+    "payload_format_indicator",
+    "message_expiry_interval",
+    "content_type",
+    "response_topic",
+    "correlation_data",
+    "subscription_identifier",
+    "topic_alias",
+}
+_CONNECT_PROPS = {
+    "session_expiry_interval",
+    "authentication_method",
+    "request_problem_information",
+    "request_response_information",
+    "receive_maximum",
+    "topic_alias_maximum",
+    "maximum_packet_size",
+    "user_property",
+}
 
 
 def _packet_with(name, value):
@@ -178,10 +284,21 @@ GOLDEN = [
     (4, b"\x10\x0e\x00\x04MQTT\x04\x02\x00\x3c\x00\x02c1", Connect("c1", 4, True, 60)),
     (3, b"\x10\x10\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x02c1", Connect("c1", 3, True, 60)),
     # paho v5: session expiry 3600, receive max 20, will qos 1 retained, user "user" / "pw"
-    (5, b"\x10\x2c\x00\x04MQTT\x05\xee\x00\x1e\x08\x11\x00\x00\x0e\x10\x21\x00\x14\x00\x02c1"
+    (
+        5,
+        b"\x10\x2c\x00\x04MQTT\x05\xee\x00\x1e\x08\x11\x00\x00\x0e\x10\x21\x00\x14\x00\x02c1"
         b"\x00\x00\x03w/t\x00\x03bye\x00\x04user\x00\x02pw",
-     Connect("c1", 5, True, 30, "user", b"pw", Will("w/t", b"bye", 1, True),
-             {"session_expiry_interval": 3600, "receive_maximum": 20})),
+        Connect(
+            "c1",
+            5,
+            True,
+            30,
+            "user",
+            b"pw",
+            Will("w/t", b"bye", 1, True),
+            {"session_expiry_interval": 3600, "receive_maximum": 20},
+        ),
+    ),
     (5, b"\x32\x0a\x00\x03a/b\x00\x05\x00hi", Publish("a/b", b"hi", 1, packet_id=5)),
     (5, b"\x82\x09\x00\x01\x00\x00\x03a/#\x1e", Subscribe(1, [SubscriptionRequest("a/#", 2, True, True, 1)])),
     (4, b"\xc0\x00", Pingreq()),
@@ -201,7 +318,9 @@ GOLDEN = [
 ]
 
 
-@pytest.mark.parametrize(("level", "wire", "packet"), GOLDEN, ids=[f"{i}-{type(g[2]).__name__}" for i, g in enumerate(GOLDEN)])
+@pytest.mark.parametrize(
+    ("level", "wire", "packet"), GOLDEN, ids=[f"{i}-{type(g[2]).__name__}" for i, g in enumerate(GOLDEN)]
+)
 def test_golden(level, wire, packet):
     assert encode(packet, level) == wire
     assert decode_packet(wire[0], wire[2:], level) == packet
@@ -209,8 +328,20 @@ def test_golden(level, wire, packet):
 
 def test_connack_v3_conversion():
     assert connack_v3_code(0) == 0
-    expected = {0x84: 1, 0x85: 2, 0x88: 3, 0x89: 3, 0x8B: 3, 0x9F: 3, 0x86: 4, 0x8C: 4, 0x87: 5, 0x8A: 5,
-                0x80: 5, 0x97: 5}
+    expected = {
+        0x84: 1,
+        0x85: 2,
+        0x88: 3,
+        0x89: 3,
+        0x8B: 3,
+        0x9F: 3,
+        0x86: 4,
+        0x8C: 4,
+        0x87: 5,
+        0x8A: 5,
+        0x80: 5,
+        0x97: 5,
+    }
     for v5, v3 in expected.items():
         assert connack_v3_code(v5) == v3
         assert encode(Connack(False, v5), 4) == bytes((0x20, 2, 0, v3))
@@ -246,6 +377,7 @@ def test_connect_protocol_name_defaults():
 
 # --- encode_publish_parts ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("level", [3, 4, 5])
 @pytest.mark.parametrize("qos", [0, 1, 2])
 def test_publish_parts_splice(level, qos):
@@ -276,6 +408,7 @@ def test_encode_rejects_bad_fields():
 
 
 # --- fuzz: truncations and bit flips of valid packets --------------------------------------------
+
 
 def test_fuzz_mutations_only_raise_mqtt_errors():
     rng = random.Random(20240601)

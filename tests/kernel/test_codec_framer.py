@@ -7,8 +7,19 @@ import random
 import pytest
 
 from ternmq.kernel.codec import (
-    Connect, Disconnect, Framer, MalformedPacket, MQTTError, PacketTooLarge, Pingreq, Puback, Publish,
-    Subscribe, SubscriptionRequest, decode_packet, encode,
+    Connect,
+    Disconnect,
+    Framer,
+    MalformedPacket,
+    MQTTError,
+    PacketTooLarge,
+    Pingreq,
+    Puback,
+    Publish,
+    Subscribe,
+    SubscriptionRequest,
+    decode_packet,
+    encode,
 )
 from ternmq.kernel.codec.wire import encode_varint
 
@@ -32,7 +43,7 @@ def test_byte_at_a_time():
     framer = Framer()
     out = []
     for i in range(len(STREAM)):
-        framer.feed(STREAM[i:i + 1])
+        framer.feed(STREAM[i : i + 1])
         frame = framer.next_frame()
         if frame is not None:
             out.append(decode_packet(*frame, 5))
@@ -50,7 +61,7 @@ def test_many_packets_in_one_feed_and_split_feeds():
     rng = random.Random(7)
     cuts = sorted(rng.sample(range(1, len(STREAM)), 20))
     out = []
-    for start, stop in zip([0, *cuts], [*cuts, len(STREAM)]):
+    for start, stop in zip([0, *cuts], [*cuts, len(STREAM)], strict=True):
         framer.feed(memoryview(STREAM)[start:stop])
         out.extend(decode_all(framer))
     assert out == PACKETS
@@ -83,7 +94,7 @@ def test_compaction_keeps_frames_intact():
     assert len(wire) > 200_000
     out = []
     for start in range(0, len(wire), 9973):  # odd-sized chunks, consumed as they arrive
-        framer.feed(wire[start:start + 9973])
+        framer.feed(wire[start : start + 9973])
         out.extend(decode_packet(fh, body, 4) for fh, body in framer.frames())
         assert framer.buffered() < 9973 + 310
     assert out == packets and framer.buffered() == 0

@@ -8,7 +8,12 @@ import pickle
 import pytest
 
 from ternmq.kernel.codec import (
-    MalformedPacket, MQTTError, PacketTooLarge, ProtocolError, ReasonCode, decode_packet,
+    MalformedPacket,
+    MQTTError,
+    PacketTooLarge,
+    ProtocolError,
+    ReasonCode,
+    decode_packet,
 )
 from ternmq.kernel.codec.wire import encode_varint, read_varint
 
@@ -55,10 +60,20 @@ def test_reason_code_enum():
 
 # --- variable byte integers ------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("value", "wire"), [
-    (0, b"\x00"), (127, b"\x7f"), (128, b"\x80\x01"), (16383, b"\xff\x7f"), (16384, b"\x80\x80\x01"),
-    (2097151, b"\xff\xff\x7f"), (2097152, b"\x80\x80\x80\x01"), (268435455, b"\xff\xff\xff\x7f"),
-])
+
+@pytest.mark.parametrize(
+    ("value", "wire"),
+    [
+        (0, b"\x00"),
+        (127, b"\x7f"),
+        (128, b"\x80\x01"),
+        (16383, b"\xff\x7f"),
+        (16384, b"\x80\x80\x01"),
+        (2097151, b"\xff\xff\x7f"),
+        (2097152, b"\x80\x80\x80\x01"),
+        (268435455, b"\xff\xff\xff\x7f"),
+    ],
+)
 def test_varint_boundaries(value, wire):
     assert encode_varint(value) == wire
     assert read_varint(wire + b"rest", 0) == (value, len(wire))
@@ -78,14 +93,24 @@ def test_varint_errors():
 
 # --- fixed header ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("fh", "body"), [
-    (0x00, b""), (0x01, b""),                    # reserved packet type 0
-    (0x60, b"\x00\x01"), (0x63, b"\x00\x01"),     # PUBREL flags must be 0010
-    (0x80, b"\x00\x01" + s("a") + b"\x00"),       # SUBSCRIBE flags
-    (0xA0, b"\x00\x01" + s("a")),                 # UNSUBSCRIBE flags
-    (0xC1, b""), (0xD8, b""), (0x42, b"\x00\x01"), (0x22, b"\x00\x00"), (0xE1, b""),
-    (0x11, connect_body()),
-])
+
+@pytest.mark.parametrize(
+    ("fh", "body"),
+    [
+        (0x00, b""),
+        (0x01, b""),  # reserved packet type 0
+        (0x60, b"\x00\x01"),
+        (0x63, b"\x00\x01"),  # PUBREL flags must be 0010
+        (0x80, b"\x00\x01" + s("a") + b"\x00"),  # SUBSCRIBE flags
+        (0xA0, b"\x00\x01" + s("a")),  # UNSUBSCRIBE flags
+        (0xC1, b""),
+        (0xD8, b""),
+        (0x42, b"\x00\x01"),
+        (0x22, b"\x00\x00"),
+        (0xE1, b""),
+        (0x11, connect_body()),
+    ],
+)
 def test_reserved_flags(fh, body):
     raises(M, fh, body, 4)
 
@@ -104,16 +129,19 @@ def test_auth_requires_v5():
 
 # --- CONNECT -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("name", "level"), [("MQTT", 3), ("MQIsdp", 4), ("MQTT", 6), ("MQTT", 2), ("mqtt", 4), ("FOO", 5)])
+
+@pytest.mark.parametrize(
+    ("name", "level"), [("MQTT", 3), ("MQIsdp", 4), ("MQTT", 6), ("MQTT", 2), ("mqtt", 4), ("FOO", 5)]
+)
 def test_connect_unsupported_protocol(name, level):
     err = raises(MQTTError, 0x10, connect_body(name, level), 4, code=0x84)
     assert err.reason_code is ReasonCode.UNSUPPORTED_PROTOCOL_VERSION
 
 
 def test_connect_flags():
-    raises(M, 0x10, connect_body(flags=0x03), 4)                  # reserved bit 0
-    raises(M, 0x10, connect_body(flags=0x02 | 0x08), 4)           # will QoS without will flag
-    raises(M, 0x10, connect_body(flags=0x02 | 0x20), 4)           # will retain without will flag
+    raises(M, 0x10, connect_body(flags=0x03), 4)  # reserved bit 0
+    raises(M, 0x10, connect_body(flags=0x02 | 0x08), 4)  # will QoS without will flag
+    raises(M, 0x10, connect_body(flags=0x02 | 0x20), 4)  # will retain without will flag
     will = s("cid") + s("w/t") + s("payload")
     raises(M, 0x10, connect_body(flags=0x02 | 0x04 | 0x18, rest=will), 4)  # will QoS 3
     assert decode_packet(0x10, connect_body(flags=0x02 | 0x04 | 0x10, rest=will), 4).will.qos == 2
@@ -146,6 +174,7 @@ def test_connect_auth_data_without_method():
 
 # --- strings -------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("raw", [b"\xff", b"a\x00b", b"\xc0\xaf", b"\xed\xa0\x80", b"\xe2\x82", b"\xf4\x90\x80\x80"])
 def test_bad_utf8_topic(raw):
     body = len(raw).to_bytes(2, "big") + raw + b"payload"
@@ -156,17 +185,18 @@ def test_bad_utf8_topic(raw):
 
 # --- PUBLISH -------------------------------------------------------------------------------------
 
+
 def test_publish_errors():
-    raises(M, 0x36, s("t") + b"\x00\x01", 4)           # QoS 3
-    raises(P, 0x32, s("t") + b"\x00\x00\x00", 5)       # packet id 0, v5
-    raises(M, 0x32, s("t") + b"\x00\x00", 4)           # packet id 0, v3.1.1
+    raises(M, 0x36, s("t") + b"\x00\x01", 4)  # QoS 3
+    raises(P, 0x32, s("t") + b"\x00\x00\x00", 5)  # packet id 0, v5
+    raises(M, 0x32, s("t") + b"\x00\x00", 4)  # packet id 0, v3.1.1
     raises(M, 0x34, s("t") + b"\x00\x00", 3)
-    raises(M, 0x38, s("t"), 4)                          # DUP at QoS 0
-    raises(M, 0x30, b"\x00\x05ab", 4)                   # truncated topic
+    raises(M, 0x38, s("t"), 4)  # DUP at QoS 0
+    raises(M, 0x30, b"\x00\x05ab", 4)  # truncated topic
     raises(M, 0x30, b"\x00", 4)
-    raises(M, 0x32, s("t") + b"\x00", 4)                # truncated packet id
-    raises(M, 0x30, s("t"), 5)                          # v5: property length missing
-    raises(M, 0x30, s("t") + b"\x05\x01", 5)            # property length beyond packet
+    raises(M, 0x32, s("t") + b"\x00", 4)  # truncated packet id
+    raises(M, 0x30, s("t"), 5)  # v5: property length missing
+    raises(M, 0x30, s("t") + b"\x05\x01", 5)  # property length beyond packet
 
 
 def test_publish_topic_is_not_checked_for_wildcards_or_emptiness():
@@ -176,36 +206,38 @@ def test_publish_topic_is_not_checked_for_wildcards_or_emptiness():
 
 # --- properties ----------------------------------------------------------------------------------
 
+
 def pub5(props: bytes) -> bytes:
     return s("t") + encode_varint(len(props)) + props + b"payload"
 
 
 def test_property_errors():
-    raises(M, 0x30, pub5(b"\x04\x00"), 5)                               # unknown id 0x04
-    raises(M, 0x30, pub5(b"\x80\x01"), 5)                               # multi-byte id
-    raises(P, 0x30, pub5(b"\x11\x00\x00\x00\x01"), 5)                   # session expiry in PUBLISH
+    raises(M, 0x30, pub5(b"\x04\x00"), 5)  # unknown id 0x04
+    raises(M, 0x30, pub5(b"\x80\x01"), 5)  # multi-byte id
+    raises(P, 0x30, pub5(b"\x11\x00\x00\x00\x01"), 5)  # session expiry in PUBLISH
     raises(P, 0x30, pub5(b"\x02\x00\x00\x00\x01\x02\x00\x00\x00\x02"), 5)  # duplicate
-    raises(P, 0x30, pub5(b"\x23\x00\x01\x23\x00\x01"), 5)               # duplicate topic alias
-    raises(P, 0x30, pub5(b"\x0b\x00"), 5)                               # subscription identifier 0
-    raises(M, 0x30, pub5(b"\x0b\xff\xff\xff\xff\x01"), 5)               # 5-byte varint
-    raises(M, 0x30, pub5(b"\x02\x00\x00"), 5)                           # truncated u32
-    raises(M, 0x30, pub5(b"\x03\x00\x05ab"), 5)                         # string overruns
-    raises(P, 0x10, connect_body(level=5, props=b"\x03\x21\x00\x00"), 5)       # receive maximum 0
+    raises(P, 0x30, pub5(b"\x23\x00\x01\x23\x00\x01"), 5)  # duplicate topic alias
+    raises(P, 0x30, pub5(b"\x0b\x00"), 5)  # subscription identifier 0
+    raises(M, 0x30, pub5(b"\x0b\xff\xff\xff\xff\x01"), 5)  # 5-byte varint
+    raises(M, 0x30, pub5(b"\x02\x00\x00"), 5)  # truncated u32
+    raises(M, 0x30, pub5(b"\x03\x00\x05ab"), 5)  # string overruns
+    raises(P, 0x10, connect_body(level=5, props=b"\x03\x21\x00\x00"), 5)  # receive maximum 0
     raises(P, 0x10, connect_body(level=5, props=b"\x05\x27\x00\x00\x00\x00"), 5)  # max packet size 0
-    raises(P, 0x10, connect_body(level=5, props=b"\x02\x17\x02"), 5)   # request problem info 2
-    raises(P, 0x20, b"\x00\x00\x02\x24\x02", 5)                         # maximum QoS 2
-    raises(P, 0x40, b"\x00\x01\x00\x02\x01\x01", 5)                     # payload format in PUBACK
+    raises(P, 0x10, connect_body(level=5, props=b"\x02\x17\x02"), 5)  # request problem info 2
+    raises(P, 0x20, b"\x00\x00\x02\x24\x02", 5)  # maximum QoS 2
+    raises(P, 0x40, b"\x00\x01\x00\x02\x01\x01", 5)  # payload format in PUBACK
     raises(P, 0x82, b"\x00\x01\x04\x0b\x01\x0b\x02" + s("a") + b"\x00", 5)  # 2 subscription ids in SUBSCRIBE
     will = s("c") + b"\x05\x11\x00\x00\x00\x01" + s("w") + s("p")  # session expiry in Will Properties
     raises(P, 0x10, connect_body(level=5, flags=0x06, props=b"\x00", rest=will), 5)
     will = s("c") + b"\x05\x18\x00\x00\x00\x01" + s("w") + s("p")  # will delay: allowed there only
     assert decode_packet(0x10, connect_body(level=5, flags=0x06, props=b"\x00", rest=will), 5).will.properties == {
-        "will_delay_interval": 1}
+        "will_delay_interval": 1
+    }
     raises(P, 0x10, connect_body(level=5, props=b"\x05\x18\x00\x00\x00\x01"), 5)
 
 
 def test_repeatable_properties():
-    props = (b"\x0b\x01\x0b\xff\x7f\x26" + s("a") + s("1") + b"\x26" + s("a") + s("0"))
+    props = b"\x0b\x01\x0b\xff\x7f\x26" + s("a") + s("1") + b"\x26" + s("a") + s("0")
     decoded = decode_packet(0x30, pub5(props), 5)
     assert decoded.properties == {"subscription_identifier": [1, 16383], "user_property": [("a", "1"), ("a", "0")]}
     assert decoded.payload == b"payload"
@@ -213,44 +245,46 @@ def test_repeatable_properties():
 
 # --- acknowledgements ----------------------------------------------------------------------------
 
+
 def test_ack_forms():
-    assert decode_packet(0x40, b"\x00\x01\x10", 5).reason_code == 0x10           # no property length
+    assert decode_packet(0x40, b"\x00\x01\x10", 5).reason_code == 0x10  # no property length
     assert decode_packet(0x50, b"\x00\x01\x80\x00", 5).properties == {}
-    raises(M, 0x40, b"\x00\x01\x00", 4)                 # v3.1.1: exactly 2 bytes
+    raises(M, 0x40, b"\x00\x01\x00", 4)  # v3.1.1: exactly 2 bytes
     raises(M, 0x40, b"\x00", 5)
-    raises(P, 0x40, b"\x00\x00", 5)                     # packet id 0
+    raises(P, 0x40, b"\x00\x00", 5)  # packet id 0
     raises(M, 0x40, b"\x00\x00", 4)
-    raises(P, 0x40, b"\x00\x01\x05", 5)                 # not a PUBACK reason code
-    raises(P, 0x62, b"\x00\x01\x10", 5)                 # not a PUBREL reason code
-    raises(M, 0x40, b"\x00\x01\x00\x00\xff", 5)         # trailing garbage
-    raises(M, 0x20, b"\x00\x00\x00", 4)                 # CONNACK v3.1.1 is 2 bytes
-    raises(M, 0x20, b"\x02\x00", 4)                     # reserved acknowledge flags
-    raises(M, 0x20, b"\x00\x06", 4)                     # reserved return code
-    raises(P, 0x20, b"\x00\x10\x00", 5)                 # not a CONNACK reason code
-    raises(M, 0xB0, b"\x00\x01\x00", 4)                 # UNSUBACK v3.1.1 has no payload
-    raises(P, 0xB0, b"\x00\x01\x00", 5)                 # v5 UNSUBACK without reason codes
-    raises(P, 0xB0, b"\x00\x01\x00\x01", 5)             # 0x01 is not an UNSUBACK code
-    raises(M, 0x90, b"\x00\x01\x03", 4)                 # 3 is not a SUBACK return code
+    raises(P, 0x40, b"\x00\x01\x05", 5)  # not a PUBACK reason code
+    raises(P, 0x62, b"\x00\x01\x10", 5)  # not a PUBREL reason code
+    raises(M, 0x40, b"\x00\x01\x00\x00\xff", 5)  # trailing garbage
+    raises(M, 0x20, b"\x00\x00\x00", 4)  # CONNACK v3.1.1 is 2 bytes
+    raises(M, 0x20, b"\x02\x00", 4)  # reserved acknowledge flags
+    raises(M, 0x20, b"\x00\x06", 4)  # reserved return code
+    raises(P, 0x20, b"\x00\x10\x00", 5)  # not a CONNACK reason code
+    raises(M, 0xB0, b"\x00\x01\x00", 4)  # UNSUBACK v3.1.1 has no payload
+    raises(P, 0xB0, b"\x00\x01\x00", 5)  # v5 UNSUBACK without reason codes
+    raises(P, 0xB0, b"\x00\x01\x00\x01", 5)  # 0x01 is not an UNSUBACK code
+    raises(M, 0x90, b"\x00\x01\x03", 4)  # 3 is not a SUBACK return code
     raises(P, 0x90, b"\x00\x01\x00\x19", 5)
-    raises(M, 0x90, b"\x00\x01", 4)                     # no return codes
+    raises(M, 0x90, b"\x00\x01", 4)  # no return codes
 
 
 # --- SUBSCRIBE / UNSUBSCRIBE -----------------------------------------------------------------------
 
+
 def test_subscribe_errors():
-    raises(P, 0x82, b"\x00\x01\x00", 5)                 # no subscriptions
+    raises(P, 0x82, b"\x00\x01\x00", 5)  # no subscriptions
     raises(M, 0x82, b"\x00\x01", 4)
     raises(M, 0x82, b"\x00\x01\x00" + s("a") + b"\x40", 5)  # reserved bit 6
     raises(M, 0x82, b"\x00\x01\x00" + s("a") + b"\x80", 5)  # reserved bit 7
-    raises(M, 0x82, b"\x00\x01" + s("a") + b"\x04", 4)      # no-local bit is reserved before v5
-    raises(M, 0x82, b"\x00\x01" + s("a") + b"\x03", 4)      # QoS 3
+    raises(M, 0x82, b"\x00\x01" + s("a") + b"\x04", 4)  # no-local bit is reserved before v5
+    raises(M, 0x82, b"\x00\x01" + s("a") + b"\x03", 4)  # QoS 3
     raises(M, 0x82, b"\x00\x01\x00" + s("a") + b"\x30", 5)  # retain handling 3
-    raises(M, 0x82, b"\x00\x01" + s("a"), 4)                # options byte missing
+    raises(M, 0x82, b"\x00\x01" + s("a"), 4)  # options byte missing
     raises(M, 0x82, b"\x00\x00\x00" + s("a") + b"\x00", 5)  # packet id 0: malformed (0x81), as strict peers expect
     raises(M, 0x82, b"\x00\x00" + s("a") + b"\x00", 4)
     raises(M, 0xA2, b"\x00\x00\x00" + s("a"), 5)
     raises(M, 0xA2, b"\x00\x00" + s("a"), 4)
-    raises(P, 0xA2, b"\x00\x01\x00", 5)                 # no topic filters
+    raises(P, 0xA2, b"\x00\x01\x00", 5)  # no topic filters
     raises(M, 0xA2, b"\x00\x01", 4)
     raises(M, 0xA2, b"\x00\x01" + s("a") + b"\x00", 4)  # truncated second filter
 
@@ -262,14 +296,15 @@ def test_subscribe_options_decode():
 
 # --- PINGREQ / PINGRESP / DISCONNECT / AUTH ----------------------------------------------------------
 
+
 def test_empty_packets_and_disconnect():
     raises(M, 0xC0, b"\x00", 4)
     raises(M, 0xD0, b"\x00", 5)
-    raises(M, 0xE0, b"\x00", 4)                         # v3.1.1 DISCONNECT has no body
-    raises(P, 0xE0, b"\x84", 5)                         # not a DISCONNECT reason code
-    raises(M, 0xE0, b"\x00\x00\x00", 5)                 # trailing garbage
-    raises(P, 0xF0, b"\x01\x00", 5)                     # not an AUTH reason code
-    raises(P, 0xE0, b"\x00\x02\x12\x00", 5)             # assigned client id not allowed
+    raises(M, 0xE0, b"\x00", 4)  # v3.1.1 DISCONNECT has no body
+    raises(P, 0xE0, b"\x84", 5)  # not a DISCONNECT reason code
+    raises(M, 0xE0, b"\x00\x00\x00", 5)  # trailing garbage
+    raises(P, 0xF0, b"\x01\x00", 5)  # not an AUTH reason code
+    raises(P, 0xE0, b"\x00\x02\x12\x00", 5)  # assigned client id not allowed
     assert decode_packet(0xE0, b"\x04", 5).reason_code == ReasonCode.DISCONNECT_WITH_WILL_MESSAGE
     assert decode_packet(0xE0, b"", 5).reason_code == ReasonCode.NORMAL_DISCONNECTION
 

@@ -67,13 +67,16 @@ def test_embedded_default_is_the_repository_plugins_toml() -> None:
     embedded = importlib.resources.files("ternmq.kernel").joinpath("default.toml").read_text("utf-8")
     assert embedded == (REPOSITORY / "plugins.toml").read_text("utf-8")
     assert attrs.evolve(load_config(), source="x", directory=None) == attrs.evolve(
-        load_config(REPOSITORY / "plugins.toml"), source="x", directory=None)
+        load_config(REPOSITORY / "plugins.toml"), source="x", directory=None
+    )
 
 
 def test_embedded_default_is_a_loopback_development_broker() -> None:
     config = load_config()
     assert config.source == EMBEDDED_DEFAULT
-    assert [(l.name, l.type, l.address, l.port) for l in config.listeners] == [("default", "tcp", "127.0.0.1", 1883)]
+    assert [(item.name, item.type, item.address, item.port) for item in config.listeners] == [
+        ("default", "tcp", "127.0.0.1", 1883)
+    ]
     assert config.broker.allow_anonymous is True
     assert [(p.name, p.enabled) for p in config.plugins] == [("retainer", True)]
 
@@ -96,10 +99,18 @@ def test_empty_file_gives_the_built_in_defaults(write: Any) -> None:
 
 
 LIMIT_VALUES = {
-    "max_packet_size": 268_435_455, "max_client_id_length": 23, "max_inflight": 65535,
-    "max_queued_messages": 0, "max_subscriptions_per_client": 0, "max_topic_levels": 0,
-    "max_topic_alias": 0, "max_keep_alive": 1, "connect_timeout": 0.25,
-    "persistent_session_expiry": 3600, "max_session_expiry": 86400, "outbound_buffer_bytes": 1,
+    "max_packet_size": 268_435_455,
+    "max_client_id_length": 23,
+    "max_inflight": 65535,
+    "max_queued_messages": 0,
+    "max_subscriptions_per_client": 0,
+    "max_topic_levels": 0,
+    "max_topic_alias": 0,
+    "max_keep_alive": 1,
+    "connect_timeout": 0.25,
+    "persistent_session_expiry": 3600,
+    "max_session_expiry": 86400,
+    "outbound_buffer_bytes": 1,
 }
 
 
@@ -121,11 +132,18 @@ def test_limits_as_an_inline_table_and_integer_seconds(write: Any) -> None:
 
 
 def test_broker_settings_round_trip(write: Any) -> None:
-    settings = BrokerSettings(node_name="n1@10.0.0.1", allow_anonymous=True, data_dir="/var/lib/tq",
-                              hook_timeout=0.5, notification_timeout=9, control_socket="off",
-                              plugin_path=(Path("/opt/ternmq/plugins"), Path("/srv/more")))
-    text = "[broker]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in attrs.asdict(settings).items()
-                                  if k != "limits")
+    settings = BrokerSettings(
+        node_name="n1@10.0.0.1",
+        allow_anonymous=True,
+        data_dir="/var/lib/tq",
+        hook_timeout=0.5,
+        notification_timeout=9,
+        control_socket="off",
+        plugin_path=(Path("/opt/ternmq/plugins"), Path("/srv/more")),
+    )
+    text = "[broker]\n" + "".join(
+        f"{k} = {toml_value(v)}\n" for k, v in attrs.asdict(settings).items() if k != "limits"
+    )
     assert load_config(write(text)).broker == settings
 
 
@@ -151,9 +169,19 @@ type = "ws"
 """)
     assert load_config(path).listeners == (
         ListenerConfig(name="plain", port=0),
-        ListenerConfig(name="secure", type="wss", address="0.0.0.0", port=8884, max_connections=5,
-                       certfile="c.pem", keyfile="k.pem", cafile="ca.pem", require_certificate=True,
-                       use_identity_as_username=True, path="/ws"),
+        ListenerConfig(
+            name="secure",
+            type="wss",
+            address="0.0.0.0",
+            port=8884,
+            max_connections=5,
+            certfile="c.pem",
+            keyfile="k.pem",
+            cafile="ca.pem",
+            require_certificate=True,
+            use_identity_as_username=True,
+            path="/ws",
+        ),
         ListenerConfig(name="listener2", type="ws"),
     )
 
@@ -209,10 +237,12 @@ def config_text(table: str, key: str, value: Any, *, listener_name: str = "edge"
     return f"[{table}]\n{key} = {toml_value(value)}\n"
 
 
-@pytest.mark.parametrize(("table", "key", "value", "message"), BAD_VALUES,
-                         ids=[f"{t}.{k}={v}" for t, k, v, _ in BAD_VALUES])
-def test_validator_refuses_value_naming_file_table_and_key(write: Any, table: str, key: str, value: Any,
-                                                           message: str) -> None:
+@pytest.mark.parametrize(
+    ("table", "key", "value", "message"), BAD_VALUES, ids=[f"{t}.{k}={v}" for t, k, v, _ in BAD_VALUES]
+)
+def test_validator_refuses_value_naming_file_table_and_key(
+    write: Any, table: str, key: str, value: Any, message: str
+) -> None:
     path = write(config_text(table, key, value))
     error = refused(path)
     expected_table = "listeners.edge" if table == "listeners" else table
@@ -236,10 +266,12 @@ BAD_TYPES = [
 ]
 
 
-@pytest.mark.parametrize(("table", "key", "value", "message"), BAD_TYPES,
-                         ids=[f"{t}.{k}={v!r}" for t, k, v, _ in BAD_TYPES])
-def test_wrong_type_is_refused_naming_file_table_and_key(write: Any, table: str, key: str, value: Any,
-                                                         message: str) -> None:
+@pytest.mark.parametrize(
+    ("table", "key", "value", "message"), BAD_TYPES, ids=[f"{t}.{k}={v!r}" for t, k, v, _ in BAD_TYPES]
+)
+def test_wrong_type_is_refused_naming_file_table_and_key(
+    write: Any, table: str, key: str, value: Any, message: str
+) -> None:
     path = write(config_text(table, key, value))
     error = refused(path)
     expected_table = "listeners.edge" if table == "listeners" else table
@@ -247,14 +279,18 @@ def test_wrong_type_is_refused_naming_file_table_and_key(write: Any, table: str,
     assert message in str(error)
 
 
-@pytest.mark.parametrize(("text", "table", "key"), [
-    ("[brokers]\n", "brokers", None),
-    ("[listener]\nport = 1\n", "listener", None),
-    ("[broker]\nallow_anonymus = true\n", "broker", "allow_anonymus"),
-    ("[broker.limits]\nmax_inflights = 1\n", "broker.limits", "max_inflights"),
-    ("[broker.limit]\nmax_inflight = 1\n", "broker", "limit"),
-    ('[[listeners]]\nname = "x"\nhost = "0.0.0.0"\n', "listeners.x", "host"),
-], ids=["table", "singular-listener-table", "broker-key", "limits-key", "limits-table-typo", "listener-key"])
+@pytest.mark.parametrize(
+    ("text", "table", "key"),
+    [
+        ("[brokers]\n", "brokers", None),
+        ("[listener]\nport = 1\n", "listener", None),
+        ("[broker]\nallow_anonymus = true\n", "broker", "allow_anonymus"),
+        ("[broker.limits]\nmax_inflights = 1\n", "broker.limits", "max_inflights"),
+        ("[broker.limit]\nmax_inflight = 1\n", "broker", "limit"),
+        ('[[listeners]]\nname = "x"\nhost = "0.0.0.0"\n', "listeners.x", "host"),
+    ],
+    ids=["table", "singular-listener-table", "broker-key", "limits-key", "limits-table-typo", "listener-key"],
+)
 def test_unknown_tables_and_keys_are_refused(write: Any, text: str, table: str, key: str | None) -> None:
     path = write(text)
     error = refused(path)
@@ -268,27 +304,59 @@ def test_unknown_key_error_lists_the_known_keys(write: Any) -> None:
     assert "allow_anonymous" in str(error).split("known keys")[1]
 
 
-@pytest.mark.parametrize(("text", "table", "key", "message"), [
-    ('[[listeners]]\nname = "s"\ntype = "tls"\n', "listeners.s", "certfile", "needs certfile and keyfile"),
-    ('[[listeners]]\nname = "s"\ntype = "wss"\ncertfile = "c.pem"\n', "listeners.s", "certfile",
-     "needs certfile and keyfile"),
-    ('[[listeners]]\nname = "s"\ntype = "tls"\ncertfile = "c"\nkeyfile = "k"\nrequire_certificate = true\n',
-     "listeners.s", "cafile", "require_certificate needs a cafile"),
-    ('[[listeners]]\nname = "s"\ntype = "tls"\ncertfile = "c"\nkeyfile = "k"\nuse_identity_as_username = true\n',
-     "listeners.s", "use_identity_as_username", "cafile"),
-    ('[[listeners]]\nname = "p"\nuse_identity_as_username = true\n', "listeners.p", "use_identity_as_username",
-     "tls or wss"),
-    ('[[listeners]]\nname = "a"\n[[listeners]]\nname = "a"\nport = 2\n', "listeners.a", "name", "unique"),
-    ("listeners = 5\n", "listeners", None, "array of tables"),
-    ("[listeners]\nname = \"x\"\n", "listeners", None, "array of tables"),
-    ("listeners = [5]\n", "listeners.0", None, "must be a table"),
-    ("[broker]\nlimits = 5\n", "broker.limits", None, "must be a table"),
-    ("plugins = 5\n", "plugins", None, "table of [plugins.NAME] tables"),
-    ("[plugins]\nretainer = true\n", "plugins.retainer", None, "must be a table"),
-    ('[plugins.retainer]\nenabled = "yes"\n', "plugins.retainer", "enabled", "true or false"),
-], ids=["tls-no-certfile", "wss-no-keyfile", "require-cert-no-cafile", "identity-no-cafile",
-        "identity-on-tcp", "duplicate-listener", "listeners-not-array", "listeners-table",
-        "listener-not-table", "limits-not-table", "plugins-not-table", "plugin-not-table", "plugin-enabled"])
+@pytest.mark.parametrize(
+    ("text", "table", "key", "message"),
+    [
+        ('[[listeners]]\nname = "s"\ntype = "tls"\n', "listeners.s", "certfile", "needs certfile and keyfile"),
+        (
+            '[[listeners]]\nname = "s"\ntype = "wss"\ncertfile = "c.pem"\n',
+            "listeners.s",
+            "certfile",
+            "needs certfile and keyfile",
+        ),
+        (
+            '[[listeners]]\nname = "s"\ntype = "tls"\ncertfile = "c"\nkeyfile = "k"\nrequire_certificate = true\n',
+            "listeners.s",
+            "cafile",
+            "require_certificate needs a cafile",
+        ),
+        (
+            '[[listeners]]\nname = "s"\ntype = "tls"\ncertfile = "c"\nkeyfile = "k"\nuse_identity_as_username = true\n',
+            "listeners.s",
+            "use_identity_as_username",
+            "cafile",
+        ),
+        (
+            '[[listeners]]\nname = "p"\nuse_identity_as_username = true\n',
+            "listeners.p",
+            "use_identity_as_username",
+            "tls or wss",
+        ),
+        ('[[listeners]]\nname = "a"\n[[listeners]]\nname = "a"\nport = 2\n', "listeners.a", "name", "unique"),
+        ("listeners = 5\n", "listeners", None, "array of tables"),
+        ('[listeners]\nname = "x"\n', "listeners", None, "array of tables"),
+        ("listeners = [5]\n", "listeners.0", None, "must be a table"),
+        ("[broker]\nlimits = 5\n", "broker.limits", None, "must be a table"),
+        ("plugins = 5\n", "plugins", None, "table of [plugins.NAME] tables"),
+        ("[plugins]\nretainer = true\n", "plugins.retainer", None, "must be a table"),
+        ('[plugins.retainer]\nenabled = "yes"\n', "plugins.retainer", "enabled", "true or false"),
+    ],
+    ids=[
+        "tls-no-certfile",
+        "wss-no-keyfile",
+        "require-cert-no-cafile",
+        "identity-no-cafile",
+        "identity-on-tcp",
+        "duplicate-listener",
+        "listeners-not-array",
+        "listeners-table",
+        "listener-not-table",
+        "limits-not-table",
+        "plugins-not-table",
+        "plugin-not-table",
+        "plugin-enabled",
+    ],
+)
 def test_inconsistent_tables_are_refused(write: Any, text: str, table: str, key: str | None, message: str) -> None:
     path = write(text)
     error = refused(path)
@@ -318,7 +386,7 @@ def test_directory_instead_of_file_is_refused(tmp_path: Path) -> None:
 
 def test_listener_without_a_name_is_named_by_position(write: Any) -> None:
     config = load_config(write("[[listeners]]\nport = 0\n[[listeners]]\nport = 1\n"))
-    assert [l.name for l in config.listeners] == ["listener0", "listener1"]
+    assert [item.name for item in config.listeners] == ["listener0", "listener1"]
 
 
 def test_unnamed_listener_error_names_it_by_position(write: Any) -> None:
@@ -365,15 +433,22 @@ def test_plugin_path_is_relative_to_the_folder_of_the_file(tmp_path: Path, monke
     path.write_text('[broker]\nplugin_path = ["plugins", "../shared", "/opt/ternmq"]\n')
     monkeypatch.chdir("/")
     assert load_config(path).broker.plugin_path == (
-        tmp_path / "etc" / "plugins", tmp_path / "etc" / ".." / "shared", Path("/opt/ternmq"))
+        tmp_path / "etc" / "plugins",
+        tmp_path / "etc" / ".." / "shared",
+        Path("/opt/ternmq"),
+    )
     assert load_config().broker.plugin_path == ()
 
 
-@pytest.mark.parametrize(("value", "message"), [
-    ('"plugins"', "must be a list of paths (strings), not 'plugins'"),
-    ("[5]", "must be a list of paths (strings), not [5]"),
-    ('[""]', "must not hold an empty path"),
-], ids=["string", "number", "empty"])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('"plugins"', "must be a list of paths (strings), not 'plugins'"),
+        ("[5]", "must be a list of paths (strings), not [5]"),
+        ('[""]', "must not hold an empty path"),
+    ],
+    ids=["string", "number", "empty"],
+)
 def test_plugin_path_must_be_a_list_of_paths(write: Any, value: str, message: str) -> None:
     path = write(f"[broker]\nplugin_path = {value}\n")
     error = refused(path)
@@ -390,20 +465,28 @@ class WithPaths:
 
 
 def test_build_attrs_joins_relative_path_keys_to_the_base(tmp_path: Path) -> None:
-    built = build_attrs(WithPaths, {"users_file": "users.json", "certificate": "/abs/c.pem",
-                                    "extra": ["a", "/b"], "label": "kept.txt"}, "f.toml", "plugins.p", base=tmp_path)
+    built = build_attrs(
+        WithPaths,
+        {"users_file": "users.json", "certificate": "/abs/c.pem", "extra": ["a", "/b"], "label": "kept.txt"},
+        "f.toml",
+        "plugins.p",
+        base=tmp_path,
+    )
     assert built == WithPaths(tmp_path / "users.json", Path("/abs/c.pem"), (tmp_path / "a", Path("/b")), "kept.txt")
     # Without a base (a value already resolved, as `set` re-validates) paths are kept as they are.
     assert build_attrs(WithPaths, {"users_file": "users.json"}, "f.toml", "plugins.p").users_file == Path("users.json")
     assert build_attrs(WithPaths, {}, "f.toml", "plugins.p", base=tmp_path) == WithPaths()
 
 
-@pytest.mark.parametrize(("key", "value", "message"), [
-    ("users_file", 5, "must be a path (a string), not 5"),
-    ("users_file", "", "must not be empty"),
-    ("certificate", None, "must be a path (a string), not None"),
-    ("extra", "a", "must be a list of paths (strings), not 'a'"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("users_file", 5, "must be a path (a string), not 5"),
+        ("users_file", "", "must not be empty"),
+        ("certificate", None, "must be a path (a string), not None"),
+        ("extra", "a", "must be a list of paths (strings), not 'a'"),
+    ],
+)
 def test_build_attrs_refuses_what_is_not_a_path(tmp_path: Path, key: str, value: Any, message: str) -> None:
     with pytest.raises(ConfigError) as error:
         build_attrs(WithPaths, {key: value}, "f.toml", "plugins.p", base=tmp_path)

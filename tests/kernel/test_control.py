@@ -44,7 +44,8 @@ async def test_bad_requests_get_an_error_and_the_broker_keeps_serving(tmp_path):
 
 
 async def test_a_second_broker_on_a_live_socket_is_refused_naming_node_name_and_control_socket(
-        tmp_path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="ternmq.control")
     path = str(tmp_path / "ctl.sock")
     async with open_broker(test_config(control_socket=path)):
@@ -57,9 +58,11 @@ async def test_a_second_broker_on_a_live_socket_is_refused_naming_node_name_and_
         while isinstance(error, BaseExceptionGroup):
             (error,) = error.exceptions
         assert isinstance(error, OSError)
-        assert str(error) == (f"another broker already owns the control socket {path}; to run one more broker on "
-                              'this machine, give it another node_name or another control_socket ("off": none) '
-                              "in the [broker] table of <test>")
+        assert str(error) == (
+            f"another broker already owns the control socket {path}; to run one more broker on "
+            'this machine, give it another node_name or another control_socket ("off": none) '
+            "in the [broker] table of <test>"
+        )
         # The first broker keeps its socket.
         answer = await trio.to_thread.run_sync(_request, path, b'{"argv": ["node", "status"]}\n', False)
         assert json.loads(answer)["ok"] is True

@@ -15,6 +15,7 @@ from typing import Any
 import pluggy
 import pytest
 import trio
+import trio.lowlevel
 
 from ternmq.kernel import hookspecs
 from ternmq.kernel.dispatch import PLUGIN_FAILURE, HookDispatcher, PluginPolicy
@@ -39,8 +40,9 @@ def impl(hook: str, function: Callable[..., Any], **marks: Any) -> Any:
     return types.SimpleNamespace(**{hook: hookimpl(**marks)(function)})
 
 
-def setup(*plugins: tuple[str, Any], policies: dict[str, PluginPolicy] | None = None,
-          **dispatcher_kwargs: Any) -> tuple[pluggy.PluginManager, HookDispatcher]:
+def setup(
+    *plugins: tuple[str, Any], policies: dict[str, PluginPolicy] | None = None, **dispatcher_kwargs: Any
+) -> tuple[pluggy.PluginManager, HookDispatcher]:
     pm = make_pm()
     dispatcher = HookDispatcher(pm, **dispatcher_kwargs)
     dispatcher.policies.update(policies or {})
@@ -53,14 +55,17 @@ def setup(*plugins: tuple[str, Any], policies: dict[str, PluginPolicy] | None = 
 def notifier(calls: list[str], label: str, **marks: Any) -> Any:
     def on_plugin_unloaded(name: str) -> None:
         calls.append(label)
+
     return impl("on_plugin_unloaded", on_plugin_unloaded, **marks)
 
 
 def decider(calls: list[str], label: str, answer: Any = None, **marks: Any) -> Any:
     """A plain function that records being called and returns ``answer`` (async or not)."""
+
     def on_deliver(client: ClientInfo, message: Message) -> Any:
         calls.append(label)
         return answer
+
     return impl("on_deliver", on_deliver, **marks)
 
 
@@ -72,8 +77,13 @@ async def decide(dispatcher: HookDispatcher) -> Any:
 
 
 MIXED_MARKS = [
-    ("p1", {}), ("p2", {"trylast": True}), ("p3", {"tryfirst": True}), ("p4", {}),
-    ("p5", {"trylast": True}), ("p6", {"tryfirst": True}), ("p7", {}),
+    ("p1", {}),
+    ("p2", {"trylast": True}),
+    ("p3", {"tryfirst": True}),
+    ("p4", {}),
+    ("p5", {"trylast": True}),
+    ("p6", {"tryfirst": True}),
+    ("p7", {}),
 ]
 
 
@@ -110,12 +120,15 @@ async def test_calling_order_after_unregister() -> None:
 
 async def test_explicit_priority_orders_before_registration_order() -> None:
     calls: list[str] = []
-    policies = {"late": PluginPolicy(priority=20), "early": PluginPolicy(priority=-5),
-                "mid": PluginPolicy(priority=3)}
+    policies = {"late": PluginPolicy(priority=20), "early": PluginPolicy(priority=-5), "mid": PluginPolicy(priority=3)}
     _, dispatcher = setup(
-        ("late", notifier(calls, "late")), ("plain1", notifier(calls, "plain1", trylast=True)),
-        ("early", notifier(calls, "early", trylast=True)), ("plain2", notifier(calls, "plain2")),
-        ("mid", notifier(calls, "mid")), policies=policies)
+        ("late", notifier(calls, "late")),
+        ("plain1", notifier(calls, "plain1", trylast=True)),
+        ("early", notifier(calls, "early", trylast=True)),
+        ("plain2", notifier(calls, "plain2")),
+        ("mid", notifier(calls, "mid")),
+        policies=policies,
+    )
     await dispatcher.notify("on_plugin_unloaded", name="x")
     assert calls[:3] == ["early", "mid", "late"]
     # Plugins without a priority follow, in registration order but for trylast.
@@ -129,11 +142,14 @@ async def test_priority_from_manager_settings_orders_calls(broker: Any) -> None:
     def wakeup_recorder(label: str) -> Any:
         def on_client_wakeup(client: ClientInfo) -> None:
             calls.append(label)
+
         return impl("on_client_wakeup", on_client_wakeup)
 
-    async with registered(broker, wakeup_recorder("none"), name="none"), \
-            registered(broker, wakeup_recorder("second"), name="second", priority=2), \
-            registered(broker, wakeup_recorder("first"), name="first", priority=1):
+    async with (
+        registered(broker, wakeup_recorder("none"), name="none"),
+        registered(broker, wakeup_recorder("second"), name="second", priority=2),
+        registered(broker, wakeup_recorder("first"), name="first", priority=1),
+    ):
         assert broker.dispatcher.implementers("on_client_wakeup") == ["first", "second", "none"]
         async with MQTTTestClient.open(broker.port()) as client:
             assert (await client.connect("prio")).reason_code == 0
@@ -156,12 +172,17 @@ async def test_decision_first_answer_wins_and_later_implementations_are_not_call
             async def run() -> Any:
                 calls.append(label + ":awaited")
                 return answer
+
             return run()
+
         return impl("on_deliver", on_deliver)
 
     # Registered first = called first (the configuration's order).
-    _, dispatcher = setup(("first", decider(calls, "first", None)), ("second", lazy_async("second", deny(0x97))),
-                          ("never", lazy_async("never", allow())))
+    _, dispatcher = setup(
+        ("first", decider(calls, "first", None)),
+        ("second", lazy_async("second", deny(0x97))),
+        ("never", lazy_async("never", allow())),
+    )
     answer = await decide(dispatcher)
     assert answer == deny(0x97)
     assert calls == ["first", "second", "second:awaited"]
@@ -178,9 +199,10 @@ async def test_decision_none_passes_on_and_nobody_answering_returns_none() -> No
 @pytest.mark.parametrize("answer", [allow(topic="x/y"), deny(0x87, "no"), auth_continue(b"more")])
 async def test_decision_answer_of_async_implementation_is_returned(answer: Any) -> None:
     async def on_deliver(client: ClientInfo, message: Message) -> Any:
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         assert client == CLIENT and message == MESSAGE
         return answer
+
     _, dispatcher = setup(("async", impl("on_deliver", on_deliver)))
     assert await decide(dispatcher) == answer
     assert dispatcher.stats[("async", "on_deliver")].calls == 1
@@ -192,8 +214,10 @@ async def test_sync_and_async_implementations_mix_in_one_chain() -> None:
     async def on_deliver(message: Message) -> Any:
         calls.append("async")
         return None
-    _, dispatcher = setup(("async", impl("on_deliver", on_deliver)),
-                          ("sync", decider(calls, "sync", allow(payload=b"z"))))
+
+    _, dispatcher = setup(
+        ("async", impl("on_deliver", on_deliver)), ("sync", decider(calls, "sync", allow(payload=b"z")))
+    )
     assert await decide(dispatcher) == allow(payload=b"z")
     assert calls == ["async", "sync"]
 
@@ -203,6 +227,7 @@ async def test_implementation_gets_only_the_arguments_it_declares() -> None:
 
     def on_deliver(message: Message) -> None:
         seen.append(message)
+
     _, dispatcher = setup(("opt-in", impl("on_deliver", on_deliver)))
     await decide(dispatcher)
     assert seen == [MESSAGE]
@@ -216,10 +241,13 @@ async def test_raising_decision_refuses_with_plugin_failure_under_on_error_deny(
         raise RuntimeError("boom")
 
     async def async_boom(client: ClientInfo) -> Any:
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         raise RuntimeError("boom")
-    _, dispatcher = setup(("broken", impl("on_deliver", async_boom if is_async else sync_boom)),
-                          ("after", decider(calls, "after", allow())))
+
+    _, dispatcher = setup(
+        ("broken", impl("on_deliver", async_boom if is_async else sync_boom)),
+        ("after", decider(calls, "after", allow())),
+    )
     assert await decide(dispatcher) is PLUGIN_FAILURE
     assert PLUGIN_FAILURE.reason_code == 0x80
     stats = dispatcher.stats[("broken", "on_deliver")]
@@ -233,8 +261,12 @@ async def test_raising_decision_passes_to_next_under_on_error_next() -> None:
 
     def boom(client: ClientInfo) -> Any:
         raise ValueError("bad")
-    _, dispatcher = setup(("broken", impl("on_deliver", boom)), ("after", decider(calls, "after", allow())),
-                          policies={"broken": PluginPolicy(on_error="next")})
+
+    _, dispatcher = setup(
+        ("broken", impl("on_deliver", boom)),
+        ("after", decider(calls, "after", allow())),
+        policies={"broken": PluginPolicy(on_error="next")},
+    )
     assert await decide(dispatcher) == allow()
     assert calls == ["after"]
     assert dispatcher.stats[("broken", "on_deliver")].errors == 1
@@ -252,6 +284,7 @@ async def test_bad_answer_type_counts_as_error_and_refuses() -> None:
 async def test_hanging_decision_meets_hook_timeout_and_counts_a_timeout(autojump_clock: Any) -> None:
     async def on_deliver() -> Any:
         await trio.sleep_forever()
+
     _, dispatcher = setup(("slow", impl("on_deliver", on_deliver)), hook_timeout=3.0)
     start = trio.current_time()
     assert await decide(dispatcher) is PLUGIN_FAILURE
@@ -265,8 +298,13 @@ async def test_per_plugin_hook_timeout_overrides_the_dispatchers(autojump_clock:
 
     async def on_deliver() -> Any:
         await trio.sleep_forever()
-    _, dispatcher = setup(("slow", impl("on_deliver", on_deliver)), ("next", decider(calls, "next", deny(0x97))),
-                          policies={"slow": PluginPolicy(hook_timeout=0.25, on_error="next")}, hook_timeout=60.0)
+
+    _, dispatcher = setup(
+        ("slow", impl("on_deliver", on_deliver)),
+        ("next", decider(calls, "next", deny(0x97))),
+        policies={"slow": PluginPolicy(hook_timeout=0.25, on_error="next")},
+        hook_timeout=60.0,
+    )
     start = trio.current_time()
     assert await decide(dispatcher) == deny(0x97)
     assert trio.current_time() - start == pytest.approx(0.25)
@@ -303,9 +341,13 @@ async def test_outer_cancellation_propagates_through_the_dispatcher(family: str,
 
     async def hanging() -> None:
         await trio.sleep_forever()
+
     _, dispatcher = setup(("hang", impl(hook, hanging)), hook_timeout=100.0, notification_timeout=100.0)
-    kwargs = {"decide": {"client": CLIENT, "message": MESSAGE}, "notify": {"name": "x"},
-              "provide": {"topic_filter": "#"}}[family]
+    kwargs = {
+        "decide": {"client": CLIENT, "message": MESSAGE},
+        "notify": {"name": "x"},
+        "provide": {"topic_filter": "#"},
+    }[family]
     reached_after_call = False
     with trio.move_on_after(1.0) as scope:
         await getattr(dispatcher, family)(hook, **kwargs)
@@ -328,9 +370,15 @@ async def test_notification_failure_does_not_stop_later_implementations(autojump
 
     async def slow(name: str) -> None:
         await trio.sleep_forever()
-    _, dispatcher = setup(("first", notifier(calls, "first")), ("boom", impl("on_plugin_unloaded", boom)),
-                          ("middle", notifier(calls, "middle")), ("slow", impl("on_plugin_unloaded", slow)),
-                          ("last", notifier(calls, "last")), notification_timeout=0.5)
+
+    _, dispatcher = setup(
+        ("first", notifier(calls, "first")),
+        ("boom", impl("on_plugin_unloaded", boom)),
+        ("middle", notifier(calls, "middle")),
+        ("slow", impl("on_plugin_unloaded", slow)),
+        ("last", notifier(calls, "last")),
+        notification_timeout=0.5,
+    )
     start = trio.current_time()
     assert await dispatcher.notify("on_plugin_unloaded", name="x") is None
     assert calls == ["first", "middle", "last"]
@@ -346,6 +394,7 @@ async def test_notification_answers_are_ignored() -> None:
     def answers(name: str) -> Any:
         calls.append("answers")
         return deny()
+
     _, dispatcher = setup(("answers", impl("on_plugin_unloaded", answers)), ("after", notifier(calls, "after")))
     await dispatcher.notify("on_plugin_unloaded", name="x")
     assert calls == ["answers", "after"]
@@ -361,7 +410,9 @@ async def test_provide_calls_only_the_first_implementation() -> None:
         def retain_lookup(topic_filter: str) -> Any:
             calls.append(label)
             return [Message(topic_filter, label.encode())]
+
         return impl("retain_lookup", retain_lookup)
+
     _, dispatcher = setup(("first", lookup("first")), ("second", lookup("second")))
     result = await dispatcher.provide("retain_lookup", default=(), topic_filter="t")
     assert [m.payload for m in result] == [b"first"]
@@ -370,8 +421,9 @@ async def test_provide_calls_only_the_first_implementation() -> None:
 
 async def test_provide_async_implementation_and_default_on_none_error_or_absence(autojump_clock: Any) -> None:
     async def retain_lookup(topic_filter: str) -> Any:
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         return [Message(topic_filter)]
+
     _, dispatcher = setup(("async", impl("retain_lookup", retain_lookup)))
     assert [m.topic for m in await dispatcher.provide("retain_lookup", default=(), topic_filter="q")] == ["q"]
 
@@ -380,6 +432,7 @@ async def test_provide_async_implementation_and_default_on_none_error_or_absence
 
     def raises(topic_filter: str) -> None:
         raise OSError("store down")
+
     for name, function in [("none", returns_none), ("raises", raises), ("hangs", hang)]:
         _, dispatcher = setup((name, impl("retain_lookup", function)), hook_timeout=1.0)
         sentinel = object()
@@ -392,6 +445,7 @@ async def test_provide_async_implementation_and_default_on_none_error_or_absence
 async def test_provide_error_is_counted() -> None:
     def retain_store(message: Message) -> None:
         raise RuntimeError("disk full")
+
     _, dispatcher = setup(("store", impl("retain_store", retain_store)))
     await dispatcher.provide("retain_store", message=MESSAGE)
     assert dispatcher.stats[("store", "retain_store")].errors == 1
@@ -409,6 +463,7 @@ async def test_circuit_breaker_opens_after_threshold_and_retries_after_cooldown(
         if failing:
             raise RuntimeError("down")
         return allow()
+
     policy = PluginPolicy(breaker_threshold=3, breaker_cooldown=10.0)
     _, dispatcher = setup(("flaky", impl("on_deliver", on_deliver)), policies={"flaky": policy})
     for _ in range(3):
@@ -436,6 +491,7 @@ async def test_circuit_breaker_reopens_when_the_retry_fails(autojump_clock: Any)
     def on_deliver() -> Any:
         attempts.append("x")
         raise RuntimeError("still down")
+
     policy = PluginPolicy(breaker_threshold=2, breaker_cooldown=5.0)
     _, dispatcher = setup(("flaky", impl("on_deliver", on_deliver)), policies={"flaky": policy})
     for _ in range(2):
@@ -452,9 +508,11 @@ async def test_open_breaker_with_on_error_next_skips_to_the_next_plugin(autojump
 
     async def slow() -> Any:
         await trio.sleep_forever()
+
     policy = PluginPolicy(breaker_threshold=1, breaker_cooldown=30.0, on_error="next", hook_timeout=1.0)
-    _, dispatcher = setup(("slow", impl("on_deliver", slow)), ("backup", decider(calls, "backup", allow())),
-                          policies={"slow": policy})
+    _, dispatcher = setup(
+        ("slow", impl("on_deliver", slow)), ("backup", decider(calls, "backup", allow())), policies={"slow": policy}
+    )
     start = trio.current_time()
     assert await decide(dispatcher) == allow()
     assert trio.current_time() - start == pytest.approx(1.0)
@@ -471,6 +529,7 @@ async def test_circuit_breaker_skips_notifications_while_open(autojump_clock: An
     def on_plugin_unloaded(name: str) -> None:
         attempts.append(name)
         raise RuntimeError("x")
+
     policy = PluginPolicy(breaker_threshold=1, breaker_cooldown=2.0)
     _, dispatcher = setup(("n", impl("on_plugin_unloaded", on_plugin_unloaded)), policies={"n": policy})
     await dispatcher.notify("on_plugin_unloaded", name="1")
@@ -489,6 +548,7 @@ async def test_success_resets_the_consecutive_failure_count() -> None:
         if isinstance(result, Exception):
             raise result
         return result
+
     policy = PluginPolicy(breaker_threshold=3, breaker_cooldown=100.0)
     _, dispatcher = setup(("p", impl("on_deliver", on_deliver)), policies={"p": policy})
     for _ in range(5):
@@ -535,6 +595,7 @@ async def test_has_follows_register_and_unregister() -> None:
 async def test_forget_plugin_drops_its_counters_and_policy() -> None:
     def boom() -> Any:
         raise RuntimeError("x")
+
     pm, dispatcher = setup(("gone", impl("on_deliver", boom)), policies={"gone": PluginPolicy(on_error="next")})
     await decide(dispatcher)
     assert dispatcher.stats[("gone", "on_deliver")].errors == 1

@@ -29,7 +29,6 @@ from ternmq.kernel.types import ClientInfo, Message, allow, deny
 
 from helpers import Gate, client_info, eventually
 
-
 # ------------------------------------------------------------------ auth_on_register
 
 
@@ -41,11 +40,19 @@ class RegisterRecorder:
         self.calls: list[dict[str, Any]] = []
 
     @hookimpl
-    async def auth_on_register(self, client: ClientInfo, password: bytes | None, clean_start: bool,
-                               properties: Any) -> Any:
+    async def auth_on_register(
+        self, client: ClientInfo, password: bytes | None, clean_start: bool, properties: Any
+    ) -> Any:
         attached = self.broker is not None and client.client_id in self.broker.sessions
-        self.calls.append({"client": client, "password": password, "clean_start": clean_start,
-                           "properties": dict(properties), "session_attached": attached})
+        self.calls.append(
+            {
+                "client": client,
+                "password": password,
+                "clean_start": clean_start,
+                "properties": dict(properties),
+                "session_attached": attached,
+            }
+        )
         if self.gate:
             await self.gate.hold()
         return self.answer
@@ -64,9 +71,15 @@ async def test_hook_auth_on_register(broker: Any) -> None:
         gate.release.set()
         connack = await client.next_packet()
         assert isinstance(connack, Connack) and connack.reason_code == 0
-        assert plugin.calls == [{
-            "client": client_info(broker, client, "reg-1", "alice"), "password": b"secret",
-            "clean_start": False, "properties": props, "session_attached": False}]
+        assert plugin.calls == [
+            {
+                "client": client_info(broker, client, "reg-1", "alice"),
+                "password": b"secret",
+                "clean_start": False,
+                "properties": props,
+                "session_attached": False,
+            }
+        ]
 
 
 async def test_hook_auth_on_register_v311_client_has_empty_properties(broker: Any, paho_client: Any) -> None:
@@ -84,8 +97,10 @@ async def test_hook_auth_on_register_v311_client_has_empty_properties(broker: An
 
 @pytest.mark.parametrize("code", [0x86, 0x87, 0x8A, 0x9F])
 async def test_auth_on_register_deny_v5_connack_carries_the_plugins_code(broker: Any, code: int) -> None:
-    async with registered(broker, RegisterRecorder(deny(code, "go away"))), \
-            MQTTTestClient.open(broker.port()) as client:
+    async with (
+        registered(broker, RegisterRecorder(deny(code, "go away"))),
+        MQTTTestClient.open(broker.port()) as client,
+    ):
         connack = await client.connect("denied")
         assert connack.reason_code == code
         assert connack.properties.get("reason_string") == "go away"
@@ -101,11 +116,15 @@ async def test_auth_on_register_deny_seen_by_paho_v5(broker: Any, paho_client: A
         assert properties.ReasonString == "banned"
 
 
-@pytest.mark.parametrize(("code", "v3_name"), [
-    (0x86, "Bad user name or password"), (0x87, "Not authorized"), (0x80, "Not authorized"),
-])
-async def test_auth_on_register_deny_v311_return_code(broker: Any, paho_client: Any, code: int,
-                                                      v3_name: str) -> None:
+@pytest.mark.parametrize(
+    ("code", "v3_name"),
+    [
+        (0x86, "Bad user name or password"),
+        (0x87, "Not authorized"),
+        (0x80, "Not authorized"),
+    ],
+)
+async def test_auth_on_register_deny_v311_return_code(broker: Any, paho_client: Any, code: int, v3_name: str) -> None:
     async with registered(broker, RegisterRecorder(deny(code))):
         c = paho_client("denied-v3", paho.MQTTv311)
         _, reason, _ = await c.connect(broker.port())
@@ -135,8 +154,7 @@ async def test_auth_on_register_client_id_and_username_modifiers(broker: Any) ->
             seen.append(client)
 
     plugin = RegisterRecorder(allow(client_id="renamed", username="carol"))
-    async with registered(broker, plugin), registered(broker, Watcher()), \
-            MQTTTestClient.open(broker.port()) as client:
+    async with registered(broker, plugin), registered(broker, Watcher()), MQTTTestClient.open(broker.port()) as client:
         assert (await client.connect("original", username="dave")).reason_code == 0
         assert "renamed" in broker.sessions and "original" not in broker.sessions
         assert broker.sessions["renamed"].username == "carol"
@@ -152,8 +170,9 @@ async def test_auth_on_register_session_expiry_modifier_makes_session_persistent
             await client.subscribe("keep/#", qos=1)
             await client.disconnect()
             await client.closed()
-        await eventually(lambda: broker.sessions.get("keep-me") is not None
-                         and broker.sessions["keep-me"].connection is None)
+        await eventually(
+            lambda: broker.sessions.get("keep-me") is not None and broker.sessions["keep-me"].connection is None
+        )
         assert broker.sessions["keep-me"].expiry_interval == 120
         async with MQTTTestClient.open(broker.port()) as client:
             connack = await client.connect("keep-me", clean_start=False)
@@ -162,8 +181,7 @@ async def test_auth_on_register_session_expiry_modifier_makes_session_persistent
 
 async def test_auth_on_register_max_inflight_messages_modifier_limits_the_window(broker: Any) -> None:
     async with registered(broker, RegisterRecorder(allow(max_inflight_messages=2))):
-        async with MQTTTestClient.open(broker.port(), auto_ack=False) as sub, \
-                MQTTTestClient.open(broker.port()) as pub:
+        async with MQTTTestClient.open(broker.port(), auto_ack=False) as sub, MQTTTestClient.open(broker.port()) as pub:
             await sub.connect("slow-sub")
             await sub.subscribe("w", qos=1)
             await pub.connect("pub")
@@ -177,8 +195,10 @@ async def test_auth_on_register_max_inflight_messages_modifier_limits_the_window
 
 
 async def test_auth_on_register_max_message_size_modifier_limits_inbound_packets(broker: Any) -> None:
-    async with registered(broker, RegisterRecorder(allow(max_message_size=100))), \
-            MQTTTestClient.open(broker.port()) as client:
+    async with (
+        registered(broker, RegisterRecorder(allow(max_message_size=100))),
+        MQTTTestClient.open(broker.port()) as client,
+    ):
         connack = await client.connect("small")
         assert connack.properties["maximum_packet_size"] == 100
         assert (await client.publish("t", b"x" * 20, qos=1)).reason_code in (0, 0x10)
@@ -208,8 +228,11 @@ async def test_hook_auth_on_publish(broker: Any) -> None:
     """Fires for every PUBLISH before routing; the subscriber sees nothing until it answers."""
     gate = Gate()
     plugin = PublishRecorder(allow(), gate)
-    async with registered(broker, plugin), MQTTTestClient.open(broker.port()) as sub, \
-            MQTTTestClient.open(broker.port()) as pub:
+    async with (
+        registered(broker, plugin),
+        MQTTTestClient.open(broker.port()) as sub,
+        MQTTTestClient.open(broker.port()) as pub,
+    ):
         await sub.connect("sub")
         await sub.subscribe("a/#", qos=1)
         await pub.connect("pub", username="pat")
@@ -224,7 +247,12 @@ async def test_hook_auth_on_publish(broker: Any) -> None:
         [(client, message, is_will)] = plugin.calls
         assert client == client_info(broker, pub, "pub", "pat")
         assert (message.topic, message.payload, message.qos, message.retain, is_will) == (
-            "a/b", b"hello", 1, False, False)
+            "a/b",
+            b"hello",
+            1,
+            False,
+            False,
+        )
         assert dict(message.properties) == props
 
 
@@ -240,8 +268,11 @@ async def test_auth_on_publish_sees_topic_resolved_from_alias(broker: Any) -> No
 
 @pytest.mark.parametrize(("qos", "ack"), [(1, Puback), (2, Pubrec)])
 async def test_auth_on_publish_deny_v5_acknowledges_with_the_plugins_code(broker: Any, qos: int, ack: type) -> None:
-    async with registered(broker, PublishRecorder(deny(0x97, "quota"))), \
-            MQTTTestClient.open(broker.port()) as sub, MQTTTestClient.open(broker.port()) as pub:
+    async with (
+        registered(broker, PublishRecorder(deny(0x97, "quota"))),
+        MQTTTestClient.open(broker.port()) as sub,
+        MQTTTestClient.open(broker.port()) as pub,
+    ):
         await sub.connect("sub")
         await sub.subscribe("d", qos=2)
         await pub.connect("pub")
@@ -252,8 +283,11 @@ async def test_auth_on_publish_deny_v5_acknowledges_with_the_plugins_code(broker
 
 
 async def test_auth_on_publish_deny_v5_qos0_is_dropped_silently(broker: Any) -> None:
-    async with registered(broker, PublishRecorder(deny())), \
-            MQTTTestClient.open(broker.port()) as sub, MQTTTestClient.open(broker.port()) as pub:
+    async with (
+        registered(broker, PublishRecorder(deny())),
+        MQTTTestClient.open(broker.port()) as sub,
+        MQTTTestClient.open(broker.port()) as pub,
+    ):
         await sub.connect("sub")
         await sub.subscribe("d")
         await pub.connect("pub")
@@ -276,8 +310,11 @@ async def test_auth_on_publish_deny_disconnects_a_v311_publisher(broker: Any, pa
 
 
 async def test_auth_on_publish_deny_acks_and_drops_for_mqtt31(broker: Any) -> None:
-    async with registered(broker, PublishRecorder(deny())), \
-            MQTTTestClient.open(broker.port()) as sub, MQTTTestClient.open(broker.port(), 3) as pub:
+    async with (
+        registered(broker, PublishRecorder(deny())),
+        MQTTTestClient.open(broker.port()) as sub,
+        MQTTTestClient.open(broker.port(), 3) as pub,
+    ):
         await sub.connect("sub")
         await sub.subscribe("d")
         await pub.connect("v31")
@@ -286,10 +323,12 @@ async def test_auth_on_publish_deny_acks_and_drops_for_mqtt31(broker: Any) -> No
 
 
 async def test_auth_on_publish_modifiers_rewrite_topic_qos_payload_retain(broker: Any) -> None:
-    answer = allow(topic="new/topic", qos=2, payload=b"rewritten", retain=True,
-                   properties={"content_type": "x/y"})
-    async with registered(broker, PublishRecorder(answer)), \
-            MQTTTestClient.open(broker.port()) as sub, MQTTTestClient.open(broker.port()) as pub:
+    answer = allow(topic="new/topic", qos=2, payload=b"rewritten", retain=True, properties={"content_type": "x/y"})
+    async with (
+        registered(broker, PublishRecorder(answer)),
+        MQTTTestClient.open(broker.port()) as sub,
+        MQTTTestClient.open(broker.port()) as pub,
+    ):
         await sub.connect("sub")
         await sub.subscribe("new/#", "old/#", qos=2)
         await pub.connect("pub")
@@ -326,6 +365,7 @@ async def test_auth_on_publish_is_called_for_the_will_at_connect(broker: Any) ->
 async def test_auth_on_publish_denied_will_refuses_the_connect(broker: Any, level: int, expected: int) -> None:
     def only_wills(message: Message) -> Any:
         return deny(0x99) if message.topic.startswith("wills/") else None
+
     async with registered(broker, PublishRecorder(only_wills)), MQTTTestClient.open(broker.port(), level) as client:
         connack = await client.connect("bad-will", will=Will("wills/x", b"bye"))
         assert connack.reason_code == expected  # 3.1.1: return code 5
@@ -335,6 +375,7 @@ async def test_auth_on_publish_denied_will_refuses_the_connect(broker: Any, leve
 async def test_auth_on_publish_will_modifiers_apply_when_the_will_is_published(broker: Any) -> None:
     def rewrite(message: Message) -> Any:
         return allow(topic="wills/rewritten", payload=b"gone") if message.topic == "wills/x" else None
+
     async with registered(broker, PublishRecorder(rewrite)), MQTTTestClient.open(broker.port()) as sub:
         await sub.connect("watcher")
         await sub.subscribe("wills/#")

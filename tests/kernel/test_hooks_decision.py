@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-
 from ternmq.kernel.codec import (
     Auth,
     Connack,
@@ -25,7 +24,6 @@ from ternmq.kernel.testing import MQTTTestClient, registered
 from ternmq.kernel.types import ClientInfo, Message, TopicSubscription, allow, auth_continue, deny
 
 from helpers import Gate, client_info, eventually
-
 
 # ----------------------------------------------------------------- auth_on_subscribe
 
@@ -68,8 +66,10 @@ async def test_hook_auth_on_subscribe(broker: Any) -> None:
 
 async def test_auth_on_subscribe_per_topic_codes_and_rewrites(broker: Any) -> None:
     topics = [TopicSubscription("granted/rewritten", 0), ("refused/#", 0x87), ("downgraded", 0)]
-    async with registered(broker, SubscribeRecorder(allow(topics=topics))), \
-            MQTTTestClient.open(broker.port()) as client:
+    async with (
+        registered(broker, SubscribeRecorder(allow(topics=topics))),
+        MQTTTestClient.open(broker.port()) as client,
+    ):
         await client.connect("per-topic")
         suback = await client.subscribe("granted/#", "refused/#", "downgraded", qos=2)
         assert suback.reason_codes == [0, 0x87, 0]
@@ -83,8 +83,10 @@ async def test_auth_on_subscribe_per_topic_codes_and_rewrites(broker: Any) -> No
 
 async def test_auth_on_subscribe_per_topic_refusal_is_0x80_for_v311(broker: Any) -> None:
     topics = [("ok", 1), ("no", 0x87)]
-    async with registered(broker, SubscribeRecorder(allow(topics=topics))), \
-            MQTTTestClient.open(broker.port(), 4) as client:
+    async with (
+        registered(broker, SubscribeRecorder(allow(topics=topics))),
+        MQTTTestClient.open(broker.port(), 4) as client,
+    ):
         await client.connect("v3-sub")
         assert (await client.subscribe("ok", "no", qos=1)).reason_codes == [1, 0x80]
 
@@ -139,8 +141,10 @@ async def test_auth_on_unsubscribe_deny_keeps_subscriptions(broker: Any) -> None
 
 
 async def test_auth_on_unsubscribe_rewrite_replaces_the_filters(broker: Any) -> None:
-    async with registered(broker, UnsubscribeRecorder(allow(topics=["other"]))), \
-            MQTTTestClient.open(broker.port()) as client:
+    async with (
+        registered(broker, UnsubscribeRecorder(allow(topics=["other"]))),
+        MQTTTestClient.open(broker.port()) as client,
+    ):
         await client.connect("rewriter")
         await client.subscribe("asked", "other")
         await client.unsubscribe("asked")
@@ -233,8 +237,12 @@ class DeliverRecorder:
 async def test_hook_on_deliver(broker: Any) -> None:
     """Fires once per delivery with the receiving client and the downgraded message."""
     plugin = DeliverRecorder(lambda client, message: None)
-    async with registered(broker, plugin), MQTTTestClient.open(broker.port()) as s0, \
-            MQTTTestClient.open(broker.port()) as s1, MQTTTestClient.open(broker.port()) as pub:
+    async with (
+        registered(broker, plugin),
+        MQTTTestClient.open(broker.port()) as s0,
+        MQTTTestClient.open(broker.port()) as s1,
+        MQTTTestClient.open(broker.port()) as pub,
+    ):
         await s0.connect("s0", username="zero")
         await s0.subscribe("d/#", qos=0)
         await s1.connect("s1")
@@ -253,8 +261,12 @@ async def test_hook_on_deliver(broker: Any) -> None:
 async def test_on_deliver_rewrites_topic_and_payload_per_subscriber(broker: Any) -> None:
     def rewrite(client: ClientInfo, message: Message) -> Any:
         return allow(topic="r/" + message.topic, payload=message.payload.upper()) if client.client_id == "b" else None
-    async with registered(broker, DeliverRecorder(rewrite)), MQTTTestClient.open(broker.port()) as a, \
-            MQTTTestClient.open(broker.port()) as b:
+
+    async with (
+        registered(broker, DeliverRecorder(rewrite)),
+        MQTTTestClient.open(broker.port()) as a,
+        MQTTTestClient.open(broker.port()) as b,
+    ):
         for c, cid in ((a, "a"), (b, "b")):
             await c.connect(cid)
             await c.subscribe("t/#", qos=1)
@@ -285,9 +297,12 @@ async def test_on_deliver_deny_drops_for_that_subscriber_only(broker: Any) -> No
         def on_message_drop(self, client_id: str, reason: str) -> None:
             drops.append((client_id, reason))
 
-    async with registered(broker, DeliverRecorder(lambda c, m: deny() if c.client_id == "a" else None)), \
-            registered(broker, DropWatcher()), \
-            MQTTTestClient.open(broker.port()) as a, MQTTTestClient.open(broker.port()) as b:
+    async with (
+        registered(broker, DeliverRecorder(lambda c, m: deny() if c.client_id == "a" else None)),
+        registered(broker, DropWatcher()),
+        MQTTTestClient.open(broker.port()) as a,
+        MQTTTestClient.open(broker.port()) as b,
+    ):
         for c, cid in ((a, "a"), (b, "b")):
             await c.connect(cid)
             await c.subscribe("t/#")
@@ -300,8 +315,11 @@ async def test_on_deliver_deny_drops_for_that_subscriber_only(broker: Any) -> No
 async def test_on_deliver_error_delivers_unchanged(broker: Any) -> None:
     def broken(client: ClientInfo, message: Message) -> Any:
         raise RuntimeError("plugin bug")
-    async with registered(broker, DeliverRecorder(broken), name="broken-deliver"), \
-            MQTTTestClient.open(broker.port()) as a:
+
+    async with (
+        registered(broker, DeliverRecorder(broken), name="broken-deliver"),
+        MQTTTestClient.open(broker.port()) as a,
+    ):
         await a.connect("a")
         await a.subscribe("t")
         await broker.publish_message("t", b"safe")
@@ -310,8 +328,10 @@ async def test_on_deliver_error_delivers_unchanged(broker: Any) -> None:
 
 
 async def test_on_deliver_applies_to_retained_messages(broker: Any) -> None:
-    async with registered(broker, DeliverRecorder(lambda c, m: allow(payload=b"R:" + m.payload))), \
-            MQTTTestClient.open(broker.port()) as a:
+    async with (
+        registered(broker, DeliverRecorder(lambda c, m: allow(payload=b"R:" + m.payload))),
+        MQTTTestClient.open(broker.port()) as a,
+    ):
         await broker.publish_message("ret", b"kept", retain=True)
         await a.connect("a")
         await a.subscribe("ret")
@@ -327,7 +347,9 @@ async def test_on_deliver_applies_to_queued_messages_when_they_are_sent(broker: 
         await a.closed()
     await eventually(lambda: broker.sessions["offline"].connection is None)
     await broker.publish_message("q", b"queued", qos=1)
-    async with registered(broker, DeliverRecorder(lambda c, m: allow(payload=b"rewritten"))), \
-            MQTTTestClient.open(broker.port()) as a:
+    async with (
+        registered(broker, DeliverRecorder(lambda c, m: allow(payload=b"rewritten"))),
+        MQTTTestClient.open(broker.port()) as a,
+    ):
         await a.connect("offline", clean_start=False, properties={"session_expiry_interval": 60})
         assert (await a.receive()).payload == b"rewritten"

@@ -21,7 +21,6 @@ from ternmq.kernel.types import ClientInfo, Message, TopicSubscription, allow, d
 
 from helpers import PERSISTENT, Gate, Recorder, client_info, eventually, left_subscribed
 
-
 # ------------------------------------------------------------------------ on_register
 
 
@@ -29,8 +28,12 @@ class RegisterWatcher(Recorder):
     @hookimpl
     async def on_register(self, client: ClientInfo, properties: Any) -> None:
         session = self.broker.sessions.get(client.client_id)
-        await self._record("on_register", client=client, properties=dict(properties),
-                           attached=session is not None and session.connection is not None)
+        await self._record(
+            "on_register",
+            client=client,
+            properties=dict(properties),
+            attached=session is not None and session.connection is not None,
+        )
 
 
 async def test_hook_on_register(broker: Any) -> None:
@@ -53,7 +56,8 @@ async def test_hook_on_register(broker: Any) -> None:
 
 
 async def test_on_register_sees_auth_on_register_modifiers_and_v311_has_no_properties(
-        broker: Any, paho_client: Any) -> None:
+    broker: Any, paho_client: Any
+) -> None:
     class Renamer:
         @hookimpl
         def auth_on_register(self, client: ClientInfo) -> Any:
@@ -66,7 +70,10 @@ async def test_on_register_sees_auth_on_register_modifiers_and_v311_has_no_prope
         await eventually(lambda: plugin.of("on_register"))
         [call] = plugin.of("on_register")
         assert (call["client"].client_id, call["client"].username, call["client"].protocol_level) == (
-            "v3-x", "modified", 4)
+            "v3-x",
+            "modified",
+            4,
+        )
         assert call["properties"] == {}
 
 
@@ -77,8 +84,7 @@ async def test_on_register_not_fired_for_a_refused_connect(broker: Any) -> None:
             return deny(0x87)
 
     plugin = RegisterWatcher(broker)
-    async with registered(broker, Refuser()), registered(broker, plugin), \
-            MQTTTestClient.open(broker.port()) as client:
+    async with registered(broker, Refuser()), registered(broker, plugin), MQTTTestClient.open(broker.port()) as client:
         assert (await client.connect("nope")).reason_code == 0x87
         assert plugin.calls == []
 
@@ -96,8 +102,11 @@ async def test_hook_on_publish(broker: Any) -> None:
     """After routing (the subscriber already has it), before the publisher's PUBACK."""
     gate = Gate()
     plugin = PublishWatcher(broker, gate)
-    async with registered(broker, plugin), MQTTTestClient.open(broker.port()) as sub, \
-            MQTTTestClient.open(broker.port()) as pub:
+    async with (
+        registered(broker, plugin),
+        MQTTTestClient.open(broker.port()) as sub,
+        MQTTTestClient.open(broker.port()) as pub,
+    ):
         await sub.connect("sub")
         await sub.subscribe("p/#", qos=1)
         await pub.connect("pub", username="pu")
@@ -145,12 +154,17 @@ async def test_on_publish_for_service_publishes_names_the_broker(broker: Any) ->
 class SubscribeWatcher(Recorder):
     @hookimpl
     async def on_subscribe(self, client: ClientInfo, subscriptions: Any) -> None:
-        await self._record("on_subscribe", client=client, subscriptions=tuple(subscriptions),
-                           registered=set(self.broker.sessions[client.client_id].subscriptions))
+        await self._record(
+            "on_subscribe",
+            client=client,
+            subscriptions=tuple(subscriptions),
+            registered=set(self.broker.sessions[client.client_id].subscriptions),
+        )
 
 
 async def test_hook_on_subscribe(broker: Any) -> None:
     """After the registry update; refused filters carry their reason code as qos."""
+
     class Auth:
         @hookimpl
         def auth_on_subscribe(self, subscriptions: Any) -> Any:
@@ -164,8 +178,11 @@ async def test_hook_on_subscribe(broker: Any) -> None:
         await eventually(lambda: plugin.of("on_subscribe"))
         [call] = plugin.of("on_subscribe")
         assert call["client"] == client_info(broker, client, "subber", "su")
-        assert call["subscriptions"] == (TopicSubscription("ok/+", 1), TopicSubscription("secret", 0x87),
-                                         TopicSubscription("bad/#/filter", 0x8F))
+        assert call["subscriptions"] == (
+            TopicSubscription("ok/+", 1),
+            TopicSubscription("secret", 0x87),
+            TopicSubscription("bad/#/filter", 0x8F),
+        )
         assert call["registered"] == {"ok/+"}
 
 
@@ -175,8 +192,12 @@ async def test_hook_on_subscribe(broker: Any) -> None:
 class UnsubscribeWatcher(Recorder):
     @hookimpl
     async def on_unsubscribe(self, client: ClientInfo, topic_filters: Any) -> None:
-        await self._record("on_unsubscribe", client=client, topic_filters=tuple(topic_filters),
-                           registered=set(self.broker.sessions[client.client_id].subscriptions))
+        await self._record(
+            "on_unsubscribe",
+            client=client,
+            topic_filters=tuple(topic_filters),
+            registered=set(self.broker.sessions[client.client_id].subscriptions),
+        )
 
 
 async def test_hook_on_unsubscribe(broker: Any) -> None:
@@ -199,8 +220,7 @@ async def test_on_unsubscribe_gets_the_rewritten_filters(broker: Any) -> None:
             return allow(topics=["c"])
 
     plugin = UnsubscribeWatcher(broker)
-    async with registered(broker, Rewriter()), registered(broker, plugin), \
-            MQTTTestClient.open(broker.port()) as client:
+    async with registered(broker, Rewriter()), registered(broker, plugin), MQTTTestClient.open(broker.port()) as client:
         await client.connect("unsubber")
         await client.subscribe("a", "c")
         await client.unsubscribe("a")
@@ -243,13 +263,15 @@ async def test_hook_on_client_wakeup(broker: Any) -> None:
 class DisconnectWatcher(Recorder):
     @hookimpl
     async def on_client_offline(self, client: ClientInfo, reason: str) -> None:
-        await self._record("on_client_offline", client=client, reason=reason,
-                           session_kept=client.client_id in self.broker.sessions)
+        await self._record(
+            "on_client_offline", client=client, reason=reason, session_kept=client.client_id in self.broker.sessions
+        )
 
     @hookimpl
     async def on_client_gone(self, client: ClientInfo, reason: str) -> None:
-        await self._record("on_client_gone", client=client, reason=reason,
-                           session_kept=client.client_id in self.broker.sessions)
+        await self._record(
+            "on_client_gone", client=client, reason=reason, session_kept=client.client_id in self.broker.sessions
+        )
 
 
 async def leave(broker: Any, how: str, client: MQTTTestClient, client_id: str) -> None:
@@ -311,8 +333,7 @@ async def test_hook_on_client_gone(broker: Any, how: str) -> None:
         assert plugin.calls == [("on_client_gone", {"client": info, "reason": how, "session_kept": False})]
 
 
-async def test_on_client_gone_for_v311_clean_session_and_offline_for_persistent(
-        broker: Any, paho_client: Any) -> None:
+async def test_on_client_gone_for_v311_clean_session_and_offline_for_persistent(broker: Any, paho_client: Any) -> None:
     plugin = DisconnectWatcher(broker)
     async with registered(broker, plugin):
         for client_id, clean in (("paho-clean", True), ("paho-persistent", False)):
@@ -322,4 +343,6 @@ async def test_on_client_gone_for_v311_clean_session_and_offline_for_persistent(
             assert await trio.to_thread.run_sync(c.disconnected.wait, 5)
         await eventually(lambda: len(plugin.calls) == 2)
         assert sorted((name, kw["client"].client_id, kw["reason"]) for name, kw in plugin.calls) == [
-            ("on_client_gone", "paho-clean", "normal"), ("on_client_offline", "paho-persistent", "normal")]
+            ("on_client_gone", "paho-clean", "normal"),
+            ("on_client_offline", "paho-persistent", "normal"),
+        ]

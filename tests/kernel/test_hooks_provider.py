@@ -12,15 +12,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-
-from ternmq.kernel.admin import CommandError
-from ternmq.kernel.manager import PluginError
 import trio
 
-from ternmq.kernel.admin import Text
+from ternmq.kernel.admin import CommandError, Text
 from ternmq.kernel.broker import Broker
 from ternmq.kernel.codec import Publish, SubscriptionRequest
 from ternmq.kernel.hookspecs import hookimpl
+from ternmq.kernel.manager import PluginError
 from ternmq.kernel.testing import MQTTTestClient, registered, serving, test_config
 from ternmq.kernel.topics import topic_matches
 from ternmq.kernel.types import ClientInfo, Message, SessionSnapshot, TopicSubscription
@@ -82,14 +80,19 @@ async def test_hook_retain_store(broker_factory: Any) -> None:
 async def test_hook_retain_lookup(broker_factory: Any) -> None:
     async with broker_factory(plugins={}) as broker:
         retainer = DictRetainer()
-        retainer.messages = {"r/a": Message("r/a", b"A", 1, True), "r/b": Message("r/b", b"B", 0, True),
-                             "other": Message("other", b"O", 0, True)}
+        retainer.messages = {
+            "r/a": Message("r/a", b"A", 1, True),
+            "r/b": Message("r/b", b"B", 0, True),
+            "other": Message("other", b"O", 0, True),
+        }
         async with registered(broker, retainer), MQTTTestClient.open(broker.port()) as client:
             await client.connect("looker")
             await client.subscribe("r/+", qos=1)
             got = sorted([await client.receive(), await client.receive()], key=lambda p: p.topic)
             assert [(p.topic, p.payload, p.qos, p.retain) for p in got] == [
-                ("r/a", b"A", 1, True), ("r/b", b"B", 0, True)]
+                ("r/a", b"A", 1, True),
+                ("r/b", b"B", 0, True),
+            ]
             assert await client.nothing_received(0.1)
             assert retainer.calls == [("lookup", "r/+")]
             # No lookup for shared subscriptions or retain_handling=2.
@@ -101,9 +104,10 @@ async def test_hook_retain_lookup(broker_factory: Any) -> None:
 async def test_retain_lookup_skips_expired_messages(broker_factory: Any) -> None:
     async with broker_factory(plugins={}) as broker:
         retainer = DictRetainer()
-        retainer.messages = {"x/old": Message("x/old", b"old", 0, True, {"message_expiry_interval": 5},
-                                              created_at=0.0),
-                             "x/new": Message("x/new", b"new", 0, True)}
+        retainer.messages = {
+            "x/old": Message("x/old", b"old", 0, True, {"message_expiry_interval": 5}, created_at=0.0),
+            "x/new": Message("x/new", b"new", 0, True),
+        }
         async with registered(broker, retainer), MQTTTestClient.open(broker.port()) as client:
             await client.connect("exp")
             await client.subscribe("x/#")
@@ -177,8 +181,9 @@ async def broker_with_store(store: DictStore) -> AsyncIterator[Broker]:
 
 async def test_hook_session_store_load_all(broker: Any) -> None:
     store = DictStore()
-    store.sessions["restored"] = SessionSnapshot("restored", "ru", 5, 300, (TopicSubscription("l/#", 1),),
-                                                 (Message("l/1", b"queued", 1),), disconnected_at=0.0)
+    store.sessions["restored"] = SessionSnapshot(
+        "restored", "ru", 5, 300, (TopicSubscription("l/#", 1),), (Message("l/1", b"queued", 1),), disconnected_at=0.0
+    )
     async with broker_with_store(store) as broker, MQTTTestClient.open(broker.port()) as client:
         assert store.of("load_all") == [None]
         assert store.listeners_at_load == [0]  # before the listeners start
@@ -196,8 +201,12 @@ async def test_hook_session_store_save(broker: Any) -> None:
             await client.connect("saver", username="sv", clean_start=False, properties=PERSISTENT)
             await client.subscribe("s/#", qos=1)
             [on_subscribe] = store.of("save")
-            assert (on_subscribe.client_id, on_subscribe.username, on_subscribe.protocol_level,
-                    on_subscribe.expiry_interval) == ("saver", "sv", 5, 300)
+            assert (
+                on_subscribe.client_id,
+                on_subscribe.username,
+                on_subscribe.protocol_level,
+                on_subscribe.expiry_interval,
+            ) == ("saver", "sv", 5, 300)
             assert on_subscribe.subscriptions == (TopicSubscription("s/#", 1),)
             await client.unsubscribe("s/#")
             assert store.of("save")[-1].subscriptions == ()
@@ -273,8 +282,12 @@ class Forwarder:
 
 async def test_hook_cluster_forward(broker: Any) -> None:
     first, second = Forwarder(broker), Forwarder(broker)
-    async with registered(broker, first), registered(broker, second), \
-            MQTTTestClient.open(broker.port()) as sub, MQTTTestClient.open(broker.port()) as pub:
+    async with (
+        registered(broker, first),
+        registered(broker, second),
+        MQTTTestClient.open(broker.port()) as sub,
+        MQTTTestClient.open(broker.port()) as pub,
+    ):
         await sub.connect("sub")
         await sub.subscribe("c/#")
         await pub.connect("pub", username="pu")
@@ -312,8 +325,10 @@ async def test_hook_register_admin_commands(broker: Any) -> None:
     assert ("hooktest", "ping") not in broker.admin.commands  # removed at unload
 
 
-@pytest.mark.xfail(strict=True, reason="register_api_routes is called by the management API plugin, "
-                   "which comes with the HTTP API issue")
+@pytest.mark.xfail(
+    strict=True,
+    reason="register_api_routes is called by the management API plugin, which comes with the HTTP API issue",
+)
 async def test_hook_register_api_routes(broker: Any) -> None:
     calls: list[Any] = []
 

@@ -17,15 +17,18 @@ from ternmq.kernel.types import Message
 
 from helpers import PERSISTENT, Recorder, eventually, left_subscribed, wait_offline
 
-
 # ------------------------------------------------------------------ on_offline_message
 
 
 class OfflineWatcher(Recorder):
     @hookimpl
     async def on_offline_message(self, client_id: str, message: Message) -> None:
-        await self._record("on_offline_message", client_id=client_id, message=message,
-                           queued=len(self.broker.sessions[client_id].queue))
+        await self._record(
+            "on_offline_message",
+            client_id=client_id,
+            message=message,
+            queued=len(self.broker.sessions[client_id].queue),
+        )
 
 
 async def test_hook_on_offline_message(broker: Any) -> None:
@@ -50,8 +53,7 @@ async def test_hook_on_offline_message(broker: Any) -> None:
 class ExpiryWatcher(Recorder):
     @hookimpl
     async def on_session_expired(self, client_id: str) -> None:
-        await self._record("on_session_expired", client_id=client_id,
-                           still_there=client_id in self.broker.sessions)
+        await self._record("on_session_expired", client_id=client_id, still_there=client_id in self.broker.sessions)
 
 
 async def test_hook_on_session_expired(broker: Any) -> None:
@@ -112,7 +114,10 @@ async def test_on_message_drop_max_packet_size_exceeded(broker: Any) -> None:
         assert (await client.receive()).payload == b"fits"
         [call] = plugin.of("on_message_drop")
         assert (call["client_id"], call["reason"], call["message"].payload) == (
-            "tiny", "max_packet_size_exceeded", b"x" * 100)
+            "tiny",
+            "max_packet_size_exceeded",
+            b"x" * 100,
+        )
 
 
 async def test_on_message_drop_expired_in_the_offline_queue(broker: Any) -> None:
@@ -166,6 +171,8 @@ async def test_hook_on_plugin_unloaded(broker: Any) -> None:
             pass
         await broker.plugins.unload("retainer")
         assert [(c["name"], c["listed"]) for c in watcher.of("on_plugin_unloaded")] == [
-            ("other", False), ("retainer", False)]
+            ("other", False),
+            ("retainer", False),
+        ]
     # Once unloaded itself, the watcher's hooks are gone: it does not see its own unload.
     assert [c["name"] for c in watcher.of("on_plugin_unloaded")] == ["other", "retainer"]

@@ -19,9 +19,18 @@ from typing import Any
 
 import attrs
 import paho.mqtt.client as paho
-import plugin_samples
 import pytest
 import trio
+
+import ternmq
+from ternmq.kernel.codec import Puback, Publish
+from ternmq.kernel.config import ConfigError
+from ternmq.kernel.manager import PluginError
+from ternmq.kernel.testing import MQTTTestClient
+from ternmq.plugins import retainer
+
+import plugin_samples
+from helpers import eventually
 from plugin_samples import (
     CALL_ORDER,
     Failer,
@@ -31,15 +40,6 @@ from plugin_samples import (
     Server,
     v311_connack_return_code,
 )
-
-import ternmq
-from ternmq.kernel.codec import Puback, Publish
-from ternmq.kernel.config import ConfigError
-from ternmq.kernel.manager import PluginError
-from ternmq.kernel.testing import MQTTTestClient
-from ternmq.plugins import retainer
-
-from helpers import eventually
 
 
 async def plugin_row(broker: Any, name: str) -> dict[str, Any]:
@@ -88,7 +88,8 @@ def module_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[s
     package = f"ternmq_sample_{uuid.uuid4().hex[:8]}"
     (tmp_path / package).mkdir()
     (tmp_path / package / "__init__.py").write_text("")
-    (tmp_path / package / "hooks.py").write_text(textwrap.dedent('''
+    (tmp_path / package / "hooks.py").write_text(
+        textwrap.dedent("""
         import attrs
         from ternmq.kernel import hookimpl, deny
 
@@ -105,7 +106,8 @@ def module_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[s
             if client.username == CONFIG[-1].banned:
                 return deny(0x8A, "banned")
             return None
-    '''))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     yield f"{package}.hooks"
     for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
@@ -212,8 +214,10 @@ async def test_unknown_name_names_every_way_a_plugin_can_be_found(broker: Any, j
         await broker.plugins.load("nosuch")
     error = caught.value
     assert (error.plugin, str(error)) == ("nosuch", f"plugin nosuch: {error.reason}")
-    assert error.reason.startswith("not a built-in plugin (retainer), not an entry point in group ternmq.plugins "
-                                   "(installed: json_auth) and not a dotted path")
+    assert error.reason.startswith(
+        "not a built-in plugin (retainer), not an entry point in group ternmq.plugins "
+        "(installed: json_auth) and not a dotted path"
+    )
     assert "module:object" in error.reason and "pip install" in error.reason
 
 
@@ -229,8 +233,9 @@ async def test_a_module_that_fails_to_import_is_a_plugin_error(broker: Any, writ
     assert "pip install" in caught.value.reason
     with pytest.raises(PluginError) as caught:
         await broker.plugins.load("nowhere_to_be_found:Plugin")
-    assert caught.value.reason.startswith("cannot import nowhere_to_be_found: no module named "
-                                          "'nowhere_to_be_found'; the broker imports plugins itself")
+    assert caught.value.reason.startswith(
+        "cannot import nowhere_to_be_found: no module named 'nowhere_to_be_found'; the broker imports plugins itself"
+    )
     assert "[broker] plugin_path" in caught.value.reason
     assert set(broker.plugins.loaded) == {"retainer"}
 
@@ -294,14 +299,19 @@ class Plugin:
 """
 
 
-@pytest.mark.parametrize(("stage", "reason"), [
-    ("config", "its configuration was refused: cannot reach db://nowhere"),
-    # users_file is relative: joined to the folder of the broker's configuration file.
-    ("constructor", "set-up failed: [Errno 2] No such file or directory: '{base}/users.json'"),
-    ("serve", "failed to start: database unreachable"),
-], ids=["config", "constructor", "serve"])
+@pytest.mark.parametrize(
+    ("stage", "reason"),
+    [
+        ("config", "its configuration was refused: cannot reach db://nowhere"),
+        # users_file is relative: joined to the folder of the broker's configuration file.
+        ("constructor", "set-up failed: [Errno 2] No such file or directory: '{base}/users.json'"),
+        ("serve", "failed to start: database unreachable"),
+    ],
+    ids=["config", "constructor", "serve"],
+)
 async def test_a_plugin_whose_set_up_fails_is_not_loaded_and_leaves_nothing_registered(
-        broker_factory: Any, write_module: Any, tmp_path: Path, stage: str, reason: str) -> None:
+    broker_factory: Any, write_module: Any, tmp_path: Path, stage: str, reason: str
+) -> None:
     module = write_module("fragile", FRAGILE_PLUGIN)
     async with broker_factory() as broker:
         broker.config = attrs.evolve(broker.config, directory=tmp_path)  # as if read from a file in tmp_path
@@ -323,7 +333,8 @@ async def test_a_plugin_whose_set_up_fails_is_not_loaded_and_leaves_nothing_regi
 
 
 async def test_path_keys_of_a_plugin_table_resolve_against_the_configuration_folder(
-        broker_factory: Any, write_module: Any, tmp_path: Path) -> None:
+    broker_factory: Any, write_module: Any, tmp_path: Path
+) -> None:
     module = write_module("fragile", FRAGILE_PLUGIN)
     async with broker_factory() as broker:
         broker.config = attrs.evolve(broker.config, directory=tmp_path / "etc")
@@ -335,16 +346,23 @@ async def test_path_keys_of_a_plugin_table_resolve_against_the_configuration_fol
             await broker.plugins.load("c", {"users_file": 5}, path=f"{module}:Plugin")
 
 
-@pytest.mark.parametrize(("table", "key"), [
-    ({"colour": "red"}, "colour"),           # unknown key of the plugin
-    ({"limit": "many"}, "limit"),            # wrong type for the plugin's own key
-    ({"on_error": "maybe"}, "on_error"),     # bad value of a kernel key
-    ({"hook_timeout": "soon"}, "hook_timeout"),
-    ({"priority": 1.5}, "priority"),
-])
-async def test_bad_table_is_refused_naming_the_plugin_table_and_key(broker: Any, table: dict[str, Any], key: str) -> None:
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ({"colour": "red"}, "colour"),  # unknown key of the plugin
+        ({"limit": "many"}, "limit"),  # wrong type for the plugin's own key
+        ({"on_error": "maybe"}, "on_error"),  # bad value of a kernel key
+        ({"hook_timeout": "soon"}, "hook_timeout"),
+        ({"priority": 1.5}, "priority"),
+    ],
+)
+async def test_bad_table_is_refused_naming_the_plugin_table_and_key(
+    broker: Any, table: dict[str, Any], key: str
+) -> None:
     with pytest.raises(ConfigError) as caught:
-        await broker.plugins.load("sample", table, source_name="/etc/ternmq/plugins.toml", path="plugin_samples:SamplePlugin")
+        await broker.plugins.load(
+            "sample", table, source_name="/etc/ternmq/plugins.toml", path="plugin_samples:SamplePlugin"
+        )
     assert caught.value.table == "plugins.sample"
     assert caught.value.key == key
     assert str(caught.value).startswith(f"/etc/ternmq/plugins.toml: [plugins.sample] {key}:")
@@ -358,13 +376,24 @@ async def test_plugin_without_config_refuses_any_own_key(broker: Any) -> None:
 
 
 async def test_kernel_keys_of_the_table_are_applied(broker: Any) -> None:
-    table = {"priority": 3, "hook_timeout": 0.25, "on_error": "next", "breaker_threshold": 4,
-             "breaker_cooldown": 1.5, "greeting": "yo"}
+    table = {
+        "priority": 3,
+        "hook_timeout": 0.25,
+        "on_error": "next",
+        "breaker_threshold": 4,
+        "breaker_cooldown": 1.5,
+        "greeting": "yo",
+    }
     loaded = await broker.plugins.load("sample", table, path="plugin_samples:SamplePlugin")
     assert loaded.config == SampleConfig(greeting="yo")  # kernel keys are not the plugin's
     policy = broker.dispatcher.policies["sample"]
-    assert (policy.priority, policy.hook_timeout, policy.on_error, policy.breaker_threshold,
-            policy.breaker_cooldown) == (3, 0.25, "next", 4, 1.5)
+    assert (
+        policy.priority,
+        policy.hook_timeout,
+        policy.on_error,
+        policy.breaker_threshold,
+        policy.breaker_cooldown,
+    ) == (3, 0.25, "next", 4, 1.5)
     assert (await plugin_row(broker, "sample"))["priority"] == 3
 
 
@@ -539,8 +568,9 @@ async def test_hook_timeout_of_the_plugin_table_refuses_a_hanging_publish(broker
 
 
 async def test_on_error_next_lets_the_next_plugin_decide(broker: Any) -> None:
-    failing = (await broker.plugins.load("failing", {"on_error": "next", "priority": 1},
-                                         path="plugin_samples:Failer")).plugin
+    failing = (
+        await broker.plugins.load("failing", {"on_error": "next", "priority": 1}, path="plugin_samples:Failer")
+    ).plugin
     await broker.plugins.load("decider", {"code": 0x97, "priority": 2}, path="plugin_samples:SlowDenier")
     async with MQTTTestClient.open(broker.port()) as client:
         await client.connect("n")
@@ -564,15 +594,31 @@ async def test_error_and_timeout_counts_appear_in_plugin_show(broker: Any) -> No
     hanging = await plugin_row(broker, "hanging")
     assert (failing["errors"], failing["timeouts"]) == (3, 0)
     assert (hanging["errors"], hanging["timeouts"]) == (0, 3)
-    assert set(failing) == {"Plugin", "Type", "Hook(s)", "M:F/A", "source", "version", "state", "priority", "errors",
-                            "timeouts"}
+    assert set(failing) == {
+        "Plugin",
+        "Type",
+        "Hook(s)",
+        "M:F/A",
+        "source",
+        "version",
+        "state",
+        "priority",
+        "errors",
+        "timeouts",
+    }
 
 
 @pytest.mark.parametrize(("on_error", "while_open"), [("deny", 0x80), ("next", 0x10)])
 async def test_circuit_breaker_skips_the_plugin_then_tries_it_after_the_cooldown(
-        broker: Any, on_error: str, while_open: int) -> None:
-    failer = (await broker.plugins.load("failing", {"breaker_threshold": 2, "breaker_cooldown": 0.5,
-                                                    "on_error": on_error}, path="plugin_samples:Failer")).plugin
+    broker: Any, on_error: str, while_open: int
+) -> None:
+    failer = (
+        await broker.plugins.load(
+            "failing",
+            {"breaker_threshold": 2, "breaker_cooldown": 0.5, "on_error": on_error},
+            path="plugin_samples:Failer",
+        )
+    ).plugin
     assert isinstance(failer, Failer)
     async with MQTTTestClient.open(broker.port()) as client:
         await client.connect("b")
@@ -591,8 +637,9 @@ async def test_circuit_breaker_skips_the_plugin_then_tries_it_after_the_cooldown
 
 
 async def test_hanging_plugin_does_not_stall_a_client_it_does_not_concern(broker: Any) -> None:
-    hanger = (await broker.plugins.load("hang-a", {"client_id": "A", "hook_timeout": 1.2},
-                                        path="plugin_samples:Hanger")).plugin
+    hanger = (
+        await broker.plugins.load("hang-a", {"client_id": "A", "hook_timeout": 1.2}, path="plugin_samples:Hanger")
+    ).plugin
     assert isinstance(hanger, Hanger)
     async with MQTTTestClient.open(broker.port()) as a, MQTTTestClient.open(broker.port()) as b:
         await a.connect("A")

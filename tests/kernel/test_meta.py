@@ -32,8 +32,9 @@ SPEC_ATTRIBUTE = hookspecs.PROJECT_NAME + "_spec"
 
 
 def hookspec_functions() -> dict[str, object]:
-    return {name: value for name, value in vars(hookspecs).items()
-            if callable(value) and hasattr(value, SPEC_ATTRIBUTE)}
+    return {
+        name: value for name, value in vars(hookspecs).items() if callable(value) and hasattr(value, SPEC_ATTRIBUTE)
+    }
 
 
 HOOKSPECS = hookspec_functions()
@@ -62,7 +63,8 @@ def test_hook_families_cover_every_hookspec_exactly_once() -> None:
     assert not duplicates, f"hooks listed in more than one family (or twice): {duplicates}"
     assert set(listed) == set(HOOKSPECS), (
         f"missing from families: {sorted(set(HOOKSPECS) - set(listed))}; "
-        f"not a hookspec: {sorted(set(listed) - set(HOOKSPECS))}")
+        f"not a hookspec: {sorted(set(listed) - set(HOOKSPECS))}"
+    )
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -86,8 +88,7 @@ def functions_defined_under(path: Path) -> frozenset[str]:
     names: set[str] = set()
     for file in path.rglob("*.py"):
         tree = ast.parse(file.read_text(encoding="utf-8"), filename=str(file))
-        names.update(node.name for node in ast.walk(tree)
-                     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)))
+        names.update(node.name for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)))
     return frozenset(names)
 
 

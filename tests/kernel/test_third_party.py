@@ -29,6 +29,9 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 import trio
+
+from ternmq.kernel.testing import MQTTTestClient
+
 from plugin_samples import (
     REPO,
     BrokerProcess,
@@ -40,8 +43,6 @@ from plugin_samples import (
     v311_connack_return_code,
 )
 
-from ternmq.kernel.testing import MQTTTestClient
-
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -50,17 +51,21 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_example_is_installed_with_its_entry_point_outside_this_environment(
-        site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import importlib.metadata
 
     # This environment does not have it (the test run installs nothing into it) ...
-    probe = ("import importlib.metadata as m, sys\n"
-             "try: m.version('ternmq-json-auth')\n"
-             "except m.PackageNotFoundError: sys.exit(0)\n"
-             "sys.exit(f'ternmq-json-auth is installed in {sys.prefix}')")
+    probe = (
+        "import importlib.metadata as m, sys\n"
+        "try: m.version('ternmq-json-auth')\n"
+        "except m.PackageNotFoundError: sys.exit(0)\n"
+        "sys.exit(f'ternmq-json-auth is installed in {sys.prefix}')"
+    )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60,
-                            stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+    )
     assert result.returncode == 0, result.stderr
     # ... but the folder does, with its entry point, as soon as it is on sys.path.
     monkeypatch.syspath_prepend(str(site))
@@ -72,9 +77,24 @@ def test_the_example_is_installed_with_its_entry_point_outside_this_environment(
 def test_the_examples_own_test_suite_passes() -> None:
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "examples/third_party/tests", "-c", "examples/third_party/pyproject.toml",
-         "-p", "no:cacheprovider", "-q"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "examples/third_party/tests",
+            "-c",
+            "examples/third_party/pyproject.toml",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "8 passed" in result.stdout, result.stdout
 
@@ -101,8 +121,9 @@ def running(tmp_path: Path, site: Path) -> Iterator[Running]:
     (tmp_path / "etc").mkdir()
     (tmp_path / "work").mkdir()
     socket = tmp_path / "admin.sock"
-    with broker_with_control_socket(tmp_path / "etc", "third-party@127.0.0.1", socket, pythonpath=[site],
-                                    cwd=tmp_path / "work") as (process, config, env):
+    with broker_with_control_socket(
+        tmp_path / "etc", "third-party@127.0.0.1", socket, pythonpath=[site], cwd=tmp_path / "work"
+    ) as (process, config, env):
         yield Running(process, config, env)
 
 
@@ -111,8 +132,9 @@ async def connack_v5(port: int, client_id: str, username: str | None = None, pas
         return (await client.connect(client_id, username=username, password=password)).reason_code
 
 
-async def test_enable_and_disable_json_auth_in_a_running_broker(running: Running, paho_client: Any,
-                                                                tmp_path: Path) -> None:
+async def test_enable_and_disable_json_auth_in_a_running_broker(
+    running: Running, paho_client: Any, tmp_path: Path
+) -> None:
     port = running.process.port
     users = tmp_path / "users.json"
     users.write_text(json.dumps({"alice": "secret"}))
@@ -129,7 +151,8 @@ async def test_enable_and_disable_json_auth_in_a_running_broker(running: Running
     assert enabled == "Done"
     listing = json.loads(await running.ok("--format=json", "plugin", "show", "--plugin=json_auth"))["table"]
     assert [(r["source"], r["version"], r["state"], r["Hook(s)"]) for r in listing] == [
-        ("entry point (ternmq-json-auth)", "1.0.0", "running", ["auth_on_register"])]
+        ("entry point (ternmq-json-auth)", "1.0.0", "running", ["auth_on_register"])
+    ]
     # While enabled: alice with her password is allowed, a wrong password refused.
     assert await connack_v5(port, "alice-3", "alice", b"secret") == 0
     assert await v311_connack_return_code(port, "alice-4", "alice", b"secret") == 0
@@ -167,8 +190,9 @@ async def test_enable_with_a_missing_users_file_fails_and_loads_nothing(running:
     assert result.returncode == 1
     # Relative to the broker's configuration file, not to the folder of either process.
     missing = tmp_path / "etc" / "missing.json"
-    assert result.stderr == (f"ternmq-admin: plugin json_auth: set-up failed: [Errno 2] No such file or "
-                             f"directory: '{missing}'\n")
+    assert result.stderr == (
+        f"ternmq-admin: plugin json_auth: set-up failed: [Errno 2] No such file or directory: '{missing}'\n"
+    )
     shown = json.loads(await running.ok("--format=json", "plugin", "show"))["table"]
     assert [r["Plugin"] for r in shown] == ["retainer"]
     (tmp_path / "etc" / "broken.json").write_text('{"alice": ')
@@ -179,7 +203,8 @@ async def test_enable_with_a_missing_users_file_fails_and_loads_nothing(running:
 
 
 async def test_enable_with_a_relative_users_file_reads_the_one_next_to_the_configuration(
-        running: Running, tmp_path: Path) -> None:
+    running: Running, tmp_path: Path
+) -> None:
     port = running.process.port
     (tmp_path / "etc" / "users.json").write_text(json.dumps({"alice": "secret"}))
     (tmp_path / "work" / "users.json").write_text(json.dumps({"alice": "other"}))  # the broker's cwd: not this one
@@ -197,7 +222,8 @@ async def test_enable_with_a_relative_users_file_reads_the_one_next_to_the_confi
 
 
 async def test_plugin_path_finds_the_example_installed_into_a_folder_next_to_the_configuration(
-        tmp_path: Path, site: Path) -> None:
+    tmp_path: Path, site: Path
+) -> None:
     """``pip install --target`` into a plugin_path folder, as an operator without a
     virtualenv of the broker's would: the entry point name works in plugins.toml."""
     etc = tmp_path / "etc"

@@ -15,8 +15,7 @@ from ternmq.kernel.testing import MQTTTestClient
 from helpers import LEVELS, connected
 
 
-async def retained_for(broker: Broker, topic_filter: str, level: int = 5, qos: int = 1,
-                       wait: float = 0.3) -> list[Any]:
+async def retained_for(broker: Broker, topic_filter: str, level: int = 5, qos: int = 1, wait: float = 0.3) -> list[Any]:
     """What a fresh subscriber to ``topic_filter`` receives on subscribing."""
     async with connected(broker, "late", level) as late:
         await late.subscribe(topic_filter, qos=qos)
@@ -200,8 +199,7 @@ async def test_without_the_retainer_non_retained_publish_still_works(broker_fact
 async def test_mosquitto_pub_retained_then_mosquitto_sub_receives_it(broker: Broker, mosquitto: Any) -> None:
     port = str(broker.port())
     await mosquitto("mosquitto_pub", "-p", port, "-r", "-q", "1", "-t", "mosq/retained", "-m", "sticky")
-    done = await mosquitto("mosquitto_sub", "-p", port, "-t", "mosq/retained", "-C", "1", "-W", "5",
-                           "-F", "%t %r %p")
+    done = await mosquitto("mosquitto_sub", "-p", port, "-t", "mosq/retained", "-C", "1", "-W", "5", "-F", "%t %r %p")
     assert done.stdout.decode().strip() == "mosq/retained 1 sticky"
 
 
@@ -212,8 +210,9 @@ async def test_mosquitto_pub_null_message_clears_the_retained_message(broker: Br
     assert await retained_for(broker, "mosq/retained") == []
 
 
-@pytest.mark.parametrize("protocol", [pytest.param(paho.MQTTv311, id="paho-v311"),
-                                      pytest.param(paho.MQTTv5, id="paho-v5")])
+@pytest.mark.parametrize(
+    "protocol", [pytest.param(paho.MQTTv311, id="paho-v311"), pytest.param(paho.MQTTv5, id="paho-v5")]
+)
 async def test_paho_retained_message_arrives_with_retain_flag(broker: Broker, paho_client: Any, protocol: int) -> None:
     pub = paho_client("paho-pub", protocol)
     await pub.connect(broker.port())
