@@ -13,9 +13,10 @@ from typing import Any
 
 from .admin import Table, Text
 from .codec import Auth, SubscriptionRequest, Will
-from .config import ConfigError
+from .config import BrokerSettings, ConfigError, ListenerConfig
 from .hookspecs import hookimpl
 from .manager import PluginError
+from .service import ListenerInfo, PluginInfo, Service, SessionInfo
 from .topics import TopicError, topic_matches
 from .types import (
     Allow,
@@ -38,6 +39,12 @@ __all__ = [
     "SubscriptionRequest",
     "Will",
     "ConfigError",
+    "BrokerSettings",
+    "ListenerConfig",
+    "Service",
+    "SessionInfo",
+    "ListenerInfo",
+    "PluginInfo",
     "PluginError",
     "TopicError",
     "topic_matches",

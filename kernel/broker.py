@@ -28,6 +28,7 @@ from .manager import PluginManager
 from .registries import MetricsRegistry, SettingsRegistry
 from .router import Router
 from .scheduler import Scheduler
+from .service import Service
 from .session import Session
 from .subscriptions import after_subscribe, after_unsubscribe
 from .topics import validate_topic_filter, validate_topic_name
@@ -79,6 +80,7 @@ class Broker(SessionLifecycle):
         self.plugin_settings = SettingsRegistry()
         register_kernel_commands(self.admin)
         self.plugins = PluginManager(self)
+        self.service = Service(self)
         self.listeners: dict[str, RunningListener] = {}
         self.connections: set[Connection] = set()
         self.started_at = time.time()

@@ -99,6 +99,10 @@ class LoadedPlugin:
     config: Any
     settings: KernelSettings
     state: str = "loading"
+    # What it was loaded from, so that ``reload`` can build it again (None: registered
+    # as a ready object, which cannot be rebuilt).
+    table: Mapping[str, Any] | None = None
+    path: str | None = None
     scope: trio.CancelScope | None = None
     done: trio.Event = attrs.field(factory=trio.Event)
 
@@ -274,10 +278,41 @@ class PluginManager:
         if name in self.loaded:
             raise _error(name, "already loaded")
         target, source, version = self.resolve(path, is_path=True) if path else self.resolve(name)
-        plugin, config, kernel_settings = self.instantiate(name, target, settings or {}, source_name)
-        return await self.register(
+        table = dict(settings or {})
+        plugin, config, kernel_settings = self.instantiate(name, target, table, source_name)
+        loaded = await self.register(
             name, plugin, config=config, settings=kernel_settings, source=source, version=version
         )
+        loaded.table, loaded.path = table, path
+        return loaded
+
+    async def reload(self, name: str) -> LoadedPlugin:
+        """Build the plugin again from the table it was loaded with and swap it in.
+
+        The new instance is built first: when its configuration or constructor fails
+        (a users file that no longer parses...), the running one stays and the error is
+        raised. If the new one then fails to start, the old object is registered again.
+        """
+        old = self.loaded.get(name)
+        if old is None:
+            raise _error(name, "not loaded")
+        if old.table is None:
+            raise _error(name, "was registered as a ready object and cannot be reloaded")
+        target, source, version = self.resolve(old.path, is_path=True) if old.path else self.resolve(name)
+        plugin, config, kernel_settings = self.instantiate(name, target, old.table, self.broker.config.source)
+        await self.unload(name)
+        try:
+            loaded = await self.register(
+                name, plugin, config=config, settings=kernel_settings, source=source, version=version
+            )
+        except PluginError:
+            restored = await self.register(
+                name, old.plugin, config=old.config, settings=old.settings, source=old.source, version=old.version
+            )
+            restored.table, restored.path = old.table, old.path
+            raise
+        loaded.table, loaded.path = old.table, old.path
+        return loaded
 
     async def register(
         self,
@@ -378,7 +413,7 @@ class PluginManager:
 
         try:
             with trio.CancelScope() as loaded.scope:
-                await serve(self.broker, task_status=_Status())
+                await serve(self.broker.service, task_status=_Status())
         except Exception:
             if not started:
                 raise

@@ -23,9 +23,7 @@ from typing import Any
 
 import attrs
 
-from ternmq.kernel.hookspecs import hookimpl
-from ternmq.kernel.topics import topic_matches
-from ternmq.kernel.types import Message
+from ternmq.kernel import Message, hookimpl, topic_matches
 
 log = logging.getLogger("ternmq.plugins.retainer")
 

@@ -1083,38 +1083,31 @@ def test_the_key_check_catches_a_missing_key() -> None:
         check_keys("configuration.md", "`[broker]`", Larger)
 
 
-async def test_plugins_md_service_api_table_matches_the_broker() -> None:
-    from ternmq.kernel.broker import Broker
+def test_plugins_md_service_face_table_names_every_operation() -> None:
+    from ternmq.kernel import Service
 
-    rows = table_rows(document("plugins.md").section("The broker's service API"))
-    methods = {re.match(r"(?:await )?broker\.(\w+)", backticked(row[0])[0]).group(1): row[1] for row in rows}
-    assert set(methods) == {
-        "publish_message",
-        "disconnect_client",
-        "list_sessions",
-        "session_snapshot",
-        "subscriptions_of",
-        "node_name",
-        "subscribe_client",
-        "unsubscribe_client",
-    }
-    assert all(hasattr(Broker, name) for name in methods)
+    rows = table_rows(document("plugins.md").section("The service face"))
+    documented = set()
+    for row in rows:
+        for code in backticked(row[0]):
+            match = re.match(r"(?:await )?service\.(\w+)", code)
+            if match:
+                documented.add(match.group(1))
+    public = {name for name in dir(Service) if not name.startswith("_")}
+    assert documented == public
+
+
+async def test_plugins_md_service_face_session_fields_are_the_documented_ones() -> None:
+    from ternmq.kernel import SessionInfo
+
+    rows = table_rows(document("plugins.md").section("The service face"))
+    sessions_row = next(row for row in rows if "service.sessions()" in row[0])
+    fields = [field.name for field in attrs.fields(SessionInfo)]
+    assert backticked(sessions_row[1])[1:] == fields  # after `SessionInfo`
     async with open_broker() as broker:
         async with MQTTTestClient.open(broker.port()) as client:
             await client.connect("c", clean_start=False, properties=PERSISTENT)
-            await client.subscribe("t", qos=1)
-            columns = backticked(methods["list_sessions"])
-            assert list(broker.list_sessions()[0]) == columns
-            assert broker.session_snapshot("c").subscriptions == broker.subscriptions_of("c")
-            assert broker.session_snapshot("nobody") is None and broker.subscriptions_of("nobody") == ()
-            assert await broker.publish_message("t", b"svc", qos=1) == 1
-            assert (await client.receive()).payload == b"svc"
-            with pytest.raises(ValueError):
-                await broker.publish_message("t/+", b"")
-            assert broker.disconnect_client("nobody") is False
-            assert broker.disconnect_client("c", cleanup=True) is True
-            assert (await client.closed()).reason_code == 0x98
-        await eventually(lambda: "c" not in broker.sessions)  # cleanup ended the session
+            assert [info.client_id for info in broker.service.sessions()] == ["c"]
 
 
 async def test_plugins_md_serve_failures_before_and_after_started() -> None:

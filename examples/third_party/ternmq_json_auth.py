@@ -29,8 +29,7 @@ from pathlib import Path
 
 import attrs
 
-from ternmq.kernel import hookimpl
-from ternmq.kernel.types import ClientInfo, allow, deny
+from ternmq.kernel import ClientInfo, allow, deny, hookimpl
 
 __version__ = "1.0.0"
 log = logging.getLogger("ternmq_json_auth")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import json
 import os
 import re
 import shutil
@@ -215,6 +216,27 @@ class PasswordAuth:
         if password == self.config.password.encode():
             return allow()
         return deny(0x86, "bad username or password")
+
+
+@attrs.frozen
+class UsersFileConfig:
+    users_file: Path
+
+
+class UsersFile:
+    """auth_on_register from a JSON file of {username: password}, read when built: a file
+    that does not parse fails the load (or the reload)."""
+
+    Config = UsersFileConfig
+
+    def __init__(self, config: UsersFileConfig) -> None:
+        self.users: dict[str, str] = json.loads(config.users_file.read_text())
+
+    @hookimpl
+    def auth_on_register(self, client: ClientInfo, password: bytes | None) -> Any:
+        if client.username in self.users:
+            return allow() if password == self.users[client.username].encode() else deny(0x86)
+        return None
 
 
 # -- the third-party example, installed as a user would, outside this environment ------

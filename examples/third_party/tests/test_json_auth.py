@@ -5,7 +5,7 @@ import json
 import pytest
 from ternmq_json_auth import Config, Plugin
 
-from ternmq.kernel.testing import MQTTTestClient, open_broker, registered, test_config
+from ternmq.kernel import MQTTTestClient, open_broker, registered, test_config
 
 
 async def test_known_user_with_right_password_is_allowed(tmp_path):

@@ -1,0 +1,252 @@
+"""The service face: everything a plugin may do with the running broker.
+
+A plugin's ``serve(service, *, task_status)`` gets a :class:`Service`, never the
+:class:`~ternmq.kernel.broker.Broker`. Its operations are the documented ones
+(docs/plugins.md, "The service face"): publish, subscribe and unsubscribe on behalf of a
+client, disconnect a client, query sessions, subscriptions, listeners, retained
+messages and plugins, load, unload and reload plugins, read and set live settings, read
+metrics. What they return are frozen values: a plugin cannot change the broker by
+holding on to them, only by calling the service again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from .codec import ReasonCode
+from .config import BrokerSettings, ListenerConfig
+from .topics import validate_topic_filter
+from .types import Message, SessionSnapshot, TopicSubscription
+
+if TYPE_CHECKING:
+    from .broker import Broker
+    from .manager import LoadedPlugin
+
+__all__ = ["Service", "SessionInfo", "ListenerInfo", "PluginInfo"]
+
+
+@attrs.frozen
+class SessionInfo:
+    """One session, online or not, as ``session show`` lists it."""
+
+    client_id: str
+    is_online: bool
+    user: str | None
+    peer_host: str | None
+    peer_port: int | None
+    protocol: int
+    clean_session: bool
+    listener: str | None
+    subscriptions: int
+    inflight: int
+    queued: int
+    node: str
+
+
+@attrs.frozen
+class ListenerInfo:
+    """One listener, running or stopped."""
+
+    name: str
+    type: str
+    status: str
+    address: str
+    port: int
+    max_connections: int
+    active_connections: int
+    total_connections: int
+
+
+@attrs.frozen
+class PluginInfo:
+    """One loaded plugin, as ``plugin show`` lists it (in calling order)."""
+
+    name: str
+    kind: str  # "module" (a module of hook functions) or "application" (a plugin object)
+    source: str
+    version: str
+    state: str
+    priority: int | None
+    hooks: tuple[str, ...]
+    # VerneMQ's M:F/A per hook: module:function/number of declared arguments.
+    implementations: tuple[str, ...]
+    errors: int
+    timeouts: int
+
+
+class Service:
+    """The operations plugins (and admin commands) may call (see module docstring)."""
+
+    __slots__ = ("_broker",)
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+
+    # -- the node ------------------------------------------------------------------------
+
+    @property
+    def node_name(self) -> str:
+        return self._broker.node_name
+
+    @property
+    def settings(self) -> BrokerSettings:
+        """The live ``[broker]`` settings (a frozen value: set them with ``apply_settings``)."""
+        return self._broker.settings
+
+    def apply_settings(self, settings: BrokerSettings) -> None:
+        """Replace the live settings: new connections and hook calls use them at once."""
+        self._broker.apply_settings(settings)
+
+    def metrics(self) -> dict[str, int | float]:
+        """Kernel counters and gauges, then those plugins registered (``metrics show``)."""
+        broker = self._broker
+        values: dict[str, int | float] = {f"counter.{k}": v for k, v in attrs.asdict(broker.metrics).items()}
+        router = broker.router
+        values["counter.messages_routed"] = router.messages_routed
+        values["counter.deliveries"] = router.deliveries
+        values["counter.messages_dropped"] = router.drops
+        values["gauge.sessions"] = len(broker.sessions)
+        values["gauge.clients_online"] = sum(1 for s in broker.sessions.values() if s.connection is not None)
+        values["gauge.subscriptions"] = len(router.trie)
+        values.update(broker.plugin_metrics.values())
+        return values
+
+    # -- messages ------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes = b"",
+        qos: int = 0,
+        retain: bool = False,
+        properties: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Publish as the broker itself, through a client's publish path after
+        authorization (retain, route, ``on_publish``, ``cluster_forward``); returns the
+        number of subscribers it was delivered or queued to. An invalid topic name raises
+        ``TopicError``; a QoS outside 0–2 ``ValueError``."""
+        if qos not in (0, 1, 2):
+            raise ValueError(f"qos must be 0, 1 or 2, not {qos!r}")
+        return await self._broker.publish_message(topic, bytes(payload), qos, retain, dict(properties or {}))
+
+    async def retained(self, topic_filter: str = "#") -> tuple[Message, ...]:
+        """The retained messages matching ``topic_filter`` by topic (empty without a
+        retainer; expired ones are left out). A bad filter raises ``TopicError``."""
+        validate_topic_filter(topic_filter)
+        broker = self._broker
+        if not broker.retain_available:
+            return ()
+        messages = await broker.dispatcher.provide("retain_lookup", default=(), topic_filter=topic_filter)
+        return tuple(sorted((m for m in messages if not m.expired()), key=lambda m: m.topic))
+
+    async def delete_retained(self, topic: str) -> None:
+        """Forget the retained message of one topic (nothing without a retainer)."""
+        await self._broker.dispatcher.provide("retain_delete", topic=topic)
+
+    @property
+    def retain_available(self) -> bool:
+        return self._broker.retain_available
+
+    # -- sessions and subscriptions ------------------------------------------------------
+
+    def sessions(self) -> tuple[SessionInfo, ...]:
+        return tuple(SessionInfo(**row) for row in self._broker.list_sessions())
+
+    def session(self, client_id: str) -> SessionSnapshot | None:
+        return self._broker.session_snapshot(client_id)
+
+    def subscriptions(self, client_id: str) -> tuple[TopicSubscription, ...]:
+        return self._broker.subscriptions_of(client_id)
+
+    async def subscribe(self, client_id: str, subscriptions: Sequence[TopicSubscription]) -> bool:
+        """Subscribe a session on its client's behalf, as the broker (no
+        ``auth_on_subscribe``, no quota); False when there is no such session."""
+        return await self._broker.subscribe_client(client_id, subscriptions)
+
+    async def unsubscribe(self, client_id: str, topic_filters: Sequence[str]) -> list[bool] | None:
+        """Remove subscriptions, as the broker; per filter whether it existed, None when
+        there is no such session."""
+        return await self._broker.unsubscribe_client(client_id, topic_filters)
+
+    def disconnect(
+        self, client_id: str, reason_code: int = ReasonCode.ADMINISTRATIVE_ACTION, *, cleanup: bool = False
+    ) -> bool:
+        """Close the client's connection (MQTT 5: DISCONNECT ``reason_code``); with
+        ``cleanup`` its session ends too. False when there is no such session."""
+        return self._broker.disconnect_client(client_id, reason_code, cleanup=cleanup)
+
+    # -- listeners -----------------------------------------------------------------------
+
+    def listeners(self) -> tuple[ListenerInfo, ...]:
+        return tuple(
+            ListenerInfo(
+                name,
+                running.config.type,
+                running.status,
+                running.config.address,
+                running.port,
+                running.config.max_connections,
+                running.active,
+                running.total,
+            )
+            for name, running in self._broker.listeners.items()
+        )
+
+    async def start_listener(self, config: ListenerConfig) -> ListenerInfo:
+        running = await self._broker.start_listener(config)
+        return next(info for info in self.listeners() if info.name == running.config.name)
+
+    def stop_listener(self, name: str, *, kill_sessions: bool = False) -> bool:
+        return self._broker.stop_listener(name, kill_sessions=kill_sessions)
+
+    # -- plugins -------------------------------------------------------------------------
+
+    def plugins(self) -> tuple[PluginInfo, ...]:
+        """The loaded plugins in calling order."""
+        broker = self._broker
+        loaded = broker.plugins.loaded
+        return tuple(self._plugin_info(loaded[name]) for name in broker.dispatcher.calling_order() if name in loaded)
+
+    def _plugin_info(self, loaded: LoadedPlugin) -> PluginInfo:
+        broker = self._broker
+        callers = sorted(broker.plugin_manager.get_hookcallers(loaded.plugin) or [], key=lambda c: c.name)
+        implementations = []
+        for caller in callers:
+            impl = next(i for i in caller.get_hookimpls() if i.plugin is loaded.plugin)
+            function = impl.function
+            implementations.append(f"{function.__module__}:{function.__qualname__}/{len(impl.argnames)}")
+        stats = [s for (plugin, _), s in broker.dispatcher.stats.items() if plugin == loaded.name]
+        return PluginInfo(
+            name=loaded.name,
+            kind="module" if isinstance(loaded.plugin, ModuleType) else "application",
+            source=loaded.source,
+            version=loaded.version,
+            state=loaded.state,
+            priority=loaded.settings.priority,
+            hooks=tuple(caller.name for caller in callers),
+            implementations=tuple(implementations),
+            errors=sum(s.errors for s in stats),
+            timeouts=sum(s.timeouts for s in stats),
+        )
+
+    async def load_plugin(
+        self, name: str, settings: Mapping[str, Any] | None = None, *, path: str | None = None
+    ) -> PluginInfo:
+        """Load a plugin (built-in name, entry point, or ``path`` ``module:object``);
+        raises ``PluginError`` and leaves nothing registered when it cannot load."""
+        loaded = await self._broker.plugins.load(name, settings, path=path)
+        return self._plugin_info(loaded)
+
+    async def unload_plugin(self, name: str) -> None:
+        await self._broker.plugins.unload(name)
+
+    async def reload_plugin(self, name: str) -> PluginInfo:
+        """Load a plugin again with the table it was loaded with (files it reads are read
+        again). When the new instance cannot load, the old one stays and ``PluginError``
+        says why."""
+        loaded = await self._broker.plugins.reload(name)
+        return self._plugin_info(loaded)
