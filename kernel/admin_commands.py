@@ -193,26 +193,12 @@ async def _retain_delete(broker: Broker, args: Arguments) -> Text:
     return Text(f"Deleted {count} retained message{'' if count == 1 else 's'} {where}")
 
 
-def metric_values(broker: Broker) -> dict[str, int | float]:
-    """Kernel counters and gauges (what ``metrics show`` and ``node status`` print)."""
-    values: dict[str, int | float] = {f"counter.{k}": v for k, v in attrs.asdict(broker.metrics).items()}
-    router = broker.router
-    values["counter.messages_routed"] = router.messages_routed
-    values["counter.deliveries"] = router.deliveries
-    values["counter.messages_dropped"] = router.drops
-    values["gauge.sessions"] = len(broker.sessions)
-    values["gauge.clients_online"] = sum(1 for s in broker.sessions.values() if s.connection is not None)
-    values["gauge.subscriptions"] = len(router.trie)
-    values.update(broker.plugin_metrics.values())
-    return values
-
-
 def _metrics_show(broker: Broker, args: Arguments) -> Text:
-    return Text("\n".join(f"{name} = {value}" for name, value in sorted(metric_values(broker).items())))
+    return Text("\n".join(f"{name} = {value}" for name, value in sorted(broker.service.metrics().items())))
 
 
 def _node_status(broker: Broker, args: Arguments) -> Table:
-    values = metric_values(broker)
+    values = broker.service.metrics()
     online = values["gauge.clients_online"]
     from ternmq import __version__
 

@@ -215,7 +215,7 @@ class Broker(SessionLifecycle):
     def service_client(self) -> ClientInfo:
         return ClientInfo(f"$broker/{self.node_name}", node=self.node_name)
 
-    # -- service API for plugins -------------------------------------------------------
+    # -- the operations behind the service face (kernel/service.py) -----------------------
 
     async def publish_message(
         self,
