@@ -7,27 +7,34 @@ hook really stops the chain (nothing is left un-awaited), every call has a deadl
 ``Exception`` from a plugin is contained and counted, and ``trio.Cancelled`` always
 propagates. A per-hook snapshot of implementations is rebuilt on every register and
 unregister, so a hook nobody implements costs one dict lookup.
+
+The kernel's own mistakes are not the plugins': a call whose keyword arguments are not
+exactly the hookspec's parameters raises ``TypeError`` to the kernel caller (checked
+only when an implementation is about to be called), and is never counted against a
+plugin. ``tests/kernel/test_hook_calls.py`` checks every call site statically as well.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import operator
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 import pluggy
 import trio
 
+from .codec.errors import ReasonCode
 from .hookspecs import DECISION_HOOKS, NOTIFICATION_HOOKS, PROVIDER_HOOKS
-from .types import Allow, AuthContinue, Deny
+from .types import Allow, Answer, AuthContinue, Deny
 
 log = logging.getLogger("ternmq.dispatch")
 
 # The answer a failed decision hook produces: the request is refused, with a code that
 # is legal in CONNACK, PUBACK, PUBREC, SUBACK and UNSUBACK alike.
-PLUGIN_FAILURE = Deny(0x80, "plugin error")
+PLUGIN_FAILURE = Deny(ReasonCode.UNSPECIFIED_ERROR, "plugin error")
 
 ASYNC_HOOKS = frozenset(DECISION_HOOKS + NOTIFICATION_HOOKS + PROVIDER_HOOKS)
 
@@ -68,6 +75,25 @@ class _Impl:
     argnames: tuple[str, ...]
     stats: HookStats
     policy: PluginPolicy
+    # kwargs -> the implementation's positional arguments (opt-in: only those it declares).
+    arguments: Callable[[dict[str, Any]], tuple[Any, ...]] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "arguments", _argument_getter(self.argnames))
+
+
+def _argument_getter(argnames: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """A function picking ``argnames`` out of a call's kwargs, as a tuple.
+
+    ``itemgetter`` does it in C for two names or more (most hooks); it returns a bare
+    value for a single name, hence the small functions for zero and one.
+    """
+    if len(argnames) >= 2:
+        return operator.itemgetter(*argnames)
+    if argnames:
+        name = argnames[0]
+        return lambda kwargs: (kwargs[name],)
+    return lambda kwargs: ()
 
 
 class HookDispatcher:
@@ -89,6 +115,8 @@ class HookDispatcher:
         self.hook_timeout = hook_timeout
         self.notification_timeout = notification_timeout
         self._impls: dict[str, tuple[_Impl, ...]] = {name: () for name in ASYNC_HOOKS}
+        # Hook name -> the hookspec's argument names (for hooks with implementations).
+        self._parameters: dict[str, frozenset[str]] = {}
         self.stats: dict[tuple[str, str], HookStats] = {}
         self.policies: dict[str, PluginPolicy] = {}
 
@@ -97,12 +125,14 @@ class HookDispatcher:
     def rebuild(self) -> None:
         """Take a new snapshot of implementations; call after every (un)register."""
         impls: dict[str, tuple[_Impl, ...]] = {}
+        parameters: dict[str, frozenset[str]] = {}
         registered = self._registration_order()
         for name in ASYNC_HOOKS:
             caller = getattr(self._plugin_manager.hook, name, None)
-            if caller is None:
+            if caller is None or caller.spec is None:
                 impls[name] = ()
                 continue
+            parameters[name] = frozenset(caller.spec.argnames)
             keyed = []
             for hookimpl in caller.get_hookimpls():
                 plugin_name = hookimpl.plugin_name
@@ -119,6 +149,7 @@ class HookDispatcher:
             keyed.sort(key=lambda pair: pair[0])
             impls[name] = tuple(impl for _, impl in keyed)
         self._impls = impls
+        self._parameters = parameters
 
     def _registration_order(self) -> dict[str, int]:
         # pluggy keeps its plugins in registration order: the configuration's tables in
@@ -160,12 +191,31 @@ class HookDispatcher:
 
     # -- calling ------------------------------------------------------------------------
 
+    def _bad_arguments(self, hook_name: str, kwargs: dict[str, Any]) -> NoReturn:
+        """The kernel called a hook with arguments that are not its hookspec's.
+
+        Callers test ``kwargs.keys() != self._parameters[hook_name]`` inline, only when
+        an implementation is about to run: a set comparison of a few names.
+        """
+        expected = self._parameters[hook_name]
+        missing = sorted(expected - kwargs.keys())
+        unknown = sorted(kwargs.keys() - expected)
+        problems = []
+        if missing:
+            problems.append(f"missing {', '.join(missing)}")
+        if unknown:
+            problems.append(f"unknown {', '.join(unknown)}")
+        raise TypeError(
+            f"hook {hook_name} called with arguments ({', '.join(kwargs)}): {'; '.join(problems)}; "
+            f"its hookspec takes ({', '.join(sorted(expected))})"
+        )
+
     async def _call(self, impl: _Impl, hook_name: str, kwargs: dict[str, Any], timeout: float) -> Any:
         """Call one implementation under its deadline; an error or a timeout is logged,
         counted, and returned as ``_FAILED`` (cancellation is not an Exception: it passes)."""
         impl.stats.calls += 1
         try:
-            result = impl.function(*[kwargs[name] for name in impl.argnames])
+            result = impl.function(*impl.arguments(kwargs))
             if not inspect.isawaitable(result):
                 return result
             with trio.move_on_after(impl.policy.hook_timeout or timeout):
@@ -205,17 +255,19 @@ class HookDispatcher:
                 policy.breaker_cooldown,
             )
 
-    async def decide(self, hook_name: str, **kwargs: Any) -> Allow | Deny | AuthContinue | None:
+    async def decide(self, hook_name: str, **kwargs: Any) -> Answer | None:
         """Ask the implementations of a decision hook in order; first answer wins.
 
         Returns ``None`` when nobody answered (the caller applies the default policy).
         """
-        answer: Allow | Deny | AuthContinue | None = (await self.decide_with_plugin(hook_name, **kwargs))[0]
-        return answer
+        return (await self.decide_with_plugin(hook_name, **kwargs))[0]
 
-    async def decide_with_plugin(self, hook_name: str, **kwargs: Any) -> tuple[Any, str | None]:
+    async def decide_with_plugin(self, hook_name: str, **kwargs: Any) -> tuple[Answer | None, str | None]:
         """Like :meth:`decide`, also naming the plugin that answered (None: nobody)."""
-        for impl in self._impls[hook_name]:
+        impls = self._impls[hook_name]
+        if impls and kwargs.keys() != self._parameters[hook_name]:
+            self._bad_arguments(hook_name, kwargs)
+        for impl in impls:
             if self._breaker_open(impl):
                 if impl.policy.on_error == "next":
                     continue
@@ -241,7 +293,10 @@ class HookDispatcher:
 
     async def notify(self, hook_name: str, **kwargs: Any) -> None:
         """Run every implementation of a notification hook; failures are counted."""
-        for impl in self._impls[hook_name]:
+        impls = self._impls[hook_name]
+        if impls and kwargs.keys() != self._parameters[hook_name]:
+            self._bad_arguments(hook_name, kwargs)
+        for impl in impls:
             if self._breaker_open(impl):
                 continue
             if await self._call(impl, hook_name, kwargs, self.notification_timeout) is not _FAILED:
@@ -252,6 +307,8 @@ class HookDispatcher:
         impls = self._impls[hook_name]
         if not impls:
             return default
+        if kwargs.keys() != self._parameters[hook_name]:
+            self._bad_arguments(hook_name, kwargs)
         impl = impls[0]
         if self._breaker_open(impl):
             return default

@@ -7,7 +7,9 @@ only the arguments you need (pluggy's opt-in arguments). ``async def`` implement
 are awaited by the kernel's dispatcher (``kernel/dispatch.py``) in the task of the
 client concerned.
 
-Families, told apart by name:
+Families (each spec is marked where it is defined with its family's decorator,
+``@decision``, ``@notification``, ``@provider`` or ``@registration``; ``HOOK_FAMILIES``
+and ``DECISION_HOOKS``... at the end of this module are derived from those marks):
 
 * **decision** hooks (``auth_on_*``, ``on_auth``, ``on_deliver``) are called in plugin
   order; ``None`` means "no opinion, ask the next plugin"; the first real answer
@@ -33,55 +35,45 @@ to its end, so keep synchronous hooks quick.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
 
 if TYPE_CHECKING:
+    from .admin import AdminRegistry
+    from .registries import MetricsRegistry, SettingsRegistry
     from .types import Answer, ClientInfo, Message, SessionSnapshot, TopicSubscription
 
 PROJECT_NAME = "ternmq"
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
-DECISION_HOOKS = (
-    "auth_on_register",
-    "auth_on_publish",
-    "auth_on_subscribe",
-    "auth_on_unsubscribe",
-    "on_auth",
-    "on_deliver",
-)
-NOTIFICATION_HOOKS = (
-    "on_register",
-    "on_publish",
-    "on_subscribe",
-    "on_unsubscribe",
-    "on_client_wakeup",
-    "on_client_offline",
-    "on_client_gone",
-    "on_offline_message",
-    "on_session_expired",
-    "on_message_drop",
-    "on_plugin_loaded",
-    "on_plugin_unloaded",
-)
-PROVIDER_HOOKS = (
-    "retain_store",
-    "retain_lookup",
-    "retain_delete",
-    "session_store_load_all",
-    "session_store_save",
-    "session_store_delete",
-    "cluster_forward",
-)
-REGISTRATION_HOOKS = (
-    "register_admin_commands",
-    "register_api_routes",
-    "register_metrics",
-    "register_config",
-)
+#: The attribute a family decorator sets on a hookspec function: its family's name.
+FAMILY_ATTRIBUTE = PROJECT_NAME + "_family"
+
+_Spec = TypeVar("_Spec", bound=Callable[..., Any])
+
+
+def _family(family: str, *, firstresult: bool) -> Callable[[_Spec], _Spec]:
+    """A decorator that makes a function a hookspec of ``family``."""
+
+    def mark(function: _Spec) -> _Spec:
+        setattr(function, FAMILY_ATTRIBUTE, family)
+        return hookspec(firstresult=firstresult)(function)
+
+    mark.__name__ = mark.__qualname__ = family
+    return mark
+
+
+#: First answer wins, in plugin order (pluggy ``firstresult``).
+decision = _family("decision", firstresult=True)
+#: Every implementation runs; answers are ignored.
+notification = _family("notification", firstresult=False)
+#: The first implementation provides the service.
+provider = _family("provider", firstresult=True)
+#: Synchronous, called once when a plugin loads.
+registration = _family("registration", firstresult=False)
 
 
 # ------------------------------------------------------------------------------------
@@ -89,7 +81,7 @@ REGISTRATION_HOOKS = (
 # ------------------------------------------------------------------------------------
 
 
-@hookspec(firstresult=True)
+@decision
 def auth_on_register(
     client: ClientInfo, password: bytes | None, clean_start: bool, properties: Mapping[str, Any]
 ) -> Answer | None:
@@ -115,7 +107,7 @@ def auth_on_register(
     """
 
 
-@hookspec(firstresult=True)
+@decision
 def auth_on_publish(client: ClientInfo, message: Message, is_will: bool) -> Answer | None:
     """Authorize a PUBLISH (also a will message at CONNECT, with ``is_will=True``).
 
@@ -136,7 +128,7 @@ def auth_on_publish(client: ClientInfo, message: Message, is_will: bool) -> Answ
     """
 
 
-@hookspec(firstresult=True)
+@decision
 def auth_on_subscribe(
     client: ClientInfo, subscriptions: Sequence[TopicSubscription], properties: Mapping[str, Any]
 ) -> Answer | None:
@@ -161,7 +153,7 @@ def auth_on_subscribe(
     """
 
 
-@hookspec(firstresult=True)
+@decision
 def auth_on_unsubscribe(
     client: ClientInfo, topic_filters: Sequence[str], properties: Mapping[str, Any]
 ) -> Answer | None:
@@ -183,7 +175,7 @@ def auth_on_unsubscribe(
     """
 
 
-@hookspec(firstresult=True)
+@decision
 def on_auth(client: ClientInfo, method: str, data: bytes | None, reauthenticate: bool) -> Answer | None:
     """MQTT 5 enhanced authentication (CONNECT with an authentication method, AUTH).
 
@@ -206,7 +198,7 @@ def on_auth(client: ClientInfo, method: str, data: bytes | None, reauthenticate:
     """
 
 
-@hookspec(firstresult=True)
+@decision
 def on_deliver(client: ClientInfo, message: Message) -> Answer | None:
     """Inspect or rewrite a message just before it is sent to one subscriber.
 
@@ -232,7 +224,7 @@ def on_deliver(client: ClientInfo, message: Message) -> Answer | None:
 # ------------------------------------------------------------------------------------
 
 
-@hookspec
+@notification
 def on_register(client: ClientInfo, properties: Mapping[str, Any]) -> None:
     """A client was accepted and its session attached, just before CONNACK is sent.
 
@@ -243,7 +235,7 @@ def on_register(client: ClientInfo, properties: Mapping[str, Any]) -> None:
     """
 
 
-@hookspec
+@notification
 def on_publish(client: ClientInfo, message: Message) -> None:
     """A PUBLISH was authorized and routed.
 
@@ -255,7 +247,7 @@ def on_publish(client: ClientInfo, message: Message) -> None:
     """
 
 
-@hookspec
+@notification
 def on_subscribe(client: ClientInfo, subscriptions: Sequence[TopicSubscription]) -> None:
     """A SUBSCRIBE was processed.
 
@@ -267,7 +259,7 @@ def on_subscribe(client: ClientInfo, subscriptions: Sequence[TopicSubscription])
     """
 
 
-@hookspec
+@notification
 def on_unsubscribe(client: ClientInfo, topic_filters: Sequence[str]) -> None:
     """An UNSUBSCRIBE was processed.
 
@@ -278,7 +270,7 @@ def on_unsubscribe(client: ClientInfo, topic_filters: Sequence[str]) -> None:
     """
 
 
-@hookspec
+@notification
 def on_client_wakeup(client: ClientInfo) -> None:
     """A client's session is online: attached to a connection and drained of its queue.
 
@@ -288,7 +280,7 @@ def on_client_wakeup(client: ClientInfo) -> None:
     """
 
 
-@hookspec
+@notification
 def on_client_offline(client: ClientInfo, reason: str) -> None:
     """A client with a persistent session disconnected; its session stays.
 
@@ -302,7 +294,7 @@ def on_client_offline(client: ClientInfo, reason: str) -> None:
     """
 
 
-@hookspec
+@notification
 def on_client_gone(client: ClientInfo, reason: str) -> None:
     """A client with a non-persistent session disconnected; its session is gone.
 
@@ -313,7 +305,7 @@ def on_client_gone(client: ClientInfo, reason: str) -> None:
     """
 
 
-@hookspec
+@notification
 def on_offline_message(client_id: str, message: Message) -> None:
     """A message was queued for an offline persistent session.
 
@@ -324,7 +316,7 @@ def on_offline_message(client_id: str, message: Message) -> None:
     """
 
 
-@hookspec
+@notification
 def on_session_expired(client_id: str) -> None:
     """An offline session reached its expiry and was removed with its queue.
 
@@ -334,7 +326,7 @@ def on_session_expired(client_id: str) -> None:
     """
 
 
-@hookspec
+@notification
 def on_message_drop(client_id: str, message: Message, reason: str) -> None:
     """A message for one subscriber was dropped.
 
@@ -347,7 +339,7 @@ def on_message_drop(client_id: str, message: Message, reason: str) -> None:
     """
 
 
-@hookspec
+@notification
 def on_plugin_loaded(name: str) -> None:
     """A plugin (possibly the implementer itself) finished loading.
 
@@ -357,7 +349,7 @@ def on_plugin_loaded(name: str) -> None:
     """
 
 
-@hookspec
+@notification
 def on_plugin_unloaded(name: str) -> None:
     """A plugin was unloaded (its hooks are gone and its tasks cancelled).
 
@@ -372,7 +364,7 @@ def on_plugin_unloaded(name: str) -> None:
 # ------------------------------------------------------------------------------------
 
 
-@hookspec(firstresult=True)
+@provider
 def retain_store(message: Message) -> None:
     """Store ``message`` as the retained message of its topic, replacing any other.
 
@@ -384,7 +376,7 @@ def retain_store(message: Message) -> None:
     """
 
 
-@hookspec(firstresult=True)
+@provider
 def retain_lookup(topic_filter: str) -> Sequence[Message]:
     """Return the retained messages whose topic matches ``topic_filter``.
 
@@ -396,7 +388,7 @@ def retain_lookup(topic_filter: str) -> Sequence[Message]:
     """
 
 
-@hookspec(firstresult=True)
+@provider
 def retain_delete(topic: str) -> None:
     """Remove the retained message of ``topic`` (an empty retained PUBLISH, or admin).
 
@@ -406,7 +398,7 @@ def retain_delete(topic: str) -> None:
     """
 
 
-@hookspec(firstresult=True)
+@provider
 def session_store_load_all() -> Sequence[SessionSnapshot]:
     """Return every persistent session kept by the store, at broker start.
 
@@ -416,7 +408,7 @@ def session_store_load_all() -> Sequence[SessionSnapshot]:
     """
 
 
-@hookspec(firstresult=True)
+@provider
 def session_store_save(session: SessionSnapshot) -> None:
     """Keep the current state of a persistent session.
 
@@ -428,7 +420,7 @@ def session_store_save(session: SessionSnapshot) -> None:
     """
 
 
-@hookspec(firstresult=True)
+@provider
 def session_store_delete(client_id: str) -> None:
     """Forget a session: it was cleaned, expired or taken over with clean start.
 
@@ -438,7 +430,7 @@ def session_store_delete(client_id: str) -> None:
     """
 
 
-@hookspec(firstresult=True)
+@provider
 def cluster_forward(message: Message, origin: ClientInfo) -> None:
     """Offer a locally routed message to other nodes (the seam for a cluster plugin).
 
@@ -455,8 +447,8 @@ def cluster_forward(message: Message, origin: ClientInfo) -> None:
 # ------------------------------------------------------------------------------------
 
 
-@hookspec
-def register_admin_commands(registry: Any) -> None:
+@registration
+def register_admin_commands(registry: AdminRegistry) -> None:
     """Add commands to the admin command tree (``ternmq-admin``, ``/api/v1``).
 
     :param registry: the command registry; call ``registry.add(path, function, ...)``.
@@ -466,8 +458,8 @@ def register_admin_commands(registry: Any) -> None:
     """
 
 
-@hookspec
-def register_api_routes(app: Any) -> None:
+@registration
+def register_api_routes(app: Any) -> None:  # a quart_trio.QuartTrio (quart is optional)
     """Add HTTP routes to the management API (only while the API plugin is loaded).
 
     :param app: the quart-trio application.
@@ -477,8 +469,8 @@ def register_api_routes(app: Any) -> None:
     """
 
 
-@hookspec
-def register_metrics(registry: Any) -> None:
+@registration
+def register_metrics(registry: MetricsRegistry) -> None:
     """Add metrics to the broker's metrics registry.
 
     :param registry: the metrics registry.
@@ -488,8 +480,8 @@ def register_metrics(registry: Any) -> None:
     """
 
 
-@hookspec
-def register_config(settings: Any) -> None:
+@registration
+def register_config(settings: SettingsRegistry) -> None:
     """Declare live settings of the plugin for ``show``/``set``.
 
     :param settings: the settings registry.
@@ -497,3 +489,25 @@ def register_config(settings: Any) -> None:
     Synchronous; called once when the plugin loads. An error is logged and the plugin
     still loads.
     """
+
+
+# ------------------------------------------------------------------------------------
+# the families, from the marks above (definition order)
+# ------------------------------------------------------------------------------------
+
+#: Hook name -> family name, for every hookspec of this module.
+HOOK_FAMILIES: dict[str, str] = {
+    name: getattr(value, FAMILY_ATTRIBUTE)
+    for name, value in list(globals().items())
+    if callable(value) and isinstance(getattr(value, FAMILY_ATTRIBUTE, None), str)
+}
+
+
+def _hooks_of(family: str) -> tuple[str, ...]:
+    return tuple(name for name, marked in HOOK_FAMILIES.items() if marked == family)
+
+
+DECISION_HOOKS = _hooks_of("decision")
+NOTIFICATION_HOOKS = _hooks_of("notification")
+PROVIDER_HOOKS = _hooks_of("provider")
+REGISTRATION_HOOKS = _hooks_of("registration")

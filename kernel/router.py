@@ -17,22 +17,12 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .dispatch import PLUGIN_FAILURE
-from .session import (
-    DROP_REASONS,
-    DROPPED_OFFLINE_QOS0,
-    QUEUED,
-    QUEUED_OFFLINE,
-    SENT,
-    Session,
-)
+from .session import Delivered, Session, WireCache
 from .topics import SubscriptionTrie
 from .types import Allow, Deny, Message, TopicSubscription
 
 if TYPE_CHECKING:
     from .dispatch import HookDispatcher
-
-# Delivery outcomes that are neither sent nor worth a hook (QoS 0 for offline sessions).
-_QUIET = frozenset({SENT, QUEUED, DROPPED_OFFLINE_QOS0})
 
 
 class Router:
@@ -89,7 +79,7 @@ class Router:
                     targets.append(chosen)
         if on_matched is not None:
             on_matched(len(targets))
-        wire_cache: dict[Any, tuple[bytes, bytes]] = {}
+        wire_cache: WireCache = {}
         sessions = self.sessions
         dispatcher = self.dispatcher
         rewrite = dispatcher.has("on_deliver")
@@ -105,9 +95,9 @@ class Router:
                     continue
                 out_message = rewritten
             status = session.deliver(out_message, qos, retain, sub_ids, wire_cache if out_message is message else None)
-            if status == SENT or status == QUEUED or status == QUEUED_OFFLINE:
+            if status.counted:
                 count += 1  # delivered now or later: a matching subscriber (no PUBACK 0x10)
-            if status not in _QUIET:
+            if not status.quiet:
                 await self.report(session, out_message, qos, status)
         self.deliveries += count
         return count
@@ -186,7 +176,7 @@ class Router:
                     continue
                 out_message = rewritten
             status = session.deliver(out_message, qos, True, sub_ids, None)
-            if status not in _QUIET:
+            if not status.quiet:
                 await self.report(session, out_message, qos, status)
 
     async def on_deliver(self, session: Session, message: Message, qos: int) -> Message | None:
@@ -199,7 +189,7 @@ class Router:
         if answer is None or answer is PLUGIN_FAILURE:
             return message  # a broken plugin must not swallow messages
         if isinstance(answer, Deny):
-            await self.report(session, message, qos, "denied")
+            await self.report(session, message, qos, Delivered.DROPPED_DENIED)
             return None
         if isinstance(answer, Allow) and answer.modifiers:
             modifiers = dict(answer.modifiers)
@@ -218,10 +208,12 @@ class Router:
             return _with(message, **changes)
         return message
 
-    async def report(self, session: Session, message: Message, qos: int, status: int | str) -> None:
-        """Fire the hook an undelivered message deserves."""
+    async def report(self, session: Session, message: Message, qos: int, status: Delivered) -> None:
+        """Fire the hook an undelivered message deserves (none for a quiet ``status``)."""
+        if status.quiet:
+            return
         dispatcher = self.dispatcher
-        if status == QUEUED_OFFLINE:
+        if status is Delivered.QUEUED_OFFLINE:
             if dispatcher.has("on_offline_message"):
                 await dispatcher.notify(
                     "on_offline_message",
@@ -230,9 +222,10 @@ class Router:
                 )
             return
         self.drops += 1
-        reason = status if isinstance(status, str) else DROP_REASONS.get(status, "expired")
         if dispatcher.has("on_message_drop"):
-            await dispatcher.notify("on_message_drop", client_id=session.client_id, message=message, reason=reason)
+            await dispatcher.notify(
+                "on_message_drop", client_id=session.client_id, message=message, reason=status.reason
+            )
 
 
 def _with(message: Message, **changes: Any) -> Message:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
+from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -18,21 +19,52 @@ from .types import Message, SessionSnapshot, TopicSubscription
 
 if TYPE_CHECKING:
     from .connection import Connection
+    from .scheduler import Timer
 
-# What happened to one delivery; the router fires hooks for the ones that are not SENT.
-SENT = 0
-QUEUED = 1
-QUEUED_OFFLINE = 2
-DROPPED_QUEUE_FULL = 3
-DROPPED_TOO_LARGE = 4
-DROPPED_SLOW_CONSUMER = 5
-DROPPED_OFFLINE_QOS0 = 6
 
-DROP_REASONS = {
-    DROPPED_QUEUE_FULL: "queue_full",
-    DROPPED_TOO_LARGE: "max_packet_size_exceeded",
-    DROPPED_SLOW_CONSUMER: "slow_consumer",
-}
+class Delivered(IntEnum):
+    """What happened to one delivery; the router fires hooks for the ones worth one.
+
+    ``reason`` is the ``on_message_drop`` reason of a drop ("" for the others);
+    ``counted`` says the subscriber gets the message, now or later (a matching
+    subscriber for PUBACK's "no matching subscribers"); ``quiet`` outcomes fire no hook
+    (``QUEUED_OFFLINE`` fires ``on_offline_message``, the drops ``on_message_drop``).
+    An IntEnum: members compare and hash as ints, at C speed on the hot path.
+    """
+
+    reason: str
+    counted: bool
+    quiet: bool
+
+    def __new__(cls, value: int, reason: str = "", counted: bool = False, quiet: bool = False) -> Delivered:
+        member = int.__new__(cls, value)
+        member._value_ = value
+        member.reason = reason
+        member.counted = counted
+        member.quiet = quiet
+        return member
+
+    SENT = 0, "", True, True
+    QUEUED = 1, "", True, True
+    QUEUED_OFFLINE = 2, "", True, False
+    DROPPED_QUEUE_FULL = 3, "queue_full"
+    DROPPED_TOO_LARGE = 4, "max_packet_size_exceeded"
+    DROPPED_SLOW_CONSUMER = 5, "slow_consumer"
+    # QoS 0 for a session that is offline (or not persistent): no hook, as MQTT says.
+    DROPPED_OFFLINE_QOS0 = 6, "", False, True
+    DROPPED_EXPIRED = 7, "expired"
+    DROPPED_DENIED = 8, "denied"  # by on_deliver
+
+
+# Reading an enum class's attribute is slow on Python 3.11 (EnumType has __getattr__,
+# ~50 ns): the per-delivery path reads this module global instead.
+_SENT = Delivered.SENT
+
+
+# A wire form of one routed message: (MQTT 5?, QoS, retain flag, subscription ids). The
+# deliveries of one message share a cache of (head, tail) encodings under these keys.
+WireKey = tuple[bool, int, bool, tuple[int, ...]]
+WireCache = dict[WireKey, tuple[bytes, bytes]]
 
 # Properties a subscriber receives from the publisher; everything else is per hop.
 FORWARDED_PROPERTIES = (
@@ -100,10 +132,10 @@ class Session:
         self._next_packet_id = 1
         self.disconnected_at: float | None = None
         # Handles of the broker's scheduler: a pending delayed will, the expiry timer.
-        self.will_timer: Any = None
+        self.will_timer: Timer | None = None
         # True once a session store was given this session (it must then be deleted there).
         self.stored = False
-        self.expiry_timer: Any = None
+        self.expiry_timer: Timer | None = None
 
     @property
     def persistent(self) -> bool:
@@ -127,8 +159,8 @@ class Session:
         qos: int,
         retain: bool,
         sub_ids: tuple[int, ...],
-        wire_cache: dict[Any, tuple[bytes, bytes]] | None,
-    ) -> int:
+        wire_cache: WireCache | None,
+    ) -> Delivered:
         """Send, queue or drop one message for this session; returns what happened.
 
         ``wire_cache`` is shared by all deliveries of one routed message, so a fan-out
@@ -137,31 +169,29 @@ class Session:
         connection = self.connection
         if connection is None:
             if qos == 0 or not self.persistent:
-                return DROPPED_OFFLINE_QOS0
+                return Delivered.DROPPED_OFFLINE_QOS0
             if len(self.queue) >= self.max_queued:
-                return DROPPED_QUEUE_FULL
+                return Delivered.DROPPED_QUEUE_FULL
             self.queue.append(Delivery(message, qos, retain, sub_ids, hooked=False))
-            return QUEUED_OFFLINE
+            return Delivered.QUEUED_OFFLINE
         if qos == 0:
             if connection.outbound_bytes > connection.outbound_limit:
-                return DROPPED_SLOW_CONSUMER
+                return Delivered.DROPPED_SLOW_CONSUMER
             return self._send_publish(connection, message, 0, retain, sub_ids, None, wire_cache)
         if len(self.inflight) >= self.window(connection) or self.queue:
             if len(self.queue) >= self.max_queued:
-                return DROPPED_QUEUE_FULL
+                return Delivered.DROPPED_QUEUE_FULL
             self.queue.append(Delivery(message, qos, retain, sub_ids))
-            return QUEUED
+            return Delivered.QUEUED
         return self._send_tracked(connection, Delivery(message, qos, retain, sub_ids), wire_cache)
 
-    def _send_tracked(
-        self, connection: Connection, delivery: Delivery, wire_cache: dict[Any, tuple[bytes, bytes]] | None
-    ) -> int:
+    def _send_tracked(self, connection: Connection, delivery: Delivery, wire_cache: WireCache | None) -> Delivered:
         """Send a QoS 1/2 delivery under a new packet id, in flight once it is sent."""
         packet_id = self._allocate_packet_id()
         status = self._send_publish(
             connection, delivery.message, delivery.qos, delivery.retain, delivery.sub_ids, packet_id, wire_cache
         )
-        if status == SENT:
+        if status is _SENT:
             self.inflight[packet_id] = delivery
         return status
 
@@ -177,9 +207,9 @@ class Session:
         retain: bool,
         sub_ids: tuple[int, ...],
         packet_id: int | None,
-        wire_cache: dict[Any, tuple[bytes, bytes]] | None,
+        wire_cache: WireCache | None,
         dup: bool = False,
-    ) -> int:
+    ) -> Delivered:
         level = connection.protocol_level
         parts: tuple[bytes, bytes] | None
         if level == 5 and connection.outbound_alias_maximum:
@@ -201,14 +231,14 @@ class Session:
         head, tail = parts
         size = len(head) + len(tail) + (2 if packet_id is not None else 0)
         if size > connection.client_maximum_packet_size:
-            return DROPPED_TOO_LARGE
+            return Delivered.DROPPED_TOO_LARGE
         if dup:
             head = bytes((head[0] | 0x08,)) + head[1:]
         if packet_id is None:
             connection.write(head + tail)
         else:
             connection.write(head + packet_id.to_bytes(2, "big") + tail)
-        return SENT
+        return _SENT
 
     def acknowledge(self, packet_id: int, qos: int) -> Delivery | None:
         """PUBACK (``qos`` 1) or PUBCOMP (``qos`` 2) arrived: the message left our hands.
@@ -244,7 +274,7 @@ class Session:
             delivery.released = True
         return True
 
-    def drain(self) -> Iterator[tuple[Delivery, int]]:
+    def drain(self) -> Iterator[tuple[Delivery, Delivered]]:
         """Send queued messages while the window has room; yields what failed.
 
         Yields ``(delivery, status)`` for deliveries that could not be sent (expired or
@@ -258,7 +288,7 @@ class Session:
         while queue and len(self.inflight) < window:
             delivery = queue.popleft()
             if delivery.message.expired():
-                yield delivery, -1
+                yield delivery, Delivered.DROPPED_EXPIRED
                 continue
             if delivery.qos == 0:
                 status = self._send_publish(
@@ -266,10 +296,10 @@ class Session:
                 )
             else:
                 status = self._send_tracked(connection, delivery, None)
-            if status != SENT:
+            if status is not _SENT:
                 yield delivery, status
 
-    def resend_inflight(self) -> Iterator[tuple[Delivery, int]]:
+    def resend_inflight(self) -> Iterator[tuple[Delivery, Delivered]]:
         """After a reconnect: resend unacknowledged PUBLISH (DUP) and PUBREL, in order."""
         connection = self.connection
         assert connection is not None
@@ -279,12 +309,12 @@ class Session:
                 continue
             if delivery.message.expired() and delivery.qos == 1:
                 del self.inflight[packet_id]
-                yield delivery, -1
+                yield delivery, Delivered.DROPPED_EXPIRED
                 continue
             status = self._send_publish(
                 connection, delivery.message, delivery.qos, delivery.retain, delivery.sub_ids, packet_id, None, dup=True
             )
-            if status != SENT:
+            if status is not _SENT:
                 del self.inflight[packet_id]
                 yield delivery, status
 

@@ -6,7 +6,16 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .codec import PacketType, Suback, Subscribe, Unsuback, Unsubscribe, legal_reason_code
+from .codec import (
+    FIRST_FAILURE_CODE,
+    PacketType,
+    ReasonCode,
+    Suback,
+    Subscribe,
+    Unsuback,
+    Unsubscribe,
+    legal_reason_code,
+)
 from .topics import TopicError, parse_shared, validate_topic_filter
 from .types import Allow, ClientInfo, Deny, TopicSubscription
 
@@ -17,8 +26,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ternmq.subscriptions")
 
-QUOTA_EXCEEDED = 0x97
-NOT_AUTHORIZED = 0x87
+# A refused subscription when nothing more precise applies (MQTT 3's SUBACK "failure").
+_REFUSED = ReasonCode.UNSPECIFIED_ERROR
 
 
 async def handle_subscribe(conn: Connection, packet: Subscribe) -> None:
@@ -44,11 +53,11 @@ async def handle_subscribe(conn: Connection, packet: Subscribe) -> None:
             continue
         group, _ = parse_shared(request.topic_filter)
         if group is not None and request.no_local and level == 5:
-            conn.protocol_error(0x82, "no local on a shared subscription")
+            conn.protocol_error(ReasonCode.PROTOCOL_ERROR, "no local on a shared subscription")
             return
         if request.topic_filter not in session.subscriptions:
             if room <= 0:
-                codes.append(QUOTA_EXCEEDED)
+                codes.append(ReasonCode.QUOTA_EXCEEDED)
                 continue
             room -= 1
         codes.append(None)
@@ -81,8 +90,11 @@ async def handle_subscribe(conn: Connection, packet: Subscribe) -> None:
         results.append(outcome)
         fresh.append((outcome, is_new))
     if level < 5:
-        codes = [code if code is not None and code <= 2 else 0x80 for code in codes]
-    conn.send(Suback(packet.packet_id, [0x80 if c is None else legal_reason_code(PacketType.SUBACK, c) for c in codes]))
+        # MQTT 3 SUBACK: a granted QoS or 0x80 ("failure").
+        codes = [code if code is not None and code <= ReasonCode.GRANTED_QOS_2 else _REFUSED for code in codes]
+    conn.send(
+        Suback(packet.packet_id, [_REFUSED if c is None else legal_reason_code(PacketType.SUBACK, c) for c in codes])
+    )
     await after_subscribe(broker, session, conn.client_info, results, fresh)
 
 
@@ -128,11 +140,11 @@ async def _authorize(
             "auth_on_subscribe", client=conn.client_info, subscriptions=tuple(wanted), properties=properties
         )
     if answer is None:
-        return list(wanted) if broker.settings.no_match == "allow" else [NOT_AUTHORIZED] * len(wanted)
+        return list(wanted) if broker.settings.no_match == "allow" else [ReasonCode.NOT_AUTHORIZED] * len(wanted)
     if isinstance(answer, Deny):
         return [answer.reason_code] * len(wanted)
     if not isinstance(answer, Allow):
-        return [0x80] * len(wanted)
+        return [_REFUSED] * len(wanted)
     topics = answer.modifiers.get("topics")
     if topics is None:
         return list(wanted)
@@ -143,18 +155,18 @@ def _rewritten(wanted: list[TopicSubscription], topics: Sequence[Any]) -> list[T
     """Apply an ``allow(topics=[...])`` answer; a malformed one refuses everything."""
     if len(topics) != len(wanted):
         log.error("auth_on_subscribe returned %d topics for %d", len(topics), len(wanted))
-        return [0x80] * len(wanted)
+        return [_REFUSED] * len(wanted)
     outcomes: list[TopicSubscription | int] = []
     for original, entry in zip(wanted, topics, strict=True):  # lengths checked above
         if isinstance(entry, TopicSubscription):
             try:
                 validate_topic_filter(entry.topic_filter)
             except TopicError:
-                return [0x80] * len(wanted)
+                return [_REFUSED] * len(wanted)
             outcomes.append(entry)
         elif isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[1], int):
             topic_filter, value = entry
-            if value >= 0x80:
+            if value >= FIRST_FAILURE_CODE:
                 outcomes.append(value)
             elif value in (0, 1, 2):
                 outcomes.append(
@@ -168,10 +180,10 @@ def _rewritten(wanted: list[TopicSubscription], topics: Sequence[Any]) -> list[T
                     )
                 )
             else:
-                return [0x80] * len(wanted)
+                return [_REFUSED] * len(wanted)
         else:
             log.error("auth_on_subscribe: bad topics entry %r", entry)
-            return [0x80] * len(wanted)
+            return [_REFUSED] * len(wanted)
     return outcomes
 
 
@@ -192,13 +204,13 @@ async def handle_unsubscribe(conn: Connection, packet: Unsubscribe) -> None:
             rewritten = [str(t) for t in answer.modifiers["topics"]]
             for topic_filter in rewritten:
                 broker.router.unsubscribe(session, topic_filter)
-            conn.send(Unsuback(packet.packet_id, [0] * len(filters)))
+            conn.send(Unsuback(packet.packet_id, [ReasonCode.SUCCESS] * len(filters)))
             await after_unsubscribe(broker, session, conn.client_info, rewritten)
             return
-    codes = []
+    codes: list[int] = []
     for topic_filter in filters:
         existed = broker.router.unsubscribe(session, topic_filter)
-        codes.append(0x00 if existed else 0x11)
+        codes.append(ReasonCode.SUCCESS if existed else ReasonCode.NO_SUBSCRIPTION_EXISTED)
     conn.send(Unsuback(packet.packet_id, codes))
     await after_unsubscribe(broker, session, conn.client_info, filters)
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import attrs
 
+from .codec.errors import ReasonCode
+
 __all__ = [
     "ClientInfo",
     "Message",
@@ -138,7 +140,7 @@ class Allow:
 class Deny:
     """Refuse the request with an MQTT 5 reason code (converted for v3 clients)."""
 
-    reason_code: int = 0x87
+    reason_code: int = ReasonCode.NOT_AUTHORIZED
     reason_string: str | None = None
 
 
@@ -157,7 +159,7 @@ def allow(**modifiers: Any) -> Allow:
     return Allow(modifiers)
 
 
-def deny(reason_code: int = 0x87, reason_string: str | None = None) -> Deny:
+def deny(reason_code: int = ReasonCode.NOT_AUTHORIZED, reason_string: str | None = None) -> Deny:
     """Refuse; the default reason code is 0x87 (not authorized)."""
     return Deny(reason_code, reason_string)
 

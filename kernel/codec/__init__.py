@@ -10,6 +10,7 @@ from .encoder import encode, encode_publish_parts
 from .errors import (
     CONNACK_V3_CODES,
     CONNACK_V3_TO_V5,
+    FIRST_FAILURE_CODE,
     MalformedPacket,
     MQTTError,
     PacketTooLarge,
@@ -44,6 +45,7 @@ from .properties import PROPERTY_IDS, PROPERTY_NAMES
 __all__ = [
     "PacketType",
     "ReasonCode",
+    "FIRST_FAILURE_CODE",
     "MQTTError",
     "MalformedPacket",
     "ProtocolError",

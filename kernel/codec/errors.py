@@ -6,6 +6,7 @@ from enum import IntEnum
 
 __all__ = [
     "ReasonCode",
+    "FIRST_FAILURE_CODE",
     "CONNACK_V3_CODES",
     "CONNACK_V3_TO_V5",
     "connack_v3_code",
@@ -65,6 +66,9 @@ class ReasonCode(IntEnum):
     SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED = 0xA1
     WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED = 0xA2
 
+
+#: Reason codes from 0x80 up report a failure (MQTT 5 §2.4); those below, a success.
+FIRST_FAILURE_CODE = ReasonCode.UNSPECIFIED_ERROR
 
 #: value -> ReasonCode member, for cheap "make it an enum if it is one" lookups.
 REASON_CODES: dict[int, ReasonCode] = {int(rc): rc for rc in ReasonCode}

@@ -8,6 +8,7 @@ Timing tests use pytest-trio's ``autojump_clock``: deadlines are exact and insta
 
 from __future__ import annotations
 
+import inspect
 import types
 from collections.abc import Callable
 from typing import Any
@@ -604,3 +605,77 @@ async def test_forget_plugin_drops_its_counters_and_policy() -> None:
     dispatcher.forget_plugin("gone")
     assert not any(name == "gone" for name, _ in dispatcher.stats)
     assert "gone" not in dispatcher.policies
+
+
+# ------------------------------------------------------- the kernel's wrong arguments
+
+
+def everything(calls: list[str]) -> Any:
+    """A plugin implementing one hook of each family (all arguments declared)."""
+
+    class Everything:
+        @hookimpl
+        def auth_on_publish(self, client: ClientInfo, message: Message, is_will: bool) -> Any:
+            calls.append("auth_on_publish")
+            return allow()
+
+        @hookimpl
+        def on_publish(self, client: ClientInfo, message: Message) -> None:
+            calls.append("on_publish")
+
+        @hookimpl
+        def retain_lookup(self, topic_filter: str) -> Any:
+            calls.append("retain_lookup")
+            return [MESSAGE]
+
+    return Everything()
+
+
+WRONG_CALLS = {
+    "decide, missing": (
+        "decide",
+        "auth_on_publish",
+        {"client": CLIENT, "message": MESSAGE},
+        "missing is_will",
+    ),
+    "decide_with_plugin, unknown": (
+        "decide_with_plugin",
+        "auth_on_publish",
+        {"client": CLIENT, "message": MESSAGE, "is_will": False, "retain": True},
+        "unknown retain",
+    ),
+    "notify, misspelt": (
+        "notify",
+        "on_publish",
+        {"client": CLIENT, "msg": MESSAGE},
+        "missing message; unknown msg",
+    ),
+    "provide, missing": ("provide", "retain_lookup", {"default": ()}, "missing topic_filter"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WRONG_CALLS))
+async def test_wrong_arguments_raise_to_the_kernel_and_are_not_counted_against_the_plugin(case: str) -> None:
+    method, hook, kwargs, what = WRONG_CALLS[case]
+    calls: list[str] = []
+    policy = PluginPolicy(breaker_threshold=1, breaker_cooldown=100.0)
+    _, dispatcher = setup(("p", everything(calls)), policies={"p": policy})
+    with pytest.raises(TypeError) as raised:
+        await getattr(dispatcher, method)(hook, **kwargs)
+    message = str(raised.value)
+    assert f"hook {hook} called with arguments" in message and what in message, message
+    expected = sorted(inspect.signature(getattr(hookspecs, hook)).parameters)
+    assert f"its hookspec takes ({', '.join(expected)})" in message, message
+    # Nothing was called, nothing is counted, the plugin's breaker stays closed.
+    assert calls == []
+    stats = dispatcher.stats[("p", hook)]
+    assert (stats.calls, stats.errors, stats.consecutive_failures, policy.open_until) == (0, 0, 0, 0.0)
+
+
+async def test_right_arguments_still_reach_every_family() -> None:
+    calls: list[str] = []
+    _, dispatcher = setup(("p", everything(calls)))
+    assert await dispatcher.decide("auth_on_publish", client=CLIENT, message=MESSAGE, is_will=False) == allow()
+    await dispatcher.notify("on_publish", client=CLIENT, message=MESSAGE)
+    assert await dispatcher.provide("retain_lookup", default=(), topic_filter="#") == [MESSAGE]
+    assert calls == ["auth_on_publish", "on_publish", "retain_lookup"]

@@ -29,6 +29,7 @@ FAMILIES = {
     "registration": hookspecs.REGISTRATION_HOOKS,
 }
 SPEC_ATTRIBUTE = hookspecs.PROJECT_NAME + "_spec"
+HOOKSPECS_FILE = Path(hookspecs.__file__).resolve()
 
 
 def hookspec_functions() -> dict[str, object]:
@@ -65,6 +66,29 @@ def test_hook_families_cover_every_hookspec_exactly_once() -> None:
         f"missing from families: {sorted(set(HOOKSPECS) - set(listed))}; "
         f"not a hookspec: {sorted(set(listed) - set(HOOKSPECS))}"
     )
+
+
+def test_every_hookspec_is_marked_with_its_family_where_it_is_defined() -> None:
+    """One family decorator on each spec (no bare ``@hookspec``), and the family lists
+    are what those marks say: nothing is listed by hand."""
+    tree = ast.parse(HOOKSPECS_FILE.read_text(encoding="utf-8"))
+    marks = {
+        node.name: [ast.unparse(decorator) for decorator in node.decorator_list]
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef) and node.name in HOOKSPECS
+    }
+    assert set(marks) == set(HOOKSPECS)
+    wrong = {name: found for name, found in marks.items() if len(found) != 1 or found[0] not in FAMILIES}
+    assert not wrong, f"hookspecs not marked with exactly one of {sorted(FAMILIES)}: {wrong}"
+    assert {name: found[0] for name, found in marks.items()} == hookspecs.HOOK_FAMILIES
+    for family, names in FAMILIES.items():
+        assert names == tuple(name for name, found in marks.items() if found == [family]), family
+
+
+def test_async_hooks_are_the_decision_notification_and_provider_families() -> None:
+    from ternmq.kernel.dispatch import ASYNC_HOOKS
+
+    assert ASYNC_HOOKS == frozenset(hookspecs.HOOK_FAMILIES) - frozenset(hookspecs.REGISTRATION_HOOKS)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
