@@ -11,9 +11,9 @@ use, so importing the kernel does not import pytest.
 
 from typing import Any
 
-from .admin import Table, Text
+from .admin import AdminRegistry, Arguments, CommandError, Table, Text, cell_text, option_error, parse_value
 from .codec import Auth, SubscriptionRequest, Will
-from .config import BrokerSettings, ConfigError, ListenerConfig
+from .config import BrokerSettings, ConfigError, ListenerConfig, build_attrs
 from .hookspecs import hookimpl
 from .manager import PluginError
 from .service import ListenerInfo, PluginInfo, Service, SessionInfo
@@ -35,12 +35,19 @@ __all__ = [
     "hookimpl",
     "Table",
     "Text",
+    "AdminRegistry",
+    "Arguments",
+    "CommandError",
+    "cell_text",
+    "option_error",
+    "parse_value",
     "Auth",
     "SubscriptionRequest",
     "Will",
     "ConfigError",
     "BrokerSettings",
     "ListenerConfig",
+    "build_attrs",
     "Service",
     "SessionInfo",
     "ListenerInfo",

@@ -1,11 +1,13 @@
 """The admin command tree, in the shape of ``vmq-admin``.
 
 A command is a path of words (``session show``) bound to a function that receives the
-broker and the parsed arguments and returns a :class:`Table` or a :class:`Text`. The
-same tree is rendered by ``ternmq-admin`` (over the control socket), by the
-management API (``GET /api/v1/<path>?key=value&--flag``) and by tests that call
-:meth:`AdminRegistry.run` directly. Plugins add commands through the
-``register_admin_commands`` hook; they are removed again when the plugin unloads.
+service face (:class:`~ternmq.kernel.Service`) and the parsed arguments and returns a
+:class:`Table` or a :class:`Text`. The same tree is rendered by ``ternmq-admin`` (over
+the control socket), by the management API (``GET /api/v1/<path>?key=value&--flag``)
+and by tests that call :meth:`AdminRegistry.run` directly. Every command comes through
+the ``register_admin_commands`` hook: the broker's own ones from the essential ``admin``
+built-in plugin (``ternmq.plugins.admin``), the others from any plugin; they are removed
+again when the plugin unloads.
 
 Argument syntax (clique's): positional ``key=value``; flags ``--flag`` or
 ``--flag=value``; ``--help`` anywhere prints the help of that level.
@@ -25,6 +27,7 @@ from .registries import Owned
 
 if TYPE_CHECKING:
     from .config import ConfigError
+    from .service import Service
 
 
 @attrs.frozen
@@ -326,13 +329,14 @@ class AdminRegistry(Owned):
                 continue
         return ""
 
-    async def run(self, broker: Any, argv: Sequence[str]) -> Table | Text:
-        """Run one command line against ``broker``; raises CommandError for bad input."""
+    async def run(self, service: Service, argv: Sequence[str]) -> Table | Text:
+        """Run one command line: its function gets ``service`` and the arguments;
+        raises CommandError for bad input."""
         command, arguments, wants_help = self.parse(argv)
         if wants_help or command is None:
             words = [w for w in argv if not w.startswith("-") and "=" not in w]
             return Text(self.help(words))
-        result = command.function(broker, arguments)
+        result = command.function(service, arguments)
         if inspect.isawaitable(result):
             result = await result
         if not isinstance(result, (Table, Text)):

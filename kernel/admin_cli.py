@@ -7,8 +7,13 @@ embedded default's without it), sends the command and prints the answer. Exit co
 the configuration is bad.
 
 ``--help`` is answered by the broker, whose command tree includes the commands its
-plugins added. When no broker answers, the kernel's own tree (built here, without a
-broker) still answers it, with a note saying which socket nobody listens on.
+plugins added. When no broker answers, the tree of the essential ``admin`` plugin (built
+here, without a broker) still answers it, with a note saying which socket nobody
+listens on.
+
+This client stays in the kernel, next to the configuration it reads (``load_config``:
+not part of the plugins' public face); the server end, the control socket, and the
+commands are the ``admin`` built-in plugin's (``ternmq.plugins.admin``).
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from typing import Any
 
 import attrs
 
+from ternmq.plugins.admin.control import control_socket_path
+
 from .admin import ADMIN_OPTIONS_USAGE, AdminRegistry, CommandError
 from .config import ConfigError, load_config
-from .control import control_socket_path
 
 USAGE = f"""Usage: ternmq-admin {ADMIN_OPTIONS_USAGE} <command> [args]
 
@@ -129,12 +135,12 @@ def _target(options: dict[str, str]) -> Target:
 
 
 def _offline_help(command: list[str], target: Target, reason: str) -> str | None:
-    """The help of ``command`` from the kernel's own command tree (None if it is not
-    a kernel command: only the broker knows its plugins' commands)."""
-    from .admin_commands import register_kernel_commands
+    """The help of ``command`` from the admin plugin's command tree (None if it is not
+    one of its commands: only the broker knows its other plugins' commands)."""
+    from ternmq.plugins.admin import register_commands
 
     registry = AdminRegistry()
-    register_kernel_commands(registry)
+    register_commands(registry.owned_by("admin"))
     words = [w for w in command if not w.startswith("-") and "=" not in w]
     try:
         text = registry.help(words)
@@ -142,7 +148,7 @@ def _offline_help(command: list[str], target: Target, reason: str) -> str | None
         return None
     return (
         f"{text}\n\nBroker: control socket {target.describe()}, not reachable: {reason}. {target.start_hint}\n"
-        "This help lists the kernel's commands; those of plugins are listed once the broker runs."
+        "This help lists the broker's own commands; those of other plugins are listed once the broker runs."
     )
 
 

@@ -16,15 +16,15 @@ import attrs
 import pluggy
 import trio
 
+from ternmq.plugins import ESSENTIAL
+
 from . import hookspecs
 from .admin import AdminRegistry
-from .admin_commands import register_kernel_commands
-from .config import BrokerSettings, Config, ListenerConfig
-from .control import control_socket_path, serve_control
+from .config import BrokerSettings, Config, ConfigError, ListenerConfig
 from .dispatch import HookDispatcher
 from .lifecycle import SessionLifecycle
 from .listeners import RunningListener, serve_listener
-from .manager import PluginManager
+from .manager import PluginError, PluginManager
 from .registries import MetricsRegistry, SettingsRegistry
 from .router import Router
 from .scheduler import Scheduler
@@ -78,13 +78,11 @@ class Broker(SessionLifecycle):
         self.admin = AdminRegistry()
         self.plugin_metrics = MetricsRegistry()
         self.plugin_settings = SettingsRegistry()
-        register_kernel_commands(self.admin)
         self.plugins = PluginManager(self)
         self.service = Service(self)
         self.listeners: dict[str, RunningListener] = {}
         self.connections: set[Connection] = set()
         self.started_at = time.time()
-        self.control_socket: str | None = None
         self._nursery: trio.Nursery | None = None
         self._stopped = trio.Event()
 
@@ -106,11 +104,9 @@ class Broker(SessionLifecycle):
                 await nursery.start(self.scheduler.run)
                 nursery.start_soon(self._watchdog)
                 await self.plugins.start(nursery)
-                await self.plugins.load_configured(self.config.plugins)
+                await self._load_essential_plugins()
+                await self.plugins.load_configured(e for e in self.config.plugins if e.name not in ESSENTIAL)
                 await self._restore_sessions()
-                socket_path = control_socket_path(self.settings)
-                if socket_path is not None:
-                    self.control_socket = await nursery.start(serve_control, self, socket_path)
                 for listener in self.config.listeners:
                     await self.start_listener(listener)
                 task_status.started(self)
@@ -126,6 +122,22 @@ class Broker(SessionLifecycle):
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(10):
                 await self._shutdown()
+
+    async def _load_essential_plugins(self) -> None:
+        """Load ``admin`` (the admin commands and the control socket) before any other
+        plugin, with its ``[plugins.admin]`` table if the configuration has one."""
+        source = self.config.source
+        for name in ESSENTIAL:
+            entry = next((e for e in self.config.plugins if e.name == name), None)
+            if entry is not None and not entry.enabled:
+                raise ConfigError(source, f"plugins.{name}", "enabled", "an essential plugin cannot be disabled")
+            try:
+                await self.plugins.load(name, entry.settings if entry else {}, source_name=source)
+            except PluginError as exc:
+                # The control socket taken by another broker stops the start as it is.
+                if isinstance(exc.__cause__, OSError):
+                    raise exc.__cause__ from None
+                raise ConfigError(source, f"plugins.{name}", None, exc.reason) from None
 
     async def _watchdog(self) -> None:
         """Close connections past their deadline (connect timeout, keep-alive).

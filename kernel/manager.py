@@ -29,6 +29,8 @@ import attrs
 import pluggy
 import trio
 
+from ternmq.plugins import ESSENTIAL
+
 from .config import ConfigError, PluginEntry, build_attrs
 from .dispatch import ASYNC_HOOKS, PluginPolicy
 from .hookspecs import REGISTRATION_HOOKS
@@ -193,8 +195,10 @@ class PluginManager:
         """Why a plain name resolves to nothing, and every way a plugin can be named."""
         from ternmq.plugins import BUILTIN
 
+        # The essential ones are always loaded: naming them would not help.
+        builtin = sorted(name for name in BUILTIN if name not in ESSENTIAL)
         return (
-            f"not a built-in plugin ({', '.join(sorted(BUILTIN))}), not an entry point "
+            f"not a built-in plugin ({', '.join(builtin)}), not an entry point "
             f"in group {ENTRY_POINT_GROUP} (installed: {', '.join(installed) or 'none'}) and not a dotted "
             "path (package.module, or module:object for a module outside a package); a plugin package is "
             "installed into the broker's environment with pip install PACKAGE"
@@ -350,7 +354,8 @@ class PluginManager:
         self._call_registration_hooks(name, plugin)
         if loaded.state == "loading":  # serve may already have failed right after started()
             loaded.state = "running"
-        log.info("plugin %s loaded (%s)", name, source)
+        # The essential ones load with every broker: that is no news for the log.
+        log.log(logging.DEBUG if name in ESSENTIAL else logging.INFO, "plugin %s loaded (%s)", name, source)
         if dispatcher.has("on_plugin_loaded"):
             await dispatcher.notify("on_plugin_loaded", name=name)
         return loaded
@@ -423,7 +428,8 @@ class PluginManager:
             loaded.done.set()
 
     async def unload(self, name: str) -> None:
-        """Unregister first (no new calls), then cancel what the plugin started."""
+        """Unregister first (no new calls), then cancel what the plugin started (the
+        service face refuses it for an essential plugin; ``reload`` uses it)."""
         loaded = self.loaded.pop(name, None)
         if loaded is None:
             raise _error(name, "not loaded")

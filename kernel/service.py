@@ -5,7 +5,7 @@ A plugin's ``serve(service, *, task_status)`` gets a :class:`Service`, never the
 (docs/plugins.md, "The service face"): publish, subscribe and unsubscribe on behalf of a
 client, disconnect a client, query sessions, subscriptions, listeners, retained
 messages and plugins, load, unload and reload plugins, read and set live settings, read
-metrics. What they return are frozen values: a plugin cannot change the broker by
+metrics, run admin commands. What they return are frozen values: a plugin cannot change the broker by
 holding on to them, only by calling the service again.
 """
 
@@ -18,15 +18,20 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .codec import ReasonCode
-from .config import BrokerSettings, ListenerConfig
+from .config import EMBEDDED_DEFAULT, BrokerSettings, ConfigError, Limits, ListenerConfig, build_attrs
+from .manager import _error as plugin_error
 from .topics import validate_topic_filter
 from .types import Message, SessionSnapshot, TopicSubscription
 
 if TYPE_CHECKING:
+    from .admin import Table, Text
     from .broker import Broker
     from .manager import LoadedPlugin
 
 __all__ = ["Service", "SessionInfo", "ListenerInfo", "PluginInfo"]
+
+# The live [broker] keys (show/set); every [broker.limits] key is live too.
+LIVE_BROKER_KEYS = ("allow_anonymous", "no_match", "hook_timeout", "notification_timeout")
 
 
 @attrs.frozen
@@ -100,6 +105,51 @@ class Service:
     def apply_settings(self, settings: BrokerSettings) -> None:
         """Replace the live settings: new connections and hook calls use them at once."""
         self._broker.apply_settings(settings)
+
+    @property
+    def config_file(self) -> str | None:
+        """The configuration file the broker was started with (None: the embedded default)."""
+        source = self._broker.config.source
+        return None if source == EMBEDDED_DEFAULT else source
+
+    def live_settings(self) -> dict[str, Any]:
+        """Every live setting by name (``show``): the live ``[broker]`` keys, the
+        ``[broker.limits]`` keys, then the settings plugins registered, sorted."""
+        broker = self._broker
+        values: dict[str, Any] = {name: getattr(broker.settings, name) for name in LIVE_BROKER_KEYS}
+        values.update(attrs.asdict(broker.settings.limits))
+        entries = broker.plugin_settings.entries
+        values.update((name, entries[name].read()) for name in sorted(entries))
+        return values
+
+    def set_live_settings(self, values: Mapping[str, Any]) -> None:
+        """Change live settings (``set``). An unknown name raises ``KeyError`` before
+        anything changes; plugins' settings are written first (one that refuses its value
+        raises ``ValueError`` "name: why"), then the ``[broker]`` and limits ones,
+        checked as the configuration file's (``ConfigError`` naming the key)."""
+        broker = self._broker
+        plugin_settings = broker.plugin_settings.entries
+        limit_keys = attrs.fields_dict(Limits)
+        for name in values:
+            if name not in plugin_settings and name not in LIVE_BROKER_KEYS and name not in limit_keys:
+                raise KeyError(name)
+        for name in [k for k in values if k in plugin_settings]:
+            try:
+                plugin_settings[name].write(values[name])
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{name}: {exc}") from exc
+        broker_table = {k: v for k, v in values.items() if k in LIVE_BROKER_KEYS}
+        limit_table = {k: v for k, v in values.items() if k in limit_keys and k not in plugin_settings}
+        settings = broker.settings
+        limits = build_attrs(Limits, {**attrs.asdict(settings.limits), **limit_table}, "command line", "set")
+        current = {f.name: getattr(settings, f.name) for f in attrs.fields(type(settings)) if f.name != "limits"}
+        new = build_attrs(type(settings), {**current, **broker_table}, "command line", "set")
+        broker.apply_settings(attrs.evolve(new, limits=limits))
+
+    async def run_command(self, argv: Sequence[str]) -> Table | Text:
+        """Run one admin command line (what ``ternmq-admin`` sends); a bad one raises
+        ``CommandError`` with the command's usage."""
+        return await self._broker.admin.run(self, argv)
 
     def metrics(self) -> dict[str, int | float]:
         """Kernel counters and gauges, then those plugins registered (``metrics show``)."""
@@ -197,19 +247,47 @@ class Service:
         )
 
     async def start_listener(self, config: ListenerConfig) -> ListenerInfo:
-        running = await self._broker.start_listener(config)
+        """Start a listener; one that cannot start (``ConfigError``, ``ValueError``,
+        ``OSError``) leaves the listeners as they were."""
+        broker = self._broker
+        previous = broker.listeners.get(config.name)
+        try:
+            running = await broker.start_listener(config)
+        except (ConfigError, ValueError, OSError):
+            # start_listener lists the listener before it binds: take the failed one out
+            # again (or put back the stopped one it replaced).
+            failed = broker.listeners.get(config.name)
+            if failed is not None and failed is not previous and failed.status != "running":
+                if previous is None:
+                    del broker.listeners[config.name]
+                else:
+                    broker.listeners[config.name] = previous
+            raise
         return next(info for info in self.listeners() if info.name == running.config.name)
 
     def stop_listener(self, name: str, *, kill_sessions: bool = False) -> bool:
         return self._broker.stop_listener(name, kill_sessions=kill_sessions)
 
+    async def listener_stopped(self, name: str) -> None:
+        """Wait until a stopped listener has closed its port (at once if there is none)."""
+        running = self._broker.listeners.get(name)
+        if running is not None:
+            await running.stopped.wait()
+
     # -- plugins -------------------------------------------------------------------------
 
-    def plugins(self) -> tuple[PluginInfo, ...]:
-        """The loaded plugins in calling order."""
+    def plugins(self, *, internal: bool = False) -> tuple[PluginInfo, ...]:
+        """The loaded plugins in calling order; the essential built-in ones (``admin``)
+        only with ``internal``."""
+        from ternmq.plugins import ESSENTIAL
+
         broker = self._broker
         loaded = broker.plugins.loaded
-        return tuple(self._plugin_info(loaded[name]) for name in broker.dispatcher.calling_order() if name in loaded)
+        return tuple(
+            self._plugin_info(loaded[name])
+            for name in broker.dispatcher.calling_order()
+            if name in loaded and (internal or name not in ESSENTIAL)
+        )
 
     def _plugin_info(self, loaded: LoadedPlugin) -> PluginInfo:
         broker = self._broker
@@ -234,14 +312,29 @@ class Service:
         )
 
     async def load_plugin(
-        self, name: str, settings: Mapping[str, Any] | None = None, *, path: str | None = None
+        self,
+        name: str,
+        settings: Mapping[str, Any] | None = None,
+        *,
+        path: str | None = None,
+        source_name: str = "api",
     ) -> PluginInfo:
         """Load a plugin (built-in name, entry point, or ``path`` ``module:object``);
-        raises ``PluginError`` and leaves nothing registered when it cannot load."""
-        loaded = await self._broker.plugins.load(name, settings, path=path)
+        raises ``PluginError`` (``ConfigError`` for a bad table, naming ``source_name``)
+        and leaves nothing registered when it cannot load."""
+        loaded = await self._broker.plugins.load(name, settings, path=path, source_name=source_name)
         return self._plugin_info(loaded)
 
     async def unload_plugin(self, name: str) -> None:
+        """Unload a plugin; an essential one (``admin``) is refused with ``PluginError``."""
+        from ternmq.plugins import ESSENTIAL
+
+        if name in ESSENTIAL:
+            raise plugin_error(
+                name,
+                "is an essential built-in plugin (the admin commands and the control socket of ternmq-admin) "
+                "and cannot be disabled",
+            )
         await self._broker.plugins.unload(name)
 
     async def reload_plugin(self, name: str) -> PluginInfo:

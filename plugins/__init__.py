@@ -1,5 +1,12 @@
-"""Built-in plugins, loaded by short name exactly as third-party ones are by entry point."""
+"""Built-in plugins, loaded by short name exactly as third-party ones are by entry point.
+
+The essential ones (``ESSENTIAL``) are loaded by the broker first, always, whether the
+configuration names them or not, and cannot be disabled: ``admin`` (the admin command
+tree's commands and the control socket of ``ternmq-admin``).
+"""
 
 BUILTIN = {
+    "admin": "ternmq.plugins.admin",
     "retainer": "ternmq.plugins.retainer",
 }
+ESSENTIAL = ("admin",)

@@ -45,13 +45,13 @@ import ternmq.kernel
 from ternmq.kernel import hookspecs
 from ternmq.kernel.admin import AdminRegistry, CommandError, Table, Text
 from ternmq.kernel.admin_cli import _split_options
-from ternmq.kernel.admin_commands import register_kernel_commands
 from ternmq.kernel.codec import Auth, Connack, Disconnect
 from ternmq.kernel.config import BrokerSettings, ConfigError, Limits, ListenerConfig, PluginEntry, parse_config
 from ternmq.kernel.manager import KernelSettings
 from ternmq.kernel.testing import MQTTTestClient, open_broker, registered, test_config
 from ternmq.kernel.types import Message, SessionSnapshot, TopicSubscription
 from ternmq.plugins import retainer
+from ternmq.plugins.admin import register_commands
 
 from helpers import eventually
 
@@ -388,7 +388,7 @@ def _admin_lines(doc: str) -> list[str]:
 
 def test_every_ternmq_admin_line_of_plugins_md_parses() -> None:
     registry = AdminRegistry()
-    register_kernel_commands(registry)
+    register_commands(registry.owned_by("admin"))
     named_example("admin").Plugin().register_admin_commands(registry.owned_by("admin-example"))
     lines = _admin_lines("plugins.md")
     assert len(lines) >= 6
@@ -681,7 +681,7 @@ async def drive_retain_delete(example: type) -> None:
             await client.publish("r/2", b"two", qos=1, retain=True)
             await client.publish("r/1", b"", qos=1, retain=True)  # clears r/1
             assert set(plugin.messages) == {"r/2"}
-            deleted = await broker.admin.run(broker, ["retain", "delete", "--topic=r/2"])
+            deleted = await broker.admin.run(broker.service, ["retain", "delete", "--topic=r/2"])
             assert deleted == Text("Deleted 1 retained message on r/2")
             assert plugin.messages == {}
             await client.subscribe("r/#")
@@ -759,10 +759,10 @@ async def drive_cluster_forward(example: type) -> None:
 async def drive_register_admin_commands(example: type) -> None:
     async with open_broker() as broker:
         async with registered(broker, example(), name="greeter"):
-            assert await broker.admin.run(broker, ["greeter", "hello", "--name=docs"]) == Text("hello, docs")
-            assert await broker.admin.run(broker, ["greeter", "hello"]) == Text("hello, world")
+            assert await broker.admin.run(broker.service, ["greeter", "hello", "--name=docs"]) == Text("hello, docs")
+            assert await broker.admin.run(broker.service, ["greeter", "hello"]) == Text("hello, world")
         with pytest.raises(CommandError):
-            await broker.admin.run(broker, ["greeter", "hello"])  # removed with the plugin
+            await broker.admin.run(broker.service, ["greeter", "hello"])  # removed with the plugin
 
 
 class _FakeApp:
@@ -790,17 +790,17 @@ async def drive_register_metrics(example: type) -> None:
     async with open_broker() as broker, registered(broker, example()):
         async with MQTTTestClient.open(broker.port()) as client:
             await client.connect("counted")
-        shown = (await broker.admin.run(broker, ["metrics", "show"])).render()
+        shown = (await broker.admin.run(broker.service, ["metrics", "show"])).render()
         assert "counter.example_logins = 1" in shown
 
 
 async def drive_register_config(example: type) -> None:
     async with open_broker() as broker, registered(broker, example()):
-        assert (await broker.admin.run(broker, ["set", 'example.greeting="hi"'])).text == "Done"
-        shown = await broker.admin.run(broker, ["show", "--example.greeting"])
+        assert (await broker.admin.run(broker.service, ["set", 'example.greeting="hi"'])).text == "Done"
+        shown = await broker.admin.run(broker.service, ["show", "--example.greeting"])
         assert shown.rows[0]["example.greeting"] == "hi"
         with pytest.raises(CommandError):
-            await broker.admin.run(broker, ["set", "example.greeting=5"])
+            await broker.admin.run(broker.service, ["set", "example.greeting=5"])
 
 
 DRIVERS: dict[str, Callable[[type], Any]] = {
@@ -864,7 +864,7 @@ async def plugins_md_configured(module: types.ModuleType) -> None:
             await client.connect("c")
             assert (await client.publish("billing/x", b"1", qos=1)).reason_code == 0x87
             assert (await client.publish("public/x", b"1", qos=1)).reason_code < 0x80
-        rows = (await broker.admin.run(broker, ["plugin", "show", "--plugin=reserved"])).rows
+        rows = (await broker.admin.run(broker.service, ["plugin", "show", "--plugin=reserved"])).rows
         assert rows[0]["priority"] == 10 and "auth_on_publish" in rows[0]["Hook(s)"]
         with pytest.raises(ConfigError, match="unknown key"):
             await broker.plugins.load("bad", {"prefix": "x/"}, path=module.__name__)
@@ -919,16 +919,16 @@ async def plugins_md_heartbeat(module: types.ModuleType) -> None:
 
 async def plugins_md_admin(module: types.ModuleType) -> None:
     async with open_broker() as broker, registered(broker, module.Plugin(), name="blocklist"):
-        assert await broker.admin.run(broker, ["blocklist", "add", "client-id=sensor-7"]) == Text("Done")
-        table = await broker.admin.run(broker, ["blocklist", "show"])
+        assert await broker.admin.run(broker.service, ["blocklist", "add", "client-id=sensor-7"]) == Text("Done")
+        table = await broker.admin.run(broker.service, ["blocklist", "show"])
         assert isinstance(table, Table) and [dict(r) for r in table.rows] == [{"client_id": "sensor-7"}]
         assert (await connack(broker.port(), "sensor-7")).reason_code == 0x8A
         async with MQTTTestClient.open(broker.port()) as client:
             await client.connect("sensor-8")
-            await broker.admin.run(broker, ["blocklist", "add", "client-id=sensor-8", "--kick"])
+            await broker.admin.run(broker.service, ["blocklist", "add", "client-id=sensor-8", "--kick"])
             assert isinstance(disconnect := await client.closed(), Disconnect) and disconnect.reason_code == 0x98
         with pytest.raises(CommandError, match="unknown flag"):
-            await broker.admin.run(broker, ["blocklist", "add", "client-id=x", "--force"])
+            await broker.admin.run(broker.service, ["blocklist", "add", "client-id=x", "--force"])
 
 
 PLUGINS_MD_DRIVERS: dict[str, Callable[[types.ModuleType], Any]] = {
@@ -1155,7 +1155,7 @@ async def test_plugins_md_a_failed_decision_refuses_with_0x80_unless_on_error_is
             assert (await connack(broker.port(), "c")).reason_code == 0x80
         async with registered(broker, Broken(), name="broken", on_error="next"):
             assert (await connack(broker.port(), "c")).reason_code == 0x86  # the next plugin answered
-        rows = (await broker.admin.run(broker, ["plugin", "show", "--plugin=broken"])).rows
+        rows = (await broker.admin.run(broker.service, ["plugin", "show", "--plugin=broken"])).rows
         assert rows == ()  # unloaded: its counters went with it
 
 

@@ -28,7 +28,7 @@ PLUGIN_COLUMNS = ("Plugin", "Type", "Hook(s)", "M:F/A", "source", "version", "st
 
 
 async def run(broker: Any, *argv: str) -> Table | Text:
-    return await broker.admin.run(broker, list(argv))
+    return await broker.admin.run(broker.service, list(argv))
 
 
 async def table(broker: Any, *argv: str) -> list[dict[str, Any]]:
@@ -140,7 +140,7 @@ async def test_plugin_enable_and_disable_errors_are_command_errors(broker: Any) 
     assert "plugin nosuch: not a built-in plugin" in str(await command_error(broker, "plugin", "enable", "name=nosuch"))
     assert "nosuch" in str(await command_error(broker, "plugin", "disable", "name=nosuch"))
     assert "already loaded" in str(await command_error(broker, "plugin", "enable", "name=retainer"))
-    assert list(broker.plugins.loaded) == ["retainer"]
+    assert list(broker.plugins.loaded) == ["admin", "retainer"]  # admin: essential, always loaded
 
 
 async def test_plugin_admin_commands_come_and_go_with_the_plugin(broker: Any) -> None:

@@ -85,6 +85,18 @@ def test_plugin_show(running: Running) -> None:
     assert result.stderr == ""
 
 
+def test_the_essential_admin_plugin_is_listed_and_cannot_be_disabled(running: Running) -> None:
+    shown = running.json("plugin", "show", "--internal")["table"]
+    assert [(row["Plugin"], row["source"]) for row in shown] == [("admin", "builtin"), ("retainer", "builtin")]
+    refused = running.admin("plugin", "disable", "name=admin")
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        "ternmq-admin: plugin admin: is an essential built-in plugin (the admin commands and the control socket "
+        "of ternmq-admin) and cannot be disabled\n"
+    )
+    assert running.admin("node", "status").returncode == 0  # still answering
+
+
 def test_format_json_prints_the_table_and_text_shapes(running: Running) -> None:
     document = running.json("plugin", "show")
     assert document["type"] == "table"

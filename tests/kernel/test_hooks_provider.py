@@ -313,14 +313,14 @@ class AdminPlugin:
     @hookimpl
     def register_admin_commands(self, registry: Any) -> None:
         self.registries.append(registry)
-        registry.add("hooktest ping", lambda broker, args: Text("pong"), help="answer pong")
+        registry.add("hooktest ping", lambda service, args: Text("pong"), help="answer pong")
 
 
 async def test_hook_register_admin_commands(broker: Any) -> None:
     plugin = AdminPlugin()
     async with registered(broker, plugin, name="admin-plugin"):
         assert len(plugin.registries) == 1  # called once, at load
-        result = await broker.admin.run(broker, ["hooktest", "ping"])
+        result = await broker.admin.run(broker.service, ["hooktest", "ping"])
         assert result == Text("pong")
     assert ("hooktest", "ping") not in broker.admin.commands  # removed at unload
 
@@ -352,9 +352,9 @@ async def test_hook_register_metrics(broker: Any) -> None:
     plugin = Metrics()
     async with registered(broker, plugin, name="metrics-test"):
         plugin.handled = 7
-        shown = (await broker.admin.run(broker, ["metrics", "show"])).render()
+        shown = (await broker.admin.run(broker.service, ["metrics", "show"])).render()
         assert "counter.test_handled = 7" in shown
-    shown = (await broker.admin.run(broker, ["metrics", "show"])).render()
+    shown = (await broker.admin.run(broker.service, ["metrics", "show"])).render()
     assert "test_handled" not in shown  # removed with the plugin
 
 
@@ -373,15 +373,15 @@ async def test_hook_register_config(broker: Any) -> None:
 
     plugin = Settings()
     async with registered(broker, plugin, name="settings-test"):
-        assert (await broker.admin.run(broker, ["set", "test.level=3"])).text == "Done"
+        assert (await broker.admin.run(broker.service, ["set", "test.level=3"])).text == "Done"
         assert plugin.level == 3
-        shown = await broker.admin.run(broker, ["show", "--test.level"])
+        shown = await broker.admin.run(broker.service, ["show", "--test.level"])
         assert shown.rows[0]["test.level"] == 3
         with pytest.raises(CommandError):
-            await broker.admin.run(broker, ["set", "test.level=abc"])
+            await broker.admin.run(broker.service, ["set", "test.level=abc"])
         assert plugin.level == 3
     with pytest.raises(CommandError):
-        await broker.admin.run(broker, ["show", "--test.level"])  # gone with the plugin
+        await broker.admin.run(broker.service, ["show", "--test.level"])  # gone with the plugin
 
 
 async def test_async_registration_hook_is_refused_at_load(broker: Any) -> None:

@@ -43,7 +43,7 @@ from plugin_samples import (
 
 
 async def plugin_row(broker: Any, name: str) -> dict[str, Any]:
-    table = await broker.admin.run(broker, ["plugin", "show"])
+    table = await broker.admin.run(broker.service, ["plugin", "show"])
     rows = [dict(row) for row in table.rows if row["Plugin"] == name]
     assert rows, f"{name} not in plugin show"
     return rows[0]
@@ -237,7 +237,7 @@ async def test_a_module_that_fails_to_import_is_a_plugin_error(broker: Any, writ
         "cannot import nowhere_to_be_found: no module named 'nowhere_to_be_found'; the broker imports plugins itself"
     )
     assert "[broker] plugin_path" in caught.value.reason
-    assert set(broker.plugins.loaded) == {"retainer"}
+    assert set(broker.plugins.loaded) == {"admin", "retainer"}  # admin: essential, always loaded
 
 
 async def test_unresolvable_name_is_a_plugin_error(broker: Any) -> None:
@@ -324,7 +324,9 @@ async def test_a_plugin_whose_set_up_fails_is_not_loaded_and_leaves_nothing_regi
         assert "fragile" not in broker.dispatcher.policies
         assert ("fragile", "show") not in broker.admin.commands
         assert "fragile.up" not in broker.plugin_metrics.entries
-        assert [row["Plugin"] for row in (await broker.admin.run(broker, ["plugin", "show"])).rows] == ["retainer"]
+        assert [row["Plugin"] for row in (await broker.admin.run(broker.service, ["plugin", "show"])).rows] == [
+            "retainer"
+        ]
         # The same plugin with a good table loads, with all it registers.
         (tmp_path / "users.json").write_text("{}")
         await broker.plugins.load("fragile", {"fail_in": ""}, path=f"{module}:Plugin")

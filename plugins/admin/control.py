@@ -1,6 +1,6 @@
-"""The control socket: a Unix socket the kernel owns, through which ``ternmq-admin``
-runs admin commands. Its file permissions (0600, in a 0700 directory) are its access
-control. One JSON line in (``{"argv": [...]}``), one JSON line out.
+"""The control socket: a Unix socket through which ``ternmq-admin`` runs admin commands.
+Its file permissions (0600, in a 0700 directory) are its access control. One JSON line
+in (``{"argv": [...]}``), one JSON line out.
 """
 
 from __future__ import annotations
@@ -12,16 +12,11 @@ import os
 import re
 import socket
 import tempfile
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
-from .admin import CommandError
-from .config import EMBEDDED_DEFAULT
-
-if TYPE_CHECKING:
-    from .broker import Broker
-    from .config import BrokerSettings
+from ternmq.kernel import BrokerSettings, CommandError, Service
 
 log = logging.getLogger("ternmq.control")
 MAX_REQUEST = 1 << 20
@@ -38,7 +33,7 @@ def control_socket_path(settings: BrokerSettings) -> str | None:
     return os.path.join(base, f"ternmq-{os.getuid()}", f"{name}.sock")
 
 
-def _claim(path: str, settings: BrokerSettings, source: str) -> None:
+def _claim(path: str, settings: BrokerSettings, config_file: str | None) -> None:
     """Create the directory (0700) and remove a stale socket; refuse a live one."""
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -49,15 +44,15 @@ def _claim(path: str, settings: BrokerSettings, source: str) -> None:
         except OSError:
             os.unlink(path)  # nobody listens: left over from a broker that died
         else:
-            raise OSError(_taken(path, settings, source))
+            raise OSError(_taken(path, settings, config_file))
         finally:
             probe.close()
 
 
-def _taken(path: str, settings: BrokerSettings, source: str) -> str:
+def _taken(path: str, settings: BrokerSettings, config_file: str | None) -> str:
     """Why the control socket is taken, and the two keys that give this broker its own."""
     why = f" (it is named after node_name {settings.node_name!r})" if not settings.control_socket else ""
-    where = "a configuration file given with --config" if source == EMBEDDED_DEFAULT else source
+    where = "a configuration file given with --config" if config_file is None else config_file
     return (
         f"another broker already owns the control socket {path}{why}; to run one more broker on this "
         f'machine, give it another node_name or another control_socket ("off": none) in the [broker] '
@@ -66,10 +61,10 @@ def _taken(path: str, settings: BrokerSettings, source: str) -> str:
 
 
 async def serve_control(
-    broker: Broker, path: str, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+    service: Service, path: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Accept admin requests on ``path`` until cancelled; removes the socket after."""
-    _claim(path, broker.settings, broker.config.source)
+    _claim(path, service.settings, service.config_file)
     sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
     try:
@@ -83,9 +78,9 @@ async def serve_control(
     # ternmq-admin, and sees at once when two brokers would want the same one.
     log.info("control socket for ternmq-admin: %s", path)
     try:
-        task_status.started(path)
+        task_status.started()
         # serve_listeners closes the listener, and each stream after its handler.
-        await trio.serve_listeners(functools.partial(_handle, broker), [listener])
+        await trio.serve_listeners(functools.partial(_handle, service), [listener])
     finally:
         try:
             os.unlink(path)
@@ -93,17 +88,17 @@ async def serve_control(
             pass
 
 
-async def _handle(broker: Broker, stream: trio.abc.Stream) -> None:
+async def _handle(service: Service, stream: trio.abc.Stream) -> None:
     """One request. Nothing a client of the socket sends or does may end the broker."""
     try:
-        await _answer(broker, stream)
+        await _answer(service, stream)
     except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
         pass  # the client went away or never finished its request
     except Exception:
         log.exception("control socket request failed")
 
 
-async def _answer(broker: Broker, stream: trio.abc.Stream) -> None:
+async def _answer(service: Service, stream: trio.abc.Stream) -> None:
     try:
         with trio.fail_after(5):
             request = await _read_line(stream)
@@ -115,7 +110,7 @@ async def _answer(broker: Broker, stream: trio.abc.Stream) -> None:
         return
     reply: dict[str, Any]
     try:
-        result = await broker.admin.run(broker, argv)
+        result = await service.run_command(argv)
         reply = {"ok": True, "result": result.to_json(), "human": result.render()}
     except CommandError as exc:
         reply = {"ok": False, "error": str(exc), "usage": exc.usage}

@@ -2,36 +2,42 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import trio
 
-from .admin import AdminRegistry, Arguments, CommandError, Table, Text, option_error, parse_value
-from .config import ConfigError, ListenerConfig, build_attrs
-
-if TYPE_CHECKING:
-    from .broker import Broker
-
-
-def _listener_rows(broker: Broker) -> list[dict[str, Any]]:
-    return [
-        {
-            "name": name,
-            "type": running.config.type,
-            "status": running.status,
-            "address": running.config.address,
-            "port": running.port,
-            "max_conns": running.config.max_connections,
-            "active_conns": running.active,
-            "all_conns": running.total,
-        }
-        for name, running in broker.listeners.items()
-    ]
+from ternmq.kernel import (
+    AdminRegistry,
+    Arguments,
+    CommandError,
+    ConfigError,
+    ListenerConfig,
+    Service,
+    Table,
+    Text,
+    build_attrs,
+    option_error,
+    parse_value,
+)
 
 
-def _listener_show(broker: Broker, args: Arguments) -> Table:
-    return Table(tuple(_listener_rows(broker)))
+def _listener_show(service: Service, args: Arguments) -> Table:
+    return Table(
+        tuple(
+            {
+                "name": info.name,
+                "type": info.type,
+                "status": info.status,
+                "address": info.address,
+                "port": info.port,
+                "max_conns": info.max_connections,
+                "active_conns": info.active_connections,
+                "all_conns": info.total_connections,
+            }
+            for info in service.listeners()
+        )
+    )
 
 
 def _listener_table(args: Arguments) -> dict[str, Any]:
@@ -51,42 +57,32 @@ def _listener_table(args: Arguments) -> dict[str, Any]:
     return table
 
 
-async def _listener_start(broker: Broker, args: Arguments) -> Text:
+async def _listener_start(service: Service, args: Arguments) -> Text:
     table = _listener_table(args)
     try:
         config = build_attrs(ListenerConfig, table, "command line", "listener start")
     except ConfigError as exc:
         raise option_error(exc, args) from None
-    previous = broker.listeners.get(config.name)
     try:
-        running = await broker.start_listener(config)
+        info = await service.start_listener(config)
     except (ConfigError, ValueError, OSError) as exc:
-        # start_listener lists the listener before it binds; one that could not start
-        # leaves the table as it was (without a new row, or with the stopped one it replaced).
-        failed = broker.listeners.get(config.name)
-        if failed is not None and failed is not previous and failed.status != "running":
-            if previous is None:
-                del broker.listeners[config.name]
-            else:
-                broker.listeners[config.name] = previous
         # The OSError's strerror is the whole message ("listener x cannot listen on ..."),
         # without the "[Errno 98]" that str() puts in front.
         raise CommandError(exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)) from None
-    return Text(f"Done: {config.name} on {config.address}:{running.port}")
+    return Text(f"Done: {config.name} on {config.address}:{info.port}")
 
 
-async def _listener_stop(broker: Broker, args: Arguments) -> Text:
+async def _listener_stop(service: Service, args: Arguments) -> Text:
     name = args.keys["name"]
-    if not broker.stop_listener(name, kill_sessions=args.bool_flag("kill_sessions")):
+    if not service.stop_listener(name, kill_sessions=args.bool_flag("kill_sessions")):
         raise CommandError(f"no running listener {name!r}")
     # Stopping cancels the listener's task; "Done" only once it has closed its port.
-    running = broker.listeners[name]
     with trio.move_on_after(5):
-        await running.stopped.wait()
+        await service.listener_stopped(name)
     return Text("Done")
 
 
-def register_listener_commands(registry: AdminRegistry) -> None:
+def register(registry: AdminRegistry) -> None:
     registry.describe("listener", "Show, start and stop listeners.")
     registry.add("listener show", _listener_show, help="List listeners.")
     registry.add(
