@@ -20,6 +20,7 @@ from ternmq.plugins import ESSENTIAL
 
 from . import hookspecs
 from .admin import AdminRegistry
+from .codec import ReasonCode
 from .config import BrokerSettings, Config, ConfigError, ListenerConfig
 from .dispatch import HookDispatcher
 from .lifecycle import SessionLifecycle
@@ -114,7 +115,7 @@ class Broker(SessionLifecycle):
                 # Clients learn why they go (v5 DISCONNECT 0x8B; hooks see "shutdown").
                 connections = [s.connection for s in self.sessions.values() if s.connection is not None]
                 for conn in connections:
-                    conn.kick(0x8B, "shutdown")
+                    conn.kick(ReasonCode.SERVER_SHUTTING_DOWN, "shutdown")
                 with trio.move_on_after(2):
                     for conn in connections:
                         await conn.closed.wait()
@@ -243,7 +244,9 @@ class Broker(SessionLifecycle):
             retain = False
         return await self.publish(Message(topic, payload, qos, retain, properties or {}), None)
 
-    def disconnect_client(self, client_id: str, reason_code: int = 0x98, *, cleanup: bool = False) -> bool:
+    def disconnect_client(
+        self, client_id: str, reason_code: int = ReasonCode.ADMINISTRATIVE_ACTION, *, cleanup: bool = False
+    ) -> bool:
         """Service API: close a client's connection (v5 DISCONNECT ``reason_code``)."""
         session = self.sessions.get(client_id)
         if session is None:

@@ -19,6 +19,7 @@ import trio
 
 from .broker import Broker
 from .codec import (
+    FIRST_FAILURE_CODE,
     Auth,
     Connack,
     Connect,
@@ -224,7 +225,7 @@ class MQTTTestClient:
             return await self.expect(Puback)
         if qos == 2:
             pubrec = await self.expect(Pubrec)
-            if pubrec.reason_code >= 0x80:
+            if pubrec.reason_code >= FIRST_FAILURE_CODE:
                 return pubrec
             await self.send(Pubrel(pubrec.packet_id))
             return await self.expect(Pubcomp)

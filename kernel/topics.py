@@ -11,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any, Generic, TypeVar
 
+from .codec import ReasonCode
+
 __all__ = ["TopicError", "validate_topic_name", "validate_topic_filter", "parse_shared"]
 __all__ += ["topic_matches", "SubscriptionTrie"]
 
-TOPIC_FILTER_INVALID = 0x8F
-TOPIC_NAME_INVALID = 0x90
+TOPIC_FILTER_INVALID = ReasonCode.TOPIC_FILTER_INVALID
+TOPIC_NAME_INVALID = ReasonCode.TOPIC_NAME_INVALID
 MAX_TOPIC_BYTES = 65535
 _SHARE = "$share/"
 

@@ -25,13 +25,10 @@ KERNEL_DIR = Path(ternmq.kernel.__file__).resolve().parent
 REASON_CODE_VALUES = frozenset(int(code) for code in ReasonCode if code >= 0x10)
 # Modules that still spell reason codes as numbers; they belong to concurrent changes.
 NOT_YET_NAMED = {
-    "broker.py",
     "connect.py",
     "connection.py",
     "lifecycle.py",
     "listeners.py",
-    "testing.py",
-    "topics.py",
 }
 
 
