@@ -127,7 +127,7 @@ async def test_every_split_gets_the_same_answer(broker, level):
     assert not different, f"split at {different[:5]}: {decoded(answers[different[0]], level)}"
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, database=None)  # no .hypothesis folder left behind
 @given(level=st.sampled_from([4, 5]), cuts=st.lists(st.integers(min_value=1, max_value=400), max_size=12))
 async def test_random_splits_get_the_same_answer(level, cuts):
     # A broker per example: pytest-trio runs each hypothesis example in its own trio run,
