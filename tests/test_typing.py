@@ -1,4 +1,4 @@
-"""mypy --strict over the package as it installs (style.md: strict typing).
+"""mypy --strict over the package as it installs (the project checks its types strictly).
 
 The folders kernel/, plugins/ and api/ install as ternmq.kernel, ternmq.plugins and
 ternmq.api through package-dir; mypy does not follow setuptools' editable import hook,

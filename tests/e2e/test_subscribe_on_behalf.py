@@ -1,5 +1,5 @@
-"""The service API's subscribe/unsubscribe on a client's behalf (DESIGN: "subscribe on
-behalf"), with real MQTT clients on both ends."""
+"""The service face's subscribe/unsubscribe on a client's behalf (docs/plugins.md, "The
+service face"), with real MQTT clients on both ends."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Decision hooks auth_on_subscribe, auth_on_unsubscribe, on_auth, on_deliver, with real clients.
 
 Each test registers a small recording plugin (``registered(broker, obj)``), checks that
-the hook fires at the moment VerneMQ fires it (shared/reference/vernemq.md §2.3) with
+the hook fires at the moment VerneMQ fires it (docs/hooks.md, "When hooks fire") with
 the right frozen arguments, and that its answer takes effect on the wire.
 """
 

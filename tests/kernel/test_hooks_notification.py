@@ -1,7 +1,7 @@
 """Notification hooks of the client lifecycle in a running broker, with real clients.
 
 Each test registers a small recording plugin, checks the moment the hook fires
-(shared/reference/vernemq.md §2.3: on_register after the session is attached and before
+(docs/hooks.md, "When hooks fire in a client's life": on_register after the session is attached and before
 CONNACK, on_publish after routing, on_subscribe after the registry update, ...) and the
 frozen arguments it gets.
 """

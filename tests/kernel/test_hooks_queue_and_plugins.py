@@ -1,7 +1,7 @@
 """Notification hooks on_offline_message, on_session_expired, on_message_drop, on_plugin_*.
 
 Each test registers a small recording plugin, drives the broker with real clients
-until the hook must fire (shared/reference/vernemq.md §2.3, items 9, 13 and 14) and
+until the hook must fire (docs/hooks.md, "When hooks fire in a client's life") and
 checks the frozen arguments it gets.
 """
 

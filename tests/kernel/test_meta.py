@@ -2,7 +2,7 @@
 
 Every hookspec is documented (each parameter, what happens on error), belongs to exactly
 one family, and has a ``test_hook_<name>`` test somewhere under tests/. Kernel modules
-stay small (DESIGN.md: "a feature that can be a plugin is a plugin").
+stay small (docs/architecture.md: a feature that can be a plugin is a plugin).
 """
 
 from __future__ import annotations
