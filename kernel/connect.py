@@ -1,6 +1,6 @@
 """The CONNECT handshake: checks, enhanced auth, auth_on_register, session, CONNACK.
 
-The order follows VerneMQ (shared/reference/vernemq.md §2.3): enhanced authentication
+The order is VerneMQ's (docs/hooks.md, "When hooks fire in a client's life"): enhanced authentication
 (``on_auth``), ``auth_on_register``, the will's ``auth_on_publish``, takeover of an
 existing connection, session attach, ``on_register``, CONNACK, then the queue drains
 and ``on_client_wakeup`` fires.
@@ -27,6 +27,7 @@ from .codec import (
     encode,
     legal_reason_code,
 )
+from .rawstream import RECEIVE_SIZE
 from .topics import TopicError, is_broker_topic, validate_topic_name
 from .types import Allow, AuthContinue, ClientInfo, Deny, Message
 
@@ -71,24 +72,30 @@ _CONNACK_ACCEPTED_V3 = {False: b"\x20\x02\x00\x00", True: b"\x20\x02\x00\x00"}
 _CONNACK_ACCEPTED_V4 = {False: b"\x20\x02\x00\x00", True: b"\x20\x02\x01\x00"}
 
 
-async def read_connect(conn: Connection) -> Connect | None:
+async def read_connect(conn: Connection, data: bytes | bytearray | None = None) -> Connect | None:
     """The first packet, which must be a CONNECT, within connect_timeout; None if none came.
+
+    ``data``: what the caller already read.
 
     Anything but a CONNECT is refused at its first byte, without waiting for the rest.
     An unsupported protocol level gets CONNACK return code 1, then the close (MQTT 3.1.1
     [MQTT-3.1.2-2]; MQTT 5 §3.1.2.2 allows it): the client's level is unknown, so the
     3.1.1 form.
     """
-    # The broker's watchdog enforces connect_timeout (conn.deadline) by cancelling
-    # the reader; no cancel scope per connection here.
+    # The broker's watchdog enforces connect_timeout (conn.deadline) by stopping the
+    # reader; no cancel scope per connection here.
     framer = conn.framer
-    while (frame := framer.next_frame()) is None:
-        data = await conn.stream.receive_some(65536)
+    receive = conn.stream.receive_some
+    while True:
+        if data is None:
+            data = await receive(RECEIVE_SIZE)
         if not data:
             return None
-        if not framer.buffered() and data[0] != 0x10:
+        if data[0] != 0x10 and not framer.buffered():
             raise ProtocolError("the first packet must be CONNECT")
-        framer.feed(data)
+        if (frame := framer.feed_frame(data)) is not None:
+            break
+        data = None
     try:
         packet = decode_packet(frame[0], frame[1], 4)
     except MQTTError as exc:
@@ -98,6 +105,29 @@ async def read_connect(conn: Connection) -> Connect | None:
     if not isinstance(packet, Connect):
         raise ProtocolError("the first packet must be CONNECT")
     return packet
+
+
+def handshake_awaits(conn: Connection, packet: Connect) -> bool:
+    """Whether ``handshake(conn, packet)`` may wait for anything; False: every await in
+    it returns at once (the reader then needs no cancel scope, see connection.py).
+
+    It may wait for a hook (auth_on_register, on_register, on_client_wakeup), enhanced
+    authentication, a will (authorized as a PUBLISH), the client id's existing session
+    (a takeover, a will delay, the session store) or, with no client id, one that is
+    assigned (it could, in theory, name an existing session).
+    """
+    broker = conn.broker
+    has = broker.dispatcher.has
+    client_id = packet.client_id
+    return (
+        not client_id
+        or client_id in broker.sessions
+        or packet.will is not None
+        or "authentication_method" in packet.properties
+        or has("auth_on_register")
+        or has("on_register")
+        or has("on_client_wakeup")
+    )
 
 
 async def handshake(conn: Connection, packet: Connect) -> bool:
@@ -196,7 +226,11 @@ async def _accept(conn: Connection, packet: Connect) -> tuple[dict[str, Any], bo
     dispatcher = broker.dispatcher
     if dispatcher.has("auth_on_register"):
         answer = await dispatcher.decide(
-            "auth_on_register", client=client, password=packet.password, clean_start=clean_start, properties=props
+            "auth_on_register",
+            client=client,
+            password=packet.password,
+            clean_start=clean_start,
+            properties=props,
         )
     else:
         answer = None

@@ -5,35 +5,40 @@ its handler in ``inbound.py`` (to the end, before the next is read), and flushes
 own replies in one write per read. Messages other clients route here while the reader
 waits are sent by a writer task that is started on first need in the listener's
 nursery. Connect timeout and keep-alive are deadlines checked by the broker's
-watchdog, not one cancel scope per client. The reader's cancel scope is the
-connection's off switch: ``kick`` and the watchdog cancel it; what is queued is flushed
-and the broker detaches the session.
+watchdog, not one cancel scope per client.
+
+The off switch (``_cancel_reader``: ``kick``, the watchdog, a failed writer) ends the
+reader where it waits; what is queued is flushed and the broker detaches the session.
+Over TLS and WebSocket it cancels the reader's cancel scope. Over plain TCP, the common
+case, a cancel scope would be one of the largest costs of a client that connects and
+disconnects (bench/), so the reader starts without one: as long as all it waits for is
+its socket (the CONNECT, a handshake that awaits nothing, the DISCONNECT), the switch is
+``RawSocketStream.abort_receive``. From the first step that may wait for anything else
+(a hook, a takeover, a packet other than DISCONNECT, a reply the socket does not take
+at once) the reader runs in its cancel scope, entered there and kept to the end.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from . import connect as connect_phase
 from .codec import (
-    Disconnect,
+    Connect,
     Framer,
     MQTTError,
-    PacketType,
     ProtocolError,
-    Publish,
     decode_packet,
-    encode,
-    encode_publish_parts,
-    legal_reason_code,
 )
 from .inbound import HANDLERS, STOP
-from .rawstream import RECEIVE_SIZE, RawSocketStream
-from .types import ClientInfo, Message
+from .outbound import FLUSH_GRACE, Outbound
+from .rawstream import RECEIVE_SIZE, RawSocketStream, ReceiveAborted
+from .types import ClientInfo
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -42,49 +47,38 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ternmq.connection")
 
-FLUSH_GRACE = 2.0
 # Who the client is until its CONNECT is accepted, shared by all connections: only logs
 # read it then (client_id ""); hooks first see the ClientInfo that connect.py builds.
 _NOT_CONNECTED = ClientInfo("")
-# What a server may leave out of a packet that would exceed the client's maximum size.
-_OPTIONAL_PROPERTIES = frozenset({"reason_string", "user_property"})
 
 
-class Connection:
+class Connection(Outbound):
     """A client's connection (see module docstring).
 
     :param nursery: where the writer task runs when one is needed (the listener's
         connection nursery).
+    :param now: ``trio.current_time``, or the same function of the clock (listeners.py
+        passes ``current_clock().current_time``: two calls fewer each time).
     """
 
-    __slots__ = (
-        "_closing",
-        "_out",
-        "_out_aliases",
+    __slots__ = (  # and Outbound's
+        "_closed",
+        "_in_aliases",
+        "_now",
         "_read_scope",
         "_reading",
         "_stopping",
-        "_wakeup",
-        "_writer_done",
-        "_writer_running",
         "auth_method",
         "broker",
         "client_info",
-        "client_maximum_packet_size",
-        "client_receive_maximum",
-        "closed",
         "connected",
         "deadline",
         "disconnect_reason",
         "framer",
-        "in_aliases",
         "keep_alive",
         "listener",
         "max_topic_alias",
         "nursery",
-        "outbound_alias_maximum",
-        "outbound_bytes",
-        "outbound_limit",
         "over_capacity",
         "peer_host",
         "peer_port",
@@ -108,6 +102,7 @@ class Connection:
         tls_common_name: str | None = None,
         *,
         nursery: trio.Nursery,
+        now: Callable[[], float] = trio.current_time,
     ) -> None:
         limits = broker.settings.limits
         self.broker = broker
@@ -124,26 +119,28 @@ class Connection:
         self.keep_alive = 0
         # When the watchdog closes this connection: the connect timeout until CONNECT
         # is done, then 1.5 × keep-alive after the last read (inf without keep-alive).
-        self.deadline = trio.current_time() + limits.connect_timeout
+        self.deadline = now() + limits.connect_timeout
+        self._now = now
         self.will: Any = None
         self.disconnect_reason = "connection_lost"
         self.connected = False
-        self.closed = trio.Event()
-        self._read_scope = trio.CancelScope()
+        self._closed: trio.Event | bool = False  # see closed
+        # Plain TCP: none until the reader needs one (module docstring).
+        self._read_scope = None if type(stream) is RawSocketStream else trio.CancelScope()
         self._out: list[bytes] = []
         self.outbound_bytes = 0
         self.outbound_limit = limits.outbound_buffer_bytes
         self._wakeup: trio.Event | None = None
         self._closing = False
-        self._reading = False
+        self._reading = True  # until it waits for input (serve)
         self._stopping = False
         self._writer_running = False
         self._writer_done: trio.Event | None = None
         self.client_receive_maximum = 65535
         self.client_maximum_packet_size = 268_435_460
         self.outbound_alias_maximum = 0
-        self._out_aliases: dict[str, int] = {}
-        self.in_aliases: dict[int, str] = {}
+        self._out_aliases: dict[str, int] | None = None  # MQTT 5 only: made on first use
+        self._in_aliases: dict[int, str] | None = None
         self.server_receive_maximum = limits.max_inflight
         self.max_topic_alias = limits.max_topic_alias
         self.request_problem_information = True
@@ -152,29 +149,66 @@ class Connection:
         # The CONNACK said "session present": PUBRELs of the last connection may follow.
         self.session_present = False
 
+    @property
+    def closed(self) -> trio.Event:
+        """Set once the connection is closed and its session detached."""
+        event = self._closed
+        if event is True or event is False:  # made only when someone waits: most never do
+            finished = event
+            event = self._closed = trio.Event()
+            if finished:
+                event.set()
+        return event
+
+    @property
+    def in_aliases(self) -> dict[int, str]:
+        """Topic aliases the client set (MQTT 5)."""
+        aliases = self._in_aliases
+        if aliases is None:
+            aliases = self._in_aliases = {}
+        return aliases
+
     # -- lifetime ----------------------------------------------------------------------
 
     async def serve(self) -> None:
         """Run the connection until the client leaves or is kicked; then tear down.
 
         Connect+disconnect is a hot path (bench/: CPU per connection against a bare trio
-        server) on which a trio cancel scope is one of the largest costs: so the read
-        side has the one scope the off switch needs, and the teardown is shielded only
-        when it has something to await (SessionLifecycle.detach_at_once).
+        server) on which a trio cancel scope is one of the largest costs: so the reader
+        enters its scope only when it needs one (module docstring), and the teardown is
+        shielded only when it has something to await (SessionLifecycle.detach_at_once).
         """
         broker = self.broker
         broker.connections.add(self)
+        stream = self.stream
         try:
-            self._reading = True
-            with self._read_scope:
-                try:
-                    packet = await connect_phase.read_connect(self)
-                    if packet is not None and await connect_phase.handshake(self, packet):
-                        await self._read_loop()
-                except MQTTError as exc:
-                    self.protocol_error(exc.reason_code, exc.message)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    self.disconnect_reason = "connection_lost"
+            try:
+                if type(stream) is RawSocketStream:
+                    # Just started by the scheduler: a CONNECT that is there is read
+                    # without one more pass of it (a checkpoint), one that is not yet
+                    # there is waited for without a read that fails first.
+                    data = stream.receive_now()
+                    if data is None:
+                        data = await stream.receive_after_wait()
+                    packet = await connect_phase.read_connect(self, data)
+                    if packet is not None:
+                        if connect_phase.handshake_awaits(self, packet):
+                            await self._handshake_in_scope(packet)
+                        elif await connect_phase.handshake(self, packet):  # awaits nothing: test_connect_path
+                            await self._read_loop()
+                else:
+                    scope = self._read_scope
+                    assert scope is not None  # made in __init__ for TLS and WebSocket
+                    with scope:
+                        packet = await connect_phase.read_connect(self)
+                        if packet is not None and await connect_phase.handshake(self, packet):
+                            await self._read_loop()
+            except MQTTError as exc:
+                self.protocol_error(exc.reason_code, exc.message)
+            except ReceiveAborted:
+                pass  # the off switch, while the reader waited for its socket
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.disconnect_reason = "connection_lost"
             self._closing = True
             if self._out or self._writer_running:
                 await self._finish_writes()
@@ -187,44 +221,86 @@ class Connection:
                     with trio.CancelScope(shield=True):
                         await broker.connection_closed(self)
             finally:
-                stream = self.stream
                 if type(stream) is RawSocketStream:
                     stream.close_now()  # no checkpoint, no cancel scope: cheap
                 else:
                     with trio.CancelScope(shield=True):
                         await trio.aclose_forcefully(stream)
-                self.closed.set()
+                closed = self._closed
+                if closed is False:
+                    self._closed = True
+                elif closed is not True:
+                    closed.set()
+
+    async def _handshake_in_scope(self, packet: Connect) -> None:
+        with self._enter_scope():
+            if await connect_phase.handshake(self, packet):
+                await self._read_loop()
 
     async def _read_loop(self) -> None:
+        """Handle packets, flush replies, read; until the client leaves or is stopped.
+
+        Outside a cancel scope (plain TCP, module docstring) it only waits for its socket,
+        handles only a DISCONNECT (whose handler awaits nothing: test_connect_path) and
+        sends only what the socket takes at once; before anything else it enters the
+        scope and goes on in there.
+        """
         stream = self.stream
         framer = self.framer
         handlers = HANDLERS
         level = self.protocol_level
         grace = self.keep_alive * 1.5
-        self.deadline = trio.current_time() + grace if grace else math.inf
+        now = self._now
+        self.deadline = now() + grace if grace else math.inf
+        lean = self._read_scope is None
+        if lean and framer.buffered():  # the client sent more right after its CONNECT
+            return await self._read_loop_in_scope()
+        frame: tuple[int, bytes] | None = None  # the first of a read
         while True:
             # Frames first, then the socket: what arrived with the CONNECT (or an AUTH
             # round) is already in the framer, and a client that pipelines CONNECT,
             # SUBSCRIBE, PUBLISH in one write waits for those answers before it writes again.
-            while not self._stopping and (frame := framer.next_frame()) is not None:
+            while not self._stopping and (frame is not None or (frame := framer.next_frame()) is not None):
                 packet = decode_packet(frame[0], frame[1], level)
+                frame = None
                 if (handler := handlers.get(type(packet))) is None:  # CONNACK, SUBACK...
                     raise ProtocolError(f"{type(packet).__name__.upper()} from a client")
                 if await handler(self, packet) is STOP:
                     return
+                if lean and framer.buffered():
+                    return await self._read_loop_in_scope()
             if self._out and not self._writer_running:
-                await self._flush()  # our own replies (PUBACK...), batched per read
+                if not lean:
+                    await self._flush()  # our own replies (PUBACK...), batched per read
+                elif not self._send_now():
+                    return await self._read_loop_in_scope()
             if self._stopping:
                 return
             self._reading = False
-            data = await stream.receive_some(RECEIVE_SIZE)
+            data: bytes | bytearray
+            if lean and type(stream) is RawSocketStream:  # it has just answered the CONNECT
+                data = await stream.receive_after_wait(RECEIVE_SIZE)  # nothing to read yet
+            else:
+                data = await stream.receive_some(RECEIVE_SIZE)
             self._reading = True
             if not data:
                 self.disconnect_reason = "connection_lost"
                 return
             if grace:
-                self.deadline = trio.current_time() + grace
-            framer.feed(data)
+                self.deadline = now() + grace
+            if lean and data[0] != 0xE0:  # not a DISCONNECT
+                framer.feed(data)
+                return await self._read_loop_in_scope()
+            frame = framer.feed_frame(data)
+
+    async def _read_loop_in_scope(self) -> None:
+        with self._enter_scope():
+            await self._read_loop()
+
+    def _enter_scope(self) -> trio.CancelScope:
+        """The cancel scope of a reader that started without one (plain TCP)."""
+        scope = self._read_scope = trio.CancelScope()
+        return scope
 
     def timed_out(self) -> None:
         """Called by the broker's watchdog once ``deadline`` has passed."""
@@ -234,112 +310,17 @@ class Connection:
             self.send_disconnect(0x8D)
         else:
             self.disconnect_reason = "connect_timeout"
-        self._read_scope.cancel()
+        self._cancel_reader()
 
-    # -- writing -----------------------------------------------------------------------
-    # The reader flushes its own replies after each read. A writer task is started only
-    # when another task writes to this client (a message routed to it) while the reader
-    # waits for input: a client that only connects, or only publishes, never needs one.
-
-    async def flush(self) -> None:
-        """Send what is queued now, from the reader, before it waits for input."""
-        if self._out and not self._writer_running:
-            await self._flush()
-
-    async def _flush(self) -> None:
-        stream = self.stream
-        while self._out:
-            out = self._out
-            data = out[0] if len(out) == 1 else b"".join(out)
-            self._out = []
-            self.outbound_bytes = 0
-            await stream.send_all(data)
-            self.broker.metrics.bytes_sent += len(data)
-
-    async def _write_loop(self) -> None:
-        try:
-            while True:
-                while not self._out:
-                    if self._closing:
-                        return
-                    self._wakeup = trio.Event()
-                    await self._wakeup.wait()
-                    self._wakeup = None
-                await self._flush()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._read_scope.cancel()
-        except Exception:  # e.g. a WebSocket library error: close this client only
-            log.exception("writer of %s failed", self.client_info.client_id)
-            self._read_scope.cancel()
-        finally:
-            self._writer_running = False
-            assert self._writer_done is not None  # set before the writer starts
-            self._writer_done.set()
-
-    async def _finish_writes(self) -> None:
-        """Let what is queued (a CONNACK refusal, a DISCONNECT) reach the client."""
-        self._closing = True
-        if self._writer_running:
-            self._wake_writer()
-            assert self._writer_done is not None
-            with trio.move_on_after(FLUSH_GRACE):
-                await self._writer_done.wait()
-        elif self._out:
-            with trio.move_on_after(FLUSH_GRACE):
-                await self._flush()
-
-    def _wake_writer(self) -> None:
-        if self._wakeup is not None:
-            self._wakeup.set()
-
-    def write(self, data: bytes) -> None:
-        """Queue bytes for the client; never blocks (the caller checks outbound_bytes)."""
-        self._out.append(data)
-        self.outbound_bytes += len(data)
-        if self._wakeup is not None:
-            self._wakeup.set()  # a writer is running and waiting: it sends this
-        elif self._reading:
-            return  # the reader (or a busy writer) flushes before waiting again
-        elif not self._writer_running and not self._closing:
-            self._writer_running = True
-            self._writer_done = trio.Event()
-            self.nursery.start_soon(self._write_loop)
-
-    def send(self, packet: Any) -> bool:
-        """Queue a control packet (not a routed PUBLISH: sessions encode those).
-
-        A packet over the client's Maximum Packet Size loses its reason string and user
-        properties, which the client may not be sent then [MQTT-3.1.2-25]; if it is still
-        too large it is not sent at all (False).
-        """
-        data = encode(packet, self.protocol_level)
-        if len(data) > self.client_maximum_packet_size:
-            properties = getattr(packet, "properties", None)
-            if not properties or not _OPTIONAL_PROPERTIES.intersection(properties):
-                return False
-            packet.properties = {k: v for k, v in properties.items() if k not in _OPTIONAL_PROPERTIES}
-            data = encode(packet, self.protocol_level)
-            if len(data) > self.client_maximum_packet_size:
-                return False
-        self.write(data)
-        return True
-
-    def problem_information(self, reason_string: str | None) -> dict[str, Any]:
-        """Properties carrying ``reason_string`` on a packet other than CONNACK and
-        DISCONNECT: none unless the MQTT 5 client asked for problem information."""
-        if reason_string and self.protocol_level == 5 and self.request_problem_information:
-            return {"reason_string": reason_string}
-        return {}
-
-    def send_disconnect(self, reason_code: int, reason_string: str | None = None) -> None:
-        """MQTT 5 clients get a DISCONNECT with the reason; v3 ones just see the close.
-
-        The reason string goes out even to a client that set Request Problem Information
-        to 0: the spec allows it on DISCONNECT, and it tells the user why.
-        """
-        if self.protocol_level == 5 and self.connected:
-            props = {"reason_string": reason_string} if reason_string else {}
-            self.send(Disconnect(legal_reason_code(PacketType.DISCONNECT, reason_code), props))
+    def _cancel_reader(self) -> None:
+        """The off switch: end the reader where it waits (module docstring)."""
+        scope = self._read_scope
+        if scope is not None:
+            scope.cancel()
+        else:
+            stream = self.stream
+            assert type(stream) is RawSocketStream
+            stream.abort_receive()
 
     def protocol_error(self, reason_code: int, message: str = "") -> None:
         """Close this connection for bad input, with the reason code where v5 allows."""
@@ -366,23 +347,10 @@ class Connection:
 
         A reader that is handling packets or flushing must not be cancelled there:
         bytes it took off the queue would be lost (a CONNACK, the DISCONNECT just
-        queued). The watchdog cancels it anyway if that takes longer than FLUSH_GRACE.
+        queued). The watchdog stops it anyway if that takes longer than FLUSH_GRACE.
         """
         if self._reading:
             self._stopping = True
-            self.deadline = min(self.deadline, trio.current_time() + FLUSH_GRACE)
+            self.deadline = min(self.deadline, self._now() + FLUSH_GRACE)
         else:
-            self._read_scope.cancel()
-
-    def encode_with_alias(self, message: Message, qos: int, retain: bool, props: dict[str, Any]) -> tuple[bytes, bytes]:
-        """Encode a PUBLISH using an outbound topic alias (MQTT 5 clients that allow them)."""
-        topic = message.topic
-        alias = self._out_aliases.get(topic)
-        if alias is not None:
-            props["topic_alias"] = alias
-            topic = ""
-        elif len(self._out_aliases) < self.outbound_alias_maximum:
-            alias = len(self._out_aliases) + 1
-            self._out_aliases[topic] = alias
-            props["topic_alias"] = alias
-        return encode_publish_parts(Publish(topic, message.payload, qos, retain, False, None, props), 5)
+            self._cancel_reader()

@@ -171,14 +171,15 @@ class SessionLifecycle:
         if conn.will is not None:
             return False
         has = self.dispatcher.has
-        if session.persistent:
+        persistent = session.persistent
+        if persistent:
             if has("session_store_save") or has("on_client_offline"):
                 return False
         elif session.stored or has("on_client_gone"):
             return False
         session.connection = None
         session.disconnected_at = time.time()
-        if session.persistent:
+        if persistent:
             self._schedule_expiry(session)  # save_session would save nothing
         else:
             self._forget_session(session)  # all of _end_session when nothing is stored

@@ -14,6 +14,7 @@ import functools
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -168,7 +169,9 @@ async def serve_listener(
     running.port = listening[0].getsockname()[1]
     try:
         async with trio.open_nursery() as connections:
-            handler = functools.partial(_accept, broker, running, context, connections)
+            # The clock's own current_time: trio.current_time() without two calls around it.
+            now = trio.lowlevel.current_clock().current_time
+            handler = functools.partial(_accept, broker, running, context, connections, now)
             with running.scope:
                 running.status = "running"
                 suffix = config.path if config.type in ("ws", "wss") else ""
@@ -191,19 +194,20 @@ async def _accept(
     running: RunningListener,
     context: ssl.SSLContext | None,
     connections: trio.Nursery,
+    now: Callable[[], float],
     stream: RawSocketStream,
     address: tuple[Any, ...],
 ) -> None:
     """One accepted TCP connection, through TLS and WebSocket handshakes to MQTT."""
+    config = running.config
     try:
-        host, port = address[:2]
-        log.debug("connection from %s:%d on listener %s", host, port, running.config.name)
+        host = address[0]
+        port = address[1]
+        log.debug("connection from %s:%d on listener %s", host, port, config.name)
         common_name = None
         client_stream: trio.abc.Stream = stream
         if context is not None:
-            tls_stream = trio.SSLStream(
-                stream, context, server_side=True, https_compatible=running.config.type == "wss"
-            )
+            tls_stream = trio.SSLStream(stream, context, server_side=True, https_compatible=config.type == "wss")
             try:
                 with trio.fail_after(broker.settings.limits.connect_timeout):
                     await tls_stream.do_handshake()
@@ -213,17 +217,17 @@ async def _accept(
                     "TLS handshake with %s:%d on %s failed: %s",
                     host,
                     port,
-                    running.config.name,
+                    config.name,
                     str(cause) or type(cause).__name__,
                 )
                 await trio.aclose_forcefully(tls_stream)
                 return
             common_name = _common_name(tls_stream)
             client_stream = tls_stream
-        if running.config.type in ("ws", "wss"):
+        if config.type in ("ws", "wss"):
             await _serve_websocket(broker, running, client_stream, host, port, common_name)
             return
-        connection = Connection(broker, client_stream, running.config, host, port, common_name, nursery=connections)
+        connection = Connection(broker, client_stream, config, host, port, common_name, nursery=connections, now=now)
         # _run_connection's body, inline: one coroutine less to create and to pass
         # through at every resume of the connects hot path.
         _count_in(running, connection)
@@ -235,7 +239,7 @@ async def _accept(
             _count_out(running, connection)
     except Exception:
         # Whatever a client managed to break stays with its own connection.
-        log.exception("connection on listener %s failed", running.config.name)
+        log.exception("connection on listener %s failed", config.name)
         await trio.aclose_forcefully(stream)
 
 

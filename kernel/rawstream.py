@@ -12,6 +12,14 @@ not a checkpoint (every receive is, so a busy client still lets the scheduler ru
 others). Two tasks sending at once is still an error, as in trio (BusyResourceError),
 checked with a flag instead of a conflict detector object. TLS and WebSocket layers
 wrap it like any trio Stream.
+
+What it adds, for the connect path (kernel/connection.py says why): ``abort_receive()``,
+an off switch for the one task that reads, cheaper than a cancel scope around it (the
+receive waiting now, or the next one, raises ReceiveAborted; sends go on: a waiting
+sender is woken by trio too, and waits again); ``receive_now()``, a read that is no
+checkpoint, for a task that the scheduler has just started; ``receive_after_wait()``,
+which waits before it reads, for a reader that has just answered; ``send_nowait()``.
+``close_now()`` skips trio's notify_closing when no task waits in the stream.
 """
 
 from __future__ import annotations
@@ -35,42 +43,110 @@ RECEIVE_SIZE = 65536
 _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 
+class ReceiveAborted(trio.ClosedResourceError):
+    """A receive of a RawSocketStream after ``abort_receive()``: the reader was stopped."""
+
+
 class RawSocketStream(trio.abc.HalfCloseableStream):
     """A connected non-blocking stdlib socket as a trio Stream (see module docstring)."""
 
-    __slots__ = ("socket", "_sending")
+    __slots__ = ("socket", "_sending", "_receiving", "_send_waiting", "_aborted")
 
     def __init__(self, sock: socket.socket) -> None:
         self.socket = sock
-        self._sending = False
+        self._sending = False  # a send_all is under way (it waits for room)
+        self._receiving = False  # a receive waits for the socket
+        self._send_waiting = False  # a send waits for the socket
+        self._aborted = False
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         # The checkpoint is the wait, or, when data was there at once, one after the
         # read: as in trio's own sockets, a wait is not followed by another schedule
         # point (that would be one more pass of the scheduler per wake-up). A cancel
         # that came with the wake-up is still raised before anything is read, so a
-        # cancelled reader never goes on to handle what it read.
-        sock = self.socket
-        size = max_bytes or RECEIVE_SIZE
+        # cancelled reader never goes on to handle what it read; so is an abort.
+        if self._aborted:
+            raise ReceiveAborted("receiving was aborted")
         try:
-            data = sock.recv(size)
+            data = self.socket.recv(max_bytes or RECEIVE_SIZE)
         except BlockingIOError:
-            pass
+            return await self.receive_after_wait(max_bytes, cancel_point=True)
         except OSError as exc:
             raise _broken(exc) from exc
-        else:
-            await checkpoint()
-            return data
+        await checkpoint()
+        if self._aborted:
+            raise ReceiveAborted("receiving was aborted")
+        return data
+
+    async def receive_after_wait(self, max_bytes: int | None = None, *, cancel_point: bool = False) -> bytes:
+        """receive_some that waits for the socket before it reads: for a reader that
+        expects nothing yet (it has just answered), which spares a read that fails.
+
+        As trio's own sockets, it reads what woke it even if a cancel came with the
+        wake-up (the next checkpoint raises it), unless ``cancel_point`` (receive_some).
+        An abort_receive is always seen before the read.
+        """
+        sock = self.socket
+        size = max_bytes or RECEIVE_SIZE
         while True:
-            # Not self._wait: a socket that just said "would block" is open.
-            await wait_readable(sock)
-            await checkpoint_if_cancelled()
+            if self._aborted:
+                raise ReceiveAborted("receiving was aborted")
+            self._receiving = True
+            try:
+                await wait_readable(sock)
+            except trio.ClosedResourceError:
+                if self._aborted and sock.fileno() >= 0:
+                    raise ReceiveAborted("receiving was aborted") from None
+                raise
+            finally:
+                self._receiving = False
+            if cancel_point:
+                await checkpoint_if_cancelled()
+            if self._aborted:
+                raise ReceiveAborted("receiving was aborted")
             try:
                 return sock.recv(size)
             except BlockingIOError:  # woken without data (it can happen): wait again
                 continue
             except OSError as exc:
                 raise _broken(exc) from exc
+
+    def receive_now(self, max_bytes: int | None = None) -> bytes | None:
+        """What the socket holds now, without a wait or a checkpoint (None: nothing yet).
+
+        For the first read of a task that the scheduler has only just started.
+        """
+        if self._aborted:
+            raise ReceiveAborted("receiving was aborted")
+        try:
+            return self.socket.recv(max_bytes or RECEIVE_SIZE)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise _broken(exc) from exc
+
+    def abort_receive(self) -> None:
+        """Make the receive that waits now, or the next one, raise ReceiveAborted.
+
+        No checkpoint, no cancel scope; the socket stays open and sends go on. Data
+        read but not yet returned by a receive that is at its checkpoint is dropped,
+        as a cancel would drop it.
+        """
+        self._aborted = True
+        if self._receiving:
+            # Wakes every task waiting on the socket: a sender waits again (_wait).
+            notify_closing(self.socket)
+
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> int:
+        """Send what the kernel buffer takes now, without waiting: the bytes sent."""
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this connection")
+        try:
+            return self.socket.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            raise _broken(exc) from exc
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._sending:
@@ -113,16 +189,33 @@ class RawSocketStream(trio.abc.HalfCloseableStream):
 
     def close_now(self) -> None:
         """Close without a checkpoint: wakes any task waiting on the socket first."""
-        close_socket(self.socket)
+        sock = self.socket
+        if self._receiving or self._send_waiting:
+            close_socket(sock)
+        else:
+            # Nobody waits in this stream, so trio holds no registration of the socket
+            # and notify_closing has nothing to do but an epoll_ctl that fails.
+            sock.close()
 
     async def aclose(self) -> None:
         self.close_now()
         await checkpoint()
 
     async def _wait(self, wait: Callable[[socket.socket], Awaitable[None]]) -> None:
-        if self.socket.fileno() < 0:
-            raise trio.ClosedResourceError("the connection was closed")
-        await wait(self.socket)
+        sock = self.socket
+        while True:
+            if sock.fileno() < 0:
+                raise trio.ClosedResourceError("the connection was closed")
+            self._send_waiting = True
+            try:
+                await wait(sock)
+                return
+            except trio.ClosedResourceError:
+                if not self._aborted or sock.fileno() < 0:
+                    raise
+                # woken by abort_receive, which is not for senders: wait again
+            finally:
+                self._send_waiting = False
 
 
 def _broken(exc: OSError) -> Exception:

@@ -98,6 +98,8 @@ def legal_reason_code(packet_type: int, reason_code: int) -> int:
 _FLAGS = (None, 0, 0, None, 0, 0, 2, 0, 2, 0, 2, 0, 0, 0, 0, 0)
 
 _VALID_PROTOCOLS = frozenset({("MQIsdp", 3), ("MQTT", 4), ("MQTT", 5)})
+# The same as the first bytes of a CONNECT (name as an MQTT string, then the level).
+_PROTOCOL_HEADERS = {bytes((0, len(name))) + name.encode() + bytes((level,)): name for name, level in _VALID_PROTOCOLS}
 
 
 def _violation(level: int, message: str) -> MQTTError:
@@ -167,49 +169,59 @@ def _decode_publish(flags: int, body: bytes, level: int) -> Publish:
 
 
 def _decode_connect(body: bytes, _level: int) -> Connect:
-    name, pos = read_str(body, 0)
-    if pos >= len(body):
-        raise MalformedPacket("truncated CONNECT")
-    level = body[pos]
-    if (name, level) not in _VALID_PROTOCOLS:
-        raise MQTTError(ReasonCode.UNSUPPORTED_PROTOCOL_VERSION, f"unsupported protocol {name!r} level {level}")
+    # A known protocol name and level are looked up as they come, in one go.
+    name = _PROTOCOL_HEADERS.get(body[:7]) or _PROTOCOL_HEADERS.get(body[:9])
+    if name is not None:
+        pos = len(name) + 2
+        level = body[pos]
+    else:
+        name, pos = read_str(body, 0)
+        if pos >= len(body):
+            raise MalformedPacket("truncated CONNECT")
+        level = body[pos]
+        if (name, level) not in _VALID_PROTOCOLS:
+            raise MQTTError(ReasonCode.UNSUPPORTED_PROTOCOL_VERSION, f"unsupported protocol {name!r} level {level}")
     if pos + 4 > len(body):
         raise MalformedPacket("truncated CONNECT")
     flags = body[pos + 1]
     keep_alive = (body[pos + 2] << 8) | body[pos + 3]
     pos += 4
-    if flags & 0x01:
-        raise MalformedPacket("CONNECT reserved flag set")
-    will_flag = flags & 0x04
-    will_qos = (flags >> 3) & 3
-    will_retain = bool(flags & 0x20)
-    if not will_flag and (will_qos or will_retain):
-        raise MalformedPacket("will QoS/retain set without will flag")
-    if will_qos == 3:
-        raise MalformedPacket("will QoS 3")
-    has_password = flags & 0x40
-    has_username = flags & 0x80
-    if has_password and not has_username and level < 5:
-        raise MalformedPacket("password flag without user name flag")
+    # No flag but clean start (most clients): nothing to check, no will, user name or
+    # password to read.
+    plain = not flags & 0xFD
+    if not plain:
+        if flags & 0x01:
+            raise MalformedPacket("CONNECT reserved flag set")
+        will_flag = flags & 0x04
+        will_qos = (flags >> 3) & 3
+        will_retain = bool(flags & 0x20)
+        if not will_flag and (will_qos or will_retain):
+            raise MalformedPacket("will QoS/retain set without will flag")
+        if will_qos == 3:
+            raise MalformedPacket("will QoS 3")
+        has_password = flags & 0x40
+        has_username = flags & 0x80
+        if has_password and not has_username and level < 5:
+            raise MalformedPacket("password flag without user name flag")
     props: dict[str, Any] = {}
     if level >= 5:
         props, pos = decode_properties(body, pos, _T.CONNECT)
         if "authentication_data" in props and "authentication_method" not in props:
             raise ProtocolError("authentication data without authentication method")
     client_id, pos = read_str(body, pos)
-    will = None
-    if will_flag:
-        will_props: dict[str, Any] = {}
-        if level >= 5:
-            will_props, pos = decode_properties(body, pos, WILL_PROPERTIES)
-        will_topic, pos = read_str(body, pos)
-        will_payload, pos = read_bin(body, pos)
-        will = Will(will_topic, will_payload, will_qos, will_retain, will_props)
-    username = password = None
-    if has_username:
-        username, pos = read_str(body, pos)
-    if has_password:
-        password, pos = read_bin(body, pos)
+    will = username = password = None
+    if not plain:
+        if will_flag:
+            will_props: dict[str, Any] = {}
+            if level >= 5:
+                will_props, pos = decode_properties(body, pos, WILL_PROPERTIES)
+            will_topic, pos = read_str(body, pos)
+            will_payload, pos = read_bin(body, pos)
+            will = Will(will_topic, will_payload, will_qos, will_retain, will_props)
+        if has_username:
+            username, pos = read_str(body, pos)
+        if has_password:
+            password, pos = read_bin(body, pos)
     _end(body, pos)
     return Connect(client_id, level, bool(flags & 0x02), keep_alive, username, password, will, props, name)
 

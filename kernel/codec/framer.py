@@ -36,6 +36,25 @@ class Framer:
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         self._buf += data
 
+    def feed_frame(self, data: bytes | bytearray) -> tuple[int, bytes] | None:
+        """``feed(data)``, then ``next_frame()``.
+
+        When nothing is buffered and ``data`` starts with a whole packet whose remaining
+        length fits in one byte (a CONNECT or DISCONNECT that came in one read, most
+        packets of a client that waits for each answer), the body is sliced out of
+        ``data`` and only what follows it is buffered: one copy instead of two.
+        """
+        n = len(data)
+        if not self._buf and n >= 2 and data[1] < 0x80:
+            total = 2 + data[1]
+            if total <= n and total <= self.max_packet_size:
+                if total < n:
+                    with memoryview(data) as view:
+                        self._buf += view[total:]
+                return data[0], bytes(data[2:total])  # bytes() copies only a bytearray
+        self._buf += data
+        return self.next_frame()
+
     def buffered(self) -> int:
         """Bytes received but not yet returned as frames."""
         return len(self._buf) - self._pos

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import socket
 
+import outcome
 import pytest
 import trio
 
-from ternmq.kernel.rawstream import RawSocketStream, accept_loop
+from ternmq.kernel.rawstream import RawSocketStream, ReceiveAborted, accept_loop
 
 
 def stream_pair() -> tuple[RawSocketStream, socket.socket]:
@@ -153,3 +154,138 @@ async def test_accept_loop_hands_each_client_and_its_address_to_the_handler() ->
     assert listening.fileno() == -1
     with pytest.raises(OSError):
         await trio.open_tcp_stream("127.0.0.1", port)
+
+
+# -- the reader's off switch and the connect path's reads (kernel/connection.py) ------------
+
+
+async def test_abort_receive_wakes_a_waiting_receiver_and_leaves_the_socket_open() -> None:
+    stream, peer = stream_pair()
+    errors: list[BaseException] = []
+
+    async def receive() -> None:
+        try:
+            await stream.receive_some()
+        except ReceiveAborted as exc:
+            errors.append(exc)
+
+    with peer:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive)
+            await trio.sleep(0.05)
+            stream.abort_receive()
+        assert len(errors) == 1
+        assert isinstance(errors[0], trio.ClosedResourceError)
+        await stream.send_all(b"still open")  # sends go on: a DISCONNECT, a CONNACK refusal
+        assert peer.recv(100) == b"still open"
+        await stream.aclose()
+
+
+@pytest.mark.parametrize("way", ["receive_some", "receive_after_wait", "receive_now"])
+async def test_a_receive_after_abort_raises_at_once_and_reads_nothing(way: str) -> None:
+    stream, peer = stream_pair()
+    with peer:
+        peer.sendall(b"unread")
+        stream.abort_receive()
+        with pytest.raises(ReceiveAborted):
+            result = getattr(stream, way)()
+            if way != "receive_now":
+                await result
+        assert stream.socket.recv(100) == b"unread"
+        await stream.aclose()
+
+
+async def test_an_abort_during_the_checkpoint_after_a_read_drops_what_was_read() -> None:
+    stream, peer = stream_pair()
+    with peer:
+        peer.sendall(b"read, then dropped")
+        receive = stream.receive_some()
+        receive.send(None)  # it has read and waits at its checkpoint, as the scheduler would see
+        stream.abort_receive()
+        with pytest.raises(ReceiveAborted):
+            receive.send(outcome.Value(None))  # what the scheduler resumes it with
+        await stream.aclose()
+
+
+async def test_abort_receive_does_not_stop_a_sender_waiting_for_room() -> None:
+    stream, peer = stream_pair()
+    payload = b"x" * 5_000_000
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stream.send_all, payload)  # fills the buffer and waits for room
+
+        async def receive() -> None:
+            with pytest.raises(ReceiveAborted):
+                await stream.receive_some()
+
+        nursery.start_soon(receive)
+        await trio.sleep(0.05)
+        stream.abort_receive()  # wakes both waiters: the sender waits again
+        received = bytearray()
+
+        def drain() -> None:
+            while len(received) < len(payload):
+                received.extend(peer.recv(1 << 20))
+
+        await trio.to_thread.run_sync(drain)
+    assert bytes(received) == payload
+    peer.close()
+    await stream.aclose()
+
+
+async def test_receive_now_neither_waits_nor_checkpoints() -> None:
+    stream, peer = stream_pair()
+    assert stream.receive_now() is None  # nothing yet
+    peer.sendall(b"here")
+    assert stream.receive_now() == b"here"
+    peer.close()
+    assert stream.receive_now() == b""  # end of stream
+    await stream.aclose()
+
+
+async def test_receive_after_wait_waits_for_data() -> None:
+    stream, peer = stream_pair()
+    with peer:
+        async with trio.open_nursery() as nursery:
+            received: list[bytes] = []
+
+            async def receive() -> None:
+                received.append(await stream.receive_after_wait())
+
+            nursery.start_soon(receive)
+            await trio.sleep(0.05)
+            assert received == []
+            peer.sendall(b"answer")
+        assert received == [b"answer"]
+        await stream.aclose()
+
+
+async def test_send_nowait_sends_what_the_kernel_takes() -> None:
+    stream, peer = stream_pair()
+    with peer:
+        assert stream.send_nowait(b"ack") == 3
+        assert peer.recv(10) == b"ack"
+        total = 0
+        while sent := stream.send_nowait(b"y" * 65536):
+            total += sent
+        assert stream.send_nowait(b"z") == 0  # full: nothing taken, nothing waited for
+        assert total > 0
+    await stream.aclose()
+
+
+async def test_closing_with_nobody_waiting_leaves_trio_nothing_to_forget() -> None:
+    # close_now skips notify_closing when no task waits in the stream: a socket that
+    # gets the same descriptor next must still be waited on as usual.
+    stream, peer = stream_pair()
+    peer.sendall(b"x")
+    assert await stream.receive_after_wait() == b"x"  # waited once, so trio knew the fd
+    fd = stream.socket.fileno()
+    stream.close_now()
+    assert stream.socket.fileno() == -1
+    peer.close()
+    reused, other = stream_pair()
+    with other:
+        assert reused.socket.fileno() == fd
+        other.sendall(b"y")
+        with trio.fail_after(5):
+            assert await reused.receive_after_wait() == b"y"
+    await reused.aclose()
