@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import shutil
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -13,6 +15,7 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 import trio
+from hypothesis.configuration import set_hypothesis_home_dir
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 
@@ -20,6 +23,12 @@ from ternmq.kernel.broker import Broker
 from ternmq.kernel.testing import MQTTTestClient, open_broker, test_config
 
 pytest_plugins: list[str] = []
+
+# hypothesis keeps caches in .hypothesis/ under the working directory; the test run
+# leaves the checkout as it found it, so they go to a temporary folder, removed at exit.
+_hypothesis_home = tempfile.mkdtemp(prefix="ternmq-hypothesis-")
+set_hypothesis_home_dir(_hypothesis_home)
+atexit.register(shutil.rmtree, _hypothesis_home, ignore_errors=True)
 
 
 @pytest.fixture
