@@ -31,6 +31,19 @@ LEVELS = [pytest.param(4, id="v311"), pytest.param(5, id="v5")]
 PAHO = [pytest.param(paho.MQTTv311, id="paho-v311"), pytest.param(paho.MQTTv5, id="paho-v5")]
 PERSISTENT = {"session_expiry_interval": 60}
 BYSTANDER_TOPIC = "bystander/news"
+# The columns of `plugin show`, VerneMQ's first (Plugin, Type, Hook(s), M:F/A).
+PLUGIN_SHOW_COLUMNS = (
+    "Plugin",
+    "Type",
+    "Hook(s)",
+    "M:F/A",
+    "source",
+    "version",
+    "state",
+    "priority",
+    "errors",
+    "timeouts",
+)
 
 
 # -- waiting ------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import pytest
 
 from ternmq.kernel.admin import ADMIN_EXAMPLES
 
-from helpers import eventually_sync
+from helpers import PLUGIN_SHOW_COLUMNS, eventually_sync
 from plugin_samples import (
     REPO,
     BrokerProcess,
@@ -68,18 +68,7 @@ def test_plugin_show(running: Running) -> None:
     result = running.admin("plugin", "show")
     assert result.returncode == 0, result.stderr
     header = result.stdout.splitlines()[1]
-    for column in (
-        "Plugin",
-        "Type",
-        "Hook(s)",
-        "M:F/A",
-        "source",
-        "version",
-        "state",
-        "priority",
-        "errors",
-        "timeouts",
-    ):
+    for column in PLUGIN_SHOW_COLUMNS:
         assert column in header
     assert "retainer" in result.stdout and "builtin" in result.stdout
     assert result.stderr == ""

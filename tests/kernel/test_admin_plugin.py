@@ -3,8 +3,6 @@ socket come from it, it is loaded without being configured, and it cannot be dis
 
 from __future__ import annotations
 
-import json
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from ternmq.kernel import (
     Text,
     hookimpl,
 )
+from ternmq.kernel.admin_cli import request
 from ternmq.kernel.broker import Broker
 from ternmq.kernel.testing import open_broker, registered, test_config
 from ternmq.plugins import BUILTIN, ESSENTIAL
@@ -147,32 +146,17 @@ async def test_a_plugins_command_handler_receives_the_service() -> None:
             assert isinstance(args, Arguments)
 
 
-def _request(path: str, argv: list[str]) -> dict[str, Any]:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(5)
-        sock.connect(path)
-        sock.sendall(json.dumps({"argv": argv}).encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    reply: dict[str, Any] = json.loads(data)
-    return reply
-
-
 async def test_the_control_socket_is_the_admin_plugins(tmp_path: Path) -> None:
     path = str(tmp_path / "ctl.sock")
     async with open_broker(test_config(control_socket=path)) as broker:
         plugin = Recorder()
         async with registered(broker, plugin, name="recorder"):
-            reply = await trio.to_thread.run_sync(_request, path, ["recorder", "whoami"])
+            reply = await trio.to_thread.run_sync(request, path, ["recorder", "whoami"])
             assert reply["ok"] is True and reply["human"] == f"Service of {broker.node_name}"
             assert isinstance(plugin.got[0][0], Service)
-        reply = await trio.to_thread.run_sync(_request, path, ["plugin", "disable", "name=admin"])
+        reply = await trio.to_thread.run_sync(request, path, ["plugin", "disable", "name=admin"])
         assert reply["ok"] is False and "cannot be disabled" in reply["error"]
         # Reloading the plugin stops and starts the socket with it.
         await broker.service.reload_plugin("admin")
-        reply = await trio.to_thread.run_sync(_request, path, ["node", "status"])
+        reply = await trio.to_thread.run_sync(request, path, ["node", "status"])
         assert reply["ok"] is True
