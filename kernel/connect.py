@@ -16,6 +16,7 @@ import trio
 
 from . import inbound
 from .codec import (
+    FIRST_FAILURE_CODE,
     Auth,
     Connack,
     Connect,
@@ -23,6 +24,7 @@ from .codec import (
     MQTTError,
     PacketType,
     ProtocolError,
+    ReasonCode,
     decode_packet,
     encode,
     legal_reason_code,
@@ -34,6 +36,8 @@ from .types import Allow, AuthContinue, ClientInfo, Deny, Message
 if TYPE_CHECKING:
     from .connection import Connection
 
+# The fixed header byte of a CONNECT: anything else first is refused at its first byte.
+_CONNECT_HEADER = PacketType.CONNECT << 4
 log = logging.getLogger("ternmq.connect")
 
 REGISTER_MODIFIERS = frozenset(
@@ -91,7 +95,7 @@ async def read_connect(conn: Connection, data: bytes | bytearray | None = None) 
             data = await receive(RECEIVE_SIZE)
         if not data:
             return None
-        if data[0] != 0x10 and not framer.buffered():
+        if data[0] != _CONNECT_HEADER and not framer.buffered():
             raise ProtocolError("the first packet must be CONNECT")
         if (frame := framer.feed_frame(data)) is not None:
             break
@@ -99,7 +103,7 @@ async def read_connect(conn: Connection, data: bytes | bytearray | None = None) 
     try:
         packet = decode_packet(frame[0], frame[1], 4)
     except MQTTError as exc:
-        if exc.reason_code == 0x84:
+        if exc.reason_code == ReasonCode.UNSUPPORTED_PROTOCOL_VERSION:
             conn.write(_CONNACK_UNSUPPORTED_LEVEL)
         raise
     if not isinstance(packet, Connect):
@@ -181,7 +185,7 @@ async def _accept(conn: Connection, packet: Connect) -> tuple[dict[str, Any], bo
     if packet.will is not None:
         _check_will_topic(conn, packet.will.topic, level)
     if conn.over_capacity:
-        raise Refused(0x89, "listener at max_connections")
+        raise Refused(ReasonCode.SERVER_BUSY, "listener at max_connections")
 
     client_id = packet.client_id
     if not client_id:
@@ -190,9 +194,11 @@ async def _accept(conn: Connection, packet: Connect) -> tuple[dict[str, Any], bo
             if level == 5:
                 connack["assigned_client_identifier"] = client_id
         else:
-            raise Refused(0x85, "empty client identifier needs a clean session")
+            raise Refused(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "empty client identifier needs a clean session")
     if len(client_id) > limits.max_client_id_length:
-        raise Refused(0x85, f"client identifier longer than {limits.max_client_id_length}")
+        raise Refused(
+            ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, f"client identifier longer than {limits.max_client_id_length}"
+        )
 
     if packet.keep_alive > limits.max_keep_alive or (packet.keep_alive == 0 and limits.max_keep_alive < 65535):
         if level == 5:
@@ -200,12 +206,12 @@ async def _accept(conn: Connection, packet: Connect) -> tuple[dict[str, Any], bo
             connack["server_keep_alive"] = limits.max_keep_alive
         else:
             # MQTT 3 cannot be told another keep-alive: refuse, as Mosquitto does.
-            raise Refused(0x85, "keep alive above the server maximum")
+            raise Refused(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "keep alive above the server maximum")
 
     username = packet.username
     if conn.listener.use_identity_as_username:
         if conn.tls_common_name is None:
-            raise Refused(0x87, "a client certificate is required")
+            raise Refused(ReasonCode.NOT_AUTHORIZED, "a client certificate is required")
         username = conn.tls_common_name
     conn.client_info = client = _client_info(conn, client_id, username)
 
@@ -236,7 +242,9 @@ async def _accept(conn: Connection, packet: Connect) -> tuple[dict[str, Any], bo
         answer = None
     if answer is None:
         if not settings.allow_anonymous:
-            raise Refused(0x86 if level == 5 else 0x87, "not authorized")
+            raise Refused(
+                ReasonCode.BAD_USERNAME_OR_PASSWORD if level == 5 else ReasonCode.NOT_AUTHORIZED, "not authorized"
+            )
     elif isinstance(answer, Deny):
         raise Refused(answer.reason_code, answer.reason_string)
     elif isinstance(answer, Allow) and answer.modifiers:
@@ -244,7 +252,7 @@ async def _accept(conn: Connection, packet: Connect) -> tuple[dict[str, Any], bo
         unknown = set(mods) - REGISTER_MODIFIERS
         if unknown:
             log.error("auth_on_register: unknown modifiers %s", sorted(unknown))
-            raise Refused(0x80, "plugin error")
+            raise Refused(ReasonCode.UNSPECIFIED_ERROR, "plugin error")
         try:
             if "client_id" in mods:
                 client_id = str(mods["client_id"])
@@ -268,10 +276,10 @@ async def _accept(conn: Connection, packet: Connect) -> tuple[dict[str, Any], bo
                 conn.client_maximum_packet_size = min(conn.client_maximum_packet_size, int(mods["max_packet_size"]))
         except (TypeError, ValueError) as exc:
             log.error("auth_on_register: bad modifier: %s", exc)
-            raise Refused(0x80, "plugin error") from None
+            raise Refused(ReasonCode.UNSPECIFIED_ERROR, "plugin error") from None
         conn.client_info = client = _client_info(conn, client_id, username)
     elif isinstance(answer, AuthContinue):
-        raise Refused(0x80, "plugin error")
+        raise Refused(ReasonCode.UNSPECIFIED_ERROR, "plugin error")
 
     if limits.max_session_expiry and (expiry == 0xFFFFFFFF or expiry > limits.max_session_expiry):
         expiry = limits.max_session_expiry
@@ -295,7 +303,9 @@ async def _accept(conn: Connection, packet: Connect) -> tuple[dict[str, Any], bo
             "maximum_packet_size" in props
             and len(encode(Connack(True, 0, connack), 5)) > conn.client_maximum_packet_size
         ):
-            raise Refused(0x95, "the CONNACK exceeds the client's maximum packet size", answered=False)
+            raise Refused(
+                ReasonCode.PACKET_TOO_LARGE, "the CONNACK exceeds the client's maximum packet size", answered=False
+            )
 
     session, present = await broker.attach_session(
         conn,
@@ -338,13 +348,13 @@ async def _authorize_will(conn: Connection, packet: Connect) -> Message:
     assert will is not None
     broker = conn.broker
     if is_broker_topic(will.topic):
-        raise Refused(0x87, "clients may not publish to $SYS")
+        raise Refused(ReasonCode.NOT_AUTHORIZED, "clients may not publish to $SYS")
     if will.retain and not broker.retain_available:
-        raise Refused(0x9A, "retained messages are not supported")
+        raise Refused(ReasonCode.RETAIN_NOT_SUPPORTED, "retained messages are not supported")
     message, reason_code, _ = await inbound.authorize_publish(
         conn, Message(will.topic, will.payload, will.qos, will.retain, will.properties), is_will=True
     )
-    if reason_code >= 0x80:
+    if reason_code >= FIRST_FAILURE_CODE:
         raise Refused(reason_code, "will not authorized")
     return message
 
@@ -355,7 +365,7 @@ def _check_will_topic(conn: Connection, topic: str, level: int) -> None:
     try:
         validate_topic_name(topic, conn.broker.settings.limits.max_topic_levels)
     except TopicError as exc:
-        raise Refused(0x90, f"will topic: {exc}", answered=level == 5) from None
+        raise Refused(ReasonCode.TOPIC_NAME_INVALID, f"will topic: {exc}", answered=level == 5) from None
 
 
 async def _enhanced_auth(conn: Connection, method: str, data: bytes | None) -> bytes | None:
@@ -367,16 +377,21 @@ async def _enhanced_auth(conn: Connection, method: str, data: bytes | None) -> b
             "on_auth", client=conn.client_info, method=method, data=data, reauthenticate=reauthenticate
         )
         if answer is None:
-            raise Refused(0x8C, "no plugin handles this authentication method")
+            raise Refused(ReasonCode.BAD_AUTHENTICATION_METHOD, "no plugin handles this authentication method")
         if isinstance(answer, Deny):
             raise Refused(answer.reason_code, answer.reason_string)
         if isinstance(answer, Allow):
             return answer.modifiers.get("authentication_data")
-        conn.send(Auth(0x18, {"authentication_method": method, "authentication_data": answer.data}))
+        conn.send(
+            Auth(
+                ReasonCode.CONTINUE_AUTHENTICATION,
+                {"authentication_method": method, "authentication_data": answer.data},
+            )
+        )
         await conn.flush()  # the reader is about to wait for the answer
         packet = await _read_auth(conn)
         if packet.properties.get("authentication_method") != method:
-            raise Refused(0x8C, "authentication method changed")
+            raise Refused(ReasonCode.BAD_AUTHENTICATION_METHOD, "authentication method changed")
         data = packet.properties.get("authentication_data")
 
 
@@ -388,8 +403,8 @@ async def _read_auth(conn: Connection) -> Auth:
             raise trio.BrokenResourceError("closed during authentication")
         framer.feed(received)
     packet = decode_packet(frame[0], frame[1], 5)
-    if not isinstance(packet, Auth) or packet.reason_code != 0x18:
-        raise Refused(0x82, "expected AUTH to continue authentication")
+    if not isinstance(packet, Auth) or packet.reason_code != ReasonCode.CONTINUE_AUTHENTICATION:
+        raise Refused(ReasonCode.PROTOCOL_ERROR, "expected AUTH to continue authentication")
     return packet
 
 
@@ -397,7 +412,7 @@ async def reauthenticate(conn: Connection, packet: Auth) -> bool:
     """An AUTH after CONNECT: MQTT 5 re-authentication. False closes the connection."""
     method = packet.properties.get("authentication_method")
     if conn.auth_method is None or method != conn.auth_method:
-        conn.protocol_error(0x82, "AUTH without the method of CONNECT")
+        conn.protocol_error(ReasonCode.PROTOCOL_ERROR, "AUTH without the method of CONNECT")
         return False
     answer = await conn.broker.dispatcher.decide(
         "on_auth",
@@ -407,7 +422,12 @@ async def reauthenticate(conn: Connection, packet: Auth) -> bool:
         reauthenticate=True,
     )
     if isinstance(answer, AuthContinue):
-        conn.send(Auth(0x18, {"authentication_method": method, "authentication_data": answer.data}))
+        conn.send(
+            Auth(
+                ReasonCode.CONTINUE_AUTHENTICATION,
+                {"authentication_method": method, "authentication_data": answer.data},
+            )
+        )
         return True
     if isinstance(answer, Allow):
         props: dict[str, Any] = {"authentication_method": method}
@@ -415,7 +435,7 @@ async def reauthenticate(conn: Connection, packet: Auth) -> bool:
             props["authentication_data"] = answer.modifiers["authentication_data"]
         conn.send(Auth(0, props))
         return True
-    code = answer.reason_code if isinstance(answer, Deny) else 0x87
+    code = answer.reason_code if isinstance(answer, Deny) else ReasonCode.NOT_AUTHORIZED
     conn.disconnect_reason = "not_authorized"
     # A CONNACK-only code (0x86, 0x8C...) has no place in DISCONNECT: 0x87 instead.
     conn.send(Disconnect(legal_reason_code(PacketType.DISCONNECT, code)))

@@ -33,6 +33,7 @@ from .codec import (
     Framer,
     MQTTError,
     ProtocolError,
+    ReasonCode,
     decode_packet,
 )
 from .inbound import HANDLERS, STOP
@@ -307,7 +308,7 @@ class Connection(Outbound):
         self.deadline = math.inf
         if self.connected:
             self.disconnect_reason = "keep_alive"
-            self.send_disconnect(0x8D)
+            self.send_disconnect(ReasonCode.KEEP_ALIVE_TIMEOUT)
         else:
             self.disconnect_reason = "connect_timeout"
         self._cancel_reader()

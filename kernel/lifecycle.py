@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from .codec import ReasonCode
 from .session import Delivery, Session
 from .types import ClientInfo, Message
 
@@ -96,7 +97,7 @@ class SessionLifecycle:
         session = self.sessions.get(client_id)
         if session is not None and session.connection is not None:
             old = session.connection
-            old.kick(0x8E, "taken_over")
+            old.kick(ReasonCode.SESSION_TAKEN_OVER, "taken_over")
             with trio.move_on_after(TAKEOVER_WAIT):
                 await old.closed.wait()
             session = self.sessions.get(client_id)

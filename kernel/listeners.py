@@ -21,6 +21,7 @@ import attrs
 import trio
 import trio_websocket
 
+from .codec import ReasonCode
 from .config import ConfigError
 from .connection import Connection
 from .rawstream import RawSocketStream, accept_loop, close_socket
@@ -55,7 +56,7 @@ class RunningListener:
         self.scope.cancel()
         if kill_sessions:
             for connection in list(self.connections):
-                connection.kick(0x98, "listener_stopped")
+                connection.kick(ReasonCode.ADMINISTRATIVE_ACTION, "listener_stopped")
 
 
 class _Encrypted(Exception):

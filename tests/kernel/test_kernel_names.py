@@ -23,13 +23,8 @@ from ternmq.kernel.types import Message
 KERNEL_DIR = Path(ternmq.kernel.__file__).resolve().parent
 # Reason codes that only a reason code can be (values below 0x10 are also flags, QoS...).
 REASON_CODE_VALUES = frozenset(int(code) for code in ReasonCode if code >= 0x10)
-# Modules that still spell reason codes as numbers; they belong to concurrent changes.
-NOT_YET_NAMED = {
-    "connect.py",
-    "connection.py",
-    "lifecycle.py",
-    "listeners.py",
-}
+# Modules allowed to spell reason codes as numbers for now (none left).
+NOT_YET_NAMED: set[str] = set()
 
 
 def numeric_reason_codes(source: str) -> list[tuple[int, str]]:

@@ -32,6 +32,7 @@ import trio
 
 from ternmq.kernel.testing import MQTTTestClient
 
+from helpers import eventually
 from plugin_samples import (
     REPO,
     BrokerProcess,
@@ -217,7 +218,8 @@ async def test_enable_with_a_relative_users_file_reads_the_one_next_to_the_confi
     assert await connack_v5(port, "a3", "alice", b"changed") == 0
     (tmp_path / "etc" / "users.json").write_text('{"alice": "half-saved')
     assert await connack_v5(port, "a4", "alice", b"changed") == 0
-    assert "keeping the users read before" in running.process.text()
+    # The broker's log reaches us through a pipe: wait for the line rather than race it.
+    await eventually(lambda: "keeping the users read before" in running.process.text())
     assert "Traceback" not in running.process.text()
 
 
