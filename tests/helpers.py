@@ -10,10 +10,13 @@ paho: :func:`paho_props`.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -259,3 +262,20 @@ def paho_props(packet_type: int, **values: Any) -> Properties:
     for name, value in values.items():
         setattr(props, name, value)
     return props
+
+
+# -- the broker-process helpers, for test files outside tests/kernel -----------------------
+
+
+def plugin_samples() -> Any:
+    """tests/kernel/plugin_samples.py (the broker-process helpers), imported by path:
+    tests/kernel is only on sys.path while pytest runs the tests there."""
+    name = "plugin_samples"
+    if name not in sys.modules:
+        path = Path(__file__).parent / "kernel" / "plugin_samples.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]

@@ -10,10 +10,8 @@ environment.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import ssl
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,22 +23,9 @@ import trustme
 from ternmq.kernel.config import load_config
 from ternmq.kernel.testing import MQTTTestClient
 
+from helpers import plugin_samples
 
-def _helpers() -> Any:
-    """tests/kernel/plugin_samples.py (the broker-process helpers), imported by path:
-    tests/kernel is only on sys.path while pytest runs the tests there."""
-    name = "plugin_samples"
-    if name not in sys.modules:
-        path = Path(__file__).parent / "kernel" / "plugin_samples.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-helpers = _helpers()
+helpers = plugin_samples()
 REPO: Path = helpers.REPO
 EXAMPLES = REPO / "examples"
 

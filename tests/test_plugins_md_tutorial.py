@@ -9,12 +9,10 @@ refused. The ``PYTHONPATH`` alternative the section names is run the same way.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shlex
 import subprocess
-import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,24 +22,14 @@ import pytest
 
 from ternmq.kernel.testing import MQTTTestClient
 
+from helpers import plugin_samples
+
 REPO = Path(__file__).resolve().parent.parent
 GUIDE = REPO / "docs" / "plugins.md"
 SECTION = "### Where the broker finds a plugin"
 
 
-def _helpers() -> Any:
-    """tests/kernel/plugin_samples.py (the broker-process helpers), imported by path."""
-    name = "plugin_samples"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "kernel" / "plugin_samples.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-helpers = _helpers()
+helpers = plugin_samples()
 
 
 def fenced_blocks(lines: list[str]) -> list[tuple[str, str, str | None]]:
