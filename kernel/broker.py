@@ -93,7 +93,7 @@ class Broker(SessionLifecycle):
 
     @property
     def retain_available(self) -> bool:
-        return self.dispatcher.has("retain_store")
+        return "retain_store" in self.dispatcher.implemented
 
     # -- lifetime ----------------------------------------------------------------------
 

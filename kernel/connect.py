@@ -3,13 +3,14 @@
 The order is VerneMQ's (docs/hooks.md, "When hooks fire in a client's life"): enhanced authentication
 (``on_auth``), ``auth_on_register``, the will's ``auth_on_publish``, takeover of an
 existing connection, session attach, ``on_register``, CONNACK, then the queue drains
-and ``on_client_wakeup`` fires.
+and ``on_client_wakeup`` fires. What needs no await (the checks, the terms, the CONNACK's
+properties) is in negotiation.py; ``handshake_now`` runs only that, for a CONNECT on which
+nothing can wait (``handshake_awaits``).
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -26,47 +27,20 @@ from .codec import (
     ProtocolError,
     ReasonCode,
     decode_packet,
-    encode,
     legal_reason_code,
 )
+from .negotiation import Refused, apply_register_answer, check_connect, settle
 from .rawstream import RECEIVE_SIZE
-from .topics import TopicError, is_broker_topic, validate_topic_name
-from .types import Allow, AuthContinue, ClientInfo, Deny, Message
+from .topics import is_broker_topic
+from .types import Allow, AuthContinue, Deny, Message
 
 if TYPE_CHECKING:
     from .connection import Connection
+    from .session import Session
 
 # The fixed header byte of a CONNECT: anything else first is refused at its first byte.
 _CONNECT_HEADER = PacketType.CONNECT << 4
 log = logging.getLogger("ternmq.connect")
-
-REGISTER_MODIFIERS = frozenset(
-    {
-        "client_id",
-        "username",
-        "clean_start",
-        "session_expiry_interval",
-        "max_inflight_messages",
-        "max_message_size",
-        "max_packet_size",
-        "max_queued_messages",
-    }
-)
-
-
-class Refused(Exception):
-    """The CONNECT is refused with a CONNACK reason code (v5 numbering).
-
-    ``answered`` False: the connection is closed without a CONNACK (a malformed will
-    from an MQTT 3 client, a CONNACK larger than the client accepts).
-    """
-
-    def __init__(self, reason_code: int, reason_string: str | None = None, *, answered: bool = True) -> None:
-        super().__init__(reason_string or f"0x{reason_code:02X}")
-        self.reason_code = reason_code
-        self.reason_string = reason_string
-        self.answered = answered
-
 
 # CONNACK return code 1 (unacceptable protocol level) in the 3.1.1 form.
 _CONNACK_UNSUPPORTED_LEVEL = b"\x20\x02\x00\x01"
@@ -76,30 +50,19 @@ _CONNACK_ACCEPTED_V3 = {False: b"\x20\x02\x00\x00", True: b"\x20\x02\x00\x00"}
 _CONNACK_ACCEPTED_V4 = {False: b"\x20\x02\x00\x00", True: b"\x20\x02\x01\x00"}
 
 
-async def read_connect(conn: Connection, data: bytes | bytearray | None = None) -> Connect | None:
-    """The first packet, which must be a CONNECT, within connect_timeout; None if none came.
-
-    ``data``: what the caller already read.
+def parse_connect(conn: Connection, data: bytes | bytearray) -> Connect | None:
+    """Feed ``data`` to the framer: the CONNECT once it is whole, None until then.
 
     Anything but a CONNECT is refused at its first byte, without waiting for the rest.
     An unsupported protocol level gets CONNACK return code 1, then the close (MQTT 3.1.1
     [MQTT-3.1.2-2]; MQTT 5 §3.1.2.2 allows it): the client's level is unknown, so the
     3.1.1 form.
     """
-    # The broker's watchdog enforces connect_timeout (conn.deadline) by stopping the
-    # reader; no cancel scope per connection here.
     framer = conn.framer
-    receive = conn.stream.receive_some
-    while True:
-        if data is None:
-            data = await receive(RECEIVE_SIZE)
-        if not data:
-            return None
-        if data[0] != _CONNECT_HEADER and not framer.buffered():
-            raise ProtocolError("the first packet must be CONNECT")
-        if (frame := framer.feed_frame(data)) is not None:
-            break
-        data = None
+    if data[0] != _CONNECT_HEADER and not framer.buffered():
+        raise ProtocolError("the first packet must be CONNECT")
+    if (frame := framer.feed_frame(data)) is None:
+        return None
     try:
         packet = decode_packet(frame[0], frame[1], 4)
     except MQTTError as exc:
@@ -111,9 +74,28 @@ async def read_connect(conn: Connection, data: bytes | bytearray | None = None) 
     return packet
 
 
+async def read_connect(conn: Connection) -> Connect | None:
+    """Read until the CONNECT is whole (parse_connect); None if the client closed first.
+
+    The broker's watchdog enforces connect_timeout (conn.deadline) by stopping the
+    reader; no cancel scope per connection here.
+    """
+    receive = conn.stream.receive_some
+    while True:
+        data = await receive(RECEIVE_SIZE)
+        if not data:
+            return None
+        if (packet := parse_connect(conn, data)) is not None:
+            return packet
+
+
+# The hooks of the handshake: while none is implemented, handshake_now may run it.
+_HANDSHAKE_HOOKS = frozenset({"auth_on_register", "on_register", "on_client_wakeup"})
+
+
 def handshake_awaits(conn: Connection, packet: Connect) -> bool:
-    """Whether ``handshake(conn, packet)`` may wait for anything; False: every await in
-    it returns at once (the reader then needs no cancel scope, see connection.py).
+    """Whether ``handshake(conn, packet)`` may wait for anything; False: ``handshake_now``
+    does it, and the reader needs no cancel scope (see connection.py).
 
     It may wait for a hook (auth_on_register, on_register, on_client_wakeup), enhanced
     authentication, a will (authorized as a PUBLISH), the client id's existing session
@@ -121,226 +103,115 @@ def handshake_awaits(conn: Connection, packet: Connect) -> bool:
     assigned (it could, in theory, name an existing session).
     """
     broker = conn.broker
-    has = broker.dispatcher.has
     client_id = packet.client_id
     return (
         not client_id
         or client_id in broker.sessions
         or packet.will is not None
         or "authentication_method" in packet.properties
-        or has("auth_on_register")
-        or has("on_register")
-        or has("on_client_wakeup")
+        or not _HANDSHAKE_HOOKS.isdisjoint(broker.dispatcher.implemented)
     )
 
 
 async def handshake(conn: Connection, packet: Connect) -> bool:
     """Run the CONNECT phase; True when the client is connected and may go on."""
-    conn.protocol_level = level = packet.protocol_level
-    conn.keep_alive = packet.keep_alive
-    conn.request_problem_information = bool(packet.properties.get("request_problem_information", 1))
+    broker = conn.broker
+    dispatcher = broker.dispatcher
     try:
-        connack_props, session_present = await _accept(conn, packet)
-    except Refused as refused:
-        conn.broker.metrics.connect_refused += 1
-        conn.disconnect_reason = "refused"
-        log.info(
-            "refused %s (%s:%d): %s (0x%02X)",
-            packet.client_id or "-",
-            conn.peer_host,
-            conn.peer_port,
-            refused,
-            refused.reason_code,
+        terms = check_connect(conn, packet, broker.settings)
+        props = packet.properties
+        if conn.protocol_level == 5 and "authentication_method" in props:
+            method = props["authentication_method"]
+            auth_data = await _enhanced_auth(conn, method, props.get("authentication_data"))
+            terms.connack["authentication_method"] = method
+            if auth_data:
+                terms.connack["authentication_data"] = auth_data
+        if dispatcher.has("auth_on_register"):
+            answer = await dispatcher.decide(
+                "auth_on_register",
+                client=conn.client_info,
+                password=packet.password,
+                clean_start=terms.clean_start,
+                properties=props,
+            )
+        else:
+            answer = None
+        apply_register_answer(conn, terms, answer, broker.settings)
+        if packet.will is not None:
+            conn.will = await _authorize_will(conn, packet)
+        settle(conn, packet, terms, broker.settings, retain_available=broker.retain_available)
+        session, present = await broker.attach_session(
+            conn,
+            terms.client_id,
+            clean_start=terms.clean_start,
+            expiry_interval=None if terms.expiry == 0xFFFFFFFF else terms.expiry,
+            username=terms.username,
+            max_inflight=terms.max_inflight,
+            max_queued=terms.max_queued,
         )
-        if refused.answered:
-            # The reason string goes out even with Request Problem Information 0: the
-            # spec allows it on CONNACK, and it tells the user why.
-            props = {"reason_string": refused.reason_string} if level == 5 and refused.reason_string else {}
-            conn.send(Connack(False, legal_reason_code(PacketType.CONNACK, refused.reason_code), props))
+        conn.session = session
+        if dispatcher.has("on_register"):
+            await dispatcher.notify("on_register", client=conn.client_info, properties=dict(terms.connack))
+    except Refused as refused:
+        _refuse(conn, packet, refused)
         return False
-    session = conn.session
-    assert session is not None
-    conn.connected = True
-    conn.session_present = session_present
-    if level == 5:
-        conn.send(Connack(session_present, 0, connack_props))
-    else:  # what encode() gives, without encoding it (tests/kernel/test_connect_path.py)
-        conn.write((_CONNACK_ACCEPTED_V4 if level == 4 else _CONNACK_ACCEPTED_V3)[session_present])
-    await conn.broker.session_online(conn, session)
+    _accepted(conn, session, present, terms.connack)
+    await broker.session_online(conn, session)
     return True
 
 
-async def _accept(conn: Connection, packet: Connect) -> tuple[dict[str, Any], bool]:
-    """Authorize and attach the session: (CONNACK properties, session present)."""
+def handshake_now(conn: Connection, packet: Connect) -> bool:
+    """``handshake`` for a CONNECT that awaits nothing (not ``handshake_awaits``): the
+    same steps but those that cannot happen then (no hook, no will, no enhanced auth,
+    a new session). A coroutine fewer per step on the connects hot path (bench/)."""
     broker = conn.broker
     settings = broker.settings
-    limits = settings.limits
-    level = packet.protocol_level
-    props = packet.properties
-    connack: dict[str, Any] = {}
-    if level == 5:
-        conn.client_receive_maximum = props.get("receive_maximum", 65535)
-        conn.client_maximum_packet_size = props.get("maximum_packet_size", 268_435_460)
-        conn.outbound_alias_maximum = props.get("topic_alias_maximum", 0)
-    if packet.will is not None:
-        _check_will_topic(conn, packet.will.topic, level)
-    if conn.over_capacity:
-        raise Refused(ReasonCode.SERVER_BUSY, "listener at max_connections")
-
-    client_id = packet.client_id
-    if not client_id:
-        if level == 5 or (level == 4 and packet.clean_start):
-            client_id = "ternmq-" + secrets.token_hex(8)
-            if level == 5:
-                connack["assigned_client_identifier"] = client_id
-        else:
-            raise Refused(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "empty client identifier needs a clean session")
-    if len(client_id) > limits.max_client_id_length:
-        raise Refused(
-            ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, f"client identifier longer than {limits.max_client_id_length}"
-        )
-
-    if packet.keep_alive > limits.max_keep_alive or (packet.keep_alive == 0 and limits.max_keep_alive < 65535):
-        if level == 5:
-            conn.keep_alive = limits.max_keep_alive
-            connack["server_keep_alive"] = limits.max_keep_alive
-        else:
-            # MQTT 3 cannot be told another keep-alive: refuse, as Mosquitto does.
-            raise Refused(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "keep alive above the server maximum")
-
-    username = packet.username
-    if conn.listener.use_identity_as_username:
-        if conn.tls_common_name is None:
-            raise Refused(ReasonCode.NOT_AUTHORIZED, "a client certificate is required")
-        username = conn.tls_common_name
-    conn.client_info = client = _client_info(conn, client_id, username)
-
-    if level == 5 and "authentication_method" in props:
-        auth_data = await _enhanced_auth(conn, props["authentication_method"], props.get("authentication_data"))
-        connack["authentication_method"] = props["authentication_method"]
-        if auth_data:
-            connack["authentication_data"] = auth_data
-
-    clean_start = packet.clean_start
-    if level == 5:
-        expiry = props.get("session_expiry_interval", 0)
-    else:
-        expiry = _v3_session_expiry(clean_start, limits.persistent_session_expiry)
-    max_inflight = limits.max_inflight
-    max_queued = limits.max_queued_messages
-
-    dispatcher = broker.dispatcher
-    if dispatcher.has("auth_on_register"):
-        answer = await dispatcher.decide(
-            "auth_on_register",
-            client=client,
-            password=packet.password,
-            clean_start=clean_start,
-            properties=props,
-        )
-    else:
-        answer = None
-    if answer is None:
-        if not settings.allow_anonymous:
-            raise Refused(
-                ReasonCode.BAD_USERNAME_OR_PASSWORD if level == 5 else ReasonCode.NOT_AUTHORIZED, "not authorized"
-            )
-    elif isinstance(answer, Deny):
-        raise Refused(answer.reason_code, answer.reason_string)
-    elif isinstance(answer, Allow) and answer.modifiers:
-        mods = answer.modifiers
-        unknown = set(mods) - REGISTER_MODIFIERS
-        if unknown:
-            log.error("auth_on_register: unknown modifiers %s", sorted(unknown))
-            raise Refused(ReasonCode.UNSPECIFIED_ERROR, "plugin error")
-        try:
-            if "client_id" in mods:
-                client_id = str(mods["client_id"])
-            if "username" in mods:
-                username = None if mods["username"] is None else str(mods["username"])
-            if "clean_start" in mods:
-                clean_start = bool(mods["clean_start"])
-                if level < 5:
-                    expiry = _v3_session_expiry(clean_start, limits.persistent_session_expiry)
-            if "session_expiry_interval" in mods:
-                expiry = int(mods["session_expiry_interval"])
-                connack["session_expiry_interval"] = expiry
-            if "max_inflight_messages" in mods:
-                max_inflight = int(mods["max_inflight_messages"])
-            if "max_queued_messages" in mods:
-                max_queued = int(mods["max_queued_messages"])
-            if "max_message_size" in mods:
-                conn.framer.max_packet_size = int(mods["max_message_size"])
-                connack["maximum_packet_size"] = conn.framer.max_packet_size
-            if "max_packet_size" in mods:
-                conn.client_maximum_packet_size = min(conn.client_maximum_packet_size, int(mods["max_packet_size"]))
-        except (TypeError, ValueError) as exc:
-            log.error("auth_on_register: bad modifier: %s", exc)
-            raise Refused(ReasonCode.UNSPECIFIED_ERROR, "plugin error") from None
-        conn.client_info = client = _client_info(conn, client_id, username)
-    elif isinstance(answer, AuthContinue):
-        raise Refused(ReasonCode.UNSPECIFIED_ERROR, "plugin error")
-
-    if limits.max_session_expiry and (expiry == 0xFFFFFFFF or expiry > limits.max_session_expiry):
-        expiry = limits.max_session_expiry
-        if level == 5:
-            connack["session_expiry_interval"] = expiry
-
-    if packet.will is not None:
-        conn.will = await _authorize_will(conn, packet)
-
-    if level == 5:
-        connack["receive_maximum"] = conn.server_receive_maximum
-        connack.setdefault("maximum_packet_size", conn.framer.max_packet_size)
-        connack["topic_alias_maximum"] = conn.max_topic_alias
-        if not broker.retain_available:
-            connack["retain_available"] = 0
-        if props.get("request_response_information"):
-            connack["response_information"] = f"response/{client_id}"
-        # The broker never sends a packet larger than the client allows [MQTT-3.1.2-24],
-        # not even the CONNACK: then the client is closed without one.
-        if (
-            "maximum_packet_size" in props
-            and len(encode(Connack(True, 0, connack), 5)) > conn.client_maximum_packet_size
-        ):
-            raise Refused(
-                ReasonCode.PACKET_TOO_LARGE, "the CONNACK exceeds the client's maximum packet size", answered=False
-            )
-
-    session, present = await broker.attach_session(
+    try:
+        terms = check_connect(conn, packet, settings)
+        apply_register_answer(conn, terms, None, settings)
+        settle(conn, packet, terms, settings, retain_available=broker.retain_available)
+    except Refused as refused:
+        _refuse(conn, packet, refused)
+        return False
+    session = broker.attach_new_session(
         conn,
-        client_id,
-        clean_start=clean_start,
-        expiry_interval=None if expiry == 0xFFFFFFFF else expiry,
-        username=username,
-        max_inflight=max_inflight,
-        max_queued=max_queued,
+        terms.client_id,
+        expiry_interval=None if terms.expiry == 0xFFFFFFFF else terms.expiry,
+        username=terms.username,
+        max_inflight=terms.max_inflight,
+        max_queued=terms.max_queued,
     )
     conn.session = session
-    if dispatcher.has("on_register"):
-        await dispatcher.notify("on_register", client=conn.client_info, properties=dict(connack))
-    return connack, present
+    _accepted(conn, session, False, terms.connack)
+    return True
 
 
-def _v3_session_expiry(clean_session: bool, persistent_session_expiry: int) -> int:
-    """MQTT 3 has no session expiry: clean sessions end at once, others after the
-    configured expiry (0: never, as 0xFFFFFFFF means in MQTT 5)."""
-    return 0 if clean_session else persistent_session_expiry or 0xFFFFFFFF
-
-
-def _client_info(conn: Connection, client_id: str, username: str | None) -> ClientInfo:
-    # Built directly: attrs.evolve costs several times more, once per CONNECT.
-    return ClientInfo(
-        client_id,
-        username,
+def _refuse(conn: Connection, packet: Connect, refused: Refused) -> None:
+    conn.broker.metrics.connect_refused += 1
+    conn.disconnect_reason = "refused"
+    log.info(
+        "refused %s (%s:%d): %s (0x%02X)",
+        packet.client_id or "-",
         conn.peer_host,
         conn.peer_port,
-        conn.protocol_level,
-        conn.listener.name,
-        "",
-        conn.broker.settings.node_name,
-        conn.tls_common_name,
+        refused,
+        refused.reason_code,
     )
+    if refused.answered:
+        # The reason string goes out even with Request Problem Information 0: the
+        # spec allows it on CONNACK, and it tells the user why.
+        props = {"reason_string": refused.reason_string} if conn.protocol_level == 5 and refused.reason_string else {}
+        conn.send(Connack(False, legal_reason_code(PacketType.CONNACK, refused.reason_code), props))
+
+
+def _accepted(conn: Connection, session: Session, session_present: bool, connack: dict[str, Any]) -> None:
+    conn.connected = True
+    conn.session_present = session_present
+    level = conn.protocol_level
+    if level == 5:
+        conn.send(Connack(session_present, 0, connack))
+    else:  # what encode() gives, without encoding it (tests/kernel/test_connect_path.py)
+        conn.write((_CONNACK_ACCEPTED_V4 if level == 4 else _CONNACK_ACCEPTED_V3)[session_present])
 
 
 async def _authorize_will(conn: Connection, packet: Connect) -> Message:
@@ -357,15 +228,6 @@ async def _authorize_will(conn: Connection, packet: Connect) -> Message:
     if reason_code >= FIRST_FAILURE_CODE:
         raise Refused(reason_code, "will not authorized")
     return message
-
-
-def _check_will_topic(conn: Connection, topic: str, level: int) -> None:
-    """A will topic must be a valid topic name: MQTT 5 is refused with 0x90 (Topic Name
-    invalid), MQTT 3 (whose CONNACK has no such code) is closed without a CONNACK."""
-    try:
-        validate_topic_name(topic, conn.broker.settings.limits.max_topic_levels)
-    except TopicError as exc:
-        raise Refused(ReasonCode.TOPIC_NAME_INVALID, f"will topic: {exc}", answered=level == 5) from None
 
 
 async def _enhanced_auth(conn: Connection, method: str, data: bytes | None) -> bytes | None:

@@ -29,7 +29,6 @@ import trio
 
 from . import connect as connect_phase
 from .codec import (
-    Connect,
     Framer,
     MQTTError,
     ProtocolError,
@@ -51,6 +50,8 @@ log = logging.getLogger("ternmq.connection")
 # Who the client is until its CONNECT is accepted, shared by all connections: only logs
 # read it then (client_id ""); hooks first see the ClientInfo that connect.py builds.
 _NOT_CONNECTED = ClientInfo("")
+# A DISCONNECT with nothing in it (reason Normal in MQTT 5), the most common last packet.
+_PLAIN_DISCONNECT = b"\xe0\x00"
 
 
 class Connection(Outbound):
@@ -185,18 +186,7 @@ class Connection(Outbound):
         try:
             try:
                 if type(stream) is RawSocketStream:
-                    # Just started by the scheduler: a CONNECT that is there is read
-                    # without one more pass of it (a checkpoint), one that is not yet
-                    # there is waited for without a read that fails first.
-                    data = stream.receive_now()
-                    if data is None:
-                        data = await stream.receive_after_wait()
-                    packet = await connect_phase.read_connect(self, data)
-                    if packet is not None:
-                        if connect_phase.handshake_awaits(self, packet):
-                            await self._handshake_in_scope(packet)
-                        elif await connect_phase.handshake(self, packet):  # awaits nothing: test_connect_path
-                            await self._read_loop()
+                    await self._serve_lean()
                 else:
                     scope = self._read_scope
                     assert scope is not None  # made in __init__ for TLS and WebSocket
@@ -233,19 +223,51 @@ class Connection(Outbound):
                 elif closed is not True:
                     closed.set()
 
-    async def _handshake_in_scope(self, packet: Connect) -> None:
-        with self._enter_scope():
-            if await connect_phase.handshake(self, packet):
-                await self._read_loop()
+    async def _serve_lean(self) -> None:
+        """serve() over plain TCP: outside a cancel scope as long as all it waits for is
+        its socket (module docstring), with the common case of the connects hot path,
+        CONNECT, CONNACK, DISCONNECT, close, in this one function (bench/)."""
+        stream = self.stream
+        assert type(stream) is RawSocketStream
+        # Just started by the scheduler: a CONNECT that is there is read without one
+        # more pass of it (a checkpoint), one that is not yet there is waited for
+        # without a read that fails first.
+        data = stream.receive_now()
+        if data is None:
+            data = await stream.receive_after_wait()
+        if not data:
+            return
+        packet = connect_phase.parse_connect(self, data)
+        if packet is None:  # the CONNECT came in pieces
+            packet = await connect_phase.read_connect(self)
+            if packet is None:
+                return
+        if connect_phase.handshake_awaits(self, packet):
+            with self._enter_scope():
+                if await connect_phase.handshake(self, packet):
+                    await self._read_loop()
+            return
+        if not connect_phase.handshake_now(self, packet):
+            return
+        # Connected: the client sent more with its CONNECT, or the CONNACK does not fit
+        # in the socket's buffer now, or it is answered and the next read is waited for.
+        if self.framer.buffered() or not self._send_now():
+            return await self._read_loop_in_scope()
+        grace = self.keep_alive * 1.5
+        self.deadline = self._now() + grace if grace else math.inf
+        self._reading = False
+        data = await stream.receive_after_wait(RECEIVE_SIZE)
+        self._reading = True
+        if data == _PLAIN_DISCONNECT:  # as inbound.on_disconnect handles it; no will here
+            self.disconnect_reason = "normal"
+        elif not data:
+            self.disconnect_reason = "connection_lost"
+        else:
+            self.framer.feed(data)
+            await self._read_loop_in_scope()
 
     async def _read_loop(self) -> None:
-        """Handle packets, flush replies, read; until the client leaves or is stopped.
-
-        Outside a cancel scope (plain TCP, module docstring) it only waits for its socket,
-        handles only a DISCONNECT (whose handler awaits nothing: test_connect_path) and
-        sends only what the socket takes at once; before anything else it enters the
-        scope and goes on in there.
-        """
+        """Handle packets, flush replies, read; until the client leaves or is stopped."""
         stream = self.stream
         framer = self.framer
         handlers = HANDLERS
@@ -253,9 +275,6 @@ class Connection(Outbound):
         grace = self.keep_alive * 1.5
         now = self._now
         self.deadline = now() + grace if grace else math.inf
-        lean = self._read_scope is None
-        if lean and framer.buffered():  # the client sent more right after its CONNECT
-            return await self._read_loop_in_scope()
         frame: tuple[int, bytes] | None = None  # the first of a read
         while True:
             # Frames first, then the socket: what arrived with the CONNECT (or an AUTH
@@ -268,30 +287,18 @@ class Connection(Outbound):
                     raise ProtocolError(f"{type(packet).__name__.upper()} from a client")
                 if await handler(self, packet) is STOP:
                     return
-                if lean and framer.buffered():
-                    return await self._read_loop_in_scope()
             if self._out and not self._writer_running:
-                if not lean:
-                    await self._flush()  # our own replies (PUBACK...), batched per read
-                elif not self._send_now():
-                    return await self._read_loop_in_scope()
+                await self._flush()  # our own replies (PUBACK...), batched per read
             if self._stopping:
                 return
             self._reading = False
-            data: bytes | bytearray
-            if lean and type(stream) is RawSocketStream:  # it has just answered the CONNECT
-                data = await stream.receive_after_wait(RECEIVE_SIZE)  # nothing to read yet
-            else:
-                data = await stream.receive_some(RECEIVE_SIZE)
+            data = await stream.receive_some(RECEIVE_SIZE)
             self._reading = True
             if not data:
                 self.disconnect_reason = "connection_lost"
                 return
             if grace:
                 self.deadline = now() + grace
-            if lean and data[0] != 0xE0:  # not a DISCONNECT
-                framer.feed(data)
-                return await self._read_loop_in_scope()
             frame = framer.feed_frame(data)
 
     async def _read_loop_in_scope(self) -> None:

@@ -115,6 +115,9 @@ class HookDispatcher:
         self.hook_timeout = hook_timeout
         self.notification_timeout = notification_timeout
         self._impls: dict[str, tuple[_Impl, ...]] = {name: () for name in ASYNC_HOOKS}
+        # The hooks with at least one implementation: ``name in implemented`` is has()
+        # without a call, and a set of hooks is checked at once (connect.py).
+        self.implemented: frozenset[str] = frozenset()
         # Hook name -> the hookspec's argument names (for hooks with implementations).
         self._parameters: dict[str, frozenset[str]] = {}
         self.stats: dict[tuple[str, str], HookStats] = {}
@@ -150,6 +153,7 @@ class HookDispatcher:
             impls[name] = tuple(impl for _, impl in keyed)
         self._impls = impls
         self._parameters = parameters
+        self.implemented = frozenset(name for name, found in impls.items() if found)
 
     def _registration_order(self) -> dict[str, int]:
         # pluggy keeps its plugins in registration order: the configuration's tables in

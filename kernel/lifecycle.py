@@ -113,19 +113,40 @@ class SessionLifecycle:
             await self._end_session(session)
             session = None
         if session is None:
-            session = self._new_session(
-                client_id, username, conn.protocol_level, expiry_interval, max_inflight, max_queued
+            session = self.attach_new_session(
+                conn,
+                client_id,
+                expiry_interval=expiry_interval,
+                username=username,
+                max_inflight=max_inflight,
+                max_queued=max_queued,
             )
-        else:
-            session.username = username
-            session.protocol_level = conn.protocol_level
-            session.expiry_interval = expiry_interval
-            session.max_inflight = max_inflight
-            session.max_queued = max_queued
+            return session, present
+        session.username = username
+        session.protocol_level = conn.protocol_level
+        session.expiry_interval = expiry_interval
+        session.max_inflight = max_inflight
+        session.max_queued = max_queued
         session.connection = conn
         session.disconnected_at = None
         self.metrics.connections_accepted += 1
         return session, present
+
+    def attach_new_session(
+        self,
+        conn: Connection,
+        client_id: str,
+        *,
+        expiry_interval: int | None,
+        username: str | None,
+        max_inflight: int,
+        max_queued: int,
+    ) -> Session:
+        """A new session for ``client_id``, which has none, attached to ``conn``."""
+        session = self._new_session(client_id, username, conn.protocol_level, expiry_interval, max_inflight, max_queued)
+        session.connection = conn
+        self.metrics.connections_accepted += 1
+        return session
 
     async def session_online(self, conn: Connection, session: Session) -> None:
         """After CONNACK: resend what is in flight, drain the queue, fire wakeup."""
@@ -171,12 +192,12 @@ class SessionLifecycle:
             return True
         if conn.will is not None:
             return False
-        has = self.dispatcher.has
+        implemented = self.dispatcher.implemented
         persistent = session.persistent
         if persistent:
-            if has("session_store_save") or has("on_client_offline"):
+            if "session_store_save" in implemented or "on_client_offline" in implemented:
                 return False
-        elif session.stored or has("on_client_gone"):
+        elif session.stored or "on_client_gone" in implemented:
             return False
         session.connection = None
         session.disconnected_at = time.time()
@@ -258,7 +279,8 @@ class SessionLifecycle:
             await self.dispatcher.provide("session_store_delete", client_id=session.client_id)
 
     def _forget_session(self, session: Session) -> None:
-        self.router.remove_session(session)
+        if session.subscriptions:  # the router holds nothing of a session without any
+            self.router.remove_session(session)
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
 

@@ -117,6 +117,93 @@ async def test_the_disconnect_handler_awaits_nothing(broker: Broker, level: int)
         assert conn.disconnect_reason == "normal"
 
 
+# handshake_now (kernel/connect.py) is handshake without the steps that cannot happen
+# when handshake_awaits says no: both must answer a CONNECT alike, accepted or refused.
+# name: (broker settings, CONNECT, accepted)
+_CASES: dict[str, tuple[dict[str, Any], Connect, bool]] = {
+    "3.1 clean": ({}, _connect("case", 3), True),
+    "3.1.1 clean": ({}, _connect("case", 4), True),
+    "3.1.1 persistent": ({}, _connect("case", 4, clean_start=False), True),
+    "5 with properties": (
+        {},
+        _connect(
+            "case",
+            5,
+            properties={
+                "session_expiry_interval": 100,
+                "receive_maximum": 10,
+                "topic_alias_maximum": 5,
+                "request_response_information": 1,
+            },
+        ),
+        True,
+    ),
+    "5 expiry above the cap": (
+        {"max_session_expiry": 50},
+        _connect("case", 5, properties={"session_expiry_interval": 0xFFFFFFFF}),
+        True,
+    ),
+    "5 keep-alive above the maximum": ({"max_keep_alive": 30}, _connect("case", 5), True),
+    "3.1.1 keep-alive above the maximum": ({"max_keep_alive": 30}, _connect("case", 4), False),
+    "client id too long": ({"max_client_id_length": 3}, _connect("case", 5), False),
+    "CONNACK too large": ({}, _connect("case", 5, properties={"maximum_packet_size": 8}), False),
+    "5 not anonymous": ({"allow_anonymous": False}, _connect("case", 5), False),
+    "3.1.1 not anonymous": ({"allow_anonymous": False}, _connect("case", 4), False),
+}
+
+
+def _outcome(conn: Connection) -> dict[str, Any]:
+    session = conn.session
+    return {
+        "sent": b"".join(conn._out),
+        "connected": conn.connected,
+        "session_present": conn.session_present,
+        "disconnect_reason": conn.disconnect_reason,
+        "client_info": conn.client_info,
+        "keep_alive": conn.keep_alive,
+        "session": None
+        if session is None
+        else (
+            session.client_id,
+            session.username,
+            session.protocol_level,
+            session.expiry_interval,
+            session.max_inflight,
+            session.max_queued,
+            session.connection is conn,
+            conn.broker.sessions.get(session.client_id) is session,
+        ),
+    }
+
+
+def _forget(broker: Broker, client_id: str) -> None:
+    """End a session left behind, so that the next CONNECT of ``client_id`` finds none."""
+    session = broker.sessions.get(client_id)
+    if session is not None:
+        if session.expiry_timer is not None:
+            session.expiry_timer.cancel()
+        broker._forget_session(session)
+
+
+@pytest.mark.parametrize("case", list(_CASES))
+async def test_handshake_now_answers_as_handshake_does(broker_factory: Any, case: str) -> None:
+    settings, packet, accepted = _CASES[case]
+    async with broker_factory(**settings) as broker:
+        outcomes = []
+        for run in (connect.handshake, connect.handshake_now):
+            async with unserved_connection(broker) as conn:
+                assert not connect.handshake_awaits(conn, packet)
+                refused_before = broker.metrics.connect_refused
+                if run is connect.handshake:
+                    result = run_without_suspending(connect.handshake(conn, packet))
+                else:
+                    result = connect.handshake_now(conn, packet)
+                outcomes.append((result, broker.metrics.connect_refused - refused_before, _outcome(conn)))
+            _forget(broker, "case")
+        assert outcomes[0] == outcomes[1]
+        assert outcomes[0][0] is accepted
+
+
 class _Hooked:
     def __init__(self, hook: str) -> None:
         async def implementation(**kwargs: Any) -> None:

@@ -19,7 +19,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "values": ("types", "config"),
     "hooks": ("hookspecs", "dispatch", "manager", "registries", "admin"),
     "routing": ("topics", "session", "router", "lifecycle", "scheduler"),
-    "protocol": ("connect", "inbound", "subscriptions"),
+    "protocol": ("negotiation", "connect", "inbound", "subscriptions"),
     "transport": ("rawstream", "listeners", "connection", "outbound"),
     "broker": ("broker", "service"),
     "entry points": ("cli", "admin_cli", "testing", "__init__", "__main__"),
