@@ -7,9 +7,10 @@ reads the CONNECT, writes a fixed CONNACK, reads until the client closes, and cl
 
 - trio-raw: trio, one task per connection, stdlib sockets with wait_readable, read as
   RawSocketStream.receive_some reads (kernel/rawstream.py): the floor of the goal;
-- trio-raw-lean: trio-raw with the three socket shortcuts of ternmq's connect path (the
+- trio-raw-lean: trio-raw with the four socket shortcuts of ternmq's connect path (the
   first read of a new task is no checkpoint, the read after the answer waits first, the
-  close skips notify_closing when nobody waits): what those are worth on their own;
+  close skips notify_closing when nobody waits, accept() without its two enum
+  conversions): what those are worth on their own;
 - trio-stream: trio, one task per connection, trio's SocketListener/SocketStream;
 - asyncio-protocol: asyncio callbacks, no task per connection.
 
@@ -37,6 +38,23 @@ from loadgen import build_connstorm  # noqa: E402
 
 CONNACK = b"\x20\x02\x00\x00"
 SERVERS = ("trio-raw", "trio-raw-lean", "trio-stream", "asyncio-protocol")
+
+
+class ListeningSocket(socket.socket):
+    """As kernel/rawstream.py's: accept() with family and type looked up once."""
+
+    def __init__(self, fileno: int) -> None:
+        super().__init__(fileno=fileno)
+        self._family = super().family
+        self._type = super().type
+
+    @property
+    def family(self) -> socket.AddressFamily:
+        return self._family
+
+    @property
+    def type(self) -> socket.SocketKind:
+        return self._type
 
 
 def storm(binary: Path, port: int, total: int, pin: bool) -> tuple[int, float]:
@@ -142,6 +160,8 @@ def serve_trio(kind: str, binary: Path | None, total: int, repeat: int, pin: boo
         async with trio.open_nursery() as nursery:
             if kind in ("trio-raw", "trio-raw-lean"):
                 listening = socket.create_server(("127.0.0.1", listen or 0), backlog=1024)
+                if kind == "trio-raw-lean":
+                    listening = ListeningSocket(listening.detach())
                 listening.setblocking(False)
                 port = listening.getsockname()[1]
                 nursery.start_soon(accept_raw, listening, nursery)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import socket
 import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -24,7 +23,7 @@ import trio_websocket
 from .codec import ReasonCode
 from .config import ConfigError
 from .connection import Connection
-from .rawstream import RawSocketStream, accept_loop, close_socket
+from .rawstream import ListeningSocket, RawSocketStream, accept_loop, close_socket
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -164,7 +163,7 @@ async def serve_listener(
         running.mark_stopped()
         raise
     # The accept path runs on the stdlib sockets (rawstream.py says why); trio only bound them.
-    listening = [socket.socket(fileno=tcp_listener.socket.detach()) for tcp_listener in tcp_listeners]
+    listening = [ListeningSocket(tcp_listener.socket.detach()) for tcp_listener in tcp_listeners]
     for sock in listening:
         sock.setblocking(False)
     running.port = listening[0].getsockname()[1]

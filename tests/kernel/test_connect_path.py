@@ -37,7 +37,7 @@ from ternmq.kernel.codec import (
 from ternmq.kernel.connection import Connection
 from ternmq.kernel.hookspecs import hookimpl
 from ternmq.kernel.inbound import HANDLERS, STOP
-from ternmq.kernel.rawstream import RawSocketStream
+from ternmq.kernel.rawstream import ListeningSocket, RawSocketStream
 from ternmq.kernel.testing import MQTTTestClient, registered
 
 from helpers import eventually
@@ -317,3 +317,16 @@ def test_feed_frame_is_feed_then_next_frame(seed: int) -> None:
         assert got == expected
         if "too large" in got:
             break
+
+
+def test_a_listening_socket_accepts_as_the_standard_library_does() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as plain:
+        listening = ListeningSocket(plain.detach())
+        with listening, socket.create_connection(listening.getsockname()) as client:
+            accepted, address = listening.accept()
+            with accepted:
+                assert address == client.getsockname()
+                assert (accepted.family, accepted.type) == (socket.AF_INET, socket.SOCK_STREAM)
+                assert isinstance(accepted.family, socket.AddressFamily)
+                client.sendall(b"x")
+                assert accepted.recv(1) == b"x"
