@@ -22,6 +22,7 @@ from . import hookspecs
 from .admin import AdminRegistry
 from .codec import ReasonCode
 from .config import BrokerSettings, Config, ConfigError, ListenerConfig
+from .counters import Counters
 from .dispatch import HookDispatcher
 from .lifecycle import SessionLifecycle
 from .listeners import RunningListener, serve_listener
@@ -42,20 +43,7 @@ log = logging.getLogger("ternmq.broker")
 WATCHDOG_INTERVAL = 0.25  # seconds: the precision of connect timeout and keep-alive
 
 
-@attrs.define
-class Metrics:
-    """Kernel counters (the metrics plugin exports them; ``node status`` shows them)."""
-
-    connections_accepted: int = 0
-    connect_refused: int = 0
-    publish_received: int = 0
-    publish_denied: int = 0
-    bytes_sent: int = 0
-    wills_published: int = 0
-    sessions_expired: int = 0
-
-
-class Broker(SessionLifecycle):
+class Broker:
     """A ternmq broker; ``await nursery.start(broker.serve)`` runs it.
 
     :param config: the configuration (``load_config()`` for the embedded default).
@@ -75,7 +63,10 @@ class Broker(SessionLifecycle):
         self.sessions: dict[str, Session] = {}
         self.router = Router(self.sessions, self.dispatcher)
         self.scheduler = Scheduler()
-        self.metrics = Metrics()
+        self.metrics = Counters()
+        self.lifecycle = SessionLifecycle(
+            self.sessions, self.router, self.dispatcher, self.scheduler, self.metrics, self._publish_will
+        )
         self.admin = AdminRegistry()
         self.plugin_metrics = MetricsRegistry()
         self.plugin_settings = SettingsRegistry()
@@ -107,7 +98,7 @@ class Broker(SessionLifecycle):
                 await self.plugins.start(nursery)
                 await self._load_essential_plugins()
                 await self.plugins.load_configured(e for e in self.config.plugins if e.name not in ESSENTIAL)
-                await self._restore_sessions()
+                await self.lifecycle.restore_sessions(self.settings.limits)
                 for listener in self.config.listeners:
                     await self.start_listener(listener)
                 task_status.started(self)
@@ -159,7 +150,7 @@ class Broker(SessionLifecycle):
     async def _shutdown(self) -> None:
         for session in list(self.sessions.values()):
             if session.persistent:
-                await self.save_session(session)
+                await self.lifecycle.save_session(session)
 
     async def start_listener(self, config: ListenerConfig) -> RunningListener:
         """Bind and serve one listener (also at run time)."""
@@ -224,6 +215,9 @@ class Broker(SessionLifecycle):
                 await dispatcher.provide("cluster_forward", message=message, origin=client)
         return count
 
+    async def _publish_will(self, will: Message, client: ClientInfo) -> int:
+        return await self.publish(will, None, origin=client)
+
     @property
     def service_client(self) -> ClientInfo:
         return ClientInfo(f"$broker/{self.node_name}", node=self.node_name)
@@ -256,7 +250,7 @@ class Broker(SessionLifecycle):
         if session.connection is not None:
             session.connection.kick(reason_code, "kicked")  # its teardown ends the session
         elif cleanup and self._nursery is not None:
-            self._nursery.start_soon(self._end_session, session)
+            self._nursery.start_soon(self.lifecycle.end_session, session)
         return True
 
     def list_sessions(self) -> list[dict[str, Any]]:

@@ -140,7 +140,7 @@ async def handshake(conn: Connection, packet: Connect) -> bool:
         if packet.will is not None:
             conn.will = await _authorize_will(conn, packet)
         settle(conn, packet, terms, broker.settings, retain_available=broker.retain_available)
-        session, present = await broker.attach_session(
+        session, present = await broker.lifecycle.attach_session(
             conn,
             terms.client_id,
             clean_start=terms.clean_start,
@@ -156,7 +156,7 @@ async def handshake(conn: Connection, packet: Connect) -> bool:
         _refuse(conn, packet, refused)
         return False
     _accepted(conn, session, present, terms.connack)
-    await broker.session_online(conn, session)
+    await broker.lifecycle.session_online(conn, session)
     return True
 
 
@@ -173,7 +173,7 @@ def handshake_now(conn: Connection, packet: Connect) -> bool:
     except Refused as refused:
         _refuse(conn, packet, refused)
         return False
-    session = broker.attach_new_session(
+    session = broker.lifecycle.attach_new_session(
         conn,
         terms.client_id,
         expiry_interval=None if terms.expiry == 0xFFFFFFFF else terms.expiry,

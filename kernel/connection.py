@@ -208,9 +208,9 @@ class Connection(Outbound):
         finally:
             broker.connections.discard(self)
             try:
-                if not broker.detach_at_once(self):
+                if not broker.lifecycle.detach_at_once(self):
                     with trio.CancelScope(shield=True):
-                        await broker.connection_closed(self)
+                        await broker.lifecycle.connection_closed(self)
             finally:
                 if type(stream) is RawSocketStream:
                     stream.close_now()  # no checkpoint, no cancel scope: cheap

@@ -202,7 +202,7 @@ async def _settled(conn: Connection, packet_id: int, qos: int) -> object:
     session = conn.session
     assert session is not None
     if session.acknowledge(packet_id, qos) is not None and session.queue:
-        await conn.broker.drain(session)
+        await conn.broker.lifecycle.drain(session)
     return None
 
 
@@ -214,7 +214,7 @@ async def on_pubrec(conn: Connection, packet: Pubrec) -> object:
     known = session.received(packet.packet_id, refused)
     if refused:
         if known and session.queue:
-            await conn.broker.drain(session)
+            await conn.broker.lifecycle.drain(session)
     elif known:
         conn.send(Pubrel(packet.packet_id))
     else:

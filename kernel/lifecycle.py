@@ -1,25 +1,29 @@
 """Session lifecycle: attach at CONNECT, detach at close, wills, expiry, the store.
 
-A mixin of :class:`~ternmq.kernel.broker.Broker`, kept apart because it is one concern:
-what happens to a session between connections. It uses the broker's session dict,
-router, scheduler, dispatcher and metrics.
+One object that owns the session table (``sessions``, shared with the router, which
+reads it) and what happens to a session between connections: the will and expiry
+timers and the session store's hooks. The broker builds it from its router,
+dispatcher, scheduler and counters, and gives it the one thing it cannot do itself:
+publish a will (``publish_will``, the broker's publish path with no connection).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
 from .codec import ReasonCode
+from .counters import Counters
 from .session import Delivery, Session
 from .types import ClientInfo, Message
 
 if TYPE_CHECKING:
-    from .config import BrokerSettings
+    from .config import Limits
     from .connection import Connection
     from .dispatch import HookDispatcher
     from .router import Router
@@ -30,22 +34,35 @@ log = logging.getLogger("ternmq.broker")
 # How long a takeover waits for the old connection to finish its teardown.
 TAKEOVER_WAIT = 5.0
 
+PublishWill = Callable[[Message, ClientInfo], Awaitable[int]]
+
 
 class SessionLifecycle:
-    """Session attach/detach, wills and expiry (mixed into Broker)."""
+    """Session attach/detach, wills and expiry (module docstring).
 
-    sessions: dict[str, Session]
-    settings: BrokerSettings
-    router: Router
-    scheduler: Scheduler
-    dispatcher: HookDispatcher
-    metrics: Any
+    :param sessions: the session table, by client id (the router reads the same dict).
+    :param publish_will: publishes a will as the client it belonged to.
+    """
 
-    if TYPE_CHECKING:  # provided by Broker
+    def __init__(
+        self,
+        sessions: dict[str, Session],
+        router: Router,
+        dispatcher: HookDispatcher,
+        scheduler: Scheduler,
+        counters: Counters,
+        publish_will: PublishWill,
+    ) -> None:
+        self.sessions = sessions
+        self.router = router
+        self.dispatcher = dispatcher
+        self.scheduler = scheduler
+        self.counters = counters
+        self._publish = publish_will
 
-        async def publish(self, message: Message, conn: Connection | None, origin: ClientInfo | None = None) -> int: ...
-
-    async def _restore_sessions(self) -> None:
+    async def restore_sessions(self, limits: Limits) -> None:
+        """Load the session store's sessions (at start), with today's in-flight and
+        queue limits."""
         snapshots = await self.dispatcher.provide("session_store_load_all", default=())
         for snapshot in snapshots:
             session = self._new_session(
@@ -53,8 +70,8 @@ class SessionLifecycle:
                 snapshot.username,
                 snapshot.protocol_level,
                 snapshot.expiry_interval,
-                self.settings.limits.max_inflight,
-                self.settings.limits.max_queued_messages,
+                limits.max_inflight,
+                limits.max_queued_messages,
             )
             session.stored = True
             for subscription in snapshot.subscriptions:
@@ -110,7 +127,7 @@ class SessionLifecycle:
                 session.expiry_timer = None
         present = session is not None and not clean_start
         if session is not None and clean_start:
-            await self._end_session(session)
+            await self.end_session(session)
             session = None
         if session is None:
             session = self.attach_new_session(
@@ -129,7 +146,7 @@ class SessionLifecycle:
         session.max_queued = max_queued
         session.connection = conn
         session.disconnected_at = None
-        self.metrics.connections_accepted += 1
+        self.counters.connections_accepted += 1
         return session, present
 
     def attach_new_session(
@@ -145,7 +162,7 @@ class SessionLifecycle:
         """A new session for ``client_id``, which has none, attached to ``conn``."""
         session = self._new_session(client_id, username, conn.protocol_level, expiry_interval, max_inflight, max_queued)
         session.connection = conn
-        self.metrics.connections_accepted += 1
+        self.counters.connections_accepted += 1
         return session
 
     async def session_online(self, conn: Connection, session: Session) -> None:
@@ -204,7 +221,7 @@ class SessionLifecycle:
         if persistent:
             self._schedule_expiry(session)  # save_session would save nothing
         else:
-            self._forget_session(session)  # all of _end_session when nothing is stored
+            self.forget_session(session)  # all of end_session when nothing is stored
         return True
 
     async def connection_closed(self, conn: Connection) -> None:
@@ -233,15 +250,15 @@ class SessionLifecycle:
             if self.dispatcher.has("on_client_offline"):
                 await self.dispatcher.notify("on_client_offline", client=conn.client_info, reason=reason)
         else:
-            await self._end_session(session)
+            await self.end_session(session)
             if self.dispatcher.has("on_client_gone"):
                 await self.dispatcher.notify("on_client_gone", client=conn.client_info, reason=reason)
 
     async def _publish_will(self, session: Session, will: Message, client: ClientInfo) -> None:
         session.will_timer = None
-        self.metrics.wills_published += 1
+        self.counters.wills_published += 1
         # The will's created_at is now: its message expiry starts when it is published.
-        await self.publish(attrs.evolve(will, created_at=time.time()), None, origin=client)
+        await self._publish(attrs.evolve(will, created_at=time.time()), client)
 
     def _schedule_expiry(self, session: Session) -> None:
         if session.expiry_interval is None:
@@ -255,9 +272,9 @@ class SessionLifecycle:
         session.expiry_timer = None
         if session.connection is not None or self.sessions.get(session.client_id) is not session:
             return
-        self.metrics.sessions_expired += 1
+        self.counters.sessions_expired += 1
         await self._end_will_delay(session, publish_now=True)
-        await self._end_session(session)
+        await self.end_session(session)
         if self.dispatcher.has("on_session_expired"):
             await self.dispatcher.notify("on_session_expired", client_id=session.client_id)
 
@@ -270,15 +287,15 @@ class SessionLifecycle:
         if publish_now:
             await timer.callback()
 
-    async def _end_session(self, session: Session) -> None:
-        self._forget_session(session)
+    async def end_session(self, session: Session) -> None:
+        self.forget_session(session)
         # Whenever a store holds it, also for a session made non-persistent later
         # (admin cleanup): its stored state must not come back after a restart.
         if session.stored:
             session.stored = False
             await self.dispatcher.provide("session_store_delete", client_id=session.client_id)
 
-    def _forget_session(self, session: Session) -> None:
+    def forget_session(self, session: Session) -> None:
         if session.subscriptions:  # the router holds nothing of a session without any
             self.router.remove_session(session)
         if self.sessions.get(session.client_id) is session:

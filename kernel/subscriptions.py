@@ -111,7 +111,7 @@ async def after_subscribe(
     ``fresh`` pairs each granted subscription with whether it is new to the session.
     """
     if fresh and session.persistent:
-        await broker.save_session(session)
+        await broker.lifecycle.save_session(session)
     if broker.dispatcher.has("on_subscribe"):
         await broker.dispatcher.notify("on_subscribe", client=client, subscriptions=tuple(results))
     if broker.retain_available:
@@ -218,6 +218,6 @@ async def handle_unsubscribe(conn: Connection, packet: Unsubscribe) -> None:
 async def after_unsubscribe(broker: Broker, session: Session, client: ClientInfo, filters: list[str]) -> None:
     """What follows removed subscriptions: store the session, fire on_unsubscribe."""
     if session.persistent:
-        await broker.save_session(session)
+        await broker.lifecycle.save_session(session)
     if broker.dispatcher.has("on_unsubscribe"):
         await broker.dispatcher.notify("on_unsubscribe", client=client, topic_filters=tuple(filters))

@@ -84,7 +84,7 @@ async def unserved_connection(broker: Broker) -> AsyncIterator[Connection]:
             try:
                 yield conn
             finally:
-                broker.detach_at_once(conn)
+                broker.lifecycle.detach_at_once(conn)
                 ours.close()
 
 
@@ -182,7 +182,7 @@ def _forget(broker: Broker, client_id: str) -> None:
     if session is not None:
         if session.expiry_timer is not None:
             session.expiry_timer.cancel()
-        broker._forget_session(session)
+        broker.lifecycle.forget_session(session)
 
 
 @pytest.mark.parametrize("case", list(_CASES))
