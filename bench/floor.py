@@ -6,7 +6,7 @@ another broker can be checked against what the event loop alone allows. Each ser
 reads the CONNECT, writes a fixed CONNACK, reads until the client closes, and closes:
 
 - trio-raw: trio, one task per connection, stdlib sockets with wait_readable, read as
-  RawSocketStream.receive_some reads (kernel/rawstream.py): the floor of the goal;
+  RawSocketStream.receive_some reads (kernel/transport/rawstream.py): the floor of the goal;
 - trio-raw-lean: trio-raw with the four socket shortcuts of ternmq's connect path (the
   first read of a new task is no checkpoint, the read after the answer waits first, the
   close skips notify_closing when nobody waits, accept() without its two enum
@@ -41,7 +41,7 @@ SERVERS = ("trio-raw", "trio-raw-lean", "trio-stream", "asyncio-protocol")
 
 
 class ListeningSocket(socket.socket):
-    """As kernel/rawstream.py's: accept() with family and type looked up once."""
+    """As kernel/transport/rawstream.py's: accept() with family and type looked up once."""
 
     def __init__(self, fileno: int) -> None:
         super().__init__(fileno=fileno)

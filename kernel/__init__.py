@@ -13,12 +13,12 @@ from typing import Any
 
 from .admin import AdminRegistry, Arguments, CommandError, Table, Text, cell_text, option_error, parse_value
 from .codec import Auth, SubscriptionRequest, Will
-from .config import BrokerSettings, ConfigError, ListenerConfig, build_attrs
 from .hookspecs import hookimpl
 from .manager import PluginError
+from .routing.topics import TopicError, topic_matches
 from .service import ListenerInfo, PluginInfo, Service, SessionInfo
-from .topics import TopicError, topic_matches
-from .types import (
+from .values.config import BrokerSettings, ConfigError, ListenerConfig, build_attrs
+from .values.types import (
     Allow,
     AuthContinue,
     ClientInfo,

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .registries import Owned
+from .hooks.registries import Owned
 
 if TYPE_CHECKING:
-    from .config import ConfigError
     from .service import Service
+    from .values.config import ConfigError
 
 
 @attrs.frozen

@@ -28,7 +28,7 @@ import attrs
 from ternmq.plugins.admin.control import control_socket_path
 
 from .admin import ADMIN_OPTIONS_USAGE, AdminRegistry, CommandError
-from .config import ConfigError, load_config
+from .values.config import ConfigError, load_config
 
 USAGE = f"""Usage: ternmq-admin {ADMIN_OPTIONS_USAGE} <command> [args]
 

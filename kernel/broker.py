@@ -21,23 +21,23 @@ from ternmq.plugins import ESSENTIAL
 from . import hookspecs
 from .admin import AdminRegistry
 from .codec import ReasonCode
-from .config import BrokerSettings, Config, ConfigError, ListenerConfig
-from .counters import Counters
-from .dispatch import HookDispatcher
-from .lifecycle import SessionLifecycle
-from .listeners import RunningListener, serve_listener
+from .hooks.dispatch import HookDispatcher
+from .hooks.registries import MetricsRegistry, SettingsRegistry
 from .manager import PluginError, PluginManager
-from .registries import MetricsRegistry, SettingsRegistry
-from .router import Router
-from .scheduler import Scheduler
+from .protocol.subscriptions import after_subscribe, after_unsubscribe
+from .routing.lifecycle import SessionLifecycle
+from .routing.router import Router
+from .routing.scheduler import Scheduler
+from .routing.session import AttachedConnection, Session
+from .routing.topics import validate_topic_filter, validate_topic_name
 from .service import Service
-from .session import Session
-from .subscriptions import after_subscribe, after_unsubscribe
-from .topics import validate_topic_filter, validate_topic_name
-from .types import ClientInfo, Message, SessionSnapshot, TopicSubscription
+from .transport.listeners import RunningListener, serve_listener
+from .values.config import BrokerSettings, Config, ConfigError, ListenerConfig
+from .values.counters import Counters
+from .values.types import ClientInfo, Message, SessionSnapshot, TopicSubscription
 
 if TYPE_CHECKING:
-    from .connection import Connection
+    from .transport.connection import Connection
 
 log = logging.getLogger("ternmq.broker")
 WATCHDOG_INTERVAL = 0.25  # seconds: the precision of connect timeout and keep-alive
@@ -157,7 +157,7 @@ class Broker:
         assert self._nursery is not None
         if config.name in self.listeners and self.listeners[config.name].status == "running":
             raise ValueError(f"listener {config.name} is already running")
-        running = RunningListener(config)
+        running = RunningListener(config, live=self.connections)
         self.listeners[config.name] = running
         await self._nursery.start(serve_listener, self, running)
         return running
@@ -188,7 +188,7 @@ class Broker:
     async def publish(
         self,
         message: Message,
-        conn: Connection | None,
+        conn: AttachedConnection | None,
         origin: ClientInfo | None = None,
         on_matched: Callable[[int], None] | None = None,
     ) -> int:

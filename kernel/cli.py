@@ -12,7 +12,7 @@ import attrs
 import trio
 
 from .broker import Broker
-from .config import Config, ConfigError, load_config, require_listeners
+from .values.config import Config, ConfigError, load_config, require_listeners
 
 
 def build_parser() -> argparse.ArgumentParser:

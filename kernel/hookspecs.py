@@ -4,7 +4,7 @@
 
 Implement a hook with ``@hookimpl`` on a function or method of the same name; declare
 only the arguments you need (pluggy's opt-in arguments). ``async def`` implementations
-are awaited by the kernel's dispatcher (``kernel/dispatch.py``) in the task of the
+are awaited by the kernel's dispatcher (``kernel/hooks/dispatch.py``) in the task of the
 client concerned.
 
 Families (each spec is marked where it is defined with its family's decorator,
@@ -40,17 +40,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
 
+from .hooks.dispatch import FAMILY_ATTRIBUTE
+
 if TYPE_CHECKING:
     from .admin import AdminRegistry
-    from .registries import MetricsRegistry, SettingsRegistry
-    from .types import Answer, ClientInfo, Message, SessionSnapshot, TopicSubscription
+    from .hooks.registries import MetricsRegistry, SettingsRegistry
+    from .values.types import Answer, ClientInfo, Message, SessionSnapshot, TopicSubscription
 
 PROJECT_NAME = "ternmq"
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
-#: The attribute a family decorator sets on a hookspec function: its family's name.
-FAMILY_ATTRIBUTE = PROJECT_NAME + "_family"
 
 _Spec = TypeVar("_Spec", bound=Callable[..., Any])
 

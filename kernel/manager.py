@@ -31,9 +31,9 @@ import trio
 
 from ternmq.plugins import ESSENTIAL
 
-from .config import ConfigError, PluginEntry, build_attrs
-from .dispatch import ASYNC_HOOKS, PluginPolicy
+from .hooks.dispatch import PluginPolicy
 from .hookspecs import REGISTRATION_HOOKS
+from .values.config import ConfigError, PluginEntry, build_attrs
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -404,7 +404,7 @@ class PluginManager:
                 raise _error(name, f"{attribute} implements unknown hook {hook_name!r}")
             if hook_name in REGISTRATION_HOOKS and inspect.iscoroutinefunction(function):
                 raise _error(name, f"{hook_name} must be synchronous (it is called at load)")
-            if hook_name in ASYNC_HOOKS and (opts.get("wrapper") or opts.get("hookwrapper")):
+            if hook_name in self.broker.dispatcher.async_hooks and (opts.get("wrapper") or opts.get("hookwrapper")):
                 raise _error(name, f"{hook_name} cannot be a wrapper (it is called asynchronously)")
 
     async def _run_plugin(self, loaded: LoadedPlugin, serve: Any, *, task_status: trio.TaskStatus[None]) -> None:

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .codec import ReasonCode
-from .config import EMBEDDED_DEFAULT, BrokerSettings, ConfigError, Limits, ListenerConfig, build_attrs
 from .manager import _error as plugin_error
-from .topics import validate_topic_filter
-from .types import Message, SessionSnapshot, TopicSubscription
+from .routing.topics import validate_topic_filter
+from .values.config import EMBEDDED_DEFAULT, BrokerSettings, ConfigError, Limits, ListenerConfig, build_attrs
+from .values.types import Message, SessionSnapshot, TopicSubscription
 
 if TYPE_CHECKING:
     from .admin import Table, Text

@@ -40,8 +40,8 @@ from .codec import (
     decode_packet,
     encode,
 )
-from .config import BrokerSettings, Config, Limits, ListenerConfig, PluginEntry
 from .manager import KernelSettings, LoadedPlugin
+from .values.config import BrokerSettings, Config, Limits, ListenerConfig, PluginEntry
 
 __all__ = ["open_broker", "serving", "test_config", "MQTTTestClient", "registered"]
 

@@ -28,7 +28,7 @@ from ternmq.kernel.broker import Broker
 from ternmq.kernel.codec import Connack, Disconnect
 from ternmq.kernel.hookspecs import hookimpl
 from ternmq.kernel.testing import MQTTTestClient
-from ternmq.kernel.types import ClientInfo, Message
+from ternmq.kernel.values.types import ClientInfo, Message
 
 LEVELS = [pytest.param(4, id="v311"), pytest.param(5, id="v5")]
 PAHO = [pytest.param(paho.MQTTv311, id="paho-v311"), pytest.param(paho.MQTTv5, id="paho-v5")]

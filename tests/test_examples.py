@@ -20,8 +20,8 @@ import pytest
 import trio
 import trustme
 
-from ternmq.kernel.config import load_config
 from ternmq.kernel.testing import MQTTTestClient
+from ternmq.kernel.values.config import load_config
 
 from helpers import plugin_samples
 

@@ -53,6 +53,6 @@ def test_the_package_passes_mypy_strict(tmp_path: Path) -> None:
 def test_the_check_reports_a_type_error(tmp_path: Path) -> None:
     tree = package_tree(tmp_path)
     broken = tree / "broken.py"
-    broken.write_text("from ternmq.kernel.types import ClientInfo\n\nClientInfo(client_id=3)\n")
+    broken.write_text("from ternmq.kernel.values.types import ClientInfo\n\nClientInfo(client_id=3)\n")
     result = mypy(tree, str(broken))
     assert result.returncode == 1 and "broken.py:3: error" in result.stdout, result.stdout

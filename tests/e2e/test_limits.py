@@ -1,6 +1,6 @@
 """Configured limits: exceeding one gets its MQTT reason code and touches nobody else.
 
-Each limit is a setting with its default in ``kernel/config.py`` (``Limits``, and
+Each limit is a setting with its default in ``kernel/values/config.py`` (``Limits``, and
 ``ListenerConfig.max_connections``). Every test keeps a subscribed bystander connected
 while a client runs into the limit, and checks afterwards that the bystander still
 receives a fresh publish and that a new client can still connect.
@@ -15,8 +15,8 @@ import trio
 
 from ternmq.kernel.broker import Broker
 from ternmq.kernel.codec import Connack, Connect, Puback, Publish, Pubrec, Will, encode
-from ternmq.kernel.config import Limits, ListenerConfig
 from ternmq.kernel.testing import MQTTTestClient, registered
+from ternmq.kernel.values.config import Limits, ListenerConfig
 
 from helpers import (
     BYSTANDER_TOPIC,

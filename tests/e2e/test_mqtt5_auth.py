@@ -14,7 +14,7 @@ import pytest
 from ternmq.kernel.codec import Auth, Connack, Connect, Disconnect, Pingresp
 from ternmq.kernel.hookspecs import hookimpl
 from ternmq.kernel.testing import MQTTTestClient, registered
-from ternmq.kernel.types import allow, auth_continue, deny
+from ternmq.kernel.values.types import allow, auth_continue, deny
 
 METHOD = "test"
 CHALLENGE = b"challenge"

@@ -12,7 +12,7 @@ from paho.mqtt.packettypes import PacketTypes
 from ternmq.kernel.codec import Disconnect, Pingresp, Publish, Pubrec
 from ternmq.kernel.hookspecs import hookimpl
 from ternmq.kernel.testing import registered
-from ternmq.kernel.types import deny
+from ternmq.kernel.values.types import deny
 
 from helpers import connected, eventually, paho_props
 

@@ -12,7 +12,7 @@ import pytest
 from ternmq.kernel.broker import Broker
 from ternmq.kernel.hookspecs import hookimpl
 from ternmq.kernel.testing import MQTTTestClient, registered
-from ternmq.kernel.types import ClientInfo, Message, allow
+from ternmq.kernel.values.types import ClientInfo, Message, allow
 
 from helpers import LEVELS, connected
 

@@ -24,11 +24,11 @@ import trustme
 
 from ternmq.kernel.broker import Broker
 from ternmq.kernel.codec import Connack, Connect, Publish, encode
-from ternmq.kernel.config import ConfigError, ListenerConfig
 from ternmq.kernel.hookspecs import hookimpl
-from ternmq.kernel.listeners import WebSocketStream
 from ternmq.kernel.testing import MQTTTestClient, open_broker, registered, test_config
-from ternmq.kernel.types import ClientInfo
+from ternmq.kernel.transport.listeners import WebSocketStream
+from ternmq.kernel.values.config import ConfigError, ListenerConfig
+from ternmq.kernel.values.types import ClientInfo
 
 from helpers import eventually
 

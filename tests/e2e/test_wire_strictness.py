@@ -27,7 +27,7 @@ from ternmq.kernel.codec import (
 )
 from ternmq.kernel.hookspecs import hookimpl
 from ternmq.kernel.testing import MQTTTestClient, registered
-from ternmq.kernel.types import deny
+from ternmq.kernel.values.types import deny
 
 from helpers import (
     LEVELS,

@@ -28,7 +28,7 @@ import trio.lowlevel
 
 from ternmq.kernel import hookimpl
 from ternmq.kernel.admin import Text
-from ternmq.kernel.types import ClientInfo, Message, allow, deny
+from ternmq.kernel.values.types import ClientInfo, Message, allow, deny
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent

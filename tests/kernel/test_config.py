@@ -1,4 +1,4 @@
-"""kernel/config.py: TOML into frozen attrs, every error naming the file, the table and the key."""
+"""kernel/values/config.py: TOML into frozen attrs, every error naming the file, the table and the key."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import attrs
 import pytest
 
 import ternmq.kernel
-from ternmq.kernel.config import (
+from ternmq.kernel.values.config import (
     EMBEDDED_DEFAULT,
     BrokerSettings,
     Config,

@@ -1,9 +1,9 @@
 """The shortcuts of the connect+disconnect path give what the general code gives.
 
-The accepting CONNACK of MQTT 3.1/3.1.1 is four cached bytes (kernel/connect.py), a
+The accepting CONNACK of MQTT 3.1/3.1.1 is four cached bytes (kernel/protocol/connect.py), a
 close with nothing to await skips the shielded teardown (SessionLifecycle.detach_at_once),
 the reader of a plain TCP client has no cancel scope until it needs one
-(kernel/connection.py), and the framer slices a packet that came whole out of the read
+(kernel/transport/connection.py), and the framer slices a packet that came whole out of the read
 (Framer.feed_frame); bench/ says why. The end-to-end tests cover the behaviour; these pin
 the shortcuts.
 """
@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 import trio
 
-from ternmq.kernel import connect
 from ternmq.kernel.broker import Broker
 from ternmq.kernel.codec import (
     DEFAULT_MAX_PACKET_SIZE,
@@ -34,11 +33,12 @@ from ternmq.kernel.codec import (
     Will,
     encode,
 )
-from ternmq.kernel.connection import Connection
 from ternmq.kernel.hookspecs import hookimpl
-from ternmq.kernel.inbound import HANDLERS, STOP
-from ternmq.kernel.rawstream import ListeningSocket, RawSocketStream
+from ternmq.kernel.protocol import connect
+from ternmq.kernel.protocol.inbound import HANDLERS, STOP
 from ternmq.kernel.testing import MQTTTestClient, registered
+from ternmq.kernel.transport.connection import Connection
+from ternmq.kernel.transport.rawstream import ListeningSocket, RawSocketStream
 
 from helpers import eventually
 
@@ -50,7 +50,7 @@ def test_cached_connack_is_the_encoded_one(level: int, session_present: bool) ->
     assert cached == encode(Connack(session_present, 0, {}), level)
 
 
-# -- the reader without a cancel scope (kernel/connection.py) -------------------------------
+# -- the reader without a cancel scope (kernel/transport/connection.py) -------------------------------
 #
 # Over plain TCP the reader enters its cancel scope only before it may wait for anything
 # but its socket; before that, RawSocketStream.abort_receive is its off switch. That is
@@ -117,7 +117,7 @@ async def test_the_disconnect_handler_awaits_nothing(broker: Broker, level: int)
         assert conn.disconnect_reason == "normal"
 
 
-# handshake_now (kernel/connect.py) is handshake without the steps that cannot happen
+# handshake_now (kernel/protocol/connect.py) is handshake without the steps that cannot happen
 # when handshake_awaits says no: both must answer a CONNECT alike, accepted or refused.
 # name: (broker settings, CONNECT, accepted)
 _CASES: dict[str, tuple[dict[str, Any], Connect, bool]] = {

@@ -1,4 +1,4 @@
-"""Tests for ternmq.kernel.dispatch: the HookDispatcher over a bare pluggy PluginManager.
+"""Tests for ternmq.kernel.hooks.dispatch: the HookDispatcher over a bare pluggy PluginManager.
 
 Order (equal to pluggy's own, explicit priority first), first-answer-wins for decision
 hooks, sync and async implementations, contained errors, deadlines, the circuit
@@ -19,10 +19,10 @@ import trio
 import trio.lowlevel
 
 from ternmq.kernel import hookspecs
-from ternmq.kernel.dispatch import PLUGIN_FAILURE, HookDispatcher, PluginPolicy
+from ternmq.kernel.hooks.dispatch import PLUGIN_FAILURE, HookDispatcher, PluginPolicy
 from ternmq.kernel.hookspecs import hookimpl
 from ternmq.kernel.testing import MQTTTestClient, registered
-from ternmq.kernel.types import ClientInfo, Message, allow, auth_continue, deny
+from ternmq.kernel.values.types import ClientInfo, Message, allow, auth_continue, deny
 
 from helpers import eventually
 

@@ -121,7 +121,7 @@ def test_the_check_reports_each_kind_of_wrong_call() -> None:
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_the_checked_methods_are_the_dispatchers(method: str) -> None:
-    from ternmq.kernel.dispatch import HookDispatcher
+    from ternmq.kernel.hooks.dispatch import HookDispatcher
 
     assert inspect.iscoroutinefunction(getattr(HookDispatcher, method))
     own = set(inspect.signature(getattr(HookDispatcher, method)).parameters) - {"self", "hook_name", "kwargs"}

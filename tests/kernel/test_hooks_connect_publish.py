@@ -25,7 +25,7 @@ from ternmq.kernel.codec import (
 )
 from ternmq.kernel.hookspecs import hookimpl
 from ternmq.kernel.testing import MQTTTestClient, registered
-from ternmq.kernel.types import ClientInfo, Message, allow, deny
+from ternmq.kernel.values.types import ClientInfo, Message, allow, deny
 
 from helpers import Gate, client_info, eventually
 

@@ -17,7 +17,7 @@ import trio
 from ternmq.kernel.codec import Connack, Connect, Puback, Publish
 from ternmq.kernel.hookspecs import hookimpl
 from ternmq.kernel.testing import MQTTTestClient, registered
-from ternmq.kernel.types import ClientInfo, Message, TopicSubscription, allow, deny
+from ternmq.kernel.values.types import ClientInfo, Message, TopicSubscription, allow, deny
 
 from helpers import PERSISTENT, Gate, Recorder, client_info, eventually, left_subscribed
 

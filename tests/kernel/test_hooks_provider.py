@@ -19,9 +19,9 @@ from ternmq.kernel.broker import Broker
 from ternmq.kernel.codec import Publish, SubscriptionRequest
 from ternmq.kernel.hookspecs import hookimpl
 from ternmq.kernel.manager import PluginError
+from ternmq.kernel.routing.topics import topic_matches
 from ternmq.kernel.testing import MQTTTestClient, registered, serving, test_config
-from ternmq.kernel.topics import topic_matches
-from ternmq.kernel.types import ClientInfo, Message, SessionSnapshot, TopicSubscription
+from ternmq.kernel.values.types import ClientInfo, Message, SessionSnapshot, TopicSubscription
 
 from helpers import eventually
 

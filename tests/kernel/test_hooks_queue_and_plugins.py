@@ -13,7 +13,7 @@ import trio
 
 from ternmq.kernel.hookspecs import hookimpl
 from ternmq.kernel.testing import MQTTTestClient, registered
-from ternmq.kernel.types import Message
+from ternmq.kernel.values.types import Message
 
 from helpers import PERSISTENT, Recorder, eventually, left_subscribed, wait_offline
 

@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 
 import ternmq.kernel
-from ternmq.kernel import hookspecs, inbound
+from ternmq.kernel import hookspecs
 from ternmq.kernel.codec import ReasonCode
-from ternmq.kernel.session import Delivered, Session
-from ternmq.kernel.types import Message
+from ternmq.kernel.protocol import inbound
+from ternmq.kernel.routing.session import Delivered, Session
+from ternmq.kernel.values.types import Message
 
 KERNEL_DIR = Path(ternmq.kernel.__file__).resolve().parent
 # Reason codes that only a reason code can be (values below 0x10 are also flags, QoS...).

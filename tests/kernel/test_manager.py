@@ -24,9 +24,9 @@ import trio
 
 import ternmq
 from ternmq.kernel.codec import Puback, Publish
-from ternmq.kernel.config import ConfigError
 from ternmq.kernel.manager import PluginError
 from ternmq.kernel.testing import MQTTTestClient
+from ternmq.kernel.values.config import ConfigError
 from ternmq.plugins import retainer
 
 import plugin_samples

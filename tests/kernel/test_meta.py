@@ -86,9 +86,15 @@ def test_every_hookspec_is_marked_with_its_family_where_it_is_defined() -> None:
 
 
 def test_async_hooks_are_the_decision_notification_and_provider_families() -> None:
-    from ternmq.kernel.dispatch import ASYNC_HOOKS
+    import pluggy
 
-    assert ASYNC_HOOKS == frozenset(hookspecs.HOOK_FAMILIES) - frozenset(hookspecs.REGISTRATION_HOOKS)
+    from ternmq.kernel.hooks.dispatch import HookDispatcher
+
+    plugin_manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    plugin_manager.add_hookspecs(hookspecs)
+    called = HookDispatcher(plugin_manager).async_hooks
+    assert called == frozenset(hookspecs.HOOK_FAMILIES) - frozenset(hookspecs.REGISTRATION_HOOKS)
+    assert called and not called & frozenset(hookspecs.REGISTRATION_HOOKS)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

@@ -1,4 +1,4 @@
-"""The lean accept path and stream of kernel/rawstream.py, over real sockets."""
+"""The lean accept path and stream of kernel/transport/rawstream.py, over real sockets."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import outcome
 import pytest
 import trio
 
-from ternmq.kernel.rawstream import RawSocketStream, ReceiveAborted, accept_loop
+from ternmq.kernel.transport.rawstream import RawSocketStream, ReceiveAborted, accept_loop
 
 
 def stream_pair() -> tuple[RawSocketStream, socket.socket]:
@@ -156,7 +156,7 @@ async def test_accept_loop_hands_each_client_and_its_address_to_the_handler() ->
         await trio.open_tcp_stream("127.0.0.1", port)
 
 
-# -- the reader's off switch and the connect path's reads (kernel/connection.py) ------------
+# -- the reader's off switch and the connect path's reads (kernel/transport/connection.py) ------------
 
 
 async def test_abort_receive_wakes_a_waiting_receiver_and_leaves_the_socket_open() -> None:

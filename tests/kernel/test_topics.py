@@ -1,11 +1,11 @@
-"""Tests for ternmq.kernel.topics: validation, matching (MQTT 5 §4.7) and the subscription trie."""
+"""Tests for ternmq.kernel.routing.topics: validation, matching (MQTT 5 §4.7) and the subscription trie."""
 
 import random
 from collections import Counter
 
 import pytest
 
-from ternmq.kernel.topics import (
+from ternmq.kernel.routing.topics import (
     SubscriptionTrie,
     TopicError,
     parse_shared,

@@ -27,23 +27,24 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from . import connect as connect_phase
-from .codec import (
+from ..codec import (
     Framer,
     MQTTError,
     ProtocolError,
     ReasonCode,
     decode_packet,
 )
-from .inbound import HANDLERS, STOP
+from ..protocol import connect as connect_phase
+from ..protocol.inbound import HANDLERS, STOP
+from ..protocol.ports import RECEIVE_SIZE
+from ..values.types import ClientInfo
 from .outbound import FLUSH_GRACE, Outbound
-from .rawstream import RECEIVE_SIZE, RawSocketStream, ReceiveAborted
-from .types import ClientInfo
+from .rawstream import RawSocketStream, ReceiveAborted
 
 if TYPE_CHECKING:
-    from .broker import Broker
-    from .config import ListenerConfig
-    from .session import Session
+    from ..protocol.ports import BrokerCore
+    from ..routing.session import Session
+    from ..values.config import ListenerConfig
 
 log = logging.getLogger("ternmq.connection")
 
@@ -96,7 +97,7 @@ class Connection(Outbound):
 
     def __init__(
         self,
-        broker: Broker,
+        broker: BrokerCore,
         stream: trio.abc.Stream,
         listener: ListenerConfig,
         peer_host: str,
@@ -181,7 +182,6 @@ class Connection(Outbound):
         shielded only when it has something to await (SessionLifecycle.detach_at_once).
         """
         broker = self.broker
-        broker.connections.add(self)
         stream = self.stream
         try:
             try:
@@ -206,7 +206,6 @@ class Connection(Outbound):
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
-            broker.connections.discard(self)
             try:
                 if not broker.lifecycle.detach_at_once(self):
                     with trio.CancelScope(shield=True):

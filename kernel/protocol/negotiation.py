@@ -11,41 +11,17 @@ from __future__ import annotations
 
 import logging
 import secrets
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from .codec import Connack, Connect, ReasonCode, encode
-from .topics import TopicError, validate_topic_name
-from .types import Allow, AuthContinue, ClientInfo, Deny
+from ..codec import Connack, Connect, ReasonCode, encode
+from ..routing.topics import TopicError, validate_topic_name
+from ..values.types import Allow, AuthContinue, ClientInfo, Deny
 
 if TYPE_CHECKING:
-    from .codec import Framer
-    from .config import BrokerSettings, Limits, ListenerConfig
+    from ..values.config import BrokerSettings, Limits
+    from .ports import ConnectingClient
 
 log = logging.getLogger("ternmq.connect")
-
-
-class ConnectingClient(Protocol):
-    """What negotiation reads and sets of a connection (kernel/connection.py's Connection)."""
-
-    protocol_level: int
-    keep_alive: int
-    request_problem_information: bool
-    client_receive_maximum: int
-    client_maximum_packet_size: int
-    outbound_alias_maximum: int
-    server_receive_maximum: int
-    max_topic_alias: int
-    over_capacity: bool
-    client_info: ClientInfo
-    tls_common_name: str | None
-    peer_host: str
-    peer_port: int
-
-    @property
-    def listener(self) -> ListenerConfig: ...
-
-    @property
-    def framer(self) -> Framer: ...
 
 
 REGISTER_MODIFIERS = frozenset(

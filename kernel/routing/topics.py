@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any, Generic, TypeVar
 
-from .codec import ReasonCode
+from ..codec import ReasonCode
 
 __all__ = ["TopicError", "validate_topic_name", "validate_topic_filter", "parse_shared"]
 __all__ += ["topic_matches", "SubscriptionTrie"]

@@ -17,15 +17,14 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from .codec import ReasonCode
-from .counters import Counters
-from .session import Delivery, Session
-from .types import ClientInfo, Message
+from ..codec import ReasonCode
+from ..values.counters import Counters
+from ..values.types import ClientInfo, Message
+from .session import AttachedConnection, Delivery, Session
 
 if TYPE_CHECKING:
-    from .config import Limits
-    from .connection import Connection
-    from .dispatch import HookDispatcher
+    from ..hooks.dispatch import HookDispatcher
+    from ..values.config import Limits
     from .router import Router
     from .scheduler import Scheduler
 
@@ -101,7 +100,7 @@ class SessionLifecycle:
 
     async def attach_session(
         self,
-        conn: Connection,
+        conn: AttachedConnection,
         client_id: str,
         *,
         clean_start: bool,
@@ -151,7 +150,7 @@ class SessionLifecycle:
 
     def attach_new_session(
         self,
-        conn: Connection,
+        conn: AttachedConnection,
         client_id: str,
         *,
         expiry_interval: int | None,
@@ -165,7 +164,7 @@ class SessionLifecycle:
         self.counters.connections_accepted += 1
         return session
 
-    async def session_online(self, conn: Connection, session: Session) -> None:
+    async def session_online(self, conn: AttachedConnection, session: Session) -> None:
         """After CONNACK: resend what is in flight, drain the queue, fire wakeup."""
         # A new session has nothing in flight and nothing queued: skip the generators.
         if session.inflight:
@@ -196,7 +195,7 @@ class SessionLifecycle:
         for delivery, status in list(session.drain()):
             await self.router.report(session, delivery.message, delivery.qos, status)
 
-    def detach_at_once(self, conn: Connection) -> bool:
+    def detach_at_once(self, conn: AttachedConnection) -> bool:
         """:meth:`connection_closed` for the common close, which awaits nothing: no will,
         no hook to call, no session store to update. False, with nothing changed, when
         there is something to await: then ``connection_closed`` must run (shielded).
@@ -224,7 +223,7 @@ class SessionLifecycle:
             self.forget_session(session)  # all of end_session when nothing is stored
         return True
 
-    async def connection_closed(self, conn: Connection) -> None:
+    async def connection_closed(self, conn: AttachedConnection) -> None:
         """Detach a closed connection from its session: will, offline or gone, hooks."""
         if self.detach_at_once(conn):
             return

@@ -20,14 +20,14 @@ import attrs
 import trio
 import trio_websocket
 
-from .codec import ReasonCode
-from .config import ConfigError
+from ..codec import ReasonCode
+from ..values.config import ConfigError
 from .connection import Connection
 from .rawstream import ListeningSocket, RawSocketStream, accept_loop, close_socket
 
 if TYPE_CHECKING:
-    from .broker import Broker
-    from .config import ListenerConfig
+    from ..protocol.ports import BrokerCore
+    from ..values.config import ListenerConfig
 
 log = logging.getLogger("ternmq.listeners")
 WEBSOCKET_SUBPROTOCOLS = ("mqtt", "mqttv3.1")
@@ -44,6 +44,9 @@ class RunningListener:
     status: str = "starting"
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     connections: set[Connection] = attrs.field(factory=set)
+    # The connections of every listener (the broker's, which its watchdog reads): a
+    # listener started again under the same name keeps its old clients watched.
+    live: set[Connection] = attrs.field(factory=set)
     stopped: trio.Event = attrs.field(factory=trio.Event)  # set when it accepts no more
 
     def mark_stopped(self) -> None:
@@ -142,7 +145,7 @@ def _common_name(stream: trio.SSLStream[RawSocketStream]) -> str | None:
 
 
 async def serve_listener(
-    broker: Broker, running: RunningListener, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    broker: BrokerCore, running: RunningListener, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Bind one listener and serve it until its scope is cancelled.
 
@@ -190,7 +193,7 @@ async def serve_listener(
 
 
 async def _accept(
-    broker: Broker,
+    broker: BrokerCore,
     running: RunningListener,
     context: ssl.SSLContext | None,
     connections: trio.Nursery,
@@ -257,16 +260,18 @@ def _count_in(running: RunningListener, connection: Connection) -> None:
     running.active += 1
     running.total += 1
     running.connections.add(connection)
+    running.live.add(connection)
     connection.over_capacity = running.active > running.config.max_connections
 
 
 def _count_out(running: RunningListener, connection: Connection) -> None:
     running.active -= 1
     running.connections.discard(connection)
+    running.live.discard(connection)
 
 
 async def _serve_websocket(
-    broker: Broker, running: RunningListener, stream: trio.abc.Stream, host: str, port: int, common_name: str | None
+    broker: BrokerCore, running: RunningListener, stream: trio.abc.Stream, host: str, port: int, common_name: str | None
 ) -> None:
     config = running.config
     limits = broker.settings.limits

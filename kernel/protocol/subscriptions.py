@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .codec import (
+from ..codec import (
     FIRST_FAILURE_CODE,
     PacketType,
     ReasonCode,
@@ -16,13 +16,12 @@ from .codec import (
     Unsubscribe,
     legal_reason_code,
 )
-from .topics import TopicError, parse_shared, validate_topic_filter
-from .types import Allow, ClientInfo, Deny, TopicSubscription
+from ..routing.topics import TopicError, parse_shared, validate_topic_filter
+from ..values.types import Allow, ClientInfo, Deny, TopicSubscription
 
 if TYPE_CHECKING:
-    from .broker import Broker
-    from .connection import Connection
-    from .session import Session
+    from ..routing.session import Session
+    from .ports import BrokerCore, ClientConnection
 
 log = logging.getLogger("ternmq.subscriptions")
 
@@ -30,7 +29,7 @@ log = logging.getLogger("ternmq.subscriptions")
 _REFUSED = ReasonCode.UNSPECIFIED_ERROR
 
 
-async def handle_subscribe(conn: Connection, packet: Subscribe) -> None:
+async def handle_subscribe(conn: ClientConnection, packet: Subscribe) -> None:
     broker = conn.broker
     session = conn.session
     assert session is not None
@@ -99,7 +98,7 @@ async def handle_subscribe(conn: Connection, packet: Subscribe) -> None:
 
 
 async def after_subscribe(
-    broker: Broker,
+    broker: BrokerCore,
     session: Session,
     client: ClientInfo,
     results: list[TopicSubscription],
@@ -128,7 +127,7 @@ async def after_subscribe(
 
 
 async def _authorize(
-    conn: Connection, wanted: list[TopicSubscription], properties: dict[str, Any]
+    conn: ClientConnection, wanted: list[TopicSubscription], properties: dict[str, Any]
 ) -> list[TopicSubscription | int]:
     """One outcome per wanted subscription: the granted subscription or a reason code."""
     if not wanted:
@@ -187,7 +186,7 @@ def _rewritten(wanted: list[TopicSubscription], topics: Sequence[Any]) -> list[T
     return outcomes
 
 
-async def handle_unsubscribe(conn: Connection, packet: Unsubscribe) -> None:
+async def handle_unsubscribe(conn: ClientConnection, packet: Unsubscribe) -> None:
     broker = conn.broker
     session = conn.session
     assert session is not None
@@ -215,7 +214,7 @@ async def handle_unsubscribe(conn: Connection, packet: Unsubscribe) -> None:
     await after_unsubscribe(broker, session, conn.client_info, filters)
 
 
-async def after_unsubscribe(broker: Broker, session: Session, client: ClientInfo, filters: list[str]) -> None:
+async def after_unsubscribe(broker: BrokerCore, session: Session, client: ClientInfo, filters: list[str]) -> None:
     """What follows removed subscriptions: store the session, fire on_unsubscribe."""
     if session.persistent:
         await broker.lifecycle.save_session(session)

@@ -1,8 +1,8 @@
 """Session state that outlives a connection: subscriptions, QoS 1/2 in flight, queue.
 
-A state machine with no sockets in it. The connection that is attached (if any) is
-reached only through its ``write`` method and a few attributes the router needs
-(protocol level, outbound limits, topic aliases).
+A state machine with no sockets in it. The connection that is attached (if any) is an
+:class:`AttachedConnection`: what this layer needs of one, written down as a Protocol
+type (transport/connection.py's Connection is the kernel's; tests use plain objects).
 """
 
 from __future__ import annotations
@@ -10,16 +10,56 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
-from .codec import ProtocolError, Publish, Pubrel, encode, encode_publish_parts
-from .types import Message, SessionSnapshot, TopicSubscription
+from ..codec import ProtocolError, Publish, Pubrel, encode, encode_publish_parts
+from ..values.types import Message, SessionSnapshot, TopicSubscription
 
 if TYPE_CHECKING:
-    from .connection import Connection
+    import trio
+
+    from ..values.config import ListenerConfig
+    from ..values.types import ClientInfo
     from .scheduler import Timer
+
+
+class AttachedConnection(Protocol):
+    """What the routing layer uses of the connection a session is attached to: where
+    to write a client's packets, how much it accepts, who it is, how to end it."""
+
+    protocol_level: int
+    client_info: ClientInfo
+    outbound_bytes: int
+    outbound_limit: int
+    client_receive_maximum: int
+    client_maximum_packet_size: int
+    outbound_alias_maximum: int
+    session: Session | None
+    will: Message | None
+    disconnect_reason: str
+    peer_host: str
+    peer_port: int
+
+    @property
+    def listener(self) -> ListenerConfig: ...
+
+    @property
+    def closed(self) -> trio.Event:
+        """Set once the connection is closed and its session detached."""
+        ...
+
+    def write(self, data: bytes) -> None:
+        """Queue bytes for the client; never blocks."""
+
+    def encode_with_alias(self, message: Message, qos: int, retain: bool, props: dict[str, Any]) -> tuple[bytes, bytes]:
+        """A PUBLISH encoded as head and tail (the packet id goes between), with an
+        outbound topic alias where the client allows them (MQTT 5)."""
+        ...
+
+    def kick(self, reason_code: int, reason: str) -> None:
+        """Close from outside (takeover, admin, shutdown): DISCONNECT for v5, then close."""
 
 
 class Delivered(IntEnum):
@@ -125,7 +165,7 @@ class Session:
         self.max_inflight = max_inflight
         self.max_queued = max_queued
         self.subscriptions: dict[str, TopicSubscription] = {}
-        self.connection: Connection | None = None
+        self.connection: AttachedConnection | None = None
         self.inflight: dict[int, Delivery] = {}
         self.queue: deque[Delivery] = deque()
         self.incoming_qos2: set[int] = set()
@@ -185,7 +225,9 @@ class Session:
             return Delivered.QUEUED
         return self._send_tracked(connection, Delivery(message, qos, retain, sub_ids), wire_cache)
 
-    def _send_tracked(self, connection: Connection, delivery: Delivery, wire_cache: WireCache | None) -> Delivered:
+    def _send_tracked(
+        self, connection: AttachedConnection, delivery: Delivery, wire_cache: WireCache | None
+    ) -> Delivered:
         """Send a QoS 1/2 delivery under a new packet id, in flight once it is sent."""
         packet_id = self._allocate_packet_id()
         status = self._send_publish(
@@ -195,13 +237,13 @@ class Session:
             self.inflight[packet_id] = delivery
         return status
 
-    def window(self, connection: Connection) -> int:
+    def window(self, connection: AttachedConnection) -> int:
         """How many QoS 1/2 messages may be in flight to the attached client."""
         return min(self.max_inflight, connection.client_receive_maximum)
 
     def _send_publish(
         self,
-        connection: Connection,
+        connection: AttachedConnection,
         message: Message,
         qos: int,
         retain: bool,

@@ -26,9 +26,8 @@ import attrs
 import pluggy
 import trio
 
-from .codec.errors import ReasonCode
-from .hookspecs import DECISION_HOOKS, NOTIFICATION_HOOKS, PROVIDER_HOOKS
-from .types import Allow, Answer, AuthContinue, Deny
+from ..codec.errors import ReasonCode
+from ..values.types import Allow, Answer, AuthContinue, Deny
 
 log = logging.getLogger("ternmq.dispatch")
 
@@ -36,7 +35,22 @@ log = logging.getLogger("ternmq.dispatch")
 # is legal in CONNACK, PUBACK, PUBREC, SUBACK and UNSUBACK alike.
 PLUGIN_FAILURE = Deny(ReasonCode.UNSPECIFIED_ERROR, "plugin error")
 
-ASYNC_HOOKS = frozenset(DECISION_HOOKS + NOTIFICATION_HOOKS + PROVIDER_HOOKS)
+#: The attribute hookspecs.py's family decorators set on a hookspec function: the name
+#: of its family. The dispatcher learns each hook's family from it, through pluggy.
+FAMILY_ATTRIBUTE = "ternmq_family"
+#: The families the dispatcher calls (registration hooks are plain pluggy calls).
+CALLED_FAMILIES = frozenset({"decision", "notification", "provider"})
+
+
+def called_hooks(plugin_manager: pluggy.PluginManager) -> frozenset[str]:
+    """The hooks of ``plugin_manager``'s specifications that the dispatcher calls."""
+    return frozenset(
+        name
+        for name, caller in vars(plugin_manager.hook).items()
+        if isinstance(caller, pluggy.HookCaller)
+        and caller.spec is not None
+        and getattr(caller.spec.function, FAMILY_ATTRIBUTE, None) in CALLED_FAMILIES
+    )
 
 
 @attrs.define
@@ -114,7 +128,10 @@ class HookDispatcher:
         self._plugin_manager = plugin_manager
         self.hook_timeout = hook_timeout
         self.notification_timeout = notification_timeout
-        self._impls: dict[str, tuple[_Impl, ...]] = {name: () for name in ASYNC_HOOKS}
+        #: The hooks this dispatcher calls: those of the specifications added to
+        #: ``plugin_manager`` before it was made, by family.
+        self.async_hooks = called_hooks(plugin_manager)
+        self._impls: dict[str, tuple[_Impl, ...]] = {name: () for name in self.async_hooks}
         # The hooks with at least one implementation: ``name in implemented`` is has()
         # without a call, and a set of hooks is checked at once (connect.py).
         self.implemented: frozenset[str] = frozenset()
@@ -130,7 +147,7 @@ class HookDispatcher:
         impls: dict[str, tuple[_Impl, ...]] = {}
         parameters: dict[str, frozenset[str]] = {}
         registered = self._registration_order()
-        for name in ASYNC_HOOKS:
+        for name in self.async_hooks:
             caller = getattr(self._plugin_manager.hook, name, None)
             if caller is None or caller.spec is None:
                 impls[name] = ()

@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from .codec.errors import ReasonCode
+from ..codec.errors import ReasonCode
 
 __all__ = [
     "ClientInfo",

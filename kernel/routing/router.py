@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .dispatch import PLUGIN_FAILURE
+from ..hooks.dispatch import PLUGIN_FAILURE
+from ..values.types import Allow, Deny, Message, TopicSubscription
 from .session import Delivered, Session, WireCache
 from .topics import SubscriptionTrie
-from .types import Allow, Deny, Message, TopicSubscription
 
 if TYPE_CHECKING:
-    from .dispatch import HookDispatcher
+    from ..hooks.dispatch import HookDispatcher
 
 
 class Router:

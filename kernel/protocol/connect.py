@@ -13,15 +13,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-import trio
-
-from . import inbound
-from .codec import (
+from ..codec import (
     FIRST_FAILURE_CODE,
-    Auth,
     Connack,
     Connect,
-    Disconnect,
     MQTTError,
     PacketType,
     ProtocolError,
@@ -29,14 +24,16 @@ from .codec import (
     decode_packet,
     legal_reason_code,
 )
+from ..routing.topics import is_broker_topic
+from ..values.types import Message
+from . import inbound
+from .enhanced_auth import enhanced_auth
 from .negotiation import Refused, apply_register_answer, check_connect, settle
-from .rawstream import RECEIVE_SIZE
-from .topics import is_broker_topic
-from .types import Allow, AuthContinue, Deny, Message
+from .ports import RECEIVE_SIZE
 
 if TYPE_CHECKING:
-    from .connection import Connection
-    from .session import Session
+    from ..routing.session import Session
+    from .ports import ClientConnection
 
 # The fixed header byte of a CONNECT: anything else first is refused at its first byte.
 _CONNECT_HEADER = PacketType.CONNECT << 4
@@ -50,7 +47,7 @@ _CONNACK_ACCEPTED_V3 = {False: b"\x20\x02\x00\x00", True: b"\x20\x02\x00\x00"}
 _CONNACK_ACCEPTED_V4 = {False: b"\x20\x02\x00\x00", True: b"\x20\x02\x01\x00"}
 
 
-def parse_connect(conn: Connection, data: bytes | bytearray) -> Connect | None:
+def parse_connect(conn: ClientConnection, data: bytes | bytearray) -> Connect | None:
     """Feed ``data`` to the framer: the CONNECT once it is whole, None until then.
 
     Anything but a CONNECT is refused at its first byte, without waiting for the rest.
@@ -74,7 +71,7 @@ def parse_connect(conn: Connection, data: bytes | bytearray) -> Connect | None:
     return packet
 
 
-async def read_connect(conn: Connection) -> Connect | None:
+async def read_connect(conn: ClientConnection) -> Connect | None:
     """Read until the CONNECT is whole (parse_connect); None if the client closed first.
 
     The broker's watchdog enforces connect_timeout (conn.deadline) by stopping the
@@ -93,9 +90,9 @@ async def read_connect(conn: Connection) -> Connect | None:
 _HANDSHAKE_HOOKS = frozenset({"auth_on_register", "on_register", "on_client_wakeup"})
 
 
-def handshake_awaits(conn: Connection, packet: Connect) -> bool:
+def handshake_awaits(conn: ClientConnection, packet: Connect) -> bool:
     """Whether ``handshake(conn, packet)`` may wait for anything; False: ``handshake_now``
-    does it, and the reader needs no cancel scope (see connection.py).
+    does it, and the reader needs no cancel scope (see transport/connection.py).
 
     It may wait for a hook (auth_on_register, on_register, on_client_wakeup), enhanced
     authentication, a will (authorized as a PUBLISH), the client id's existing session
@@ -113,7 +110,7 @@ def handshake_awaits(conn: Connection, packet: Connect) -> bool:
     )
 
 
-async def handshake(conn: Connection, packet: Connect) -> bool:
+async def handshake(conn: ClientConnection, packet: Connect) -> bool:
     """Run the CONNECT phase; True when the client is connected and may go on."""
     broker = conn.broker
     dispatcher = broker.dispatcher
@@ -122,7 +119,7 @@ async def handshake(conn: Connection, packet: Connect) -> bool:
         props = packet.properties
         if conn.protocol_level == 5 and "authentication_method" in props:
             method = props["authentication_method"]
-            auth_data = await _enhanced_auth(conn, method, props.get("authentication_data"))
+            auth_data = await enhanced_auth(conn, method, props.get("authentication_data"))
             terms.connack["authentication_method"] = method
             if auth_data:
                 terms.connack["authentication_data"] = auth_data
@@ -160,7 +157,7 @@ async def handshake(conn: Connection, packet: Connect) -> bool:
     return True
 
 
-def handshake_now(conn: Connection, packet: Connect) -> bool:
+def handshake_now(conn: ClientConnection, packet: Connect) -> bool:
     """``handshake`` for a CONNECT that awaits nothing (not ``handshake_awaits``): the
     same steps but those that cannot happen then (no hook, no will, no enhanced auth,
     a new session). A coroutine fewer per step on the connects hot path (bench/)."""
@@ -186,7 +183,7 @@ def handshake_now(conn: Connection, packet: Connect) -> bool:
     return True
 
 
-def _refuse(conn: Connection, packet: Connect, refused: Refused) -> None:
+def _refuse(conn: ClientConnection, packet: Connect, refused: Refused) -> None:
     conn.broker.metrics.connect_refused += 1
     conn.disconnect_reason = "refused"
     log.info(
@@ -204,7 +201,7 @@ def _refuse(conn: Connection, packet: Connect, refused: Refused) -> None:
         conn.send(Connack(False, legal_reason_code(PacketType.CONNACK, refused.reason_code), props))
 
 
-def _accepted(conn: Connection, session: Session, session_present: bool, connack: dict[str, Any]) -> None:
+def _accepted(conn: ClientConnection, session: Session, session_present: bool, connack: dict[str, Any]) -> None:
     conn.connected = True
     conn.session_present = session_present
     level = conn.protocol_level
@@ -214,7 +211,7 @@ def _accepted(conn: Connection, session: Session, session_present: bool, connack
         conn.write((_CONNACK_ACCEPTED_V4 if level == 4 else _CONNACK_ACCEPTED_V3)[session_present])
 
 
-async def _authorize_will(conn: Connection, packet: Connect) -> Message:
+async def _authorize_will(conn: ClientConnection, packet: Connect) -> Message:
     will = packet.will
     assert will is not None
     broker = conn.broker
@@ -228,77 +225,3 @@ async def _authorize_will(conn: Connection, packet: Connect) -> Message:
     if reason_code >= FIRST_FAILURE_CODE:
         raise Refused(reason_code, "will not authorized")
     return message
-
-
-async def _enhanced_auth(conn: Connection, method: str, data: bytes | None) -> bytes | None:
-    """Run on_auth rounds during CONNECT; returns the final authentication data."""
-    conn.auth_method = method
-    reauthenticate = False
-    while True:
-        answer = await conn.broker.dispatcher.decide(
-            "on_auth", client=conn.client_info, method=method, data=data, reauthenticate=reauthenticate
-        )
-        if answer is None:
-            raise Refused(ReasonCode.BAD_AUTHENTICATION_METHOD, "no plugin handles this authentication method")
-        if isinstance(answer, Deny):
-            raise Refused(answer.reason_code, answer.reason_string)
-        if isinstance(answer, Allow):
-            return answer.modifiers.get("authentication_data")
-        conn.send(
-            Auth(
-                ReasonCode.CONTINUE_AUTHENTICATION,
-                {"authentication_method": method, "authentication_data": answer.data},
-            )
-        )
-        await conn.flush()  # the reader is about to wait for the answer
-        packet = await _read_auth(conn)
-        if packet.properties.get("authentication_method") != method:
-            raise Refused(ReasonCode.BAD_AUTHENTICATION_METHOD, "authentication method changed")
-        data = packet.properties.get("authentication_data")
-
-
-async def _read_auth(conn: Connection) -> Auth:
-    framer = conn.framer
-    while (frame := framer.next_frame()) is None:
-        received = await conn.stream.receive_some(65536)
-        if not received:
-            raise trio.BrokenResourceError("closed during authentication")
-        framer.feed(received)
-    packet = decode_packet(frame[0], frame[1], 5)
-    if not isinstance(packet, Auth) or packet.reason_code != ReasonCode.CONTINUE_AUTHENTICATION:
-        raise Refused(ReasonCode.PROTOCOL_ERROR, "expected AUTH to continue authentication")
-    return packet
-
-
-async def reauthenticate(conn: Connection, packet: Auth) -> bool:
-    """An AUTH after CONNECT: MQTT 5 re-authentication. False closes the connection."""
-    method = packet.properties.get("authentication_method")
-    if conn.auth_method is None or method != conn.auth_method:
-        conn.protocol_error(ReasonCode.PROTOCOL_ERROR, "AUTH without the method of CONNECT")
-        return False
-    answer = await conn.broker.dispatcher.decide(
-        "on_auth",
-        client=conn.client_info,
-        method=method,
-        data=packet.properties.get("authentication_data"),
-        reauthenticate=True,
-    )
-    if isinstance(answer, AuthContinue):
-        conn.send(
-            Auth(
-                ReasonCode.CONTINUE_AUTHENTICATION,
-                {"authentication_method": method, "authentication_data": answer.data},
-            )
-        )
-        return True
-    if isinstance(answer, Allow):
-        props: dict[str, Any] = {"authentication_method": method}
-        if answer.modifiers.get("authentication_data"):
-            props["authentication_data"] = answer.modifiers["authentication_data"]
-        conn.send(Auth(0, props))
-        return True
-    code = answer.reason_code if isinstance(answer, Deny) else ReasonCode.NOT_AUTHORIZED
-    conn.disconnect_reason = "not_authorized"
-    # A CONNACK-only code (0x86, 0x8C...) has no place in DISCONNECT: 0x87 instead.
-    conn.send(Disconnect(legal_reason_code(PacketType.DISCONNECT, code)))
-    return False

@@ -1,5 +1,5 @@
 """What goes to a client: the reply queue, the reader's flush, the writer task, control
-packets (a mixin of :class:`~ternmq.kernel.connection.Connection`, kept apart because it
+packets (a mixin of :class:`~ternmq.kernel.transport.connection.Connection`, kept apart because it
 is one concern).
 
 The reader flushes its own replies after each read. A writer task is started only when
@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .codec import Disconnect, PacketType, Publish, encode, encode_publish_parts, legal_reason_code
+from ..codec import Disconnect, PacketType, Publish, encode, encode_publish_parts, legal_reason_code
+from ..values.types import ClientInfo, Message
 from .rawstream import RawSocketStream
-from .types import ClientInfo, Message
 
 if TYPE_CHECKING:
-    from .broker import Broker
+    from ..protocol.ports import BrokerCore
 
 log = logging.getLogger("ternmq.connection")
 
@@ -58,7 +58,7 @@ class Outbound:
     outbound_limit: int
 
     # Connection's
-    broker: Broker
+    broker: BrokerCore
     stream: trio.abc.Stream
     nursery: trio.Nursery
     client_info: ClientInfo

@@ -13,7 +13,7 @@ others). Two tasks sending at once is still an error, as in trio (BusyResourceEr
 checked with a flag instead of a conflict detector object. TLS and WebSocket layers
 wrap it like any trio Stream.
 
-What it adds, for the connect path (kernel/connection.py says why): ``abort_receive()``,
+What it adds, for the connect path (kernel/transport/connection.py says why): ``abort_receive()``,
 an off switch for the one task that reads, cheaper than a cancel scope around it (the
 receive waiting now, or the next one, raises ReceiveAborted; sends go on: a waiting
 sender is woken by trio too, and waits again); ``receive_now()``, a read that is no
@@ -34,9 +34,10 @@ from typing import Any
 import trio
 from trio.lowlevel import checkpoint, checkpoint_if_cancelled, notify_closing, wait_readable, wait_writable
 
+from ..protocol.ports import RECEIVE_SIZE
+
 log = logging.getLogger("ternmq.listeners")
 
-RECEIVE_SIZE = 65536
 
 # accept() errors that mean "out of resources now", not "this listener is broken"
 # (the same set trio.serve_listeners retries).

@@ -13,9 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from . import connect as connect_phase
-from . import subscriptions
-from .codec import (
+from ..codec import (
     FIRST_FAILURE_CODE,
     Auth,
     Connect,
@@ -35,12 +33,14 @@ from .codec import (
     encode,
     legal_reason_code,
 )
-from .topics import TopicError, is_broker_topic, validate_topic_name
-from .types import Allow, Answer, Deny, Message
+from ..routing.topics import TopicError, is_broker_topic, validate_topic_name
+from ..values.types import Allow, Answer, Deny, Message
+from . import subscriptions
+from .enhanced_auth import reauthenticate
 
 if TYPE_CHECKING:
-    from .connection import Connection
-    from .session import Session
+    from ..routing.session import Session
+    from .ports import ClientConnection
 
 log = logging.getLogger("ternmq.inbound")
 
@@ -52,7 +52,7 @@ PINGRESP = encode(Pingresp(), 4)
 _SUCCESS = ReasonCode.SUCCESS
 
 
-async def on_publish(conn: Connection, packet: Publish) -> object:
+async def on_publish(conn: ClientConnection, packet: Publish) -> object:
     broker = conn.broker
     broker.metrics.publish_received += 1
     session = conn.session
@@ -134,7 +134,12 @@ async def on_publish(conn: Connection, packet: Publish) -> object:
 
 
 def _acknowledge(
-    conn: Connection, session: Session, qos: int, packet_id: int, reason_code: int, reason_string: str | None = None
+    conn: ClientConnection,
+    session: Session,
+    qos: int,
+    packet_id: int,
+    reason_code: int,
+    reason_string: str | None = None,
 ) -> None:
     """PUBACK (QoS 1) or PUBREC (QoS 2) for a client's PUBLISH."""
     props = conn.problem_information(reason_string)
@@ -146,7 +151,9 @@ def _acknowledge(
     conn.send(Pubrec(packet_id, legal_reason_code(PacketType.PUBREC, reason_code), props))
 
 
-async def authorize_publish(conn: Connection, message: Message, *, is_will: bool) -> tuple[Message, int, Answer | None]:
+async def authorize_publish(
+    conn: ClientConnection, message: Message, *, is_will: bool
+) -> tuple[Message, int, Answer | None]:
     """Ask auth_on_publish (if anybody implements it): (message to route, reason code, answer)."""
     dispatcher = conn.broker.dispatcher
     answer = None
@@ -156,7 +163,7 @@ async def authorize_publish(conn: Connection, message: Message, *, is_will: bool
     return message, reason_code, answer
 
 
-def apply_publish_answer(conn: Connection, message: Message, answer: Answer | None) -> tuple[Message, int]:
+def apply_publish_answer(conn: ClientConnection, message: Message, answer: Answer | None) -> tuple[Message, int]:
     """Turn an auth_on_publish answer into (message to route, reason code)."""
     if answer is None:
         return message, _SUCCESS if conn.broker.settings.no_match == "allow" else ReasonCode.NOT_AUTHORIZED
@@ -190,15 +197,15 @@ def apply_publish_answer(conn: Connection, message: Message, answer: Answer | No
     return message, _SUCCESS
 
 
-async def on_puback(conn: Connection, packet: Puback) -> object:
+async def on_puback(conn: ClientConnection, packet: Puback) -> object:
     return await _settled(conn, packet.packet_id, 1)
 
 
-async def on_pubcomp(conn: Connection, packet: Pubcomp) -> object:
+async def on_pubcomp(conn: ClientConnection, packet: Pubcomp) -> object:
     return await _settled(conn, packet.packet_id, 2)
 
 
-async def _settled(conn: Connection, packet_id: int, qos: int) -> object:
+async def _settled(conn: ClientConnection, packet_id: int, qos: int) -> object:
     session = conn.session
     assert session is not None
     if session.acknowledge(packet_id, qos) is not None and session.queue:
@@ -206,7 +213,7 @@ async def _settled(conn: Connection, packet_id: int, qos: int) -> object:
     return None
 
 
-async def on_pubrec(conn: Connection, packet: Pubrec) -> object:
+async def on_pubrec(conn: ClientConnection, packet: Pubrec) -> object:
     session = conn.session
     assert session is not None
     # A refusing PUBREC ends the exchange (MQTT 5 §4.3.3): no PUBREL, room in the window.
@@ -222,12 +229,12 @@ async def on_pubrec(conn: Connection, packet: Pubrec) -> object:
     return None
 
 
-def _not_found(conn: Connection) -> ReasonCode:
+def _not_found(conn: ClientConnection) -> ReasonCode:
     """PUBREL/PUBCOMP for an unknown packet id: "not found" (v3 has no reason code)."""
     return ReasonCode.PACKET_IDENTIFIER_NOT_FOUND if conn.protocol_level == 5 else ReasonCode.SUCCESS
 
 
-async def on_pubrel(conn: Connection, packet: Pubrel) -> object:
+async def on_pubrel(conn: ClientConnection, packet: Pubrel) -> object:
     session = conn.session
     assert session is not None
     packet_id = packet.packet_id
@@ -244,22 +251,22 @@ async def on_pubrel(conn: Connection, packet: Pubrel) -> object:
     return None
 
 
-async def on_subscribe(conn: Connection, packet: Subscribe) -> object:
+async def on_subscribe(conn: ClientConnection, packet: Subscribe) -> object:
     await subscriptions.handle_subscribe(conn, packet)
     return None
 
 
-async def on_unsubscribe(conn: Connection, packet: Unsubscribe) -> object:
+async def on_unsubscribe(conn: ClientConnection, packet: Unsubscribe) -> object:
     await subscriptions.handle_unsubscribe(conn, packet)
     return None
 
 
-async def on_pingreq(conn: Connection, packet: Pingreq) -> object:
+async def on_pingreq(conn: ClientConnection, packet: Pingreq) -> object:
     conn.write(PINGRESP)
     return None
 
 
-async def on_disconnect(conn: Connection, packet: Disconnect) -> object:
+async def on_disconnect(conn: ClientConnection, packet: Disconnect) -> object:
     session = conn.session
     if packet.reason_code != ReasonCode.DISCONNECT_WITH_WILL_MESSAGE:
         conn.will = None  # a normal DISCONNECT discards the will
@@ -273,20 +280,20 @@ async def on_disconnect(conn: Connection, packet: Disconnect) -> object:
     return STOP
 
 
-async def on_auth(conn: Connection, packet: Auth) -> object:
-    if not await connect_phase.reauthenticate(conn, packet):
+async def on_auth(conn: ClientConnection, packet: Auth) -> object:
+    if not await reauthenticate(conn, packet):
         return STOP
     return None
 
 
-async def on_second_connect(conn: Connection, packet: Connect) -> object:
+async def on_second_connect(conn: ClientConnection, packet: Connect) -> object:
     conn.protocol_error(ReasonCode.PROTOCOL_ERROR, "second CONNECT")
     return STOP
 
 
 # What a handler is: its packet argument is of the type it is registered under (the
 # key), which a mapping type cannot say; tests/kernel/test_kernel_names.py checks it.
-Handler = Callable[["Connection", Any], Awaitable[object]]
+Handler = Callable[["ClientConnection", Any], Awaitable[object]]
 
 # One table for all connections (bound methods per connection would cost memory per
 # idle client).

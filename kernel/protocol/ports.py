@@ -1,0 +1,142 @@
+"""What the protocol layer needs from the layers around it, as Protocol types.
+
+The packet handlers (connect.py, inbound.py, subscriptions.py, negotiation.py) are
+given a :class:`ClientConnection` and reach the broker as :class:`BrokerCore`: the
+members they use, nothing else. transport/connection.py's Connection and broker.py's
+Broker are the kernel's implementations; mypy checks that they fit, and tests may hand
+the handlers plain objects instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import trio
+
+    from ..codec import Framer
+    from ..hooks.dispatch import HookDispatcher
+    from ..routing.lifecycle import SessionLifecycle
+    from ..routing.router import Router
+    from ..routing.session import AttachedConnection, Session
+    from ..values.config import BrokerSettings, Config, ListenerConfig
+    from ..values.counters import Counters
+    from ..values.types import ClientInfo, Message
+
+# How many bytes one read asks the socket for.
+RECEIVE_SIZE = 65536
+
+
+class BrokerCore(Protocol):
+    """The broker as the protocol and transport layers see it."""
+
+    @property
+    def settings(self) -> BrokerSettings: ...
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def dispatcher(self) -> HookDispatcher: ...
+
+    @property
+    def router(self) -> Router: ...
+
+    @property
+    def lifecycle(self) -> SessionLifecycle: ...
+
+    @property
+    def metrics(self) -> Counters: ...
+
+    @property
+    def sessions(self) -> dict[str, Session]: ...
+
+    @property
+    def retain_available(self) -> bool: ...
+
+    async def publish(
+        self,
+        message: Message,
+        conn: AttachedConnection | None,
+        origin: ClientInfo | None = None,
+        on_matched: Callable[[int], None] | None = None,
+    ) -> int:
+        """Retain, route and announce an authorized message; returns deliveries."""
+        ...
+
+
+class ConnectingClient(Protocol):
+    """What negotiation.py reads and sets of a connection."""
+
+    protocol_level: int
+    keep_alive: int
+    request_problem_information: bool
+    client_receive_maximum: int
+    client_maximum_packet_size: int
+    outbound_alias_maximum: int
+    server_receive_maximum: int
+    max_topic_alias: int
+    over_capacity: bool
+    client_info: ClientInfo
+    tls_common_name: str | None
+    peer_host: str
+    peer_port: int
+
+    @property
+    def listener(self) -> ListenerConfig: ...
+
+    @property
+    def framer(self) -> Framer: ...
+
+
+class ClientConnection(ConnectingClient, Protocol):
+    """What the packet handlers use of a client's connection: its MQTT state, where
+    its replies go, its stream (enhanced authentication reads AUTH packets itself)."""
+
+    session: Session | None
+    will: Message | None
+    disconnect_reason: str
+    connected: bool
+    session_present: bool
+    auth_method: str | None
+    outbound_bytes: int
+    outbound_limit: int
+
+    @property
+    def broker(self) -> BrokerCore: ...
+
+    @property
+    def stream(self) -> trio.abc.Stream: ...
+
+    @property
+    def in_aliases(self) -> dict[int, str]:
+        """Topic aliases the client set (MQTT 5)."""
+        ...
+
+    @property
+    def closed(self) -> trio.Event: ...
+
+    def write(self, data: bytes) -> None:
+        """Queue bytes for the client; never blocks."""
+
+    def send(self, packet: Any) -> bool:
+        """Queue a control packet; False if it is larger than the client accepts."""
+        ...
+
+    async def flush(self) -> None:
+        """Send what is queued now (before the reader waits for an answer)."""
+
+    def problem_information(self, reason_string: str | None) -> dict[str, Any]:
+        """Properties carrying ``reason_string``, if the client asked for them."""
+        ...
+
+    def protocol_error(self, reason_code: int, message: str = "") -> None:
+        """Close this connection for bad input, with the reason code where v5 allows."""
+
+    def encode_with_alias(self, message: Message, qos: int, retain: bool, props: dict[str, Any]) -> tuple[bytes, bytes]:
+        """A PUBLISH as head and tail, with an outbound topic alias (MQTT 5)."""
+        ...
+
+    def kick(self, reason_code: int, reason: str) -> None:
+        """Close from outside: DISCONNECT for v5, then close."""
