@@ -96,10 +96,15 @@ class CommandError(Exception):
         self.usage = usage
 
 
+#: An admin command's function: it gets the service face and the parsed arguments and
+#: returns its output, or an awaitable of it.
+CommandHandler = Callable[["Service", "Arguments"], Awaitable[Table | Text] | Table | Text]
+
+
 @attrs.frozen
 class Command:
     path: tuple[str, ...]
-    function: Callable[..., Awaitable[Table | Text] | Table | Text]
+    function: CommandHandler
     help: str
     keys: Mapping[str, str] = attrs.field(factory=dict)
     flags: Mapping[str, str] = attrs.field(factory=dict)
@@ -188,7 +193,7 @@ ADMIN_EXAMPLES = (
 )
 
 
-class AdminRegistry(Owned):
+class AdminRegistry(Owned[tuple[str, ...], Command]):
     """The command tree (see module docstring); ``owned_by(plugin)`` is what a plugin's
     ``register_admin_commands`` receives, so that its commands go when it unloads."""
 
@@ -200,7 +205,7 @@ class AdminRegistry(Owned):
     def add(
         self,
         path: str | Sequence[str],
-        function: Callable[..., Any],
+        function: CommandHandler,
         *,
         help: str,
         keys: Mapping[str, str] | None = None,

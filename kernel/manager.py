@@ -36,7 +36,9 @@ from .hookspecs import REGISTRATION_HOOKS
 from .values.config import ConfigError, PluginEntry, build_attrs
 
 if TYPE_CHECKING:
+    from .admin import AdminRegistry
     from .broker import Broker
+    from .hooks.registries import MetricsRegistry, SettingsRegistry
 
 log = logging.getLogger("ternmq.plugins")
 
@@ -368,7 +370,7 @@ class PluginManager:
         ``register_api_routes`` is called by the management API plugin, not here.
         """
         broker = self.broker
-        arguments = {
+        arguments: dict[str, dict[str, AdminRegistry | MetricsRegistry | SettingsRegistry]] = {
             "register_admin_commands": {"registry": broker.admin.owned_by(name)},
             "register_metrics": {"registry": broker.plugin_metrics.owned_by(name)},
             "register_config": {"settings": broker.plugin_settings.owned_by(name)},

@@ -11,8 +11,8 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Hashable
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 import attrs
 
@@ -29,20 +29,31 @@ class Metric:
 @attrs.frozen
 class Setting:
     name: str
-    read: Callable[[], Any]
+    read: Callable[[], object]
+    # Any: the value is whatever TOML parsing gave; the plugin's ``write`` checks it
+    # (ValueError refuses it), so its parameter may be typed as what it accepts.
     write: Callable[[Any], None]
     help: str = ""
     owner: str = ""
 
 
-class Owned:
+class _Entry(Protocol):
+    @property
+    def owner(self) -> str: ...
+
+
+_Key = TypeVar("_Key", bound=Hashable)
+_Value = TypeVar("_Value", bound=_Entry)
+
+
+class Owned(Generic[_Key, _Value]):
     """Base of the plugin-facing registries: entries remember which plugin added them."""
 
     def __init__(self) -> None:
-        self.entries: dict[Any, Any] = {}
+        self.entries: dict[_Key, _Value] = {}
         self._owner = ""
 
-    def owned_by(self, owner: str) -> Any:
+    def owned_by(self, owner: str) -> Self:
         """A view sharing this registry's contents whose additions record ``owner``."""
         view = copy.copy(self)  # shallow: the dicts stay shared
         view._owner = owner
@@ -52,14 +63,14 @@ class Owned:
         for name in [name for name, entry in self.entries.items() if entry.owner == owner]:
             del self.entries[name]
 
-    def _put(self, name: str, entry: Any) -> None:
+    def _put(self, name: _Key, entry: _Value) -> None:
         if name in self.entries:
             raise ValueError(f"{name!r} is already registered")
         self.entries[name] = entry
 
 
-class MetricsRegistry(Owned):
-    """Metrics that plugins add (the kernel's own counters are in ``Broker.metrics``)."""
+class MetricsRegistry(Owned[str, Metric]):
+    """Metrics that plugins add (the kernel's own counters are in ``Broker.metrics``, values/counters.py)."""
 
     def counter(self, name: str, read: Callable[[], int | float], help: str = "") -> None:
         self._put(name, Metric(name, "counter", read, help, self._owner))
@@ -79,8 +90,8 @@ class MetricsRegistry(Owned):
         return values
 
 
-class SettingsRegistry(Owned):
+class SettingsRegistry(Owned[str, Setting]):
     """Live settings that plugins add for ``show``/``set``."""
 
-    def add(self, name: str, read: Callable[[], Any], write: Callable[[Any], None], help: str = "") -> None:
+    def add(self, name: str, read: Callable[[], object], write: Callable[[Any], None], help: str = "") -> None:
         self._put(name, Setting(name, read, write, help, self._owner))

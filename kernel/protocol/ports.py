@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import trio
 
-    from ..codec import Framer
+    from ..codec import Framer, Packet
     from ..hooks.dispatch import HookDispatcher
     from ..routing.lifecycle import SessionLifecycle
     from ..routing.router import Router
@@ -120,7 +120,7 @@ class ClientConnection(ConnectingClient, Protocol):
     def write(self, data: bytes) -> None:
         """Queue bytes for the client; never blocks."""
 
-    def send(self, packet: Any) -> bool:
+    def send(self, packet: Packet) -> bool:
         """Queue a control packet; False if it is larger than the client accepts."""
         ...
 

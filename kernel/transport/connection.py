@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -37,7 +37,7 @@ from ..codec import (
 from ..protocol import connect as connect_phase
 from ..protocol.inbound import HANDLERS, STOP
 from ..protocol.ports import RECEIVE_SIZE
-from ..values.types import ClientInfo
+from ..values.types import ClientInfo, Message
 from .outbound import FLUSH_GRACE, Outbound
 from .rawstream import RawSocketStream, ReceiveAborted
 
@@ -124,7 +124,7 @@ class Connection(Outbound):
         # is done, then 1.5 × keep-alive after the last read (inf without keep-alive).
         self.deadline = now() + limits.connect_timeout
         self._now = now
-        self.will: Any = None
+        self.will: Message | None = None
         self.disconnect_reason = "connection_lost"
         self.connected = False
         self._closed: trio.Event | bool = False  # see closed

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..codec import Disconnect, PacketType, Publish, encode, encode_publish_parts, legal_reason_code
+from ..codec import Disconnect, Packet, PacketType, Publish, encode, encode_publish_parts, legal_reason_code
 from ..values.types import ClientInfo, Message
 from .rawstream import RawSocketStream
 
@@ -135,7 +135,7 @@ class Outbound:
             self._writer_done = trio.Event()
             self.nursery.start_soon(self._write_loop)
 
-    def send(self, packet: Any) -> bool:
+    def send(self, packet: Packet) -> bool:
         """Queue a control packet (not a routed PUBLISH: sessions encode those).
 
         A packet over the client's Maximum Packet Size loses its reason string and user
