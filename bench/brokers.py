@@ -31,6 +31,33 @@ NAMES = ("ternmq", "mosquitto", "amqtt")
 FLOOR = "trio-raw"
 
 
+def revision_of(name: str) -> str | None:
+    """REV of "ternmq@REV": ternmq as it was at that git revision (a tag, a commit,
+    HEAD~3), run beside today's in the same run for a before/after comparison."""
+    return name.partition("@")[2] or None if name.startswith("ternmq@") else None
+
+
+def is_ternmq(name: str) -> bool:
+    return name == "ternmq" or revision_of(name) is not None
+
+
+def export_revision(rev: str, into: Path) -> Path:
+    """The package tree of ternmq at ``rev`` (kernel/, plugins/, api/ laid out as
+    ternmq.kernel...) under ``into``; the directory to put on PYTHONPATH."""
+    src = into / "src"
+    src.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    package = into / "tree" / "ternmq"
+    package.mkdir(parents=True)
+    for module in (src / "ternmq").glob("*.py"):
+        shutil.copy(module, package)
+    for folder in ("kernel", "plugins", "api"):
+        if (src / folder).is_dir():
+            shutil.copytree(src / folder, package / folder)
+    return into / "tree"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -52,6 +79,11 @@ def ensure_amqtt_venv(log=print) -> Path:
 
 def version_of(name: str) -> str:
     try:
+        if (rev := revision_of(name)) is not None:
+            described = subprocess.run(
+                ["git", "-C", str(ROOT), "rev-parse", "--short", rev], capture_output=True, text=True
+            ).stdout.strip()
+            return f"at {rev} ({described or '?'})"
         if name == "ternmq":
             from ternmq import __version__
 
@@ -78,12 +110,13 @@ class Broker:
     """One running broker process."""
 
     def __init__(self, name: str, cpus: set[int] | None = None) -> None:
-        if name not in NAMES and name != FLOOR:
-            raise ValueError(f"unknown broker {name!r} (known: {', '.join(NAMES)}, {FLOOR})")
+        if name not in NAMES and name != FLOOR and revision_of(name) is None:
+            raise ValueError(f"unknown broker {name!r} (known: {', '.join(NAMES)}, {FLOOR}, ternmq@REV)")
         self.name = name
         self.cpus = cpus
         self.port = free_port()
-        self.tmp = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"bench-{name.replace('/', '_')}-"))
+        self.env: dict[str, str] | None = None  # the broker's environment, if not ours
         self.proc: subprocess.Popen | None = None
         self.log_path = self.tmp / "broker.log"
 
@@ -96,7 +129,9 @@ class Broker:
         t, port = self.tmp, self.port
         if self.name == FLOOR:
             return [sys.executable, str(BENCH / "floor.py"), "--serve", FLOOR, "--listen", str(port)]
-        if self.name == "ternmq":
+        if is_ternmq(self.name):
+            if (rev := revision_of(self.name)) is not None:
+                self.env = {**os.environ, "PYTHONPATH": str(export_revision(rev, t))}
             (t / "ternmq.toml").write_text(
                 "[broker]\n"
                 'node_name = "bench@127.0.0.1"\n'
@@ -173,6 +208,7 @@ class Broker:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.tmp,
+            env=self.env,
             preexec_fn=setup,
             start_new_session=True,
         )

@@ -9,7 +9,8 @@ the connects scenario too, right after ternmq, so that the goal "ternmq's CPU pe
 connect+disconnect ≤ 1.3 × trio-raw's" is checked within one run, same client, same
 CPU accounting. Prints a markdown table (absolute numbers, generator and broker CPU,
 ratios) and writes it to bench/results/latest.md (and the raw numbers to latest.json).
-See bench/README.md.
+``--brokers ternmq,ternmq@REV`` adds ternmq as it was at git revision REV (before/after
+in one run). See bench/README.md.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from brokers import FLOOR, NAMES, Broker, ensure_amqtt_venv, version_of  # noqa: E402
+from brokers import FLOOR, NAMES, Broker, ensure_amqtt_venv, revision_of, version_of  # noqa: E402
 from loadgen import PARAMS  # noqa: E402
 
 SCENARIOS = ("fanin_qos0", "fanin_qos1", "fanout", "latency", "connects", "memory")
@@ -261,9 +262,17 @@ def cpu_cost(result: dict | None) -> float | None:
     return min(costs) if costs else None
 
 
+def compared_with(brokers: list[str]) -> list[str]:
+    """The brokers ternmq gets a ratio column against: amqtt, Mosquitto, then any
+    ternmq@REV (ternmq at another revision, for a before/after in one run)."""
+    if "ternmq" not in brokers:
+        return []
+    return [b for b in ("amqtt", "mosquitto") if b in brokers] + [b for b in brokers if revision_of(b)]
+
+
 def render_cpu(results: dict[str, dict[str, dict]], brokers: list[str], scenarios: list[str]) -> str:
     """Broker CPU per operation: the same runs, seen as cost instead of rate."""
-    others = [b for b in ("amqtt", "mosquitto") if b in brokers and "ternmq" in brokers]
+    others = compared_with(brokers)
     floor = FLOOR in results and "ternmq" in brokers
     columns = brokers + ([f"{FLOOR} (floor)"] if floor else [])
     head = (
@@ -305,7 +314,7 @@ def render_cpu(results: dict[str, dict[str, dict]], brokers: list[str], scenario
 
 
 def render(results: dict[str, dict[str, dict]], brokers: list[str], scenarios: list[str]) -> str:
-    others = [b for b in ("amqtt", "mosquitto") if b in brokers and "ternmq" in brokers]
+    others = compared_with(brokers)
     # The floor ran only the connects scenario; its column is "–" elsewhere.
     columns = brokers + ([FLOOR] if FLOOR in results else [])
     head = (
@@ -437,8 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     for b in brokers:
-        if b not in NAMES:
-            parser.error(f"unknown broker {b!r} (known: {', '.join(NAMES)})")
+        if b not in NAMES and revision_of(b) is None:
+            parser.error(f"unknown broker {b!r} (known: {', '.join(NAMES)}, ternmq@REV)")
     for s in scenarios:
         if s not in SCENARIOS:
             parser.error(f"unknown scenario {s!r} (known: {', '.join(SCENARIOS)})")
