@@ -11,13 +11,14 @@ use, so importing the kernel does not import pytest.
 
 from typing import Any
 
-from .admin import AdminRegistry, Arguments, CommandError, Table, Text, cell_text, option_error, parse_value
+from .admin import AdminRegistry, Arguments, CommandError, option_error, parse_value
 from .codec import Auth, SubscriptionRequest, Will
 from .hookspecs import hookimpl
-from .manager import PluginError
+from .plugin_lookup import PluginError
 from .routing.topics import TopicError, topic_matches
 from .service import ListenerInfo, PluginInfo, Service, SessionInfo
 from .values.config import BrokerSettings, ConfigError, ListenerConfig, build_attrs
+from .values.output import Table, Text, cell_text
 from .values.types import (
     Allow,
     AuthContinue,

@@ -23,7 +23,8 @@ from .admin import AdminRegistry
 from .codec import ReasonCode
 from .hooks.dispatch import HookDispatcher
 from .hooks.registries import MetricsRegistry, SettingsRegistry
-from .manager import PluginError, PluginManager
+from .manager import PluginManager
+from .plugin_lookup import PluginError
 from .protocol.subscriptions import after_subscribe, after_unsubscribe
 from .routing.lifecycle import SessionLifecycle
 from .routing.router import Router

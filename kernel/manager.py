@@ -16,14 +16,12 @@ nothing of the plugin stays registered.
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
 import inspect
 import logging
 import sys
 from collections.abc import Iterable, Mapping
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import pluggy
@@ -32,48 +30,17 @@ import trio
 from ternmq.plugins import ESSENTIAL
 
 from .hooks.dispatch import PluginPolicy
-from .hookspecs import REGISTRATION_HOOKS
+from .plugin_lookup import PluginError, describe, find_plugin, plugin_error
 from .values.config import ConfigError, PluginEntry, build_attrs
 
 if TYPE_CHECKING:
-    from .admin import AdminRegistry
-    from .broker import Broker
-    from .hooks.registries import MetricsRegistry, SettingsRegistry
+    from .hooks.dispatch import HookDispatcher
+    from .hooks.registries import MetricsRegistry, OwnerTracked, SettingsRegistry
+    from .values.config import BrokerSettings, Config
 
 log = logging.getLogger("ternmq.plugins")
 
-ENTRY_POINT_GROUP = "ternmq.plugins"
 UNLOAD_GRACE = 5.0
-# Where a module is looked for: people expect the folder they run ternmq-admin in.
-IMPORT_HINT = (
-    "the broker imports plugins itself, from its own Python path: installed packages, its PYTHONPATH "
-    "and the folders of [broker] plugin_path (the folder ternmq-admin runs in does not matter)"
-)
-
-
-class PluginError(Exception):
-    """A plugin cannot be found, configured or loaded; the message says which and why.
-
-    ``plugin`` and ``reason`` are the two halves of the message ("plugin NAME: REASON"),
-    for a caller that names the plugin its own way (a configuration error names its table).
-    """
-
-    def __init__(self, message: str, *, plugin: str | None = None, reason: str | None = None) -> None:
-        super().__init__(message)
-        self.plugin = plugin
-        self.reason = message if reason is None else reason
-
-
-def _error(name: str, reason: str) -> PluginError:
-    return PluginError(f"plugin {name}: {reason}", plugin=name, reason=reason)
-
-
-def _describe(exc: BaseException) -> str:
-    """An exception as one readable line (the type only where the message needs it)."""
-    text = " ".join(str(exc).split())
-    if text and not isinstance(exc, LookupError):  # KeyError('x') reads as 'x'
-        return text
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @attrs.frozen
@@ -111,10 +78,42 @@ class LoadedPlugin:
     done: trio.Event = attrs.field(factory=trio.Event)
 
 
+class PluginHost(Protocol):
+    """What the plugin host uses of the broker that runs it."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def settings(self) -> BrokerSettings: ...
+
+    @property
+    def plugin_manager(self) -> pluggy.PluginManager: ...
+
+    @property
+    def dispatcher(self) -> HookDispatcher: ...
+
+    @property
+    def admin(self) -> OwnerTracked:
+        """The admin command tree (admin.py's AdminRegistry)."""
+        ...
+
+    @property
+    def plugin_metrics(self) -> MetricsRegistry: ...
+
+    @property
+    def plugin_settings(self) -> SettingsRegistry: ...
+
+    @property
+    def service(self) -> object:
+        """What a plugin's ``serve`` gets (service.py's Service); only handed on here."""
+        ...
+
+
 class PluginManager:
     """Loads, lists and unloads the broker's plugins (one per broker, no global state)."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: PluginHost) -> None:
         self.broker = broker
         self.loaded: dict[str, LoadedPlugin] = {}
         self._nursery: trio.Nursery | None = None
@@ -151,78 +150,6 @@ class PluginManager:
                 except PluginError as exc:
                     raise ConfigError(source, f"plugins.{entry.name}", None, exc.reason) from None
 
-    # -- resolving ---------------------------------------------------------------------
-
-    def resolve(self, name: str, *, is_path: bool = False) -> tuple[Any, str, str]:
-        """Find a plugin target by name: (module or object, source, version).
-
-        With ``is_path`` the name is only a module path (``mymodule``,
-        ``package.module`` or ``package.module:attribute``).
-        """
-        from ternmq.plugins import BUILTIN
-
-        if name in BUILTIN and not is_path:
-            from ternmq import __version__
-
-            return importlib.import_module(BUILTIN[name]), "builtin", __version__
-        # A module written, or a package installed, since the broker started is found too.
-        importlib.invalidate_caches()
-        entry_points = () if is_path else importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-        for entry_point in entry_points:
-            if entry_point.name == name:
-                try:
-                    target = entry_point.load()
-                except Exception as exc:
-                    raise _error(
-                        name,
-                        f"entry point {entry_point.value} (group {ENTRY_POINT_GROUP}) failed to "
-                        f"import: {_describe(exc)}",
-                    ) from exc
-                dist = entry_point.dist
-                return target, f"entry point ({dist.name if dist else entry_point.value})", dist.version if dist else ""
-        module_name, _, attribute = name.partition(":")
-        if "." not in module_name and not attribute and not is_path:
-            raise _error(name, self._unknown(sorted({entry_point.name for entry_point in entry_points})))
-        target = self._import(name, module_name)
-        if attribute:
-            try:
-                target = getattr(target, attribute)
-            except AttributeError:
-                raise _error(name, f"{module_name} has no {attribute}") from None
-        version = getattr(target, "__version__", "")
-        return target, f"path ({module_name})", str(version)
-
-    @staticmethod
-    def _unknown(installed: list[str]) -> str:
-        """Why a plain name resolves to nothing, and every way a plugin can be named."""
-        from ternmq.plugins import BUILTIN
-
-        # The essential ones are always loaded: naming them would not help.
-        builtin = sorted(name for name in BUILTIN if name not in ESSENTIAL)
-        return (
-            f"not a built-in plugin ({', '.join(builtin)}), not an entry point "
-            f"in group {ENTRY_POINT_GROUP} (installed: {', '.join(installed) or 'none'}) and not a dotted "
-            "path (package.module, or module:object for a module outside a package); a plugin package is "
-            "installed into the broker's environment with pip install PACKAGE"
-        )
-
-    @staticmethod
-    def _import(name: str, module_name: str) -> ModuleType:
-        try:
-            return importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            missing = exc.name or ""
-            if missing and (module_name == missing or module_name.startswith(missing + ".")):
-                raise _error(name, f"cannot import {module_name}: no module named {missing!r}; {IMPORT_HINT}") from exc
-            # The module is there, but something it imports is not installed.
-            raise _error(
-                name,
-                f"importing {module_name} failed: {_describe(exc)} (pip install what it "
-                "needs into the broker's environment)",
-            ) from exc
-        except Exception as exc:
-            raise _error(name, f"importing {module_name} failed: {_describe(exc)}") from exc
-
     def instantiate(
         self, name: str, target: Any, settings: Mapping[str, Any], source_name: str
     ) -> tuple[Any, Any, KernelSettings]:
@@ -244,7 +171,7 @@ class PluginManager:
             except ConfigError:
                 raise
             except Exception as exc:  # a Config may check more than types, and raise what it likes
-                raise _error(name, f"its configuration was refused: {_describe(exc)}") from exc
+                raise plugin_error(name, f"its configuration was refused: {describe(exc)}") from exc
         elif own_table:
             raise ConfigError(
                 source_name, table_name, sorted(own_table)[0], "unknown key (this plugin takes no settings)"
@@ -257,7 +184,7 @@ class PluginManager:
             try:
                 plugin = factory(config) if config is not None else factory()
             except Exception as exc:  # e.g. a file named in its table that cannot be read
-                raise _error(name, f"set-up failed: {_describe(exc)}") from exc
+                raise plugin_error(name, f"set-up failed: {describe(exc)}") from exc
             return plugin, config, kernel_settings
         # A ready-made object (module:object) was built without this table: keys for it
         # would be silently ignored, so they are refused.
@@ -282,8 +209,8 @@ class PluginManager:
         (a dotted path) says where the plugin is; then ``name`` only names it.
         """
         if name in self.loaded:
-            raise _error(name, "already loaded")
-        target, source, version = self.resolve(path, is_path=True) if path else self.resolve(name)
+            raise plugin_error(name, "already loaded")
+        target, source, version = find_plugin(path, is_path=True) if path else find_plugin(name)
         table = dict(settings or {})
         plugin, config, kernel_settings = self.instantiate(name, target, table, source_name)
         loaded = await self.register(
@@ -301,10 +228,10 @@ class PluginManager:
         """
         old = self.loaded.get(name)
         if old is None:
-            raise _error(name, "not loaded")
+            raise plugin_error(name, "not loaded")
         if old.table is None:
-            raise _error(name, "was registered as a ready object and cannot be reloaded")
-        target, source, version = self.resolve(old.path, is_path=True) if old.path else self.resolve(name)
+            raise plugin_error(name, "was registered as a ready object and cannot be reloaded")
+        target, source, version = find_plugin(old.path, is_path=True) if old.path else find_plugin(name)
         plugin, config, kernel_settings = self.instantiate(name, target, old.table, self.broker.config.source)
         await self.unload(name)
         try:
@@ -337,7 +264,7 @@ class PluginManager:
         try:
             pm.register(plugin, name=name)
         except (ValueError, pluggy.PluginValidationError) as exc:
-            raise _error(name, str(exc)) from None
+            raise plugin_error(name, str(exc)) from None
         dispatcher = self.broker.dispatcher
         dispatcher.policies[name] = PluginPolicy(**attrs.asdict(settings))  # the same fields
         loaded = LoadedPlugin(name, plugin, source, version, config, settings)
@@ -351,7 +278,7 @@ class PluginManager:
                 del self.loaded[name]
                 dispatcher.rebuild()
                 dispatcher.forget_plugin(name)
-                raise _error(name, f"failed to start: {_describe(exc)}") from exc
+                raise plugin_error(name, f"failed to start: {describe(exc)}") from exc
         dispatcher.rebuild()
         self._call_registration_hooks(name, plugin)
         if loaded.state == "loading":  # serve may already have failed right after started()
@@ -370,7 +297,7 @@ class PluginManager:
         ``register_api_routes`` is called by the management API plugin, not here.
         """
         broker = self.broker
-        arguments: dict[str, dict[str, AdminRegistry | MetricsRegistry | SettingsRegistry]] = {
+        arguments: dict[str, dict[str, OwnerTracked]] = {
             "register_admin_commands": {"registry": broker.admin.owned_by(name)},
             "register_metrics": {"registry": broker.plugin_metrics.owned_by(name)},
             "register_config": {"settings": broker.plugin_settings.owned_by(name)},
@@ -403,11 +330,11 @@ class PluginManager:
                 continue
             hook_name = opts.get("specname") or attribute
             if not hasattr(self.broker.plugin_manager.hook, hook_name) and not opts.get("optionalhook"):
-                raise _error(name, f"{attribute} implements unknown hook {hook_name!r}")
-            if hook_name in REGISTRATION_HOOKS and inspect.iscoroutinefunction(function):
-                raise _error(name, f"{hook_name} must be synchronous (it is called at load)")
+                raise plugin_error(name, f"{attribute} implements unknown hook {hook_name!r}")
+            if hook_name in self.broker.dispatcher.registration_hooks and inspect.iscoroutinefunction(function):
+                raise plugin_error(name, f"{hook_name} must be synchronous (it is called at load)")
             if hook_name in self.broker.dispatcher.async_hooks and (opts.get("wrapper") or opts.get("hookwrapper")):
-                raise _error(name, f"{hook_name} cannot be a wrapper (it is called asynchronously)")
+                raise plugin_error(name, f"{hook_name} cannot be a wrapper (it is called asynchronously)")
 
     async def _run_plugin(self, loaded: LoadedPlugin, serve: Any, *, task_status: trio.TaskStatus[None]) -> None:
         started = False
@@ -434,7 +361,7 @@ class PluginManager:
         service face refuses it for an essential plugin; ``reload`` uses it)."""
         loaded = self.loaded.pop(name, None)
         if loaded is None:
-            raise _error(name, "not loaded")
+            raise plugin_error(name, "not loaded")
         self.broker.plugin_manager.unregister(name=name)
         self.broker.dispatcher.rebuild()
         self._remove_registrations(name)

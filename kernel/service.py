@@ -1,7 +1,7 @@
 """The service face: everything a plugin may do with the running broker.
 
 A plugin's ``serve(service, *, task_status)`` gets a :class:`Service`, never the
-:class:`~ternmq.kernel.broker.Broker`. Its operations are the documented ones
+:class:`~ternmq.kernel.broker.Broker` (only what :class:`ServedBroker` lists of it). Its operations are the documented ones
 (docs/plugins.md, "The service face"): publish, subscribe and unsubscribe on behalf of a
 client, disconnect a client, query sessions, subscriptions, listeners, retained
 messages and plugins, load, unload and reload plugins, read and set live settings, read
@@ -13,20 +13,28 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
 from .codec import ReasonCode
-from .manager import _error as plugin_error
+from .plugin_lookup import plugin_error
 from .routing.topics import validate_topic_filter
 from .values.config import EMBEDDED_DEFAULT, BrokerSettings, ConfigError, Limits, ListenerConfig, build_attrs
 from .values.types import Message, SessionSnapshot, TopicSubscription
 
 if TYPE_CHECKING:
-    from .admin import Table, Text
-    from .broker import Broker
-    from .manager import LoadedPlugin
+    import pluggy
+
+    from .hooks.dispatch import HookDispatcher
+    from .hooks.registries import MetricsRegistry, SettingsRegistry
+    from .manager import LoadedPlugin, PluginManager
+    from .routing.router import Router
+    from .routing.session import Session
+    from .transport.listeners import RunningListener
+    from .values.config import Config
+    from .values.counters import Counters
+    from .values.output import Table, Text
 
 __all__ = ["Service", "SessionInfo", "ListenerInfo", "PluginInfo"]
 
@@ -83,12 +91,93 @@ class PluginInfo:
     timeouts: int
 
 
+class CommandRunner(Protocol):
+    """The admin command tree as the service runs it (admin.py's AdminRegistry)."""
+
+    async def run(self, service: Service, argv: Sequence[str]) -> Table | Text: ...
+
+
+class ServedBroker(Protocol):
+    """What the service face uses of the broker it serves (broker.py's Broker)."""
+
+    @property
+    def node_name(self) -> str: ...
+
+    @property
+    def settings(self) -> BrokerSettings: ...
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def retain_available(self) -> bool: ...
+
+    @property
+    def admin(self) -> CommandRunner: ...
+
+    @property
+    def dispatcher(self) -> HookDispatcher: ...
+
+    @property
+    def plugin_manager(self) -> pluggy.PluginManager: ...
+
+    @property
+    def plugins(self) -> PluginManager: ...
+
+    @property
+    def plugin_settings(self) -> SettingsRegistry: ...
+
+    @property
+    def plugin_metrics(self) -> MetricsRegistry: ...
+
+    @property
+    def metrics(self) -> Counters: ...
+
+    @property
+    def router(self) -> Router: ...
+
+    @property
+    def sessions(self) -> dict[str, Session]: ...
+
+    @property
+    def listeners(self) -> dict[str, RunningListener]: ...
+
+    def apply_settings(self, settings: BrokerSettings) -> None: ...
+
+    async def publish_message(
+        self,
+        topic: str,
+        payload: bytes = b"",
+        qos: int = 0,
+        retain: bool = False,
+        properties: dict[str, Any] | None = None,
+    ) -> int: ...
+
+    def list_sessions(self) -> list[dict[str, Any]]: ...
+
+    def session_snapshot(self, client_id: str) -> SessionSnapshot | None: ...
+
+    def subscriptions_of(self, client_id: str) -> tuple[TopicSubscription, ...]: ...
+
+    async def subscribe_client(self, client_id: str, subscriptions: Sequence[TopicSubscription]) -> bool: ...
+
+    async def unsubscribe_client(self, client_id: str, topic_filters: Sequence[str]) -> list[bool] | None: ...
+
+    def disconnect_client(
+        self, client_id: str, reason_code: int = ReasonCode.ADMINISTRATIVE_ACTION, *, cleanup: bool = False
+    ) -> bool: ...
+
+    async def start_listener(self, config: ListenerConfig) -> RunningListener: ...
+
+    def stop_listener(self, name: str, *, kill_sessions: bool = False) -> bool: ...
+
+
 class Service:
     """The operations plugins (and admin commands) may call (see module docstring)."""
 
     __slots__ = ("_broker",)
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: ServedBroker) -> None:
         self._broker = broker
 
     # -- the node ------------------------------------------------------------------------

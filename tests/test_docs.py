@@ -43,12 +43,13 @@ import trio.lowlevel
 
 import ternmq.kernel
 from ternmq.kernel import hookspecs
-from ternmq.kernel.admin import AdminRegistry, CommandError, Table, Text
+from ternmq.kernel.admin import AdminRegistry, CommandError
 from ternmq.kernel.admin_cli import _split_options
 from ternmq.kernel.codec import Auth, Connack, Disconnect
 from ternmq.kernel.manager import KernelSettings
 from ternmq.kernel.testing import MQTTTestClient, open_broker, registered, test_config
 from ternmq.kernel.values.config import BrokerSettings, ConfigError, Limits, ListenerConfig, PluginEntry, parse_config
+from ternmq.kernel.values.output import Table, Text
 from ternmq.kernel.values.types import Message, SessionSnapshot, TopicSubscription
 from ternmq.plugins import retainer
 from ternmq.plugins.admin import register_commands

@@ -42,14 +42,14 @@ FAMILY_ATTRIBUTE = "ternmq_family"
 CALLED_FAMILIES = frozenset({"decision", "notification", "provider"})
 
 
-def called_hooks(plugin_manager: pluggy.PluginManager) -> frozenset[str]:
-    """The hooks of ``plugin_manager``'s specifications that the dispatcher calls."""
+def hooks_of(plugin_manager: pluggy.PluginManager, families: frozenset[str]) -> frozenset[str]:
+    """The hooks of ``plugin_manager``'s specifications whose family is in ``families``."""
     return frozenset(
         name
         for name, caller in vars(plugin_manager.hook).items()
         if isinstance(caller, pluggy.HookCaller)
         and caller.spec is not None
-        and getattr(caller.spec.function, FAMILY_ATTRIBUTE, None) in CALLED_FAMILIES
+        and getattr(caller.spec.function, FAMILY_ATTRIBUTE, None) in families
     )
 
 
@@ -130,7 +130,9 @@ class HookDispatcher:
         self.notification_timeout = notification_timeout
         #: The hooks this dispatcher calls: those of the specifications added to
         #: ``plugin_manager`` before it was made, by family.
-        self.async_hooks = called_hooks(plugin_manager)
+        self.async_hooks = hooks_of(plugin_manager, CALLED_FAMILIES)
+        #: The registration hooks (synchronous, called by the plugin host at load).
+        self.registration_hooks = hooks_of(plugin_manager, frozenset({"registration"}))
         self._impls: dict[str, tuple[_Impl, ...]] = {name: () for name in self.async_hooks}
         # The hooks with at least one implementation: ``name in implemented`` is has()
         # without a call, and a set of hooks is checked at once (connect.py).

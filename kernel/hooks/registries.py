@@ -37,6 +37,15 @@ class Setting:
     owner: str = ""
 
 
+class OwnerTracked(Protocol):
+    """A registry whose entries remember the plugin that added them (the plugin host
+    hands each plugin a view that records it, and removes its entries at unload)."""
+
+    def owned_by(self, owner: str) -> Self: ...
+
+    def remove_owner(self, owner: str) -> None: ...
+
+
 class _Entry(Protocol):
     @property
     def owner(self) -> str: ...

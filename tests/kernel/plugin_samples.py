@@ -27,7 +27,7 @@ import trio
 import trio.lowlevel
 
 from ternmq.kernel import hookimpl
-from ternmq.kernel.admin import Text
+from ternmq.kernel.values.output import Text
 from ternmq.kernel.values.types import ClientInfo, Message, allow, deny
 
 HERE = Path(__file__).resolve().parent

@@ -17,9 +17,10 @@ import pytest
 import trio
 
 from ternmq import __version__
-from ternmq.kernel.admin import ADMIN_EXAMPLES, ADMIN_OPTIONS_USAGE, CommandError, Table, Text
+from ternmq.kernel.admin import ADMIN_EXAMPLES, ADMIN_OPTIONS_USAGE, CommandError
 from ternmq.kernel.codec import Disconnect, Pingresp
 from ternmq.kernel.testing import MQTTTestClient
+from ternmq.kernel.values.output import Table, Text
 
 from helpers import eventually
 from plugin_samples import SampleConfig, SamplePlugin

@@ -14,13 +14,14 @@ from typing import Any
 import pytest
 import trio
 
-from ternmq.kernel.admin import CommandError, Text
+from ternmq.kernel.admin import CommandError
 from ternmq.kernel.broker import Broker
 from ternmq.kernel.codec import Publish, SubscriptionRequest
 from ternmq.kernel.hookspecs import hookimpl
 from ternmq.kernel.manager import PluginError
 from ternmq.kernel.routing.topics import topic_matches
 from ternmq.kernel.testing import MQTTTestClient, registered, serving, test_config
+from ternmq.kernel.values.output import Text
 from ternmq.kernel.values.types import ClientInfo, Message, SessionSnapshot, TopicSubscription
 
 from helpers import eventually

@@ -23,8 +23,8 @@ import pytest
 import trio
 
 import ternmq
+from ternmq.kernel import PluginError
 from ternmq.kernel.codec import Puback, Publish
-from ternmq.kernel.manager import PluginError
 from ternmq.kernel.testing import MQTTTestClient
 from ternmq.kernel.values.config import ConfigError
 from ternmq.plugins import retainer
@@ -257,7 +257,7 @@ FRAGILE_PLUGIN = """
 import attrs
 from pathlib import Path
 from ternmq.kernel import hookimpl
-from ternmq.kernel.admin import Text
+from ternmq.kernel.values.output import Text
 
 
 @attrs.frozen
