@@ -16,8 +16,9 @@ from .codec import Auth, SubscriptionRequest, Will
 from .hookspecs import hookimpl
 from .plugin_lookup import PluginError
 from .routing.topics import TopicError, topic_matches
-from .service import ListenerInfo, PluginInfo, Service, SessionInfo
+from .service import Service
 from .values.config import BrokerSettings, ConfigError, ListenerConfig, build_attrs
+from .values.info import ListenerInfo, PluginInfo, SessionInfo
 from .values.output import Table, Text, cell_text
 from .values.types import (
     Allow,

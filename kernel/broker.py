@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 import pluggy
@@ -25,17 +24,16 @@ from .hooks.dispatch import HookDispatcher
 from .hooks.registries import MetricsRegistry, SettingsRegistry
 from .manager import PluginManager
 from .plugin_lookup import PluginError
-from .protocol.subscriptions import after_subscribe, after_unsubscribe
 from .routing.lifecycle import SessionLifecycle
+from .routing.publisher import Publisher
 from .routing.router import Router
 from .routing.scheduler import Scheduler
-from .routing.session import AttachedConnection, Session
-from .routing.topics import validate_topic_filter, validate_topic_name
+from .routing.session import Session
 from .service import Service
 from .transport.listeners import RunningListener, serve_listener
 from .values.config import BrokerSettings, Config, ConfigError, ListenerConfig
 from .values.counters import Counters
-from .values.types import ClientInfo, Message, SessionSnapshot, TopicSubscription
+from .values.types import ClientInfo, Message
 
 if TYPE_CHECKING:
     from .transport.connection import Connection
@@ -65,6 +63,7 @@ class Broker:
         self.router = Router(self.sessions, self.dispatcher)
         self.scheduler = Scheduler()
         self.metrics = Counters()
+        self.publisher = Publisher(self.router, self.dispatcher, self.settings.node_name)
         self.lifecycle = SessionLifecycle(
             self.sessions, self.router, self.dispatcher, self.scheduler, self.metrics, self._publish_will
         )
@@ -184,143 +183,5 @@ class Broker:
             return next(iter(self.listeners.values())).port
         return self.listeners[listener].port
 
-    # -- publishing --------------------------------------------------------------------
-
-    async def publish(
-        self,
-        message: Message,
-        conn: AttachedConnection | None,
-        origin: ClientInfo | None = None,
-        on_matched: Callable[[int], None] | None = None,
-    ) -> int:
-        """Retain, route and announce an authorized message; returns deliveries.
-
-        ``on_matched`` (the publisher's acknowledgement) is called with the number of
-        matching subscribers before any of them gets the message (Router.route).
-        """
-        dispatcher = self.dispatcher
-        if message.retain:
-            if not message.payload:
-                await dispatcher.provide("retain_delete", topic=message.topic)
-            else:
-                await dispatcher.provide("retain_store", message=message)
-        origin_id = conn.client_info.client_id if conn is not None else None
-        count = await self.router.route(message, origin_id, on_matched)
-        announce = dispatcher.has("on_publish")
-        forward = dispatcher.has("cluster_forward")
-        if announce or forward:
-            client = conn.client_info if conn is not None else origin or self.service_client
-            if announce:
-                await dispatcher.notify("on_publish", client=client, message=message)
-            if forward:
-                await dispatcher.provide("cluster_forward", message=message, origin=client)
-        return count
-
     async def _publish_will(self, will: Message, client: ClientInfo) -> int:
-        return await self.publish(will, None, origin=client)
-
-    @property
-    def service_client(self) -> ClientInfo:
-        return ClientInfo(f"$broker/{self.node_name}", node=self.node_name)
-
-    # -- the operations behind the service face (kernel/service.py) -----------------------
-
-    async def publish_message(
-        self,
-        topic: str,
-        payload: bytes = b"",
-        qos: int = 0,
-        retain: bool = False,
-        properties: dict[str, Any] | None = None,
-    ) -> int:
-        """Service API: publish as the broker itself (no authorization hooks)."""
-        validate_topic_name(topic)
-        if retain and not self.retain_available:
-            retain = False
-        return await self.publish(Message(topic, payload, qos, retain, properties or {}), None)
-
-    def disconnect_client(
-        self, client_id: str, reason_code: int = ReasonCode.ADMINISTRATIVE_ACTION, *, cleanup: bool = False
-    ) -> bool:
-        """Service API: close a client's connection (v5 DISCONNECT ``reason_code``)."""
-        session = self.sessions.get(client_id)
-        if session is None:
-            return False
-        if cleanup:
-            session.expiry_interval = 0
-        if session.connection is not None:
-            session.connection.kick(reason_code, "kicked")  # its teardown ends the session
-        elif cleanup and self._nursery is not None:
-            self._nursery.start_soon(self.lifecycle.end_session, session)
-        return True
-
-    def list_sessions(self) -> list[dict[str, Any]]:
-        """Service API: one row per session (online or not), as plain values."""
-        rows = []
-        for session in self.sessions.values():
-            conn = session.connection
-            rows.append(
-                {
-                    "client_id": session.client_id,
-                    "is_online": conn is not None,
-                    "user": session.username,
-                    "peer_host": conn.peer_host if conn else None,
-                    "peer_port": conn.peer_port if conn else None,
-                    "protocol": session.protocol_level,
-                    "clean_session": not session.persistent,
-                    "listener": conn.listener.name if conn else None,
-                    "subscriptions": len(session.subscriptions),
-                    "inflight": len(session.inflight),
-                    "queued": len(session.queue),
-                    "node": self.node_name,
-                }
-            )
-        return rows
-
-    async def subscribe_client(self, client_id: str, subscriptions: Sequence[TopicSubscription]) -> bool:
-        """Service API: subscribe a session on its client's behalf (online or offline).
-
-        As the broker itself, so no auth_on_subscribe and no subscription quota; the
-        rest is a SUBSCRIBE's: the session is stored, on_subscribe fires, retained
-        messages follow retain handling. False when there is no such session; a bad
-        filter or QoS raises TopicError or ValueError before anything changes.
-        """
-        session = self.sessions.get(client_id)
-        if session is None:
-            return False
-        for subscription in subscriptions:
-            validate_topic_filter(subscription.topic_filter, self.settings.limits.max_topic_levels)
-            if subscription.qos not in (0, 1, 2) or subscription.retain_handling not in (0, 1, 2):
-                raise ValueError(f"{subscription.topic_filter}: qos and retain_handling must be 0, 1 or 2")
-        fresh = [(subscription, self.router.subscribe(session, subscription)) for subscription in subscriptions]
-        await after_subscribe(self, session, self._client_of(session), list(subscriptions), fresh)
-        return True
-
-    async def unsubscribe_client(self, client_id: str, topic_filters: Sequence[str]) -> list[bool] | None:
-        """Service API: remove subscriptions of a session; per filter, whether it existed.
-
-        No auth_on_unsubscribe (the broker acts); None when there is no such session.
-        """
-        session = self.sessions.get(client_id)
-        if session is None:
-            return None
-        existed = [self.router.unsubscribe(session, topic_filter) for topic_filter in topic_filters]
-        await after_unsubscribe(self, session, self._client_of(session), list(topic_filters))
-        return existed
-
-    def _client_of(self, session: Session) -> ClientInfo:
-        """Who hooks are told about: the connection's client, or the offline session's."""
-        if session.connection is not None:
-            return session.connection.client_info
-        return ClientInfo(
-            session.client_id, session.username, protocol_level=session.protocol_level, node=self.node_name
-        )
-
-    def session_snapshot(self, client_id: str) -> SessionSnapshot | None:
-        """Service API: a frozen view of one session."""
-        session = self.sessions.get(client_id)
-        return session.snapshot() if session else None
-
-    def subscriptions_of(self, client_id: str) -> tuple[TopicSubscription, ...]:
-        session = self.sessions.get(client_id)
-        return tuple(session.subscriptions.values()) if session else ()
+        return await self.publisher.publish(will, None, origin=client)

@@ -19,21 +19,20 @@ import attrs
 
 from .codec import ReasonCode
 from .plugin_lookup import plugin_error
-from .routing.topics import validate_topic_filter
+from .protocol.ports import BrokerCore
+from .protocol.subscriptions import after_subscribe, after_unsubscribe
+from .routing.topics import validate_topic_filter, validate_topic_name
 from .values.config import EMBEDDED_DEFAULT, BrokerSettings, ConfigError, Limits, ListenerConfig, build_attrs
-from .values.types import Message, SessionSnapshot, TopicSubscription
+from .values.info import ListenerInfo, PluginInfo, SessionInfo
+from .values.types import ClientInfo, Message, SessionSnapshot, TopicSubscription
 
 if TYPE_CHECKING:
     import pluggy
 
-    from .hooks.dispatch import HookDispatcher
     from .hooks.registries import MetricsRegistry, SettingsRegistry
     from .manager import LoadedPlugin, PluginManager
-    from .routing.router import Router
     from .routing.session import Session
     from .transport.listeners import RunningListener
-    from .values.config import Config
-    from .values.counters import Counters
     from .values.output import Table, Text
 
 __all__ = ["Service", "SessionInfo", "ListenerInfo", "PluginInfo"]
@@ -42,81 +41,21 @@ __all__ = ["Service", "SessionInfo", "ListenerInfo", "PluginInfo"]
 LIVE_BROKER_KEYS = ("allow_anonymous", "no_match", "hook_timeout", "notification_timeout")
 
 
-@attrs.frozen
-class SessionInfo:
-    """One session, online or not, as ``session show`` lists it."""
-
-    client_id: str
-    is_online: bool
-    user: str | None
-    peer_host: str | None
-    peer_port: int | None
-    protocol: int
-    clean_session: bool
-    listener: str | None
-    subscriptions: int
-    inflight: int
-    queued: int
-    node: str
-
-
-@attrs.frozen
-class ListenerInfo:
-    """One listener, running or stopped."""
-
-    name: str
-    type: str
-    status: str
-    address: str
-    port: int
-    max_connections: int
-    active_connections: int
-    total_connections: int
-
-
-@attrs.frozen
-class PluginInfo:
-    """One loaded plugin, as ``plugin show`` lists it (in calling order)."""
-
-    name: str
-    kind: str  # "module" (a module of hook functions) or "application" (a plugin object)
-    source: str
-    version: str
-    state: str
-    priority: int | None
-    hooks: tuple[str, ...]
-    # VerneMQ's M:F/A per hook: module:function/number of declared arguments.
-    implementations: tuple[str, ...]
-    errors: int
-    timeouts: int
-
-
 class CommandRunner(Protocol):
     """The admin command tree as the service runs it (admin.py's AdminRegistry)."""
 
     async def run(self, service: Service, argv: Sequence[str]) -> Table | Text: ...
 
 
-class ServedBroker(Protocol):
-    """What the service face uses of the broker it serves (broker.py's Broker)."""
+class ServedBroker(BrokerCore, Protocol):
+    """What the service face uses of the broker it serves (broker.py's Broker): its
+    parts, as the protocol layer sees them (BrokerCore), and these."""
 
     @property
     def node_name(self) -> str: ...
 
     @property
-    def settings(self) -> BrokerSettings: ...
-
-    @property
-    def config(self) -> Config: ...
-
-    @property
-    def retain_available(self) -> bool: ...
-
-    @property
     def admin(self) -> CommandRunner: ...
-
-    @property
-    def dispatcher(self) -> HookDispatcher: ...
 
     @property
     def plugin_manager(self) -> pluggy.PluginManager: ...
@@ -131,45 +70,31 @@ class ServedBroker(Protocol):
     def plugin_metrics(self) -> MetricsRegistry: ...
 
     @property
-    def metrics(self) -> Counters: ...
-
-    @property
-    def router(self) -> Router: ...
-
-    @property
-    def sessions(self) -> dict[str, Session]: ...
-
-    @property
     def listeners(self) -> dict[str, RunningListener]: ...
 
     def apply_settings(self, settings: BrokerSettings) -> None: ...
 
-    async def publish_message(
-        self,
-        topic: str,
-        payload: bytes = b"",
-        qos: int = 0,
-        retain: bool = False,
-        properties: dict[str, Any] | None = None,
-    ) -> int: ...
-
-    def list_sessions(self) -> list[dict[str, Any]]: ...
-
-    def session_snapshot(self, client_id: str) -> SessionSnapshot | None: ...
-
-    def subscriptions_of(self, client_id: str) -> tuple[TopicSubscription, ...]: ...
-
-    async def subscribe_client(self, client_id: str, subscriptions: Sequence[TopicSubscription]) -> bool: ...
-
-    async def unsubscribe_client(self, client_id: str, topic_filters: Sequence[str]) -> list[bool] | None: ...
-
-    def disconnect_client(
-        self, client_id: str, reason_code: int = ReasonCode.ADMINISTRATIVE_ACTION, *, cleanup: bool = False
-    ) -> bool: ...
-
     async def start_listener(self, config: ListenerConfig) -> RunningListener: ...
 
     def stop_listener(self, name: str, *, kill_sessions: bool = False) -> bool: ...
+
+
+def _session_info(session: Session, node: str) -> SessionInfo:
+    conn = session.connection
+    return SessionInfo(
+        client_id=session.client_id,
+        is_online=conn is not None,
+        user=session.username,
+        peer_host=conn.peer_host if conn else None,
+        peer_port=conn.peer_port if conn else None,
+        protocol=session.protocol_level,
+        clean_session=not session.persistent,
+        listener=conn.listener.name if conn else None,
+        subscriptions=len(session.subscriptions),
+        inflight=len(session.inflight),
+        queued=len(session.queue),
+        node=node,
+    )
 
 
 class Service:
@@ -270,7 +195,11 @@ class Service:
         ``TopicError``; a QoS outside 0–2 ``ValueError``."""
         if qos not in (0, 1, 2):
             raise ValueError(f"qos must be 0, 1 or 2, not {qos!r}")
-        return await self._broker.publish_message(topic, bytes(payload), qos, retain, dict(properties or {}))
+        validate_topic_name(topic)
+        broker = self._broker
+        retain = retain and broker.retain_available
+        message = Message(topic, bytes(payload), qos, retain, dict(properties or {}))
+        return await broker.publisher.publish(message, None)
 
     async def retained(self, topic_filter: str = "#") -> tuple[Message, ...]:
         """The retained messages matching ``topic_filter`` by topic (empty without a
@@ -293,30 +222,70 @@ class Service:
     # -- sessions and subscriptions ------------------------------------------------------
 
     def sessions(self) -> tuple[SessionInfo, ...]:
-        return tuple(SessionInfo(**row) for row in self._broker.list_sessions())
+        """Every session, online or not (``session show``)."""
+        node = self._broker.node_name
+        return tuple(_session_info(session, node) for session in self._broker.sessions.values())
 
     def session(self, client_id: str) -> SessionSnapshot | None:
-        return self._broker.session_snapshot(client_id)
+        """A frozen view of one session; None when there is none."""
+        session = self._broker.sessions.get(client_id)
+        return session.snapshot() if session else None
 
     def subscriptions(self, client_id: str) -> tuple[TopicSubscription, ...]:
-        return self._broker.subscriptions_of(client_id)
+        session = self._broker.sessions.get(client_id)
+        return tuple(session.subscriptions.values()) if session else ()
 
     async def subscribe(self, client_id: str, subscriptions: Sequence[TopicSubscription]) -> bool:
-        """Subscribe a session on its client's behalf, as the broker (no
-        ``auth_on_subscribe``, no quota); False when there is no such session."""
-        return await self._broker.subscribe_client(client_id, subscriptions)
+        """Subscribe a session on its client's behalf (online or offline), as the broker:
+        no ``auth_on_subscribe``, no subscription quota; the rest is a SUBSCRIBE's (the
+        session is stored, ``on_subscribe`` fires, retained messages follow retain
+        handling). False when there is no such session; a bad filter or QoS raises
+        ``TopicError`` or ``ValueError`` before anything changes."""
+        broker = self._broker
+        session = broker.sessions.get(client_id)
+        if session is None:
+            return False
+        for subscription in subscriptions:
+            validate_topic_filter(subscription.topic_filter, broker.settings.limits.max_topic_levels)
+            if subscription.qos not in (0, 1, 2) or subscription.retain_handling not in (0, 1, 2):
+                raise ValueError(f"{subscription.topic_filter}: qos and retain_handling must be 0, 1 or 2")
+        fresh = [(subscription, broker.router.subscribe(session, subscription)) for subscription in subscriptions]
+        await after_subscribe(broker, session, self._client_of(session), list(subscriptions), fresh)
+        return True
 
     async def unsubscribe(self, client_id: str, topic_filters: Sequence[str]) -> list[bool] | None:
-        """Remove subscriptions, as the broker; per filter whether it existed, None when
-        there is no such session."""
-        return await self._broker.unsubscribe_client(client_id, topic_filters)
+        """Remove subscriptions, as the broker (no ``auth_on_unsubscribe``); per filter
+        whether it existed, None when there is no such session."""
+        broker = self._broker
+        session = broker.sessions.get(client_id)
+        if session is None:
+            return None
+        existed = [broker.router.unsubscribe(session, topic_filter) for topic_filter in topic_filters]
+        await after_unsubscribe(broker, session, self._client_of(session), list(topic_filters))
+        return existed
+
+    def _client_of(self, session: Session) -> ClientInfo:
+        """Who hooks are told about: the connection's client, or the offline session's."""
+        if session.connection is not None:
+            return session.connection.client_info
+        node = self._broker.node_name
+        return ClientInfo(session.client_id, session.username, protocol_level=session.protocol_level, node=node)
 
     def disconnect(
         self, client_id: str, reason_code: int = ReasonCode.ADMINISTRATIVE_ACTION, *, cleanup: bool = False
     ) -> bool:
         """Close the client's connection (MQTT 5: DISCONNECT ``reason_code``); with
         ``cleanup`` its session ends too. False when there is no such session."""
-        return self._broker.disconnect_client(client_id, reason_code, cleanup=cleanup)
+        session = self._broker.sessions.get(client_id)
+        if session is None:
+            return False
+        if cleanup:
+            session.expiry_interval = 0
+        if session.connection is not None:
+            session.connection.kick(reason_code, "kicked")  # its teardown ends the session
+        elif cleanup:
+            self._broker.lifecycle.end_session_soon(session)
+        return True
 
     # -- listeners -----------------------------------------------------------------------
 

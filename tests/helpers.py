@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import paho.mqtt.client as paho
 import pytest
 import trio
@@ -82,8 +83,13 @@ async def _awaited(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
+def session_rows(broker: Broker) -> list[dict[str, Any]]:
+    """The broker's sessions as the service face lists them, one dict per session."""
+    return [attrs.asdict(info) for info in broker.service.sessions()]
+
+
 def is_online(broker: Broker, client_id: str) -> bool:
-    return any(row["client_id"] == client_id and row["is_online"] for row in broker.list_sessions())
+    return any(row["client_id"] == client_id and row["is_online"] for row in session_rows(broker))
 
 
 async def wait_offline(broker: Broker, client_id: str, *, session_kept: bool = False) -> None:
@@ -103,7 +109,7 @@ async def left_subscribed(broker: Broker, client_id: str, topic_filter: str, qos
 
 
 def session_row(broker: Broker, client_id: str) -> dict[str, Any]:
-    return next(row for row in broker.list_sessions() if row["client_id"] == client_id)
+    return next(row for row in session_rows(broker) if row["client_id"] == client_id)
 
 
 # -- MQTTTestClient -------------------------------------------------------------------------

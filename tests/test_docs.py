@@ -581,7 +581,7 @@ async def drive_on_client_gone(example: type) -> None:
     async with open_broker() as broker, registered(broker, plugin):
         async with MQTTTestClient.open(broker.port()) as client:
             await client.connect("c")
-            assert broker.disconnect_client("c")
+            assert broker.service.disconnect("c")
             assert (await client.closed()).reason_code == 0x98
         await eventually(lambda: plugin.log)
         assert plugin.log == [("c", "kicked")]
@@ -749,7 +749,7 @@ async def drive_cluster_forward(example: type) -> None:
         async with MQTTTestClient.open(broker.port()) as client:
             await client.connect("c")
             await client.publish("x/y", b"out", qos=1)
-        await broker.publish_message("from/service", b"svc")
+        await broker.service.publish("from/service", b"svc")
         message, origin = plugin.receive.receive_nowait()
         assert (message.topic, message.payload, origin) == ("x/y", b"out", "c")
         message, origin = plugin.receive.receive_nowait()
@@ -1146,7 +1146,7 @@ async def test_plugins_md_serve_failures_before_and_after_started() -> None:
         assert "early" not in broker.plugins.loaded
         async with registered(broker, FailsLater(), name="later") as loaded:
             await eventually(lambda: loaded.state == "failed")
-            await broker.publish_message("still/called")
+            await broker.service.publish("still/called")
             assert calls == ["still/called"]  # its hooks stay registered
 
 

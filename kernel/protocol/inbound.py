@@ -110,7 +110,7 @@ async def on_publish(conn: ClientConnection, packet: Publish) -> object:
     packet_id = packet.packet_id  # None at QoS 0 (the decoder refuses QoS > 0 without one)
     if reason_code < FIRST_FAILURE_CODE:
         if packet_id is None:
-            await broker.publish(message, conn)
+            await broker.publisher.publish(message, conn)
         else:
             # Acknowledged once the subscribers are known and before any gets a copy: a
             # publisher subscribed to its own topic sees its PUBACK/PUBREC first.
@@ -118,7 +118,7 @@ async def on_publish(conn: ClientConnection, packet: Publish) -> object:
                 code = _SUCCESS if matched or conn.protocol_level < 5 else ReasonCode.NO_MATCHING_SUBSCRIBERS
                 _acknowledge(conn, session, qos, packet_id, code)
 
-            await broker.publish(message, conn, on_matched=acknowledge)
+            await broker.publisher.publish(message, conn, on_matched=acknowledge)
         return None
     broker.metrics.publish_denied += 1
     if conn.protocol_level == 4:

@@ -9,7 +9,6 @@ the handlers plain objects instead.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -18,8 +17,9 @@ if TYPE_CHECKING:
     from ..codec import Framer, Packet
     from ..hooks.dispatch import HookDispatcher
     from ..routing.lifecycle import SessionLifecycle
+    from ..routing.publisher import Publisher
     from ..routing.router import Router
-    from ..routing.session import AttachedConnection, Session
+    from ..routing.session import Session
     from ..values.config import BrokerSettings, Config, ListenerConfig
     from ..values.counters import Counters
     from ..values.types import ClientInfo, Message
@@ -55,15 +55,8 @@ class BrokerCore(Protocol):
     @property
     def retain_available(self) -> bool: ...
 
-    async def publish(
-        self,
-        message: Message,
-        conn: AttachedConnection | None,
-        origin: ClientInfo | None = None,
-        on_matched: Callable[[int], None] | None = None,
-    ) -> int:
-        """Retain, route and announce an authorized message; returns deliveries."""
-        ...
+    @property
+    def publisher(self) -> Publisher: ...
 
 
 class ConnectingClient(Protocol):

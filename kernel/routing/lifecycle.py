@@ -294,6 +294,10 @@ class SessionLifecycle:
             session.stored = False
             await self.dispatcher.provide("session_store_delete", client_id=session.client_id)
 
+    def end_session_soon(self, session: Session) -> None:
+        """``end_session`` for a caller that cannot await: run by the scheduler's task."""
+        self.scheduler.call_later(0, lambda: self.end_session(session))
+
     def forget_session(self, session: Session) -> None:
         if session.subscriptions:  # the router holds nothing of a session without any
             self.router.remove_session(session)

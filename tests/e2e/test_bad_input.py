@@ -41,6 +41,7 @@ from helpers import (
     expect_refused_close,
     packets_until_close,
     raw_until_close,
+    session_rows,
 )
 
 pytestmark = pytest.mark.usefixtures("no_tracebacks")  # never a traceback, whatever a client sends
@@ -85,7 +86,7 @@ async def bad_client(broker: Broker, level: int = 5, *, connect: bool = True) ->
 
 
 def session_gone(broker: Broker, client_id: str = "bad") -> bool:
-    return all(row["client_id"] != client_id for row in broker.list_sessions())
+    return all(row["client_id"] != client_id for row in session_rows(broker))
 
 
 # -- malformed framing and encoding --------------------------------------------------------
@@ -454,7 +455,7 @@ async def test_broker_survives_200_random_garbage_connections(broker: Broker, pa
                 await bad.stream.send_eof()
                 await raw_until_close(bad, timeout=5.0)  # the broker ends it either way
         await eventually(
-            lambda: not any(row["client_id"].startswith("fuzz-") and row["is_online"] for row in broker.list_sessions())
+            lambda: not any(row["client_id"].startswith("fuzz-") and row["is_online"] for row in session_rows(broker))
         )
     # the paho bystander got the publish of watched()'s final check and nothing else
     message = await bystander.receive()

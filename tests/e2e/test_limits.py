@@ -28,6 +28,7 @@ from helpers import (
     packets_until_close,
     raw_until_close,
     session_row,
+    session_rows,
     watched,
 )
 
@@ -90,7 +91,7 @@ async def test_listener_over_max_connections_refuses_with_server_busy(broker_fac
             refusal = await refused_connack(broker, level, "third")
             assert refusal == (0x89 if level == 5 else b"\x20\x02\x00\x03")
             await eventually(lambda: running.active == 2)
-            assert {row["client_id"] for row in broker.list_sessions()} == {"first", "second"}
+            assert {row["client_id"] for row in session_rows(broker)} == {"first", "second"}
             # the first two keep working
             await second.publish("busy/x", b"still served", qos=1)
             message = await first.receive()
@@ -130,7 +131,7 @@ async def test_client_id_over_max_length_is_refused(broker_factory: Any, level: 
         refusal = await refused_connack(broker, level, "y" * 17)
         # MQTT 5: 0x85 client identifier not valid; MQTT 3.1.1: return code 2.
         assert refusal == (0x85 if level == 5 else b"\x20\x02\x00\x02")
-        assert all(row["client_id"] != "y" * 17 for row in broker.list_sessions())
+        assert all(row["client_id"] != "y" * 17 for row in session_rows(broker))
 
 
 # -- max_inflight ---------------------------------------------------------------------------
@@ -264,7 +265,7 @@ async def test_subscribe_to_a_filter_over_max_levels_gets_topic_filter_invalid(b
             refused = 0x8F if level == 5 else 0x80
             suback = await deep.subscribe("a/b/c/d", "a/+/#", "a/b/c/#", qos=1)
             assert suback.reason_codes == [refused, 1, refused]
-            assert [s.topic_filter for s in broker.subscriptions_of("deep")] == ["a/+/#"]
+            assert [s.topic_filter for s in broker.service.subscriptions("deep")] == ["a/+/#"]
             await deep.ping()  # still connected
 
 
@@ -292,7 +293,7 @@ async def test_connect_dribbled_slower_than_connect_timeout_is_cut_off(broker_fa
                     pass  # closed by the broker while dribbling
             assert await raw_until_close(dribbler) == b""
             assert 0.4 <= trio.current_time() - started < 2.0
-        assert all(row["client_id"] != "dribbler" for row in broker.list_sessions())
+        assert all(row["client_id"] != "dribbler" for row in session_rows(broker))
 
 
 async def test_connect_timeout_ends_once_the_client_is_connected(broker_factory: Any) -> None:

@@ -181,14 +181,14 @@ async def test_denied_publish_reaches_a_paho_publisher_as_reason_code(broker, pa
 async def test_broker_disconnects_a_v5_client_with_the_given_reason_code(broker, paho_client):
     victim = paho_client("kick-me", paho.MQTTv5)
     await victim.connect(broker.port())
-    assert broker.disconnect_client("kick-me", 0x98)
+    assert broker.service.disconnect("kick-me", 0x98)
     assert await trio.to_thread.run_sync(victim.disconnected.wait, 5)
     assert victim.disconnect_reason.value == 0x98
 
 
 async def test_broker_disconnect_packet_carries_the_reason_code(broker):
     async with connected(broker.port(), "kick-raw") as c:
-        assert broker.disconnect_client("kick-raw", 0x98)
+        assert broker.service.disconnect("kick-raw", 0x98)
         disconnect = await c.closed()
     assert isinstance(disconnect, Disconnect) and disconnect.reason_code == 0x98
     # [MQTT-3.14.2-2]: a server never sends a Session Expiry Interval in DISCONNECT.

@@ -14,7 +14,7 @@ from ternmq.kernel.hookspecs import hookimpl
 from ternmq.kernel.testing import MQTTTestClient, registered
 from ternmq.kernel.values.types import ClientInfo, Message, allow
 
-from helpers import LEVELS, connected
+from helpers import LEVELS, connected, session_rows
 
 
 class RegisterOnly:
@@ -51,7 +51,7 @@ async def test_v5_connect_refused_with_0x86_when_anonymous_is_off_and_no_plugin_
             assert connack.reason_code == 0x86
             assert not connack.session_present
             assert await c.closed() is None
-        assert broker.list_sessions() == []
+        assert session_rows(broker) == []
 
 
 async def test_v311_connect_refused_with_return_code_5_when_anonymous_is_off(broker_factory: Any) -> None:
@@ -113,14 +113,14 @@ async def test_v5_subscribe_without_an_auth_on_subscribe_answer_gets_0x87(broker
     async with locked_broker(broker_factory) as (broker, _), connected(broker, "c", 5) as c:
         suback = await c.subscribe("secret/#", "other/t", qos=1)
         assert suback.reason_codes == [0x87, 0x87]
-        assert broker.subscriptions_of("c") == ()
+        assert broker.service.subscriptions("c") == ()
 
 
 async def test_v311_subscribe_without_an_auth_on_subscribe_answer_gets_0x80(broker_factory: Any) -> None:
     async with locked_broker(broker_factory) as (broker, _), connected(broker, "c", 4) as c:
         suback = await c.subscribe("secret/#", qos=1)
         assert suback.reason_codes == [0x80]
-        assert broker.subscriptions_of("c") == ()
+        assert broker.service.subscriptions("c") == ()
 
 
 async def test_v311_publish_without_an_auth_on_publish_answer_closes_the_connection(broker_factory: Any) -> None:

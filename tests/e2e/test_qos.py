@@ -10,7 +10,7 @@ import trio
 from ternmq.kernel.broker import Broker
 from ternmq.kernel.codec import Puback, Pubcomp, Publish, Pubrec, Pubrel
 
-from helpers import LEVELS, PAHO, connected, eventually, session_row
+from helpers import LEVELS, PAHO, connected, eventually, session_row, session_rows
 
 # -- publisher -> broker ------------------------------------------------------------------
 
@@ -211,7 +211,7 @@ async def test_mosquitto_qos2_message_reaches_mosquitto_sub(broker: Broker, mosq
             nursery.start_soon(sub)
             # wait until mosquitto_sub's subscription is in place
             await eventually(
-                lambda: any(r["subscriptions"] and r["client_id"] != "waiter" for r in broker.list_sessions()), 5
+                lambda: any(r["subscriptions"] and r["client_id"] != "waiter" for r in session_rows(broker)), 5
             )
             await mosquitto("mosquitto_pub", "-p", port, "-q", "2", "-t", "mosq/qos", "-m", "hello")
         assert (await waiter.receive()).qos == 2

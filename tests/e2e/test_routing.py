@@ -12,7 +12,7 @@ from ternmq.kernel.broker import Broker
 from ternmq.kernel.codec import SubscriptionRequest
 from ternmq.kernel.testing import MQTTTestClient
 
-from helpers import LEVELS, connected, eventually
+from helpers import LEVELS, connected, eventually, session_rows
 
 
 async def received_topics(c: MQTTTestClient, wait: float = 0.3) -> list[str]:
@@ -148,13 +148,13 @@ async def test_leading_wildcards_do_not_match_dollar_topics(broker: Broker, leve
         await everything.subscribe("#", qos=1)
         await plus.subscribe("+/x", qos=1)
         await sys.subscribe("$SYS/#", qos=1)
-        await broker.publish_message("$SYS/x", b"broker", qos=1)
+        await broker.service.publish("$SYS/x", b"broker", qos=1)
         message = await sys.receive()
         assert (message.topic, message.payload) == ("$SYS/x", b"broker")
         assert await everything.nothing_received(0.3), "'#' matched a $SYS topic"
         assert await plus.nothing_received(0.1), "'+/x' matched a $SYS topic"
         # the same clients do get an ordinary topic
-        await broker.publish_message("any/x", b"plain", qos=1)
+        await broker.service.publish("any/x", b"plain", qos=1)
         assert (await everything.receive()).topic == "any/x"
         assert (await plus.receive()).topic == "any/x"
         assert await sys.nothing_received(0.1)
@@ -196,9 +196,7 @@ async def test_mosquitto_sub_wildcard_receives_mosquitto_pub(broker: Broker, mos
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(subscribe)
-        await eventually(
-            lambda: any(r["client_id"] == "mosq-sub" and r["subscriptions"] for r in broker.list_sessions())
-        )
+        await eventually(lambda: any(r["client_id"] == "mosq-sub" and r["subscriptions"] for r in session_rows(broker)))
         await mosquitto("mosquitto_pub", "-p", port, "-t", "house/garden/humidity", "-m", "60")
         await mosquitto("mosquitto_pub", "-p", port, "-t", "house/kitchen/temp", "-m", "21.5")
     assert result["sub"].stdout.decode().strip() == "house/kitchen/temp 21.5"

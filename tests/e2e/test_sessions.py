@@ -11,7 +11,7 @@ import trio
 from ternmq.kernel.broker import Broker
 from ternmq.kernel.testing import MQTTTestClient, registered
 
-from helpers import LEVELS, DropRecorder, connected, wait_offline
+from helpers import LEVELS, DropRecorder, connected, session_rows, wait_offline
 
 
 async def disconnect(c: MQTTTestClient) -> None:
@@ -21,7 +21,7 @@ async def disconnect(c: MQTTTestClient) -> None:
 
 
 def session_ids(broker: Broker) -> set[str]:
-    return {row["client_id"] for row in broker.list_sessions()}
+    return {row["client_id"] for row in session_rows(broker)}
 
 
 # -- clean session / clean start, session present ------------------------------------------

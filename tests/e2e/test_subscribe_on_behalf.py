@@ -38,12 +38,12 @@ async def test_an_online_client_receives_what_it_was_subscribed_to(broker: Any, 
     subscriber = paho_client("paho-sub", paho.MQTTv311)
     await subscriber.connect(broker.port())
     async with registered(broker, events):
-        assert await broker.subscribe_client("paho-sub", [TopicSubscription("orders/+", 1)]) is True
+        assert await broker.service.subscribe("paho-sub", [TopicSubscription("orders/+", 1)]) is True
         async with connected(broker, "pub", 5) as publisher:
             await publisher.publish("orders/7", b"one", qos=1)
         message = await subscriber.receive()
     assert (message.topic, message.payload, message.qos) == ("orders/7", b"one", 1)
-    assert broker.subscriptions_of("paho-sub") == (TopicSubscription("orders/+", 1),)
+    assert broker.service.subscriptions("paho-sub") == (TopicSubscription("orders/+", 1),)
     # As the broker: no authorization was asked, on_subscribe names the client.
     assert events.asked == 0
     [(client, subscriptions)] = events.subscribed
@@ -55,14 +55,14 @@ async def test_retained_messages_follow_retain_handling(broker: Any) -> None:
     async with connected(broker, "pub", 5) as publisher:
         await publisher.publish("config/a", b"kept", qos=1, retain=True)
     async with connected(broker, "sub", 5) as subscriber:
-        await broker.subscribe_client("sub", [TopicSubscription("config/#", 1)])
+        await broker.service.subscribe("sub", [TopicSubscription("config/#", 1)])
         retained = await subscriber.receive()
         assert (retained.topic, retained.payload, retained.retain) == ("config/a", b"kept", True)
         # 1 = only for a new subscription: the same filter again sends nothing.
-        await broker.subscribe_client("sub", [TopicSubscription("config/#", 1, retain_handling=1)])
+        await broker.service.subscribe("sub", [TopicSubscription("config/#", 1, retain_handling=1)])
         assert await subscriber.nothing_received(0.2)
         # 2 = never.
-        await broker.subscribe_client("sub", [TopicSubscription("config/+", 1, retain_handling=2)])
+        await broker.service.subscribe("sub", [TopicSubscription("config/+", 1, retain_handling=2)])
         assert await subscriber.nothing_received(0.2)
 
 
@@ -72,7 +72,7 @@ async def test_an_offline_session_queues_and_gets_it_all_on_return(broker: Any) 
     async with connected(broker, "pub", 5) as publisher:
         await publisher.publish("alerts/old", b"retained", qos=1, retain=True)
         async with registered(broker, events):
-            assert await broker.subscribe_client("away", [TopicSubscription("alerts/#", 1)])
+            assert await broker.service.subscribe("away", [TopicSubscription("alerts/#", 1)])
         await publisher.publish("alerts/new", b"live", qos=1)
     [(client, _)] = events.subscribed
     assert client.client_id == "away" and client.protocol_level == 5 and client.peer_port == 0
@@ -95,7 +95,7 @@ async def test_on_deliver_judges_an_offline_sessions_retained_messages_when_it_r
         await publisher.publish("secret/plan", b"hidden", qos=1, retain=True)
         await publisher.publish("public/news", b"shown", qos=1, retain=True)
     async with registered(broker, HideSecrets()):
-        assert await broker.subscribe_client("away", [TopicSubscription("#", 1)])
+        assert await broker.service.subscribe("away", [TopicSubscription("#", 1)])
         async with MQTTTestClient.open(broker.port()) as back:
             await back.connect("away", clean_start=False, properties=PERSISTENT)
             assert (await back.receive()).payload == b"shown"
@@ -107,8 +107,8 @@ async def test_unsubscribe_client_reports_per_filter_and_stops_delivery(broker: 
     async with connected(broker, "sub", 5) as subscriber:
         await subscriber.subscribe("news/#", qos=1)
         async with registered(broker, events):
-            assert await broker.unsubscribe_client("sub", ["news/#", "never/subscribed"]) == [True, False]
-        assert broker.subscriptions_of("sub") == ()
+            assert await broker.service.unsubscribe("sub", ["news/#", "never/subscribed"]) == [True, False]
+        assert broker.service.subscriptions("sub") == ()
         async with connected(broker, "pub", 5) as publisher:
             await publisher.publish("news/today", b"x", qos=1)
         assert await subscriber.nothing_received(0.2)
@@ -116,23 +116,23 @@ async def test_unsubscribe_client_reports_per_filter_and_stops_delivery(broker: 
 
 
 async def test_unknown_clients_and_bad_subscriptions_change_nothing(broker: Any) -> None:
-    assert await broker.subscribe_client("nobody", [TopicSubscription("a", 0)]) is False
-    assert await broker.unsubscribe_client("nobody", ["a"]) is None
+    assert await broker.service.subscribe("nobody", [TopicSubscription("a", 0)]) is False
+    assert await broker.service.unsubscribe("nobody", ["a"]) is None
     async with connected(broker, "sub", 5):
         with pytest.raises(TopicError):
-            await broker.subscribe_client("sub", [TopicSubscription("fine", 0), TopicSubscription("bad/#/x", 0)])
+            await broker.service.subscribe("sub", [TopicSubscription("fine", 0), TopicSubscription("bad/#/x", 0)])
         with pytest.raises(ValueError, match="qos"):
-            await broker.subscribe_client("sub", [TopicSubscription("fine", 3)])
-        assert broker.subscriptions_of("sub") == ()
+            await broker.service.subscribe("sub", [TopicSubscription("fine", 3)])
+        assert broker.service.subscriptions("sub") == ()
 
 
 async def test_a_persistent_session_keeps_its_new_subscription_across_a_restart_of_the_client(broker: Any) -> None:
     async with connected(broker, "keeper", 5, clean_start=False):
-        await broker.subscribe_client("keeper", [TopicSubscription("$share/g/jobs", 1)])
+        await broker.service.subscribe("keeper", [TopicSubscription("$share/g/jobs", 1)])
     await wait_offline(broker, "keeper", session_kept=True)
     async with connected(broker, "keeper", 5, clean_start=False) as back:
         assert back.connack.session_present
         async with connected(broker, "pub", 5) as publisher:
             await publisher.publish("jobs", b"job 1", qos=1)
         assert (await back.receive()).payload == b"job 1"
-    await eventually(lambda: broker.subscriptions_of("keeper") == (TopicSubscription("$share/g/jobs", 1),))
+    await eventually(lambda: broker.service.subscriptions("keeper") == (TopicSubscription("$share/g/jobs", 1),))

@@ -12,7 +12,7 @@ from ternmq.kernel.broker import Broker
 from ternmq.kernel.codec import Disconnect, Puback
 from ternmq.kernel.testing import MQTTTestClient
 
-from helpers import LEVELS, connected
+from helpers import LEVELS, connected, session_rows
 
 # -- takeover -------------------------------------------------------------------------------
 
@@ -24,7 +24,7 @@ async def test_v5_second_connection_sends_disconnect_0x8e_to_the_first(broker: B
             assert isinstance(disconnect, Disconnect) and disconnect.reason_code == 0x8E
             suback = await second.subscribe("twin/t", qos=1)  # the newcomer is the one served
             assert suback.reason_codes == [1]
-            online = [r for r in broker.list_sessions() if r["client_id"] == "twin"]
+            online = [r for r in session_rows(broker) if r["client_id"] == "twin"]
             assert len(online) == 1 and online[0]["is_online"]
 
 
@@ -92,7 +92,7 @@ async def test_v5_empty_client_id_gets_an_assigned_client_identifier(broker: Bro
         assert first.reason_code == second.reason_code == 0
         ids = [first.properties.get("assigned_client_identifier"), second.properties.get("assigned_client_identifier")]
         assert all(ids) and ids[0] != ids[1], ids
-        assert {r["client_id"] for r in broker.list_sessions()} >= set(ids)
+        assert {r["client_id"] for r in session_rows(broker)} >= set(ids)
 
 
 async def test_v5_assigned_client_identifier_names_a_resumable_session(broker: Broker) -> None:
@@ -134,7 +134,7 @@ async def test_empty_client_id_without_clean_session_is_refused_with_identifier_
         await c.send_raw(bytes([0x10, len(variable)]) + variable)
         assert await c.stream.receive_some(16) == bytes([0x20, 0x02, 0x00, 0x02])
         assert await c.closed() is None
-    assert broker.list_sessions() == []
+    assert session_rows(broker) == []
 
 
 async def test_v31_empty_client_id_is_refused_even_with_clean_session(broker: Broker) -> None:

@@ -30,7 +30,7 @@ from ternmq.kernel.transport.listeners import WebSocketStream
 from ternmq.kernel.values.config import ConfigError, ListenerConfig
 from ternmq.kernel.values.types import ClientInfo
 
-from helpers import eventually
+from helpers import eventually, session_rows
 
 
 @attrs.frozen
@@ -191,7 +191,7 @@ async def test_tls_listener_serves_mosquitto_pub_and_sub_with_cafile(certs: Cert
                 received.append(result.stdout)
 
             nursery.start_soon(subscribe)
-            await eventually(lambda: broker.subscriptions_of("msub"))
+            await eventually(lambda: broker.service.subscriptions("msub"))
             await mosquitto("mosquitto_pub", *tls, "-t", "tls/m", "-m", "hello over tls", "-q", "1")
         assert received == [b"hello over tls\n"]
 
@@ -572,7 +572,7 @@ async def test_two_tcp_and_one_websocket_listener_run_at_once_each_logging_ready
             await a.publish("all/a", b"1")
             await b.publish("all/b", b"2")
             assert {(await ws.receive()).payload, (await ws.receive()).payload} == {b"1", b"2"}
-            assert {row["client_id"]: row["listener"] for row in broker.list_sessions()} == {
+            assert {row["client_id"]: row["listener"] for row in session_rows(broker)} == {
                 "on-w": "w",
                 "on-a": "a",
                 "on-b": "b",
@@ -606,4 +606,4 @@ async def test_stopping_a_listener_with_kill_sessions_closes_its_clients(ws_brok
         await eventually(lambda: ws_broker.listeners["ws"].active == 0)
         assert not ws_broker.stop_listener("ws")
         await on_tcp.publish("t", b"tcp untouched", qos=1)
-        assert [row["client_id"] for row in ws_broker.list_sessions() if row["is_online"]] == ["on-tcp"]
+        assert [row["client_id"] for row in session_rows(ws_broker) if row["is_online"]] == ["on-tcp"]

@@ -15,7 +15,7 @@ from ternmq.kernel.broker import Broker
 from ternmq.kernel.codec import Will
 from ternmq.kernel.testing import MQTTTestClient
 
-from helpers import LEVELS, connected, eventually, wait_offline
+from helpers import LEVELS, connected, eventually, session_rows, wait_offline
 
 
 @asynccontextmanager
@@ -147,7 +147,7 @@ async def test_mosquitto_sub_killed_sends_its_will_and_clean_exit_does_not(
 
 
 async def wait_subscribed(broker: Broker, client_id: str) -> None:
-    await eventually(lambda: any(r["client_id"] == client_id and r["subscriptions"] for r in broker.list_sessions()))
+    await eventually(lambda: any(r["client_id"] == client_id and r["subscriptions"] for r in session_rows(broker)))
 
 
 # -- MQTT 5 will delay --------------------------------------------------------------------

@@ -74,8 +74,8 @@ async def test_auth_on_subscribe_per_topic_codes_and_rewrites(broker: Any) -> No
         suback = await client.subscribe("granted/#", "refused/#", "downgraded", qos=2)
         assert suback.reason_codes == [0, 0x87, 0]
         assert set(broker.sessions["per-topic"].subscriptions) == {"granted/rewritten", "downgraded"}
-        await broker.publish_message("granted/rewritten", b"r", qos=1)
-        await broker.publish_message("refused/x", b"no", qos=1)
+        await broker.service.publish("granted/rewritten", b"r", qos=1)
+        await broker.service.publish("refused/x", b"no", qos=1)
         got = await client.receive()
         assert (got.topic, got.qos) == ("granted/rewritten", 0)
         assert await client.nothing_received(0.1)
@@ -136,7 +136,7 @@ async def test_auth_on_unsubscribe_deny_keeps_subscriptions(broker: Any) -> None
         await client.connect("keeper")
         await client.subscribe("k1", "k2")
         assert (await client.unsubscribe("k1", "k2")).reason_codes == [0x87, 0x87]
-        await broker.publish_message("k1", b"still")
+        await broker.service.publish("k1", b"still")
         assert (await client.receive()).payload == b"still"
 
 
@@ -270,7 +270,7 @@ async def test_on_deliver_rewrites_topic_and_payload_per_subscriber(broker: Any)
         for c, cid in ((a, "a"), (b, "b")):
             await c.connect(cid)
             await c.subscribe("t/#", qos=1)
-        await broker.publish_message("t/1", b"abc", qos=1)
+        await broker.service.publish("t/1", b"abc", qos=1)
         got_a, got_b = await a.receive(), await b.receive()
         assert (got_a.topic, got_a.payload) == ("t/1", b"abc")
         assert (got_b.topic, got_b.payload) == ("r/t/1", b"ABC")
@@ -283,7 +283,7 @@ async def test_on_deliver_unknown_modifier_is_a_counted_error_and_the_message_go
     async with registered(broker, plugin, name="rewriter"), MQTTTestClient.open(broker.port()) as sub:
         await sub.connect("sub")
         await sub.subscribe("t/#", qos=1)
-        await broker.publish_message("t/1", b"original", qos=1)
+        await broker.service.publish("t/1", b"original", qos=1)
         assert (await sub.receive()).payload == b"original"
         stats = broker.dispatcher.stats[("rewriter", "on_deliver")]
         assert (stats.errors, stats.last_error) == (1, "unknown modifiers ['colour']")
@@ -306,7 +306,7 @@ async def test_on_deliver_deny_drops_for_that_subscriber_only(broker: Any) -> No
         for c, cid in ((a, "a"), (b, "b")):
             await c.connect(cid)
             await c.subscribe("t/#")
-        await broker.publish_message("t/1", b"abc")
+        await broker.service.publish("t/1", b"abc")
         assert (await b.receive()).payload == b"abc"
         assert await a.nothing_received(0.2)
         assert drops == [("a", "denied")]
@@ -322,7 +322,7 @@ async def test_on_deliver_error_delivers_unchanged(broker: Any) -> None:
     ):
         await a.connect("a")
         await a.subscribe("t")
-        await broker.publish_message("t", b"safe")
+        await broker.service.publish("t", b"safe")
         assert (await a.receive()).payload == b"safe"
         assert broker.dispatcher.stats[("broken-deliver", "on_deliver")].errors == 1
 
@@ -332,7 +332,7 @@ async def test_on_deliver_applies_to_retained_messages(broker: Any) -> None:
         registered(broker, DeliverRecorder(lambda c, m: allow(payload=b"R:" + m.payload))),
         MQTTTestClient.open(broker.port()) as a,
     ):
-        await broker.publish_message("ret", b"kept", retain=True)
+        await broker.service.publish("ret", b"kept", retain=True)
         await a.connect("a")
         await a.subscribe("ret")
         got = await a.receive()
@@ -346,7 +346,7 @@ async def test_on_deliver_applies_to_queued_messages_when_they_are_sent(broker: 
         await a.disconnect()
         await a.closed()
     await eventually(lambda: broker.sessions["offline"].connection is None)
-    await broker.publish_message("q", b"queued", qos=1)
+    await broker.service.publish("q", b"queued", qos=1)
     async with (
         registered(broker, DeliverRecorder(lambda c, m: allow(payload=b"rewritten"))),
         MQTTTestClient.open(broker.port()) as a,

@@ -142,7 +142,7 @@ async def test_on_publish_gets_the_message_as_routed_and_not_denied_ones(broker:
 async def test_on_publish_for_service_publishes_names_the_broker(broker: Any) -> None:
     plugin = PublishWatcher(broker)
     async with registered(broker, plugin):
-        await broker.publish_message("svc", b"from broker")
+        await broker.service.publish("svc", b"from broker")
         [call] = plugin.of("on_publish")
         assert call["client"] == ClientInfo(f"$broker/{broker.node_name}", node=broker.node_name)
         assert call["message"].payload == b"from broker"
@@ -242,7 +242,7 @@ class WakeupWatcher(Recorder):
 async def test_hook_on_client_wakeup(broker: Any) -> None:
     """After CONNACK, once the offline queue has been drained to the client."""
     await left_subscribed(broker, "sleeper", "q")
-    await broker.publish_message("q", b"while away", qos=1)
+    await broker.service.publish("q", b"while away", qos=1)
     gate = Gate()
     plugin = WakeupWatcher(broker, gate)
     async with registered(broker, plugin), MQTTTestClient.open(broker.port()) as client:
@@ -280,7 +280,7 @@ async def leave(broker: Any, how: str, client: MQTTTestClient, client_id: str) -
     elif how == "connection_lost":
         await client.stream.aclose()
     elif how == "kicked":
-        assert broker.disconnect_client(client_id, 0x98)
+        assert broker.service.disconnect(client_id, 0x98)
     elif how == "protocol_error":
         await client.send(Connect(client_id, 5))  # a second CONNECT
     elif how == "taken_over":

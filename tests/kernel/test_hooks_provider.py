@@ -133,7 +133,7 @@ async def test_only_the_first_retainer_is_called(broker_factory: Any) -> None:
     async with broker_factory(plugins={}) as broker:
         first, second = DictRetainer(), DictRetainer()
         async with registered(broker, first), registered(broker, second):  # first registered, first asked
-            await broker.publish_message("t", b"x", retain=True)
+            await broker.service.publish("t", b"x", retain=True)
             assert [k for k, _ in first.calls] == ["store"] and second.calls == []
 
 
@@ -191,7 +191,7 @@ async def test_hook_session_store_load_all(broker: Any) -> None:
         connack = await client.connect("restored", clean_start=False, properties=PERSISTENT)
         assert connack.session_present
         assert (await client.receive()).payload == b"queued"
-        await broker.publish_message("l/2", b"live", qos=1)
+        await broker.service.publish("l/2", b"live", qos=1)
         assert (await client.receive()).payload == b"live"
 
 
@@ -256,14 +256,14 @@ async def test_sessions_and_subscriptions_survive_a_restart_with_a_session_store
             await client.subscribe("dur/#", qos=1)
             await client.disconnect()
         await eventually(lambda: first.sessions["durable"].connection is None)
-        await first.publish_message("dur/queued", b"while down", qos=1)
+        await first.service.publish("dur/queued", b"while down", qos=1)
     assert [m.payload for m in store.sessions["durable"].queued] == [b"while down"]  # saved at shutdown
     async with broker_with_store(store) as second, MQTTTestClient.open(second.port()) as client:
         assert second is not first
         connack = await client.connect("durable", clean_start=False, properties=PERSISTENT)
         assert connack.session_present
         assert (await client.receive()).payload == b"while down"
-        await second.publish_message("dur/after", b"no resubscribe needed", qos=1)
+        await second.service.publish("dur/after", b"no resubscribe needed", qos=1)
         got = await client.receive()
         assert (got.topic, got.payload, got.qos) == ("dur/after", b"no resubscribe needed", 1)
 
@@ -300,8 +300,8 @@ async def test_hook_cluster_forward(broker: Any) -> None:
         assert (origin.client_id, origin.username, origin.protocol_level) == ("pub", "pu", 5)
         assert routed == routed_before + 1  # offered after local routing
         assert second.calls == []  # only the first implementation provides
-        await broker.publish_message("c/2", b"service")
-        assert first.calls[-1][1] == broker.service_client
+        await broker.service.publish("c/2", b"service")
+        assert first.calls[-1][1] == broker.publisher.broker_client
 
 
 # -------------------------------------------------------------------- registration

@@ -98,8 +98,8 @@ async def test_hook_on_message_drop(broker_factory: Any) -> None:
         plugin = DropWatcher(broker)
         await left_subscribed(broker, "full", "f")
         async with registered(broker, plugin):
-            await broker.publish_message("f", b"kept", qos=1)
-            await broker.publish_message("f", b"dropped", qos=1)
+            await broker.service.publish("f", b"kept", qos=1)
+            await broker.service.publish("f", b"dropped", qos=1)
             [call] = plugin.of("on_message_drop")
             assert (call["client_id"], call["reason"], call["message"].payload) == ("full", "queue_full", b"dropped")
 
@@ -109,8 +109,8 @@ async def test_on_message_drop_max_packet_size_exceeded(broker: Any) -> None:
     async with registered(broker, plugin), MQTTTestClient.open(broker.port()) as client:
         await client.connect("tiny", properties={"maximum_packet_size": 64})
         await client.subscribe("big", qos=1)
-        await broker.publish_message("big", b"x" * 100, qos=1)
-        await broker.publish_message("big", b"fits", qos=1)
+        await broker.service.publish("big", b"x" * 100, qos=1)
+        await broker.service.publish("big", b"fits", qos=1)
         assert (await client.receive()).payload == b"fits"
         [call] = plugin.of("on_message_drop")
         assert (call["client_id"], call["reason"], call["message"].payload) == (
@@ -123,8 +123,8 @@ async def test_on_message_drop_max_packet_size_exceeded(broker: Any) -> None:
 async def test_on_message_drop_expired_in_the_offline_queue(broker: Any) -> None:
     plugin = DropWatcher(broker)
     await left_subscribed(broker, "late", "e")
-    await broker.publish_message("e", b"stale", qos=1, properties={"message_expiry_interval": 1})
-    await broker.publish_message("e", b"fresh", qos=1)
+    await broker.service.publish("e", b"stale", qos=1, properties={"message_expiry_interval": 1})
+    await broker.service.publish("e", b"fresh", qos=1)
     await trio.sleep(1.05)
     async with registered(broker, plugin), MQTTTestClient.open(broker.port()) as client:
         await client.connect("late", clean_start=False, properties=PERSISTENT)

@@ -3,7 +3,7 @@
 The connection is a plain object satisfying ``ClientConnection`` (ports.py) whose
 ``write`` and ``send`` append to a list; where a broker is needed it is a small plain
 object satisfying ``BrokerCore``, built from the kernel's real parts (HookDispatcher,
-Router, SessionLifecycle, Scheduler, Counters, BrokerSettings). No socket, no listener.
+Router, Publisher, SessionLifecycle, Scheduler, Counters, BrokerSettings). No socket, no listener.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from ternmq.kernel.protocol import connect, inbound
 from ternmq.kernel.protocol.negotiation import Refused, Terms, apply_register_answer, check_connect, settle
 from ternmq.kernel.protocol.ports import BrokerCore, ClientConnection, ConnectingClient
 from ternmq.kernel.routing.lifecycle import SessionLifecycle
+from ternmq.kernel.routing.publisher import Publisher
 from ternmq.kernel.routing.router import Router
 from ternmq.kernel.routing.scheduler import Scheduler
 from ternmq.kernel.routing.session import AttachedConnection, Session
@@ -87,7 +88,11 @@ class FakeBroker:
             self._sessions, self._router, self._dispatcher, Scheduler(), self._metrics, self._publish_will
         )
         self._retain_available = retain_available
-        self.published: list[Message] = []
+        self._publisher = RecordingPublisher(self._router, self._dispatcher, settings.node_name)
+
+    @property
+    def published(self) -> list[Message]:
+        return self._publisher.published
 
     @property
     def settings(self) -> BrokerSettings:
@@ -121,6 +126,21 @@ class FakeBroker:
     def retain_available(self) -> bool:
         return self._retain_available
 
+    @property
+    def publisher(self) -> Publisher:
+        return self._publisher
+
+    async def _publish_will(self, will: Message, client: ClientInfo) -> int:
+        return await self._publisher.publish(will, None, origin=client)
+
+
+class RecordingPublisher(Publisher):
+    """The kernel's publish path, keeping what it was given (``published``)."""
+
+    def __init__(self, router: Router, dispatcher: HookDispatcher, node_name: str) -> None:
+        super().__init__(router, dispatcher, node_name)
+        self.published: list[Message] = []
+
     async def publish(
         self,
         message: Message,
@@ -128,13 +148,8 @@ class FakeBroker:
         origin: ClientInfo | None = None,
         on_matched: Callable[[int], None] | None = None,
     ) -> int:
-        # The broker's publish minus the retain store and the announcements: route it.
         self.published.append(message)
-        origin_id = conn.client_info.client_id if conn is not None else None
-        return await self._router.route(message, origin_id, on_matched)
-
-    async def _publish_will(self, will: Message, client: ClientInfo) -> int:
-        return await self.publish(will, None, origin=client)
+        return await super().publish(message, conn, origin, on_matched)
 
 
 class FakeClient:

@@ -1,0 +1,55 @@
+"""What the service face returns about the broker: frozen views of a session, a
+listener, a plugin, as ``session show``, ``listener show`` and ``plugin show`` list them."""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen
+class SessionInfo:
+    """One session, online or not, as ``session show`` lists it."""
+
+    client_id: str
+    is_online: bool
+    user: str | None
+    peer_host: str | None
+    peer_port: int | None
+    protocol: int
+    clean_session: bool
+    listener: str | None
+    subscriptions: int
+    inflight: int
+    queued: int
+    node: str
+
+
+@attrs.frozen
+class ListenerInfo:
+    """One listener, running or stopped."""
+
+    name: str
+    type: str
+    status: str
+    address: str
+    port: int
+    max_connections: int
+    active_connections: int
+    total_connections: int
+
+
+@attrs.frozen
+class PluginInfo:
+    """One loaded plugin, as ``plugin show`` lists it (in calling order)."""
+
+    name: str
+    kind: str  # "module" (a module of hook functions) or "application" (a plugin object)
+    source: str
+    version: str
+    state: str
+    priority: int | None
+    hooks: tuple[str, ...]
+    # VerneMQ's M:F/A per hook: module:function/number of declared arguments.
+    implementations: tuple[str, ...]
+    errors: int
+    timeouts: int
