@@ -40,23 +40,6 @@ CONNACK = b"\x20\x02\x00\x00"
 SERVERS = ("trio-raw", "trio-raw-lean", "trio-stream", "asyncio-protocol")
 
 
-class ListeningSocket(socket.socket):
-    """As kernel/transport/rawstream.py's: accept() with family and type looked up once."""
-
-    def __init__(self, fileno: int) -> None:
-        super().__init__(fileno=fileno)
-        self._family = super().family
-        self._type = super().type
-
-    @property
-    def family(self) -> socket.AddressFamily:
-        return self._family
-
-    @property
-    def type(self) -> socket.SocketKind:
-        return self._type
-
-
 def storm(binary: Path, port: int, total: int, pin: bool) -> tuple[int, float]:
     prefix = ["taskset", "-c", "1"] if pin else []
     out = subprocess.run(
@@ -160,7 +143,9 @@ def serve_trio(kind: str, binary: Path | None, total: int, repeat: int, pin: boo
         async with trio.open_nursery() as nursery:
             if kind in ("trio-raw", "trio-raw-lean"):
                 listening = socket.create_server(("127.0.0.1", listen or 0), backlog=1024)
-                if kind == "trio-raw-lean":
+                if kind == "trio-raw-lean":  # the listening socket ternmq's listeners use
+                    from ternmq.kernel.transport.rawstream import ListeningSocket
+
                     listening = ListeningSocket(listening.detach())
                 listening.setblocking(False)
                 port = listening.getsockname()[1]

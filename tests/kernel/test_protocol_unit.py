@@ -14,6 +14,7 @@ from typing import Any
 import pluggy
 import pytest
 import trio
+from standins import WrittenConnection
 
 from ternmq.kernel import hookspecs
 from ternmq.kernel.codec import (
@@ -35,9 +36,7 @@ from ternmq.kernel.codec import (
     Unsuback,
     Unsubscribe,
     Will,
-    decode_packet,
     encode,
-    encode_publish_parts,
 )
 from ternmq.kernel.hooks.dispatch import HookDispatcher
 from ternmq.kernel.hookspecs import hookimpl
@@ -152,7 +151,7 @@ class RecordingPublisher(Publisher):
         return await super().publish(message, conn, origin, on_matched)
 
 
-class FakeClient:
+class FakeClient(WrittenConnection):
     """A client's connection: ``write`` appends bytes, ``send`` encodes and writes."""
 
     def __init__(
@@ -164,39 +163,21 @@ class FakeClient:
     ) -> None:
         self._broker = broker if broker is not None else FakeBroker()
         limits = self._broker.settings.limits
-        self._listener = listener if listener is not None else ListenerConfig("unit")
+        super().__init__(ClientInfo(""), 4, listener=listener, outbound_limit=limits.outbound_buffer_bytes)
         self._framer = Framer(limits.max_packet_size)
-        self._closed = trio.Event()
         self._in_aliases: dict[int, str] = {}
-        self.protocol_level = 4
         self.keep_alive = 0
         self.request_problem_information = True
-        self.client_receive_maximum = 65535
-        self.client_maximum_packet_size = 268_435_460
-        self.outbound_alias_maximum = 0
         self.server_receive_maximum = limits.max_inflight
         self.max_topic_alias = limits.max_topic_alias
         self.over_capacity = False
-        self.client_info = ClientInfo("")
         self.tls_common_name = tls_common_name
-        self.peer_host = "127.0.0.1"
-        self.peer_port = 50000
-        self.session: Session | None = None
-        self.will: Message | None = None
         self.disconnect_reason = "connection_lost"
         self.connected = False
         self.session_present = False
         self.auth_method: str | None = None
-        self.outbound_bytes = 0
-        self.outbound_limit = limits.outbound_buffer_bytes
-        self.written: list[bytes] = []
         self.sent: list[Any] = []
         self.errors: list[int] = []
-        self.kicked: list[tuple[int, str]] = []
-
-    @property
-    def listener(self) -> ListenerConfig:
-        return self._listener
 
     @property
     def framer(self) -> Framer:
@@ -214,14 +195,6 @@ class FakeClient:
     def in_aliases(self) -> dict[int, str]:
         return self._in_aliases
 
-    @property
-    def closed(self) -> trio.Event:
-        return self._closed
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-        self.outbound_bytes += len(data)
-
     def send(self, packet: Any) -> bool:
         self.sent.append(packet)
         self.write(encode(packet, self.protocol_level))
@@ -238,22 +211,6 @@ class FakeClient:
     def protocol_error(self, reason_code: int, message: str = "") -> None:
         self.errors.append(reason_code)
         self.disconnect_reason = "protocol_error"
-
-    def encode_with_alias(self, message: Message, qos: int, retain: bool, props: dict[str, Any]) -> tuple[bytes, bytes]:
-        return encode_publish_parts(Publish(message.topic, message.payload, qos, retain, False, None, props), 5)
-
-    def kick(self, reason_code: int, reason: str) -> None:
-        self.kicked.append((reason_code, reason))
-        self.disconnect_reason = reason
-        self._closed.set()
-
-    def packets(self) -> list[Any]:
-        """Everything written so far, decoded at the connection's protocol level."""
-        framer = Framer()
-        framer.feed(b"".join(self.written))
-        decoded = [decode_packet(first, body, self.protocol_level) for first, body in framer.frames()]
-        assert framer.buffered() == 0, "a partial packet was written"
-        return decoded
 
 
 def fits_the_ports(client: FakeClient, broker: FakeBroker) -> None:

@@ -8,25 +8,22 @@ was written is decoded with the codec and asserted on as packets.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pluggy
 import pytest
-import trio
+from standins import WrittenConnection
 
 from ternmq.kernel import hookspecs
-from ternmq.kernel.codec import Framer, ProtocolError, Publish, Pubrel, decode_packet, encode_publish_parts
+from ternmq.kernel.codec import ProtocolError, Publish, Pubrel
 from ternmq.kernel.hooks.dispatch import HookDispatcher
 from ternmq.kernel.hookspecs import hookimpl
 from ternmq.kernel.routing.router import Router
 from ternmq.kernel.routing.session import AttachedConnection, Delivered, Delivery, Session
-from ternmq.kernel.values.config import ListenerConfig
 from ternmq.kernel.values.types import Answer, ClientInfo, Message, TopicSubscription, allow, deny
 
 # ----------------------------------------------------------------------------- stand-ins
 
 
-class FakeConnection:
+class FakeConnection(WrittenConnection):
     """A connection as the routing layer sees it: ``write`` appends to ``written``."""
 
     def __init__(
@@ -39,59 +36,14 @@ class FakeConnection:
         alias_maximum: int = 0,
         outbound_limit: int = 16 * 1_048_576,
     ) -> None:
-        self.protocol_level = protocol_level
-        self.client_info = ClientInfo(client_id, protocol_level=protocol_level, listener="unit")
-        self.outbound_bytes = 0
-        self.outbound_limit = outbound_limit
-        self.client_receive_maximum = receive_maximum
-        self.client_maximum_packet_size = maximum_packet_size
-        self.outbound_alias_maximum = alias_maximum
-        self.session: Session | None = None
-        self.will: Message | None = None
-        self.disconnect_reason = ""
-        self.peer_host = "127.0.0.1"
-        self.peer_port = 50000
-        self.written: list[bytes] = []
-        self.kicked: list[tuple[int, str]] = []
-        self._listener = ListenerConfig("unit")
-        self._closed = trio.Event()
-        self._aliases: dict[str, int] = {}
-
-    @property
-    def listener(self) -> ListenerConfig:
-        return self._listener
-
-    @property
-    def closed(self) -> trio.Event:
-        return self._closed
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-        self.outbound_bytes += len(data)
-
-    def encode_with_alias(self, message: Message, qos: int, retain: bool, props: dict[str, Any]) -> tuple[bytes, bytes]:
-        # What transport/outbound.py does: a new alias per topic while there is room.
-        topic = message.topic
-        alias = self._aliases.get(topic)
-        if alias is not None:
-            props["topic_alias"] = alias
-            topic = ""
-        elif len(self._aliases) < self.outbound_alias_maximum:
-            alias = self._aliases[topic] = len(self._aliases) + 1
-            props["topic_alias"] = alias
-        return encode_publish_parts(Publish(topic, message.payload, qos, retain, False, None, props), 5)
-
-    def kick(self, reason_code: int, reason: str) -> None:
-        self.kicked.append((reason_code, reason))
-        self._closed.set()
-
-    def packets(self) -> list[Any]:
-        """Everything written so far, decoded (each write must hold whole packets)."""
-        framer = Framer()
-        framer.feed(b"".join(self.written))
-        decoded = [decode_packet(first, body, self.protocol_level) for first, body in framer.frames()]
-        assert framer.buffered() == 0, "a partial packet was written"
-        return decoded
+        super().__init__(
+            ClientInfo(client_id, protocol_level=protocol_level, listener="unit"),
+            protocol_level,
+            receive_maximum=receive_maximum,
+            maximum_packet_size=maximum_packet_size,
+            alias_maximum=alias_maximum,
+            outbound_limit=outbound_limit,
+        )
 
     def publishes(self) -> list[Publish]:
         found = self.packets()
