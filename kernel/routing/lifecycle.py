@@ -216,8 +216,8 @@ class SessionLifecycle:
         elif session.stored or "on_client_gone" in implemented:
             return False
         session.connection = None
-        session.disconnected_at = time.time()
         if persistent:
+            session.disconnected_at = time.time()
             self._schedule_expiry(session)  # save_session would save nothing
         else:
             self.forget_session(session)  # all of end_session when nothing is stored

@@ -174,7 +174,10 @@ async def serve_listener(
         async with trio.open_nursery() as connections:
             # The clock's own current_time: trio.current_time() without two calls around it.
             now = trio.lowlevel.current_clock().current_time
-            handler = functools.partial(_accept, broker, running, context, connections, now)
+            # Looked up once: the level is set when the process starts, and the check costs
+            # a call per connection on the connects hot path (bench/).
+            debug = log.isEnabledFor(logging.DEBUG)
+            handler = functools.partial(_accept, broker, running, context, connections, now, debug)
             with running.scope:
                 running.status = "running"
                 suffix = config.path if config.type in ("ws", "wss") else ""
@@ -198,6 +201,7 @@ async def _accept(
     context: ssl.SSLContext | None,
     connections: trio.Nursery,
     now: Callable[[], float],
+    debug: bool,
     stream: RawSocketStream,
     address: tuple[Any, ...],
 ) -> None:
@@ -206,7 +210,8 @@ async def _accept(
     try:
         host = address[0]
         port = address[1]
-        log.debug("connection from %s:%d on listener %s", host, port, config.name)
+        if debug:
+            log.debug("connection from %s:%d on listener %s", host, port, config.name)
         common_name = None
         client_stream: trio.abc.Stream = stream
         if context is not None:
