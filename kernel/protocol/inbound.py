@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import attrs
 
@@ -291,22 +291,30 @@ async def on_second_connect(conn: ClientConnection, packet: Connect) -> object:
     return STOP
 
 
-# What a handler is: its packet argument is of the type it is registered under (the
-# key), which a mapping type cannot say; tests/kernel/test_kernel_names.py checks it.
-Handler = Callable[["ClientConnection", Any], Awaitable[object]]
+# A handler takes a connection and a packet of the type it is registered under.
+Handler = Callable[["ClientConnection", Packet], Awaitable[object]]
+_P = TypeVar("_P", bound=Packet)
+
+
+def _handles(packet_type: type[_P], handler: Callable[[ClientConnection, _P], Awaitable[object]]) -> Handler:
+    """``handler`` as an entry of HANDLERS under ``packet_type``: mypy checks here that it
+    takes that type; the table gives each handler only packets of its key's type, so
+    the cast to the table's wider type is safe."""
+    return cast(Handler, handler)
+
 
 # One table for all connections (bound methods per connection would cost memory per
 # idle client).
 HANDLERS: Mapping[type[Packet], Handler] = {
-    Publish: on_publish,
-    Puback: on_puback,
-    Pubrec: on_pubrec,
-    Pubrel: on_pubrel,
-    Pubcomp: on_pubcomp,
-    Subscribe: on_subscribe,
-    Unsubscribe: on_unsubscribe,
-    Pingreq: on_pingreq,
-    Disconnect: on_disconnect,
-    Auth: on_auth,
-    Connect: on_second_connect,
+    Publish: _handles(Publish, on_publish),
+    Puback: _handles(Puback, on_puback),
+    Pubrec: _handles(Pubrec, on_pubrec),
+    Pubrel: _handles(Pubrel, on_pubrel),
+    Pubcomp: _handles(Pubcomp, on_pubcomp),
+    Subscribe: _handles(Subscribe, on_subscribe),
+    Unsubscribe: _handles(Unsubscribe, on_unsubscribe),
+    Pingreq: _handles(Pingreq, on_pingreq),
+    Disconnect: _handles(Disconnect, on_disconnect),
+    Auth: _handles(Auth, on_auth),
+    Connect: _handles(Connect, on_second_connect),
 }
