@@ -7,6 +7,8 @@ tree's commands and the control socket of ``ternmq-admin``).
 
 BUILTIN = {
     "admin": "ternmq.plugins.admin",
+    "acl": "ternmq.plugins.acl",
+    "passwd": "ternmq.plugins.passwd",
     "retainer": "ternmq.plugins.retainer",
 }
 ESSENTIAL = ("admin",)
