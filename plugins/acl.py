@@ -13,6 +13,8 @@ Config keys (``[plugins.acl]``):
   modification time and size are checked; a changed file is read again. A file that
   does not parse (or cannot be read) keeps the previous rules: the error, naming file
   and line, is logged and kept in ``last_error`` until a good file is loaded.
+* ``revoke_subscriptions`` (default true): after a reload, remove the subscriptions the
+  new rules deny from live sessions (below).
 * ``on_no_rule`` (default ``"deny"``): what a request that no rule grants or denies
   gets. ``"deny"`` makes the plugin authoritative, as Mosquitto's ``acl_file``: what
   the file does not grant is refused (0x87). ``"next"`` answers nothing, as VerneMQ's
@@ -49,11 +51,19 @@ Semantics:
   or client id holding ``/``, ``+`` or ``#`` is not substituted: the grants of such a
   pattern do not apply, and its denials apply to every value of that level.
 * UNSUBSCRIBE is not checked (Mosquitto and VerneMQ do not either).
-* Revoking access does not end existing subscriptions.
+* Live sessions follow the rules: after a reload (and when the plugin is loaded at run
+  time) the subscriptions the rules in force deny are removed from live sessions, as
+  the broker unsubscribing them (``revoke_subscriptions``, on by default). Only what
+  this plugin denies goes: under ``on_no_rule = "next"`` a filter no rule decides stays.
 
 Publishes are decided once per client, username and topic and then answered from a
 cache, emptied on reload and per client when its connection ends. ``explain(username,
-client_id, topic, access)`` says which line decides a request. Metrics: ``acl_rules``
+client_id, topic, access)`` says which line decides a request.
+
+Admin commands: ``acl check topic=T access=read|write [username=U] [client-id=C]``
+answers allowed or denied and the rule (file, line) that decided;
+``session reauthorize [username=U] [client-id=C]`` removes from live sessions what the
+rules in force deny, on demand. Metrics: ``acl_rules``
 (gauge), ``acl_reloads`` and ``acl_reload_errors`` (counters).
 """
 
@@ -68,7 +78,22 @@ from typing import Any, Literal
 import attrs
 import trio
 
-from ternmq.kernel import Allow, ClientInfo, Deny, Message, TopicSubscription, allow, deny, hookimpl, topic_matches
+from ternmq.kernel import (
+    AdminRegistry,
+    Allow,
+    Arguments,
+    ClientInfo,
+    Deny,
+    Message,
+    Service,
+    Table,
+    Text,
+    TopicSubscription,
+    allow,
+    deny,
+    hookimpl,
+    topic_matches,
+)
 
 log = logging.getLogger("ternmq.plugins.acl")
 
@@ -105,6 +130,9 @@ class Config:
     acl_file: Path
     reload_interval: float = attrs.field(default=10.0, validator=_non_negative)
     on_no_rule: str = attrs.field(default="deny", validator=_on_no_rule)
+    # Live sessions follow the rules: after a reload, subscriptions the new rules deny
+    # are removed, so a revoked client stops receiving at once.
+    revoke_subscriptions: bool = True
 
 
 class AclError(ValueError):
@@ -459,6 +487,65 @@ class Plugin:
             return False, NO_RULE
         return self._no_match() == "allow", NO_RULE
 
+    # -- live sessions and admin commands ------------------------------------------------
+
+    async def reauthorize(self, service: Service, username: str | None = None, client_id: str | None = None) -> int:
+        """Remove the subscriptions that the rules in force deny from live sessions (all
+        of them, or those of ``username`` / ``client_id``); returns how many went. Only
+        what this plugin denies goes: a filter no rule decides under ``on_no_rule =
+        "next"`` was another plugin's or ``no_match``'s to allow, and stays."""
+        removed = 0
+        for session in service.sessions():
+            if (username is not None and session.user != username) or (
+                client_id is not None and session.client_id != client_id
+            ):
+                continue
+            denied = [
+                s.topic_filter
+                for s in service.subscriptions(session.client_id)
+                if self._verdict(session.user, session.client_id, inner_filter(s.topic_filter), "read", "") is False
+            ]
+            if denied and await service.unsubscribe(session.client_id, denied) is not None:
+                removed += len(denied)
+                log.info("ACL: removed %s from session %s", ", ".join(denied), session.client_id)
+        return removed
+
+    @hookimpl
+    def register_admin_commands(self, registry: AdminRegistry) -> None:
+        registry.describe("acl", "Ask the ACL plugin.")
+        registry.add(
+            "acl check",
+            self._acl_check,
+            help="Whether a client may read (subscribe to) or write (publish to) a topic, and which rule decides.",
+            keys={
+                "topic": "a topic (write) or a topic filter (read)",
+                "access": "read or write",
+                "username": "the client's user name (none: a client without one)",
+                "client-id": "the client id (for %c patterns)",
+            },
+            required=("topic", "access"),
+        )
+        registry.add(
+            "session reauthorize",
+            self._session_reauthorize,
+            help="Remove the subscriptions the ACL now denies from live sessions.",
+            keys={"username": "only this user's sessions", "client-id": "only this client's session"},
+        )
+
+    def _acl_check(self, service: Service, args: Arguments) -> Table:
+        keys = args.keys
+        try:
+            allowed, source = self.explain(
+                keys.get("username"), keys.get("client-id", ""), keys["topic"], keys["access"]
+            )
+        except ValueError as exc:
+            raise args.usage_error(str(exc)) from None
+        return Table(({"Allowed": allowed, "Decided by": source},), ("Allowed", "Decided by"))
+
+    async def _session_reauthorize(self, service: Service, args: Arguments) -> Text:
+        removed = await self.reauthorize(service, args.keys.get("username"), args.keys.get("client-id"))
+        return Text(f"Removed {removed} subscription{'' if removed == 1 else 's'}")
+
     # -- reloading ---------------------------------------------------------------------------
 
     async def reload(self) -> bool:
@@ -483,6 +570,9 @@ class Plugin:
     async def serve(self, service: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._service = service
         task_status.started()
+        if self.config.revoke_subscriptions:
+            # Loaded at run time (enable, reload): the live sessions meet these rules now.
+            await self.reauthorize(service)
         interval = self.config.reload_interval
         if not interval:
             return
@@ -498,4 +588,5 @@ class Plugin:
                 self.last_error = f"{self.config.acl_file}: cannot read the file"
                 log.error("ACL file %s cannot be read, keeping the previous rules", self.config.acl_file)
                 continue
-            await self.reload()
+            if await self.reload() and self.config.revoke_subscriptions:
+                await self.reauthorize(service)

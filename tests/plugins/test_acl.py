@@ -16,7 +16,7 @@ import pytest
 import trio
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ternmq.kernel import ClientInfo, ConfigError, Message, TopicSubscription
+from ternmq.kernel import ClientInfo, CommandError, ConfigError, Message, TopicSubscription
 from ternmq.kernel.broker import Broker
 from ternmq.kernel.testing import open_broker, test_config
 from ternmq.plugins.acl import Access, AclError, Config, Plugin, covers, decide, overlaps, parse_acl
@@ -486,3 +486,71 @@ async def test_e2e_unsubscribe_is_not_checked(tmp_path: Path) -> None:
     async with acl_broker(tmp_path, "topic read a\n") as broker, connected(broker, "c") as c:
         await c.subscribe("a", qos=0)
         assert (await c.unsubscribe("a", "never/subscribed")).reason_codes == [0, 0x11]
+
+
+# -- live sessions follow the rules; the admin commands ------------------------------------
+
+
+async def test_e2e_a_reload_removes_live_subscriptions_the_new_rules_deny(tmp_path: Path) -> None:
+    text = "topic readwrite news/#\ntopic readwrite alerts/#\n"
+    async with acl_broker(tmp_path, text, reload_interval=0.02) as broker, connected(broker, "reader") as reader:
+        assert (await reader.subscribe("news/#", qos=1)).reason_codes == [1]
+        assert (await reader.subscribe("alerts/#", qos=1)).reason_codes == [1]
+        rewrite(tmp_path / "acl.conf", "topic readwrite alerts/#\ntopic write news/#\n")
+        await eventually(lambda: [s.topic_filter for s in broker.service.subscriptions("reader")] == ["alerts/#"])
+        async with connected(broker, "writer") as writer:
+            await writer.publish("news/today", b"revoked", qos=1)
+            await writer.publish("alerts/fire", b"kept", qos=1)
+        assert (await reader.receive()).payload == b"kept"  # news/today never came
+
+
+async def test_e2e_revoke_subscriptions_false_leaves_live_subscriptions(tmp_path: Path) -> None:
+    async with (
+        acl_broker(tmp_path, "topic news/#\n", reload_interval=0.02, revoke_subscriptions=False) as broker,
+        connected(broker, "reader") as reader,
+    ):
+        assert (await reader.subscribe("news/#", qos=1)).reason_codes == [1]
+        rewrite(tmp_path / "acl.conf", "topic write news/#\n")
+        await eventually(lambda: plugin_of(broker).reloads == 1)
+        assert [s.topic_filter for s in broker.service.subscriptions("reader")] == ["news/#"]
+
+
+async def test_e2e_session_reauthorize_removes_what_the_rules_deny_now(tmp_path: Path) -> None:
+    text = "user alice\ntopic read a/#\nuser bob\ntopic read a/#\n"
+    async with (
+        acl_broker(tmp_path, text, reload_interval=0) as broker,
+        connected(broker, "alice-1", username="alice") as alice,
+        connected(broker, "bob-1", username="bob") as bob,
+    ):
+        assert (await alice.subscribe("a/#", qos=1)).reason_codes == [1]
+        assert (await bob.subscribe("a/#", qos=1)).reason_codes == [1]
+        (tmp_path / "acl.conf").write_text("user alice\ntopic read b/#\nuser bob\ntopic read b/#\n")
+        await plugin_of(broker).reload()  # no polling here: the rules change, sessions stay
+        assert broker.service.subscriptions("bob-1") != ()
+        result = await broker.service.run_command(["session", "reauthorize", "username=alice"])
+        assert result.render() == "Removed 1 subscription"
+        assert broker.service.subscriptions("alice-1") == ()
+        assert [s.topic_filter for s in broker.service.subscriptions("bob-1")] == ["a/#"]
+        result = await broker.service.run_command(["session", "reauthorize"])
+        assert result.render() == "Removed 1 subscription"
+        assert broker.service.subscriptions("bob-1") == ()
+
+
+async def test_acl_check_answers_and_names_the_deciding_line(tmp_path: Path) -> None:
+    text = "# sensors\npattern write sensors/%u/#\ntopic deny sensors/secret\n"
+    async with acl_broker(tmp_path, text) as broker:
+        run = broker.service.run_command
+        table = await run(["acl", "check", "username=s1", "client-id=c1", "topic=sensors/s1/t", "access=write"])
+        assert table.to_json()["table"] == [{"Allowed": True, "Decided by": "acl.conf:2 pattern write sensors/%u/#"}]
+        table = await run(["acl", "check", "username=s1", "topic=sensors/s2/t", "access=write"])
+        assert table.to_json()["table"] == [{"Allowed": False, "Decided by": "no rule"}]
+        table = await run(["acl", "check", "topic=sensors/#", "access=read"])
+        assert table.to_json()["table"] == [{"Allowed": False, "Decided by": "acl.conf:3 topic deny sensors/secret"}]
+
+
+async def test_acl_check_refuses_a_bad_access_word_with_its_usage(tmp_path: Path) -> None:
+    async with acl_broker(tmp_path, "topic a\n") as broker:
+        with pytest.raises(CommandError, match="access must be read or write"):
+            await broker.service.run_command(["acl", "check", "topic=a", "access=both"])
+        with pytest.raises(CommandError):
+            await broker.service.run_command(["acl", "check", "topic=a"])  # access is required
