@@ -367,6 +367,7 @@ class Service:
             implementations=tuple(implementations),
             errors=sum(s.errors for s in stats),
             timeouts=sum(s.timeouts for s in stats),
+            last_error=problem if isinstance(problem := getattr(loaded.plugin, "last_error", None), str) else None,
         )
 
     async def load_plugin(

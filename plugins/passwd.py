@@ -221,6 +221,8 @@ class Plugin:
             raise ValueError(f"password_file {self.path}: {exc.strerror or exc}") from None
         self._cache: OrderedDict[bytes, bool] = OrderedDict()
         self._missing = False  # logged once when the file disappears, not at every poll
+        # Why the file in force is not the file on disk, for plugin show (None: it is).
+        self.last_error: str | None = None
 
     @hookimpl
     def register_metrics(self, registry: Any) -> None:
@@ -271,6 +273,7 @@ class Plugin:
             if not self._missing:
                 log.error("password file %s has disappeared; keeping its %d users", self.path, len(self.users))
                 self._missing = True
+                self.last_error = f"{self.path}: no such file (the users last read are kept)"
             return False
         except Exception as exc:
             log.error("password file %s: cannot check it (%s); keeping its %d users", self.path, exc, len(self.users))
@@ -283,11 +286,13 @@ class Plugin:
         except Exception as exc:
             # Remember the broken version: it is reported once, and read again when it changes.
             self.stamp = stamp
+            self.last_error = f"{exc} (the users last read are kept)"
             log.error("password file not reloaded, keeping the previous %d users: %s", len(self.users), exc)
             return False
         if read is None:
             return False  # still being written: the next poll reads the finished file
         self.stamp, self.users = read
+        self.last_error = None
         self._cache.clear()
         log.info("password file %s reloaded: %d users", self.path, len(self.users))
         return True

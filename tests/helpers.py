@@ -47,6 +47,7 @@ PLUGIN_SHOW_COLUMNS = (
     "priority",
     "errors",
     "timeouts",
+    "last error",
 )
 
 

@@ -53,3 +53,6 @@ class PluginInfo:
     implementations: tuple[str, ...]
     errors: int
     timeouts: int
+    # What the plugin says is wrong now (its ``last_error`` attribute, when it has one:
+    # a file that did not load, say), or None.
+    last_error: str | None = None

@@ -17,7 +17,19 @@ from ternmq.kernel import (
     parse_value,
 )
 
-PLUGIN_COLUMNS = ("Plugin", "Type", "Hook(s)", "M:F/A", "source", "version", "state", "priority", "errors", "timeouts")
+PLUGIN_COLUMNS = (
+    "Plugin",
+    "Type",
+    "Hook(s)",
+    "M:F/A",
+    "source",
+    "version",
+    "state",
+    "priority",
+    "errors",
+    "timeouts",
+    "last error",
+)
 
 
 def plugin_row(info: PluginInfo) -> dict[str, Any]:
@@ -35,6 +47,7 @@ def plugin_row(info: PluginInfo) -> dict[str, Any]:
         "priority": info.priority,
         "errors": info.errors,
         "timeouts": info.timeouts,
+        "last error": info.last_error,
     }
 
 

@@ -22,10 +22,8 @@ from ternmq.kernel.codec import Disconnect, Pingresp
 from ternmq.kernel.testing import MQTTTestClient
 from ternmq.kernel.values.output import Table, Text
 
-from helpers import eventually
+from helpers import PLUGIN_SHOW_COLUMNS, eventually
 from plugin_samples import SampleConfig, SamplePlugin
-
-PLUGIN_COLUMNS = ("Plugin", "Type", "Hook(s)", "M:F/A", "source", "version", "state", "priority", "errors", "timeouts")
 
 
 async def run(broker: Any, *argv: str) -> Table | Text:
@@ -56,7 +54,7 @@ async def command_error(broker: Any, *argv: str) -> CommandError:
 async def test_plugin_show_lists_each_plugin_with_its_columns(broker: Any) -> None:
     result = await run(broker, "plugin", "show")
     assert isinstance(result, Table)
-    assert result.columns == PLUGIN_COLUMNS
+    assert result.columns == PLUGIN_SHOW_COLUMNS
     rows = [dict(row) for row in result.rows]
     hooks = rows[0].pop("Hook(s)")
     assert hooks == sorted(hooks) and {"retain_delete", "retain_lookup", "retain_store"} <= set(hooks)
@@ -72,10 +70,11 @@ async def test_plugin_show_lists_each_plugin_with_its_columns(broker: Any) -> No
             "priority": None,
             "errors": 0,
             "timeouts": 0,
+            "last error": None,
         }
     ]
     rendered = result.render()
-    assert all(column in rendered.splitlines()[1] for column in PLUGIN_COLUMNS)
+    assert all(column in rendered.splitlines()[1] for column in PLUGIN_SHOW_COLUMNS)
     assert "retain_lookup" in rendered
 
 

@@ -446,12 +446,16 @@ async def test_e2e_a_broken_file_keeps_the_old_rules_and_logs_file_and_line(
         assert f"{path}:3: unknown keyword 'tpoic'" in caplog.text
         last_error = plugin_of(broker).last_error
         assert last_error is not None and last_error.startswith(f"{path}:3:")
+        shown = await broker.service.run_command(["plugin", "show", f"--plugin={ACL}"])
+        assert [row["last error"] for row in shown.to_json()["table"]] == [last_error]  # plugin show says why
         assert published(await c.publish("a", b"", qos=1)) == 0
         assert published(await c.publish("b", b"", qos=1)) == 0x87  # the new line did not take effect
         # fixing the file clears the error and brings in the new rules
         rewrite(path, "topic write b\n")
         await eventually(lambda: plugin_of(broker).reloads == 1)
         assert plugin_of(broker).last_error is None
+        shown = await broker.service.run_command(["plugin", "show", f"--plugin={ACL}"])
+        assert [row["last error"] for row in shown.to_json()["table"]] == [None]
         assert published(await c.publish("b", b"", qos=1)) == 0
 
 

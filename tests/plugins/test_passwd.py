@@ -246,6 +246,15 @@ async def test_reload_picks_up_a_changed_password_and_a_removed_user(tmp_path: P
         assert await connack_code(broker, 5, "bob", b"bobpw") == 0  # not denied by passwd any more
 
 
+async def last_error_shown(broker: Broker) -> str | None:
+    """The passwd plugin's "last error" column of ``plugin show``."""
+    shown = await broker.service.run_command(["plugin", "show", f"--plugin={PLUGIN}"])
+    [row] = shown.to_json()["table"]
+    error = row["last error"]
+    assert error is None or isinstance(error, str)
+    return error
+
+
 async def test_a_broken_file_at_reload_keeps_the_old_users_and_logs_file_and_line(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -260,6 +269,7 @@ async def test_a_broken_file_at_reload_keeps_the_old_users_and_logs_file_and_lin
         await eventually(logged)
         assert await connack_code(broker, 5, "alice", b"pw") == 0
         assert await connack_code(broker, 5, "alice", b"other") == 0x86
+        assert f"{path}:2: no ':'" in (await last_error_shown(broker) or "")  # plugin show says why
         # Fixed again: the next poll reads it.
         write_users(path, [vernemq_line("alice", "other")])
 
@@ -267,6 +277,7 @@ async def test_a_broken_file_at_reload_keeps_the_old_users_and_logs_file_and_lin
             return await connack_code(broker, 5, "alice", b"other") == 0
 
         await eventually(fixed)
+        assert await last_error_shown(broker) is None
 
 
 async def test_a_file_that_disappears_keeps_the_users_and_is_logged_once(
