@@ -34,9 +34,10 @@ Config keys (``[plugins.passwd]``):
   Connected clients are not checked again. Replace the file by renaming a new one over
   it, as ``ternmq-passwd`` does: a file rewritten in place can be caught half-written,
   and a truncated file that still parses is used until the next poll.
-* ``iterations`` (default 210000): PBKDF2 iterations of new ``$7$`` entries. Nothing in
-  the broker writes the file yet, so today this only documents the figure;
-  ``ternmq-passwd -I`` has the same default. Verification uses each line's own count.
+
+New entries are written by ``ternmq-passwd`` (plugins/passwd_tool.py) as ``$7$`` lines
+with 210000 PBKDF2 iterations, or what its ``-I`` sets; verification uses each line's
+own count.
 
 Hashes are computed in a worker thread, never in the event loop. Verdicts are cached,
 keyed by a SHA-256 of (username, password, stored line), so a reconnect storm with the
@@ -82,11 +83,6 @@ class PasswordFileError(ValueError):
     """A password file line that cannot be used; the message starts with ``source:line:``."""
 
 
-def _positive(instance: Any, attribute: Any, value: int) -> None:
-    if value < 1:
-        raise ValueError("must be at least 1")
-
-
 def _not_negative(instance: Any, attribute: Any, value: float) -> None:
     if value < 0:
         raise ValueError("must be >= 0 (0 = no reload)")
@@ -96,7 +92,6 @@ def _not_negative(instance: Any, attribute: Any, value: float) -> None:
 class Config:
     password_file: Path
     reload_interval: float = attrs.field(default=10.0, validator=_not_negative)
-    iterations: int = attrs.field(default=DEFAULT_ITERATIONS, validator=_positive)
 
 
 # -- the formats ------------------------------------------------------------------------

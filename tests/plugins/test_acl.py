@@ -16,7 +16,7 @@ import pytest
 import trio
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ternmq.kernel import ClientInfo, CommandError, ConfigError, Message, TopicSubscription
+from ternmq.kernel import ClientInfo, CommandError, ConfigError, Message, PluginError, TopicSubscription
 from ternmq.kernel.broker import Broker
 from ternmq.kernel.testing import open_broker, test_config
 from ternmq.plugins.acl import Access, AclError, Config, Plugin, covers, decide, overlaps, parse_acl
@@ -558,3 +558,15 @@ async def test_acl_check_refuses_a_bad_access_word_with_its_usage(tmp_path: Path
             await broker.service.run_command(["acl", "check", "topic=a", "access=both"])
         with pytest.raises(CommandError):
             await broker.service.run_command(["acl", "check", "topic=a"])  # access is required
+
+
+async def test_e2e_plugin_reload_with_a_broken_file_keeps_the_running_rules(tmp_path: Path) -> None:
+    path = tmp_path / "acl.conf"
+    async with acl_broker(tmp_path, "topic write a\n", reload_interval=0) as broker, connected(broker, "c") as c:
+        path.write_text("topic write a\ntopic write b\nuser\n")
+        with pytest.raises(PluginError, match=re.escape(f"{path}:3")):
+            await broker.service.reload_plugin(ACL)
+        assert published(await c.publish("b", b"", qos=1)) == 0x87  # the old instance still decides
+        path.write_text("topic write a\ntopic write b\n")
+        await broker.service.reload_plugin(ACL)  # ternmq-admin plugin reload name=...
+        assert published(await c.publish("b", b"", qos=1)) == 0
