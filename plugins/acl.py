@@ -115,21 +115,11 @@ _UNSAFE = frozenset("/+#")
 Access = Literal["read", "write"]
 
 
-def _on_no_rule(instance: Any, attribute: Any, value: str) -> None:
-    if value not in ("deny", "next"):
-        raise ValueError('must be "deny" or "next"')
-
-
-def _non_negative(instance: Any, attribute: Any, value: float) -> None:
-    if value < 0:
-        raise ValueError("must be >= 0")
-
-
 @attrs.frozen
 class Config:
     acl_file: Path
-    reload_interval: float = attrs.field(default=10.0, validator=_non_negative)
-    on_no_rule: str = attrs.field(default="deny", validator=_on_no_rule)
+    reload_interval: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
+    on_no_rule: str = attrs.field(default="deny", validator=attrs.validators.in_(("deny", "next")))
     # Live sessions follow the rules: after a reload, subscriptions the new rules deny
     # are removed, so a revoked client stops receiving at once.
     revoke_subscriptions: bool = True

@@ -83,15 +83,10 @@ class PasswordFileError(ValueError):
     """A password file line that cannot be used; the message starts with ``source:line:``."""
 
 
-def _not_negative(instance: Any, attribute: Any, value: float) -> None:
-    if value < 0:
-        raise ValueError("must be >= 0 (0 = no reload)")
-
-
 @attrs.frozen
 class Config:
     password_file: Path
-    reload_interval: float = attrs.field(default=10.0, validator=_not_negative)
+    reload_interval: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
 
 
 # -- the formats ------------------------------------------------------------------------
