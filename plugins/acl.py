@@ -51,6 +51,13 @@ Semantics:
   or client id holding ``/``, ``+`` or ``#`` is not substituted: the grants of such a
   pattern do not apply, and its denials apply to every value of that level.
 * UNSUBSCRIBE is not checked (Mosquitto and VerneMQ do not either).
+* With ``on_no_rule = "next"``, a SUBSCRIBE whose filters the file decides only in part
+  is answered as a whole (one answer ends the asking): the filters no rule decides are
+  refused. Subscribed in a packet of their own, they are left to the next plugin and
+  the broker's ``no_match``.
+* Rules before the first ``user`` line apply to every client, as in VerneMQ; Mosquitto
+  applies them to clients without a user name only. A Mosquitto file that grants
+  anonymous clients something there grants it to everyone here.
 * Live sessions follow the rules: after a reload (and when the plugin is loaded at run
   time) the subscriptions the rules in force deny are removed from live sessions, as
   the broker unsubscribing them (``revoke_subscriptions``, on by default). Only what
@@ -256,7 +263,9 @@ def parse_acl(text: str, file: str = "<acl>", name: str | None = None) -> Rules:
     users: dict[str, list[Rule]] = {}
     patterns: list[Rule] = []
     section: list[Rule] = everyone
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" only (str.splitlines would also break at characters a topic may
+    # hold), and a byte-order mark some editors put first is no part of the first line.
+    for number, raw in enumerate(text.removeprefix("\ufeff").split("\n"), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -319,10 +328,12 @@ def _substituted(rule: Rule, username: str | None, client_id: str, mountpoint: s
             value = client_id
         else:
             value = mountpoint
-        if _UNSAFE.intersection(value):
+        if _UNSAFE.intersection(value):  # a wildcard or "/" in a name is never itself
             if not rule.is_deny:
                 return None
             value = "+"  # a denial must not be escaped by an odd name: deny every value
+        elif index == 0 and value.startswith("$") and not rule.is_deny:
+            return None  # a grant must not reach $SYS/... through a name
         levels[index] = value
     return "/".join(levels)
 
@@ -362,13 +373,14 @@ def decide(
 # -- the plugin ------------------------------------------------------------------------------
 
 
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    """What tells a changed file: (mtime, size, inode); None when it cannot be read."""
+def _stamp(path: Path) -> tuple[int, int, int, int] | None:
+    """What tells a changed file: (mtime, size, inode, ctime: a chmod or chown changes
+    only that); None when it cannot be read."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
+    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
 
 
 class Plugin:
@@ -433,12 +445,12 @@ class Plugin:
             return allow()
         if all(v is None for v in verdicts):
             return None  # on_no_rule = "next" and nothing to say
-        # One answer covers the whole packet, so filters without a rule (on_no_rule =
-        # "next") get what the broker's no_match would give them.
-        unruled = self._no_match() == "allow"
+        # One answer covers the whole packet, and an answer ends the asking: a filter
+        # no rule decides (on_no_rule = "next") cannot be left to the next plugin here,
+        # so it is refused rather than let through past a plugin that would refuse it.
         topics: list[TopicSubscription | tuple[str, int]] = []
         for subscription, verdict in zip(subscriptions, verdicts, strict=True):
-            if verdict or (verdict is None and unruled):
+            if verdict:
                 topics.append(subscription)
             else:
                 topics.append((subscription.topic_filter, NOT_AUTHORIZED))
@@ -542,14 +554,22 @@ class Plugin:
         """Read the file again now; True if its rules are in force. A failure keeps the
         previous rules, is logged and kept in ``last_error``."""
         path = self.config.acl_file
-        self._stamp = await trio.to_thread.run_sync(_stamp, path)
+        stamp = await trio.to_thread.run_sync(_stamp, path)
         try:
             rules = await trio.to_thread.run_sync(load_acl, path)
         except Exception as exc:  # a bad file must never leave the broker without rules
+            # Reported once, read again when it changes: an edit, or a chmod or chown that
+            # makes it readable (the ctime in the stamp).
+            self._stamp = stamp
             self.reload_errors += 1
             self.last_error = str(exc)
             log.error("ACL not reloaded, keeping the previous rules: %s", exc)
             return False
+        if await trio.to_thread.run_sync(_stamp, path) != stamp:
+            # Changed while it was read (written in place): a half-written file would lose
+            # rules, so the next poll reads the finished one.
+            return False
+        self._stamp = stamp
         self.rules = rules
         self._cache.clear()
         self.last_error = None

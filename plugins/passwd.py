@@ -97,6 +97,10 @@ def _b64(text: str) -> bytes:
     return base64.b64decode(text, validate=True)
 
 
+# hashlib's PBKDF2 takes a C int: a larger count in a line would fail every login.
+MAX_ITERATIONS = 2**31 - 1
+
+
 def check_hash(line_hash: str) -> None:
     """Raise ValueError (with the reason) if ``line_hash`` is not a usable hash."""
     if line_hash.startswith("$argon2id$"):
@@ -112,7 +116,11 @@ def check_hash(line_hash: str) -> None:
                 raise ValueError
             return
         if line_hash.startswith("$7$") and len(fields) == 5:
-            if int(fields[2]) < 1 or len(_b64(fields[4])) != PBKDF2_KEY_BYTES or not _b64(fields[3]):
+            if (
+                not 1 <= int(fields[2]) <= MAX_ITERATIONS
+                or len(_b64(fields[4])) != PBKDF2_KEY_BYTES
+                or not _b64(fields[3])
+            ):
                 raise ValueError
             return
     except (ValueError, binascii.Error) as exc:
@@ -126,17 +134,24 @@ def parse_password_file(text: str, source: str) -> dict[str, str]:
     """The users of a password file: username -> hash. Raises PasswordFileError naming
     ``source`` and the line number of the first bad line."""
     users: dict[str, str] = {}
-    # Lines end at "\n" only, as Mosquitto's fgets sees them, so line numbers agree with editors.
-    for number, raw in enumerate(text.split("\n"), start=1):
-        # Trailing whitespace (CRLF endings, an editor's stray blank) is never part of a hash.
-        line = raw.rstrip()
-        if not line.strip() or line.startswith("#"):
+    # Lines end at "\n" only, as Mosquitto's fgets sees them, so line numbers agree with
+    # editors; a byte-order mark some editors put first is not part of the first user.
+    for number, raw in enumerate(text.removeprefix("\ufeff").split("\n"), start=1):
+        # Blanks around the name and the hash (CRLF endings, an editor's stray space) are
+        # no part of them, as Mosquitto trims them too.
+        line = raw.strip()
+        if not line or line.startswith("#"):
             continue
         username, colon, line_hash = line.partition(":")
+        username, line_hash = username.strip(), line_hash.strip()
         if not colon:
             raise PasswordFileError(f"{source}:{number}: no ':' between username and password hash")
         if not username:
             raise PasswordFileError(f"{source}:{number}: empty username")
+        if username in users:
+            # Mosquitto 2.0 keeps the first line, 2.1 refuses the file: which password
+            # counts is ambiguous, so the file is refused here too.
+            raise PasswordFileError(f"{source}:{number}: user {username!r} appears a second time")
         try:
             check_hash(line_hash)
         except ValueError as exc:
@@ -179,13 +194,14 @@ def hash_password(password: bytes | str, iterations: int = DEFAULT_ITERATIONS) -
 # -- the plugin -------------------------------------------------------------------------
 
 
-def _stamp(path: Path) -> tuple[int, int, int]:
-    # The inode too: a file replaced atomically may keep size and (coarse) mtime.
+def _stamp(path: Path) -> tuple[int, int, int, int]:
+    # The inode too: a file replaced atomically may keep size and (coarse) mtime; the
+    # ctime: a file made readable again (chmod, chown) changes nothing else.
     status = path.stat()
-    return status.st_mtime_ns, status.st_size, status.st_ino
+    return status.st_mtime_ns, status.st_size, status.st_ino, status.st_ctime_ns
 
 
-def _read(path: Path) -> tuple[tuple[int, int, int], dict[str, str]] | None:
+def _read(path: Path) -> tuple[tuple[int, int, int, int], dict[str, str]] | None:
     """(stamp, users) of the file; None if it changed while being read (read it later)."""
     stamp = _stamp(path)
     # Decoded bytes: "\r" is stripped per line, never taken for a line break of its own.
@@ -226,9 +242,14 @@ class Plugin:
         line_hash = self.users.get(username)
         if line_hash is None:
             return None  # not ours: another plugin, or allow_anonymous, decides
-        if password is None or not await self._matches(username, password, line_hash):
+        if password is None:
             return deny(BAD_USERNAME_OR_PASSWORD, "bad user name or password")
-        return allow()
+        matches = await self._matches(username, password, line_hash)
+        if self.users.get(username) != line_hash:
+            # Reloaded while the hash was computed (a user removed, a password changed):
+            # the users in force now decide.
+            return await self.auth_on_register(client, password)
+        return allow() if matches else deny(BAD_USERNAME_OR_PASSWORD, "bad user name or password")
 
     async def _matches(self, username: str, password: bytes, line_hash: str) -> bool:
         # The stored line is part of the key, so a changed password can never hit an old
@@ -274,7 +295,8 @@ class Plugin:
         try:
             read = await trio.to_thread.run_sync(_read, self.path)
         except Exception as exc:
-            # Remember the broken version: it is reported once, and read again when it changes.
+            # Reported once, read again when it changes: an edit, or a chmod or chown that
+            # makes it readable (the ctime in the stamp).
             self.stamp = stamp
             self.last_error = f"{exc} (the users last read are kept)"
             log.error("password file not reloaded, keeping the previous %d users: %s", len(self.users), exc)

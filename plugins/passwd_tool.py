@@ -31,7 +31,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from ternmq.plugins.passwd import DEFAULT_ITERATIONS, HASHED_PREFIXES, hash_password
+from ternmq.plugins.passwd import DEFAULT_ITERATIONS, HASHED_PREFIXES, MAX_ITERATIONS, hash_password
 
 PROG = "ternmq-passwd"
 
@@ -79,8 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("-c cannot be combined with -D or -U")
     if args.batch and (args.delete or args.upgrade):
         parser.error("-b cannot be combined with -D or -U")
-    if args.iterations < 1:
-        parser.error("-I must be at least 1")
+    if not 1 <= args.iterations <= MAX_ITERATIONS:
+        parser.error(f"-I must be between 1 and {MAX_ITERATIONS}")
     try:
         run(args)
     except ToolError as exc:
@@ -95,8 +95,19 @@ def run(args: argparse.Namespace) -> None:
         write_atomically(path, upgrade(read_lines(path), path, args.iterations))
         return
     username: str = args.words[0]
-    if not username or ":" in username:
-        raise ToolError(f"invalid username {username!r}: it must be non-empty and without ':'")
+    if (
+        not username
+        or ":" in username
+        or username.startswith("#")
+        or username != username.strip()
+        or any(not character.isprintable() for character in username)
+    ):
+        # A newline would write a second line (another user's), a leading "#" a comment,
+        # blanks a name nobody can log in with (readers trim them).
+        raise ToolError(
+            f"invalid username {username!r}: it must be non-empty, printable, without ':', "
+            "blanks at either end or a leading '#'"
+        )
     lines = [] if args.create else read_lines(path)
     if args.delete:
         kept = [line for line in lines if _username(line) != username]
@@ -105,6 +116,8 @@ def run(args: argparse.Namespace) -> None:
         write_atomically(path, kept)
         return
     password = args.words[1] if args.batch else ask_password()
+    if not password:
+        raise ToolError("empty password")
     write_atomically(path, set_user(lines, username, hash_password(password, args.iterations)))
 
 
@@ -180,9 +193,13 @@ def upgrade(lines: list[str], path: Path, iterations: int) -> list[str]:
 
 
 def write_atomically(path: Path, lines: list[str]) -> None:
-    """Replace ``path`` by ``lines`` through a temporary file in the same folder."""
+    """Replace ``path`` by ``lines`` through a temporary file in the same folder, keeping
+    its mode, owner and group; through a symbolic link, the file it points to."""
+    path = path.resolve()
+    owner: tuple[int, int] | None = None
     try:
-        mode = stat.S_IMODE(path.stat().st_mode)
+        status = path.stat()
+        mode, owner = stat.S_IMODE(status.st_mode), (status.st_uid, status.st_gid)
     except FileNotFoundError:
         mode = 0o600  # password hashes are nobody else's business
     except OSError as exc:
@@ -199,6 +216,10 @@ def write_atomically(path: Path, lines: list[str]) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.chmod(temporary, mode)
+        if owner is not None and owner != (os.geteuid(), os.getegid()):
+            # The broker may run as another user: root editing its file must not take
+            # the file away from it.
+            os.chown(temporary, *owner)
         os.replace(temporary, path)
         replaced = True
     except OSError as exc:

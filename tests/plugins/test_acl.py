@@ -16,9 +16,19 @@ import pytest
 import trio
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ternmq.kernel import ClientInfo, CommandError, ConfigError, Message, PluginError, TopicSubscription
+from ternmq.kernel import (
+    Allow,
+    ClientInfo,
+    CommandError,
+    ConfigError,
+    Message,
+    PluginError,
+    TopicSubscription,
+    allow,
+    hookimpl,
+)
 from ternmq.kernel.broker import Broker
-from ternmq.kernel.testing import open_broker, test_config
+from ternmq.kernel.testing import open_broker, registered, test_config
 from ternmq.plugins.acl import Access, AclError, Config, Plugin, covers, decide, overlaps, parse_acl
 
 from helpers import connected, eventually
@@ -399,7 +409,7 @@ async def test_e2e_paho_v5_gets_the_per_filter_suback(tmp_path: Path) -> None:
     [
         ("deny", "allow", 0x87, [1, 0x87]),
         ("deny", "deny", 0x87, [1, 0x87]),
-        ("next", "allow", 0, [1, 1]),
+        ("next", "allow", 0, [1, 0x87]),  # a mixed packet: the undecided filter is refused
         ("next", "deny", 0x87, [1, 0x87]),
     ],
 )
@@ -570,3 +580,37 @@ async def test_e2e_plugin_reload_with_a_broken_file_keeps_the_running_rules(tmp_
         path.write_text("topic write a\ntopic write b\n")
         await broker.service.reload_plugin(ACL)  # ternmq-admin plugin reload name=...
         assert published(await c.publish("b", b"", qos=1)) == 0
+
+
+class VaultGuard:
+    """A plugin asked after the ACL that refuses every vault/... filter."""
+
+    @hookimpl
+    def auth_on_subscribe(self, client: ClientInfo, subscriptions: list[TopicSubscription]) -> Allow | None:
+        if not any(s.topic_filter.startswith("vault") for s in subscriptions):
+            return None
+        return allow(
+            topics=[(s.topic_filter, 0x87) if s.topic_filter.startswith("vault") else s for s in subscriptions]
+        )
+
+
+async def test_e2e_on_no_rule_next_never_lets_a_filter_past_the_next_plugin(tmp_path: Path) -> None:
+    async with (
+        acl_broker(tmp_path, "topic read public/#\n", on_no_rule="next") as broker,
+        registered(broker, VaultGuard()),
+        connected(broker, "c") as c,
+    ):
+        assert (await c.subscribe("vault/#", qos=1)).reason_codes == [0x87]  # the next plugin decides
+        # A granted filter beside it must not carry it through.
+        assert (await c.subscribe("public/x", "vault/#", qos=1)).reason_codes == [1, 0x87]
+
+
+def test_a_dollar_name_is_not_substituted_at_the_first_level() -> None:
+    rules = "pattern read %u/#\npattern deny %c/#\n"
+    assert allowed(rules, "$SYS", "c", "$SYS/broker/load", "read") is None  # no grant of $SYS/#
+    assert allowed(rules, "alice", "$SYS", "$SYS/x", "read") is False  # a denial still holds
+
+
+def test_lines_end_at_newline_only_and_a_byte_order_mark_is_skipped() -> None:
+    rules = parse_acl("\ufeff# comment\ntopic read a\u2028b\n", "acl.conf")
+    assert [rule.source for rule in rules.everyone] == ["acl.conf:2 topic read a\u2028b"]

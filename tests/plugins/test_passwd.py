@@ -554,3 +554,56 @@ async def test_plugin_reload_with_a_broken_file_keeps_the_running_users(tmp_path
         await broker.service.reload_plugin(PLUGIN)
         assert await connack_code(broker, 5, "alice", b"new") == 0
         assert await connack_code(broker, 5, "alice", b"pw") == 0x86
+
+
+# -- what a review found: the file as Mosquitto reads it, the tool's guards ------------------
+
+
+def test_parse_trims_blanks_and_a_byte_order_mark_and_refuses_a_second_line_for_a_user() -> None:
+    line = vernemq_line("alice", "pw").split(":", 1)[1]
+    users = passwd.parse_password_file(f"\ufeff alice : {line} \r\n", "pw.txt")
+    assert users == {"alice": line}
+    with pytest.raises(passwd.PasswordFileError, match=r"^pw.txt:2: user 'alice' appears a second time"):
+        passwd.parse_password_file(f"alice:{line}\nalice:{line}\n", "pw.txt")
+
+
+def test_an_iteration_count_hashlib_cannot_take_is_a_malformed_line() -> None:
+    line = passwd.hash_password("pw", 1).replace("$7$1$", f"$7${2**31}$", 1)
+    with pytest.raises(passwd.PasswordFileError, match="malformed"):
+        passwd.parse_password_file(f"alice:{line}\n", "pw.txt")
+    assert passwd.verify(line, "pw") is False
+
+
+@pytest.mark.parametrize("username", ["#alice", " alice", "alice ", "a\nroot", "a:b", ""])
+def test_tool_refuses_a_username_that_would_not_read_back_as_itself(
+    tmp_path: Path, username: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "passwd"
+    assert passwd_tool.main(["-c", "-b", "-I", FAST, str(path), username, "pw"]) == 1
+    assert "invalid username" in capsys.readouterr().err
+    assert not path.exists()
+
+
+def test_tool_refuses_an_empty_password_and_an_iteration_count_out_of_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "passwd"
+    assert passwd_tool.main(["-c", "-b", str(path), "alice", ""]) == 1
+    assert "empty password" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        passwd_tool.main(["-c", "-b", "-I", str(2**31), str(path), "alice", "pw"])
+    assert usage.value.code == 2
+
+
+def test_tool_writes_through_a_symbolic_link_and_keeps_the_owner(tmp_path: Path) -> None:
+    real = tmp_path / "real.passwd"
+    assert passwd_tool.main(["-c", "-b", "-I", FAST, str(real), "alice", "pw"]) == 0
+    link = tmp_path / "link.passwd"
+    link.symlink_to(real)
+    if os.geteuid() == 0:
+        os.chown(real, 65534, 65534)  # root edits a file the broker's user owns
+    assert passwd_tool.main(["-b", "-I", FAST, str(link), "bob", "pw2"]) == 0
+    assert link.is_symlink()
+    assert set(passwd.parse_password_file(real.read_text(), str(real))) == {"alice", "bob"}
+    if os.geteuid() == 0:
+        assert (real.stat().st_uid, real.stat().st_gid) == (65534, 65534)
