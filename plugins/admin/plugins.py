@@ -1,4 +1,4 @@
-"""The admin commands of plugins: show, enable and disable."""
+"""The admin commands of plugins: show, enable, disable and reload."""
 
 from __future__ import annotations
 
@@ -91,8 +91,16 @@ async def _plugin_disable(service: Service, args: Arguments) -> Text:
     return Text("Done")
 
 
+async def _plugin_reload(service: Service, args: Arguments) -> Text:
+    try:
+        info = await service.reload_plugin(args.keys["name"])
+    except (PluginError, ConfigError) as exc:
+        raise CommandError(str(exc)) from None
+    return Text(f"Done: {info.name} reloaded")
+
+
 def register(registry: AdminRegistry) -> None:
-    registry.describe("plugin", "Show, enable and disable plugins.")
+    registry.describe("plugin", "Show, enable, disable and reload plugins.")
     registry.add(
         "plugin show",
         _plugin_show,
@@ -119,5 +127,12 @@ def register(registry: AdminRegistry) -> None:
         _plugin_disable,
         required=("name",),
         help="Unload a plugin (not an essential one: admin).",
+        keys={"name": "the plugin's name"},
+    )
+    registry.add(
+        "plugin reload",
+        _plugin_reload,
+        required=("name",),
+        help="Load a plugin again with its table (files it reads are read again); if it cannot load, the running one stays.",
         keys={"name": "the plugin's name"},
     )

@@ -22,7 +22,6 @@ from ternmq.kernel import (
     CommandError,
     ConfigError,
     Message,
-    PluginError,
     TopicSubscription,
     allow,
     hookimpl,
@@ -574,11 +573,12 @@ async def test_e2e_plugin_reload_with_a_broken_file_keeps_the_running_rules(tmp_
     path = tmp_path / "acl.conf"
     async with acl_broker(tmp_path, "topic write a\n", reload_interval=0) as broker, connected(broker, "c") as c:
         path.write_text("topic write a\ntopic write b\nuser\n")
-        with pytest.raises(PluginError, match=re.escape(f"{path}:3")):
-            await broker.service.reload_plugin(ACL)
+        with pytest.raises(CommandError, match=re.escape(f"{path}:3")):
+            await broker.service.run_command(["plugin", "reload", f"name={ACL}"])
         assert published(await c.publish("b", b"", qos=1)) == 0x87  # the old instance still decides
         path.write_text("topic write a\ntopic write b\n")
-        await broker.service.reload_plugin(ACL)  # ternmq-admin plugin reload name=...
+        result = await broker.service.run_command(["plugin", "reload", f"name={ACL}"])
+        assert result.render() == f"Done: {ACL} reloaded"
         assert published(await c.publish("b", b"", qos=1)) == 0
 
 

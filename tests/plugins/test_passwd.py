@@ -23,7 +23,7 @@ import paho.mqtt.client as paho
 import pytest
 import trio
 
-from ternmq.kernel import ClientInfo, PluginError, allow, build_attrs, hookimpl
+from ternmq.kernel import ClientInfo, CommandError, allow, build_attrs, hookimpl
 from ternmq.kernel.broker import Broker
 from ternmq.kernel.codec import Connack
 from ternmq.kernel.testing import MQTTTestClient, open_broker, registered, test_config
@@ -547,11 +547,11 @@ async def test_plugin_reload_with_a_broken_file_keeps_the_running_users(tmp_path
     path = write_users(tmp_path / "passwd", [vernemq_line("alice", "pw")])
     async with passwd_broker(path, allow_anonymous=False, reload_interval=0) as broker:
         write_users(path, [vernemq_line("alice", "new"), "no colon on this line"])
-        with pytest.raises(PluginError, match=re.escape(f"{path}:2")):
-            await broker.service.reload_plugin(PLUGIN)  # ternmq-admin plugin reload name=...
+        with pytest.raises(CommandError, match=re.escape(f"{path}:2")):
+            await broker.service.run_command(["plugin", "reload", f"name={PLUGIN}"])
         assert await connack_code(broker, 5, "alice", b"pw") == 0
         write_users(path, [vernemq_line("alice", "new")])
-        await broker.service.reload_plugin(PLUGIN)
+        await broker.service.run_command(["plugin", "reload", f"name={PLUGIN}"])
         assert await connack_code(broker, 5, "alice", b"new") == 0
         assert await connack_code(broker, 5, "alice", b"pw") == 0x86
 
