@@ -33,7 +33,6 @@ from .service import Service
 from .transport.listeners import RunningListener, serve_listener
 from .values.config import BrokerSettings, Config, ConfigError, ListenerConfig
 from .values.counters import Counters
-from .values.types import ClientInfo, Message
 
 if TYPE_CHECKING:
     from .transport.connection import Connection
@@ -65,7 +64,7 @@ class Broker:
         self.metrics = Counters()
         self.publisher = Publisher(self.router, self.dispatcher, self.settings.node_name)
         self.lifecycle = SessionLifecycle(
-            self.sessions, self.router, self.dispatcher, self.scheduler, self.metrics, self._publish_will
+            self.sessions, self.router, self.dispatcher, self.scheduler, self.metrics, self.publisher
         )
         self.admin = AdminRegistry()
         self.plugin_metrics = MetricsRegistry()
@@ -182,6 +181,3 @@ class Broker:
         if listener is None:
             return next(iter(self.listeners.values())).port
         return self.listeners[listener].port
-
-    async def _publish_will(self, will: Message, client: ClientInfo) -> int:
-        return await self.publisher.publish(will, None, origin=client)

@@ -141,7 +141,7 @@ async def handshake(conn: ClientConnection, packet: Connect) -> bool:
             conn,
             terms.client_id,
             clean_start=terms.clean_start,
-            expiry_interval=None if terms.expiry == 0xFFFFFFFF else terms.expiry,
+            expiry_interval=terms.expiry_interval,
             username=terms.username,
             max_inflight=terms.max_inflight,
             max_queued=terms.max_queued,
@@ -173,7 +173,7 @@ def handshake_now(conn: ClientConnection, packet: Connect) -> bool:
     session = broker.lifecycle.attach_new_session(
         conn,
         terms.client_id,
-        expiry_interval=None if terms.expiry == 0xFFFFFFFF else terms.expiry,
+        expiry_interval=terms.expiry_interval,
         username=terms.username,
         max_inflight=terms.max_inflight,
         max_queued=terms.max_queued,

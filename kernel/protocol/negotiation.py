@@ -75,6 +75,11 @@ class Terms:
         self.max_queued = limits.max_queued_messages
         self.connack = connack
 
+    @property
+    def expiry_interval(self) -> int | None:
+        """The session's expiry in seconds; None for never (MQTT 5's 0xFFFFFFFF)."""
+        return None if self.expiry == 0xFFFFFFFF else self.expiry
+
 
 def check_connect(conn: ConnectingClient, packet: Connect, settings: BrokerSettings) -> Terms:
     """The checks and terms that need no plugin (raises Refused): protocol options,

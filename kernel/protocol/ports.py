@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..routing.session import AttachedConnection, Session
+
 if TYPE_CHECKING:
     import trio
 
@@ -19,10 +21,9 @@ if TYPE_CHECKING:
     from ..routing.lifecycle import SessionLifecycle
     from ..routing.publisher import Publisher
     from ..routing.router import Router
-    from ..routing.session import Session
     from ..values.config import BrokerSettings, Config, ListenerConfig
     from ..values.counters import Counters
-    from ..values.types import ClientInfo, Message
+    from ..values.types import ClientInfo
 
 # How many bytes one read asks the socket for.
 RECEIVE_SIZE = 65536
@@ -83,18 +84,14 @@ class ConnectingClient(Protocol):
     def framer(self) -> Framer: ...
 
 
-class ClientConnection(ConnectingClient, Protocol):
-    """What the packet handlers use of a client's connection: its MQTT state, where
-    its replies go, its stream (enhanced authentication reads AUTH packets itself)."""
+class ClientConnection(ConnectingClient, AttachedConnection, Protocol):
+    """What the packet handlers use of a client's connection: what negotiation and the
+    routing layer use of it, and its MQTT state, where its replies go, its stream
+    (enhanced authentication reads AUTH packets itself)."""
 
-    session: Session | None
-    will: Message | None
-    disconnect_reason: str
     connected: bool
     session_present: bool
     auth_method: str | None
-    outbound_bytes: int
-    outbound_limit: int
 
     @property
     def broker(self) -> BrokerCore: ...
@@ -106,12 +103,6 @@ class ClientConnection(ConnectingClient, Protocol):
     def in_aliases(self) -> dict[int, str]:
         """Topic aliases the client set (MQTT 5)."""
         ...
-
-    @property
-    def closed(self) -> trio.Event: ...
-
-    def write(self, data: bytes) -> None:
-        """Queue bytes for the client; never blocks."""
 
     def send(self, packet: Packet) -> bool:
         """Queue a control packet; False if it is larger than the client accepts."""
@@ -126,10 +117,3 @@ class ClientConnection(ConnectingClient, Protocol):
 
     def protocol_error(self, reason_code: int, message: str = "") -> None:
         """Close this connection for bad input, with the reason code where v5 allows."""
-
-    def encode_with_alias(self, message: Message, qos: int, retain: bool, props: dict[str, Any]) -> tuple[bytes, bytes]:
-        """A PUBLISH as head and tail, with an outbound topic alias (MQTT 5)."""
-        ...
-
-    def kick(self, reason_code: int, reason: str) -> None:
-        """Close from outside: DISCONNECT for v5, then close."""

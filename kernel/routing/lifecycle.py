@@ -3,15 +3,13 @@
 One object that owns the session table (``sessions``, shared with the router, which
 reads it) and what happens to a session between connections: the will and expiry
 timers and the session store's hooks. The broker builds it from its router,
-dispatcher, scheduler and counters, and gives it the one thing it cannot do itself:
-publish a will (``publish_will``, the broker's publish path with no connection).
+dispatcher, scheduler, counters and publisher (which publishes wills).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import attrs
@@ -25,6 +23,7 @@ from .session import AttachedConnection, Delivery, Session
 if TYPE_CHECKING:
     from ..hooks.dispatch import HookDispatcher
     from ..values.config import Limits
+    from .publisher import Publisher
     from .router import Router
     from .scheduler import Scheduler
 
@@ -33,14 +32,11 @@ log = logging.getLogger("ternmq.broker")
 # How long a takeover waits for the old connection to finish its teardown.
 TAKEOVER_WAIT = 5.0
 
-PublishWill = Callable[[Message, ClientInfo], Awaitable[int]]
-
 
 class SessionLifecycle:
     """Session attach/detach, wills and expiry (module docstring).
 
     :param sessions: the session table, by client id (the router reads the same dict).
-    :param publish_will: publishes a will as the client it belonged to.
     """
 
     def __init__(
@@ -50,14 +46,14 @@ class SessionLifecycle:
         dispatcher: HookDispatcher,
         scheduler: Scheduler,
         counters: Counters,
-        publish_will: PublishWill,
+        publisher: Publisher,
     ) -> None:
         self.sessions = sessions
         self.router = router
         self.dispatcher = dispatcher
         self.scheduler = scheduler
         self.counters = counters
-        self._publish = publish_will
+        self.publisher = publisher
 
     async def restore_sessions(self, limits: Limits) -> None:
         """Load the session store's sessions (at start), with today's in-flight and
@@ -257,7 +253,7 @@ class SessionLifecycle:
         session.will_timer = None
         self.counters.wills_published += 1
         # The will's created_at is now: its message expiry starts when it is published.
-        await self._publish(attrs.evolve(will, created_at=time.time()), client)
+        await self.publisher.publish(attrs.evolve(will, created_at=time.time()), None, origin=client)
 
     def _schedule_expiry(self, session: Session) -> None:
         if session.expiry_interval is None:

@@ -39,7 +39,6 @@ class RunningListener:
 
     config: ListenerConfig
     port: int = 0
-    active: int = 0
     total: int = 0
     status: str = "starting"
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
@@ -48,6 +47,11 @@ class RunningListener:
     # listener started again under the same name keeps its old clients watched.
     live: set[Connection] = attrs.field(factory=set)
     stopped: trio.Event = attrs.field(factory=trio.Event)  # set when it accepts no more
+
+    @property
+    def active(self) -> int:
+        """Connections open now."""
+        return len(self.connections)
 
     def mark_stopped(self) -> None:
         self.status = "stopped"
@@ -262,15 +266,13 @@ async def _run_connection(running: RunningListener, connection: Connection) -> N
 
 
 def _count_in(running: RunningListener, connection: Connection) -> None:
-    running.active += 1
     running.total += 1
     running.connections.add(connection)
     running.live.add(connection)
-    connection.over_capacity = running.active > running.config.max_connections
+    connection.over_capacity = len(running.connections) > running.config.max_connections
 
 
 def _count_out(running: RunningListener, connection: Connection) -> None:
-    running.active -= 1
     running.connections.discard(connection)
     running.live.discard(connection)
 

@@ -83,11 +83,11 @@ class FakeBroker:
         self._sessions: dict[str, Session] = {}
         self._router = Router(self._sessions, self._dispatcher)
         self._metrics = Counters()
+        self._publisher = RecordingPublisher(self._router, self._dispatcher, settings.node_name)
         self._lifecycle = SessionLifecycle(
-            self._sessions, self._router, self._dispatcher, Scheduler(), self._metrics, self._publish_will
+            self._sessions, self._router, self._dispatcher, Scheduler(), self._metrics, self._publisher
         )
         self._retain_available = retain_available
-        self._publisher = RecordingPublisher(self._router, self._dispatcher, settings.node_name)
 
     @property
     def published(self) -> list[Message]:
@@ -128,9 +128,6 @@ class FakeBroker:
     @property
     def publisher(self) -> Publisher:
         return self._publisher
-
-    async def _publish_will(self, will: Message, client: ClientInfo) -> int:
-        return await self._publisher.publish(will, None, origin=client)
 
 
 class RecordingPublisher(Publisher):
