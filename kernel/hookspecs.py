@@ -103,7 +103,9 @@ def auth_on_register(
     maps it: 0x84 → 1, 0x85 → 2, 0x88/0x89/0x8B/0x9F → 3, 0x86/0x8C → 4, others → 5).
 
     First answer wins. Nobody answers: allowed with ``allow_anonymous``, else refused
-    (v5 0x86, v3 return code 5, as VerneMQ). Error or timeout: refused.
+    (v5 0x86, v3 return code 5, as VerneMQ). Error or timeout: refused. A client that
+    closes its connection while the call waits cancels it (``trio.Cancelled`` at its
+    ``await``); nothing is answered then.
     """
 
 

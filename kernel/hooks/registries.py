@@ -2,7 +2,10 @@
 (``register_config``). Both are removed again when the plugin unloads.
 
 * ``registry.counter(name, read, help)`` / ``registry.gauge(...)``: a metric whose value
-  ``read()`` returns when metrics are shown (``metrics show``, later Prometheus).
+  ``read()`` returns when metrics are shown (``metrics show``, later Prometheus). With
+  ``labels=("hook", "endpoint")``, ``read()`` returns one value per label values instead,
+  ``{("auth_on_register", "http://..."): 3, ...}``, shown as
+  ``counter.NAME{hook="auth_on_register",endpoint="http://..."}``.
 * ``settings.add(name, read, write, help)``: a live setting for ``show``/``set``;
   ``write(value)`` receives the value parsed as TOML would (``5``, ``true``, ``"x"``)
   and raises ValueError to refuse it.
@@ -11,19 +14,47 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Generic, Protocol, Self, TypeVar
 
 import attrs
+
+
+Number = int | float
+#: What a metric's reader returns: a value, or (with labels) a value per label values.
+Reading = Number | Mapping[tuple[str, ...], Number]
 
 
 @attrs.frozen
 class Metric:
     name: str
     kind: str  # "counter" or "gauge"
-    read: Callable[[], int | float]
+    read: Callable[[], Reading]
     help: str = ""
     owner: str = ""
+    labels: tuple[str, ...] = ()
+
+    def samples(self) -> dict[str, Number]:
+        """``{"NAME": value}``, or ``{'NAME{label="value",...}': value, ...}`` with labels;
+        a failing reader reads -1."""
+        try:
+            reading = self.read()
+        except Exception:
+            return {self.name: -1}
+        if not self.labels:
+            assert not isinstance(reading, Mapping), f"{self.name}: a value per labels, without labels"
+            return {self.name: reading}
+        assert isinstance(reading, Mapping), f"{self.name}: one value, with labels"
+        return {f"{self.name}{{{label_text(self.labels, values)}}}": value for values, value in reading.items()}
+
+
+def label_text(names: tuple[str, ...], values: tuple[str, ...]) -> str:
+    """``hook="a",endpoint="b"`` (Prometheus' label syntax, quotes and backslashes escaped)."""
+
+    def escaped(value: str) -> str:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+    return ",".join(f'{name}="{escaped(value)}"' for name, value in zip(names, values, strict=True))
 
 
 @attrs.frozen
@@ -81,21 +112,20 @@ class Owned(Generic[_Key, _Value]):
 class MetricsRegistry(Owned[str, Metric]):
     """Metrics that plugins add (the kernel's own counters are in ``Broker.metrics``, values/counters.py)."""
 
-    def counter(self, name: str, read: Callable[[], int | float], help: str = "") -> None:
-        self._put(name, Metric(name, "counter", read, help, self._owner))
+    def counter(
+        self, name: str, read: Callable[[], Reading], help: str = "", *, labels: tuple[str, ...] = ()
+    ) -> None:
+        self._put(name, Metric(name, "counter", read, help, self._owner, labels))
 
-    def gauge(self, name: str, read: Callable[[], int | float], help: str = "") -> None:
-        self._put(name, Metric(name, "gauge", read, help, self._owner))
+    def gauge(self, name: str, read: Callable[[], Reading], help: str = "", *, labels: tuple[str, ...] = ()) -> None:
+        self._put(name, Metric(name, "gauge", read, help, self._owner, labels))
 
-    def values(self) -> dict[str, int | float]:
-        """``{"counter.NAME": value, "gauge.NAME": value}``; a failing reader reads -1."""
-        values: dict[str, int | float] = {}
+    def values(self) -> dict[str, Number]:
+        """``{"counter.NAME": value, "gauge.NAME{label="x"}": value}``; a failing reader reads -1."""
+        values: dict[str, Number] = {}
         for metric in self.entries.values():
-            try:
-                value = metric.read()
-            except Exception:
-                value = -1
-            values[f"{metric.kind}.{metric.name}"] = value
+            for sample, value in metric.samples().items():
+                values[f"{metric.kind}.{sample}"] = value
         return values
 
 

@@ -11,7 +11,11 @@ nothing can wait (``handshake_awaits``).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import trio
 
 from ..codec import (
     FIRST_FAILURE_CODE,
@@ -38,6 +42,11 @@ if TYPE_CHECKING:
 # The fixed header byte of a CONNECT: anything else first is refused at its first byte.
 _CONNECT_HEADER = PacketType.CONNECT << 4
 log = logging.getLogger("ternmq.connect")
+
+# How much a client may send after its CONNECT while auth_on_register runs before the
+# broker stops reading (its packets wait in the framer; TCP holds back the rest).
+_READ_AHEAD = 65536
+_T = TypeVar("_T")
 
 # CONNACK return code 1 (unacceptable protocol level) in the 3.1.1 form.
 _CONNACK_UNSUPPORTED_LEVEL = b"\x20\x02\x00\x01"
@@ -124,13 +133,15 @@ async def handshake(conn: ClientConnection, packet: Connect) -> bool:
             if auth_data:
                 terms.connack["authentication_data"] = auth_data
         if dispatcher.has("auth_on_register"):
-            answer = await dispatcher.decide(
+            ask = partial(
+                dispatcher.decide,
                 "auth_on_register",
                 client=conn.client_info,
                 password=packet.password,
                 clean_start=terms.clean_start,
                 properties=props,
             )
+            answer = await while_connected(conn, ask)
         else:
             answer = None
         apply_register_answer(conn, terms, answer, broker.settings)
@@ -155,6 +166,37 @@ async def handshake(conn: ClientConnection, packet: Connect) -> bool:
     _accepted(conn, session, present, terms.connack)
     await broker.lifecycle.session_online(conn, session)
     return True
+
+
+async def while_connected(conn: ClientConnection, call: Callable[[], Awaitable[_T]]) -> _T:
+    """``await call()`` while the client's socket is read: a client that closes its
+    connection meanwhile cancels the call (a webhook asked for nobody is not waited for),
+    and ``trio.BrokenResourceError`` ends the handshake. What the client sends meanwhile
+    is kept in the framer, up to _READ_AHEAD bytes; past that reading waits."""
+    stream = conn.stream
+    framer = conn.framer
+    outcome: list[_T] = []
+
+    async def watch(cancel_scope: trio.CancelScope) -> None:
+        try:
+            while framer.buffered() < _READ_AHEAD:
+                data = await stream.receive_some(RECEIVE_SIZE)
+                if not data:
+                    break
+                framer.feed(data)
+            else:
+                return  # read far enough ahead: the call runs to its end
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch, nursery.cancel_scope)
+        outcome.append(await call())
+        nursery.cancel_scope.cancel()
+    if not outcome:
+        raise trio.BrokenResourceError("the client left while its CONNECT was being decided")
+    return outcome[0]
 
 
 def handshake_now(conn: ClientConnection, packet: Connect) -> bool:

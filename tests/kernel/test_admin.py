@@ -19,7 +19,8 @@ import trio
 from ternmq import __version__
 from ternmq.kernel.admin import ADMIN_EXAMPLES, ADMIN_OPTIONS_USAGE, CommandError
 from ternmq.kernel.codec import Disconnect, Pingresp
-from ternmq.kernel.testing import MQTTTestClient
+from ternmq.kernel.hookspecs import hookimpl
+from ternmq.kernel.testing import MQTTTestClient, registered
 from ternmq.kernel.values.output import Table, Text
 
 from helpers import PLUGIN_SHOW_COLUMNS, eventually
@@ -413,6 +414,20 @@ async def test_metrics_show_counts_what_happened(broker: Any) -> None:
     assert values["counter.connections_accepted"] == "1"
     assert values["counter.publish_received"] == "1"
     assert lines == sorted(lines)
+
+
+async def test_metrics_show_a_labelled_metric_once_per_label_values(broker: Any) -> None:
+    class Labelled:
+        @hookimpl
+        def register_metrics(self, registry: Any) -> None:
+            registry.counter(
+                "calls", lambda: {("a", 'x"y'): 2, ("b", "z"): 3}, "calls per hook and endpoint", labels=("hook", "url")
+            )
+
+    async with registered(broker, Labelled()):
+        values = dict(line.split(" = ") for line in (await text(broker, "metrics", "show")).splitlines())
+    assert values['counter.calls{hook="a",url="x\\"y"}'] == "2"
+    assert values['counter.calls{hook="b",url="z"}'] == "3"
 
 
 async def test_node_status(broker: Any) -> None:

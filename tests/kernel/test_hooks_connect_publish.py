@@ -95,6 +95,52 @@ async def test_hook_auth_on_register_v311_client_has_empty_properties(broker: An
         assert (call["password"], call["clean_start"], call["properties"]) == (b"pw", True, {})
 
 
+class WaitsUntilCancelled:
+    """auth_on_register that never answers; records whether it was cancelled."""
+
+    def __init__(self) -> None:
+        self.entered = trio.Event()
+        self.cancelled = trio.Event()
+
+    @hookimpl
+    async def auth_on_register(self) -> Any:
+        self.entered.set()
+        try:
+            await trio.sleep_forever()
+        finally:
+            self.cancelled.set()
+
+
+async def test_auth_on_register_is_cancelled_when_the_client_leaves(broker: Any) -> None:
+    """A client that closes its socket while auth_on_register runs cancels the call
+    (VerneMQ 2.2 cancels its auth webhooks so); the broker stays healthy."""
+    plugin = WaitsUntilCancelled()
+    async with registered(broker, plugin, hook_timeout=60):
+        async with MQTTTestClient.open(broker.port()) as client:
+            await client.send(Connect("leaver", 5, True, 60, None, None, None, {}))
+            await plugin.entered.wait()
+        with trio.fail_after(5):
+            await plugin.cancelled.wait()
+        assert "leaver" not in broker.sessions
+        await eventually(lambda: all(info.active_connections == 0 for info in broker.service.listeners()))
+
+
+async def test_packets_sent_while_auth_on_register_runs_are_kept(broker: Any) -> None:
+    """The broker reads the socket while the hook decides (to see the client leave);
+    what it reads is handled after the CONNACK, in order."""
+    gate = Gate()
+    async with registered(broker, RegisterRecorder(allow(), gate)), MQTTTestClient.open(broker.port()) as client:
+        await client.send(Connect("pipeliner", 5, True, 60, None, None, None, {}))
+        await gate.entered.wait()
+        await client.send(Publish("p/1", b"early", 1, False, False, 7, {}))
+        await trio.sleep(0.1)  # the publish is read while the hook still holds
+        gate.release.set()
+        connack = await client.next_packet()
+        assert isinstance(connack, Connack) and connack.reason_code == 0
+        puback = await client.next_packet()
+        assert isinstance(puback, Puback) and puback.packet_id == 7
+
+
 @pytest.mark.parametrize("code", [0x86, 0x87, 0x8A, 0x9F])
 async def test_auth_on_register_deny_v5_connack_carries_the_plugins_code(broker: Any, code: int) -> None:
     async with (
