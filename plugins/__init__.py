@@ -10,5 +10,6 @@ BUILTIN = {
     "acl": "ternmq.plugins.acl",
     "passwd": "ternmq.plugins.passwd",
     "retainer": "ternmq.plugins.retainer",
+    "webhooks": "ternmq.plugins.webhooks",
 }
 ESSENTIAL = ("admin",)
