@@ -5,22 +5,28 @@ policies, the cache, notifications that never hold a publisher, run-time registr
 from __future__ import annotations
 
 import base64
+import json
+import shutil
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import paho.mqtt.client as paho
 import pytest
 import trio
-from webhook_receiver import Answer, Receiver, Request, running_receiver
 
-from ternmq.kernel import Table, Text
+from ternmq.kernel import CommandError, ConfigError, Table, Text, allow, hookimpl
 from ternmq.kernel.broker import Broker
-from ternmq.kernel.codec import Connack, Connect, SubscriptionRequest
-from ternmq.kernel.testing import MQTTTestClient, open_broker, test_config
+from ternmq.kernel.codec import Auth, Connack, Connect, Puback, Publish, SubscriptionRequest
+from ternmq.kernel.testing import MQTTTestClient, open_broker, registered, test_config
+from ternmq.kernel.values.config import PluginEntry
+from ternmq.plugins.webhooks.calls import AnswerCache
 
 from helpers import connected, eventually
+from webhook_receiver import Answer, Receiver, Request, running_receiver
 
 WEBHOOKS = "webhooks"
 
@@ -327,3 +333,534 @@ async def test_notification_bodies_over_a_clients_life(tmp_path: Path, receiver:
     assert {"mountpoint": "", "client_id": "n5"} in receiver.bodies("on_client_gone")
     assert receiver.bodies("on_session_expired") == [{"mountpoint": "", "client_id": "short"}]
     assert all(request.content_type == "application/json" for request in receiver.requests)
+
+
+# -- replies: answers and modifiers ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("level", "error", "code"),
+    # The test client reads a 3.1.1 return code as the MQTT 5 code it stands for: 5 as 0x87.
+    [(4, "not_allowed", 0x87), (5, "not_allowed", 0x87), (5, "bad_username_or_password", 0x86), (4, "banned", 0x87)],
+)
+async def test_an_error_result_refuses_the_connect(
+    tmp_path: Path, receiver: Receiver, level: int, error: str, code: int
+) -> None:
+    receiver.respond = lambda request: Answer({"result": {"error": error}})
+    async with hooked(tmp_path, receiver, ["auth_on_register", "auth_on_register_m5"]) as broker:
+        async with MQTTTestClient.open(broker.port(), level) as client:
+            connack = await client.connect("refused")
+            assert connack.reason_code == code
+    assert "refused" not in broker.sessions
+
+
+async def test_register_modifiers_take_effect(tmp_path: Path, receiver: Receiver) -> None:
+    """client_id alone (VerneMQ wants mountpoint with it), username, clean_session and
+    session limits; VerneMQ-only keys are accepted and left alone."""
+    modifiers = {
+        "client_id": "renamed",
+        "username": "from-webhook",
+        "max_message_size": 100,
+        "max_inflight_messages": 5,
+        "max_message_rate": 10,
+        "upgrade_qos": False,
+    }
+    receiver.respond = lambda request: Answer({"result": "ok", "modifiers": modifiers})
+    async with hooked(tmp_path, receiver, ["auth_on_register"]) as broker:
+        async with connected(broker, "original", 4, username="someone") as client:
+            [session] = broker.service.sessions()
+            assert (session.client_id, session.user) == ("renamed", "from-webhook")
+            await client.send(Publish("t", b"x" * 200, 1, False, False, 1, {}))
+            assert await client.closed() is None  # over max_message_size: closed
+
+
+async def test_register_m5_modifiers_set_the_session_expiry(tmp_path: Path, receiver: Receiver) -> None:
+    answer = {"result": "ok", "modifiers": {"properties": {"p_session_expiry_interval": 77}, "mountpoint": ""}}
+    receiver.respond = lambda request: Answer(answer)
+    async with hooked(tmp_path, receiver, ["auth_on_register_m5"]) as broker:
+        async with connected(broker, "exp", 5) as client:
+            assert client.connack.properties["session_expiry_interval"] == 77
+
+
+async def test_publish_modifiers_rewrite_the_message(tmp_path: Path, receiver: Receiver) -> None:
+    def respond(request: Request) -> Answer:
+        if request.body["topic"] != "in":
+            return Answer()
+        modifiers = {"topic": "out", "payload": b64(b"rewritten"), "qos": 0, "retain": True, "throttle": 10}
+        if request.hook.endswith("_m5"):
+            modifiers["properties"] = {"p_user_property": [{"key": b64(b"by"), "val": b64(b"hook")}]}
+        return Answer({"result": "ok", "modifiers": modifiers})
+
+    receiver.respond = respond
+    async with hooked(tmp_path, receiver, ["auth_on_publish", "auth_on_publish_m5"]) as broker:
+        async with connected(broker, "watcher", 5) as watcher:
+            await watcher.subscribe("out", qos=1)
+            for level in (4, 5):
+                async with connected(broker, f"p{level}", level) as publisher:
+                    await publisher.publish("in", b"original", qos=1)
+                message = await watcher.receive()
+                assert (message.topic, message.payload, message.qos) == ("out", b"rewritten", 0)
+                assert message.properties.get("user_property", []) == ([("by", "hook")] if level == 5 else [])
+        assert [m.topic for m in await broker.service.retained("#")] == ["out"]
+
+
+async def test_a_refused_publish_gets_0x87_for_v5_and_closes_v311(tmp_path: Path, receiver: Receiver) -> None:
+    receiver.respond = lambda request: Answer({"result": {"error": "not_allowed"}})
+    async with hooked(tmp_path, receiver, ["auth_on_publish", "auth_on_publish_m5"]) as broker:
+        async with connected(broker, "p5", 5) as v5:
+            ack = await v5.publish("t", b"x", qos=1)
+            assert isinstance(ack, Puback) and ack.reason_code == 0x87
+        async with connected(broker, "p4", 4) as v4:
+            await v4.send(Publish("t", b"x", 1, False, False, 1, {}))
+            assert await v4.closed() is None
+
+
+async def test_subscribe_answers_per_topic_v311_and_v5(tmp_path: Path, receiver: Receiver) -> None:
+    def respond(request: Request) -> Answer:
+        if request.hook == "auth_on_subscribe":
+            return Answer({"result": "ok", "topics": [{"topic": "a", "qos": 0}, {"topic": "b", "qos": 128}]})
+        topics = [{"topic": "a", "qos": 1, "no_local": True}, {"topic": "b", "qos": 135}]
+        return Answer({"result": "ok", "modifiers": {"topics": topics}})
+
+    receiver.respond = respond
+    async with hooked(tmp_path, receiver, ["auth_on_subscribe", "auth_on_subscribe_m5"]) as broker:
+        async with connected(broker, "s4", 4) as v4, connected(broker, "s5", 5) as v5:
+            assert (await v4.subscribe("a", "b", qos=2)).reason_codes == [0, 0x80]
+            assert (await v5.subscribe("a", "b", qos=2)).reason_codes == [1, 0x87]
+            [granted] = broker.service.subscriptions("s5")
+            assert (granted.topic_filter, granted.qos, granted.no_local) == ("a", 1, True)
+
+
+async def test_an_error_result_refuses_every_filter(tmp_path: Path, receiver: Receiver) -> None:
+    receiver.respond = lambda request: Answer({"result": {"error": "not_allowed"}})
+    async with hooked(tmp_path, receiver, ["auth_on_subscribe_m5"]) as broker:
+        async with connected(broker, "s5", 5) as client:
+            assert (await client.subscribe("a", "b")).reason_codes == [0x87, 0x87]
+            await client.ping()  # still connected
+
+
+class Fallback:
+    """The next plugin in the chain: allows every CONNECT and publish, counting them."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    @hookimpl
+    def auth_on_register(self) -> Any:
+        self.asked += 1
+        return allow()
+
+    @hookimpl
+    def auth_on_publish(self) -> Any:
+        self.asked += 1
+        return allow()
+
+
+async def test_next_asks_the_next_endpoint_then_the_next_plugin(tmp_path: Path, receiver: Receiver) -> None:
+    receiver.respond = lambda request: Answer({"result": "next"})
+    endpoints = [
+        {"hook": "auth_on_register", "endpoint": receiver.url("/first")},
+        {"hook": "auth_on_register", "endpoint": receiver.url("/second")},
+    ]
+    config = webhooks_config(tmp_path, endpoints)
+    config = attrs_evolve_broker(config, allow_anonymous=False)
+    async with open_broker(config) as broker:
+        async with MQTTTestClient.open(broker.port(), 4) as client:
+            assert (await client.connect("c")).reason_code == 0x87  # nobody allowed it: return code 5
+        fallback = Fallback()
+        async with registered(broker, fallback), connected(broker, "c2", 4):
+            assert fallback.asked == 1
+    assert [r.path for r in receiver.requests] == ["/first", "/second", "/first", "/second"]
+
+
+def attrs_evolve_broker(config: Any, **settings: Any) -> Any:
+    return attrs.evolve(config, broker=attrs.evolve(config.broker, **settings))
+
+
+BAD_REPLIES = {
+    "status 500": Answer({"result": "ok"}, status=500),
+    "not JSON": Answer(raw=b"<html>oops</html>"),
+    "JSON but not an object": Answer(["ok"]),
+    "no result": Answer({}),
+    "result error": Answer({"result": "error"}),
+    "unknown modifier": Answer({"result": "ok", "modifiers": {"bogus": 1}}),
+    "mountpoint": Answer({"result": "ok", "modifiers": {"mountpoint": "tenant-a", "client_id": "x"}}),
+    "bad qos": Answer({"result": "ok", "modifiers": {"max_inflight_messages": "many"}}),
+}
+
+
+@pytest.mark.parametrize("reply", list(BAD_REPLIES), ids=list(BAD_REPLIES))
+async def test_a_bad_reply_is_a_failure_under_the_deny_policy(tmp_path: Path, receiver: Receiver, reply: str) -> None:
+    receiver.respond = lambda request: BAD_REPLIES[reply]
+    async with hooked(tmp_path, receiver, ["auth_on_register", "auth_on_register_m5"]) as broker:
+        for level in (4, 5):  # server unavailable (return code 3): come back later
+            code = 0x88
+            async with MQTTTestClient.open(broker.port(), level) as client:
+                assert (await client.connect(f"bad{level}")).reason_code == code
+        [errors] = [
+            v
+            for k, v in broker.service.metrics().items()
+            if k.startswith('counter.webhooks_errors{hook="auth_on_register"')
+        ]
+        assert errors == 1
+        await broker_still_serves(broker)
+
+
+@pytest.mark.parametrize("reply", list(BAD_REPLIES), ids=list(BAD_REPLIES))
+async def test_a_bad_reply_falls_through_under_the_next_policy(tmp_path: Path, receiver: Receiver, reply: str) -> None:
+    receiver.respond = lambda request: BAD_REPLIES[reply]
+    async with hooked(tmp_path, receiver, {"auth_on_register": {"on_failure": "next"}}) as broker:
+        fallback = Fallback()
+        async with registered(broker, fallback), connected(broker, "falls-through", 4):
+            assert fallback.asked == 1
+
+
+async def broker_still_serves(broker: Broker) -> None:
+    plugin = plugin_of(broker)
+    plugin.registrations = type(plugin.registrations)()  # no endpoints: plain broker
+    async with connected(broker, "after", 5) as client:
+        await client.subscribe("h", qos=1)
+        await client.publish("h", b"ok", qos=1)
+        assert (await client.receive()).payload == b"ok"
+
+
+def dead_url() -> str:
+    """A URL nothing listens on (a port that was just free)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"
+
+
+@pytest.mark.parametrize("policy", ["deny", "next"])
+async def test_a_dead_endpoint_is_handled_by_its_policy(tmp_path: Path, policy: str) -> None:
+    endpoints = [{"hook": "auth_on_publish_m5", "endpoint": dead_url(), "on_failure": policy}]
+    async with open_broker(webhooks_config(tmp_path, endpoints)) as broker, connected(broker, "p", 5) as client:
+        ack = await client.publish("t", b"x", qos=1)
+        assert ack.reason_code == (0x80 if policy == "deny" else 0x10)  # 0x10: allowed, no subscribers
+        metrics = broker.service.metrics()
+    assert metrics[f'counter.webhooks_errors{{hook="auth_on_publish_m5",endpoint="{endpoints[0]["endpoint"]}"}}'] == 1
+
+
+@pytest.mark.parametrize("policy", ["deny", "next"])
+async def test_a_slow_endpoint_times_out_into_its_policy(tmp_path: Path, receiver: Receiver, policy: str) -> None:
+    receiver.respond = lambda request: Answer(delay=2.0)
+    hooks = {"auth_on_publish_m5": {"on_failure": policy, "response_timeout": 200}}
+    async with hooked(tmp_path, receiver, hooks) as broker, connected(broker, "p", 5) as client:
+        ack = await client.publish("t", b"x", qos=1)
+        assert ack.reason_code == (0x80 if policy == "deny" else 0x10)
+        url = receiver.url("/auth_on_publish_m5")
+        assert broker.service.metrics()[f'counter.webhooks_timeouts{{hook="auth_on_publish_m5",endpoint="{url}"}}'] == 1
+
+
+async def test_a_chain_slower_than_the_hook_deadline_ends_in_its_policy(tmp_path: Path, receiver: Receiver) -> None:
+    """The broker's deadline for the whole hook (the plugin's hook_timeout) bounds the
+    chain: the endpoint that runs into it fails by its own policy, not the kernel's."""
+    receiver.respond = lambda request: Answer(delay=3.0)
+    hooks = {"auth_on_publish_m5": {"on_failure": "next", "response_timeout": 5000}}
+    config = webhooks_config(tmp_path, [{"hook": h, "endpoint": receiver.url("/slow"), **o} for h, o in hooks.items()])
+    table = dict(config.plugins[1].settings, hook_timeout=0.5)
+    config = attrs_evolve_plugins(config, table)
+    async with open_broker(config) as broker, connected(broker, "p", 5) as client:
+        ack = await client.publish("t", b"x", qos=1)
+        assert ack.reason_code == 0x10  # on_failure = next, then no_match = allow
+        [loaded] = [p for p in broker.service.plugins() if p.name == WEBHOOKS]
+        assert loaded.timeouts == 0  # the kernel's deadline did not fire
+
+
+def attrs_evolve_plugins(config: Any, webhooks_table: dict[str, Any]) -> Any:
+    return attrs.evolve(config, plugins=(config.plugins[0], PluginEntry(WEBHOOKS, True, webhooks_table)))
+
+
+async def test_hook_on_auth_m5_challenge_and_success(tmp_path: Path, receiver: Receiver) -> None:
+    def respond(request: Request) -> Answer:
+        data = base64.b64decode(request.body["properties"]["p_authentication_data"])
+        properties = {"p_authentication_method": "token"}
+        if data == b"hello":
+            properties["p_authentication_data"] = b64(b"prove it")
+            return Answer({"result": "ok", "modifiers": {"reason_code": 24, "properties": properties}})
+        if data == b"proof":
+            properties["p_authentication_data"] = b64(b"welcome")
+            return Answer({"result": "ok", "modifiers": {"reason_code": 0, "properties": properties}})
+        return Answer({"result": {"error": "bad_username_or_password"}})
+
+    receiver.respond = respond
+    async with hooked(tmp_path, receiver, ["on_auth_m5"]) as broker, MQTTTestClient.open(broker.port()) as client:
+        props = {"authentication_method": "token", "authentication_data": b"hello"}
+        await client.send(Connect("ea", 5, True, 60, properties=props))
+        challenge = await client.next_packet()
+        assert isinstance(challenge, Auth) and challenge.properties["authentication_data"] == b"prove it"
+        await client.auth(0x18, {"authentication_method": "token", "authentication_data": b"proof"})
+        connack = await client.next_packet()
+        assert isinstance(connack, Connack) and connack.reason_code == 0
+        assert connack.properties["authentication_data"] == b"welcome"
+    assert receiver.bodies("on_auth_m5")[0] == {
+        "username": None,
+        "mountpoint": "",
+        "client_id": "ea",
+        "properties": {"p_authentication_method": "token", "p_authentication_data": b64(b"hello")},
+    }
+
+
+# -- the cache ---------------------------------------------------------------------------------
+
+
+def cached_for(header: str | None) -> Any:
+    headers = {"cache-control": header} if header else {}
+    return lambda request: Answer({"result": "ok"}, headers=headers)
+
+
+async def publish_twice(broker: Broker, payloads: tuple[bytes, bytes] = (b"one", b"two")) -> None:
+    for number, payload in enumerate(payloads):
+        async with connected(broker, "cacher", 5) as client:  # a new connection (and port) each time
+            assert (await client.publish("c/t", payload, qos=1)).reason_code in (0, 0x10), number
+
+
+async def test_max_age_caches_an_allow_across_payloads_and_ports(tmp_path: Path, receiver: Receiver) -> None:
+    receiver.respond = cached_for("public, max-age=60")
+    async with hooked(tmp_path, receiver, ["auth_on_publish_m5"]) as broker:
+        await publish_twice(broker)
+        assert len(receiver.requests) == 1
+        table = await run(broker, "webhooks", "cache", "show")
+        assert isinstance(table, Table)
+        stats = {row["stat"]: row["value"] for row in table.rows}
+        assert stats == {"hits": 1, "misses": 1, "entries": 1}
+        assert table.rows[0]["hook"] == "auth_on_publish_m5"
+        assert await run(broker, "webhooks", "cache", "clear") == Text("Done")
+        await publish_twice(broker)
+        assert len(receiver.requests) == 2
+
+
+@pytest.mark.parametrize("header", [None, "no-store, max-age=60", "max-age=60, no-cache", "max-age=0", "max-age=x"])
+async def test_replies_that_forbid_caching_are_not_cached(
+    tmp_path: Path, receiver: Receiver, header: str | None
+) -> None:
+    receiver.respond = cached_for(header)
+    async with hooked(tmp_path, receiver, ["auth_on_publish_m5"]) as broker:
+        await publish_twice(broker)
+    assert len(receiver.requests) == 2
+
+
+async def test_refusals_and_next_are_not_cached(tmp_path: Path, receiver: Receiver) -> None:
+    answers = iter([{"result": {"error": "no"}}, {"result": "next"}, {"result": "ok"}])
+    receiver.respond = lambda request: Answer(next(answers), headers={"cache-control": "max-age=60"})
+    async with hooked(tmp_path, receiver, ["auth_on_publish_m5"]) as broker, connected(broker, "c", 5) as client:
+        assert (await client.publish("t", b"1", qos=1)).reason_code == 0x87
+        assert (await client.publish("t", b"2", qos=1)).reason_code == 0x10
+        assert (await client.publish("t", b"3", qos=1)).reason_code == 0x10
+        assert (await client.publish("t", b"4", qos=1)).reason_code == 0x10  # the cached ok
+    assert len(receiver.requests) == 3
+
+
+async def test_cached_answers_expire(tmp_path: Path, receiver: Receiver) -> None:
+    receiver.respond = cached_for("max-age=1")
+    async with hooked(tmp_path, receiver, ["auth_on_publish_m5"]) as broker:
+        await publish_twice(broker)
+        assert len(receiver.requests) == 1
+        await trio.sleep(1.1)
+        await publish_twice(broker)
+        assert len(receiver.requests) == 2
+
+
+async def test_a_rewritten_payload_is_never_served_from_the_cache(tmp_path: Path, receiver: Receiver) -> None:
+    modifiers = {"payload": b64(b"rewritten"), "topic": "c/out"}
+    receiver.respond = lambda request: Answer(
+        {"result": "ok", "modifiers": modifiers}, headers={"cache-control": "max-age=60"}
+    )
+    async with hooked(tmp_path, receiver, ["auth_on_publish_m5"]) as broker, connected(broker, "w", 5) as watcher:
+        await watcher.subscribe("c/out", qos=1)
+        await publish_twice(broker, (b"first", b"second"))
+        first, second = await watcher.receive(), await watcher.receive()
+    assert (first.payload, second.payload) == (b"rewritten", b"second")
+    assert second.topic == "c/out"  # the rest of the cached answer applies
+    assert len(receiver.requests) == 1
+
+
+async def test_the_cache_is_bounded_least_recently_used_first() -> None:
+    cache = AnswerCache(2)
+    for key in ("a", "b"):
+        cache.put(("h", "u", key), key, 60)
+    assert cache.get(("h", "u", "a")) == "a"  # a is now the most recently used
+    cache.put(("h", "u", "c"), "c", 60)
+    assert len(cache) == 2
+    assert cache.get(("h", "u", "b")) is None
+    assert (cache.get(("h", "u", "a")), cache.get(("h", "u", "c"))) == ("a", "c")
+
+
+# -- notifications never hold a publisher --------------------------------------------------------
+
+
+async def test_a_flood_of_publishes_with_a_stuck_notification_endpoint(tmp_path: Path, receiver: Receiver) -> None:
+    """on_publish's endpoint answers nothing until the end: 200 QoS 1 publishes are all
+    acknowledged meanwhile; the queue keeps the newest and counts what it dropped."""
+    release = trio.Event()
+    receiver.respond = lambda request: Answer({}, hold=release)
+    async with hooked(tmp_path, receiver, ["on_publish"], queue_size=10, workers=2) as broker:
+        async with connected(broker, "flood", 4) as client:
+            for number in range(200):
+                ack = await client.publish("f", str(number).encode(), qos=1)
+                assert isinstance(ack, Puback)
+            await eventually(lambda: len(receiver.requests) == 2)  # the two workers wait
+            metrics = broker.service.metrics()
+            url = receiver.url("/on_publish")
+            dropped = metrics[f'counter.webhooks_dropped{{hook="on_publish",endpoint="{url}"}}']
+            assert dropped == 200 - 10 - 2
+            assert metrics["gauge.webhooks_queue_length"] == 10
+            release.set()
+            await eventually(lambda: len(receiver.requests) == 12)
+    payloads = [base64.b64decode(body["payload"]) for body in receiver.bodies("on_publish")]
+    # the queue kept the newest ten (the oldest were dropped); the workers held two others
+    assert len(payloads) == 12 and {str(n).encode() for n in range(190, 200)} <= set(payloads)
+
+
+# -- run-time registrations -------------------------------------------------------------------------
+
+
+async def test_register_show_deregister_and_survive_a_restart(tmp_path: Path, receiver: Receiver) -> None:
+    file = tmp_path / "webhooks.json"
+    async with open_broker(webhooks_config(tmp_path, [])) as broker:
+        done = await run(
+            broker, "webhooks", "register", "hook=auth_on_publish", f"endpoint={receiver.url('/a')}",
+            "--base64payload=false", "--response_timeout=1500", "--on_failure=next",
+        )  # fmt: skip
+        assert done == Text("Done")
+        await run(broker, "webhooks", "register", "hook=auth_on_publish", f"endpoint={receiver.url('/b')}")
+        await run(broker, "webhooks", "register", "hook=on_publish", f"endpoint={receiver.url('/t')}", "--transient")
+        table = await run(broker, "webhooks", "show")
+        assert isinstance(table, Table)
+        assert [(r["hook"], r["endpoint"], r["origin"]) for r in table.rows] == [
+            ("auth_on_publish", receiver.url("/a"), "runtime"),
+            ("auth_on_publish", receiver.url("/b"), "runtime"),
+            ("on_publish", receiver.url("/t"), "transient"),
+        ]
+        assert table.rows[0]["base64payload"] is False and table.rows[0]["response_timeout"] == 1500
+        receiver.respond = lambda request: Answer({"result": "next"})
+        async with connected(broker, "c", 4) as client:
+            await client.publish("x", b"y", qos=1)
+            await eventually(lambda: len(receiver.requests) == 3)
+        assert [r.path for r in receiver.requests] == ["/a", "/b", "/t"]  # the chain, in order
+        assert receiver.requests[0].body["payload"] == "y"
+    kept = json.loads(file.read_text())
+    assert [(e["hook"], e["endpoint"]) for e in kept] == [
+        ("auth_on_publish", receiver.url("/a")),
+        ("auth_on_publish", receiver.url("/b")),
+    ]
+    async with open_broker(webhooks_config(tmp_path, [])) as broker:
+        table = await run(broker, "webhooks", "show")
+        assert isinstance(table, Table) and [r["endpoint"] for r in table.rows] == [
+            receiver.url("/a"),
+            receiver.url("/b"),
+        ]
+        assert table.rows[0]["on_failure"] == "next"
+        await run(broker, "webhooks", "deregister", "hook=auth_on_publish", f"endpoint={receiver.url('/a')}")
+    assert [e["endpoint"] for e in json.loads(file.read_text())] == [receiver.url("/b")]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["register", "hook=auth_on_nothing", "endpoint=http://127.0.0.1:1/"], "unknown hook"),
+        (["register", "hook=on_publish", "endpoint=ftp://127.0.0.1/"], "http:// or https://"),
+        (["register", "hook=on_publish", "endpoint=http://127.0.0.1:1/", "--response_timeout=0"], "response_timeout"),
+        (["register", "hook=on_publish", "endpoint=http://127.0.0.1:1/", "--on_failure=maybe"], "on_failure"),
+        (["register", "hook=on_publish", "endpoint=http://127.0.0.1:1/", "--base64payload=perhaps"], "base64payload"),
+        (["register", "hook=on_publish", "endpoint=http://127.0.0.1:9/configured"], "already registered"),
+        (["deregister", "hook=on_publish", "endpoint=http://127.0.0.1:1/"], "not registered"),
+        (["register", "hook=on_publish"], "endpoint"),
+    ],
+)
+async def test_bad_admin_arguments_are_clear_errors(tmp_path: Path, argv: list[str], message: str) -> None:
+    endpoints = [{"hook": "on_publish", "endpoint": "http://127.0.0.1:9/configured"}]
+    async with open_broker(webhooks_config(tmp_path, endpoints)) as broker:
+        with pytest.raises(CommandError, match=message):
+            await run(broker, "webhooks", *argv)
+    assert not (tmp_path / "webhooks.json").exists()
+
+
+async def test_a_broken_registrations_file_fails_the_load_and_is_left_alone(tmp_path: Path) -> None:
+    file = tmp_path / "webhooks.json"
+    file.write_text('[{"hook": "on_publish"}]')
+    config = webhooks_config(tmp_path, [])
+    with pytest.raises(ExceptionGroup) as caught:
+        async with open_broker(config):
+            pass
+    assert caught.group_contains(ConfigError, match=f"{file}: endpoint is required", depth=2)
+    assert file.read_text() == '[{"hook": "on_publish"}]'
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"endpoints": [{"hook": "on_nothing", "endpoint": "http://h/"}]}, "entry 1: unknown hook 'on_nothing'"),
+        ({"endpoints": [{"hook": "on_publish", "endpoint": "h"}]}, "entry 1: endpoint must be an http"),
+        ({"endpoints": [{"hook": "on_publish", "endpoint": "http://h/", "timeout": 5}]}, "unknown key 'timeout'"),
+        ({"endpoints": [{"hook": "on_publish", "endpoint": "http://h/"}] * 2}, "entry 2: .* listed twice"),
+        ({"endpoints": {"hook": "on_publish"}}, "endpoints"),
+        ({"response_timeout": 0}, "response_timeout"),
+        ({"on_failure": "open"}, "on_failure"),
+        ({"workers": 0}, "workers"),
+    ],
+)
+async def test_bad_configuration_names_table_and_key(table: dict[str, Any], message: str) -> None:
+    with pytest.raises(ExceptionGroup) as caught:
+        async with open_broker(test_config(plugins={WEBHOOKS: table})):
+            pass
+    assert caught.group_contains(ConfigError, match=rf"\[plugins\.webhooks\] .*{message}", depth=2)
+
+
+# -- the client leaving, metrics, real clients --------------------------------------------------------
+
+
+async def test_auth_on_register_request_is_cancelled_when_the_client_leaves(tmp_path: Path, receiver: Receiver) -> None:
+    release = trio.Event()
+    receiver.respond = lambda request: Answer(hold=release)
+    async with hooked(tmp_path, receiver, ["auth_on_register"]) as broker:
+        async with MQTTTestClient.open(broker.port(), 4) as client:
+            await client.send(Connect("leaver", 4, True, 60, None, None, None, {}))
+            await eventually(lambda: len(receiver.requests) == 1)
+        url = receiver.url("/auth_on_register")
+        key = f'counter.webhooks_cancelled{{hook="auth_on_register",endpoint="{url}"}}'
+        await eventually(lambda: broker.service.metrics().get(key) == 1)
+        release.set()
+
+
+async def test_metrics_show_counts_per_hook_and_endpoint(tmp_path: Path, receiver: Receiver) -> None:
+    receiver.respond = cached_for("max-age=60")
+    async with hooked(tmp_path, receiver, ["auth_on_publish_m5"]) as broker:
+        await publish_twice(broker)
+        text = await run(broker, "metrics", "show")
+    assert isinstance(text, Text)
+    lines = dict(line.split(" = ") for line in str(text.text).splitlines())
+    labels = f'{{hook="auth_on_publish_m5",endpoint="{receiver.url("/auth_on_publish_m5")}"}}'
+    assert lines[f"counter.webhooks_requests{labels}"] == "1"
+    assert lines[f"counter.webhooks_cache_hits{labels}"] == "1"
+    assert lines[f"counter.webhooks_cache_misses{labels}"] == "1"
+    assert float(lines[f"counter.webhooks_latency_seconds_sum{labels}"]) > 0
+    assert int(lines[f"counter.webhooks_bytes_sent{labels}"]) > 50
+    assert lines["gauge.webhooks_cache_entries"] == "1"
+
+
+async def test_paho_clients_v311_and_v5_are_authorized_by_the_receiver(tmp_path: Path, receiver: Receiver) -> None:
+    receiver.respond = lambda request: Answer(
+        {"result": "ok"} if request.body["topic"].startswith("ok/") else {"result": {"error": "not_allowed"}}
+    )
+    async with hooked(tmp_path, receiver, ["auth_on_publish", "auth_on_publish_m5"]) as broker:
+        assert await paho_publish(broker.port(), paho.MQTTv311, "paho4", "ok/4", b"x") == 0
+        assert await paho_publish(broker.port(), paho.MQTTv5, "paho5", "ok/5", b"x") == 0
+    assert receiver.hooks() == ["auth_on_publish", "auth_on_publish_m5"]
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_pub") is None, reason="mosquitto_pub is not installed")
+async def test_mosquitto_pub_credentials_checked_by_the_receiver(tmp_path: Path, receiver: Receiver) -> None:
+    def respond(request: Request) -> Answer:
+        good = request.body["username"] == "alice" and request.body["password"] == "alice-secret"
+        return Answer({"result": "ok"} if good else {"result": {"error": "not_allowed"}})
+
+    receiver.respond = respond
+    async with hooked(tmp_path, receiver, ["auth_on_register"]) as broker:
+        port = str(broker.port())
+        base = ["mosquitto_pub", "-h", "127.0.0.1", "-p", port, "-t", "t", "-m", "m", "-V", "mqttv311"]
+        good = await trio.run_process([*base, "-u", "alice", "-P", "alice-secret"], capture_stderr=True, check=False)
+        bad = await trio.run_process([*base, "-u", "alice", "-P", "wrong"], capture_stderr=True, check=False)
+    assert good.returncode == 0
+    assert bad.returncode != 0 and b"not authorised" in bad.stderr.lower().replace(b"authorized", b"authorised")
