@@ -51,7 +51,7 @@ from ternmq.kernel.testing import MQTTTestClient, open_broker, registered, test_
 from ternmq.kernel.values.config import BrokerSettings, ConfigError, Limits, ListenerConfig, PluginEntry, parse_config
 from ternmq.kernel.values.output import Table, Text
 from ternmq.kernel.values.types import Message, SessionSnapshot, TopicSubscription
-from ternmq.plugins import retainer
+from ternmq.plugins import retainer, webhooks
 from ternmq.plugins.admin import register_commands
 
 from helpers import eventually
@@ -1076,6 +1076,10 @@ def test_configuration_md_documents_every_kernel_key_of_plugin_tables() -> None:
 
 def test_configuration_md_documents_every_retainer_key() -> None:
     check_keys("configuration.md", "`[plugins.retainer]` (built-in)", retainer.Config)
+
+
+def test_webhooks_md_documents_every_webhooks_key() -> None:
+    check_keys("webhooks.md", "Wiring endpoints", webhooks.Config)
 
 
 def test_plugins_md_documents_every_kernel_key() -> None:

@@ -173,14 +173,13 @@ async def while_connected(conn: ClientConnection, call: Callable[[], Awaitable[_
     connection meanwhile cancels the call (a webhook asked for nobody is not waited for),
     and ``trio.BrokenResourceError`` ends the handshake. What the client sends meanwhile
     is kept in the framer, up to _READ_AHEAD bytes; past that reading waits."""
-    stream = conn.stream
     framer = conn.framer
     outcome: list[_T] = []
 
     async def watch(cancel_scope: trio.CancelScope) -> None:
         try:
             while framer.buffered() < _READ_AHEAD:
-                data = await stream.receive_some(RECEIVE_SIZE)
+                data = await conn.receive_cancellable()
                 if not data:
                     break
                 framer.feed(data)

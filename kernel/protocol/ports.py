@@ -111,6 +111,10 @@ class ClientConnection(ConnectingClient, AttachedConnection, Protocol):
     async def flush(self) -> None:
         """Send what is queued now (before the reader waits for an answer)."""
 
+    async def receive_cancellable(self) -> bytes | bytearray:
+        """Some bytes from the client (b"" once it closed); a cancel loses none."""
+        ...
+
     def problem_information(self, reason_string: str | None) -> dict[str, Any]:
         """Properties carrying ``reason_string``, if the client asked for them."""
         ...

@@ -300,6 +300,15 @@ class Connection(Outbound):
                 self.deadline = now() + grace
             frame = framer.feed_frame(data)
 
+    async def receive_cancellable(self) -> bytes | bytearray:
+        """Some bytes from the client; a cancel loses none (connect.while_connected reads
+        while a hook runs and is cancelled when it returns). RawSocketStream.receive_some
+        reads before its checkpoint, where a cancel would drop what it read."""
+        stream = self.stream
+        if type(stream) is RawSocketStream:
+            return await stream.receive_after_wait(RECEIVE_SIZE, cancel_point=True)
+        return await stream.receive_some(RECEIVE_SIZE)
+
     async def _read_loop_in_scope(self) -> None:
         with self._enter_scope():
             await self._read_loop()

@@ -62,6 +62,7 @@ from ternmq.kernel import (
     Message,
     Service,
     TopicSubscription,
+    allow,
     deny,
     hookimpl,
 )
@@ -108,7 +109,7 @@ def _check_endpoints(instance: Any, attribute: Any, tables: tuple[Mapping[str, A
 @attrs.frozen
 class Config:
     endpoints: tuple[Mapping[str, Any], ...] = attrs.field(
-        default=(), converter=_endpoint_tables, validator=_check_endpoints
+        factory=tuple, converter=_endpoint_tables, validator=_check_endpoints
     )
     response_timeout: int = attrs.field(default=5000, validator=_checked(check_timeout))
     on_failure: str = attrs.field(default="deny", validator=_checked(check_policy))
@@ -140,6 +141,8 @@ class Plugin:
         self.registrations = Registrations([endpoint_from(table, config.defaults) for table in config.endpoints])
         self.caller = Caller(max_connections=config.pool_max_connections, keepalive_expiry=config.pool_keepalive)
         self.cache = AnswerCache(config.cache_size)
+        # Cache hits and misses per (hook, endpoint) when ``webhooks cache show --reset`` ran.
+        self.cache_counts_reset: dict[tuple[str, str], tuple[int, int]] = {}
         self._queue_in, self._queue_out = trio.open_memory_channel[Notification](config.queue_size)
 
     # -- registration hooks ----------------------------------------------------------
@@ -220,12 +223,14 @@ class Plugin:
         for endpoint in chain:
             try:
                 answer = await self._ask(endpoint, hook, body_of, asked)
-            except (CallFailed, BadReply, UnicodeDecodeError) as exc:
+            except UnicodeDecodeError:  # a password JSON cannot carry: none can match it
+                return deny(wire.BAD_USERNAME_OR_PASSWORD, "password is not UTF-8")
+            except (CallFailed, BadReply) as exc:
                 if endpoint.on_failure == "next":
                     log.warning("webhook %s failed (on_failure = next): %s", hook, exc)
                     continue
                 log.error("webhook %s failed: %s", hook, exc)
-                return deny(_failure_code(hook), "webhook failed")
+                return _failure_answer(hook)
             if answer is not None:
                 return answer
         return None
@@ -290,7 +295,8 @@ class Plugin:
     def on_deliver(self, client: ClientInfo, message: Message) -> None:
         # A notification in ternmq: an HTTP round trip per delivery must not hold the
         # publisher (VerneMQ's on_deliver webhook does); replies are not read.
-        self._notify(webhook_name("on_deliver", client), lambda options: wire.publish_body(client, message, options))
+        hook = webhook_name("on_deliver", client)
+        self._notify(hook, lambda options: wire.publish_body(client, message, options, with_properties=True))
 
     @hookimpl
     def on_offline_message(self, client_id: str, message: Message) -> None:
@@ -318,21 +324,34 @@ class Plugin:
                 await self.caller.post(notification.endpoint, notification.hook, notification.body)
             except CallFailed as exc:
                 log.warning("webhook %s: %s", notification.hook, exc)
+            except Exception:  # a worker that died would leave the queue to fill up
+                log.exception("webhook %s: posting failed", notification.hook)
 
     # -- run-time registrations ------------------------------------------------------
 
     def register(self, endpoint: Endpoint) -> None:
         """Add an endpoint at run time (ValueError if it is registered already); kept in
-        the registrations file unless transient."""
+        the registrations file unless transient. If the file cannot be written (OSError)
+        the endpoint is not added either."""
         self.registrations.add(endpoint)
         if endpoint.origin == "runtime":
-            self.registrations.save()
+            try:
+                self.registrations.save()
+            except OSError:
+                self.registrations.remove(endpoint.hook, endpoint.url)
+                raise
 
     def deregister(self, hook: str, url: str) -> Endpoint:
-        """Remove an endpoint (KeyError if not registered); the file follows."""
-        endpoint = self.registrations.remove(hook, url)
+        """Remove an endpoint (KeyError if not registered) and its cached answers; the
+        file follows. If the file cannot be written (OSError) the endpoint stays."""
+        endpoint, position = self.registrations.remove(hook, url)
         if endpoint.origin == "runtime":
-            self.registrations.save()
+            try:
+                self.registrations.save()
+            except OSError:
+                self.registrations.add(endpoint, position)
+                raise
+        self.cache.forget(hook, url)
         return endpoint
 
     async def serve(self, service: Service, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -340,7 +359,10 @@ class Plugin:
         count = self.registrations.load(file, self.config.defaults)
         if count:
             log.info("webhooks: %d endpoints registered at run time, from %s", count, file)
-        async with httpx.AsyncClient(limits=self.caller.limits) as client, trio.open_nursery() as nursery:
+        async with (
+            httpx.AsyncClient(limits=self.caller.limits, trust_env=False) as client,
+            trio.open_nursery() as nursery,
+        ):
             self.caller.client = client
             for _ in range(self.config.workers):
                 nursery.start_soon(self._post_notifications)
@@ -361,9 +383,14 @@ def _data_dir(service: Service) -> Path:
     return data_dir
 
 
-def _failure_code(hook: str) -> int:
-    """The refusal a failed endpoint gets under ``on_failure = "deny"``: for a CONNECT
-    0x88 server unavailable (v3: return code 3), which tells the client to come back
-    rather than that its credentials are wrong (VerneMQ sends not-authorized either way);
-    otherwise 0x80 unspecified error."""
-    return wire.SERVER_UNAVAILABLE if hook.startswith(("auth_on_register", "on_auth")) else wire.UNSPECIFIED_ERROR
+def _failure_answer(hook: str) -> Answer:
+    """What a failed endpoint answers under ``on_failure = "deny"``: for a CONNECT 0x88
+    server unavailable (v3: return code 3), which tells the client to come back rather
+    than that its credentials are wrong (VerneMQ sends not-authorized either way);
+    otherwise 0x80 unspecified error. An UNSUBSCRIBE cannot be refused (wire.answer_of):
+    it goes ahead."""
+    if hook.startswith("on_unsubscribe"):
+        return allow()
+    if hook.startswith(("auth_on_register", "on_auth")):
+        return deny(wire.SERVER_UNAVAILABLE, "webhook failed")
+    return deny(wire.UNSPECIFIED_ERROR, "webhook failed")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
@@ -88,12 +87,15 @@ class Caller:
         content = json.dumps(body, separators=(",", ":")).encode()
         timeout = endpoint.response_timeout / 1000
         budget = trio.current_effective_deadline() - trio.current_time() - DEADLINE_MARGIN
+        if budget <= 0:  # the hook's deadline is (nearly) reached: no time for this one
+            stats.timeouts += 1
+            raise CallFailed(f"{endpoint.url}: no time left within the hook's deadline", timed_out=True)
         stats.requests += 1
         stats.bytes_sent += len(content)
         started = trio.current_time()
         finished = False
         try:
-            with trio.move_on_after(min(timeout, budget) if budget < math.inf else timeout) as scope:
+            with trio.move_on_after(min(timeout, budget)) as scope:
                 response = await client.post(
                     endpoint.url,
                     content=content,
@@ -107,7 +109,7 @@ class Caller:
             raise CallFailed(
                 f"{endpoint.url}: no reply within {endpoint.response_timeout} ms", timed_out=True
             ) from None
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # httpx.HTTPError, and what a strange URL raises (InvalidURL, UnicodeError)
             finished = True
             stats.errors += 1
             raise CallFailed(f"{endpoint.url}: {type(exc).__name__}: {exc}") from None
@@ -162,6 +164,11 @@ class AnswerCache:
 
     def clear(self) -> None:
         self._entries.clear()
+
+    def forget(self, hook: str, url: str) -> None:
+        """Drop the answers of one endpoint of one hook (it was deregistered)."""
+        for key in [key for key in self._entries if key[0] == hook and key[1] == url]:
+            del self._entries[key]
 
     def __len__(self) -> int:
         return len(self._entries)

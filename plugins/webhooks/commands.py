@@ -91,16 +91,22 @@ def _deregister(plugin: Plugin, args: Arguments) -> Text:
 
 
 def _cache_show(plugin: Plugin, args: Arguments) -> Table:
+    """Hits and misses since the last ``--reset`` (the metrics count on from the start,
+    so that Prometheus never sees a counter go back), and the entries now."""
     entries = plugin.cache.entries_by()
+    shown_from = plugin.cache_counts_reset
     rows: list[dict[str, Any]] = []
-    for (hook, url), stats in sorted(plugin.caller.stats.items()):
-        if stats.cache_hits or stats.cache_misses or (hook, url) in entries:
-            rows.append({"stat": "hits", "endpoint": url, "hook": hook, "value": stats.cache_hits})
-            rows.append({"stat": "misses", "endpoint": url, "hook": hook, "value": stats.cache_misses})
-            rows.append({"stat": "entries", "endpoint": url, "hook": hook, "value": entries.get((hook, url), 0)})
+    for key, stats in sorted(plugin.caller.stats.items()):
+        hits_before, misses_before = shown_from.get(key, (0, 0))
+        hits, misses = stats.cache_hits - hits_before, stats.cache_misses - misses_before
+        if hits or misses or key in entries:
+            hook, url = key
+            rows.append({"stat": "hits", "endpoint": url, "hook": hook, "value": hits})
+            rows.append({"stat": "misses", "endpoint": url, "hook": hook, "value": misses})
+            rows.append({"stat": "entries", "endpoint": url, "hook": hook, "value": entries.get(key, 0)})
     if args.bool_flag("reset"):
-        for stats in plugin.caller.stats.values():
-            stats.cache_hits = stats.cache_misses = 0
+        for key, stats in plugin.caller.stats.items():
+            shown_from[key] = (stats.cache_hits, stats.cache_misses)
     return Table(tuple(rows), CACHE_COLUMNS)
 
 

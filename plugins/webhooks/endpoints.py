@@ -8,6 +8,7 @@ back after a restart, unless registered ``--transient``.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
+import httpx
 
 from .wire import WEBHOOK_NAMES, PayloadOptions
 
@@ -66,9 +68,28 @@ class Defaults:
 
 
 def check_url(url: str) -> None:
+    """ValueError unless ``url`` is an http(s) URL httpx can post to."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"endpoint must be an http:// or https:// URL, not {url!r}")
+    try:
+        parsed = httpx.URL(url)
+        httpx.Request("POST", parsed)
+        host = parsed.host
+        if not _is_address(host):
+            host.encode("idna")  # what the connection will do: empty or bad labels fail here
+    except Exception as exc:  # httpx.InvalidURL, UnicodeError, ValueError: any is a bad URL
+        raise ValueError(f"endpoint {url!r} is not a usable URL: {exc}") from None
+    if "%" in parsed.host:
+        raise ValueError(f"endpoint {url!r} is not a usable URL: the host has characters a host cannot have")
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def check_hook(hook: str) -> None:
@@ -133,21 +154,23 @@ class Registrations:
     def __iter__(self) -> Iterator[Endpoint]:
         return iter(self._endpoints)
 
-    def add(self, endpoint: Endpoint) -> None:
-        """Append ``endpoint`` to its hook's chain; ValueError if it is there already."""
+    def add(self, endpoint: Endpoint, position: int | None = None) -> None:
+        """Put ``endpoint`` in its hook's chain, last unless ``position`` says where
+        among all endpoints; ValueError if it is there already."""
         if self.find(endpoint.hook, endpoint.url) is not None:
             raise ValueError(f"{endpoint.url} is already registered for {endpoint.hook}")
-        self._endpoints.append(endpoint)
+        self._endpoints.insert(len(self._endpoints) if position is None else position, endpoint)
         self._rebuild()
 
-    def remove(self, hook: str, url: str) -> Endpoint:
-        """Take the endpoint out; KeyError if it is not registered."""
+    def remove(self, hook: str, url: str) -> tuple[Endpoint, int]:
+        """Take the endpoint out; it and where it stood. KeyError if it is not registered."""
         endpoint = self.find(hook, url)
         if endpoint is None:
             raise KeyError(f"{url} is not registered for {hook}")
-        self._endpoints.remove(endpoint)
+        position = self._endpoints.index(endpoint)
+        del self._endpoints[position]
         self._rebuild()
-        return endpoint
+        return endpoint, position
 
     def find(self, hook: str, url: str) -> Endpoint | None:
         return next((e for e in self._endpoints if e.hook == hook and e.url == url), None)
@@ -170,6 +193,8 @@ class Registrations:
             return 0
         except OSError as exc:
             raise ValueError(f"{file}: cannot be read: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{file}: not UTF-8 text") from None
         try:
             entries = json.loads(text)
             if not isinstance(entries, list):

@@ -67,6 +67,7 @@ NOTIFICATION_HOOKS = frozenset(
 )
 WEBHOOK_NAMES = DECISION_HOOKS | NOTIFICATION_HOOKS
 
+BAD_USERNAME_OR_PASSWORD = 0x86
 NOT_AUTHORIZED = 0x87
 SERVER_UNAVAILABLE = 0x88
 UNSPECIFIED_ERROR = 0x80
@@ -165,6 +166,29 @@ IGNORED_REGISTER_MODIFIERS = frozenset(
 )
 
 
+_U32 = 0xFFFFFFFF
+# Session limits of auth_on_register and the largest value each can have.
+_REGISTER_LIMITS = {
+    "max_message_size": 268_435_455,
+    "max_packet_size": 268_435_455,
+    "max_inflight_messages": 65535,
+    "max_offline_messages": _U32,
+}
+# The properties a reply may set, per hook (VerneMQ's lists).
+_PUBLISH_PROPERTIES = frozenset(
+    {
+        "payload_format_indicator",
+        "message_expiry_interval",
+        "content_type",
+        "response_topic",
+        "correlation_data",
+        "user_property",
+    }
+)
+_REGISTER_PROPERTIES = frozenset({"session_expiry_interval", "user_property"})
+_AUTH_PROPERTIES = frozenset({"authentication_method", "authentication_data"})
+
+
 class BadReply(ValueError):
     """A reply ternmq cannot use: not 200, not JSON, no usable ``result``, a bad modifier."""
 
@@ -258,15 +282,18 @@ def registered_body(client: ClientInfo, properties: Mapping[str, Any]) -> dict[s
     return body
 
 
-def publish_body(client: ClientInfo, message: Message, options: PayloadOptions) -> dict[str, Any]:
-    """``auth_on_publish(_m5)``, ``on_publish(_m5)``, ``on_deliver(_m5)``."""
+def publish_body(
+    client: ClientInfo, message: Message, options: PayloadOptions, *, with_properties: bool = False
+) -> dict[str, Any]:
+    """``auth_on_publish(_m5)``, ``on_publish(_m5)``, ``on_deliver(_m5)``; ``properties``
+    for MQTT 5 clients, and for all with ``with_properties`` (VerneMQ's on_deliver)."""
     body = _who(client)
     body["qos"] = message.qos
     body["topic"] = message.topic
     if not options.no_payload:
         body["payload"] = encode_payload(message.payload, options)
     body["retain"] = message.retain
-    if client.protocol_level == 5:
+    if with_properties or client.protocol_level == 5:
         body["properties"] = encode_properties(message.properties)
     return body
 
@@ -276,23 +303,25 @@ def subscribe_body(
 ) -> dict[str, Any]:
     """``auth_on_subscribe(_m5)``, ``on_subscribe(_m5)`` (a refused filter has its code as qos)."""
     body = _who(client)
-    if client.protocol_level == 5:
-        body["topics"] = [
-            {
-                "topic": sub.topic_filter,
-                "qos": sub.qos,
-                "no_local": sub.no_local,
-                "rap": sub.retain_as_published,
-                "retain_handling": _RETAIN_HANDLING[sub.retain_handling]
-                if 0 <= sub.retain_handling < len(_RETAIN_HANDLING)
-                else sub.retain_handling,
-            }
-            for sub in subscriptions
-        ]
+    v5 = client.protocol_level == 5
+    body["topics"] = [_topic_entry(sub, v5) for sub in subscriptions]
+    if v5:
         body["properties"] = encode_properties(properties)
-    else:
-        body["topics"] = [{"topic": sub.topic_filter, "qos": sub.qos} for sub in subscriptions]
     return body
+
+
+def _topic_entry(sub: TopicSubscription, v5: bool) -> dict[str, Any]:
+    if sub.qos >= 0x80:  # refused (on_subscribe): VerneMQ shows 128 to MQTT 3, the code to MQTT 5
+        return {"topic": sub.topic_filter, "qos": sub.qos if v5 else 0x80}
+    if not v5:
+        return {"topic": sub.topic_filter, "qos": sub.qos}
+    return {
+        "topic": sub.topic_filter,
+        "qos": sub.qos,
+        "no_local": sub.no_local,
+        "rap": sub.retain_as_published,
+        "retain_handling": _RETAIN_HANDLING[sub.retain_handling],
+    }
 
 
 def unsubscribe_body(client: ClientInfo, topic_filters: Sequence[str], properties: Mapping[str, Any]) -> dict[str, Any]:
@@ -356,7 +385,7 @@ def parse_json(status: int, content: bytes) -> Mapping[str, Any]:
         raise BadReply(f"status {status}, not 200")
     try:
         decoded = json.loads(content)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's stack
         raise BadReply("the reply is not JSON") from None
     if not isinstance(decoded, dict):
         raise BadReply(f"the reply is JSON but not an object: {content[:80]!r}")
@@ -376,6 +405,11 @@ def answer_of(
     if result == "next":
         return None
     if isinstance(result, dict):
+        if hook.startswith("on_unsubscribe"):
+            # An UNSUBSCRIBE cannot be refused in VerneMQ (and MQTT 3 has no code to say
+            # so): it goes ahead as asked.
+            log.warning("%s answered an error (%r): unsubscribed as asked", hook, result.get("error"))
+            return allow()
         return _refusal(hook, result.get("error"))
     if result != "ok":
         raise BadReply(f"no usable result: {result!r} (ok, next or {{'error': ...}})")
@@ -425,17 +459,18 @@ def _register_modifiers(modifiers: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = value
         elif key in ("clean_session", "clean_start"):
             out["clean_start"] = _boolean(key, value)
-        elif key in ("max_message_size", "max_packet_size", "max_inflight_messages", "session_expiry_interval"):
-            out[key] = _whole(key, value)
-        elif key == "max_offline_messages":
-            out["max_queued_messages"] = _whole(key, value)
+        elif key in _REGISTER_LIMITS:
+            # VerneMQ's 0 (and -1 for queues) means "no limit of the session's own": the
+            # broker's limit stays.
+            limit = _whole(key, value, _REGISTER_LIMITS[key], unlimited=key == "max_offline_messages")
+            if limit:
+                out["max_queued_messages" if key == "max_offline_messages" else key] = limit
+        elif key == "session_expiry_interval":
+            out[key] = _whole(key, value, _U32)
         elif key == "properties":
-            properties = decode_properties(value)
-            for name in properties:
-                if name == "session_expiry_interval":
-                    out["session_expiry_interval"] = _whole(name, properties[name])
-                elif name != "user_property":
-                    raise BadReply(f"auth_on_register_m5 cannot set the property {_PROPERTY_NAMES[name]}")
+            properties = decode_properties(value, _REGISTER_PROPERTIES)
+            if "session_expiry_interval" in properties:
+                out["session_expiry_interval"] = properties["session_expiry_interval"]
         else:
             raise BadReply(f"unknown auth_on_register modifier {key!r}")
     return out
@@ -457,12 +492,12 @@ def _publish_modifiers(modifiers: Mapping[str, Any], options: PayloadOptions) ->
         elif key == "retain":
             out["retain"] = _boolean(key, value)
         elif key == "properties":
-            out["properties"] = decode_properties(value)
+            out["properties"] = decode_properties(value, _PUBLISH_PROPERTIES)
         elif key == "mountpoint":
             if value not in ("", None):
                 raise BadReply(f'mountpoint {value!r}: mountpoints are not supported (only "")')
         elif key == "throttle":
-            _whole(key, value)  # VerneMQ pauses the publisher; ternmq does not (docs/webhooks.md)
+            _whole(key, value, _U32)  # VerneMQ pauses the publisher; ternmq does not (docs/webhooks.md)
         else:
             raise BadReply(f"unknown auth_on_publish modifier {key!r}")
     return out
@@ -502,7 +537,7 @@ def _subscribe_topics(topics: Any, asked: Sequence[TopicSubscription]) -> list[T
 
 def _auth_answer(modifiers: Mapping[str, Any], method: Any) -> Allow | AuthContinue:
     code = modifiers.get("reason_code", 0)
-    properties = decode_properties(modifiers.get("properties", {}))
+    properties = decode_properties(modifiers.get("properties", {}), _AUTH_PROPERTIES)
     if properties.get("authentication_method", method) != method:
         raise BadReply(f"p_authentication_method must stay {method!r}")
     data = properties.get("authentication_data")
@@ -524,8 +559,9 @@ def decode_payload(value: Any, options: PayloadOptions) -> bytes:
         raise BadReply("payload is not base64") from None
 
 
-def decode_properties(value: Any) -> dict[str, Any]:
-    """VerneMQ's p_* properties of a reply as ternmq's."""
+def decode_properties(value: Any, allowed: frozenset[str]) -> dict[str, Any]:
+    """VerneMQ's p_* properties of a reply as ternmq's; only the ``allowed`` ones, each
+    checked for its MQTT type (a message carrying a bad one would fail every subscriber)."""
     if not isinstance(value, dict):
         raise BadReply(f"properties must be an object, not {value!r}")
     out: dict[str, Any] = {}
@@ -533,6 +569,8 @@ def decode_properties(value: Any) -> dict[str, Any]:
         name = _KERNEL_NAMES.get(vmq)
         if name is None:
             raise BadReply(f"unknown property {vmq!r}")
+        if name not in allowed:
+            raise BadReply(f"this hook cannot set the property {vmq}")
         try:
             out[name] = _decode_property(name, item)
         except (ValueError, TypeError, KeyError, binascii.Error) as exc:
@@ -544,22 +582,33 @@ def _decode_property(name: str, value: Any) -> Any:
     if name == "payload_format_indicator":
         return {"utf8": 1, "unspecified": 0}[value]
     if name == "user_property":
-        return [
-            (
-                base64.b64decode(pair["key"], validate=True).decode(),
-                base64.b64decode(pair["val"], validate=True).decode(),
-            )
-            for pair in value
-        ]
+        if not isinstance(value, list):
+            raise ValueError("must be a list of {key, val}")
+        return [(_b64_text(pair["key"]), _b64_text(pair["val"])) for pair in value]
     if name == "authentication_data":
-        return base64.b64decode(value, validate=True)
+        return base64.b64decode(_string(value), validate=True)
     if name == "correlation_data":
-        return str(value).encode()
-    if name in _FLAGS:
-        return int(_boolean(name, value))
-    if isinstance(value, bool) or not isinstance(value, (int, str, list)):
-        raise ValueError(f"unexpected value {value!r}")
+        return _string(value).encode()
+    if name in ("message_expiry_interval", "session_expiry_interval"):
+        return _whole(name, value, _U32)
+    if name == "response_topic":
+        topic = _string(value)
+        if not topic or "+" in topic or "#" in topic:
+            raise ValueError(f"not a topic name: {topic!r}")
+        return topic
+    return _string(value)  # content_type, authentication_method
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, not {value!r}")
+    if len(value.encode()) > 65535:
+        raise ValueError("longer than an MQTT string can be")
     return value
+
+
+def _b64_text(value: Any) -> str:
+    return base64.b64decode(_string(value), validate=True).decode()
 
 
 def _boolean(key: str, value: Any) -> bool:
@@ -568,7 +617,10 @@ def _boolean(key: str, value: Any) -> bool:
     return value
 
 
-def _whole(key: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise BadReply(f"{key} must be a whole number >= 0, not {value!r}")
+def _whole(key: str, value: Any, maximum: int, *, unlimited: bool = False) -> int:
+    """A whole number from 0 to ``maximum``; with ``unlimited`` also -1, read as 0."""
+    if unlimited and value == -1 and not isinstance(value, bool):
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= maximum:
+        raise BadReply(f"{key} must be a whole number from 0 to {maximum}, not {value!r}")
     return value

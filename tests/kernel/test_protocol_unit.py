@@ -148,24 +148,6 @@ class RecordingPublisher(Publisher):
         return await super().publish(message, conn, origin, on_matched)
 
 
-class _SilentPeer(trio.abc.Stream):
-    """A peer that stays connected and sends nothing (connect.while_connected reads it
-    while auth_on_register runs); handlers write through FakeClient.write, not here."""
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        await trio.sleep_forever()
-        raise AssertionError("unreachable")
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        raise AssertionError("a handler wrote to the stream of a unit-test client")
-
-    async def wait_send_all_might_not_block(self) -> None:
-        raise AssertionError("a handler waited on the stream of a unit-test client")
-
-    async def aclose(self) -> None:
-        pass
-
-
 class FakeClient(WrittenConnection):
     """A client's connection: ``write`` appends bytes, ``send`` encodes and writes."""
 
@@ -204,7 +186,11 @@ class FakeClient(WrittenConnection):
 
     @property
     def stream(self) -> trio.abc.Stream:
-        return _SilentPeer()
+        raise AssertionError("a handler read the stream of a unit-test client")
+
+    async def receive_cancellable(self) -> bytes:
+        await trio.sleep_forever()  # a peer that stays and sends nothing
+        raise AssertionError("unreachable")
 
     @property
     def in_aliases(self) -> dict[int, str]:

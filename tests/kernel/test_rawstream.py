@@ -8,6 +8,9 @@ import outcome
 import pytest
 import trio
 
+from ternmq.kernel.codec import Framer
+from ternmq.kernel.protocol.connect import while_connected
+from ternmq.kernel.transport.connection import Connection
 from ternmq.kernel.transport.rawstream import RawSocketStream, ReceiveAborted, accept_loop
 
 
@@ -289,3 +292,56 @@ async def test_closing_with_nobody_waiting_leaves_trio_nothing_to_forget() -> No
         with trio.fail_after(5):
             assert await reused.receive_after_wait() == b"y"
     await reused.aclose()
+
+
+class _Watched:
+    """What connect.while_connected uses of a connection, with the real reading method."""
+
+    receive_cancellable = Connection.receive_cancellable
+
+    def __init__(self, stream: RawSocketStream) -> None:
+        self.stream = stream
+        self.framer = Framer()
+
+
+@pytest.mark.parametrize("waits", [False, True])
+async def test_while_connected_loses_no_byte_when_its_call_ends(waits: bool) -> None:
+    """The watcher is cancelled when the call ends; bytes that arrived meanwhile are in
+    the framer or still in the socket, never dropped (receive_some would read them
+    before its checkpoint and lose them to the cancel)."""
+    stream, peer = stream_pair()
+    with peer:
+        peer.sendall(b"\x30\x03\x00\x01x")
+
+        async def call() -> str:
+            if waits:
+                await trio.sleep(0.05)
+            return "answer"
+
+        watched = _Watched(stream)
+        assert await while_connected(watched, call) == "answer"  # type: ignore[arg-type]
+        buffered = watched.framer.buffered()
+        try:
+            rest = stream.socket.recv(100)
+        except BlockingIOError:
+            rest = b""
+        assert buffered + len(rest) == 5
+        await stream.aclose()
+
+
+async def test_while_connected_ends_the_call_when_the_peer_closes() -> None:
+    stream, peer = stream_pair()
+    ended = trio.Event()
+
+    async def call() -> str:
+        try:
+            await trio.sleep_forever()
+        finally:
+            ended.set()
+        return "never"
+
+    peer.close()
+    with pytest.raises(trio.BrokenResourceError):
+        await while_connected(_Watched(stream), call)  # type: ignore[arg-type]
+    assert ended.is_set()
+    await stream.aclose()

@@ -309,7 +309,9 @@ async def test_notification_bodies_over_a_clients_life(tmp_path: Path, receiver:
         "retain": False,
         "properties": {"p_content_type": "x"},
     }
-    assert {**who4, "qos": 0, "topic": "t/5", "payload": b64(b"five"), "retain": False} in receiver.bodies("on_deliver")
+    # on_deliver carries properties for MQTT 3 clients too (VerneMQ's hook has them)
+    on_deliver = {**who4, "qos": 0, "topic": "t/5", "payload": b64(b"five"), "retain": False}
+    assert {**on_deliver, "properties": {"p_content_type": "x"}} in receiver.bodies("on_deliver")
     assert {
         **who5,
         "qos": 1,
@@ -557,15 +559,22 @@ async def test_a_chain_slower_than_the_hook_deadline_ends_in_its_policy(tmp_path
     """The broker's deadline for the whole hook (the plugin's hook_timeout) bounds the
     chain: the endpoint that runs into it fails by its own policy, not the kernel's."""
     receiver.respond = lambda request: Answer(delay=3.0)
-    hooks = {"auth_on_publish_m5": {"on_failure": "next", "response_timeout": 5000}}
-    config = webhooks_config(tmp_path, [{"hook": h, "endpoint": receiver.url("/slow"), **o} for h, o in hooks.items()])
-    table = dict(config.plugins[1].settings, hook_timeout=0.5)
-    config = attrs_evolve_plugins(config, table)
+    endpoints = [
+        {"hook": "auth_on_publish_m5", "endpoint": receiver.url(path), "on_failure": "next", "response_timeout": 5000}
+        for path in ("/slow", "/second")
+    ]
+    config = webhooks_config(tmp_path, endpoints)
+    config = attrs_evolve_plugins(config, dict(config.plugins[1].settings, hook_timeout=0.5))
     async with open_broker(config) as broker, connected(broker, "p", 5) as client:
         ack = await client.publish("t", b"x", qos=1)
-        assert ack.reason_code == 0x10  # on_failure = next, then no_match = allow
+        assert ack.reason_code == 0x10  # on_failure = next (both), then no_match = allow
         [loaded] = [p for p in broker.service.plugins() if p.name == WEBHOOKS]
-        assert loaded.timeouts == 0  # the kernel's deadline did not fire
+        assert (loaded.timeouts, loaded.errors) == (0, 0)  # the kernel's deadline did not fire
+        metrics = broker.service.metrics()
+    # the second endpoint had no time left: a timeout of its own, no request
+    assert [r.path for r in receiver.requests] == ["/slow"]
+    second = receiver.url("/second")
+    assert metrics[f'counter.webhooks_timeouts{{hook="auth_on_publish_m5",endpoint="{second}"}}'] == 1
 
 
 def attrs_evolve_plugins(config: Any, webhooks_table: dict[str, Any]) -> Any:
@@ -761,6 +770,8 @@ async def test_register_show_deregister_and_survive_a_restart(tmp_path: Path, re
     [
         (["register", "hook=auth_on_nothing", "endpoint=http://127.0.0.1:1/"], "unknown hook"),
         (["register", "hook=on_publish", "endpoint=ftp://127.0.0.1/"], "http:// or https://"),
+        (["register", "hook=on_publish", "endpoint=http://a..b/"], "not a usable URL"),
+        (["register", "hook=on_publish", "endpoint=http://h\x01/"], "not a usable URL"),
         (["register", "hook=on_publish", "endpoint=http://127.0.0.1:1/", "--response_timeout=0"], "response_timeout"),
         (["register", "hook=on_publish", "endpoint=http://127.0.0.1:1/", "--on_failure=maybe"], "on_failure"),
         (["register", "hook=on_publish", "endpoint=http://127.0.0.1:1/", "--base64payload=perhaps"], "base64payload"),
@@ -864,3 +875,144 @@ async def test_mosquitto_pub_credentials_checked_by_the_receiver(tmp_path: Path,
         bad = await trio.run_process([*base, "-u", "alice", "-P", "wrong"], capture_stderr=True, check=False)
     assert good.returncode == 0
     assert bad.returncode != 0 and b"not authorised" in bad.stderr.lower().replace(b"authorized", b"authorised")
+
+
+# -- what a reply or a registration must not be able to break -----------------------------------------
+
+
+BAD_PROPERTIES = [
+    {"p_message_expiry_interval": "60"},
+    {"p_message_expiry_interval": -1},
+    {"p_message_expiry_interval": 2**32},
+    {"p_content_type": 5},
+    {"p_response_topic": ["x"]},
+    {"p_response_topic": "a/#"},
+    {"p_payload_format_indicator": "binary"},
+    {"p_user_property": [{"key": "not base64!", "val": ""}]},
+    {"p_will_delay_interval": 5},
+    {"p_session_expiry_interval": 5},
+    {"p_bogus": 1},
+]
+
+
+@pytest.mark.parametrize(
+    "properties", BAD_PROPERTIES, ids=[next(iter(p)) + repr(next(iter(p.values()))) for p in BAD_PROPERTIES]
+)
+async def test_publish_properties_of_the_wrong_kind_are_a_failure(
+    tmp_path: Path, receiver: Receiver, properties: dict[str, Any]
+) -> None:
+    """A bad property never reaches a message (where it would fail every subscriber)."""
+    receiver.respond = lambda request: Answer({"result": "ok", "modifiers": {"properties": properties}})
+    async with hooked(tmp_path, receiver, ["auth_on_publish_m5"]) as broker:
+        async with connected(broker, "sub", 5) as subscriber, connected(broker, "pub", 5) as publisher:
+            await subscriber.subscribe("t", qos=1)
+            assert (await publisher.publish("t", b"x", qos=1)).reason_code == 0x80
+            assert await subscriber.nothing_received(0.1)
+        await broker_still_serves(broker)
+
+
+async def test_register_limits_zero_and_minus_one_keep_the_brokers_limits(tmp_path: Path, receiver: Receiver) -> None:
+    """VerneMQ's 0 (no limit of the session's own) and -1 (unlimited queue) keep the
+    broker's limits instead of a limit of nothing."""
+    modifiers = {"max_message_size": 0, "max_inflight_messages": 0, "max_offline_messages": -1}
+    receiver.respond = lambda request: Answer({"result": "ok", "modifiers": modifiers})
+    async with hooked(tmp_path, receiver, ["auth_on_register_m5"]) as broker, connected(broker, "z", 5) as client:
+        assert client.connack.properties["maximum_packet_size"] == broker.settings.limits.max_packet_size
+        await client.subscribe("z", qos=1)
+        await client.publish("z", b"x" * 1000, qos=1)
+        assert (await client.receive()).payload == b"x" * 1000
+
+
+@pytest.mark.parametrize(
+    "modifiers",
+    [
+        {"max_message_size": 2**31},
+        {"session_expiry_interval": 2**32},
+        {"max_inflight_messages": 70000},
+        {"max_offline_messages": -2},
+    ],
+)
+async def test_register_limits_out_of_range_are_a_failure(
+    tmp_path: Path, receiver: Receiver, modifiers: dict[str, Any]
+) -> None:
+    receiver.respond = lambda request: Answer({"result": "ok", "modifiers": modifiers})
+    async with hooked(tmp_path, receiver, ["auth_on_register_m5"]) as broker:
+        async with MQTTTestClient.open(broker.port(), 5) as client:
+            assert (await client.connect("r")).reason_code == 0x88
+        await broker_still_serves(broker)
+
+
+async def test_an_unsubscribe_cannot_be_refused(tmp_path: Path, receiver: Receiver) -> None:
+    """MQTT 3 has no code to say so and VerneMQ cannot either: an error reply, or a failed
+    endpoint under on_failure = deny, unsubscribes as asked."""
+    receiver.respond = lambda request: Answer({"result": {"error": "not_allowed"}})
+    hooks = {"on_unsubscribe": {}, "on_unsubscribe_m5": {"endpoint": dead_url()}}
+    endpoints = [{"hook": hook, "endpoint": receiver.url("/u"), **extra} for hook, extra in hooks.items()]
+    async with open_broker(webhooks_config(tmp_path, endpoints)) as broker:
+        async with connected(broker, "u4", 4) as v4, connected(broker, "u5", 5) as v5:
+            for client in (v4, v5):
+                await client.subscribe("a", qos=0)
+            await v4.unsubscribe("a")
+            assert (await v5.unsubscribe("a")).reason_codes == [0]
+            assert broker.service.subscriptions("u4") == () and broker.service.subscriptions("u5") == ()
+
+
+async def test_a_password_json_cannot_carry_is_refused_without_a_call(tmp_path: Path, receiver: Receiver) -> None:
+    async with hooked(tmp_path, receiver, ["auth_on_register_m5"]) as broker:
+        async with MQTTTestClient.open(broker.port(), 5) as client:
+            assert (await client.connect("bin", username="u", password=b"\xff\xfe")).reason_code == 0x86
+    assert receiver.requests == []
+
+
+async def test_a_registration_that_cannot_be_kept_is_not_made(tmp_path: Path, receiver: Receiver) -> None:
+    table = {"endpoints": [], "registrations_file": str(tmp_path / "a-file" / "webhooks.json")}
+    async with open_broker(test_config(plugins={WEBHOOKS: table})) as broker:
+        (tmp_path / "a-file").write_text("where the folder should be")  # the file cannot be written now
+        with pytest.raises(CommandError, match="a-file"):
+            await run(broker, "webhooks", "register", "hook=on_publish", f"endpoint={receiver.url()}")
+        table_now = await run(broker, "webhooks", "show")
+        assert isinstance(table_now, Table) and table_now.rows == ()
+        # transient ones need no file
+        await run(broker, "webhooks", "register", "hook=on_publish", f"endpoint={receiver.url()}", "--transient")
+
+
+async def test_deregistering_forgets_the_endpoints_cached_answers(tmp_path: Path, receiver: Receiver) -> None:
+    receiver.respond = cached_for("max-age=60")
+    async with open_broker(webhooks_config(tmp_path, [])) as broker:
+        argv = ["hook=auth_on_publish_m5", f"endpoint={receiver.url()}"]
+        await run(broker, "webhooks", "register", *argv)
+        await publish_twice(broker)
+        assert len(receiver.requests) == 1
+        await run(broker, "webhooks", "deregister", *argv)
+        await run(broker, "webhooks", "register", *argv)
+        await publish_twice(broker)
+    assert len(receiver.requests) == 2
+
+
+async def test_cache_show_reset_leaves_the_metrics_counting(tmp_path: Path, receiver: Receiver) -> None:
+    receiver.respond = cached_for("max-age=60")
+    async with hooked(tmp_path, receiver, ["auth_on_publish_m5"]) as broker:
+        await publish_twice(broker)
+        await run(broker, "webhooks", "cache", "show", "--reset")
+        await publish_twice(broker)
+        table = await run(broker, "webhooks", "cache", "show")
+        assert isinstance(table, Table)
+        assert {row["stat"]: row["value"] for row in table.rows} == {"hits": 2, "misses": 0, "entries": 1}
+        url = receiver.url("/auth_on_publish_m5")
+        assert (
+            broker.service.metrics()[f'counter.webhooks_cache_hits{{hook="auth_on_publish_m5",endpoint="{url}"}}'] == 3
+        )
+
+
+async def test_notifications_to_a_dead_endpoint_are_counted_and_the_rest_go_on(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    dead = dead_url()
+    endpoints = [{"hook": "on_publish", "endpoint": dead}, {"hook": "on_publish", "endpoint": receiver.url("/live")}]
+    async with open_broker(webhooks_config(tmp_path, endpoints, workers=1)) as broker:
+        async with connected(broker, "p", 4) as client:
+            for number in range(5):
+                await client.publish("t", str(number).encode(), qos=1)
+            await eventually(lambda: len(receiver.requests) == 5)
+        metrics = broker.service.metrics()
+    assert metrics[f'counter.webhooks_errors{{hook="on_publish",endpoint="{dead}"}}'] == 5
