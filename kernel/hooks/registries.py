@@ -19,7 +19,6 @@ from typing import Any, Generic, Protocol, Self, TypeVar
 
 import attrs
 
-
 Number = int | float
 #: What a metric's reader returns: a value, or (with labels) a value per label values.
 Reading = Number | Mapping[tuple[str, ...], Number]
@@ -112,9 +111,7 @@ class Owned(Generic[_Key, _Value]):
 class MetricsRegistry(Owned[str, Metric]):
     """Metrics that plugins add (the kernel's own counters are in ``Broker.metrics``, values/counters.py)."""
 
-    def counter(
-        self, name: str, read: Callable[[], Reading], help: str = "", *, labels: tuple[str, ...] = ()
-    ) -> None:
+    def counter(self, name: str, read: Callable[[], Reading], help: str = "", *, labels: tuple[str, ...] = ()) -> None:
         self._put(name, Metric(name, "counter", read, help, self._owner, labels))
 
     def gauge(self, name: str, read: Callable[[], Reading], help: str = "", *, labels: tuple[str, ...] = ()) -> None:
