@@ -6,10 +6,12 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +20,10 @@ from typing import Any
 import httpx
 import pytest
 
+from helpers import plugin_samples
+
+helpers = plugin_samples()
+BrokerProcess, short_dir, subprocess_env = helpers.BrokerProcess, helpers.short_dir, helpers.subprocess_env
 ROOT = Path(__file__).parent.parent
 RECEIVER = ROOT / "examples" / "webhook_receiver.py"
 
@@ -221,3 +227,54 @@ def test_sigterm_stops_it_cleanly(tmp_path: Path) -> None:
             _, stderr = process.communicate(timeout=10)
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr
+
+
+# -- the receiver next to a broker started on examples/webhooks.toml ---------------------------
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_pub") is None, reason="mosquitto clients are not installed")
+def test_examples_webhooks_toml_with_the_receiver_and_mosquitto_clients(tmp_path: Path) -> None:
+    """The README's webhook set-up as a user runs it: the receiver, the broker on
+    examples/webhooks.toml (its port 8080 replaced by the receiver's), mosquitto_pub and
+    mosquitto_sub; the receiver's rules decide and it logs the notifications."""
+    with running(tmp_path, RULES) as (client, log_file), short_dir() as runtime_dir:
+        config = (ROOT / "examples" / "webhooks.toml").read_text()
+        assert config.count("http://127.0.0.1:8080/") == 8
+        config = config.replace("http://127.0.0.1:8080/", f"{client.base_url}/")
+        config = config.replace('data_dir = "./data"', f'data_dir = "{tmp_path / "data"}"')
+        config_file = tmp_path / "webhooks.toml"
+        config_file.write_text(config)
+        env = subprocess_env(runtime_dir)
+        broker = BrokerProcess(["--config", str(config_file), "--port", "0"], env=env, cwd=ROOT)
+        try:
+            broker.wait_ready()
+            port = str(broker.port)
+            sub = ["mosquitto_sub", "-h", "127.0.0.1", "-p", port, "-C", "1", "-W", "10", "-u", "alice"]
+            with subprocess.Popen(
+                [*sub, "-P", "alice-secret", "-t", "public/#", "-V", "mqttv5"], stdout=subprocess.PIPE, text=True
+            ) as watcher:
+                pub = ["mosquitto_pub", "-h", "127.0.0.1", "-p", port, "-u", "alice"]
+                for _ in range(50):  # until the subscriber is in
+                    done = subprocess.run(
+                        [*pub, "-P", "alice-secret", "-t", "public/news", "-m", "hi"], capture_output=True, timeout=10
+                    )
+                    assert done.returncode == 0, done.stderr
+                    if watcher.poll() is not None:
+                        break
+                    time.sleep(0.1)
+                out, _ = watcher.communicate(timeout=10)
+            assert out.strip().splitlines()[0] == "hi"
+            wrong = subprocess.run(
+                [*pub, "-P", "wrong", "-t", "public/news", "-m", "x"], capture_output=True, text=True, timeout=10
+            )
+            assert wrong.returncode != 0 and "not authori" in wrong.stderr.lower()
+            refused = subprocess.run(
+                ["mosquitto_sub", "-h", "127.0.0.1", "-p", port, "-u", "sensor-17", "-P", "sensor-secret", "-t", "alice/#", "-C", "1", "-W", "3", "-V", "mqttv5"],
+                capture_output=True, text=True, timeout=10,
+            )  # fmt: skip
+            assert "All subscription requests were denied" in refused.stderr
+        finally:
+            broker.stop()
+    log = log_file.read_text()
+    assert "auth_on_register" in log and "auth_on_subscribe_m5" in log and "on_publish" in log
+    assert '"payload": "hi"' in log or "'payload': 'hi'" in log
