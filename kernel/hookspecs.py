@@ -98,7 +98,8 @@ def auth_on_register(
     Answer: ``allow(**modifiers)`` accepts. Modifiers: ``client_id``, ``username``,
     ``clean_start``, ``session_expiry_interval``, ``max_inflight_messages``,
     ``max_message_size`` (largest inbound packet), ``max_packet_size`` (largest outbound
-    packet), ``max_queued_messages``. ``deny(reason_code)`` refuses with that CONNACK code
+    packet), ``max_queued_messages``, ``mountpoint`` (the client's topic namespace).
+    ``deny(reason_code)`` refuses with that CONNACK code
     (v3 clients get the 3.1.1 return code that matches, as ``codec.connack_v3_code``
     maps it: 0x84 → 1, 0x85 → 2, 0x88/0x89/0x8B/0x9F → 3, 0x86/0x8C → 4, others → 5).
 

@@ -94,6 +94,7 @@ def _session_info(session: Session, node: str) -> SessionInfo:
         inflight=len(session.inflight),
         queued=len(session.queue),
         node=node,
+        mountpoint=session.mountpoint,
     )
 
 

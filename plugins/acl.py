@@ -31,7 +31,7 @@ Syntax, one rule a line:
   (not client id). Rules before the first ``user`` line apply to every client.
 * ``pattern [read|write|readwrite|deny] FILTER``: applies to every client, wherever it
   stands in the file. In ``FILTER``, ``%u`` is the username, ``%c`` the client id and
-  ``%m`` the mountpoint (always empty in this release); a placeholder must be a whole
+  ``%m`` the client's mountpoint; a placeholder must be a whole
   topic level.
 
 Any other line is an error naming the file and the line.

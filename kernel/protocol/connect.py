@@ -257,7 +257,7 @@ async def _authorize_will(conn: ClientConnection, packet: Connect) -> Message:
     assert will is not None
     broker = conn.broker
     if is_broker_topic(will.topic):
-        raise Refused(ReasonCode.NOT_AUTHORIZED, "clients may not publish to $SYS")
+        raise Refused(ReasonCode.NOT_AUTHORIZED, "clients may not publish to $SYS or $mount")
     if will.retain and not broker.retain_available:
         raise Refused(ReasonCode.RETAIN_NOT_SUPPORTED, "retained messages are not supported")
     message, reason_code, _ = await inbound.authorize_publish(

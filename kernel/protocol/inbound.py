@@ -88,7 +88,7 @@ async def on_publish(conn: ClientConnection, packet: Publish) -> object:
             conn.protocol_error(ReasonCode.RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded")
             return STOP
     if is_broker_topic(topic):
-        # $SYS belongs to the broker: MQTT 5 publishers are told "not authorized"; MQTT 3
+        # $SYS and $mount belong to the broker: MQTT 5 publishers are told "not authorized"; MQTT 3
         # ones, which have no negative acknowledgement, are acknowledged and ignored.
         broker.metrics.publish_denied += 1
         if packet.packet_id is not None:
@@ -98,7 +98,7 @@ async def on_publish(conn: ClientConnection, packet: Publish) -> object:
                 qos,
                 packet.packet_id,
                 ReasonCode.NOT_AUTHORIZED if conn.protocol_level == 5 else ReasonCode.SUCCESS,
-                "clients may not publish to $SYS",
+                "clients may not publish to $SYS or $mount",
             )
         return None
     if packet.retain and not broker.retain_available:

@@ -14,7 +14,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from ..codec import Connack, Connect, ReasonCode, encode
-from ..routing.topics import TopicError, validate_topic_name
+from ..routing.topics import TopicError, check_mountpoint, validate_topic_name
 from ..values.types import Allow, AuthContinue, ClientInfo, Deny
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ REGISTER_MODIFIERS = frozenset(
         "max_message_size",
         "max_packet_size",
         "max_queued_messages",
+        "mountpoint",
     }
 )
 
@@ -56,7 +57,16 @@ class Terms:
     """What a CONNECT settles, step by step: the client's identity, its session's terms,
     the CONNACK's properties (MQTT 5)."""
 
-    __slots__ = ("client_id", "username", "clean_start", "expiry", "max_inflight", "max_queued", "connack")
+    __slots__ = (
+        "client_id",
+        "username",
+        "clean_start",
+        "expiry",
+        "max_inflight",
+        "max_queued",
+        "connack",
+        "mountpoint",
+    )
 
     def __init__(
         self,
@@ -66,8 +76,10 @@ class Terms:
         expiry: int,
         limits: Limits,
         connack: dict[str, Any],
+        mountpoint: str = "",
     ) -> None:
         self.client_id = client_id
+        self.mountpoint = mountpoint
         self.username = username
         self.clean_start = clean_start
         self.expiry = expiry
@@ -125,14 +137,15 @@ def check_connect(conn: ConnectingClient, packet: Connect, settings: BrokerSetti
         if conn.tls_common_name is None:
             raise Refused(ReasonCode.NOT_AUTHORIZED, "a client certificate is required")
         username = conn.tls_common_name
-    conn.client_info = _client_info(conn, client_id, username, settings.node_name)
+    mountpoint = conn.listener.mountpoint
+    conn.client_info = _client_info(conn, client_id, username, settings.node_name, mountpoint)
 
     clean_start = packet.clean_start
     if level == 5:
         expiry = props.get("session_expiry_interval", 0)
     else:
         expiry = _v3_session_expiry(clean_start, limits.persistent_session_expiry)
-    return Terms(client_id, username, clean_start, expiry, limits, connack)
+    return Terms(client_id, username, clean_start, expiry, limits, connack, mountpoint)
 
 
 def apply_register_answer(conn: ConnectingClient, terms: Terms, answer: object, settings: BrokerSettings) -> None:
@@ -172,10 +185,13 @@ def apply_register_answer(conn: ConnectingClient, terms: Terms, answer: object, 
                 terms.connack["maximum_packet_size"] = conn.framer.max_packet_size
             if "max_packet_size" in mods:
                 conn.client_maximum_packet_size = min(conn.client_maximum_packet_size, int(mods["max_packet_size"]))
+            if "mountpoint" in mods:
+                terms.mountpoint = str(mods["mountpoint"])
+                check_mountpoint(terms.mountpoint)
         except (TypeError, ValueError) as exc:
             log.error("auth_on_register: bad modifier: %s", exc)
             raise Refused(ReasonCode.UNSPECIFIED_ERROR, "plugin error") from None
-        conn.client_info = _client_info(conn, terms.client_id, terms.username, settings.node_name)
+        conn.client_info = _client_info(conn, terms.client_id, terms.username, settings.node_name, terms.mountpoint)
     elif isinstance(answer, AuthContinue):
         raise Refused(ReasonCode.UNSPECIFIED_ERROR, "plugin error")
 
@@ -217,7 +233,9 @@ def _v3_session_expiry(clean_session: bool, persistent_session_expiry: int) -> i
     return 0 if clean_session else persistent_session_expiry or 0xFFFFFFFF
 
 
-def _client_info(conn: ConnectingClient, client_id: str, username: str | None, node_name: str) -> ClientInfo:
+def _client_info(
+    conn: ConnectingClient, client_id: str, username: str | None, node_name: str, mountpoint: str
+) -> ClientInfo:
     # Built directly: attrs.evolve costs several times more, once per CONNECT.
     return ClientInfo(
         client_id,
@@ -226,7 +244,7 @@ def _client_info(conn: ConnectingClient, client_id: str, username: str | None, n
         conn.peer_port,
         conn.protocol_level,
         conn.listener.name,
-        "",
+        mountpoint,
         node_name,
         conn.tls_common_name,
     )

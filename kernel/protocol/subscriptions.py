@@ -16,7 +16,7 @@ from ..codec import (
     Unsubscribe,
     legal_reason_code,
 )
-from ..routing.topics import TopicError, parse_shared, validate_topic_filter
+from ..routing.topics import TopicError, is_mount_topic, mounted, parse_shared, validate_topic_filter
 from ..values.types import Allow, ClientInfo, Deny, TopicSubscription
 
 if TYPE_CHECKING:
@@ -49,6 +49,9 @@ async def handle_subscribe(conn: ClientConnection, packet: Subscribe) -> None:
             validate_topic_filter(request.topic_filter, limits.max_topic_levels)
         except TopicError as exc:
             codes.append(exc.reason_code)
+            continue
+        if is_mount_topic(request.topic_filter):  # another mountpoint's topics: not from here
+            codes.append(ReasonCode.NOT_AUTHORIZED)
             continue
         group, _ = parse_shared(request.topic_filter)
         if group is not None and request.no_local and level == 5:
@@ -120,7 +123,7 @@ async def after_subscribe(
             if subscription.retain_handling == 2 or (subscription.retain_handling == 1 and not is_new):
                 continue
             retained = await broker.dispatcher.provide(
-                "retain_lookup", default=(), topic_filter=subscription.topic_filter
+                "retain_lookup", default=(), topic_filter=mounted(session.mountpoint, subscription.topic_filter)
             )
             if retained:
                 await broker.router.deliver_retained(session, subscription, retained)

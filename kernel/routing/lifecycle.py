@@ -67,6 +67,7 @@ class SessionLifecycle:
                 snapshot.expiry_interval,
                 limits.max_inflight,
                 limits.max_queued_messages,
+                snapshot.mountpoint,
             )
             session.stored = True
             for subscription in snapshot.subscriptions:
@@ -81,7 +82,14 @@ class SessionLifecycle:
     # -- sessions ----------------------------------------------------------------------
 
     def _new_session(
-        self, client_id: str, username: str | None, level: int, expiry: int | None, max_inflight: int, max_queued: int
+        self,
+        client_id: str,
+        username: str | None,
+        level: int,
+        expiry: int | None,
+        max_inflight: int,
+        max_queued: int,
+        mountpoint: str,
     ) -> Session:
         session = Session(
             client_id,
@@ -90,6 +98,7 @@ class SessionLifecycle:
             expiry_interval=expiry,
             max_inflight=max_inflight,
             max_queued=max_queued,
+            mountpoint=mountpoint,
         )
         self.sessions[client_id] = session
         return session
@@ -120,6 +129,10 @@ class SessionLifecycle:
             if session.expiry_timer is not None:
                 session.expiry_timer.cancel()
                 session.expiry_timer = None
+        # Client ids are the broker's, not a mountpoint's: a client that comes back in
+        # another mountpoint starts a new session there (its subscriptions were routed in
+        # the old one).
+        clean_start = clean_start or (session is not None and session.mountpoint != conn.client_info.mountpoint)
         present = session is not None and not clean_start
         if session is not None and clean_start:
             await self.end_session(session)
@@ -155,7 +168,15 @@ class SessionLifecycle:
         max_queued: int,
     ) -> Session:
         """A new session for ``client_id``, which has none, attached to ``conn``."""
-        session = self._new_session(client_id, username, conn.protocol_level, expiry_interval, max_inflight, max_queued)
+        session = self._new_session(
+            client_id,
+            username,
+            conn.protocol_level,
+            expiry_interval,
+            max_inflight,
+            max_queued,
+            conn.client_info.mountpoint,
+        )
         session.connection = conn
         self.counters.connections_accepted += 1
         return session

@@ -6,7 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import attrs
+
 from ..values.types import ClientInfo, Message
+from .topics import mounted
 
 if TYPE_CHECKING:
     from ..hooks.dispatch import HookDispatcher
@@ -41,19 +44,25 @@ class Publisher:
         before any of them gets the message (Router.route).
         """
         dispatcher = self.dispatcher
+        client = conn.client_info if conn is not None else origin
+        # In a mountpoint the message is routed (and retained) under it; on_publish is
+        # told the topic as the publisher sent it.
+        routed = message
+        if client is not None and client.mountpoint:
+            routed = attrs.evolve(message, topic=mounted(client.mountpoint, message.topic))
         if message.retain:
             if not message.payload:
-                await dispatcher.provide("retain_delete", topic=message.topic)
+                await dispatcher.provide("retain_delete", topic=routed.topic)
             else:
-                await dispatcher.provide("retain_store", message=message)
+                await dispatcher.provide("retain_store", message=routed)
         origin_id = conn.client_info.client_id if conn is not None else None
-        count = await self.router.route(message, origin_id, on_matched)
+        count = await self.router.route(routed, origin_id, on_matched)
         announce = dispatcher.has("on_publish")
         forward = dispatcher.has("cluster_forward")
         if announce or forward:
-            client = conn.client_info if conn is not None else origin or self.broker_client
+            client = client or self.broker_client
             if announce:
                 await dispatcher.notify("on_publish", client=client, message=message)
             if forward:
-                await dispatcher.provide("cluster_forward", message=message, origin=client)
+                await dispatcher.provide("cluster_forward", message=routed, origin=client)
         return count

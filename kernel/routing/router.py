@@ -19,7 +19,7 @@ import attrs
 from ..hooks.dispatch import PLUGIN_FAILURE
 from ..values.types import Allow, Deny, Message, TopicSubscription
 from .session import Delivered, Session, WireCache
-from .topics import SubscriptionTrie
+from .topics import SubscriptionTrie, mounted, unmounted
 
 if TYPE_CHECKING:
     from ..hooks.dispatch import HookDispatcher
@@ -42,12 +42,12 @@ class Router:
     def subscribe(self, session: Session, subscription: TopicSubscription) -> bool:
         """Add or replace a subscription; True if it is new for this session."""
         session.subscriptions[subscription.topic_filter] = subscription
-        return self.trie.add(subscription.topic_filter, session.client_id, subscription)
+        return self.trie.add(mounted(session.mountpoint, subscription.topic_filter), session.client_id, subscription)
 
     def unsubscribe(self, session: Session, topic_filter: str) -> bool:
         """Remove a subscription; True if it existed."""
         session.subscriptions.pop(topic_filter, None)
-        return self.trie.remove(topic_filter, session.client_id)
+        return self.trie.remove(mounted(session.mountpoint, topic_filter), session.client_id)
 
     def remove_session(self, session: Session) -> None:
         """Forget every subscription of a session that ends."""
@@ -89,8 +89,10 @@ class Router:
             if session is None:
                 continue
             out_message = message
+            if session.mountpoint:  # the topic as the subscriber's mountpoint sees it
+                out_message = _with(message, topic=unmounted(session.mountpoint, message.topic))
             if rewrite and session.connection is not None:
-                rewritten = await self.on_deliver(session, message, qos)
+                rewritten = await self.on_deliver(session, out_message, qos)
                 if rewritten is None:
                     continue
                 out_message = rewritten
@@ -170,8 +172,10 @@ class Router:
                 continue
             qos = min(message.qos, subscription.qos)
             out_message = message
+            if session.mountpoint:
+                out_message = _with(message, topic=unmounted(session.mountpoint, message.topic))
             if rewrite:
-                rewritten = await self.on_deliver(session, message, qos)
+                rewritten = await self.on_deliver(session, out_message, qos)
                 if rewritten is None:
                     continue
                 out_message = rewritten

@@ -155,9 +155,13 @@ class Session:
         expiry_interval: int | None,
         max_inflight: int,
         max_queued: int,
+        mountpoint: str = "",
     ) -> None:
         self.client_id = client_id
         self.username = username
+        # The topic namespace of the session's clients (topics.mounted): its
+        # subscriptions are kept as the client sent them, routed under the mountpoint.
+        self.mountpoint = mountpoint
         self.protocol_level = protocol_level
         # Seconds the session outlives its connection: 0 ends it at disconnect, None
         # means never (MQTT 5's 0xFFFFFFFF, or an MQTT 3 session with no expiry set).
@@ -370,4 +374,5 @@ class Session:
             subscriptions=tuple(self.subscriptions.values()),
             queued=tuple(d.message for d in list(self.inflight.values()) + list(self.queue)),
             disconnected_at=self.disconnected_at or 0.0,
+            mountpoint=self.mountpoint,
         )

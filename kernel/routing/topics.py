@@ -57,9 +57,49 @@ def validate_topic_name(topic: str, max_levels: int = 0) -> None:
         raise TopicError("wildcard in topic name", TOPIC_NAME_INVALID)
 
 
+#: Where the topics of a mountpoint live inside the broker: ``$mount/<mountpoint>/<topic>``.
+#: A ``$`` topic, so that no leading wildcard of another mountpoint reaches it; clients
+#: may neither publish nor subscribe under it (``is_mount_topic``).
+MOUNT_ROOT = "$mount/"
+
+
+def check_mountpoint(mountpoint: str) -> None:
+    """ValueError for a mountpoint that could not be told apart inside a topic."""
+    if any(char in mountpoint for char in "/+#\0"):
+        raise ValueError(f"a mountpoint may not contain '/', '+', '#' or NUL: {mountpoint!r}")
+
+
+def mounted(mountpoint: str, topic: str) -> str:
+    """A client's topic name or filter as the broker routes it (unchanged for ``""``);
+    a shared subscription keeps ``$share/group/`` in front."""
+    if not mountpoint:
+        return topic
+    if topic.startswith(_SHARE):
+        group, _, inner = topic[len(_SHARE) :].partition("/")
+        return f"{_SHARE}{group}/{MOUNT_ROOT}{mountpoint}/{inner}"
+    return f"{MOUNT_ROOT}{mountpoint}/{topic}"
+
+
+def unmounted(mountpoint: str, topic: str) -> str:
+    """A routed topic name as a client of ``mountpoint`` sees it."""
+    if not mountpoint:
+        return topic
+    prefix = f"{MOUNT_ROOT}{mountpoint}/"
+    return topic[len(prefix) :] if topic.startswith(prefix) else topic
+
+
+def is_mount_topic(topic_filter: str) -> bool:
+    """True for a topic (or the inner filter of a shared one) under ``$mount/``."""
+    inner = parse_shared(topic_filter)[1] if topic_filter.startswith(_SHARE) else topic_filter
+    return inner.startswith(MOUNT_ROOT) or inner == MOUNT_ROOT[:-1]
+
+
 def is_broker_topic(topic: str) -> bool:
-    """True for the broker's own ``$SYS`` tree, which clients may read but not publish to."""
-    return topic.startswith("$SYS") and (len(topic) == 4 or topic[4] == "/")
+    """True for the broker's own trees, which clients may not publish to: ``$SYS`` (which
+    they may read) and ``$mount`` (reached only from inside a mountpoint)."""
+    if topic[:1] != "$":
+        return False
+    return (topic.startswith("$SYS") and (len(topic) == 4 or topic[4] == "/")) or is_mount_topic(topic)
 
 
 def validate_topic_filter(topic_filter: str, max_levels: int = 0) -> None:

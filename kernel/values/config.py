@@ -65,6 +65,11 @@ def _between(low: int, high: int) -> Any:
     return check
 
 
+def _mountpoint(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if any(char in value for char in "/+#\0"):
+        raise ValueError("a mountpoint may not contain '/', '+', '#' or NUL")
+
+
 @attrs.frozen
 class Limits:
     """Per-client and per-packet limits; exceeding one gets the MQTT reason code for it."""
@@ -118,6 +123,8 @@ class ListenerConfig:
     require_certificate: bool = False
     use_identity_as_username: bool = False
     path: str = "/mqtt"
+    # The topic namespace of the listener's clients (VerneMQ's listener mountpoint).
+    mountpoint: str = attrs.field(default="", validator=_mountpoint)
 
     @property
     def uses_tls(self) -> bool:

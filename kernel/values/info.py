@@ -22,6 +22,7 @@ class SessionInfo:
     inflight: int
     queued: int
     node: str
+    mountpoint: str = ""
 
 
 @attrs.frozen

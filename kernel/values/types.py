@@ -120,6 +120,7 @@ class SessionSnapshot:
     subscriptions: tuple[TopicSubscription, ...] = ()
     queued: tuple[Message, ...] = ()
     disconnected_at: float = attrs.field(factory=time.time)
+    mountpoint: str = ""
 
 
 # -- answers of decision hooks --------------------------------------------------------

@@ -186,7 +186,8 @@ class Plugin:
         chain = self.registrations.chain(hook)
         if not chain:
             return None
-        return self._decide(hook, chain, lambda options: wire.publish_body(client, message, options))
+        body: BodyOf = lambda options: wire.publish_body(client, message, options)  # noqa: E731
+        return self._decide(hook, chain, body, asked=client.mountpoint)
 
     @hookimpl
     def auth_on_subscribe(

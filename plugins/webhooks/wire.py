@@ -398,8 +398,8 @@ def answer_of(
     """The kernel's answer for a decision hook's reply (None: ``next``).
 
     ``asked`` is what was asked where the answer needs it: the subscriptions of a
-    SUBSCRIBE (their options and identifier carry over to rewritten filters) or the
-    method of an enhanced authentication.
+    SUBSCRIBE (their options and identifier carry over to rewritten filters), the
+    method of an enhanced authentication, the publisher's mountpoint.
     """
     result = reply.get("result")
     if result == "next":
@@ -421,7 +421,7 @@ def answer_of(
     if base == "auth_on_register":
         return allow(**_register_modifiers(modifiers))
     if base == "auth_on_publish":
-        return allow(**_publish_modifiers(modifiers, options))
+        return allow(**_publish_modifiers(modifiers, options, asked or ""))
     if base == "auth_on_subscribe":
         topics = modifiers.get("topics") if v5 else reply.get("topics")
         if topics is None:
@@ -451,8 +451,9 @@ def _register_modifiers(modifiers: Mapping[str, Any]) -> dict[str, Any]:
         if key in IGNORED_REGISTER_MODIFIERS:
             log.debug("auth_on_register modifier %s has no meaning in ternmq; left alone", key)
         elif key == "mountpoint":
-            if value not in ("", None):
-                raise BadReply(f'mountpoint {value!r}: mountpoints are not supported (only "")')
+            if not isinstance(value, str) or any(char in value for char in "/+#\0"):
+                raise BadReply(f"mountpoint must be a string without '/', '+', '#' or NUL, not {value!r}")
+            out["mountpoint"] = value
         elif key in ("client_id", "username"):
             if not isinstance(value, str) or (key == "client_id" and not value):
                 raise BadReply(f"{key} must be a non-empty string, not {value!r}")
@@ -476,7 +477,7 @@ def _register_modifiers(modifiers: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _publish_modifiers(modifiers: Mapping[str, Any], options: PayloadOptions) -> dict[str, Any]:
+def _publish_modifiers(modifiers: Mapping[str, Any], options: PayloadOptions, mountpoint: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in modifiers.items():
         if key == "topic":
@@ -494,8 +495,8 @@ def _publish_modifiers(modifiers: Mapping[str, Any], options: PayloadOptions) ->
         elif key == "properties":
             out["properties"] = decode_properties(value, _PUBLISH_PROPERTIES)
         elif key == "mountpoint":
-            if value not in ("", None):
-                raise BadReply(f'mountpoint {value!r}: mountpoints are not supported (only "")')
+            if value != mountpoint:
+                raise BadReply(f"mountpoint {value!r}: publishing into another mountpoint is not supported")
         elif key == "throttle":
             _whole(key, value, _U32)  # VerneMQ pauses the publisher; ternmq does not (docs/webhooks.md)
         else:

@@ -788,7 +788,7 @@ async def test_a_publish_to_sys_is_not_authorized_on_v5_and_not_routed() -> None
     broker = FakeBroker()
     client = await connected_client(broker)
     await inbound.on_publish(client, Publish("$SYS/broker/x", b"x", 1, packet_id=2))
-    reason = {"reason_string": "clients may not publish to $SYS"}  # problem information was not refused
+    reason = {"reason_string": "clients may not publish to $SYS or $mount"}  # problem information was not refused
     assert client.packets() == [Puback(2, ReasonCode.NOT_AUTHORIZED, reason)]
     assert broker.published == [] and broker.metrics.publish_denied == 1
 

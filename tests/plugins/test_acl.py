@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import paho.mqtt.client as paho
 import pytest
 import trio
@@ -28,6 +29,7 @@ from ternmq.kernel import (
 )
 from ternmq.kernel.broker import Broker
 from ternmq.kernel.testing import open_broker, registered, test_config
+from ternmq.kernel.values.config import ListenerConfig
 from ternmq.plugins.acl import Access, AclError, Config, Plugin, covers, decide, overlaps, parse_acl
 
 from helpers import connected, eventually
@@ -614,3 +616,12 @@ def test_a_dollar_name_is_not_substituted_at_the_first_level() -> None:
 def test_lines_end_at_newline_only_and_a_byte_order_mark_is_skipped() -> None:
     rules = parse_acl("\ufeff# comment\ntopic read a\u2028b\n", "acl.conf")
     assert [rule.source for rule in rules.everyone] == ["acl.conf:2 topic read a\u2028b"]
+
+
+async def test_e2e_the_mountpoint_placeholder_is_the_clients_mountpoint(tmp_path: Path) -> None:
+    path = tmp_path / "acl.conf"
+    path.write_text("pattern write %m/data\n")
+    config = attrs.evolve(acl_config(path), listeners=(ListenerConfig(name="m", port=0, mountpoint="m1"),))
+    async with open_broker(config) as broker, connected(broker, "c") as client:
+        assert published(await client.publish("m1/data", b"x", qos=1)) == 0
+        assert published(await client.publish("m2/data", b"x", qos=1)) == 0x87

@@ -486,7 +486,7 @@ BAD_REPLIES = {
     "no result": Answer({}),
     "result error": Answer({"result": "error"}),
     "unknown modifier": Answer({"result": "ok", "modifiers": {"bogus": 1}}),
-    "mountpoint": Answer({"result": "ok", "modifiers": {"mountpoint": "tenant-a", "client_id": "x"}}),
+    "bad mountpoint": Answer({"result": "ok", "modifiers": {"mountpoint": "a/b", "client_id": "x"}}),
     "bad qos": Answer({"result": "ok", "modifiers": {"max_inflight_messages": "many"}}),
 }
 
@@ -1016,3 +1016,35 @@ async def test_notifications_to_a_dead_endpoint_are_counted_and_the_rest_go_on(
             await eventually(lambda: len(receiver.requests) == 5)
         metrics = broker.service.metrics()
     assert metrics[f'counter.webhooks_errors{{hook="on_publish",endpoint="{dead}"}}'] == 5
+
+
+async def test_register_modifiers_client_id_and_mountpoint_as_vernemq_sends_them(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """VerneMQ receivers return both (its subscriber_id); the client lands in that topic
+    namespace, and later bodies carry it with the topics as the client sent them."""
+
+    def respond(request: Request) -> Answer:
+        if request.hook == "auth_on_register":
+            tenant = request.body["username"]
+            return Answer({"result": "ok", "modifiers": {"client_id": f"{tenant}-dev", "mountpoint": tenant}})
+        if request.body["topic"] == "elsewhere":
+            return Answer({"result": "ok", "modifiers": {"mountpoint": "another"}})
+        return Answer({"result": "ok", "modifiers": {"mountpoint": request.body["mountpoint"]}})
+
+    receiver.respond = respond
+    async with hooked(tmp_path, receiver, ["auth_on_register", "auth_on_publish"]) as broker:
+        async with (
+            connected(broker, "x", 4, username="acme") as acme,
+            connected(broker, "y", 4, username="globex") as globex,
+        ):
+            assert {s.client_id for s in broker.service.sessions()} == {"acme-dev", "globex-dev"}
+            await acme.subscribe("t", qos=1)
+            await globex.subscribe("t", qos=1)
+            await acme.publish("t", b"acme only", qos=1)
+            assert (await acme.receive()).payload == b"acme only"
+            assert await globex.nothing_received(0.1)
+            await acme.send(Publish("elsewhere", b"x", 1, False, False, 99, {}))
+            assert await acme.closed() is None  # publishing into another mountpoint: refused (3.1.1: closed)
+    publish = [b for b in receiver.bodies("auth_on_publish") if b["topic"] == "t"]
+    assert [(b["client_id"], b["mountpoint"]) for b in publish] == [("acme-dev", "acme")]
