@@ -25,8 +25,8 @@ def _column_filter(name: str, wanted: str, args: Arguments) -> Callable[[Any], b
 
 
 def _session_show(service: Service, args: Arguments) -> Table:
-    rows = [{**attrs.asdict(info), "mountpoint": ""} for info in service.sessions()]
-    known = set(SESSION_COLUMNS) | set(attrs.fields_dict(SessionInfo))
+    rows = [attrs.asdict(info) for info in service.sessions()]
+    known = set(attrs.fields_dict(SessionInfo))
     columns: list[str] = []
     limit = args.int_flag("limit", 100, minimum=1)
     for name, value in args.flags.items():
