@@ -23,7 +23,12 @@ import pytest
 from helpers import plugin_samples
 
 helpers = plugin_samples()
-BrokerProcess, short_dir, subprocess_env = helpers.BrokerProcess, helpers.short_dir, helpers.subprocess_env
+BrokerProcess, short_dir, subprocess_env, admin = (
+    helpers.BrokerProcess,
+    helpers.short_dir,
+    helpers.subprocess_env,
+    helpers.admin,
+)
 ROOT = Path(__file__).parent.parent
 RECEIVER = ROOT / "examples" / "webhook_receiver.py"
 
@@ -273,6 +278,26 @@ def test_examples_webhooks_toml_with_the_receiver_and_mosquitto_clients(tmp_path
                 capture_output=True, text=True, timeout=10,
             )  # fmt: skip
             assert "All subscription requests were denied" in refused.stderr
+            # ternmq-admin adds an endpoint to the running broker, kept in the data directory
+            endpoint = f"{client.base_url}/gone"
+            config_arg = ("--config", str(config_file))
+            added = admin(*config_arg, "webhooks", "register", "hook=on_client_gone", f"endpoint={endpoint}", env=env)
+            assert added.returncode == 0 and added.stdout.strip() == "Done", added.stderr
+            shown = admin(*config_arg, "webhooks", "show", env=env)
+            assert shown.returncode == 0 and endpoint in shown.stdout and "runtime" in shown.stdout
+            kept = json.loads((tmp_path / "data" / "webhooks.json").read_text())
+            assert kept == [
+                {
+                    "hook": "on_client_gone",
+                    "endpoint": endpoint,
+                    "base64payload": True,
+                    "no_payload": False,
+                    "response_timeout": 5000,
+                    "on_failure": "deny",
+                }
+            ]
+            bad = admin(*config_arg, "webhooks", "register", "hook=on_nothing", f"endpoint={endpoint}", env=env)
+            assert bad.returncode != 0 and "unknown hook 'on_nothing'" in bad.stderr
         finally:
             broker.stop()
     log = log_file.read_text()
