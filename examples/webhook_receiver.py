@@ -98,25 +98,14 @@ class Rules:
         )
 
 
-def topic_matches(topic_filter: str, topic: str) -> bool:
-    """MQTT matching: "+" is one level, "#" the rest (including the parent: "a/#" matches "a")."""
-    # Wildcards at the start must not expose broker topics such as $SYS (MQTT 4.7.2).
-    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
-        return False
-    filter_levels, topic_levels = topic_filter.split("/"), topic.split("/")
-    for index, level in enumerate(filter_levels):
-        if level == "#":
-            return True
-        if index >= len(topic_levels) or (level != "+" and level != topic_levels[index]):
-            return False
-    return len(filter_levels) == len(topic_levels)
-
-
 def filter_covers(rule_filter: str, requested: str) -> bool:
-    """Whether ``rule_filter`` matches every topic the ``requested`` filter can match.
+    """Whether ``rule_filter`` matches every topic the ``requested`` filter can match; for
+    a topic (no wildcards), MQTT matching: "+" is one level, "#" the rest, its parent
+    level included ("a/#" matches "a").
 
-    This is matching with the requested filter taken as a topic, except that a "+" does not
-    cover a requested "#": otherwise the rule "a/+" would grant "a/#" and with it "a/b/c".
+    A requested filter is taken as a topic, except that a "+" does not cover a requested
+    "#": otherwise the rule "a/+" would grant "a/#" and with it "a/b/c". Wildcards at the
+    start do not reach topics beginning with "$" such as $SYS (MQTT 4.7.2).
     """
     if requested.startswith("$") and rule_filter[:1] in ("+", "#"):
         return False
@@ -148,7 +137,7 @@ def answer(hook: str, body: dict[str, Any], rules: Rules) -> dict[str, Any]:
         return OK if password is not None and rules.users.get(username) == password else NOT_ALLOWED
     if hook in ("auth_on_publish", "auth_on_publish_m5"):
         topic = text(body, "topic")
-        allowed = any(name in ("*", username) and topic_matches(pattern, topic) for name, pattern in rules.publish)
+        allowed = any(name in ("*", username) and filter_covers(pattern, topic) for name, pattern in rules.publish)
         return OK if allowed else NOT_ALLOWED
     if hook in ("auth_on_subscribe", "auth_on_subscribe_m5"):
         m5 = hook.endswith("_m5")

@@ -247,19 +247,23 @@ def _who(client: ClientInfo) -> dict[str, Any]:
     return {"username": client.username, "mountpoint": client.mountpoint, "client_id": client.client_id}
 
 
-def register_body(
-    client: ClientInfo, password: bytes | None, clean_start: bool, properties: Mapping[str, Any]
-) -> dict[str, Any]:
-    """``auth_on_register(_m5)``. A password that is not UTF-8 raises UnicodeDecodeError:
-    JSON cannot carry it unchanged, and a changed password must not be checked."""
-    body: dict[str, Any] = {
+def _peer(client: ClientInfo) -> dict[str, Any]:
+    return {
         "peer_addr": client.peer_host,
         "peer_port": client.peer_port,
         "mountpoint": client.mountpoint,
         "client_id": client.client_id,
         "username": client.username,
-        "password": None if password is None else password.decode("utf-8"),
     }
+
+
+def register_body(
+    client: ClientInfo, password: bytes | None, clean_start: bool, properties: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``auth_on_register(_m5)``. A password that is not UTF-8 raises UnicodeDecodeError:
+    JSON cannot carry it unchanged, and a changed password must not be checked."""
+    body = _peer(client)
+    body["password"] = None if password is None else password.decode("utf-8")
     if client.protocol_level == 5:
         body["clean_start"] = clean_start
         body["properties"] = encode_properties(properties)
@@ -270,13 +274,7 @@ def register_body(
 
 def registered_body(client: ClientInfo, properties: Mapping[str, Any]) -> dict[str, Any]:
     """``on_register(_m5)``."""
-    body: dict[str, Any] = {
-        "peer_addr": client.peer_host,
-        "peer_port": client.peer_port,
-        "mountpoint": client.mountpoint,
-        "client_id": client.client_id,
-        "username": client.username,
-    }
+    body = _peer(client)
     if client.protocol_level == 5:
         body["properties"] = encode_properties(properties)
     return body
