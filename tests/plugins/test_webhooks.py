@@ -1048,3 +1048,33 @@ async def test_register_modifiers_client_id_and_mountpoint_as_vernemq_sends_them
             assert await acme.closed() is None  # publishing into another mountpoint: refused (3.1.1: closed)
     publish = [b for b in receiver.bodies("auth_on_publish") if b["topic"] == "t"]
     assert [(b["client_id"], b["mountpoint"]) for b in publish] == [("acme-dev", "acme")]
+
+
+async def test_calls_reuse_kept_alive_connections(tmp_path: Path, receiver: Receiver) -> None:
+    async with hooked(tmp_path, receiver, ["auth_on_publish_m5"]) as broker, connected(broker, "k", 5) as client:
+        for number in range(5):
+            await client.publish("t", str(number).encode(), qos=1)
+    assert len(receiver.requests) == 5
+    assert len({request.client_port for request in receiver.requests}) == 1  # one connection for all five
+
+
+async def test_disable_and_enable_keep_the_run_time_registrations(tmp_path: Path, receiver: Receiver) -> None:
+    async with open_broker(webhooks_config(tmp_path, [])) as broker:
+        await run(broker, "webhooks", "register", "hook=auth_on_publish_m5", f"endpoint={receiver.url()}")
+        await run(broker, "plugin", "disable", f"name={WEBHOOKS}")
+        async with connected(broker, "off", 5) as client:
+            await client.publish("t", b"not asked", qos=1)
+        assert receiver.requests == []
+        table = {"registrations_file": str(tmp_path / "webhooks.json")}
+        await run(
+            broker,
+            "plugin",
+            "enable",
+            f"name={WEBHOOKS}",
+            f"--config=registrations_file={json.dumps(table['registrations_file'])}",
+        )
+        shown = await run(broker, "webhooks", "show")
+        assert isinstance(shown, Table) and [row["endpoint"] for row in shown.rows] == [receiver.url()]
+        async with connected(broker, "on", 5) as client:
+            await client.publish("t", b"asked", qos=1)
+    assert len(receiver.requests) == 1

@@ -20,6 +20,7 @@ class Request:
     hook: str
     content_type: str
     body: dict[str, Any]
+    client_port: int = 0  # the broker's side of the HTTP connection
 
 
 @attrs.define
