@@ -309,21 +309,24 @@ def on_client_gone(client: ClientInfo, reason: str) -> None:
 
 
 @notification
-def on_offline_message(client_id: str, message: Message) -> None:
+def on_offline_message(client_id: str, message: Message, mountpoint: str) -> None:
     """A message was queued for an offline persistent session.
 
     :param client_id: the session's client id.
-    :param message: the message as queued (QoS already downgraded).
+    :param message: the message as queued (QoS already downgraded; its topic as the
+        session's clients see it).
+    :param mountpoint: the session's mountpoint (``""`` for none).
 
     Every implementation runs; answers are ignored; errors and timeouts are counted.
     """
 
 
 @notification
-def on_session_expired(client_id: str) -> None:
+def on_session_expired(client_id: str, mountpoint: str) -> None:
     """An offline session reached its expiry and was removed with its queue.
 
     :param client_id: the session's client id.
+    :param mountpoint: the session's mountpoint (``""`` for none).
 
     Every implementation runs; answers are ignored; errors and timeouts are counted.
     """
@@ -415,7 +418,8 @@ def session_store_load_all() -> Sequence[SessionSnapshot]:
 def session_store_save(session: SessionSnapshot) -> None:
     """Keep the current state of a persistent session.
 
-    :param session: subscriptions, queued messages and expiry of the session.
+    :param session: subscriptions, queued messages, expiry and mountpoint of the session
+        (keep every field: a session restored without its mountpoint routes outside it).
 
     Fires: when a persistent session subscribes or unsubscribes, when it goes offline,
     and for every persistent session at shutdown. Only the first implementation is

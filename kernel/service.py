@@ -270,7 +270,13 @@ class Service:
         if session.connection is not None:
             return session.connection.client_info
         node = self._broker.node_name
-        return ClientInfo(session.client_id, session.username, protocol_level=session.protocol_level, node=node)
+        return ClientInfo(
+            session.client_id,
+            session.username,
+            protocol_level=session.protocol_level,
+            mountpoint=session.mountpoint,
+            node=node,
+        )
 
     def disconnect(
         self, client_id: str, reason_code: int = ReasonCode.ADMINISTRATIVE_ACTION, *, cleanup: bool = False

@@ -186,7 +186,9 @@ def apply_register_answer(conn: ConnectingClient, terms: Terms, answer: object, 
             if "max_packet_size" in mods:
                 conn.client_maximum_packet_size = min(conn.client_maximum_packet_size, int(mods["max_packet_size"]))
             if "mountpoint" in mods:
-                terms.mountpoint = str(mods["mountpoint"])
+                if not isinstance(mods["mountpoint"], str):
+                    raise TypeError(f"mountpoint must be a string, not {mods['mountpoint']!r}")
+                terms.mountpoint = mods["mountpoint"]
                 check_mountpoint(terms.mountpoint)
         except (TypeError, ValueError) as exc:
             log.error("auth_on_register: bad modifier: %s", exc)

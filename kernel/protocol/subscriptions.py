@@ -16,7 +16,7 @@ from ..codec import (
     Unsubscribe,
     legal_reason_code,
 )
-from ..routing.topics import TopicError, is_mount_topic, mounted, parse_shared, validate_topic_filter
+from ..routing.topics import TopicError, is_mount_topic, mounted_filter, parse_shared, validate_topic_filter
 from ..values.types import Allow, ClientInfo, Deny, TopicSubscription
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ async def after_subscribe(
             if subscription.retain_handling == 2 or (subscription.retain_handling == 1 and not is_new):
                 continue
             retained = await broker.dispatcher.provide(
-                "retain_lookup", default=(), topic_filter=mounted(session.mountpoint, subscription.topic_filter)
+                "retain_lookup", default=(), topic_filter=mounted_filter(session.mountpoint, subscription.topic_filter)
             )
             if retained:
                 await broker.router.deliver_retained(session, subscription, retained)

@@ -122,6 +122,10 @@ class SessionLifecycle:
             with trio.move_on_after(TAKEOVER_WAIT):
                 await old.closed.wait()
             session = self.sessions.get(client_id)
+        # Client ids are the broker's, not a mountpoint's: a client that comes back in
+        # another mountpoint starts a new session there (its subscriptions were routed in
+        # the old one).
+        clean_start = clean_start or (session is not None and session.mountpoint != conn.client_info.mountpoint)
         if session is not None:
             # A new connection before the will delay passed: the will is not sent,
             # unless the session ends now (clean start), which also ends the delay.
@@ -129,10 +133,6 @@ class SessionLifecycle:
             if session.expiry_timer is not None:
                 session.expiry_timer.cancel()
                 session.expiry_timer = None
-        # Client ids are the broker's, not a mountpoint's: a client that comes back in
-        # another mountpoint starts a new session there (its subscriptions were routed in
-        # the old one).
-        clean_start = clean_start or (session is not None and session.mountpoint != conn.client_info.mountpoint)
         present = session is not None and not clean_start
         if session is not None and clean_start:
             await self.end_session(session)
@@ -292,7 +292,9 @@ class SessionLifecycle:
         await self._end_will_delay(session, publish_now=True)
         await self.end_session(session)
         if self.dispatcher.has("on_session_expired"):
-            await self.dispatcher.notify("on_session_expired", client_id=session.client_id)
+            await self.dispatcher.notify(
+                "on_session_expired", client_id=session.client_id, mountpoint=session.mountpoint
+            )
 
     async def _end_will_delay(self, session: Session, *, publish_now: bool) -> None:
         """Stop a pending will's delay, if any; with ``publish_now`` the will goes out now."""

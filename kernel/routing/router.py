@@ -19,7 +19,7 @@ import attrs
 from ..hooks.dispatch import PLUGIN_FAILURE
 from ..values.types import Allow, Deny, Message, TopicSubscription
 from .session import Delivered, Session, WireCache
-from .topics import SubscriptionTrie, mounted, unmounted
+from .topics import SubscriptionTrie, mounted_filter, unmounted
 
 if TYPE_CHECKING:
     from ..hooks.dispatch import HookDispatcher
@@ -42,12 +42,13 @@ class Router:
     def subscribe(self, session: Session, subscription: TopicSubscription) -> bool:
         """Add or replace a subscription; True if it is new for this session."""
         session.subscriptions[subscription.topic_filter] = subscription
-        return self.trie.add(mounted(session.mountpoint, subscription.topic_filter), session.client_id, subscription)
+        topic_filter = mounted_filter(session.mountpoint, subscription.topic_filter)
+        return self.trie.add(topic_filter, session.client_id, subscription)
 
     def unsubscribe(self, session: Session, topic_filter: str) -> bool:
         """Remove a subscription; True if it existed."""
         session.subscriptions.pop(topic_filter, None)
-        return self.trie.remove(mounted(session.mountpoint, topic_filter), session.client_id)
+        return self.trie.remove(mounted_filter(session.mountpoint, topic_filter), session.client_id)
 
     def remove_session(self, session: Session) -> None:
         """Forget every subscription of a session that ends."""
@@ -80,6 +81,9 @@ class Router:
         if on_matched is not None:
             on_matched(len(targets))
         wire_cache: WireCache = {}
+        # In a mountpoint the topic is the one its clients see: one copy of the message
+        # (and of its wire forms) per mountpoint.
+        mounted_copies: dict[str, tuple[Message, WireCache]] | None = None
         sessions = self.sessions
         dispatcher = self.dispatcher
         rewrite = dispatcher.has("on_deliver")
@@ -88,15 +92,21 @@ class Router:
             session = sessions.get(client_id)
             if session is None:
                 continue
-            out_message = message
-            if session.mountpoint:  # the topic as the subscriber's mountpoint sees it
-                out_message = _with(message, topic=unmounted(session.mountpoint, message.topic))
+            base, cache = message, wire_cache
+            if session.mountpoint:
+                mounted_copies = mounted_copies or {}
+                copy = mounted_copies.get(session.mountpoint)
+                if copy is None:
+                    unmounted_message = _with(message, topic=unmounted(session.mountpoint, message.topic))
+                    copy = mounted_copies[session.mountpoint] = (unmounted_message, {})
+                base, cache = copy
+            out_message = base
             if rewrite and session.connection is not None:
                 rewritten = await self.on_deliver(session, out_message, qos)
                 if rewritten is None:
                     continue
                 out_message = rewritten
-            status = session.deliver(out_message, qos, retain, sub_ids, wire_cache if out_message is message else None)
+            status = session.deliver(out_message, qos, retain, sub_ids, cache if out_message is base else None)
             if status.counted:
                 count += 1  # delivered now or later: a matching subscriber (no PUBACK 0x10)
             if not status.quiet:
@@ -223,6 +233,7 @@ class Router:
                     "on_offline_message",
                     client_id=session.client_id,
                     message=_with(message, qos=qos) if message.qos != qos else message,
+                    mountpoint=session.mountpoint,
                 )
             return
         self.drops += 1

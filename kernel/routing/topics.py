@@ -70,14 +70,20 @@ def check_mountpoint(mountpoint: str) -> None:
 
 
 def mounted(mountpoint: str, topic: str) -> str:
-    """A client's topic name or filter as the broker routes it (unchanged for ``""``);
-    a shared subscription keeps ``$share/group/`` in front."""
+    """A client's topic name as the broker routes it (unchanged for ``""``)."""
+    return f"{MOUNT_ROOT}{mountpoint}/{topic}" if mountpoint else topic
+
+
+def mounted_filter(mountpoint: str, topic_filter: str) -> str:
+    """A client's topic filter as the broker keeps it: ``mounted``, with a shared
+    subscription's ``$share/group/`` kept in front (a topic *name* that starts so is
+    mounted whole, by ``mounted``)."""
     if not mountpoint:
-        return topic
-    if topic.startswith(_SHARE):
-        group, _, inner = topic[len(_SHARE) :].partition("/")
+        return topic_filter
+    if topic_filter.startswith(_SHARE):
+        group, _, inner = topic_filter[len(_SHARE) :].partition("/")
         return f"{_SHARE}{group}/{MOUNT_ROOT}{mountpoint}/{inner}"
-    return f"{MOUNT_ROOT}{mountpoint}/{topic}"
+    return f"{MOUNT_ROOT}{mountpoint}/{topic_filter}"
 
 
 def unmounted(mountpoint: str, topic: str) -> str:
@@ -86,6 +92,15 @@ def unmounted(mountpoint: str, topic: str) -> str:
         return topic
     prefix = f"{MOUNT_ROOT}{mountpoint}/"
     return topic[len(prefix) :] if topic.startswith(prefix) else topic
+
+
+# "$mount", the mountpoint, then the client's first level.
+_MOUNT_GUARD = 2
+
+
+def _dollar_in_mount(levels: list[str]) -> bool:
+    """Whether split topic ``levels`` are a mountpoint's topic whose first level starts with $."""
+    return len(levels) > _MOUNT_GUARD and levels[0] == MOUNT_ROOT[:-1] and levels[_MOUNT_GUARD].startswith("$")
 
 
 def is_mount_topic(topic_filter: str) -> bool:
@@ -146,6 +161,13 @@ def topic_matches(topic_filter: str, topic: str) -> bool:
     tlevels = topic.split("/")
     if topic.startswith("$") and flevels[0] in ("+", "#"):
         return False
+    if (
+        _dollar_in_mount(tlevels)
+        and len(flevels) > _MOUNT_GUARD
+        and flevels[_MOUNT_GUARD] in ("+", "#")
+        and flevels[:_MOUNT_GUARD] == tlevels[:_MOUNT_GUARD]
+    ):
+        return False  # "$x" inside a mountpoint, as "$x" outside
     n = len(tlevels)
     for i, f in enumerate(flevels):
         if f == "#":
@@ -315,6 +337,9 @@ class SubscriptionTrie(Generic[K, V]):
         node = root.children.get(levels[0])
         if node is not None:
             nodes.append(node)
+        # The level whose wildcards a "$" topic does not reach: the first, or the first
+        # inside a mountpoint ("$mount/m/$x" is "$x" in m).
+        guarded = _MOUNT_GUARD if topic.startswith("$") and _dollar_in_mount(levels) else 0
         if not topic.startswith("$"):
             if root.hash is not None:
                 found.append(root.hash)
@@ -325,6 +350,13 @@ class SubscriptionTrie(Generic[K, V]):
                 break
             level = levels[i]
             nxt: list[_Node] = []
+            if i == guarded:
+                for node in nodes:
+                    child = node.children.get(level)
+                    if child is not None:
+                        nxt.append(child)
+                nodes = nxt
+                continue
             for node in nodes:
                 if node.hash is not None:
                     found.append(node.hash)

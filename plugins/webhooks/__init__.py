@@ -300,8 +300,9 @@ class Plugin:
         self._notify(hook, lambda options: wire.publish_body(client, message, options, with_properties=True))
 
     @hookimpl
-    def on_offline_message(self, client_id: str, message: Message) -> None:
-        self._notify("on_offline_message", lambda options: wire.offline_message_body(client_id, message, options))
+    def on_offline_message(self, client_id: str, message: Message, mountpoint: str) -> None:
+        hook = "on_offline_message"
+        self._notify(hook, lambda options: wire.offline_message_body(client_id, mountpoint, message, options))
 
     @hookimpl
     def on_client_wakeup(self, client: ClientInfo) -> None:
@@ -316,8 +317,8 @@ class Plugin:
         self._notify("on_client_gone", lambda options: wire.client_body(client.client_id, client.mountpoint))
 
     @hookimpl
-    def on_session_expired(self, client_id: str) -> None:
-        self._notify("on_session_expired", lambda options: wire.client_body(client_id))
+    def on_session_expired(self, client_id: str, mountpoint: str) -> None:
+        self._notify("on_session_expired", lambda options: wire.client_body(client_id, mountpoint))
 
     async def _post_notifications(self) -> None:
         async for notification in self._queue_out:

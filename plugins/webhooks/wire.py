@@ -341,9 +341,14 @@ def auth_body(client: ClientInfo, method: str, data: bytes | None) -> dict[str, 
     return body
 
 
-def offline_message_body(client_id: str, message: Message, options: PayloadOptions) -> dict[str, Any]:
+def offline_message_body(client_id: str, mountpoint: str, message: Message, options: PayloadOptions) -> dict[str, Any]:
     """``on_offline_message``."""
-    body: dict[str, Any] = {"mountpoint": "", "client_id": client_id, "qos": message.qos, "topic": message.topic}
+    body: dict[str, Any] = {
+        "mountpoint": mountpoint,
+        "client_id": client_id,
+        "qos": message.qos,
+        "topic": message.topic,
+    }
     if not options.no_payload:
         body["payload"] = encode_payload(message.payload, options)
     body["retain"] = message.retain

@@ -16,7 +16,16 @@ import paho.mqtt.client as paho
 import pytest
 import trio
 
-from ternmq.kernel import ClientInfo, ConfigError, Message, SessionSnapshot, TopicSubscription, allow, hookimpl
+from ternmq.kernel import (
+    ClientInfo,
+    ConfigError,
+    Message,
+    SessionSnapshot,
+    TopicSubscription,
+    allow,
+    hookimpl,
+    topic_matches,
+)
 from ternmq.kernel.broker import Broker
 from ternmq.kernel.codec import Will
 from ternmq.kernel.testing import MQTTTestClient, open_broker, registered, serving, test_config
@@ -246,3 +255,77 @@ async def test_session_show_has_a_mountpoint_column() -> None:
     async with mounted_broker() as broker, connected(broker.port("a"), "in-a"), connected(broker.port("plain"), "out"):
         table = await broker.service.run_command(["session", "show", "--client_id", "--mountpoint"])
     assert sorted((row["client_id"], row["mountpoint"]) for row in table.rows) == [("in-a", "tenant-a"), ("out", "")]  # type: ignore[union-attr]
+
+
+async def test_a_topic_name_that_looks_shared_stays_in_its_mountpoint() -> None:
+    async with mounted_broker() as broker:
+        async with connected(broker.port("plain"), "spy") as spy, connected(broker.port("a"), "a1") as a1:
+            suback = await spy.subscribe("$share/grp/$share/g/#", "$share/g/#", qos=1)
+            assert suback.reason_codes == [1, 1]
+            await a1.publish("$share/g/secret", b"tenant-a data", qos=1, retain=True)
+            assert await spy.nothing_received(0.1)
+        retained = [m.topic for m in await broker.service.retained("$mount/tenant-a/$share/#")]
+        assert retained == ["$mount/tenant-a/$share/g/secret"]
+
+
+async def test_dollar_topics_inside_a_mountpoint_are_not_matched_by_its_leading_wildcards() -> None:
+    async with mounted_broker() as broker:
+        async with connected(broker.port("a"), "all") as everything, connected(broker.port("a"), "dollar") as dollar:
+            await everything.subscribe("#", "+/bar", qos=1)
+            await dollar.subscribe("$foo/#", qos=1)
+            await everything.publish("$foo/bar", b"x", qos=1, retain=True)
+            message = await dollar.receive()
+            assert message.topic == "$foo/bar"
+            assert await everything.nothing_received(0.1)
+        async with connected(broker.port("a"), "late") as late:
+            await late.subscribe("#", qos=1)
+            assert await late.nothing_received(0.1)  # nor is the retained one
+
+
+def test_topic_matches_treats_a_mountpoints_dollar_topics_as_dollar_topics() -> None:
+    assert not topic_matches("$mount/a/#", "$mount/a/$foo/bar")
+    assert not topic_matches("$mount/a/+/bar", "$mount/a/$foo/bar")
+    assert topic_matches("$mount/a/$foo/#", "$mount/a/$foo/bar")
+    assert topic_matches("$mount/a/#", "$mount/a/foo/bar")
+
+
+async def test_a_delayed_will_is_sent_when_its_client_comes_back_in_another_mountpoint() -> None:
+    async with mounted_broker() as broker, connected(broker.port("a"), "watcher") as watcher:
+        await watcher.subscribe("gone/#", qos=1)
+        will = Will("gone/roamer", b"bye", 1, False, {"will_delay_interval": 30})
+        async with MQTTTestClient.open(broker.port("a")) as roamer:
+            props = {"session_expiry_interval": 300}
+            assert (await roamer.connect("roamer", will=will, clean_start=False, properties=props)).reason_code == 0
+        assert await watcher.nothing_received(0.1)  # delayed
+        async with connected(broker.port("b"), "roamer", clean_start=False) as back:
+            assert back.connack.session_present is False
+            message = await watcher.receive()
+            assert (message.topic, message.payload) == ("gone/roamer", b"bye")
+
+
+async def test_the_service_names_an_offline_sessions_mountpoint_to_hooks() -> None:
+    class Subscribed:
+        def __init__(self) -> None:
+            self.seen: list[tuple[str, str]] = []
+
+        @hookimpl
+        def on_subscribe(self, client: ClientInfo, subscriptions: Any) -> None:
+            self.seen.append((client.client_id, client.mountpoint))
+
+    recorder = Subscribed()
+    async with mounted_broker() as broker, registered(broker, recorder):
+        async with connected(broker.port("a"), "offline", clean_start=False):
+            pass
+        assert await broker.service.subscribe("offline", [TopicSubscription("x", 1)])
+    assert recorder.seen == [("offline", "tenant-a")]
+
+
+async def test_a_mountpoint_modifier_of_the_wrong_type_refuses_the_connect() -> None:
+    class Wrong:
+        @hookimpl
+        def auth_on_register(self) -> Any:
+            return allow(mountpoint=None)
+
+    async with mounted_broker() as broker, registered(broker, Wrong()):
+        async with MQTTTestClient.open(broker.port("plain")) as client:
+            assert (await client.connect("c")).reason_code == 0x80

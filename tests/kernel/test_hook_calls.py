@@ -113,8 +113,8 @@ def test_the_check_reports_each_kind_of_wrong_call() -> None:
         "broken.py:8: .provide('session_store_save'): hook arguments must be passed by keyword",
         "broken.py:8: .provide('session_store_save'): missing ['session'], unknown []; the hookspec takes ['session']",
         "broken.py:9: .notify('on_session_expired'): hook arguments must be named, not unpacked with **",
-        "broken.py:9: .notify('on_session_expired'): missing ['client_id'], unknown []; "
-        "the hookspec takes ['client_id']",
+        "broken.py:9: .notify('on_session_expired'): missing ['client_id', 'mountpoint'], unknown []; "
+        "the hookspec takes ['client_id', 'mountpoint']",
         "broken.py:10: .notify(...): the hook name must be a string literal",
     ]
 

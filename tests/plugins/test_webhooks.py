@@ -1078,3 +1078,32 @@ async def test_disable_and_enable_keep_the_run_time_registrations(tmp_path: Path
         async with connected(broker, "on", 5) as client:
             await client.publish("t", b"asked", qos=1)
     assert len(receiver.requests) == 1
+
+
+async def test_offline_message_and_session_expiry_bodies_name_the_mountpoint(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    def respond(request: Request) -> Answer:
+        if request.hook.startswith("auth_on_register"):
+            return Answer({"result": "ok", "modifiers": {"mountpoint": "acme"}})
+        return Answer({})
+
+    receiver.respond = respond
+    hooks = ["auth_on_register", "auth_on_register_m5", "on_offline_message", "on_session_expired"]
+    async with hooked(tmp_path, receiver, hooks) as broker:
+        async with connected(broker, "keeper", 5, clean_start=False, expiry=1) as keeper:
+            await keeper.subscribe("k", qos=1)
+        async with connected(broker, "sender", 4) as sender:
+            await sender.publish("k", b"while away", qos=1)
+        await eventually(lambda: "on_session_expired" in receiver.hooks(), timeout=10)
+    assert receiver.bodies("on_offline_message") == [
+        {
+            "mountpoint": "acme",
+            "client_id": "keeper",
+            "qos": 1,
+            "topic": "k",
+            "payload": b64(b"while away"),
+            "retain": False,
+        }
+    ]
+    assert receiver.bodies("on_session_expired") == [{"mountpoint": "acme", "client_id": "keeper"}]
