@@ -307,6 +307,7 @@ class Service:
                 running.config.max_connections,
                 running.active,
                 running.total,
+                running.config.mountpoint,
             )
             for name, running in self._broker.listeners.items()
         )

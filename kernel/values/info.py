@@ -37,6 +37,7 @@ class ListenerInfo:
     max_connections: int
     active_connections: int
     total_connections: int
+    mountpoint: str = ""
 
 
 @attrs.frozen

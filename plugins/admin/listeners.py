@@ -34,6 +34,7 @@ def _listener_show(service: Service, args: Arguments) -> Table:
                 "max_conns": info.max_connections,
                 "active_conns": info.active_connections,
                 "all_conns": info.total_connections,
+                "mountpoint": info.mountpoint,
             }
             for info in service.listeners()
         )
@@ -100,6 +101,7 @@ def register(registry: AdminRegistry) -> None:
             "use_identity_as_username": "the client certificate's CN becomes the username",
             "max_connections": "limit",
             "path": "WebSocket path",
+            "mountpoint": "the topic namespace of its clients",
         },
     )
     registry.add(

@@ -18,9 +18,11 @@ import trio
 
 from ternmq.kernel import (
     ClientInfo,
+    CommandError,
     ConfigError,
     Message,
     SessionSnapshot,
+    Text,
     TopicSubscription,
     allow,
     hookimpl,
@@ -329,3 +331,18 @@ async def test_a_mountpoint_modifier_of_the_wrong_type_refuses_the_connect() -> 
     async with mounted_broker() as broker, registered(broker, Wrong()):
         async with MQTTTestClient.open(broker.port("plain")) as client:
             assert (await client.connect("c")).reason_code == 0x80
+
+
+async def test_listener_start_with_a_mountpoint_and_listener_show() -> None:
+    async with mounted_broker() as broker:
+        done = await broker.service.run_command(["listener", "start", "name=c", "port=0", "--mountpoint=tenant-c"])
+        assert isinstance(done, Text) and done.text.startswith("Done: c on 127.0.0.1:")
+        table = await broker.service.run_command(["listener", "show"])
+        shown = {row["name"]: row["mountpoint"] for row in table.rows}  # type: ignore[union-attr]
+        assert shown == {"plain": "", "a": "tenant-a", "b": "tenant-b", "c": "tenant-c"}
+        async with connected(broker.port("c"), "in-c") as client:
+            [session] = [s for s in broker.service.sessions() if s.client_id == "in-c"]
+            assert session.mountpoint == "tenant-c"
+            await client.ping()
+        with pytest.raises(CommandError, match="mountpoint"):
+            await broker.service.run_command(["listener", "start", "name=d", "port=0", "--mountpoint=a/b"])

@@ -251,6 +251,7 @@ async def test_listener_show(broker: Any) -> None:
             "max_conns": 10000,
             "active_conns": 1,
             "all_conns": 1,
+            "mountpoint": "",
         }
     ]
 
