@@ -13,6 +13,7 @@ from typing import Any
 
 from .admin import AdminRegistry, Arguments, CommandError, option_error, parse_value
 from .codec import Auth, SubscriptionRequest, Will
+from .hooks.registries import Metric
 from .hookspecs import hookimpl
 from .plugin_lookup import PluginError
 from .routing.topics import TopicError, topic_matches
@@ -36,6 +37,7 @@ from .values.types import (
 __all__ = [
     "hookimpl",
     "Table",
+    "Metric",
     "Text",
     "AdminRegistry",
     "Arguments",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import attrs
@@ -175,6 +176,18 @@ class Broker:
         self.config = attrs.evolve(self.config, broker=settings)
         self.dispatcher.hook_timeout = settings.hook_timeout
         self.dispatcher.notification_timeout = settings.notification_timeout
+
+    def start_soon(self, task: Callable[[], Awaitable[object]], name: str) -> None:
+        """A task in the root nursery; an Exception from it is logged (Service.start_soon)."""
+        assert self._nursery is not None, "the broker is not running"
+
+        async def contained() -> None:
+            try:
+                await task()
+            except Exception:
+                log.exception("task %s failed", name)
+
+        self._nursery.start_soon(contained, name=name)
 
     def port(self, listener: str | None = None) -> int:
         """The bound port of a listener (the first one by default)."""

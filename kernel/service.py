@@ -11,13 +11,14 @@ holding on to them, only by calling the service again.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
 from .codec import ReasonCode
+from .hooks.registries import Metric
 from .plugin_lookup import plugin_error
 from .protocol.ports import BrokerCore
 from .protocol.subscriptions import after_subscribe, after_unsubscribe
@@ -77,6 +78,8 @@ class ServedBroker(BrokerCore, Protocol):
     async def start_listener(self, config: ListenerConfig) -> RunningListener: ...
 
     def stop_listener(self, name: str, *, kill_sessions: bool = False) -> bool: ...
+
+    def start_soon(self, task: Callable[[], Awaitable[object]], name: str) -> None: ...
 
 
 def _session_info(session: Session, node: str) -> SessionInfo:
@@ -167,18 +170,37 @@ class Service:
         return await self._broker.admin.run(self, argv)
 
     def metrics(self) -> dict[str, int | float]:
-        """Kernel counters and gauges, then those plugins registered (``metrics show``)."""
+        """``{"counter.NAME": value, 'gauge.NAME{label="x"}': value}`` of every metric
+        (``metrics show``)."""
+        return {f"{m.kind}.{sample}": value for m in self.metric_list() for sample, value in m.samples().items()}
+
+    def metric_list(self) -> tuple[Metric, ...]:
+        """Every metric, with kind, help and labels (Prometheus): the kernel's counters and
+        gauges, then those plugins registered."""
         broker = self._broker
-        values: dict[str, int | float] = {f"counter.{k}": v for k, v in attrs.asdict(broker.metrics).items()}
         router = broker.router
-        values["counter.messages_routed"] = router.messages_routed
-        values["counter.deliveries"] = router.deliveries
-        values["counter.messages_dropped"] = router.drops
-        values["gauge.sessions"] = len(broker.sessions)
-        values["gauge.clients_online"] = sum(1 for s in broker.sessions.values() if s.connection is not None)
-        values["gauge.subscriptions"] = len(router.trie)
-        values.update(broker.plugin_metrics.values())
-        return values
+        sessions = broker.sessions
+        counters = broker.metrics
+
+        def counter(name: str) -> Metric:
+            return Metric(name, "counter", lambda: int(getattr(counters, name)), name.replace("_", " "))
+
+        counted = [counter(name) for name in attrs.fields_dict(type(counters))]
+        return (
+            *counted,
+            Metric("messages_routed", "counter", lambda: router.messages_routed, "messages routed"),
+            Metric("deliveries", "counter", lambda: router.deliveries, "messages delivered or queued"),
+            Metric("messages_dropped", "counter", lambda: router.drops, "deliveries dropped"),
+            Metric("sessions", "gauge", lambda: len(sessions), "sessions, online or not"),
+            Metric(
+                "clients_online",
+                "gauge",
+                lambda: sum(1 for s in sessions.values() if s.connection is not None),
+                "sessions with a connected client",
+            ),
+            Metric("subscriptions", "gauge", lambda: len(router.trie), "subscriptions"),
+            *broker.plugin_metrics.entries.values(),
+        )
 
     # -- messages ------------------------------------------------------------------------
 
@@ -354,6 +376,16 @@ class Service:
             for name in broker.dispatcher.calling_order()
             if name in loaded and (internal or name not in ESSENTIAL)
         )
+
+    def plugin_name_of(self, plugin: object) -> str | None:
+        """The name ``plugin`` (the object a plugin was registered as) is loaded under."""
+        return next((name for name, loaded in self._broker.plugins.loaded.items() if loaded.plugin is plugin), None)
+
+    def start_soon(self, task: Callable[[], Awaitable[object]], name: str) -> None:
+        """Run ``task()`` in the broker's own nursery: it outlives the plugin that started
+        it (an HTTP request that unloads the very plugin serving it answers first and
+        leaves the unload to this). Its exceptions are logged, never raised."""
+        self._broker.start_soon(task, name)
 
     def _plugin_info(self, loaded: LoadedPlugin) -> PluginInfo:
         broker = self._broker

@@ -117,14 +117,6 @@ class MetricsRegistry(Owned[str, Metric]):
     def gauge(self, name: str, read: Callable[[], Reading], help: str = "", *, labels: tuple[str, ...] = ()) -> None:
         self._put(name, Metric(name, "gauge", read, help, self._owner, labels))
 
-    def values(self) -> dict[str, Number]:
-        """``{"counter.NAME": value, "gauge.NAME{label="x"}": value}``; a failing reader reads -1."""
-        values: dict[str, Number] = {}
-        for metric in self.entries.values():
-            for sample, value in metric.samples().items():
-                values[f"{metric.kind}.{sample}"] = value
-        return values
-
 
 class SettingsRegistry(Owned[str, Setting]):
     """Live settings that plugins add for ``show``/``set``."""

@@ -331,7 +331,7 @@ async def test_a_plugin_whose_set_up_fails_is_not_loaded_and_leaves_nothing_regi
         (tmp_path / "users.json").write_text("{}")
         await broker.plugins.load("fragile", {"fail_in": ""}, path=f"{module}:Plugin")
         assert broker.dispatcher.has("on_publish") and ("fragile", "show") in broker.admin.commands
-        assert broker.plugin_metrics.values()["gauge.fragile.up"] == 1
+        assert broker.service.metrics()["gauge.fragile.up"] == 1
 
 
 async def test_path_keys_of_a_plugin_table_resolve_against_the_configuration_folder(
