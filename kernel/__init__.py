@@ -19,6 +19,7 @@ from .plugin_lookup import PluginError
 from .routing.topics import TopicError, topic_matches
 from .service import Service
 from .values.config import BrokerSettings, ConfigError, ListenerConfig, build_attrs
+from .values.files import write_atomically
 from .values.info import ListenerInfo, PluginInfo, SessionInfo
 from .values.output import Table, Text, cell_text
 from .values.types import (
@@ -52,6 +53,7 @@ __all__ = [
     "BrokerSettings",
     "ListenerConfig",
     "build_attrs",
+    "write_atomically",
     "Service",
     "SessionInfo",
     "ListenerInfo",

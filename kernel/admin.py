@@ -246,6 +246,9 @@ class AdminRegistry(Owned[tuple[str, ...], Command]):
                 continue
             if token.startswith("--"):
                 name, has_value, value = token[2:].partition("=")
+                if has_value and name in command.keys and name not in command.flags:
+                    keys[name] = value  # vmq-admin's form of an argument: plugin disable --name=x
+                    continue
                 if not command.any_flags and name not in command.flags:
                     raise CommandError(f"unknown flag --{name}", self.help(path))
                 # "--config key=value" as two words; a next word without "=" is taken

@@ -12,6 +12,7 @@ holding on to them, only by calling the service again.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -19,6 +20,7 @@ import attrs
 
 from .codec import ReasonCode
 from .hooks.registries import Metric
+from .observed import kernel_metrics
 from .plugin_lookup import plugin_error
 from .protocol.ports import BrokerCore
 from .protocol.subscriptions import after_subscribe, after_unsubscribe
@@ -130,6 +132,15 @@ class Service:
         source = self._broker.config.source
         return None if source == EMBEDDED_DEFAULT else source
 
+    @property
+    def data_dir(self) -> Path:
+        """Where plugins keep their files: ``[broker] data_dir``, a relative one joined to
+        the configuration file's folder (to the working directory without a file)."""
+        data_dir = Path(self._broker.settings.data_dir)
+        if not data_dir.is_absolute() and self.config_file:
+            data_dir = Path(self.config_file).parent / data_dir
+        return data_dir
+
     def live_settings(self) -> dict[str, Any]:
         """Every live setting by name (``show``): the live ``[broker]`` keys, the
         ``[broker.limits]`` keys, then the settings plugins registered, sorted."""
@@ -177,30 +188,7 @@ class Service:
     def metric_list(self) -> tuple[Metric, ...]:
         """Every metric, with kind, help and labels (Prometheus): the kernel's counters and
         gauges, then those plugins registered."""
-        broker = self._broker
-        router = broker.router
-        sessions = broker.sessions
-        counters = broker.metrics
-
-        def counter(name: str) -> Metric:
-            return Metric(name, "counter", lambda: int(getattr(counters, name)), name.replace("_", " "))
-
-        counted = [counter(name) for name in attrs.fields_dict(type(counters))]
-        return (
-            *counted,
-            Metric("messages_routed", "counter", lambda: router.messages_routed, "messages routed"),
-            Metric("deliveries", "counter", lambda: router.deliveries, "messages delivered or queued"),
-            Metric("messages_dropped", "counter", lambda: router.drops, "deliveries dropped"),
-            Metric("sessions", "gauge", lambda: len(sessions), "sessions, online or not"),
-            Metric(
-                "clients_online",
-                "gauge",
-                lambda: sum(1 for s in sessions.values() if s.connection is not None),
-                "sessions with a connected client",
-            ),
-            Metric("subscriptions", "gauge", lambda: len(router.trie), "subscriptions"),
-            *broker.plugin_metrics.entries.values(),
-        )
+        return (*kernel_metrics(self._broker), *self._broker.plugin_metrics.entries.values())
 
     # -- messages ------------------------------------------------------------------------
 

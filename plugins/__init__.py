@@ -7,6 +7,7 @@ tree's commands and the control socket of ``ternmq-admin``).
 
 BUILTIN = {
     "admin": "ternmq.plugins.admin",
+    "api": "ternmq.api",
     "acl": "ternmq.plugins.acl",
     "passwd": "ternmq.plugins.passwd",
     "retainer": "ternmq.plugins.retainer",

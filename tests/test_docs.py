@@ -1078,6 +1078,12 @@ def test_configuration_md_documents_every_retainer_key() -> None:
     check_keys("configuration.md", "`[plugins.retainer]` (built-in)", retainer.Config)
 
 
+def test_api_md_documents_every_api_key() -> None:
+    from ternmq import api
+
+    check_keys("api.md", "Configuration", api.Config)
+
+
 def test_webhooks_md_documents_every_webhooks_key() -> None:
     check_keys("webhooks.md", "Wiring endpoints", webhooks.Config)
 

@@ -357,7 +357,7 @@ class Plugin:
         return endpoint
 
     async def serve(self, service: Service, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        file = self.config.registrations_file or _data_dir(service) / "webhooks.json"
+        file = self.config.registrations_file or service.data_dir / "webhooks.json"
         count = self.registrations.load(file, self.config.defaults)
         if count:
             log.info("webhooks: %d endpoints registered at run time, from %s", count, file)
@@ -373,16 +373,6 @@ class Plugin:
                 await trio.sleep_forever()
             finally:
                 self.caller.client = None
-
-
-def _data_dir(service: Service) -> Path:
-    """The broker's data directory; a relative one is joined to the configuration file's
-    folder, like every relative path of the configuration."""
-    data_dir = Path(service.settings.data_dir)
-    config_file = service.config_file
-    if not data_dir.is_absolute() and config_file:
-        data_dir = Path(config_file).parent / data_dir
-    return data_dir
 
 
 def _failure_answer(hook: str) -> Answer:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,8 @@ from urllib.parse import urlsplit
 
 import attrs
 import httpx
+
+from ternmq.kernel import write_atomically
 
 from .wire import WEBHOOK_NAMES, PayloadOptions
 
@@ -213,17 +213,4 @@ class Registrations:
         if self.file is None:
             return
         entries = [e.as_table() for e in self._endpoints if e.origin == "runtime"]
-        self.file.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(prefix=".webhooks-", suffix=".json", dir=self.file.parent)
-        replaced = False
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(entries, out, indent=2)
-                out.write("\n")
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temporary, self.file)
-            replaced = True
-        finally:
-            if not replaced:
-                Path(temporary).unlink(missing_ok=True)
+        write_atomically(self.file, json.dumps(entries, indent=2) + "\n")

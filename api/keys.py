@@ -1,0 +1,127 @@
+"""API keys as VerneMQ keeps them: a key per scope, with an optional expiry, kept in a
+JSON file under the data directory so that they survive a restart."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import secrets
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ternmq.kernel import write_atomically
+
+#: The scopes of the HTTP modules (VerneMQ's names).
+SCOPES = ("mgmt", "status", "metrics", "health", "httppub")
+# A key ternmq makes: 32 characters of [A-Za-z0-9_-], as long as VerneMQ's.
+_CREATED_BYTES = 24
+
+
+@attrs.frozen
+class ApiKey:
+    key: str
+    scope: str = "mgmt"
+    expires_at: float | None = None  # Unix time, or None for never
+
+    def expired(self, now: float | None = None) -> bool:
+        return self.expires_at is not None and (now if now is not None else time.time()) >= self.expires_at
+
+    def expiry_text(self) -> str:
+        if self.expires_at is None:
+            return "never"
+        return datetime.fromtimestamp(self.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_expiry(text: str, max_days: int) -> float:
+    """``2027-01-31T12:00:00`` (UTC unless it says otherwise) as Unix time; ValueError for
+    another form, a time past, or one beyond ``max_days`` (0: no bound) from now."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"expires must be a date and time such as 2027-01-31T12:00:00, not {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    expires_at = moment.timestamp()
+    now = time.time()
+    if expires_at <= now:
+        raise ValueError(f"expires {text} is in the past")
+    if max_days and expires_at > now + max_days * 86400:
+        raise ValueError(f"expires {text} is more than max_apikey_expiry_days ({max_days}) away")
+    return expires_at
+
+
+class KeyStore:
+    """The keys, checked in constant time, written to ``file`` whole or not at all."""
+
+    def __init__(self, file: Path | None = None) -> None:
+        self.file = file
+        self._keys: list[ApiKey] = []
+
+    def __iter__(self) -> Iterator[ApiKey]:
+        return iter(self._keys)
+
+    def load(self) -> None:
+        """Read the file (none yet: no keys); ValueError naming it when it cannot be used."""
+        if self.file is None:
+            return
+        try:
+            entries = json.loads(self.file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise ValueError(f"{self.file}: cannot be read as API keys: {exc}") from None
+        try:
+            keys = [ApiKey(str(e["key"]), str(e["scope"]), e.get("expires_at")) for e in entries]
+        except (TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(f"{self.file}: not a list of API keys ({exc})") from None
+        self._keys = keys
+
+    def create(self, scope: str, expires_at: float | None) -> ApiKey:
+        return self.add(secrets.token_urlsafe(_CREATED_BYTES), scope, expires_at)
+
+    def add(self, key: str, scope: str, expires_at: float | None) -> ApiKey:
+        """Keep a key (ValueError if it is there for this scope already); saved at once."""
+        if any(k.key == key and k.scope == scope for k in self._keys):
+            raise ValueError(f"the key is already in scope {scope}")
+        entry = ApiKey(key, scope, expires_at)
+        self._keys.append(entry)
+        try:
+            self.save()
+        except OSError:
+            self._keys.remove(entry)
+            raise
+        return entry
+
+    def delete(self, key: str, scope: str | None = None) -> int:
+        """Forget a key (in one scope, or in all); how many entries went."""
+        kept = [k for k in self._keys if not (k.key == key and scope in (None, k.scope))]
+        removed = len(self._keys) - len(kept)
+        if removed:
+            previous, self._keys = self._keys, kept
+            try:
+                self.save()
+            except OSError:
+                self._keys = previous
+                raise
+        return removed
+
+    def allows(self, key: str, scope: str) -> bool:
+        """Whether ``key`` is a live key of ``scope``. Every stored key is compared, in
+        constant time, so the answer's timing tells nothing about the keys."""
+        found = False
+        now = time.time()
+        given = key.encode()
+        for entry in self._keys:
+            if hmac.compare_digest(entry.key.encode(), given) and entry.scope == scope and not entry.expired(now):
+                found = True
+        return found
+
+    def save(self) -> None:
+        if self.file is not None:
+            entries: list[dict[str, Any]] = [attrs.asdict(k) for k in self._keys]
+            write_atomically(self.file, json.dumps(entries, indent=2) + "\n", mode=0o600)  # keys are secrets

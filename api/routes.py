@@ -1,0 +1,185 @@
+"""The HTTP routes of the management API: VerneMQ's ``/api/v1`` mapping of the admin
+command tree, ``/health``, and Prometheus ``/metrics``; each behind its scope's key
+unless its module's auth mode is ``noauth``."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from ternmq.kernel import CommandError, Service, Text
+
+from .prometheus import exposition
+
+if TYPE_CHECKING:
+    from . import Plugin
+
+log = logging.getLogger("ternmq.api")
+
+REALM = 'Basic realm="ternmq"'
+# Seconds between answering a request that unloads the API and unloading it.
+ANSWER_GRACE = 0.2
+# Commands that may unload the plugin serving the request: answered first, run after.
+_PLUGIN_COMMANDS = (("plugin", "disable"), ("plugin", "reload"))
+Handler = Callable[..., Awaitable[Response]]
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(body), status=status, headers=headers or {}, content_type="application/json")
+
+
+def error(status: int, message: str, **extra: Any) -> Response:
+    """A 4xx with a JSON body (what every refused request gets)."""
+    headers = {"WWW-Authenticate": REALM} if status == 401 else None
+    return json_response({"type": "error", "error": message, **extra}, status, headers)
+
+
+_AFTER_RESPONSE = "ternmq.after_response"
+
+
+def after_response(callback: Callable[[], None]) -> None:
+    """Call ``callback`` once this request's response has been sent (AnswerFirst)."""
+    request.scope[_AFTER_RESPONSE].append(callback)  # type: ignore[literal-required]
+
+
+class AnswerFirst:
+    """ASGI wrapper: runs the callbacks a request registered with ``after_response`` once
+    the whole body of its response has been handed to the server."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        callbacks: list[Callable[[], None]] = []
+        scope[_AFTER_RESPONSE] = callbacks
+
+        async def sending(message: dict[str, Any]) -> None:
+            last = message["type"] == "http.response.body" and not message.get("more_body")
+            if last and not message.get("body"):
+                # Quart ends a body with an empty last message; hypercorn may not return
+                # from it until the connection is used again. The bytes went before it.
+                for callback in callbacks:
+                    callback()
+                callbacks.clear()
+            await send(message)
+            if last:
+                for callback in callbacks:
+                    callback()
+
+        await self.app(scope, receive, sending)
+
+
+def presented_key() -> str | None:
+    """The API key of the request: the Basic-auth user name (password empty), else the
+    ``x-api-key`` header (VerneMQ's two forms)."""
+    authorization = request.headers.get("authorization", "")
+    if authorization.lower().startswith("basic "):
+        try:
+            user, _, _ = base64.b64decode(authorization[6:].strip(), validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return user
+    return request.headers.get("x-api-key")
+
+
+def build_app(plugin: Plugin, service: Service) -> QuartTrio:
+    app = QuartTrio("ternmq.api")
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+
+    def guarded(scope: str, handler: Handler) -> Handler:
+        async def check(*args: Any, **kwargs: Any) -> Response:
+            if plugin.config.auth_mode(scope) == "apikey":
+                key = presented_key()
+                if key is None:
+                    return error(401, f"an API key of scope {scope} is needed (Basic user name or x-api-key)")
+                if not plugin.keys.allows(key, scope):
+                    return error(401, f"no such API key in scope {scope}, or it expired")
+            return await handler(*args, **kwargs)
+
+        check.__name__ = f"{scope}_{handler.__name__}"
+        return check
+
+    async def admin_command(command: str) -> Response:
+        words = [word for word in command.split("/") if word]
+        argv = [*words, *query_arguments()]
+        if tuple(words) in _PLUGIN_COMMANDS and _names_itself(service, plugin, argv):
+            # Unloading the plugin that serves this request would cancel the request
+            # before it answers: the kernel runs it once the answer has been sent.
+            async def later() -> None:
+                await trio.sleep(ANSWER_GRACE)  # for the server to write and close
+                await service.run_command(argv)
+
+            after_response(lambda: service.start_soon(later, f"api: {' '.join(argv)}"))
+            return json_response(Text("Done").to_json(), headers={"Connection": "close"})
+        try:
+            result = await service.run_command(argv)
+        except CommandError as exc:
+            return error(400, str(exc), usage=exc.usage)
+        return json_response(result.to_json())
+
+    async def metrics() -> Response:
+        text, content_type = exposition(service, plugin.config.prometheus_namespace)
+        return Response(text, content_type=content_type)
+
+    async def health() -> Response:
+        down = [info.name for info in service.listeners() if info.status != "running"]
+        if down:
+            reasons = [f"listener {name} is not running" for name in down]
+            return json_response({"status": "DOWN", "reasons": reasons}, 503)
+        return json_response({"status": "OK"})
+
+    async def health_ping() -> Response:
+        return json_response({"status": "OK"})
+
+    async def health_listeners() -> Response:
+        down = [info.name for info in service.listeners() if info.status != "running"]
+        if down:
+            return json_response({"status": "DOWN", "reason": f"Listeners are not ready: {', '.join(down)}"}, 503)
+        return json_response({"status": "OK"})
+
+    methods = ["GET", "HEAD"]
+    app.add_url_rule("/api/v1/<path:command>", view_func=guarded("mgmt", admin_command), methods=methods)
+    app.add_url_rule("/metrics", view_func=guarded("metrics", metrics), methods=methods)
+    app.add_url_rule("/health", view_func=guarded("health", health), methods=methods)
+    app.add_url_rule("/health/ping", view_func=guarded("health", health_ping), methods=methods)
+    app.add_url_rule("/health/listeners", view_func=guarded("health", health_listeners), methods=methods)
+
+    @app.errorhandler(404)
+    async def not_found(exc: Exception) -> Response:
+        return error(404, f"no such path: {request.path}")
+
+    @app.errorhandler(405)
+    async def not_allowed(exc: Exception) -> Response:
+        return error(405, f"{request.method} is not allowed here (GET or HEAD)")
+
+    return app
+
+
+def query_arguments() -> list[str]:
+    """VerneMQ's mapping: ``?name=value`` is ``name=value``, ``&--flag`` and
+    ``&--flag=value`` are flags. ``--format`` is the API's own (always JSON)."""
+    argv: list[str] = []
+    for name, value in request.args.items(multi=True):
+        if name.startswith("--"):
+            if name == "--format":
+                continue
+            argv.append(f"{name}={value}" if value else name)
+        else:
+            argv.append(f"{name}={value}")
+    return argv
+
+
+def _names_itself(service: Service, plugin: object, argv: Sequence[str]) -> bool:
+    own = service.plugin_name_of(plugin)
+    return own is not None and (f"name={own}" in argv or f"--name={own}" in argv)

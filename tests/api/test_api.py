@@ -1,0 +1,251 @@
+"""The management API plugin on a real hypercorn port, driven with httpx: the /api/v1
+mapping of the admin tree, API keys, /metrics parsed back, /health, and loading and
+unloading the plugin while MQTT clients carry on."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ternmq.kernel import CommandError, ConfigError, Table, Text
+from ternmq.kernel.broker import Broker
+from ternmq.kernel.testing import open_broker, test_config
+
+from helpers import connected, eventually
+
+API = "api"
+
+
+def api_config(tmp_path: Path, **table: Any) -> Any:
+    settings = {"port": 0, "keys_file": str(tmp_path / "api_keys.json"), **table}
+    return test_config(plugins={"retainer": {}, API: settings})
+
+
+def plugin_of(broker: Broker) -> Any:
+    return broker.plugins.loaded[API].plugin
+
+
+def base_url(broker: Broker) -> str:
+    return f"http://127.0.0.1:{plugin_of(broker).port}"
+
+
+@asynccontextmanager
+async def api_broker(tmp_path: Path, **table: Any) -> AsyncIterator[tuple[Broker, httpx.AsyncClient, str]]:
+    """A broker with the API, an HTTP client for it and a key of scope mgmt."""
+    async with open_broker(api_config(tmp_path, **table)) as broker:
+        key = await broker.service.run_command(["api-key", "create"])
+        assert isinstance(key, Text)
+        async with httpx.AsyncClient(base_url=base_url(broker), timeout=10) as http:
+            yield broker, http, key.text
+
+
+def with_key(key: str) -> dict[str, str]:
+    return {"x-api-key": key}
+
+
+# -- /api/v1: the admin tree over HTTP ----------------------------------------------------
+
+
+async def test_session_show_as_vernemq_documents_it(tmp_path: Path) -> None:
+    async with api_broker(tmp_path) as (broker, http, key), connected(broker, "myclient", 4, username="u"):
+        reply = await http.get("/api/v1/session/show", headers=with_key(key))
+        assert reply.status_code == 200 and reply.headers["content-type"] == "application/json"
+        body = reply.json()
+        assert body["type"] == "table"
+        [row] = body["table"]
+        assert set(row) == {"client_id", "is_online", "mountpoint", "peer_host", "peer_port", "user"}
+        assert (row["client_id"], row["is_online"], row["user"], row["mountpoint"]) == ("myclient", True, "u", "")
+        columns = await http.get("/api/v1/session/show?--client_id&--protocol", headers=with_key(key))
+        assert columns.json()["table"] == [{"client_id": "myclient", "protocol": 4}]
+
+
+async def test_session_disconnect_with_cleanup(tmp_path: Path) -> None:
+    async with api_broker(tmp_path) as (broker, http, key):
+        async with connected(broker, "myclient", 5, clean_start=False) as client:
+            reply = await http.get("/api/v1/session/disconnect?client-id=myclient&--cleanup", headers=with_key(key))
+            assert reply.json() == {"type": "text", "text": "Done"}
+            assert await client.closed() is not None or True
+        await eventually(lambda: "myclient" not in broker.sessions)
+
+
+async def test_listener_and_plugin_show(tmp_path: Path) -> None:
+    async with api_broker(tmp_path) as (broker, http, key):
+        listeners = (await http.get("/api/v1/listener/show", headers=with_key(key))).json()
+        assert listeners["table"][0]["name"] == "test" and listeners["table"][0]["status"] == "running"
+        plugins = (await http.get("/api/v1/plugin/show", headers=with_key(key))).json()
+        assert {row["Plugin"] for row in plugins["table"]} >= {"retainer", "api"}
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/api/v1/no/such/command", "unknown command"),
+        ("/api/v1/session/show?--nonsense", "unknown session item"),
+        ("/api/v1/plugin/disable", "missing argument name="),
+        ("/api/v1/session/disconnect?client-id=nobody", "no session"),
+    ],
+)
+async def test_bad_commands_are_400_with_a_json_body(tmp_path: Path, path: str, message: str) -> None:
+    async with api_broker(tmp_path) as (broker, http, key):
+        reply = await http.get(path, headers=with_key(key))
+    assert reply.status_code == 400
+    body = reply.json()
+    assert body["type"] == "error" and message in body["error"]
+
+
+async def test_other_paths_and_methods_are_json_errors(tmp_path: Path) -> None:
+    async with api_broker(tmp_path) as (broker, http, key):
+        missing = await http.get("/nothing/here", headers=with_key(key))
+        assert missing.status_code == 404 and missing.json()["type"] == "error"
+        posted = await http.post("/api/v1/session/show", headers=with_key(key))
+        assert posted.status_code == 405 and posted.json()["type"] == "error"
+
+
+# -- API keys ---------------------------------------------------------------------------------
+
+
+async def test_a_key_is_needed_and_checked(tmp_path: Path) -> None:
+    async with api_broker(tmp_path) as (broker, http, key):
+        for headers in ({}, with_key("wrong"), {"authorization": "Bearer " + key}):
+            reply = await http.get("/api/v1/session/show", headers=headers)
+            assert reply.status_code == 401, headers
+            assert reply.headers["www-authenticate"].startswith("Basic")
+            assert reply.json()["type"] == "error"
+        basic = await http.get("/api/v1/session/show", auth=(key, ""))
+        assert basic.status_code == 200
+        metrics_key = await broker.service.run_command(["api-key", "create", "scope=metrics"])
+        assert isinstance(metrics_key, Text)
+        wrong_scope = await http.get("/api/v1/session/show", headers=with_key(metrics_key.text))
+        assert wrong_scope.status_code == 401
+
+
+async def test_an_expired_key_is_refused(tmp_path: Path) -> None:
+    keys_file = tmp_path / "api_keys.json"
+    keys_file.write_text(json.dumps([{"key": "old-key", "scope": "mgmt", "expires_at": time.time() - 1}]))
+    async with api_broker(tmp_path) as (broker, http, _):
+        assert (await http.get("/api/v1/session/show", headers=with_key("old-key"))).status_code == 401
+        shown = await broker.service.run_command(["api-key", "show"])
+        assert isinstance(shown, Table)
+        assert [row["Scope"] for row in shown.rows if row["Key"] == "old-key"] == ["mgmt"]
+
+
+async def test_api_key_commands_and_the_keys_file(tmp_path: Path) -> None:
+    run = None
+    async with api_broker(tmp_path, min_apikey_length=8) as (broker, http, created):
+        run = broker.service.run_command
+        assert await run(["api-key", "add", "key=chosen-key", "scope=status", "expires=2999-01-01T00:00:00"]) == Text(
+            "Done"
+        )
+        with pytest.raises(CommandError, match="shorter than min_apikey_length"):
+            await run(["api-key", "add", "key=short"])
+        with pytest.raises(CommandError, match="already in scope status"):
+            await run(["api-key", "add", "key=chosen-key", "scope=status"])
+        with pytest.raises(CommandError, match="unknown scope"):
+            await run(["api-key", "create", "scope=everything"])
+        with pytest.raises(CommandError, match="in the past"):
+            await run(["api-key", "create", "expires=2001-01-01T00:00:00"])
+        shown = await run(["api-key", "show"])
+        assert isinstance(shown, Table)
+        assert {(row["Key"], row["Scope"], row["Expires"]) for row in shown.rows} == {
+            (created, "mgmt", "never"),
+            ("chosen-key", "status", "2999-01-01T00:00:00Z"),
+        }
+        assert await run(["api-key", "delete", "key=chosen-key"]) == Text("Done")
+        with pytest.raises(CommandError, match="no such key"):
+            await run(["api-key", "delete", "key=chosen-key"])
+    keys_file = tmp_path / "api_keys.json"
+    assert os.stat(keys_file).st_mode & 0o777 == 0o600
+    assert [entry["key"] for entry in json.loads(keys_file.read_text())] == [created]
+    async with api_broker(tmp_path) as (broker, http, _):  # the key survives the restart
+        assert (await http.get("/api/v1/session/show", headers=with_key(created))).status_code == 200
+
+
+async def test_max_apikey_expiry_days_bounds_new_keys(tmp_path: Path) -> None:
+    async with open_broker(api_config(tmp_path, max_apikey_expiry_days=30)) as broker:
+        with pytest.raises(CommandError, match="expires is needed"):
+            await broker.service.run_command(["api-key", "create"])
+        with pytest.raises(CommandError, match="more than max_apikey_expiry_days"):
+            await broker.service.run_command(["api-key", "create", "expires=2999-01-01T00:00:00"])
+
+
+async def test_noauth_mode_opens_a_module(tmp_path: Path) -> None:
+    async with api_broker(tmp_path, auth={"mgmt": "noauth", "metrics": "apikey"}) as (broker, http, key):
+        assert (await http.get("/api/v1/listener/show")).status_code == 200
+        assert (await http.get("/metrics")).status_code == 401
+
+
+# -- /metrics and /health ---------------------------------------------------------------------------
+
+
+async def test_metrics_in_prometheus_text_format(tmp_path: Path) -> None:
+    async with api_broker(tmp_path) as (broker, http, key):
+        async with connected(broker, "m", 5) as client:
+            await client.subscribe("m/#", qos=1)
+            await client.publish("m/1", b"x", qos=1)
+            await client.receive()
+            reply = await http.get("/metrics")
+    assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/plain")
+    families = {family.name: family for family in text_string_to_metric_families(reply.text)}
+    node = broker.node_name
+    accepted = families["ternmq_connections_accepted"]
+    assert accepted.type == "counter"
+    [sample] = accepted.samples
+    assert sample.labels == {"node": node} and sample.value >= 1
+    assert families["ternmq_clients_online"].samples[0].value == 1
+    assert families["ternmq_retained_messages"].type == "gauge"
+
+
+async def test_health(tmp_path: Path) -> None:
+    async with api_broker(tmp_path) as (broker, http, key):
+        assert (await http.get("/health")).json() == {"status": "OK"}
+        assert (await http.get("/health/ping")).json() == {"status": "OK"}
+        assert (await http.get("/health/listeners")).json() == {"status": "OK"}
+        await broker.service.run_command(["listener", "stop", "name=test"])
+        down = await http.get("/health")
+        assert down.status_code == 503
+        assert down.json() == {"status": "DOWN", "reasons": ["listener test is not running"]}
+        listeners = await http.get("/health/listeners")
+        assert listeners.status_code == 503 and "test" in listeners.json()["reason"]
+
+
+# -- loading and unloading -----------------------------------------------------------------------
+
+
+async def test_disable_over_http_answers_then_closes_the_port_while_mqtt_goes_on(tmp_path: Path) -> None:
+    async with api_broker(tmp_path) as (broker, http, key), connected(broker, "sub", 5) as subscriber:
+        await subscriber.subscribe("t", qos=1)
+        reply = await http.get("/api/v1/plugin/disable?--name=api", headers=with_key(key))
+        assert reply.json() == {"type": "text", "text": "Done"}
+        await eventually(lambda: API not in broker.plugins.loaded)
+        with pytest.raises(httpx.ConnectError):
+            await http.get("/health/ping")
+        await broker.service.publish("t", b"still here", qos=1)
+        assert (await subscriber.receive()).payload == b"still here"
+        await broker.service.run_command(["plugin", "enable", "name=api", "--config=port=0"])
+        async with httpx.AsyncClient(base_url=base_url(broker), timeout=10) as again:
+            assert (await again.get("/health/ping")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"auth": {"everything": "noauth"}}, "unknown scope 'everything'"),
+        ({"auth": {"mgmt": "open"}}, "must be 'apikey' or 'noauth'"),
+        ({"port": 70000}, "between 0 and 65535"),
+        ({"certfile": "cert.pem"}, "certfile and keyfile go together"),
+    ],
+)
+async def test_bad_configuration_names_table_and_key(tmp_path: Path, table: dict[str, Any], message: str) -> None:
+    with pytest.raises(ExceptionGroup) as caught:
+        async with open_broker(api_config(tmp_path, **table)):
+            pass
+    assert caught.group_contains(ConfigError, match=rf"\[plugins\.api\].*{message}", depth=2)
