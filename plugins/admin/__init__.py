@@ -13,6 +13,8 @@ parsed arguments. ``serve`` runs the control socket (:mod:`.control`) through wh
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 
 from ternmq.kernel import AdminRegistry, Service, hookimpl
@@ -35,9 +37,16 @@ def register_commands(registry: AdminRegistry) -> None:
 class Plugin:
     """The admin commands and the control socket (see module docstring)."""
 
+    def __init__(self) -> None:
+        self.netsplit = node.NetsplitSettings()
+
     @hookimpl
     def register_admin_commands(self, registry: AdminRegistry) -> None:
         register_commands(registry)
+
+    @hookimpl
+    def register_config(self, settings: Any) -> None:
+        self.netsplit.register(settings)
 
     async def serve(self, service: Service, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         path = control_socket_path(service.settings)

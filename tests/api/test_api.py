@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
 from ternmq.kernel import CommandError, ConfigError, Table, Text
@@ -249,3 +251,32 @@ async def test_bad_configuration_names_table_and_key(tmp_path: Path, table: dict
         async with open_broker(api_config(tmp_path, **table)):
             pass
     assert caught.group_contains(ConfigError, match=rf"\[plugins\.api\].*{message}", depth=2)
+
+
+async def test_vernemq_examples_cluster_show_and_netsplit_settings(tmp_path: Path) -> None:
+    async with api_broker(tmp_path) as (broker, http, key):
+        cluster = (await http.get("/api/v1/cluster/show", headers=with_key(key))).json()
+        assert cluster == {"type": "table", "table": [{"Node": broker.node_name, "Running": True}]}
+        done = await http.get("/api/v1/set?allow_publish_during_netsplit=on", headers=with_key(key))
+        assert done.json() == {"type": "text", "text": "Done"}
+        shown = (await http.get("/api/v1/show?--allow_publish_during_netsplit", headers=with_key(key))).json()
+        assert shown["table"][0]["allow_publish_during_netsplit"] == "on"
+        refused = await http.get("/api/v1/set?allow_publish_during_netsplit=maybe", headers=with_key(key))
+        assert refused.status_code == 400 and "on or off" in refused.json()["error"]
+
+
+async def test_https_with_a_certificate(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    server.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    server.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    table = {"certfile": str(tmp_path / "cert.pem"), "keyfile": str(tmp_path / "key.pem")}
+    async with open_broker(api_config(tmp_path, **table)) as broker:
+        url = f"https://127.0.0.1:{plugin_of(broker).port}"
+        async with httpx.AsyncClient(base_url=url, verify=context, timeout=10) as https:
+            assert (await https.get("/health")).json() == {"status": "OK"}
+        async with httpx.AsyncClient(base_url=url.replace("https", "http"), timeout=10) as plain:
+            with pytest.raises(httpx.HTTPError):
+                await plain.get("/health")

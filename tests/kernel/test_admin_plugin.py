@@ -37,6 +37,7 @@ async def test_admin_is_loaded_without_being_configured() -> None:
         owners = {command.owner for command in broker.admin.commands.values()}
         assert owners == {"admin"}
         assert {path[0] for path in broker.admin.commands} == {
+            "cluster",
             "plugin",
             "session",
             "listener",
@@ -57,7 +58,7 @@ async def test_plugin_show_lists_admin_as_builtin_when_asked() -> None:
         assert (internal[0].source, internal[0].kind, internal[0].hooks) == (
             "builtin",
             "application",
-            ("register_admin_commands",),
+            ("register_admin_commands", "register_config"),
         )
         shown = await service.run_command(["plugin", "show"])
         assert isinstance(shown, Table) and [row["Plugin"] for row in shown.rows] == ["retainer"]
