@@ -11,6 +11,7 @@ BUILTIN = {
     "acl": "ternmq.plugins.acl",
     "passwd": "ternmq.plugins.passwd",
     "retainer": "ternmq.plugins.retainer",
+    "sys": "ternmq.plugins.sys",
     "webhooks": "ternmq.plugins.webhooks",
 }
 ESSENTIAL = ("admin",)

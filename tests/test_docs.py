@@ -1078,6 +1078,12 @@ def test_configuration_md_documents_every_retainer_key() -> None:
     check_keys("configuration.md", "`[plugins.retainer]` (built-in)", retainer.Config)
 
 
+def test_configuration_md_documents_every_sys_key() -> None:
+    from ternmq.plugins import sys as sys_plugin
+
+    check_keys("configuration.md", "`[plugins.sys]` (built-in)", sys_plugin.Config)
+
+
 def test_api_md_documents_every_api_key() -> None:
     from ternmq import api
 
