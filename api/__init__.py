@@ -36,7 +36,7 @@ from hypercorn.trio import serve
 
 from ternmq.kernel import AdminRegistry, Arguments, Service, Table, Text, hookimpl
 
-from .keys import SCOPES, KeyStore, parse_expiry
+from .keys import SCOPES, KeyStore, check_key, parse_expiry
 
 log = logging.getLogger("ternmq.api")
 
@@ -67,7 +67,9 @@ class Config:
     min_apikey_length: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     max_apikey_expiry_days: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     keys_file: Path | None = None
-    prometheus_namespace: str = "ternmq_"
+    prometheus_namespace: str = attrs.field(
+        default="ternmq_", validator=attrs.validators.matches_re(r"([a-zA-Z_:][a-zA-Z0-9_:]*)?")
+    )
 
     def __attrs_post_init__(self) -> None:
         if (self.certfile is None) != (self.keyfile is None):
@@ -105,8 +107,8 @@ class Plugin:
         registry.add(
             "api-key delete",
             self._delete,
-            help="Forget a key (in one scope, or in every scope).",
-            keys={"key": "the key", "scope": "only in this scope"},
+            help="Forget a key of a scope.",
+            keys={"key": "the key", "scope": scope_help},
             required=("key",),
         )
         registry.add("api-key show", self._show, help="List the keys with their scopes and expiry.")
@@ -136,8 +138,10 @@ class Plugin:
         key = args.keys["key"]
         if len(key) < self.config.min_apikey_length:
             raise args.usage_error(f"the key is shorter than min_apikey_length ({self.config.min_apikey_length})")
-        if not key.isprintable() or ":" in key or not key.strip() or key != key.strip():
-            raise args.usage_error("a key is printable text without ':' or surrounding blanks")
+        try:
+            check_key(key)
+        except ValueError as exc:
+            raise args.usage_error(str(exc)) from None
         scope, expires_at = self._scope_and_expiry(args)
         try:
             self.keys.add(key, scope, expires_at)
@@ -147,7 +151,7 @@ class Plugin:
 
     def _delete(self, service: Service, args: Arguments) -> Text:
         try:
-            removed = self.keys.delete(args.keys["key"], args.keys.get("scope"))
+            removed = self.keys.delete(args.keys["key"], args.keys.get("scope", "mgmt"))
         except OSError as exc:
             raise args.usage_error(f"the keys file cannot be written: {exc}") from None
         if not removed:
@@ -163,7 +167,13 @@ class Plugin:
 
         if self.keys.file is None:
             self.keys.file = service.data_dir / "api_keys.json"
-        self.keys.load()
+        try:
+            self.keys.load()
+        except ValueError:
+            if not self.keys.loaded:  # the first start: the plugin cannot load without its keys
+                raise
+            # serving again after a failed reload: the keys read before stay in force
+            log.exception("API keys not read again; the keys in force stay")
         config = HypercornConfig()
         config.bind = [f"{self.config.address}:{self.config.port}"]
         config.accesslog = None

@@ -20,6 +20,8 @@ from ternmq.kernel import write_atomically
 SCOPES = ("mgmt", "status", "metrics", "health", "httppub")
 # A key ternmq makes: 32 characters of [A-Za-z0-9_-], as long as VerneMQ's.
 _CREATED_BYTES = 24
+# The first moment datetime cannot show (an expiry must come before it).
+_YEAR_10000 = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
 
 
 @attrs.frozen
@@ -37,16 +39,37 @@ class ApiKey:
         return datetime.fromtimestamp(self.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def check_key(key: str) -> None:
+    """ValueError for a key that would not come back the same in both ways of sending
+    it (a header is Latin-1, a Basic user name ends at ':')."""
+    if not key or not key.isascii() or not key.isprintable() or ":" in key or " " in key:
+        raise ValueError("a key is printable ASCII without ':' or blanks")
+
+
+def _entry(entry: dict[str, object]) -> ApiKey:
+    key, scope, expires_at = entry["key"], entry["scope"], entry.get("expires_at")
+    if not isinstance(key, str) or not isinstance(scope, str) or scope not in SCOPES:
+        raise ValueError(f"bad entry {entry!r}")
+    check_key(key)
+    if expires_at is not None and (
+        isinstance(expires_at, bool) or not isinstance(expires_at, (int, float)) or not 0 < expires_at < _YEAR_10000
+    ):
+        raise ValueError(f"bad expires_at in {entry!r}")
+    return ApiKey(key, scope, float(expires_at) if expires_at is not None else None)
+
+
 def parse_expiry(text: str, max_days: int) -> float:
     """``2027-01-31T12:00:00`` (UTC unless it says otherwise) as Unix time; ValueError for
     another form, a time past, or one beyond ``max_days`` (0: no bound) from now."""
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        expires_at = moment.timestamp()
+    except (ValueError, OverflowError):
         raise ValueError(f"expires must be a date and time such as 2027-01-31T12:00:00, not {text!r}") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    expires_at = moment.timestamp()
+    if expires_at >= _YEAR_10000:
+        raise ValueError(f"expires {text} is past the year 9999")
     now = time.time()
     if expires_at <= now:
         raise ValueError(f"expires {text} is in the past")
@@ -61,6 +84,7 @@ class KeyStore:
     def __init__(self, file: Path | None = None) -> None:
         self.file = file
         self._keys: list[ApiKey] = []
+        self.loaded = False  # the file has been read once
 
     def __iter__(self) -> Iterator[ApiKey]:
         return iter(self._keys)
@@ -72,14 +96,16 @@ class KeyStore:
         try:
             entries = json.loads(self.file.read_text(encoding="utf-8"))
         except FileNotFoundError:
+            self.loaded = True  # no keys yet
             return
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise ValueError(f"{self.file}: cannot be read as API keys: {exc}") from None
         try:
-            keys = [ApiKey(str(e["key"]), str(e["scope"]), e.get("expires_at")) for e in entries]
-        except (TypeError, KeyError, AttributeError) as exc:
+            keys = [_entry(entry) for entry in entries]
+        except (TypeError, KeyError, AttributeError, ValueError) as exc:
             raise ValueError(f"{self.file}: not a list of API keys ({exc})") from None
         self._keys = keys
+        self.loaded = True
 
     def create(self, scope: str, expires_at: float | None) -> ApiKey:
         return self.add(secrets.token_urlsafe(_CREATED_BYTES), scope, expires_at)
@@ -97,9 +123,9 @@ class KeyStore:
             raise
         return entry
 
-    def delete(self, key: str, scope: str | None = None) -> int:
-        """Forget a key (in one scope, or in all); how many entries went."""
-        kept = [k for k in self._keys if not (k.key == key and scope in (None, k.scope))]
+    def delete(self, key: str, scope: str) -> int:
+        """Forget a key of one scope; how many entries went (0 or 1)."""
+        kept = [k for k in self._keys if not (k.key == key and k.scope == scope)]
         removed = len(self._keys) - len(kept)
         if removed:
             previous, self._keys = self._keys, kept
@@ -113,6 +139,8 @@ class KeyStore:
     def allows(self, key: str, scope: str) -> bool:
         """Whether ``key`` is a live key of ``scope``. Every stored key is compared, in
         constant time, so the answer's timing tells nothing about the keys."""
+        if not key:
+            return False
         found = False
         now = time.time()
         given = key.encode()

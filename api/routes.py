@@ -8,8 +8,9 @@ import base64
 import binascii
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_plus
 
 import trio
 from quart import Response, request
@@ -25,10 +26,22 @@ if TYPE_CHECKING:
 log = logging.getLogger("ternmq.api")
 
 REALM = 'Basic realm="ternmq"'
+CORS_HEADERS = {
+    "access-control-allow-origin": "*",
+    "access-control-allow-methods": "HEAD, GET",
+    "access-control-allow-headers": "content-type, authorization",
+    "access-control-max-age": "1728000",
+}
 # Seconds between answering a request that unloads the API and unloading it.
 ANSWER_GRACE = 0.2
 # Commands that may unload the plugin serving the request: answered first, run after.
 _PLUGIN_COMMANDS = (("plugin", "disable"), ("plugin", "reload"))
+#: VerneMQ's short paths: /api/v1/sessions is session show, and so on.
+ALIASES: dict[tuple[str, ...], list[str]] = {
+    ("sessions",): ["session", "show"],
+    ("listeners",): ["listener", "show"],
+    ("plugins",): ["plugin", "show"],
+}
 Handler = Callable[..., Awaitable[Response]]
 
 
@@ -83,14 +96,16 @@ class AnswerFirst:
 def presented_key() -> str | None:
     """The API key of the request: the Basic-auth user name (password empty), else the
     ``x-api-key`` header (VerneMQ's two forms)."""
-    authorization = request.headers.get("authorization", "")
-    if authorization.lower().startswith("basic "):
-        try:
-            user, _, _ = base64.b64decode(authorization[6:].strip(), validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-        return user
-    return request.headers.get("x-api-key")
+    authorization = request.headers.get("authorization")
+    if authorization is None:
+        return request.headers.get("x-api-key")
+    if not authorization.lower().startswith("basic "):
+        return None
+    try:
+        user, _, _ = base64.b64decode(authorization[6:].strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return user
 
 
 def build_app(plugin: Plugin, service: Service) -> QuartTrio:
@@ -112,10 +127,16 @@ def build_app(plugin: Plugin, service: Service) -> QuartTrio:
 
     async def admin_command(command: str) -> Response:
         words = [word for word in command.split("/") if word]
+        words = ALIASES.get(tuple(words), words)
         argv = [*words, *query_arguments()]
-        if tuple(words) in _PLUGIN_COMMANDS and _names_itself(service, plugin, argv):
+        try:
+            path, keys = service.parse_command(argv)
+        except CommandError as exc:
+            return error(400, str(exc), usage=exc.usage)
+        if path in _PLUGIN_COMMANDS and keys.get("name") == service.plugin_name_of(plugin):
             # Unloading the plugin that serves this request would cancel the request
-            # before it answers: the kernel runs it once the answer has been sent.
+            # before it answers: the kernel runs it once the answer has been sent (its
+            # failure, a reload that cannot load, is then only logged).
             async def later() -> None:
                 await trio.sleep(ANSWER_GRACE)  # for the server to write and close
                 await service.run_command(argv)
@@ -148,8 +169,13 @@ def build_app(plugin: Plugin, service: Service) -> QuartTrio:
             return json_response({"status": "DOWN", "reason": f"Listeners are not ready: {', '.join(down)}"}, 503)
         return json_response({"status": "OK"})
 
+    async def cors(command: str = "") -> Response:
+        # VerneMQ's answer to a browser's preflight (no key needed: it reveals nothing).
+        return Response("", status=200, headers=CORS_HEADERS)
+
     methods = ["GET", "HEAD"]
     app.add_url_rule("/api/v1/<path:command>", view_func=guarded("mgmt", admin_command), methods=methods)
+    app.add_url_rule("/api/v1/<path:command>", view_func=cors, methods=["OPTIONS"], endpoint="cors")
     app.add_url_rule("/metrics", view_func=guarded("metrics", metrics), methods=methods)
     app.add_url_rule("/health", view_func=guarded("health", health), methods=methods)
     app.add_url_rule("/health/ping", view_func=guarded("health", health_ping), methods=methods)
@@ -159,9 +185,14 @@ def build_app(plugin: Plugin, service: Service) -> QuartTrio:
     async def not_found(exc: Exception) -> Response:
         return error(404, f"no such path: {request.path}")
 
+    @app.errorhandler(500)
+    async def failed(exc: Exception) -> Response:
+        log.error("API request %s %s failed: %r", request.method, request.path, getattr(exc, "original_exception", exc))
+        return error(500, "the request failed; the broker's log says why")
+
     @app.errorhandler(405)
     async def not_allowed(exc: Exception) -> Response:
-        return error(405, f"{request.method} is not allowed here (GET or HEAD)")
+        return error(405, f"{request.method} is not allowed here (GET, HEAD or OPTIONS)")
 
     return app
 
@@ -170,16 +201,17 @@ def query_arguments() -> list[str]:
     """VerneMQ's mapping: ``?name=value`` is ``name=value``, ``&--flag`` and
     ``&--flag=value`` are flags. ``--format`` is the API's own (always JSON)."""
     argv: list[str] = []
-    for name, value in request.args.items(multi=True):
+    for item in request.query_string.decode("utf-8", "replace").split("&"):
+        if not item:
+            continue
+        name, has_value, value = (unquote_plus(part) for part in _partition(item))
         if name.startswith("--"):
-            if name == "--format":
-                continue
-            argv.append(f"{name}={value}" if value else name)
+            if name != "--format":  # the API always answers JSON
+                argv.append(f"{name}={value}" if has_value else name)
         else:
             argv.append(f"{name}={value}")
     return argv
 
 
-def _names_itself(service: Service, plugin: object, argv: Sequence[str]) -> bool:
-    own = service.plugin_name_of(plugin)
-    return own is not None and (f"name={own}" in argv or f"--name={own}" in argv)
+def _partition(item: str) -> tuple[str, str, str]:
+    return item.partition("=")

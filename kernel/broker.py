@@ -178,8 +178,8 @@ class Broker:
         self.dispatcher.notification_timeout = settings.notification_timeout
 
     def start_soon(self, task: Callable[[], Awaitable[object]], name: str) -> None:
-        """A task in the root nursery; an Exception from it is logged (Service.start_soon)."""
-        assert self._nursery is not None, "the broker is not running"
+        """A task in the root nursery; an Exception from it is logged (Service.start_soon).
+        A broker that is not running, or is shutting down, logs that and runs nothing."""
 
         async def contained() -> None:
             try:
@@ -187,7 +187,12 @@ class Broker:
             except Exception:
                 log.exception("task %s failed", name)
 
-        self._nursery.start_soon(contained, name=name)
+        try:
+            if self._nursery is None:
+                raise RuntimeError("the broker is not running")
+            self._nursery.start_soon(contained, name=name)
+        except RuntimeError as exc:  # trio refuses new tasks in a nursery that is closing
+            log.warning("task %s not started: %s", name, exc)
 
     def port(self, listener: str | None = None) -> int:
         """The bound port of a listener (the first one by default)."""

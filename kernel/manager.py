@@ -238,7 +238,7 @@ class PluginManager:
             loaded = await self.register(
                 name, plugin, config=config, settings=kernel_settings, source=source, version=version
             )
-        except PluginError:
+        except (PluginError, ConfigError):  # ConfigError: its serve failed to start
             restored = await self.register(
                 name, old.plugin, config=old.config, settings=old.settings, source=old.source, version=old.version
             )

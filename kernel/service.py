@@ -49,6 +49,8 @@ class CommandRunner(Protocol):
 
     async def run(self, service: Service, argv: Sequence[str]) -> Table | Text: ...
 
+    def parse(self, argv: Sequence[str]) -> tuple[Any, Any, bool]: ...
+
 
 class ServedBroker(BrokerCore, Protocol):
     """What the service face uses of the broker it serves (broker.py's Broker): its
@@ -174,6 +176,13 @@ class Service:
         current = {f.name: getattr(settings, f.name) for f in attrs.fields(type(settings)) if f.name != "limits"}
         new = build_attrs(type(settings), {**current, **broker_table}, "command line", "set")
         broker.apply_settings(attrs.evolve(new, limits=limits))
+
+    def parse_command(self, argv: Sequence[str]) -> tuple[tuple[str, ...], Mapping[str, str]]:
+        """The command words and the ``name=value`` arguments of a command line, read as
+        ``run_command`` reads it, without running it; a bad one raises ``CommandError``.
+        Words ``()`` for a request for help."""
+        command, arguments, wants_help = self._broker.admin.parse(argv)
+        return (() if command is None or wants_help else tuple(command.path)), dict(arguments.keys)
 
     async def run_command(self, argv: Sequence[str]) -> Table | Text:
         """Run one admin command line (what ``ternmq-admin`` sends); a bad one raises

@@ -18,9 +18,9 @@ import pytest
 import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
-from ternmq.kernel import CommandError, ConfigError, Table, Text
+from ternmq.kernel import CommandError, ConfigError, Table, Text, hookimpl
 from ternmq.kernel.broker import Broker
-from ternmq.kernel.testing import open_broker, test_config
+from ternmq.kernel.testing import open_broker, registered, test_config
 
 from helpers import connected, eventually
 
@@ -161,9 +161,9 @@ async def test_api_key_commands_and_the_keys_file(tmp_path: Path) -> None:
             (created, "mgmt", "never"),
             ("chosen-key", "status", "2999-01-01T00:00:00Z"),
         }
-        assert await run(["api-key", "delete", "key=chosen-key"]) == Text("Done")
-        with pytest.raises(CommandError, match="no such key"):
+        with pytest.raises(CommandError, match="no such key"):  # VerneMQ's default scope: mgmt
             await run(["api-key", "delete", "key=chosen-key"])
+        assert await run(["api-key", "delete", "key=chosen-key", "scope=status"]) == Text("Done")
     keys_file = tmp_path / "api_keys.json"
     assert os.stat(keys_file).st_mode & 0o777 == 0o600
     assert [entry["key"] for entry in json.loads(keys_file.read_text())] == [created]
@@ -244,6 +244,7 @@ async def test_disable_over_http_answers_then_closes_the_port_while_mqtt_goes_on
         ({"auth": {"mgmt": "open"}}, "must be 'apikey' or 'noauth'"),
         ({"port": 70000}, "between 0 and 65535"),
         ({"certfile": "cert.pem"}, "certfile and keyfile go together"),
+        ({"prometheus_namespace": "9lives"}, "prometheus_namespace"),
     ],
 )
 async def test_bad_configuration_names_table_and_key(tmp_path: Path, table: dict[str, Any], message: str) -> None:
@@ -280,3 +281,103 @@ async def test_https_with_a_certificate(tmp_path: Path) -> None:
         async with httpx.AsyncClient(base_url=url.replace("https", "http"), timeout=10) as plain:
             with pytest.raises(httpx.HTTPError):
                 await plain.get("/health")
+
+
+# -- what requests, keys files and plugins must not be able to break ----------------------------------
+
+
+@pytest.mark.parametrize("path", ["/api/v1/plugin/disable/--name=api", "/api/v1/plugin/disable?name=api"])
+async def test_every_spelling_of_disabling_the_api_is_answered_first(tmp_path: Path, path: str) -> None:
+    async with api_broker(tmp_path) as (broker, http, key):
+        reply = await http.get(path, headers=with_key(key))
+        assert reply.json() == {"type": "text", "text": "Done"}
+        await eventually(lambda: API not in broker.plugins.loaded)
+        await broker.service.run_command(["plugin", "enable", "name=api", "--config=port=0"])
+        [info] = [p for p in broker.service.plugins() if p.name == API]
+        assert info.state == "running"
+
+
+async def test_reloading_the_api_over_http_keeps_it_serving(tmp_path: Path) -> None:
+    async with api_broker(tmp_path) as (broker, http, key):
+        old = plugin_of(broker)
+        assert (await http.get("/api/v1/plugin/reload/name=api", headers=with_key(key))).json()["text"] == "Done"
+        await eventually(
+            lambda: API in broker.plugins.loaded and plugin_of(broker) is not old and plugin_of(broker).port is not None
+        )
+        async with httpx.AsyncClient(base_url=base_url(broker), timeout=10) as again:
+            assert (await again.get("/api/v1/listener/show", headers=with_key(key))).status_code == 200
+
+
+async def test_a_bad_self_command_is_a_400_before_anything_is_done(tmp_path: Path) -> None:
+    async with api_broker(tmp_path) as (broker, http, key):
+        reply = await http.get("/api/v1/plugin/reload?name=api&bogus=1", headers=with_key(key))
+        assert reply.status_code == 400 and "unknown argument bogus=" in reply.json()["error"]
+        assert (await http.get("/health/ping")).status_code == 200
+
+
+async def test_a_corrupt_keys_file_fails_the_first_load_and_a_reload_keeps_the_keys(tmp_path: Path) -> None:
+    keys_file = tmp_path / "api_keys.json"
+    keys_file.write_text('[{"key": "k1-key", "scope": "mgmt", "expires_at": "2030-01-01"}]')
+    with pytest.raises(ExceptionGroup) as caught:
+        async with open_broker(api_config(tmp_path)):
+            pass
+    assert caught.group_contains(Exception, match="not a list of API keys", depth=2)
+    keys_file.unlink()
+    async with api_broker(tmp_path) as (broker, http, key):
+        keys_file.write_text("not json")
+        with pytest.raises(CommandError, match="cannot be read as API keys"):  # the reload fails ...
+            await broker.service.run_command(["plugin", "reload", "name=api"])
+        # ... and the running API stays, with the keys it had
+        async with httpx.AsyncClient(base_url=base_url(broker), timeout=10) as again:
+            assert (await again.get("/api/v1/listener/show", headers=with_key(key))).status_code == 200
+
+
+async def test_keys_that_cannot_come_back_the_same_are_refused(tmp_path: Path) -> None:
+    async with api_broker(tmp_path) as (broker, http, key):
+        for bad in ("key=with:colon", "key=späße-key", "key=with space"):
+            with pytest.raises(CommandError, match="printable ASCII"):
+                await broker.service.run_command(["api-key", "add", bad])
+        with pytest.raises(CommandError, match="past the year 9999|such as"):
+            await broker.service.run_command(["api-key", "create", "expires=9999-12-31T23:59:59-01:00"])
+        assert (await http.get("/api/v1/session/show", headers={"x-api-key": ""})).status_code == 401
+        both = {"x-api-key": key, "authorization": "Bearer whatever"}
+        assert (await http.get("/api/v1/session/show", headers=both)).status_code == 401
+
+
+class Broken:
+    @hookimpl
+    def register_admin_commands(self, registry: Any) -> None:
+        registry.add("boom", self._boom, help="fails")
+
+    @hookimpl
+    def register_metrics(self, registry: Any) -> None:
+        registry.gauge("sessions", lambda: 1, "a name the kernel has")
+        registry.gauge("labelled", lambda: {("x",): 1}, "a node label", labels=("node",))
+        registry.gauge("unreadable", lambda: "many", "not a number")
+        registry.gauge("fine", lambda: 7, "a good one")
+
+    def _boom(self, service: Any, args: Any) -> Any:
+        raise RuntimeError("boom")
+
+
+async def test_a_failing_command_is_a_json_500_and_bad_metrics_are_left_out(tmp_path: Path) -> None:
+    async with api_broker(tmp_path) as (broker, http, key), registered(broker, Broken()):
+        reply = await http.get("/api/v1/boom", headers=with_key(key))
+        assert reply.status_code == 500 and reply.json()["type"] == "error"
+        page = await http.get("/metrics")
+    assert page.status_code == 200
+    families = {family.name: family for family in text_string_to_metric_families(page.text)}
+    assert [sample.value for sample in families["ternmq_sessions"].samples] == [0]  # the kernel's, once
+    assert families["ternmq_labelled"].samples[0].labels == {"node": broker.node_name, "exported_node": "x"}
+    assert "ternmq_unreadable" not in families
+    assert families["ternmq_fine"].samples[0].value == 7
+
+
+async def test_cors_preflight_aliases_and_empty_flag_values(tmp_path: Path) -> None:
+    async with api_broker(tmp_path) as (broker, http, key), connected(broker, "c1", 4):
+        preflight = await http.options("/api/v1/session/show")
+        assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == "*"
+        sessions = (await http.get("/api/v1/sessions", headers=with_key(key))).json()
+        assert [row["client_id"] for row in sessions["table"]] == ["c1"]
+        filtered = (await http.get("/api/v1/session/show?--client_id=", headers=with_key(key))).json()
+        assert filtered["table"] == []  # a filter on an empty client id, not a column
