@@ -13,10 +13,21 @@ if TYPE_CHECKING:
 
 
 def kernel_metrics(broker: BrokerCore) -> tuple[Metric, ...]:
-    """The broker's counters (values/counters.py), the router's and the sessions' figures."""
+    """The broker's counters (values/counters.py), the router's and the sessions' figures,
+    and the calls, errors and timeouts of every plugin's hooks."""
     counters = broker.metrics
     router = broker.router
     sessions = broker.sessions
+    hook_stats = broker.dispatcher.stats
+
+    def per_hook(field: str, help: str) -> Metric:
+        return Metric(
+            f"hook_{field}",
+            "counter",
+            lambda: {key: getattr(stats, field) for key, stats in hook_stats.items()},
+            help,
+            labels=("plugin", "hook"),
+        )
 
     def counter(name: str) -> Metric:
         return Metric(name, "counter", lambda: int(getattr(counters, name)), name.replace("_", " "))
@@ -34,4 +45,7 @@ def kernel_metrics(broker: BrokerCore) -> tuple[Metric, ...]:
             "sessions with a connected client",
         ),
         Metric("subscriptions", "gauge", lambda: len(router.trie), "subscriptions"),
+        per_hook("calls", "calls of a plugin's hook implementation"),
+        per_hook("errors", "calls that raised"),
+        per_hook("timeouts", "calls that ran past their deadline"),
     )

@@ -381,3 +381,12 @@ async def test_cors_preflight_aliases_and_empty_flag_values(tmp_path: Path) -> N
         assert [row["client_id"] for row in sessions["table"]] == ["c1"]
         filtered = (await http.get("/api/v1/session/show?--client_id=", headers=with_key(key))).json()
         assert filtered["table"] == []  # a filter on an empty client id, not a column
+
+
+async def test_metrics_count_hook_calls_per_plugin(tmp_path: Path) -> None:
+    async with api_broker(tmp_path) as (broker, http, key):
+        async with connected(broker, "r", 5) as client:
+            await client.publish("kept", b"x", qos=1, retain=True)
+        families = {f.name: f for f in text_string_to_metric_families((await http.get("/metrics")).text)}
+    calls = {(s.labels["plugin"], s.labels["hook"]): s.value for s in families["ternmq_hook_calls"].samples}
+    assert calls[("retainer", "retain_store")] == 1
