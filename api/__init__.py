@@ -67,6 +67,13 @@ class Config:
     min_apikey_length: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     max_apikey_expiry_days: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     keys_file: Path | None = None
+    httppub_auth: str = attrs.field(
+        default="on-behalf-of", validator=attrs.validators.in_(("on-behalf-of", "predefined"))
+    )
+    httppub_user: str | None = None
+    httppub_password: str | None = None
+    httppub_client_id: str | None = None
+    httppub_mountpoint: str = ""
     prometheus_namespace: str = attrs.field(
         default="ternmq_", validator=attrs.validators.matches_re(r"([a-zA-Z_:][a-zA-Z0-9_:]*)?")
     )
@@ -86,6 +93,17 @@ class Plugin:
         self.config = config or Config()
         self.keys = KeyStore(self.config.keys_file)
         self.port: int | None = None  # bound once serving
+        self.httppub_counts = dict.fromkeys(("published", "api_error", "auth_error", "too_large"), 0)
+
+    @hookimpl
+    def register_metrics(self, registry: Any) -> None:
+        for name, help in (
+            ("published", "messages published over HTTP"),
+            ("api_error", "HTTP publishes refused for their form"),
+            ("auth_error", "HTTP publishes refused by auth_on_register or auth_on_publish"),
+            ("too_large", "HTTP publishes refused for their size"),
+        ):
+            registry.counter(f"http_publish_{name}", lambda name=name: self.httppub_counts[name], help)
 
     @hookimpl
     def register_admin_commands(self, registry: AdminRegistry) -> None:

@@ -18,6 +18,7 @@ from quart_trio import QuartTrio
 
 from ternmq.kernel import CommandError, Service, Text
 
+from . import httppub
 from .prometheus import exposition
 
 if TYPE_CHECKING:
@@ -173,6 +174,10 @@ def build_app(plugin: Plugin, service: Service) -> QuartTrio:
         # VerneMQ's answer to a browser's preflight (no key needed: it reveals nothing).
         return Response("", status=200, headers=CORS_HEADERS)
 
+    async def http_publish() -> Response:
+        return await httppub.publish(plugin, service)
+
+    app.add_url_rule("/restmqtt/api/v1/publish", view_func=guarded("httppub", http_publish), methods=["POST", "PUT"])
     methods = ["GET", "HEAD"]
     app.add_url_rule("/api/v1/<path:command>", view_func=guarded("mgmt", admin_command), methods=methods)
     app.add_url_rule("/api/v1/<path:command>", view_func=cors, methods=["OPTIONS"], endpoint="cors")
@@ -192,7 +197,7 @@ def build_app(plugin: Plugin, service: Service) -> QuartTrio:
 
     @app.errorhandler(405)
     async def not_allowed(exc: Exception) -> Response:
-        return error(405, f"{request.method} is not allowed here (GET, HEAD or OPTIONS)")
+        return error(405, f"{request.method} is not allowed here")
 
     return app
 

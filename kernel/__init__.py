@@ -11,6 +11,7 @@ use, so importing the kernel does not import pytest.
 
 from typing import Any
 
+from .acting import Outcome
 from .admin import AdminRegistry, Arguments, CommandError, option_error, parse_value
 from .codec import Auth, SubscriptionRequest, Will
 from .hooks.registries import Metric
@@ -55,6 +56,7 @@ __all__ = [
     "build_attrs",
     "write_atomically",
     "Service",
+    "Outcome",
     "SessionInfo",
     "ListenerInfo",
     "PluginInfo",

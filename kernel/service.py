@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
+from .acting import Outcome, publish_for
 from .codec import ReasonCode
 from .hooks.registries import Metric
 from .observed import kernel_metrics
@@ -220,6 +221,13 @@ class Service:
         retain = retain and broker.retain_available
         message = Message(topic, bytes(payload), qos, retain, dict(properties or {}))
         return await broker.publisher.publish(message, None)
+
+    async def publish_for(self, client: ClientInfo, password: bytes | None, message: Message) -> Outcome:
+        """Publish for a client without an MQTT connection (HTTP publish): through
+        ``auth_on_register`` and ``auth_on_publish`` as a client's CONNECT and PUBLISH,
+        then a client's path (acting.py). Validate the topic first (``TopicError``)."""
+        validate_topic_name(message.topic)
+        return await publish_for(self._broker, client, password, message)
 
     async def retained(self, topic_filter: str = "#") -> tuple[Message, ...]:
         """The retained messages matching ``topic_filter`` by topic (empty without a

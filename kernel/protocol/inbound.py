@@ -159,14 +159,15 @@ async def authorize_publish(
     answer = None
     if dispatcher.has("auth_on_publish"):
         answer = await dispatcher.decide("auth_on_publish", client=conn.client_info, message=message, is_will=is_will)
-    message, reason_code = apply_publish_answer(conn, message, answer)
+    message, reason_code = apply_publish_answer(conn.broker.settings.no_match, message, answer)
     return message, reason_code, answer
 
 
-def apply_publish_answer(conn: ClientConnection, message: Message, answer: Answer | None) -> tuple[Message, int]:
-    """Turn an auth_on_publish answer into (message to route, reason code)."""
+def apply_publish_answer(no_match: str, message: Message, answer: Answer | None) -> tuple[Message, int]:
+    """Turn an auth_on_publish answer into (message to route, reason code); ``no_match``
+    is the broker's setting, for no answer."""
     if answer is None:
-        return message, _SUCCESS if conn.broker.settings.no_match == "allow" else ReasonCode.NOT_AUTHORIZED
+        return message, _SUCCESS if no_match == "allow" else ReasonCode.NOT_AUTHORIZED
     if isinstance(answer, Deny):
         return message, answer.reason_code
     if isinstance(answer, Allow) and answer.modifiers:

@@ -18,7 +18,7 @@ import pytest
 import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
-from ternmq.kernel import CommandError, ConfigError, Table, Text, hookimpl
+from ternmq.kernel import CommandError, ConfigError, Table, Text, allow, deny, hookimpl
 from ternmq.kernel.broker import Broker
 from ternmq.kernel.testing import open_broker, registered, test_config
 
@@ -390,3 +390,137 @@ async def test_metrics_count_hook_calls_per_plugin(tmp_path: Path) -> None:
         families = {f.name: f for f in text_string_to_metric_families((await http.get("/metrics")).text)}
     calls = {(s.labels["plugin"], s.labels["hook"]): s.value for s in families["ternmq_hook_calls"].samples}
     assert calls[("retainer", "retain_store")] == 1
+
+
+# -- HTTP publish ------------------------------------------------------------------------------------
+
+
+class OnlyAlice:
+    """auth_on_register: alice with her password; auth_on_publish: not under secret/."""
+
+    @hookimpl
+    def auth_on_register(self, client: Any, password: bytes | None) -> Any:
+        ok = client.username == "alice" and password == b"alice-secret"
+        return allow() if ok else deny(0x86)
+
+    @hookimpl
+    def auth_on_publish(self, client: Any, message: Any) -> Any:
+        return deny() if message.topic.startswith("secret/") else allow()
+
+
+@asynccontextmanager
+async def publishing(tmp_path: Path, **table: Any) -> AsyncIterator[tuple[Broker, httpx.AsyncClient, Any]]:
+    async with api_broker(tmp_path, **table) as (broker, http, _):
+        key = await broker.service.run_command(["api-key", "create", "scope=httppub"])
+        assert isinstance(key, Text)
+        http.headers["x-api-key"] = key.text
+        async with connected(broker, "watcher", 5) as watcher, registered(broker, OnlyAlice()):
+            await watcher.subscribe("#", qos=1)  # before OnlyAlice, which would refuse it
+            yield broker, http, watcher
+
+
+PUBLISH = "/restmqtt/api/v1/publish"
+
+
+async def test_http_publish_in_the_three_styles_reaches_a_subscriber(tmp_path: Path) -> None:
+    async with publishing(tmp_path) as (broker, http, watcher):
+        body = {
+            "topic": "a/json",
+            "user": "alice",
+            "password": "alice-secret",
+            "client_id": "http-client",
+            "qos": 1,
+            "retain": False,
+            "payload": "aGVsbG8=",
+            "user_properties": [{"k1": "v1"}],
+        }
+        reply = await http.post(PUBLISH + "?encoding=base64", json=body)
+        assert (reply.status_code, reply.text, reply.headers["content-type"]) == (200, "Published", "text/plain")
+        message = await watcher.receive()
+        assert (message.topic, message.payload, message.qos) == ("a/json", b"hello", 1)
+        assert message.properties["user_property"] == [("k1", "v1")]
+        headers = {"topic": "a/header", "user": "alice", "password": "alice-secret", "qos": "0", "retain": "true"}
+        headers["content-type"] = "application/octet-stream"
+        assert (await http.put(PUBLISH, content=b"\x00raw", headers=headers)).text == "Published"
+        message = await watcher.receive()
+        assert (message.topic, message.payload) == ("a/header", b"\x00raw")
+        assert [m.topic for m in await broker.service.retained("a/#")] == ["a/header"]
+        query = {"topic": "a/query", "user": "alice", "password": "alice-secret", "qos": "1"}
+        assert (await http.post(PUBLISH, params=query, content=b"q")).text == "Published"
+        assert (await watcher.receive()).topic == "a/query"
+
+
+@pytest.mark.parametrize(
+    ("params", "body", "headers", "status", "text"),
+    [
+        ({}, {"topic": "t", "user": "alice", "password": "wrong", "payload": "x"}, {}, 401, "Authentication failure."),
+        (
+            {},
+            {"topic": "secret/x", "user": "alice", "password": "alice-secret", "payload": "x"},
+            {},
+            403,
+            "Authorization failure.",
+        ),
+        (
+            {},
+            {"topic": "$SYS/x", "user": "alice", "password": "alice-secret", "payload": "x"},
+            {},
+            400,
+            "Invalid topic",
+        ),
+        ({}, {"topic": "a/+", "user": "alice", "password": "alice-secret", "payload": "x"}, {}, 400, "Invalid topic"),
+        ({}, {"topic": "t", "qos": 3, "payload": "x"}, {}, 400, "Invalid QoS value. Must be in range 0..2"),
+        (
+            {},
+            {"topic": "t", "retain": "maybe", "payload": "x"},
+            {},
+            400,
+            "Invalid retain flag. Must be in true or false",
+        ),
+        (
+            {},
+            {"topic": "t", "payload": "x", "user_properties": {"k": "v"}},
+            {},
+            400,
+            "User properties need to be a key/value list (json encoded)",
+        ),
+        ({"topic": "t"}, None, {"topic": "t"}, 400, "Parameters found in header as well as url-encoded"),
+        ({"encoding": "hex"}, {"topic": "t", "payload": "x"}, {}, 400, "Unknown payload encoding"),
+        (
+            {"other": "1"},
+            {"topic": "t", "payload": "x"},
+            {},
+            400,
+            "Only encoding plain or base64 allows. No more URL parameters supported.",
+        ),
+    ],
+)
+async def test_http_publish_refusals_as_vernemq_words_them(
+    tmp_path: Path, params: dict[str, str], body: Any, headers: dict[str, str], status: int, text: str
+) -> None:
+    async with publishing(tmp_path) as (broker, http, watcher):
+        content = json.dumps(body).encode() if body is not None else b"x"
+        reply = await http.post(PUBLISH, params=params, content=content, headers=headers)
+        assert (reply.status_code, reply.text) == (status, text)
+        assert await watcher.nothing_received(0.05)
+
+
+async def test_http_publish_not_json_too_large_and_without_a_key(tmp_path: Path) -> None:
+    async with publishing(
+        tmp_path, httppub_auth="predefined", httppub_user="alice", httppub_password="alice-secret"
+    ) as (
+        broker,
+        http,
+        watcher,
+    ):
+        assert (await http.post(PUBLISH, content=b"{not json")).text == "Content is not a valid json"
+        huge = b"x" * (broker.settings.limits.max_packet_size + 1)
+        reply = await http.post(PUBLISH, params={"topic": "t"}, content=huge)
+        assert (reply.status_code, reply.text) == (413, "Payload too large.")
+        # predefined credentials: the request's own are not asked for
+        assert (await http.post(PUBLISH, json={"topic": "p", "payload": "x"})).text == "Published"
+        assert (await watcher.receive()).topic == "p"
+        del http.headers["x-api-key"]
+        assert (await http.post(PUBLISH, json={"topic": "p", "payload": "x"})).status_code == 401
+        metrics = broker.service.metrics()
+        assert metrics["counter.http_publish_published"] == 1 and metrics["counter.http_publish_too_large"] == 1
