@@ -74,6 +74,7 @@ class Config:
     httppub_password: str | None = None
     httppub_client_id: str | None = None
     httppub_mountpoint: str = ""
+    status_refresh: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
     prometheus_namespace: str = attrs.field(
         default="ternmq_", validator=attrs.validators.matches_re(r"([a-zA-Z_:][a-zA-Z0-9_:]*)?")
     )

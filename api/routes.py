@@ -20,6 +20,7 @@ from ternmq.kernel import CommandError, Service, Text
 
 from . import httppub
 from .prometheus import exposition
+from .status import Rates, page, status_data
 
 if TYPE_CHECKING:
     from . import Plugin
@@ -174,6 +175,14 @@ def build_app(plugin: Plugin, service: Service) -> QuartTrio:
         # VerneMQ's answer to a browser's preflight (no key needed: it reveals nothing).
         return Response("", status=200, headers=CORS_HEADERS)
 
+    rates = Rates()
+
+    async def status_json() -> Response:
+        return json_response(status_data(service, rates))
+
+    async def status_page() -> Response:
+        return Response(page(plugin.config.status_refresh), content_type="text/html; charset=utf-8")
+
     async def http_publish() -> Response:
         return await httppub.publish(plugin, service)
 
@@ -182,6 +191,8 @@ def build_app(plugin: Plugin, service: Service) -> QuartTrio:
     app.add_url_rule("/api/v1/<path:command>", view_func=guarded("mgmt", admin_command), methods=methods)
     app.add_url_rule("/api/v1/<path:command>", view_func=cors, methods=["OPTIONS"], endpoint="cors")
     app.add_url_rule("/metrics", view_func=guarded("metrics", metrics), methods=methods)
+    app.add_url_rule("/status.json", view_func=guarded("status", status_json), methods=methods)
+    app.add_url_rule("/status", view_func=guarded("status", status_page), methods=methods)
     app.add_url_rule("/health", view_func=guarded("health", health), methods=methods)
     app.add_url_rule("/health/ping", view_func=guarded("health", health_ping), methods=methods)
     app.add_url_rule("/health/listeners", view_func=guarded("health", health_listeners), methods=methods)

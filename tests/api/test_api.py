@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+import trio
 import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -524,3 +526,45 @@ async def test_http_publish_not_json_too_large_and_without_a_key(tmp_path: Path)
         assert (await http.post(PUBLISH, json={"topic": "p", "payload": "x"})).status_code == 401
         metrics = broker.service.metrics()
         assert metrics["counter.http_publish_published"] == 1 and metrics["counter.http_publish_too_large"] == 1
+
+
+# -- the status page ---------------------------------------------------------------------------------
+
+
+async def test_status_json_in_vernemqs_shape(tmp_path: Path) -> None:
+    async with api_broker(tmp_path) as (broker, http, key), connected(broker, "s1", 5) as client:
+        await client.subscribe("s/#", qos=1)
+        data = (await http.get("/status.json")).json()
+    [entry] = data
+    node = entry[broker.node_name]
+    assert (node["num_online"], node["num_offline"], node["num_subscriptions"]) == (1, 0, 1)
+    assert node["mystatus"] == [[{broker.node_name: True}]]
+    assert node["listeners"][0]["name"] == "test" and node["listeners"][0]["status"] == "running"
+    assert {p["name"] for p in node["plugins"]} >= {"retainer", "api"}
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")
+async def test_the_status_page_shows_the_node_in_headless_chromium(tmp_path: Path) -> None:
+    async with api_broker(tmp_path) as (broker, http, key), connected(broker, "viewer", 4):
+        url = f"{base_url(broker)}/status"
+        argv = [
+            str(CHROMIUM),
+            "--headless=new",
+            "--no-sandbox",  # CI runs as root
+            "--disable-gpu",
+            f"--user-data-dir={tmp_path / 'chromium'}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            url,
+        ]
+        done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
+    dom = done.stdout.decode()
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert f"{broker.node_name} (version" in dom
+    assert "<td>clients online</td><td>1</td>" in dom
+    assert "<td>test</td><td>tcp</td><td>running</td>" in dom
+    assert "<td>retainer</td><td>running</td><td>0</td>" in dom
+    assert '<p id="error"></p>' in dom  # the page could read status.json
