@@ -365,12 +365,16 @@ class PluginManager:
         self.broker.plugin_manager.unregister(name=name)
         self.broker.dispatcher.rebuild()
         self._remove_registrations(name)
-        if loaded.scope is not None:
-            loaded.scope.cancel()
-            with trio.move_on_after(UNLOAD_GRACE):
-                await loaded.done.wait()
-        loaded.state = "unloaded"
-        self.broker.dispatcher.forget_plugin(name)
-        log.info("plugin %s unloaded", name)
-        if self.broker.dispatcher.has("on_plugin_unloaded"):
-            await self.broker.dispatcher.notify("on_plugin_unloaded", name=name)
+        # Shielded: a caller inside the plugin's own scope (a command of the plugin that
+        # unloads it) is cancelled by the line below, and must still finish the unload;
+        # it then waits the grace for its own task, and is cancelled when it returns.
+        with trio.CancelScope(shield=True):
+            if loaded.scope is not None:
+                loaded.scope.cancel()
+                with trio.move_on_after(UNLOAD_GRACE):
+                    await loaded.done.wait()
+            loaded.state = "unloaded"
+            self.broker.dispatcher.forget_plugin(name)
+            log.info("plugin %s unloaded", name)
+            if self.broker.dispatcher.has("on_plugin_unloaded"):
+                await self.broker.dispatcher.notify("on_plugin_unloaded", name=name)

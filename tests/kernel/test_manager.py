@@ -23,7 +23,7 @@ import pytest
 import trio
 
 import ternmq
-from ternmq.kernel import PluginError
+from ternmq.kernel import PluginError, hookimpl
 from ternmq.kernel.codec import Puback, Publish
 from ternmq.kernel.testing import MQTTTestClient
 from ternmq.kernel.values.config import ConfigError
@@ -654,3 +654,32 @@ def _clear_call_order() -> Iterator[None]:
     CALL_ORDER.clear()
     yield
     CALL_ORDER.clear()
+
+
+class UnloadsItself:
+    """A plugin whose background task unloads the plugin itself (as a command of a
+    plugin's own HTTP server would)."""
+
+    def __init__(self) -> None:
+        self.unloaded: list[str] = []
+        self.asked = trio.Event()
+
+    @hookimpl
+    def on_plugin_unloaded(self, name: str) -> None:
+        self.unloaded.append(name)
+
+    async def serve(self, service: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await self.asked.wait()
+        await service.unload_plugin("self-unloader")
+
+
+async def test_a_plugin_unloading_itself_from_its_own_task_is_unloaded_whole(broker: Any) -> None:
+    watcher = UnloadsItself()  # another instance only listens for on_plugin_unloaded
+    await broker.plugins.register("watcher", watcher)
+    plugin = UnloadsItself()
+    await broker.plugins.register("self-unloader", plugin)
+    plugin.asked.set()
+    await eventually(lambda: watcher.unloaded == ["self-unloader"], timeout=10)
+    assert "self-unloader" not in broker.plugins.loaded
+    assert all(name != "self-unloader" for name, _ in broker.dispatcher.stats)
