@@ -16,7 +16,7 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from ternmq.kernel import CommandError, Service, Text
+from ternmq.kernel import RESERVED_API_PATHS, CommandError, Service, Text
 
 from . import httppub
 from .prometheus import exposition
@@ -114,15 +114,19 @@ def build_app(plugin: Plugin, service: Service) -> QuartTrio:
     app = QuartTrio("ternmq.api")
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
 
+    def refused(scope: str) -> Response | None:
+        """The 401 of a request without a live key of ``scope`` (where it needs one)."""
+        if plugin.config.auth_mode(scope) == "apikey":
+            key = presented_key()
+            if key is None:
+                return error(401, f"an API key of scope {scope} is needed (Basic user name or x-api-key)")
+            if not plugin.keys.allows(key, scope):
+                return error(401, f"no such API key in scope {scope}, or it expired")
+        return None
+
     def guarded(scope: str, handler: Handler) -> Handler:
         async def check(*args: Any, **kwargs: Any) -> Response:
-            if plugin.config.auth_mode(scope) == "apikey":
-                key = presented_key()
-                if key is None:
-                    return error(401, f"an API key of scope {scope} is needed (Basic user name or x-api-key)")
-                if not plugin.keys.allows(key, scope):
-                    return error(401, f"no such API key in scope {scope}, or it expired")
-            return await handler(*args, **kwargs)
+            return refused(scope) or await handler(*args, **kwargs)
 
         check.__name__ = f"{scope}_{handler.__name__}"
         return check
@@ -171,6 +175,22 @@ def build_app(plugin: Plugin, service: Service) -> QuartTrio:
             return json_response({"status": "DOWN", "reason": f"Listeners are not ready: {', '.join(down)}"}, 503)
         return json_response({"status": "OK"})
 
+    async def plugin_route(rest: str) -> Response:
+        # Routes plugins registered (register_api_routes), looked up at each request so
+        # that a plugin loaded or unloaded while the API serves is seen at once.
+        method = "GET" if request.method == "HEAD" else request.method
+        route = service.api_route(method, "/" + rest)
+        if route is None:
+            if request.path.startswith(RESERVED_API_PATHS):  # the API's own path, another method
+                return error(405, f"{request.method} is not allowed here")
+            return error(404, f"no such path: {request.path}")
+        denied = refused(route.scope)
+        if denied is not None:
+            return denied
+        answer = await app.make_response(await route.handler())
+        assert isinstance(answer, Response)  # quart makes its own responses from a view's value
+        return answer
+
     async def cors(command: str = "") -> Response:
         # VerneMQ's answer to a browser's preflight (no key needed: it reveals nothing).
         return Response("", status=200, headers=CORS_HEADERS)
@@ -200,6 +220,8 @@ def build_app(plugin: Plugin, service: Service) -> QuartTrio:
     @app.errorhandler(404)
     async def not_found(exc: Exception) -> Response:
         return error(404, f"no such path: {request.path}")
+
+    app.add_url_rule("/<path:rest>", view_func=plugin_route, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])
 
     @app.errorhandler(500)
     async def failed(exc: Exception) -> Response:

@@ -14,7 +14,7 @@ from typing import Any
 from .acting import Outcome
 from .admin import AdminRegistry, Arguments, CommandError, option_error, parse_value
 from .codec import Auth, SubscriptionRequest, Will
-from .hooks.registries import Metric
+from .hooks.registries import RESERVED_API_PATHS, ApiRoute, ApiRoutes, Metric
 from .hookspecs import hookimpl
 from .plugin_lookup import PluginError
 from .routing.topics import TopicError, topic_matches
@@ -40,6 +40,9 @@ __all__ = [
     "hookimpl",
     "Table",
     "Metric",
+    "ApiRoute",
+    "ApiRoutes",
+    "RESERVED_API_PATHS",
     "Text",
     "AdminRegistry",
     "Arguments",

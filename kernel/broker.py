@@ -22,7 +22,7 @@ from . import hookspecs
 from .admin import AdminRegistry
 from .codec import ReasonCode
 from .hooks.dispatch import HookDispatcher
-from .hooks.registries import MetricsRegistry, SettingsRegistry
+from .hooks.registries import ApiRoutes, MetricsRegistry, SettingsRegistry
 from .manager import PluginManager
 from .plugin_lookup import PluginError
 from .routing.lifecycle import SessionLifecycle
@@ -70,6 +70,7 @@ class Broker:
         self.admin = AdminRegistry()
         self.plugin_metrics = MetricsRegistry()
         self.plugin_settings = SettingsRegistry()
+        self.api_routes = ApiRoutes()
         self.plugins = PluginManager(self)
         self.service = Service(self)
         self.listeners: dict[str, RunningListener] = {}

@@ -44,7 +44,7 @@ from .hooks.dispatch import FAMILY_ATTRIBUTE
 
 if TYPE_CHECKING:
     from .admin import AdminRegistry
-    from .hooks.registries import MetricsRegistry, SettingsRegistry
+    from .hooks.registries import ApiRoutes, MetricsRegistry, SettingsRegistry
     from .values.types import Answer, ClientInfo, Message, SessionSnapshot, TopicSubscription
 
 PROJECT_NAME = "ternmq"
@@ -466,13 +466,17 @@ def register_admin_commands(registry: AdminRegistry) -> None:
 
 
 @registration
-def register_api_routes(app: Any) -> None:  # a quart_trio.QuartTrio (quart is optional)
-    """Add HTTP routes to the management API (only while the API plugin is loaded).
+def register_api_routes(routes: ApiRoutes) -> None:
+    """Add HTTP routes to the management API (served while the ``api`` plugin is loaded).
 
-    :param app: the quart-trio application.
+    :param routes: the route registry; ``routes.add(rule, handler, methods=("GET",),
+        scope="mgmt")``: ``await handler()`` answers the exact path ``rule`` behind an API
+        key of ``scope``, reading the request from ``quart.request`` and returning what a
+        quart view returns (a dict is JSON). The API's own paths (``/api/v1/``,
+        ``/metrics``, ``/health``, ``/status``, ``/restmqtt/``) are refused (ValueError).
 
-    Synchronous; called when the API plugin starts or the implementer loads. An error is
-    logged and the plugin still loads.
+    Synchronous; called once when the plugin loads; its routes go when it unloads. An
+    error is logged and the plugin still loads.
     """
 
 

@@ -35,7 +35,7 @@ from .values.config import ConfigError, PluginEntry, build_attrs
 
 if TYPE_CHECKING:
     from .hooks.dispatch import HookDispatcher
-    from .hooks.registries import MetricsRegistry, OwnerTracked, SettingsRegistry
+    from .hooks.registries import ApiRoutes, MetricsRegistry, OwnerTracked, SettingsRegistry
     from .values.config import BrokerSettings, Config
 
 log = logging.getLogger("ternmq.plugins")
@@ -103,6 +103,9 @@ class PluginHost(Protocol):
 
     @property
     def plugin_settings(self) -> SettingsRegistry: ...
+
+    @property
+    def api_routes(self) -> ApiRoutes: ...
 
     @property
     def service(self) -> object:
@@ -290,17 +293,18 @@ class PluginManager:
         return loaded
 
     def _call_registration_hooks(self, name: str, plugin: Any) -> None:
-        """Collect what the plugin registers (admin commands, metrics, live settings).
+        """Collect what the plugin registers (admin commands, metrics, live settings,
+        HTTP routes).
 
         Only this plugin's implementations are called, with a view of each registry
         that records the plugin as owner, so unloading removes exactly its entries.
-        ``register_api_routes`` is called by the management API plugin, not here.
         """
         broker = self.broker
         arguments: dict[str, dict[str, OwnerTracked]] = {
             "register_admin_commands": {"registry": broker.admin.owned_by(name)},
             "register_metrics": {"registry": broker.plugin_metrics.owned_by(name)},
             "register_config": {"settings": broker.plugin_settings.owned_by(name)},
+            "register_api_routes": {"routes": broker.api_routes.owned_by(name)},
         }
         for caller in broker.plugin_manager.get_hookcallers(plugin) or []:
             if caller.name not in arguments:
@@ -316,6 +320,7 @@ class PluginManager:
         self.broker.admin.remove_owner(name)
         self.broker.plugin_metrics.remove_owner(name)
         self.broker.plugin_settings.remove_owner(name)
+        self.broker.api_routes.remove_owner(name)
 
     def _check_hooks(self, name: str, plugin: Any) -> None:
         """A misspelt or unknown hook, or a wrapper of an async hook, fails the load."""

@@ -1,14 +1,21 @@
-"""The kernel's own metrics, as ``Metric`` values (the service face's ``metric_list``)."""
+"""What the service face reports of the kernel: its own metrics as ``Metric`` values
+(``metric_list``) and a loaded plugin as ``PluginInfo`` (``plugins``)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import attrs
+import pluggy
 
 from .hooks.registries import Metric
+from .values.info import PluginInfo
 
 if TYPE_CHECKING:
+    from .hooks.dispatch import HookStats
+    from .manager import LoadedPlugin
     from .protocol.ports import BrokerCore
 
 
@@ -48,4 +55,30 @@ def kernel_metrics(broker: BrokerCore) -> tuple[Metric, ...]:
         per_hook("calls", "calls of a plugin's hook implementation"),
         per_hook("errors", "calls that raised"),
         per_hook("timeouts", "calls that ran past their deadline"),
+    )
+
+
+def plugin_info(
+    loaded: LoadedPlugin, plugin_manager: pluggy.PluginManager, stats: Mapping[tuple[str, str], HookStats]
+) -> PluginInfo:
+    """One loaded plugin as ``plugin show`` lists it: hooks, VerneMQ's M:F/A, counts."""
+    callers = sorted(plugin_manager.get_hookcallers(loaded.plugin) or [], key=lambda c: c.name)
+    implementations = []
+    for caller in callers:
+        impl = next(i for i in caller.get_hookimpls() if i.plugin is loaded.plugin)
+        function = impl.function
+        implementations.append(f"{function.__module__}:{function.__qualname__}/{len(impl.argnames)}")
+    own = [s for (plugin, _), s in stats.items() if plugin == loaded.name]
+    return PluginInfo(
+        name=loaded.name,
+        kind="module" if isinstance(loaded.plugin, ModuleType) else "application",
+        source=loaded.source,
+        version=loaded.version,
+        state=loaded.state,
+        priority=loaded.settings.priority,
+        hooks=tuple(caller.name for caller in callers),
+        implementations=tuple(implementations),
+        errors=sum(s.errors for s in own),
+        timeouts=sum(s.timeouts for s in own),
+        last_error=problem if isinstance(problem := getattr(loaded.plugin, "last_error", None), str) else None,
     )

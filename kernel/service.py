@@ -13,15 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
 from .acting import Outcome, publish_for
 from .codec import ReasonCode
-from .hooks.registries import Metric
-from .observed import kernel_metrics
+from .hooks.registries import ApiRoute, Metric
+from .observed import kernel_metrics, plugin_info
 from .plugin_lookup import plugin_error
 from .protocol.ports import BrokerCore
 from .protocol.subscriptions import after_subscribe, after_unsubscribe
@@ -33,7 +32,7 @@ from .values.types import ClientInfo, Message, SessionSnapshot, TopicSubscriptio
 if TYPE_CHECKING:
     import pluggy
 
-    from .hooks.registries import MetricsRegistry, SettingsRegistry
+    from .hooks.registries import ApiRoutes, MetricsRegistry, SettingsRegistry
     from .manager import LoadedPlugin, PluginManager
     from .routing.session import Session
     from .transport.listeners import RunningListener
@@ -74,6 +73,9 @@ class ServedBroker(BrokerCore, Protocol):
 
     @property
     def plugin_metrics(self) -> MetricsRegistry: ...
+
+    @property
+    def api_routes(self) -> ApiRoutes: ...
 
     @property
     def listeners(self) -> dict[str, RunningListener]: ...
@@ -382,6 +384,10 @@ class Service:
             if name in loaded and (internal or name not in ESSENTIAL)
         )
 
+    def api_route(self, method: str, path: str) -> ApiRoute | None:
+        """The route a plugin registered for ``method`` and ``path`` (register_api_routes)."""
+        return self._broker.api_routes.find(method, path)
+
     def plugin_name_of(self, plugin: object) -> str | None:
         """The name ``plugin`` (the object a plugin was registered as) is loaded under."""
         return next((name for name, loaded in self._broker.plugins.loaded.items() if loaded.plugin is plugin), None)
@@ -394,26 +400,7 @@ class Service:
 
     def _plugin_info(self, loaded: LoadedPlugin) -> PluginInfo:
         broker = self._broker
-        callers = sorted(broker.plugin_manager.get_hookcallers(loaded.plugin) or [], key=lambda c: c.name)
-        implementations = []
-        for caller in callers:
-            impl = next(i for i in caller.get_hookimpls() if i.plugin is loaded.plugin)
-            function = impl.function
-            implementations.append(f"{function.__module__}:{function.__qualname__}/{len(impl.argnames)}")
-        stats = [s for (plugin, _), s in broker.dispatcher.stats.items() if plugin == loaded.name]
-        return PluginInfo(
-            name=loaded.name,
-            kind="module" if isinstance(loaded.plugin, ModuleType) else "application",
-            source=loaded.source,
-            version=loaded.version,
-            state=loaded.state,
-            priority=loaded.settings.priority,
-            hooks=tuple(caller.name for caller in callers),
-            implementations=tuple(implementations),
-            errors=sum(s.errors for s in stats),
-            timeouts=sum(s.timeouts for s in stats),
-            last_error=problem if isinstance(problem := getattr(loaded.plugin, "last_error", None), str) else None,
-        )
+        return plugin_info(loaded, broker.plugin_manager, broker.dispatcher.stats)
 
     async def load_plugin(
         self,

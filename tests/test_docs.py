@@ -766,25 +766,11 @@ async def drive_register_admin_commands(example: type) -> None:
             await broker.admin.run(broker.service, ["greeter", "hello"])  # removed with the plugin
 
 
-class _FakeApp:
-    def __init__(self) -> None:
-        self.routes: dict[str, Any] = {}
-
-    def route(self, path: str) -> Callable[[Any], Any]:
-        def decorate(function: Any) -> Any:
-            self.routes[path] = function
-            return function
-
-        return decorate
-
-
 async def drive_register_api_routes(example: type) -> None:
-    app = _FakeApp()
-    example().register_api_routes(app)  # not called by the kernel in this release
-    assert list(app.routes) == ["/api/v1/greeting"]
-    assert await app.routes["/api/v1/greeting"]() == {"greeting": "hello"}
     async with open_broker() as broker, registered(broker, example()):
-        pass  # it loads
+        route = broker.service.api_route("GET", "/greeting")
+        assert route is not None and route.scope == "status"
+        assert await route.handler() == {"greeting": "hello"}
 
 
 async def drive_register_metrics(example: type) -> None:

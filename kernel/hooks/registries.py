@@ -1,11 +1,16 @@
-"""What plugins register at load: metrics (``register_metrics``) and live settings
-(``register_config``). Both are removed again when the plugin unloads.
+"""What plugins register at load: metrics (``register_metrics``), live settings
+(``register_config``) and HTTP routes of the management API (``register_api_routes``).
+All are removed again when the plugin unloads.
 
 * ``registry.counter(name, read, help)`` / ``registry.gauge(...)``: a metric whose value
   ``read()`` returns when metrics are shown (``metrics show``, later Prometheus). With
   ``labels=("hook", "endpoint")``, ``read()`` returns one value per label values instead,
   ``{("auth_on_register", "http://..."): 3, ...}``, shown as
   ``counter.NAME{hook="auth_on_register",endpoint="http://..."}``.
+* ``routes.add(rule, handler, methods=("GET",), scope="mgmt")``: ``await handler()``
+  answers ``rule`` (an exact path) while the management API is loaded, behind a key of
+  ``scope``; it reads the request from ``quart.request`` and returns what a quart view
+  returns (a dict is JSON).
 * ``settings.add(name, read, write, help)``: a live setting for ``show``/``set``;
   ``write(value)`` receives the value parsed as TOML would (``5``, ``true``, ``"x"``)
   and raises ValueError to refuse it.
@@ -14,7 +19,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any, Generic, Protocol, Self, TypeVar
 
 import attrs
@@ -123,3 +128,42 @@ class SettingsRegistry(Owned[str, Setting]):
 
     def add(self, name: str, read: Callable[[], object], write: Callable[[Any], None], help: str = "") -> None:
         self._put(name, Setting(name, read, write, help, self._owner))
+
+
+#: Paths of the management API itself, which a plugin's route may not take.
+RESERVED_API_PATHS = ("/api/v1/", "/metrics", "/health", "/status", "/restmqtt/")
+#: The API's key scopes (VerneMQ's), one of which guards each route.
+API_SCOPES = ("mgmt", "status", "metrics", "health", "httppub")
+
+
+@attrs.frozen
+class ApiRoute:
+    rule: str
+    method: str
+    handler: Callable[[], Awaitable[Any]]
+    scope: str = "mgmt"
+    owner: str = ""
+
+
+class ApiRoutes(Owned[tuple[str, str], ApiRoute]):
+    """HTTP routes plugins add to the management API, by (method, path)."""
+
+    def add(
+        self,
+        rule: str,
+        handler: Callable[[], Awaitable[Any]],
+        *,
+        methods: tuple[str, ...] = ("GET",),
+        scope: str = "mgmt",
+    ) -> None:
+        if not rule.startswith("/") or any(
+            rule.startswith(reserved) or rule == reserved.rstrip("/") for reserved in RESERVED_API_PATHS
+        ):
+            raise ValueError(f"{rule!r}: a path from / that is not the API's own ({', '.join(RESERVED_API_PATHS)})")
+        if scope not in API_SCOPES:
+            raise ValueError(f"scope {scope!r} is not one of {', '.join(API_SCOPES)}")
+        for method in methods:
+            self._put((method.upper(), rule), ApiRoute(rule, method.upper(), handler, scope, self._owner))
+
+    def find(self, method: str, path: str) -> ApiRoute | None:
+        return self.entries.get((method.upper(), path))

@@ -568,3 +568,34 @@ async def test_the_status_page_shows_the_node_in_headless_chromium(tmp_path: Pat
     assert "<td>test</td><td>tcp</td><td>running</td>" in dom
     assert "<td>retainer</td><td>running</td><td>0</td>" in dom
     assert '<p id="error"></p>' in dom  # the page could read status.json
+
+
+# -- routes plugins add ------------------------------------------------------------------------------
+
+
+class Greeter:
+    @hookimpl
+    def register_api_routes(self, routes: Any) -> None:
+        routes.add("/greeting", self.greet, methods=("GET", "POST"), scope="status")
+        routes.add("/admin-only", self.greet)  # scope mgmt: behind a key
+
+    async def greet(self) -> Any:
+        from quart import request
+
+        name = request.args.get("name", "world")
+        if request.method == "POST":
+            name = (await request.get_json())["name"]
+        return {"greeting": f"hello {name}"}
+
+
+async def test_a_plugin_loaded_after_the_api_serves_its_routes_until_it_unloads(tmp_path: Path) -> None:
+    async with api_broker(tmp_path) as (broker, http, key):
+        assert (await http.get("/greeting")).status_code == 404
+        async with registered(broker, Greeter()):
+            assert (await http.get("/greeting?name=ann")).json() == {"greeting": "hello ann"}
+            assert (await http.post("/greeting", json={"name": "bob"})).json() == {"greeting": "hello bob"}
+            assert (await http.get("/admin-only")).status_code == 401
+            assert (await http.get("/admin-only", headers=with_key(key))).json() == {"greeting": "hello world"}
+            assert (await http.delete("/greeting")).status_code == 404
+        missing = await http.get("/greeting")
+        assert missing.status_code == 404 and missing.json()["type"] == "error"

@@ -326,20 +326,27 @@ async def test_hook_register_admin_commands(broker: Any) -> None:
     assert ("hooktest", "ping") not in broker.admin.commands  # removed at unload
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="register_api_routes is called by the management API plugin, which comes with the HTTP API issue",
-)
 async def test_hook_register_api_routes(broker: Any) -> None:
-    calls: list[Any] = []
+    """Called once at load with the route registry; the routes go at unload (served by
+    the api plugin: tests/api/test_api.py)."""
+
+    async def hello() -> dict[str, str]:
+        return {"hello": "world"}
 
     class Routes:
         @hookimpl
-        def register_api_routes(self, app: Any) -> None:
-            calls.append(app)
+        def register_api_routes(self, routes: Any) -> None:
+            routes.add("/hello", hello, methods=("GET", "POST"), scope="status")
+            with pytest.raises(ValueError, match="not the API's own"):
+                routes.add("/api/v1/hello", hello)
+            with pytest.raises(ValueError, match="scope"):
+                routes.add("/other", hello, scope="everyone")
 
     async with registered(broker, Routes()):
-        assert len(calls) == 1 and calls[0] is not None
+        route = broker.service.api_route("POST", "/hello")
+        assert route is not None and (route.handler, route.scope) == (hello, "status")
+        assert broker.service.api_route("GET", "/other") is None
+    assert broker.service.api_route("GET", "/hello") is None
 
 
 async def test_hook_register_metrics(broker: Any) -> None:
