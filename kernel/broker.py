@@ -33,7 +33,7 @@ from .routing.session import Session
 from .service import Service
 from .transport.listeners import RunningListener, serve_listener
 from .values.config import BrokerSettings, Config, ConfigError, ListenerConfig
-from .values.counters import Counters
+from .values.counters import Counters, PacketCounts
 
 if TYPE_CHECKING:
     from .transport.connection import Connection
@@ -71,6 +71,7 @@ class Broker:
         self.plugin_metrics = MetricsRegistry()
         self.plugin_settings = SettingsRegistry()
         self.api_routes = ApiRoutes()
+        self.packet_counts = PacketCounts()
         self.plugins = PluginManager(self)
         self.service = Service(self)
         self.listeners: dict[str, RunningListener] = {}

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import attrs
 import pluggy
 
+from .codec import PacketType
 from .hooks.registries import Metric
 from .values.info import PluginInfo
 
@@ -26,6 +27,7 @@ def kernel_metrics(broker: BrokerCore) -> tuple[Metric, ...]:
     router = broker.router
     sessions = broker.sessions
     hook_stats = broker.dispatcher.stats
+    packets = broker.packet_counts
 
     def per_hook(field: str, help: str) -> Metric:
         return Metric(
@@ -52,10 +54,24 @@ def kernel_metrics(broker: BrokerCore) -> tuple[Metric, ...]:
             "sessions with a connected client",
         ),
         Metric("subscriptions", "gauge", lambda: len(router.trie), "subscriptions"),
+        Metric(
+            "packets_received",
+            "counter",
+            lambda: _by_type(packets.received),
+            "MQTT packets received, by type",
+            labels=("type",),
+        ),
+        Metric(
+            "packets_sent", "counter", lambda: _by_type(packets.sent), "MQTT packets sent, by type", labels=("type",)
+        ),
         per_hook("calls", "calls of a plugin's hook implementation"),
         per_hook("errors", "calls that raised"),
         per_hook("timeouts", "calls that ran past their deadline"),
     )
+
+
+def _by_type(counts: list[int]) -> dict[tuple[str, ...], int]:
+    return {(PacketType(number).name,): count for number, count in enumerate(counts) if count and number}
 
 
 def plugin_info(

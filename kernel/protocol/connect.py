@@ -65,10 +65,12 @@ def parse_connect(conn: ClientConnection, data: bytes | bytearray) -> Connect | 
     3.1.1 form.
     """
     framer = conn.framer
+    conn.broker.metrics.bytes_received += len(data)
     if data[0] != _CONNECT_HEADER and not framer.buffered():
         raise ProtocolError("the first packet must be CONNECT")
     if (frame := framer.feed_frame(data)) is None:
         return None
+    conn.broker.packet_counts.received[1] += 1
     try:
         packet = decode_packet(frame[0], frame[1], 4)
     except MQTTError as exc:
@@ -182,6 +184,7 @@ async def while_connected(conn: ClientConnection, call: Callable[[], Awaitable[_
                 data = await conn.receive_cancellable()
                 if not data:
                     break
+                conn.broker.metrics.bytes_received += len(data)
                 framer.feed(data)
             else:
                 return  # read far enough ahead: the call runs to its end

@@ -46,9 +46,11 @@ async def _read_auth(conn: ClientConnection) -> Auth:
     framer = conn.framer
     while (frame := framer.next_frame()) is None:
         received = await conn.stream.receive_some(65536)
+        conn.broker.metrics.bytes_received += len(received)
         if not received:
             raise trio.BrokenResourceError("closed during authentication")
         framer.feed(received)
+    conn.broker.packet_counts.received[frame[0] >> 4] += 1
     packet = decode_packet(frame[0], frame[1], 5)
     if not isinstance(packet, Auth) or packet.reason_code != ReasonCode.CONTINUE_AUTHENTICATION:
         raise Refused(ReasonCode.PROTOCOL_ERROR, "expected AUTH to continue authentication")

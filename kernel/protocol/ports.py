@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ..routing.publisher import Publisher
     from ..routing.router import Router
     from ..values.config import BrokerSettings, Config, ListenerConfig
-    from ..values.counters import Counters
+    from ..values.counters import Counters, PacketCounts
     from ..values.types import ClientInfo
 
 # How many bytes one read asks the socket for.
@@ -49,6 +49,9 @@ class BrokerCore(Protocol):
 
     @property
     def metrics(self) -> Counters: ...
+
+    @property
+    def packet_counts(self) -> PacketCounts: ...
 
     @property
     def sessions(self) -> dict[str, Session]: ...

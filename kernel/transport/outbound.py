@@ -44,6 +44,7 @@ class Outbound:
         "outbound_alias_maximum",
         "outbound_bytes",
         "outbound_limit",
+        "sent_counts",
     )
     _closing: bool
     _out: list[bytes]
@@ -56,6 +57,7 @@ class Outbound:
     outbound_alias_maximum: int
     outbound_bytes: int
     outbound_limit: int
+    sent_counts: list[int]  # the broker's PacketCounts.sent
 
     # Connection's
     broker: BrokerCore
@@ -123,7 +125,9 @@ class Outbound:
             self._wakeup.set()
 
     def write(self, data: bytes) -> None:
-        """Queue bytes for the client; never blocks (the caller checks outbound_bytes)."""
+        """Queue one packet's bytes for the client; never blocks (the caller checks
+        outbound_bytes)."""
+        self.sent_counts[data[0] >> 4] += 1
         self._out.append(data)
         self.outbound_bytes += len(data)
         if self._wakeup is not None:

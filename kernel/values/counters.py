@@ -14,5 +14,17 @@ class Counters:
     publish_received: int = 0
     publish_denied: int = 0
     bytes_sent: int = 0
+    bytes_received: int = 0
     wills_published: int = 0
     sessions_expired: int = 0
+
+
+class PacketCounts:
+    """MQTT control packets received and sent, by packet type: index ``n`` counts type
+    ``n`` (the high nibble of a packet's first byte: 1 CONNECT ... 15 AUTH)."""
+
+    __slots__ = ("received", "sent")
+
+    def __init__(self) -> None:
+        self.received = [0] * 16
+        self.sent = [0] * 16

@@ -417,6 +417,33 @@ async def test_metrics_show_counts_what_happened(broker: Any) -> None:
     assert lines == sorted(lines)
 
 
+async def test_metrics_count_packets_by_type_and_bytes_both_ways(broker: Any) -> None:
+    async with MQTTTestClient.open(broker.port()) as client:
+        await client.connect("counted")
+        await client.subscribe("c/#", qos=1)
+        await client.publish("c/1", b"x", qos=1)
+        await client.receive()
+        await client.disconnect()
+        await eventually(lambda: not broker.sessions)
+    values = broker.service.metrics()
+    received = {k: v for k, v in values.items() if k.startswith("counter.packets_received")}
+    sent = {k: v for k, v in values.items() if k.startswith("counter.packets_sent")}
+    assert received == {
+        'counter.packets_received{type="CONNECT"}': 1,
+        'counter.packets_received{type="SUBSCRIBE"}': 1,
+        'counter.packets_received{type="PUBLISH"}': 1,
+        'counter.packets_received{type="PUBACK"}': 1,
+        'counter.packets_received{type="DISCONNECT"}': 1,
+    }
+    assert sent == {
+        'counter.packets_sent{type="CONNACK"}': 1,
+        'counter.packets_sent{type="SUBACK"}': 1,
+        'counter.packets_sent{type="PUBACK"}': 1,
+        'counter.packets_sent{type="PUBLISH"}': 1,
+    }
+    assert values["counter.bytes_received"] > 20 and values["counter.bytes_sent"] > 10
+
+
 async def test_metrics_show_a_labelled_metric_once_per_label_values(broker: Any) -> None:
     class Labelled:
         @hookimpl

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from types import SimpleNamespace
 
 import outcome
 import pytest
@@ -12,6 +13,7 @@ from ternmq.kernel.codec import Framer
 from ternmq.kernel.protocol.connect import while_connected
 from ternmq.kernel.transport.connection import Connection
 from ternmq.kernel.transport.rawstream import RawSocketStream, ReceiveAborted, accept_loop
+from ternmq.kernel.values.counters import Counters
 
 
 def stream_pair() -> tuple[RawSocketStream, socket.socket]:
@@ -302,6 +304,7 @@ class _Watched:
     def __init__(self, stream: RawSocketStream) -> None:
         self.stream = stream
         self.framer = Framer()
+        self.broker = SimpleNamespace(metrics=Counters())
 
 
 @pytest.mark.parametrize("waits", [False, True])
