@@ -67,6 +67,7 @@ def kernel_metrics(broker: BrokerCore) -> tuple[Metric, ...]:
         per_hook("calls", "calls of a plugin's hook implementation"),
         per_hook("errors", "calls that raised"),
         per_hook("timeouts", "calls that ran past their deadline"),
+        per_hook("seconds", "seconds spent in the calls (divided by hook_calls: the mean latency)"),
     )
 
 

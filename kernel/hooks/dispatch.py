@@ -20,6 +20,7 @@ import inspect
 import logging
 import operator
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any, NoReturn
 
 import attrs
@@ -60,6 +61,7 @@ class HookStats:
     calls: int = 0
     errors: int = 0
     timeouts: int = 0
+    seconds: float = 0.0  # spent in the calls, with what they awaited
     consecutive_failures: int = 0
     last_error: str = ""
 
@@ -236,7 +238,9 @@ class HookDispatcher:
     async def _call(self, impl: _Impl, hook_name: str, kwargs: dict[str, Any], timeout: float) -> Any:
         """Call one implementation under its deadline; an error or a timeout is logged,
         counted, and returned as ``_FAILED`` (cancellation is not an Exception: it passes)."""
-        impl.stats.calls += 1
+        stats = impl.stats
+        stats.calls += 1
+        started = perf_counter()
         try:
             result = impl.function(*impl.arguments(kwargs))
             if not inspect.isawaitable(result):
@@ -247,6 +251,8 @@ class HookDispatcher:
             log.exception("plugin %s failed in %s", impl.plugin_name, hook_name)
             self._failed(impl, repr(exc), timed_out=False)
             return _FAILED
+        finally:
+            stats.seconds += perf_counter() - started
         log.warning("plugin %s timed out in %s", impl.plugin_name, hook_name)
         self._failed(impl, "timeout", timed_out=True)
         return _FAILED

@@ -444,6 +444,22 @@ async def test_metrics_count_packets_by_type_and_bytes_both_ways(broker: Any) ->
     assert values["counter.bytes_received"] > 20 and values["counter.bytes_sent"] > 10
 
 
+async def test_metrics_time_each_plugins_hooks(broker: Any) -> None:
+    class Slow:
+        @hookimpl
+        async def auth_on_publish(self) -> Any:
+            await trio.sleep(0.05)
+            return None
+
+    async with registered(broker, Slow(), name="slow"), MQTTTestClient.open(broker.port()) as client:
+        await client.connect("timed")
+        await client.publish("t", b"x", qos=1)
+        await client.publish("t", b"y", qos=1)
+        values = broker.service.metrics()
+    assert values['counter.hook_calls{plugin="slow",hook="auth_on_publish"}'] == 2
+    assert values['counter.hook_seconds{plugin="slow",hook="auth_on_publish"}'] >= 0.1
+
+
 async def test_metrics_show_a_labelled_metric_once_per_label_values(broker: Any) -> None:
     class Labelled:
         @hookimpl
