@@ -24,9 +24,19 @@ def _column_filter(name: str, wanted: str, args: Arguments) -> Callable[[Any], b
     return lambda value: pattern.search("" if value is None else str(value)) is not None
 
 
+# VerneMQ's per-subscription items: asking for one lists a row per subscription.
+SUBSCRIPTION_ITEMS = ("topic", "qos")
+
+
 def _session_show(service: Service, args: Arguments) -> Table:
     rows = [attrs.asdict(info) for info in service.sessions()]
-    known = set(attrs.fields_dict(SessionInfo))
+    if any(item in args.flags for item in SUBSCRIPTION_ITEMS):
+        rows = [
+            {**row, "topic": sub.topic_filter, "qos": sub.qos}
+            for row in rows
+            for sub in service.subscriptions(row["client_id"])
+        ]
+    known = set(attrs.fields_dict(SessionInfo)) | set(SUBSCRIPTION_ITEMS)
     columns: list[str] = []
     limit = args.int_flag("limit", 100, minimum=1)
     for name, value in args.flags.items():
@@ -56,7 +66,8 @@ def register(registry: AdminRegistry) -> None:
         "session show",
         _session_show,
         any_flags=True,
-        help="List sessions. --<item> adds a column, --<item>=value filters, --<item>=~regex matches; --limit=N.",
+        help="List sessions. --<item> adds a column, --<item>=value filters, --<item>=~regex matches; --limit=N. "
+        "--topic or --qos lists a row per subscription.",
     )
     registry.add(
         "session disconnect",

@@ -599,3 +599,17 @@ async def test_a_plugin_loaded_after_the_api_serves_its_routes_until_it_unloads(
             assert (await http.delete("/greeting")).status_code == 404
         missing = await http.get("/greeting")
         assert missing.status_code == 404 and missing.json()["type"] == "error"
+
+
+async def test_session_show_with_topic_lists_a_row_per_subscription(tmp_path: Path) -> None:
+    async with api_broker(tmp_path) as (broker, http, key), connected(broker, "subber", 5) as client:
+        await client.subscribe("a/#", qos=1)
+        await client.subscribe("b", qos=2)
+        reply = await http.get("/api/v1/session/show?--client_id&--topic&--qos", headers=with_key(key))
+        rows = reply.json()["table"]
+        assert sorted((row["client_id"], row["topic"], row["qos"]) for row in rows) == [
+            ("subber", "a/#", 1),
+            ("subber", "b", 2),
+        ]
+        only_b = await http.get("/api/v1/session/show?--client_id&--topic=b", headers=with_key(key))
+        assert only_b.json()["table"] == [{"client_id": "subber", "topic": "b"}]
