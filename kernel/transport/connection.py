@@ -132,7 +132,6 @@ class Connection(Outbound):
         self._read_scope = None if type(stream) is RawSocketStream else trio.CancelScope()
         self._out: list[bytes] = []
         self.sent_counts = broker.packet_counts.sent
-        self.sent_bytes = broker.packet_counts.sent_bytes
         self.outbound_bytes = 0
         self.outbound_limit = limits.outbound_buffer_bytes
         self._wakeup: trio.Event | None = None
@@ -262,7 +261,7 @@ class Connection(Outbound):
         if data == _PLAIN_DISCONNECT:  # as inbound.on_disconnect handles it; no will here
             self.disconnect_reason = "normal"
             self.broker.metrics.bytes_received += 2
-            self.broker.packet_counts.count_received(_PLAIN_DISCONNECT[0], 0)
+            self.broker.packet_counts.received[14] += 1
         elif not data:
             self.disconnect_reason = "connection_lost"
         else:
@@ -280,14 +279,14 @@ class Connection(Outbound):
         now = self._now
         self.deadline = now() + grace if grace else math.inf
         frame: tuple[int, bytes] | None = None  # the first of a read
-        count_received = self.broker.packet_counts.count_received
+        received = self.broker.packet_counts.received
         counters = self.broker.metrics
         while True:
             # Frames first, then the socket: what arrived with the CONNECT (or an AUTH
             # round) is already in the framer, and a client that pipelines CONNECT,
             # SUBSCRIBE, PUBLISH in one write waits for those answers before it writes again.
             while not self._stopping and (frame is not None or (frame := framer.next_frame()) is not None):
-                count_received(frame[0], len(frame[1]))
+                received[frame[0] >> 4] += 1
                 packet = decode_packet(frame[0], frame[1], level)
                 frame = None
                 if (handler := handlers.get(type(packet))) is None:  # CONNACK, SUBACK...

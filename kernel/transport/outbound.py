@@ -44,7 +44,6 @@ class Outbound:
         "outbound_alias_maximum",
         "outbound_bytes",
         "outbound_limit",
-        "sent_bytes",
         "sent_counts",
     )
     _closing: bool
@@ -59,7 +58,6 @@ class Outbound:
     outbound_bytes: int
     outbound_limit: int
     sent_counts: list[int]  # the broker's PacketCounts.sent
-    sent_bytes: list[int]  # and .sent_bytes
 
     # Connection's
     broker: BrokerCore
@@ -129,9 +127,7 @@ class Outbound:
     def write(self, data: bytes) -> None:
         """Queue one packet's bytes for the client; never blocks (the caller checks
         outbound_bytes)."""
-        kind = data[0] >> 4
-        self.sent_counts[kind] += 1
-        self.sent_bytes[kind] += len(data)
+        self.sent_counts[data[0] >> 4] += 1
         self._out.append(data)
         self.outbound_bytes += len(data)
         if self._wakeup is not None:
