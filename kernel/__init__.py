@@ -19,8 +19,8 @@ from .hookspecs import hookimpl
 from .plugin_lookup import PluginError
 from .routing.topics import TopicError, topic_matches
 from .service import Service
-from .values.config import BrokerSettings, ConfigError, ListenerConfig, build_attrs
-from .values.files import write_atomically
+from .values.config import BrokerSettings, ConfigError, ListenerConfig, build_attrs, check_mountpoint
+from .values.files import file_stamp, write_atomically
 from .values.info import ListenerInfo, PluginInfo, SessionInfo
 from .values.output import Table, Text, cell_text
 from .values.types import (
@@ -57,7 +57,9 @@ __all__ = [
     "BrokerSettings",
     "ListenerConfig",
     "build_attrs",
+    "check_mountpoint",
     "write_atomically",
+    "file_stamp",
     "Service",
     "Outcome",
     "SessionInfo",

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from .codec import FIRST_FAILURE_CODE
 from .protocol.inbound import apply_publish_answer
-from .routing.topics import check_mountpoint
+from .values.config import check_mountpoint
 from .values.types import Allow, ClientInfo, Deny, Message
 
 if TYPE_CHECKING:

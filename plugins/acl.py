@@ -77,7 +77,6 @@ rules in force deny, on demand. Metrics: ``acl_rules``
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -98,6 +97,7 @@ from ternmq.kernel import (
     TopicSubscription,
     allow,
     deny,
+    file_stamp,
     hookimpl,
     topic_matches,
 )
@@ -374,13 +374,11 @@ def decide(
 
 
 def _stamp(path: Path) -> tuple[int, int, int, int] | None:
-    """What tells a changed file: (mtime, size, inode, ctime: a chmod or chown changes
-    only that); None when it cannot be read."""
+    """The file's stamp (file_stamp); None when it cannot be stat'ed."""
     try:
-        st = os.stat(path)
+        return file_stamp(path)
     except OSError:
         return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
 
 
 class Plugin:

@@ -61,7 +61,7 @@ import argon2
 import attrs
 import trio
 
-from ternmq.kernel import Allow, ClientInfo, Deny, allow, deny, hookimpl
+from ternmq.kernel import Allow, ClientInfo, Deny, allow, deny, file_stamp, hookimpl
 
 log = logging.getLogger("ternmq.plugins.passwd")
 
@@ -194,19 +194,12 @@ def hash_password(password: bytes | str, iterations: int = DEFAULT_ITERATIONS) -
 # -- the plugin -------------------------------------------------------------------------
 
 
-def _stamp(path: Path) -> tuple[int, int, int, int]:
-    # The inode too: a file replaced atomically may keep size and (coarse) mtime; the
-    # ctime: a file made readable again (chmod, chown) changes nothing else.
-    status = path.stat()
-    return status.st_mtime_ns, status.st_size, status.st_ino, status.st_ctime_ns
-
-
 def _read(path: Path) -> tuple[tuple[int, int, int, int], dict[str, str]] | None:
     """(stamp, users) of the file; None if it changed while being read (read it later)."""
-    stamp = _stamp(path)
+    stamp = file_stamp(path)
     # Decoded bytes: "\r" is stripped per line, never taken for a line break of its own.
     users = parse_password_file(path.read_bytes().decode("utf-8"), str(path))
-    return (stamp, users) if _stamp(path) == stamp else None
+    return (stamp, users) if file_stamp(path) == stamp else None
 
 
 class Plugin:
@@ -217,7 +210,7 @@ class Plugin:
         self.path = config.password_file
         # A PasswordFileError already names the file and line: it goes out as it is.
         try:
-            self.stamp = _stamp(self.path)
+            self.stamp = file_stamp(self.path)
             self.users = parse_password_file(self.path.read_bytes().decode("utf-8"), str(self.path))
         except FileNotFoundError:
             raise ValueError(f"password_file {self.path}: no such file") from None
@@ -279,7 +272,7 @@ class Plugin:
     async def reload_if_changed(self) -> bool:
         """Read the file again if it changed since the last read; True if users changed."""
         try:
-            stamp = await trio.to_thread.run_sync(_stamp, self.path)
+            stamp = await trio.to_thread.run_sync(file_stamp, self.path)
         except FileNotFoundError:
             if not self._missing:
                 log.error("password file %s has disappeared; keeping its %d users", self.path, len(self.users))

@@ -14,7 +14,8 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from ..codec import Connack, Connect, ReasonCode, encode
-from ..routing.topics import TopicError, check_mountpoint, validate_topic_name
+from ..routing.topics import TopicError, validate_topic_name
+from ..values.config import check_mountpoint
 from ..values.types import Allow, AuthContinue, ClientInfo, Deny
 
 if TYPE_CHECKING:

@@ -63,12 +63,6 @@ def validate_topic_name(topic: str, max_levels: int = 0) -> None:
 MOUNT_ROOT = "$mount/"
 
 
-def check_mountpoint(mountpoint: str) -> None:
-    """ValueError for a mountpoint that could not be told apart inside a topic."""
-    if any(char in mountpoint for char in "/+#\0"):
-        raise ValueError(f"a mountpoint may not contain '/', '+', '#' or NUL: {mountpoint!r}")
-
-
 def mounted(mountpoint: str, topic: str) -> str:
     """A client's topic name as the broker routes it (unchanged for ``""``)."""
     return f"{MOUNT_ROOT}{mountpoint}/{topic}" if mountpoint else topic
@@ -78,12 +72,10 @@ def mounted_filter(mountpoint: str, topic_filter: str) -> str:
     """A client's topic filter as the broker keeps it: ``mounted``, with a shared
     subscription's ``$share/group/`` kept in front (a topic *name* that starts so is
     mounted whole, by ``mounted``)."""
-    if not mountpoint:
-        return topic_filter
-    if topic_filter.startswith(_SHARE):
+    if mountpoint and topic_filter.startswith(_SHARE):
         group, _, inner = topic_filter[len(_SHARE) :].partition("/")
-        return f"{_SHARE}{group}/{MOUNT_ROOT}{mountpoint}/{inner}"
-    return f"{MOUNT_ROOT}{mountpoint}/{topic_filter}"
+        return f"{_SHARE}{group}/{mounted(mountpoint, inner)}"
+    return mounted(mountpoint, topic_filter)
 
 
 def unmounted(mountpoint: str, topic: str) -> str:
@@ -112,7 +104,7 @@ def is_mount_topic(topic_filter: str) -> bool:
 def is_broker_topic(topic: str) -> bool:
     """True for the broker's own trees, which clients may not publish to: ``$SYS`` (which
     they may read) and ``$mount`` (reached only from inside a mountpoint)."""
-    if topic[:1] != "$":
+    if not topic.startswith("$"):
         return False
     return (topic.startswith("$SYS") and (len(topic) == 4 or topic[4] == "/")) or is_mount_topic(topic)
 

@@ -65,9 +65,15 @@ def _between(low: int, high: int) -> Any:
     return check
 
 
-def _mountpoint(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
-    if any(char in value for char in "/+#\0"):
+def check_mountpoint(mountpoint: str) -> None:
+    """ValueError for a mountpoint that could not be told apart inside a topic (the
+    listener key, the ``mountpoint`` modifier of auth_on_register)."""
+    if any(char in mountpoint for char in "/+#\0"):
         raise ValueError("a mountpoint may not contain '/', '+', '#' or NUL")
+
+
+def _mountpoint(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    check_mountpoint(value)
 
 
 @attrs.frozen

@@ -1,4 +1,5 @@
-"""Writing a plugin's state file so that a crash never leaves half of it."""
+"""A plugin's files: telling that one changed, writing one so that a crash never
+leaves half of it."""
 
 from __future__ import annotations
 
@@ -27,3 +28,12 @@ def write_atomically(path: Path, text: str, *, mode: int | None = None) -> None:
     finally:
         if not replaced:
             Path(temporary).unlink(missing_ok=True)
+
+
+def file_stamp(path: Path) -> tuple[int, int, int, int]:
+    """What tells a changed file, for plugins that poll one: (mtime, size, inode, ctime).
+    The inode: a file replaced by renaming may keep size and (coarse) mtime; the ctime:
+    a chmod or chown that makes it readable again changes nothing else. OSError when it
+    cannot be stat'ed."""
+    status = path.stat()
+    return status.st_mtime_ns, status.st_size, status.st_ino, status.st_ctime_ns

@@ -46,7 +46,7 @@ Metrics, per hook and endpoint: ``webhooks_requests``, ``webhooks_errors``,
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -209,7 +209,17 @@ class Plugin:
         chain = self.registrations.chain(hook)
         if not chain:
             return None
-        return self._decide(hook, chain, lambda options: wire.unsubscribe_body(client, topic_filters, properties))
+        body: BodyOf = lambda options: wire.unsubscribe_body(client, topic_filters, properties)  # noqa: E731
+        return self._never_refused(hook, self._decide(hook, chain, body))
+
+    async def _never_refused(self, hook: str, decided: Awaitable[Answer | None]) -> Answer | None:
+        """An UNSUBSCRIBE cannot be refused in VerneMQ (and MQTT 3 has no code to say so):
+        an error reply, or a failure under on_failure = "deny", unsubscribes as asked."""
+        answer = await decided
+        if isinstance(answer, Deny):
+            log.warning("%s refused (%s): unsubscribed as asked", hook, answer.reason_string)
+            return allow()
+        return answer
 
     @hookimpl
     def on_auth(self, client: ClientInfo, method: str, data: bytes | None) -> Coroutine[Any, Any, Answer | None] | None:
@@ -379,10 +389,7 @@ def _failure_answer(hook: str) -> Answer:
     """What a failed endpoint answers under ``on_failure = "deny"``: for a CONNECT 0x88
     server unavailable (v3: return code 3), which tells the client to come back rather
     than that its credentials are wrong (VerneMQ sends not-authorized either way);
-    otherwise 0x80 unspecified error. An UNSUBSCRIBE cannot be refused (wire.answer_of):
-    it goes ahead."""
-    if hook.startswith("on_unsubscribe"):
-        return allow()
+    otherwise 0x80 unspecified error."""
     if hook.startswith(("auth_on_register", "on_auth")):
         return deny(wire.SERVER_UNAVAILABLE, "webhook failed")
     return deny(wire.UNSPECIFIED_ERROR, "webhook failed")

@@ -93,31 +93,26 @@ class Caller:
         stats.requests += 1
         stats.bytes_sent += len(content)
         started = trio.current_time()
-        finished = False
+        response: httpx.Response | None = None  # None: no reply in time (either deadline)
         try:
-            with trio.move_on_after(min(timeout, budget)) as scope:
+            with trio.move_on_after(min(timeout, budget)):
                 response = await client.post(
                     endpoint.url,
                     content=content,
                     headers={"content-type": "application/json", HOOK_HEADER: hook},
                     timeout=timeout,
                 )
-            finished = True
+        except trio.Cancelled:
+            stats.cancelled += 1  # the caller was cancelled: the client left
+            raise
         except httpx.TimeoutException:
-            finished = True
-            stats.timeouts += 1
-            raise CallFailed(
-                f"{endpoint.url}: no reply within {endpoint.response_timeout} ms", timed_out=True
-            ) from None
+            pass
         except Exception as exc:  # httpx.HTTPError, and what a strange URL raises (InvalidURL, UnicodeError)
-            finished = True
             stats.errors += 1
             raise CallFailed(f"{endpoint.url}: {type(exc).__name__}: {exc}") from None
         finally:
             stats.latency_seconds += trio.current_time() - started
-            if not finished:
-                stats.cancelled += 1  # the caller was cancelled: the client left
-        if scope.cancelled_caught:
+        if response is None:
             stats.timeouts += 1
             raise CallFailed(f"{endpoint.url}: no reply within {endpoint.response_timeout} ms", timed_out=True)
         try:

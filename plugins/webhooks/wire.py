@@ -29,6 +29,7 @@ from ternmq.kernel import (
     TopicSubscription,
     allow,
     auth_continue,
+    check_mountpoint,
     deny,
 )
 
@@ -408,11 +409,6 @@ def answer_of(
     if result == "next":
         return None
     if isinstance(result, dict):
-        if hook.startswith("on_unsubscribe"):
-            # An UNSUBSCRIBE cannot be refused in VerneMQ (and MQTT 3 has no code to say
-            # so): it goes ahead as asked.
-            log.warning("%s answered an error (%r): unsubscribed as asked", hook, result.get("error"))
-            return allow()
         return _refusal(hook, result.get("error"))
     if result != "ok":
         raise BadReply(f"no usable result: {result!r} (ok, next or {{'error': ...}})")
@@ -454,8 +450,12 @@ def _register_modifiers(modifiers: Mapping[str, Any]) -> dict[str, Any]:
         if key in IGNORED_REGISTER_MODIFIERS:
             log.debug("auth_on_register modifier %s has no meaning in ternmq; left alone", key)
         elif key == "mountpoint":
-            if not isinstance(value, str) or any(char in value for char in "/+#\0"):
-                raise BadReply(f"mountpoint must be a string without '/', '+', '#' or NUL, not {value!r}")
+            if not isinstance(value, str):
+                raise BadReply(f"mountpoint must be a string, not {value!r}")
+            try:
+                check_mountpoint(value)
+            except ValueError as exc:
+                raise BadReply(f"mountpoint {value!r}: {exc}") from None
             out["mountpoint"] = value
         elif key in ("client_id", "username"):
             if not isinstance(value, str) or (key == "client_id" and not value):
