@@ -64,6 +64,20 @@ def kernel_metrics(broker: BrokerCore) -> tuple[Metric, ...]:
         Metric(
             "packets_sent", "counter", lambda: _by_type(packets.sent), "MQTT packets sent, by type", labels=("type",)
         ),
+        Metric(
+            "packet_bytes_received",
+            "counter",
+            lambda: _by_type(packets.received_bytes),
+            "bytes of the MQTT packets received, by type",
+            labels=("type",),
+        ),
+        Metric(
+            "packet_bytes_sent",
+            "counter",
+            lambda: _by_type(packets.sent_bytes),
+            "bytes of the MQTT packets sent, by type",
+            labels=("type",),
+        ),
         per_hook("calls", "calls of a plugin's hook implementation"),
         per_hook("errors", "calls that raised"),
         per_hook("timeouts", "calls that ran past their deadline"),

@@ -70,7 +70,7 @@ def parse_connect(conn: ClientConnection, data: bytes | bytearray) -> Connect | 
         raise ProtocolError("the first packet must be CONNECT")
     if (frame := framer.feed_frame(data)) is None:
         return None
-    conn.broker.packet_counts.received[1] += 1
+    conn.broker.packet_counts.count_received(frame[0], len(frame[1]))
     try:
         packet = decode_packet(frame[0], frame[1], 4)
     except MQTTError as exc:

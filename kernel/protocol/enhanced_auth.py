@@ -50,7 +50,7 @@ async def _read_auth(conn: ClientConnection) -> Auth:
         if not received:
             raise trio.BrokenResourceError("closed during authentication")
         framer.feed(received)
-    conn.broker.packet_counts.received[frame[0] >> 4] += 1
+    conn.broker.packet_counts.count_received(frame[0], len(frame[1]))
     packet = decode_packet(frame[0], frame[1], 5)
     if not isinstance(packet, Auth) or packet.reason_code != ReasonCode.CONTINUE_AUTHENTICATION:
         raise Refused(ReasonCode.PROTOCOL_ERROR, "expected AUTH to continue authentication")

@@ -37,6 +37,7 @@ from ..codec import (
 from ..protocol import connect as connect_phase
 from ..protocol.inbound import HANDLERS, STOP
 from ..protocol.ports import RECEIVE_SIZE
+from ..values.counters import packet_size
 from ..values.types import ClientInfo, Message
 from .outbound import FLUSH_GRACE, Outbound
 from .rawstream import RawSocketStream, ReceiveAborted
@@ -132,6 +133,7 @@ class Connection(Outbound):
         self._read_scope = None if type(stream) is RawSocketStream else trio.CancelScope()
         self._out: list[bytes] = []
         self.sent_counts = broker.packet_counts.sent
+        self.sent_bytes = broker.packet_counts.sent_bytes
         self.outbound_bytes = 0
         self.outbound_limit = limits.outbound_buffer_bytes
         self._wakeup: trio.Event | None = None
@@ -261,7 +263,7 @@ class Connection(Outbound):
         if data == _PLAIN_DISCONNECT:  # as inbound.on_disconnect handles it; no will here
             self.disconnect_reason = "normal"
             self.broker.metrics.bytes_received += 2
-            self.broker.packet_counts.received[14] += 1
+            self.broker.packet_counts.count_received(_PLAIN_DISCONNECT[0], 0)
         elif not data:
             self.disconnect_reason = "connection_lost"
         else:
@@ -280,13 +282,18 @@ class Connection(Outbound):
         self.deadline = now() + grace if grace else math.inf
         frame: tuple[int, bytes] | None = None  # the first of a read
         received = self.broker.packet_counts.received
+        received_bytes = self.broker.packet_counts.received_bytes
         counters = self.broker.metrics
         while True:
             # Frames first, then the socket: what arrived with the CONNECT (or an AUTH
             # round) is already in the framer, and a client that pipelines CONNECT,
             # SUBSCRIBE, PUBLISH in one write waits for those answers before it writes again.
             while not self._stopping and (frame is not None or (frame := framer.next_frame()) is not None):
-                received[frame[0] >> 4] += 1
+                # Counted inline (a call per packet would cost more than the counting).
+                kind = frame[0] >> 4
+                received[kind] += 1
+                size = len(frame[1])
+                received_bytes[kind] += size + 2 if size < 128 else packet_size(size)
                 packet = decode_packet(frame[0], frame[1], level)
                 frame = None
                 if (handler := handlers.get(type(packet))) is None:  # CONNACK, SUBACK...

@@ -44,6 +44,7 @@ class Outbound:
         "outbound_alias_maximum",
         "outbound_bytes",
         "outbound_limit",
+        "sent_bytes",
         "sent_counts",
     )
     _closing: bool
@@ -58,6 +59,7 @@ class Outbound:
     outbound_bytes: int
     outbound_limit: int
     sent_counts: list[int]  # the broker's PacketCounts.sent
+    sent_bytes: list[int]  # and .sent_bytes
 
     # Connection's
     broker: BrokerCore
@@ -127,9 +129,12 @@ class Outbound:
     def write(self, data: bytes) -> None:
         """Queue one packet's bytes for the client; never blocks (the caller checks
         outbound_bytes)."""
-        self.sent_counts[data[0] >> 4] += 1
+        kind = data[0] >> 4
+        size = len(data)
+        self.sent_counts[kind] += 1
+        self.sent_bytes[kind] += size
         self._out.append(data)
-        self.outbound_bytes += len(data)
+        self.outbound_bytes += size
         if self._wakeup is not None:
             self._wakeup.set()  # a writer is running and waiting: it sends this
         elif self._reading:

@@ -20,11 +20,29 @@ class Counters:
 
 
 class PacketCounts:
-    """MQTT control packets received and sent, by packet type: index ``n`` counts type
-    ``n`` (the high nibble of a packet's first byte: 1 CONNECT ... 15 AUTH)."""
+    """MQTT control packets and their bytes (fixed header included), received and sent,
+    by packet type: index ``n`` counts type ``n`` (the high nibble of a packet's first
+    byte: 1 CONNECT ... 15 AUTH). Plain lists, added to inline where packets are read and
+    written: a method call per packet costs more than the counting itself."""
 
-    __slots__ = ("received", "sent")
+    __slots__ = ("received", "received_bytes", "sent", "sent_bytes")
 
     def __init__(self) -> None:
         self.received = [0] * 16
+        self.received_bytes = [0] * 16
         self.sent = [0] * 16
+        self.sent_bytes = [0] * 16
+
+    def count_received(self, first_byte: int, body_length: int) -> None:
+        """One packet received (where packets are few: CONNECT, AUTH)."""
+        kind = first_byte >> 4
+        self.received[kind] += 1
+        self.received_bytes[kind] += packet_size(body_length)
+
+
+def packet_size(body_length: int) -> int:
+    """The size of a packet whose body has ``body_length`` bytes: the body, its first
+    byte and its Remaining Length (1 to 4 bytes)."""
+    if body_length < 128:
+        return body_length + 2
+    return body_length + (3 if body_length < 16384 else 4 if body_length < 2097152 else 5)

@@ -442,6 +442,13 @@ async def test_metrics_count_packets_by_type_and_bytes_both_ways(broker: Any) ->
         'counter.packets_sent{type="PUBLISH"}': 1,
     }
     assert values["counter.bytes_received"] > 20 and values["counter.bytes_sent"] > 10
+    # bytes by type: whole packets, fixed header included
+    assert values['counter.packet_bytes_received{type="DISCONNECT"}'] == 2  # v5, nothing after the header
+    assert values['counter.packet_bytes_sent{type="PUBACK"}'] >= 4
+    by_type = sum(v for k, v in values.items() if k.startswith("counter.packet_bytes_received"))
+    assert by_type == values["counter.bytes_received"]
+    sent_by_type = sum(v for k, v in values.items() if k.startswith("counter.packet_bytes_sent"))
+    assert sent_by_type == values["counter.bytes_sent"]
 
 
 async def test_metrics_time_each_plugins_hooks(broker: Any) -> None:
