@@ -41,7 +41,14 @@ from .keys import SCOPES, KeyStore, check_key, parse_expiry
 log = logging.getLogger("ternmq.api")
 
 AUTH_MODES = ("apikey", "noauth")
-DEFAULT_AUTH = {"mgmt": "apikey", "httppub": "apikey", "status": "noauth", "metrics": "noauth", "health": "noauth"}
+DEFAULT_AUTH = {
+    "mgmt": "apikey",
+    "api2": "apikey",
+    "httppub": "apikey",
+    "status": "noauth",
+    "metrics": "noauth",
+    "health": "noauth",
+}
 
 
 def _check_auth(instance: Any, attribute: Any, value: Mapping[str, Any]) -> None:
@@ -130,7 +137,12 @@ class Plugin:
             keys={"key": "the key", "scope": scope_help},
             required=("key",),
         )
-        registry.add("api-key show", self._show, help="List the keys with their scopes and expiry.")
+        registry.add(
+            "api-key show",
+            self._show,
+            help="List the keys with their scopes and expiry.",
+            keys={"scope": f"only the keys of one scope ({', '.join(SCOPES)}), or all (the default)"},
+        )
 
     def _scope_and_expiry(self, args: Arguments) -> tuple[str, float | None]:
         scope = args.keys.get("scope", "mgmt")
@@ -178,8 +190,16 @@ class Plugin:
         return Text("Done")
 
     def _show(self, service: Service, args: Arguments) -> Table:
-        rows = tuple({"Key": k.key, "Scope": k.scope, "Expires": k.expiry_text()} for k in self.keys)
-        return Table(rows, ("Key", "Scope", "Expires"))
+        scope = args.keys.get("scope", "all")
+        if scope != "all" and scope not in SCOPES:
+            raise args.usage_error(f"unknown scope {scope!r} (scopes: {', '.join(SCOPES)}, or all)")
+        columns = ("Key", "Scope", "Expires (UTC)", "has expired")
+        rows = tuple(
+            dict(zip(columns, (k.key, k.scope, k.expiry_text(), k.expired()), strict=True))
+            for k in self.keys
+            if scope in ("all", k.scope)
+        )
+        return Table(rows, columns)
 
     async def serve(self, service: Service, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         from .routes import AnswerFirst, build_app  # quart is imported only by a broker that serves the API

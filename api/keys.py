@@ -16,8 +16,8 @@ import attrs
 
 from ternmq.kernel import write_atomically
 
-#: The scopes of the HTTP modules (VerneMQ's names).
-SCOPES = ("mgmt", "status", "metrics", "health", "httppub")
+#: The scopes of the HTTP modules (VerneMQ's names; api2 is VerneMQ's /api/v2).
+SCOPES = ("mgmt", "status", "metrics", "health", "api2", "httppub")
 # A key ternmq makes: 32 characters of [A-Za-z0-9_-], as long as VerneMQ's.
 _CREATED_BYTES = 24
 # The first moment datetime cannot show (an expiry must come before it).
@@ -36,7 +36,7 @@ class ApiKey:
     def expiry_text(self) -> str:
         if self.expires_at is None:
             return "never"
-        return datetime.fromtimestamp(self.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return datetime.fromtimestamp(self.expires_at, UTC).strftime("%Y-%m-%d %H:%M:%S")  # as VerneMQ shows it
 
 
 def check_key(key: str) -> None:

@@ -18,7 +18,7 @@ from quart_trio import QuartTrio
 
 from ternmq.kernel import RESERVED_API_PATHS, CommandError, Service, Text
 
-from . import httppub
+from . import httppub, vmq_v2
 from .prometheus import exposition
 from .status import Rates, page, status_data
 
@@ -43,6 +43,8 @@ ALIASES: dict[tuple[str, ...], list[str]] = {
     ("sessions",): ["session", "show"],
     ("listeners",): ["listener", "show"],
     ("plugins",): ["plugin", "show"],
+    # VerneMQ maps /cluster to a "cluster status" it no longer has; cluster show is meant.
+    ("cluster",): ["cluster", "show"],
 }
 Handler = Callable[..., Awaitable[Response]]
 
@@ -206,6 +208,14 @@ def build_app(plugin: Plugin, service: Service) -> QuartTrio:
     async def http_publish() -> Response:
         return await httppub.publish(plugin, service)
 
+    async def vmq_v2_client() -> Response:
+        return json_response(*vmq_v2.client(service))
+
+    async def vmq_v2_disconnect() -> Response:
+        return json_response(*vmq_v2.disconnect(service))
+
+    app.add_url_rule("/api/v2/client", view_func=guarded("api2", vmq_v2_client), methods=["GET", "HEAD"])
+    app.add_url_rule("/api/v2/disconnect", view_func=guarded("api2", vmq_v2_disconnect), methods=["GET", "HEAD"])
     app.add_url_rule("/restmqtt/api/v1/publish", view_func=guarded("httppub", http_publish), methods=["POST", "PUT"])
     methods = ["GET", "HEAD"]
     app.add_url_rule("/api/v1/<path:command>", view_func=guarded("mgmt", admin_command), methods=methods)

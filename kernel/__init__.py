@@ -14,7 +14,7 @@ from typing import Any
 from .acting import Outcome
 from .admin import AdminRegistry, Arguments, CommandError, option_error, parse_value
 from .codec import Auth, SubscriptionRequest, Will
-from .hooks.registries import RESERVED_API_PATHS, ApiRoute, ApiRoutes, Metric
+from .hooks.registries import RESERVED_API_PATHS, ApiRoute, ApiRoutes, Metric, label_text
 from .hookspecs import hookimpl
 from .plugin_lookup import PluginError
 from .routing.topics import TopicError, topic_matches
@@ -40,6 +40,7 @@ __all__ = [
     "hookimpl",
     "Table",
     "Metric",
+    "label_text",
     "ApiRoute",
     "ApiRoutes",
     "RESERVED_API_PATHS",

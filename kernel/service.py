@@ -105,6 +105,13 @@ def _session_info(session: Session, node: str) -> SessionInfo:
         queued=len(session.queue),
         node=node,
         mountpoint=session.mountpoint,
+        created_at=session.created_at,
+        connected_at=session.connected_at,
+        disconnected_at=session.disconnected_at,
+        keep_alive=conn.keep_alive if conn else None,
+        expiry_interval=session.expiry_interval,
+        max_inflight=session.max_inflight,
+        max_queued=session.max_queued,
     )
 
 
@@ -256,6 +263,11 @@ class Service:
         node = self._broker.node_name
         return tuple(_session_info(session, node) for session in self._broker.sessions.values())
 
+    def session_info(self, client_id: str) -> SessionInfo | None:
+        """One session as ``sessions()`` lists it; None when there is none."""
+        session = self._broker.sessions.get(client_id)
+        return _session_info(session, self._broker.node_name) if session else None
+
     def session(self, client_id: str) -> SessionSnapshot | None:
         """A frozen view of one session; None when there is none."""
         session = self._broker.sessions.get(client_id)
@@ -337,6 +349,7 @@ class Service:
                 running.active,
                 running.total,
                 running.config.mountpoint,
+                running.config,
             )
             for name, running in self._broker.listeners.items()
         )

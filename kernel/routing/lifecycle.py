@@ -153,6 +153,7 @@ class SessionLifecycle:
         session.max_inflight = max_inflight
         session.max_queued = max_queued
         session.connection = conn
+        session.connected_at = time.time()
         session.disconnected_at = None
         self.counters.connections_accepted += 1
         return session, present
@@ -178,6 +179,7 @@ class SessionLifecycle:
             conn.client_info.mountpoint,
         )
         session.connection = conn
+        session.connected_at = session.created_at
         self.counters.connections_accepted += 1
         return session
 

@@ -7,6 +7,7 @@ type (transport/connection.py's Connection is the kernel's; tests use plain obje
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Iterator
 from enum import IntEnum
@@ -41,6 +42,7 @@ class AttachedConnection(Protocol):
     disconnect_reason: str
     peer_host: str
     peer_port: int
+    keep_alive: int
 
     @property
     def listener(self) -> ListenerConfig: ...
@@ -174,6 +176,10 @@ class Session:
         self.queue: deque[Delivery] = deque()
         self.incoming_qos2: set[int] = set()
         self._next_packet_id = 1
+        # Wall-clock times (time.time()): when the session began (or was restored), when
+        # a client last attached to it, when its last client left.
+        self.created_at = time.time()
+        self.connected_at: float | None = None
         self.disconnected_at: float | None = None
         # Handles of the broker's scheduler: a pending delayed will, the expiry timer.
         self.will_timer: Timer | None = None

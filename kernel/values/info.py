@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import attrs
 
+from .config import ListenerConfig
+
 
 @attrs.frozen
 class SessionInfo:
@@ -23,6 +25,16 @@ class SessionInfo:
     queued: int
     node: str
     mountpoint: str = ""
+    # Wall-clock times (time.time()): the session's start, its client's last connect
+    # (None if none has connected since a restore), its last client's leaving.
+    created_at: float = 0.0
+    connected_at: float | None = None
+    disconnected_at: float | None = None
+    keep_alive: int | None = None  # of the connected client
+    # Seconds the session outlives its connection; None: never expires.
+    expiry_interval: int | None = 0
+    max_inflight: int = 0
+    max_queued: int = 0
 
 
 @attrs.frozen
@@ -38,6 +50,7 @@ class ListenerInfo:
     active_connections: int
     total_connections: int
     mountpoint: str = ""
+    config: ListenerConfig | None = None  # everything it was started with
 
 
 @attrs.frozen

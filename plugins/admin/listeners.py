@@ -23,22 +23,40 @@ from ternmq.kernel import (
 
 
 def _listener_show(service: Service, args: Arguments) -> Table:
-    return Table(
-        tuple(
-            {
-                "name": info.name,
-                "type": info.type,
-                "status": info.status,
-                "address": info.address,
-                "port": info.port,
-                "max_conns": info.max_connections,
-                "active_conns": info.active_connections,
-                "all_conns": info.total_connections,
-                "mountpoint": info.mountpoint,
+    tls, mqtt = args.bool_flag("tls"), args.bool_flag("mqtt")
+    rows = []
+    for info in service.listeners():
+        row: dict[str, Any] = {
+            "name": info.name,
+            "type": info.type,
+            "status": info.status,
+            "address": info.address,
+            "port": info.port,
+            "max_conns": info.max_connections,
+            "active_conns": info.active_connections,
+            "all_conns": info.total_connections,
+            "mountpoint": info.mountpoint,
+        }
+        config = info.config
+        if tls and config is not None:
+            # VerneMQ's --tls columns; TLS 1.2 is the least any TLS listener accepts,
+            # and there is no pre-shared-key TLS.
+            row |= {
+                "tls_version": "tlsv1.2+" if config.uses_tls else None,
+                "certfile": config.certfile,
+                "cafile": config.cafile,
+                "keyfile": config.keyfile,
+                "require_certificate": config.require_certificate,
+                "use_identity_as_username": config.use_identity_as_username,
+                "psk_support": False,
+                "pskfile": None,
             }
-            for info in service.listeners()
-        )
-    )
+        if mqtt:
+            # Every listener speaks MQTT 3.1, 3.1.1 and 5; anonymous access is the
+            # broker's setting, never a listener's.
+            row |= {"allowed_protocol_versions": "3,4,5", "allow_anonymous_override": False}
+        rows.append(row)
+    return Table(tuple(rows))
 
 
 def _listener_table(args: Arguments) -> dict[str, Any]:
@@ -85,7 +103,12 @@ async def _listener_stop(service: Service, args: Arguments) -> Text:
 
 def register(registry: AdminRegistry) -> None:
     registry.describe("listener", "Show, start and stop listeners.")
-    registry.add("listener show", _listener_show, help="List listeners.")
+    registry.add(
+        "listener show",
+        _listener_show,
+        help="List listeners.",
+        flags={"tls": "add the TLS columns", "mqtt": "add the MQTT columns"},
+    )
     registry.add(
         "listener start",
         _listener_start,

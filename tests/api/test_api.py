@@ -77,7 +77,7 @@ async def test_session_disconnect_with_cleanup(tmp_path: Path) -> None:
         async with connected(broker, "myclient", 5, clean_start=False) as client:
             reply = await http.get("/api/v1/session/disconnect?client-id=myclient&--cleanup", headers=with_key(key))
             assert reply.json() == {"type": "text", "text": "Done"}
-            assert await client.closed() is not None or True
+            assert (await client.closed()).reason_code == 0x98  # administrative action
         await eventually(lambda: "myclient" not in broker.sessions)
 
 
@@ -159,10 +159,13 @@ async def test_api_key_commands_and_the_keys_file(tmp_path: Path) -> None:
             await run(["api-key", "create", "expires=2001-01-01T00:00:00"])
         shown = await run(["api-key", "show"])
         assert isinstance(shown, Table)
-        assert {(row["Key"], row["Scope"], row["Expires"]) for row in shown.rows} == {
-            (created, "mgmt", "never"),
-            ("chosen-key", "status", "2999-01-01T00:00:00Z"),
+        assert {tuple(row.values()) for row in shown.rows} == {
+            (created, "mgmt", "never", False),
+            ("chosen-key", "status", "2999-01-01 00:00:00", False),
         }
+        assert shown.columns == ("Key", "Scope", "Expires (UTC)", "has expired")
+        only_status = await run(["api-key", "show", "scope=status"])
+        assert isinstance(only_status, Table) and [row["Key"] for row in only_status.rows] == ["chosen-key"]
         with pytest.raises(CommandError, match="no such key"):  # VerneMQ's default scope: mgmt
             await run(["api-key", "delete", "key=chosen-key"])
         assert await run(["api-key", "delete", "key=chosen-key", "scope=status"]) == Text("Done")
@@ -613,3 +616,161 @@ async def test_session_show_with_topic_lists_a_row_per_subscription(tmp_path: Pa
         ]
         only_b = await http.get("/api/v1/session/show?--client_id&--topic=b", headers=with_key(key))
         assert only_b.json()["table"] == [{"client_id": "subber", "topic": "b"}]
+
+
+# -- VerneMQ's documented examples, as its users send them ----------------------------
+
+
+async def test_every_documented_vernemq_example_works_as_written(tmp_path: Path) -> None:
+    """VerneMQ's HTTP API page, example by example, with the key in the URL as the page
+    shows it (``http://KEY@localhost:8888/api/v1/...``): what it answers there, we answer."""
+    async with (
+        api_broker(tmp_path) as (broker, _, key),
+        connected(broker, "myclient", 5, username="client1", clean_start=False) as client,
+        httpx.AsyncClient(base_url=base_url(broker).replace("://", f"://{key}@"), timeout=10) as http,
+    ):
+        await client.subscribe("sensors/#", qos=1)
+
+        async def table(path: str) -> list[dict[str, Any]]:
+            reply = await http.get(path)
+            assert reply.status_code == 200, (path, reply.text)
+            body = reply.json()
+            assert body["type"] == "table", (path, body)
+            return list(body["table"])
+
+        [session] = await table("/api/v1/session/show")
+        assert session == {
+            "client_id": "myclient",
+            "is_online": True,
+            "mountpoint": "",
+            "peer_host": "127.0.0.1",
+            "peer_port": session["peer_port"],
+            "user": "client1",
+        }
+        assert await table("/api/v1/cluster/show") == [{"Node": broker.node_name, "Running": True}]
+        [listener] = await table("/api/v1/listener/show")
+        vernemq_columns = {"type", "status", "address", "port", "mountpoint", "max_conns", "active_conns", "all_conns"}
+        assert vernemq_columns <= set(listener) and listener["status"] == "running"
+        plugins = await table("/api/v1/plugin/show")
+        assert all({"Plugin", "Type", "Hook(s)", "M:F/A"} <= set(row) for row in plugins)
+        assert (await http.get("/api/v1/set?allow_publish_during_netsplit=on")).json() == Text("Done").to_json()
+        # the reference's examples and VerneMQ's short paths
+        assert await table("/api/v1/session/show?--client_id&--topic") == [
+            {"client_id": "myclient", "topic": "sensors/#"}
+        ]
+        metrics = (await http.get("/api/v1/metrics/show")).json()["text"].splitlines()
+        assert "counter.connections_accepted = 1" in metrics and "gauge.clients_online = 1" in metrics
+        assert await table("/api/v1/sessions") == await table("/api/v1/session/show")
+        assert await table("/api/v1/cluster") == await table("/api/v1/cluster/show")
+        assert [row["Plugin"] for row in await table("/api/v1/plugins")] == [row["Plugin"] for row in plugins]
+        assert [row["port"] for row in await table("/api/v1/listeners")] == [listener["port"]]
+        # as scripts and VerneMQ's own web UI send them
+        assert await table("/api/v1/session/show?--is_online=true&--topic=sensors/%23&--limit=1") == [
+            {"is_online": True, "topic": "sensors/#"}
+        ]
+        webui = "--client_id=myclient&--user&--is_online&--offline_messages&--online_messages&--mountpoint"
+        [row] = await table(
+            f"/api/v1/session/show?{webui}&--peer_host&--peer_port&--queue_started_at&--session_started_at"
+        )
+        assert (row["offline_messages"], row["online_messages"]) == (0, 0)
+        assert time.time() - 60 < row["session_started_at"] <= row["queue_started_at"] + 1 < time.time() + 2
+        joined = await http.get("/api/v1/cluster/join?discovery-node=NodeB@10.0.0.2")
+        assert joined.status_code == 400 and "single node" in joined.json()["error"]
+        done = await http.get("/api/v1/session/disconnect/?client-id=myclient&--cleanup")
+        assert done.json() == Text("Done").to_json()
+        assert (await client.closed()).reason_code == 0x98
+        await eventually(lambda: "myclient" not in broker.sessions)
+
+
+async def test_session_items_of_vernemq_for_an_offline_session(tmp_path: Path) -> None:
+    async with api_broker(tmp_path) as (broker, http, key):
+        async with connected(broker, "sleeper", 5, clean_start=False) as client:
+            await client.subscribe("news", qos=1)
+        await eventually(lambda: not broker.sessions["sleeper"].connection)
+        await broker.service.publish("news", b"one", qos=1)
+        reply = await http.get(
+            "/api/v1/session/show?--client_id&--is_offline&--offline_messages&--statename&--session_started_at",
+            headers=with_key(key),
+        )
+        assert reply.json()["table"] == [
+            {
+                "client_id": "sleeper",
+                "is_offline": True,
+                "offline_messages": 1,
+                "statename": "offline",
+                "session_started_at": None,
+            }
+        ]
+        unsubscribed = await http.get("/api/v1/session/unsubscribe?client-id=sleeper&topic=news", headers=with_key(key))
+        assert unsubscribed.json() == Text("Done").to_json() and broker.service.subscriptions("sleeper") == ()
+        again = await http.get("/api/v1/session/unsubscribe?client-id=sleeper&topic=news", headers=with_key(key))
+        assert again.status_code == 400 and "no subscription" in again.json()["error"]
+        elsewhere = await http.get(
+            "/api/v1/session/disconnect?client-id=sleeper&--mountpoint=m1", headers=with_key(key)
+        )
+        assert elsewhere.status_code == 400 and "mountpoint 'm1'" in elsewhere.json()["error"]
+
+
+async def test_disconnect_clients_checks_every_id_before_it_disconnects_any(tmp_path: Path) -> None:
+    async with (
+        api_broker(tmp_path) as (broker, http, key),
+        connected(broker, "a", 4) as a,
+        connected(broker, "b", 5) as b,
+    ):
+        refused = await http.get("/api/v1/session/disconnect/clients?client-ids=a,nobody", headers=with_key(key))
+        assert refused.status_code == 400 and "'nobody'" in refused.json()["error"]
+        assert broker.sessions["a"].connection is not None
+        done = await http.get("/api/v1/session/disconnect/clients?client-ids=a,b", headers=with_key(key))
+        assert done.json() == Text("Done").to_json()
+        await a.closed()  # MQTT 3.1.1: the socket closes, no DISCONNECT
+        assert (await b.closed()).reason_code == 0x98
+        await eventually(lambda: "a" not in broker.sessions)  # a clean session ends with its client
+
+
+async def test_listener_show_tls_and_mqtt_columns(tmp_path: Path) -> None:
+    async with api_broker(tmp_path) as (broker, http, key):
+        [row] = (await http.get("/api/v1/listener/show?--tls&--mqtt", headers=with_key(key))).json()["table"]
+        assert (row["tls_version"], row["certfile"], row["require_certificate"]) == (None, None, False)
+        assert row["allowed_protocol_versions"] == "3,4,5"
+        [plain] = (await http.get("/api/v1/listener/show", headers=with_key(key))).json()["table"]
+        assert "certfile" not in plain and "allowed_protocol_versions" not in plain
+
+
+async def test_metrics_show_aggregates_filters_by_label_and_describes(tmp_path: Path) -> None:
+    async with api_broker(tmp_path) as (broker, http, key), connected(broker, "m", 5) as client:
+        await client.publish("t", b"x", qos=1)
+        run = broker.service.run_command
+        summed = (await run(["metrics", "show"])).text.splitlines()
+        by_type = [line for line in summed if line.startswith("counter.packets_received")]
+        assert by_type == ["counter.packets_received = 2"]  # CONNECT and PUBLISH, summed
+        apart = (await run(["metrics", "show", "--aggregate=false"])).text.splitlines()
+        assert 'counter.packets_received{type="PUBLISH"} = 1' in apart
+        publish_only = (await run(["metrics", "show", "--type=PUBLISH", "--aggregate=false"])).text.splitlines()
+        assert publish_only == [  # none sent: nobody subscribed
+            'counter.packet_bytes_received{type="PUBLISH"} = 9',
+            'counter.packets_received{type="PUBLISH"} = 1',
+        ]
+        described = (await run(["metrics", "show", "--with-descriptions"])).text.splitlines()
+        at = described.index("counter.packets_received = 2")
+        assert described[at - 1] == "# MQTT packets received, by type"
+        with pytest.raises(CommandError, match="unknown flag --colour"):
+            await run(["metrics", "show", "--colour=red"])
+
+
+async def test_vernemqs_api_v2_client_and_disconnect(tmp_path: Path) -> None:
+    async with api_broker(tmp_path) as (broker, http, mgmt_key), connected(broker, "c1", 5) as client:
+        await client.subscribe("a/+", qos=1)
+        key = (await broker.service.run_command(["api-key", "create", "scope=api2"])).text
+        refused = await http.get("/api/v2/client?client_id=c1", headers=with_key(mgmt_key))
+        assert refused.status_code == 401  # a key of scope mgmt is not one of api2
+        online = await http.get("/api/v2/client?client_id=c1&topics", headers=with_key(key))
+        assert online.json() == {"status": "online", "topics": {"a/+": 1}}
+        assert (await http.get("/api/v2/client?client_id=c2", headers=with_key(key))).json() == {"status": "unknown"}
+        in_other_mountpoint = await http.get("/api/v2/client?client_id=c1&mountpoint=m", headers=with_key(key))
+        assert in_other_mountpoint.json() == {"status": "unknown"}
+        missing = await http.get("/api/v2/client", headers=with_key(key))
+        assert missing.status_code == 400 and "client_id" in missing.json()["error"]
+        assert (await http.get("/api/v2/disconnect?client_id=c2", headers=with_key(key))).json() == "unknown"
+        assert (await http.get("/api/v2/disconnect?client_id=c1", headers=with_key(key))).json() == "ok"
+        assert (await client.closed()).reason_code == 0x98
+        await eventually(lambda: broker.sessions.get("c1") is None or broker.sessions["c1"].connection is None)

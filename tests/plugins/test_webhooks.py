@@ -839,7 +839,7 @@ async def test_metrics_show_counts_per_hook_and_endpoint(tmp_path: Path, receive
     receiver.respond = cached_for("max-age=60")
     async with hooked(tmp_path, receiver, ["auth_on_publish_m5"]) as broker:
         await publish_twice(broker)
-        text = await run(broker, "metrics", "show")
+        text = await run(broker, "metrics", "show", "--aggregate=false")
     assert isinstance(text, Text)
     lines = dict(line.split(" = ") for line in str(text.text).splitlines())
     labels = f'{{hook="auth_on_publish_m5",endpoint="{receiver.url("/auth_on_publish_m5")}"}}'
