@@ -209,6 +209,15 @@ async def test_metrics_in_prometheus_text_format(tmp_path: Path) -> None:
     assert sample.labels == {"node": node} and sample.value >= 1
     assert families["ternmq_clients_online"].samples[0].value == 1
     assert families["ternmq_retained_messages"].type == "gauge"
+    # packets and their bytes, in and out, by type
+    by_type = {
+        (name, sample.labels["type"]): sample.value
+        for name in ("packets_received", "packets_sent", "packet_bytes_received", "packet_bytes_sent")
+        for sample in families[f"ternmq_{name}"].samples
+    }
+    assert by_type["packets_received", "PUBLISH"] == 1 and by_type["packets_sent", "PUBLISH"] == 1
+    assert by_type["packet_bytes_received", "PUBLISH"] == by_type["packet_bytes_sent", "PUBLISH"] == 11
+    assert by_type["packet_bytes_sent", "SUBACK"] == 6  # v5: header 2, packet id 2, properties 1, one code
 
 
 async def test_health(tmp_path: Path) -> None:
