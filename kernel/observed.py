@@ -29,6 +29,9 @@ def kernel_metrics(broker: BrokerCore) -> tuple[Metric, ...]:
     hook_stats = broker.dispatcher.stats
     packets = broker.packet_counts
 
+    def offline() -> int:
+        return sum(1 for s in sessions.values() if s.connection is None)
+
     def per_hook(field: str, help: str) -> Metric:
         return Metric(
             f"hook_{field}",
@@ -47,12 +50,8 @@ def kernel_metrics(broker: BrokerCore) -> tuple[Metric, ...]:
         Metric("deliveries", "counter", lambda: router.deliveries, "messages delivered or queued"),
         Metric("messages_dropped", "counter", lambda: router.drops, "deliveries dropped"),
         Metric("sessions", "gauge", lambda: len(sessions), "sessions, online or not"),
-        Metric(
-            "clients_online",
-            "gauge",
-            lambda: sum(1 for s in sessions.values() if s.connection is not None),
-            "sessions with a connected client",
-        ),
+        Metric("clients_online", "gauge", lambda: len(sessions) - offline(), "sessions with a connected client"),
+        Metric("sessions_offline", "gauge", offline, "sessions without a connected client"),
         Metric("subscriptions", "gauge", lambda: len(router.trie), "subscriptions"),
         Metric(
             "packets_received",

@@ -208,6 +208,7 @@ async def test_metrics_in_prometheus_text_format(tmp_path: Path) -> None:
     [sample] = accepted.samples
     assert sample.labels == {"node": node} and sample.value >= 1
     assert families["ternmq_clients_online"].samples[0].value == 1
+    assert families["ternmq_sessions_offline"].samples[0].value == 0
     assert families["ternmq_retained_messages"].type == "gauge"
     # packets and their bytes, in and out, by type
     by_type = {
