@@ -125,7 +125,7 @@ def _read(body: bytes) -> tuple[dict[str, Any], bytes, Any]:
     text = document["payload"]
     try:
         payload = base64.b64decode(text, validate=True) if encoding == "base64" else text.encode()
-    except binascii.Error:
+    except (binascii.Error, ValueError):  # ValueError: not ASCII
         raise Refused(400, UNKNOWN_ENCODING) from None
     fields = {name: document[name] for name in _FIELDS if name in document}
     return fields, payload, document.get("user_properties")

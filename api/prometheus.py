@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -38,35 +38,15 @@ class _BrokerCollector:
             labels = ["exported_node" if label == "node" else label for label in metric.labels]
             kind = CounterMetricFamily if metric.kind == "counter" else GaugeMetricFamily
             family = kind(name, metric.help or metric.name.replace("_", " "), labels=["node", *labels])
-            try:
-                samples = _samples(metric.read(), len(labels))
-            except Exception:  # a plugin's broken reader must not take the page down
-                log.debug("metric %s not exported: its reader failed", metric.name, exc_info=True)
+            reading = metric.reading()
+            if reading is None:  # a plugin's broken reader must not take the page down
+                log.debug("metric %s not exported: its reader failed or read no number", metric.name)
                 continue
+            samples = reading.items() if isinstance(reading, dict) else [((), reading)]
             for values, value in samples:
                 family.add_metric([node, *values], value)
             names.add(name)
             yield family
-
-
-def _samples(reading: object, label_count: int) -> list[tuple[tuple[str, ...], float]]:
-    """(label values, value) pairs of a reading; ValueError for one that does not fit."""
-    if not label_count:
-        return [((), _number(reading))]
-    if not isinstance(reading, Mapping):
-        raise ValueError("a metric with labels must read a mapping")
-    samples = []
-    for values, value in reading.items():
-        if not isinstance(values, tuple) or len(values) != label_count:
-            raise ValueError(f"label values {values!r} for {label_count} labels")
-        samples.append((tuple(str(v) for v in values), _number(value)))
-    return samples
-
-
-def _number(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"not a number: {value!r}")
-    return value
 
 
 def exposition(service: Service, namespace: str) -> tuple[bytes, str]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
 
 import attrs
 import trio
@@ -52,11 +51,10 @@ class Plugin:
         """Topic -> payload of one tick."""
         values: dict[str, float] = {}
         for metric in service.metric_list():
-            try:
-                reading = metric.read()
-            except Exception:  # a plugin's broken reader must not stop the tree
+            reading = metric.reading()
+            if reading is None:  # a plugin's broken reader must not stop the tree
                 continue
-            values[metric.name] = sum(reading.values()) if isinstance(reading, Mapping) else reading
+            values[metric.name] = sum(reading.values()) if isinstance(reading, dict) else reading
         topics: dict[str, str] = {}
         if self.config.vernemq_tree:
             node = service.node_name

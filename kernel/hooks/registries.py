@@ -38,18 +38,38 @@ class Metric:
     owner: str = ""
     labels: tuple[str, ...] = ()
 
-    def samples(self) -> dict[str, Number]:
-        """``{"NAME": value}``, or ``{'NAME{label="value",...}': value, ...}`` with labels;
-        a failing reader reads -1."""
+    def reading(self) -> Number | dict[tuple[str, ...], Number] | None:
+        """What ``read()`` returns, checked: a number, or with labels a mapping of
+        label-value tuples (as strings) to numbers; None when the reader raises or returns
+        anything else (a plugin's broken reader must not break a listing)."""
         try:
             reading = self.read()
         except Exception:
-            return {self.name: -1}
+            return None
         if not self.labels:
-            assert not isinstance(reading, Mapping), f"{self.name}: a value per labels, without labels"
+            return reading if isinstance(reading, (int, float)) and not isinstance(reading, bool) else None
+        if not isinstance(reading, Mapping):
+            return None
+        checked: dict[tuple[str, ...], Number] = {}
+        for values, value in reading.items():
+            if not isinstance(values, tuple) or len(values) != len(self.labels) or not _is_number(value):
+                return None
+            checked[tuple(str(v) for v in values)] = value
+        return checked
+
+    def samples(self) -> dict[str, Number]:
+        """``{"NAME": value}``, or ``{'NAME{label="value",...}': value, ...}`` with labels;
+        a reader that fails (``reading()`` is None) reads -1."""
+        reading = self.reading()
+        if reading is None:
+            return {self.name: -1}
+        if not isinstance(reading, dict):
             return {self.name: reading}
-        assert isinstance(reading, Mapping), f"{self.name}: one value, with labels"
         return {f"{self.name}{{{label_text(self.labels, values)}}}": value for values, value in reading.items()}
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def label_text(names: tuple[str, ...], values: tuple[str, ...]) -> str:
@@ -131,9 +151,19 @@ class SettingsRegistry(Owned[str, Setting]):
 
 
 #: Paths of the management API itself, which a plugin's route may not take.
-RESERVED_API_PATHS = ("/api/v1/", "/metrics", "/health", "/status", "/restmqtt/")
+RESERVED_API_PATHS = (
+    "/api/v1/",
+    "/api/v2/",
+    "/api/v3/",
+    "/api/v5/",
+    "/api-docs",
+    "/metrics",
+    "/health",
+    "/status",
+    "/restmqtt/",
+)
 #: The API's key scopes (VerneMQ's), one of which guards each route.
-API_SCOPES = ("mgmt", "status", "metrics", "health", "httppub")
+API_SCOPES = ("mgmt", "status", "metrics", "health", "api2", "httppub")
 
 
 @attrs.frozen

@@ -75,6 +75,7 @@ class SessionLifecycle:
             for message in snapshot.queued:
                 session.queue.append(Delivery(message, message.qos, message.retain, hooked=False))
             session.disconnected_at = snapshot.disconnected_at
+            session.created_at = snapshot.created_at or session.created_at
             self._schedule_expiry(session)
         if snapshots:
             log.info("restored %d sessions from the session store", len(snapshots))

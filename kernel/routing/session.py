@@ -381,4 +381,5 @@ class Session:
             queued=tuple(d.message for d in list(self.inflight.values()) + list(self.queue)),
             disconnected_at=self.disconnected_at or 0.0,
             mountpoint=self.mountpoint,
+            created_at=self.created_at,
         )

@@ -121,6 +121,7 @@ class SessionSnapshot:
     queued: tuple[Message, ...] = ()
     disconnected_at: float = attrs.field(factory=time.time)
     mountpoint: str = ""
+    created_at: float = 0.0  # when the session began (0: not known, a store's older entry)
 
 
 # -- answers of decision hooks --------------------------------------------------------

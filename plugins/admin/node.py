@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from ternmq import __version__
@@ -29,29 +28,29 @@ def _metrics_show(service: Service, args: Arguments) -> Text:
     for metric in metrics:
         if any(label not in metric.labels for label in wanted):
             continue  # a label filter keeps only the metrics that have that label
-        try:
-            reading = metric.read()
-        except Exception:  # a plugin's broken reader: its metric reads -1, as in samples()
-            reading = -1 if not metric.labels else {}
-        if isinstance(reading, Mapping):
+        reading = metric.reading()
+        shown: list[tuple[str, Any]]
+        if reading is None:  # a broken reader reads -1, as on /metrics and in $SYS
+            shown = [(metric.name, -1)]
+        elif isinstance(reading, dict):
             samples = {
                 values: value
                 for values, value in reading.items()
                 if all(dict(zip(metric.labels, values, strict=True)).get(k) == v for k, v in wanted.items())
             }
             if aggregate:
-                shown = [(metric.name, sum(samples.values()))]
+                shown = [(metric.name, sum(samples.values()))] if samples or not wanted else []
             else:
                 shown = [(f"{metric.name}{{{label_text(metric.labels, k)}}}", v) for k, v in samples.items()]
         else:
             shown = [(metric.name, reading)]
-        if describe and metric.help:
+        if describe and metric.help and shown:
             lines.append(f"# {metric.help}")
         lines += [f"{metric.kind}.{name} = {value}" for name, value in shown]
     return Text("\n".join(lines))
 
 
-async def _node_status(service: Service, args: Arguments) -> Table:
+def _node_status(service: Service, args: Arguments) -> Table:
     values = service.metrics()
     online = values["gauge.clients_online"]
     deliveries = values["counter.deliveries"]
@@ -61,13 +60,14 @@ async def _node_status(service: Service, args: Arguments) -> Table:
         ("num_offline", values["gauge.sessions"] - online),
         ("msg_in", values["counter.publish_received"]),
         ("msg_out", deliveries),
-        # VerneMQ's queue counters: every delivery passes a session's queue here.
-        ("queue_in", deliveries),
-        ("queue_out", deliveries - values["counter.messages_dropped"]),
+        # VerneMQ's queue counters: every message for a session passes its queue here;
+        # those dropped (queue full, expired...) never come out.
+        ("queue_in", deliveries + values["counter.messages_dropped"]),
+        ("queue_out", deliveries),
         ("queue_drop", values["counter.messages_dropped"]),
         ("queue_unhandled", 0),
         ("num_subscriptions", values["gauge.subscriptions"]),
-        ("num_retained", len(await service.retained())),
+        ("num_retained", values.get("gauge.retained_messages", 0)),
         # Subscriptions a message matched on this node, and (in a cluster) on others.
         ("matches_local", deliveries),
         ("matches_remote", 0),

@@ -103,7 +103,8 @@ def _session_disconnect(service: Service, args: Arguments) -> Text:
 
 
 def _session_disconnect_clients(service: Service, args: Arguments) -> Text:
-    client_ids = [client_id for client_id in args.keys["client-ids"].split(",") if client_id]
+    # dict.fromkeys: each client once, in the order given
+    client_ids = list(dict.fromkeys(client_id for client_id in args.keys["client-ids"].split(",") if client_id))
     cleanup = args.bool_flag("cleanup")
     if not client_ids:
         raise args.usage_error("client-ids= names one client id or more, separated by commas")
@@ -117,9 +118,10 @@ def _session_disconnect_clients(service: Service, args: Arguments) -> Text:
 async def _session_unsubscribe(service: Service, args: Arguments) -> Text:
     client_id, topic_filter = args.keys["client-id"], args.keys["topic"]
     _known_session(service, args, client_id)
-    existed = await service.unsubscribe(client_id, [topic_filter])
-    if not existed or not existed[0]:
+    # Checked first: an unsubscribe fires on_unsubscribe and stores the session.
+    if all(sub.topic_filter != topic_filter for sub in service.subscriptions(client_id)):
         raise CommandError(f"{client_id!r} has no subscription {topic_filter!r}")
+    await service.unsubscribe(client_id, [topic_filter])
     return Text("Done")
 
 

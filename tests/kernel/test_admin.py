@@ -20,7 +20,7 @@ from ternmq import __version__
 from ternmq.kernel.admin import ADMIN_EXAMPLES, ADMIN_OPTIONS_USAGE, CommandError
 from ternmq.kernel.codec import Disconnect, Pingresp
 from ternmq.kernel.hookspecs import hookimpl
-from ternmq.kernel.testing import MQTTTestClient, registered
+from ternmq.kernel.testing import MQTTTestClient, open_broker, registered, test_config
 from ternmq.kernel.values.output import Table, Text
 
 from helpers import PLUGIN_SHOW_COLUMNS, eventually
@@ -494,6 +494,44 @@ async def test_node_status(broker: Any) -> None:
     assert status["node"] == broker.node_name
     assert (status["num_online"], status["num_offline"], status["num_subscriptions"]) == (1, 0, 1)
     assert status["version"] == __version__
+
+
+async def test_node_status_queue_rows_add_up_when_messages_are_dropped() -> None:
+    async with open_broker(test_config(max_queued_messages=1)) as broker:
+        async with MQTTTestClient.open(broker.port()) as client:
+            await client.connect("sleeper", clean_start=False, properties={"session_expiry_interval": 60})
+            await client.subscribe("q", qos=1)
+        await eventually(lambda: broker.sessions["sleeper"].connection is None)
+        for _ in range(4):
+            await broker.service.publish("q", b"x", qos=1)
+        result = await run(broker, "node", "status")
+    status = {row["Status"]: row["Value"] for row in result.rows}
+    assert (status["queue_in"], status["queue_out"], status["queue_drop"]) == (4, 1, 3)
+    assert status["queue_in"] == status["queue_out"] + status["queue_drop"]
+
+
+async def test_metrics_show_and_node_status_survive_a_malformed_reader(broker: Any) -> None:
+    class Malformed:
+        @hookimpl
+        def register_metrics(self, registry: Any) -> None:
+            registry.counter("wrong_keys", lambda: {"ab": 1}, "keys not tuples", labels=("x",))
+            registry.counter("wrong_arity", lambda: {("a", "b"): 1}, "two values, one label", labels=("x",))
+            registry.counter("not_numbers", lambda: {("a",): None}, "values not numbers", labels=("x",))
+            registry.gauge("mapping_unlabelled", lambda: {("a",): 1}, "a mapping without labels")
+            registry.gauge("raises", lambda: 1 / 0, "a reader that raises", labels=("x",))
+            registry.gauge("fine", lambda: {("a",): 2, (3,): 4}, "good, with a number as label value", labels=("x",))
+
+    async with registered(broker, Malformed()):
+        for argv in (("metrics", "show"), ("metrics", "show", "--aggregate=false"), ("metrics", "show", "--x=a")):
+            lines = set((await text(broker, *argv)).splitlines())
+            for name in ("counter.wrong_keys", "counter.wrong_arity", "counter.not_numbers", "gauge.raises"):
+                assert f"{name} = -1" in lines, (argv, name)
+            assert ("gauge.mapping_unlabelled = -1" in lines) == ("--x=a" not in argv)  # a filter keeps labelled ones
+        assert "gauge.fine = 6" in (await text(broker, "metrics", "show")).splitlines()
+        assert 'gauge.fine{x="3"} = 4' in (await text(broker, "metrics", "show", "--aggregate=false")).splitlines()
+        assert "gauge.fine = 4" in (await text(broker, "metrics", "show", "--x=3")).splitlines()
+        assert "gauge.fine" not in await text(broker, "metrics", "show", "--x=nothing")
+        assert isinstance(await run(broker, "node", "status"), Table)
 
 
 # ------------------------------------------------------------------ show / set

@@ -7,6 +7,7 @@ the same store object registered before the second broker's listeners start.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -401,3 +402,20 @@ async def test_async_registration_hook_is_refused_at_load(broker: Any) -> None:
     with pytest.raises(PluginError, match="must be synchronous"):
         async with registered(broker, AsyncRegistration()):
             pass
+
+
+async def test_a_restored_session_keeps_when_it_began(broker: Any) -> None:
+    store = DictStore()
+    began = time.time() - 86400
+    store.sessions["old"] = SessionSnapshot("old", None, 5, None, disconnected_at=began + 60, created_at=began)
+    store.sessions["unknown"] = SessionSnapshot("unknown", None, 5, None, disconnected_at=began)  # an older entry
+    async with broker_with_store(store) as broker:
+        old, unknown = broker.service.session_info("old"), broker.service.session_info("unknown")
+        assert old is not None and unknown is not None
+        assert old.created_at == began and old.disconnected_at == began + 60
+        assert unknown.created_at > time.time() - 60  # not known: the restore
+        async with MQTTTestClient.open(broker.port()) as client:
+            await client.connect("old", clean_start=False, properties=PERSISTENT)
+            await client.disconnect()
+        await eventually(lambda: store.sessions["old"].disconnected_at > began + 60)
+        assert store.sessions["old"].created_at == began  # saved again as it was
