@@ -30,8 +30,8 @@ log = logging.getLogger("ternmq.plugins.retainer")
 
 @attrs.frozen
 class Config:
-    max_messages: int = 100_000
-    max_payload_size: int = 0
+    max_messages: int = attrs.field(default=100_000, validator=attrs.validators.ge(0))
+    max_payload_size: int = attrs.field(default=0, validator=attrs.validators.ge(0))
 
 
 class Plugin:

@@ -10,7 +10,8 @@ import trio
 
 from ternmq.kernel.broker import Broker
 from ternmq.kernel.codec import SubscriptionRequest, Will
-from ternmq.kernel.testing import MQTTTestClient
+from ternmq.kernel import ConfigError
+from ternmq.kernel.testing import MQTTTestClient, open_broker, test_config
 
 from helpers import LEVELS, connected
 
@@ -224,3 +225,11 @@ async def test_paho_retained_message_arrives_with_retain_flag(broker: Broker, pa
     message = await sub.receive()
     assert (message.topic, message.payload, message.retain, message.qos) == ("paho/retained", b"sticky", True, 1)
     await sub.disconnect()
+
+
+@pytest.mark.parametrize("key", ["max_messages", "max_payload_size"])
+async def test_a_negative_limit_is_a_config_error_naming_the_key(key: str) -> None:
+    with pytest.raises(ExceptionGroup) as caught:
+        async with open_broker(test_config(plugins={"retainer": {key: -5}})):
+            pass
+    assert caught.group_contains(ConfigError, match=rf"\[plugins\.retainer\] {key}", depth=2)
