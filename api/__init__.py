@@ -34,9 +34,10 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from ternmq.kernel import AdminRegistry, Arguments, Service, Table, Text, hookimpl
+from ternmq.kernel import AdminRegistry, Service, hookimpl
 
-from .keys import SCOPES, KeyStore, check_key, parse_expiry
+from .apps import App, AppStore, LoginSessions
+from .keys import SCOPES, KeyStore
 
 log = logging.getLogger("ternmq.api")
 
@@ -82,6 +83,9 @@ class Config:
     httppub_client_id: str | None = None
     httppub_mountpoint: str = ""
     status_refresh: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
+    apps_file: Path | None = None
+    bootstrap_file: Path | None = None
+    token_lifetime: float = attrs.field(default=3600.0, validator=attrs.validators.gt(0))
     prometheus_namespace: str = attrs.field(
         default="ternmq_", validator=attrs.validators.matches_re(r"([a-zA-Z_:][a-zA-Z0-9_:]*)?")
     )
@@ -100,6 +104,10 @@ class Plugin:
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or Config()
         self.keys = KeyStore(self.config.keys_file)
+        self.apps = AppStore(self.config.apps_file)
+        self.sessions = LoginSessions(self.config.token_lifetime, user_lookup=self._user)
+        # Plugins stopped through /api/v5 or /api/v3, with the tables to start them again.
+        self.stopped_plugins: dict[str, dict[str, Any]] = {}
         self.port: int | None = None  # bound once serving
         self.httppub_counts = dict.fromkeys(("published", "api_error", "auth_error", "too_large"), 0)
 
@@ -115,109 +123,45 @@ class Plugin:
 
     @hookimpl
     def register_admin_commands(self, registry: AdminRegistry) -> None:
-        registry.describe("api-key", "API keys of the management API.")
-        scope_help = f"one of {', '.join(SCOPES)} (default mgmt)"
-        registry.add(
-            "api-key create",
-            self._create,
-            help="Make a new random key and print it.",
-            keys={"scope": scope_help, "expires": "when it stops working, e.g. 2027-01-31T12:00:00 (UTC)"},
-        )
-        registry.add(
-            "api-key add",
-            self._add,
-            help="Keep a key you chose.",
-            keys={"key": "the key", "scope": scope_help, "expires": "when it stops working (UTC)"},
-            required=("key",),
-        )
-        registry.add(
-            "api-key delete",
-            self._delete,
-            help="Forget a key of a scope.",
-            keys={"key": "the key", "scope": scope_help},
-            required=("key",),
-        )
-        registry.add(
-            "api-key show",
-            self._show,
-            help="List the keys with their scopes and expiry.",
-            keys={"scope": f"only the keys of one scope ({', '.join(SCOPES)}), or all (the default)"},
-        )
+        from .commands import register
 
-    def _scope_and_expiry(self, args: Arguments) -> tuple[str, float | None]:
-        scope = args.keys.get("scope", "mgmt")
-        if scope not in SCOPES:
-            raise args.usage_error(f"unknown scope {scope!r} (scopes: {', '.join(SCOPES)})")
-        expires = args.keys.get("expires")
-        try:
-            expires_at = None if expires is None else parse_expiry(expires, self.config.max_apikey_expiry_days)
-        except ValueError as exc:
-            raise args.usage_error(str(exc)) from None
-        if expires_at is None and self.config.max_apikey_expiry_days:
-            raise args.usage_error(f"expires is needed: keys expire within {self.config.max_apikey_expiry_days} days")
-        return scope, expires_at
+        register(registry, self)
 
-    def _create(self, service: Service, args: Arguments) -> Text:
-        scope, expires_at = self._scope_and_expiry(args)
-        try:
-            entry = self.keys.create(scope, expires_at)
-        except OSError as exc:
-            raise args.usage_error(f"the keys file cannot be written: {exc}") from None
-        return Text(entry.key)
+    def _user(self, name: str) -> App | None:
+        app = self.apps.get(name)
+        return app if app is not None and app.kind == "user" else None
 
-    def _add(self, service: Service, args: Arguments) -> Text:
-        key = args.keys["key"]
-        if len(key) < self.config.min_apikey_length:
-            raise args.usage_error(f"the key is shorter than min_apikey_length ({self.config.min_apikey_length})")
-        try:
-            check_key(key)
-        except ValueError as exc:
-            raise args.usage_error(str(exc)) from None
-        scope, expires_at = self._scope_and_expiry(args)
-        try:
-            self.keys.add(key, scope, expires_at)
-        except (ValueError, OSError) as exc:
-            raise args.usage_error(str(exc)) from None
-        return Text("Done")
-
-    def _delete(self, service: Service, args: Arguments) -> Text:
-        try:
-            removed = self.keys.delete(args.keys["key"], args.keys.get("scope", "mgmt"))
-        except OSError as exc:
-            raise args.usage_error(f"the keys file cannot be written: {exc}") from None
-        if not removed:
-            raise args.usage_error("no such key")
-        return Text("Done")
-
-    def _show(self, service: Service, args: Arguments) -> Table:
-        scope = args.keys.get("scope", "all")
-        if scope != "all" and scope not in SCOPES:
-            raise args.usage_error(f"unknown scope {scope!r} (scopes: {', '.join(SCOPES)}, or all)")
-        columns = ("Key", "Scope", "Expires (UTC)", "has expired")
-        rows = tuple(
-            dict(zip(columns, (k.key, k.scope, k.expiry_text(), k.expired()), strict=True))
-            for k in self.keys
-            if scope in ("all", k.scope)
-        )
-        return Table(rows, columns)
+    def _load_stores(self, service: Service) -> None:
+        """Read the keys files (a first load that cannot read one fails, naming it; a
+        reload keeps the entries in force) and add the bootstrap file's keys."""
+        if self.keys.file is None:
+            self.keys.file = service.data_dir / "api_keys.json"
+        if self.apps.file is None:
+            self.apps.file = service.data_dir / "api_apps.json"
+        for store in (self.keys, self.apps):
+            try:
+                store.load()
+            except ValueError:
+                if not store.loaded:  # the first start: the plugin cannot load without its keys
+                    raise
+                log.exception("API keys not read again; the keys in force stay")
+        if self.config.bootstrap_file is not None:
+            self.apps.bootstrap(self.config.bootstrap_file)
 
     async def serve(self, service: Service, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         from .routes import AnswerFirst, build_app  # quart is imported only by a broker that serves the API
 
-        if self.keys.file is None:
-            self.keys.file = service.data_dir / "api_keys.json"
-        try:
-            self.keys.load()
-        except ValueError:
-            if not self.keys.loaded:  # the first start: the plugin cannot load without its keys
-                raise
-            # serving again after a failed reload: the keys read before stay in force
-            log.exception("API keys not read again; the keys in force stay")
+        self._load_stores(service)
         config = HypercornConfig()
         config.bind = [f"{self.config.address}:{self.config.port}"]
         config.accesslog = None
         config.errorlog = logging.getLogger("ternmq.api.http")
         config.graceful_timeout = 1.0
+        # One request per connection: hypercorn's trio worker can leave a keep-alive
+        # connection waiting forever when a request's body was not read before its answer
+        # went (a 405 to a POST with a body, say). A management API loses nothing by
+        # opening a connection per request.
+        config.keep_alive_max_requests = 1
         if self.config.certfile is not None and self.config.keyfile is not None:
             config.certfile = str(self.config.certfile)
             config.keyfile = str(self.config.keyfile)

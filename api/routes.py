@@ -212,10 +212,13 @@ def build_app(plugin: Plugin, service: Service) -> QuartTrio:
         return json_response(*vmq_v2.client(service))
 
     async def vmq_v2_disconnect() -> Response:
+        if request.method == "HEAD":  # werkzeug routes HEAD to every GET rule
+            return error(405, "HEAD is not allowed here: it would disconnect")
         return json_response(*vmq_v2.disconnect(service))
 
     app.add_url_rule("/api/v2/client", view_func=guarded("api2", vmq_v2_client), methods=["GET", "HEAD"])
-    app.add_url_rule("/api/v2/disconnect", view_func=guarded("api2", vmq_v2_disconnect), methods=["GET", "HEAD"])
+    # GET only, as VerneMQ: a HEAD (a link checker's, say) must not disconnect anyone.
+    app.add_url_rule("/api/v2/disconnect", view_func=guarded("api2", vmq_v2_disconnect), methods=["GET"])
     app.add_url_rule("/restmqtt/api/v1/publish", view_func=guarded("httppub", http_publish), methods=["POST", "PUT"])
     methods = ["GET", "HEAD"]
     app.add_url_rule("/api/v1/<path:command>", view_func=guarded("mgmt", admin_command), methods=methods)
@@ -226,6 +229,12 @@ def build_app(plugin: Plugin, service: Service) -> QuartTrio:
     app.add_url_rule("/health", view_func=guarded("health", health), methods=methods)
     app.add_url_rule("/health/ping", view_func=guarded("health", health_ping), methods=methods)
     app.add_url_rule("/health/listeners", view_func=guarded("health", health_listeners), methods=methods)
+
+    from . import v2, v3, v5
+
+    v5.register(app, plugin, service)
+    v3.register(app, plugin, service)
+    v2.register(app, plugin, service)
 
     @app.errorhandler(404)
     async def not_found(exc: Exception) -> Response:

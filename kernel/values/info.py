@@ -3,6 +3,9 @@ listener, a plugin, as ``session show``, ``listener show`` and ``plugin show`` l
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import attrs
 
 from .config import ListenerConfig
@@ -71,3 +74,6 @@ class PluginInfo:
     # What the plugin says is wrong now (its ``last_error`` attribute, when it has one:
     # a file that did not load, say), or None.
     last_error: str | None = None
+    # The table it was loaded with (its [plugins.NAME] keys), None for a plugin
+    # registered as a ready object.
+    table: Mapping[str, Any] | None = None

@@ -713,8 +713,17 @@ async def test_session_items_of_vernemq_for_an_offline_session(tmp_path: Path) -
         ]
         unsubscribed = await http.get("/api/v1/session/unsubscribe?client-id=sleeper&topic=news", headers=with_key(key))
         assert unsubscribed.json() == Text("Done").to_json() and broker.service.subscriptions("sleeper") == ()
-        again = await http.get("/api/v1/session/unsubscribe?client-id=sleeper&topic=news", headers=with_key(key))
+        unsubscribes: list[str] = []
+
+        class Watcher:
+            @hookimpl
+            def on_unsubscribe(self, client: Any, topic_filters: Any) -> None:
+                unsubscribes.append(client.client_id)
+
+        async with registered(broker, Watcher()):
+            again = await http.get("/api/v1/session/unsubscribe?client-id=sleeper&topic=news", headers=with_key(key))
         assert again.status_code == 400 and "no subscription" in again.json()["error"]
+        assert unsubscribes == []  # refused before anything was done
         elsewhere = await http.get(
             "/api/v1/session/disconnect?client-id=sleeper&--mountpoint=m1", headers=with_key(key)
         )
@@ -730,10 +739,13 @@ async def test_disconnect_clients_checks_every_id_before_it_disconnects_any(tmp_
         refused = await http.get("/api/v1/session/disconnect/clients?client-ids=a,nobody", headers=with_key(key))
         assert refused.status_code == 400 and "'nobody'" in refused.json()["error"]
         assert broker.sessions["a"].connection is not None
-        done = await http.get("/api/v1/session/disconnect/clients?client-ids=a,b", headers=with_key(key))
+        done = await http.get("/api/v1/session/disconnect/clients?client-ids=a,b,b", headers=with_key(key))
         assert done.json() == Text("Done").to_json()
         await a.closed()  # MQTT 3.1.1: the socket closes, no DISCONNECT
-        assert (await b.closed()).reason_code == 0x98
+        packets = []
+        while (packet := await b.next_packet(5)) is not None:  # to the close
+            packets.append(packet)
+        assert [(type(p).__name__, p.reason_code) for p in packets] == [("Disconnect", 0x98)]  # b named twice, told once
         await eventually(lambda: "a" not in broker.sessions)  # a clean session ends with its client
 
 
@@ -781,6 +793,7 @@ async def test_vernemqs_api_v2_client_and_disconnect(tmp_path: Path) -> None:
         missing = await http.get("/api/v2/client", headers=with_key(key))
         assert missing.status_code == 400 and "client_id" in missing.json()["error"]
         assert (await http.get("/api/v2/disconnect?client_id=c2", headers=with_key(key))).json() == "unknown"
+        assert (await http.head("/api/v2/disconnect?client_id=c1", headers=with_key(key))).status_code == 405
         assert (await http.get("/api/v2/disconnect?client_id=c1", headers=with_key(key))).json() == "ok"
         assert (await client.closed()).reason_code == 0x98
         await eventually(lambda: broker.sessions.get("c1") is None or broker.sessions["c1"].connection is None)

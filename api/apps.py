@@ -1,0 +1,236 @@
+"""The EMQX-style credentials of the management API: API keys with a secret and a role
+(EMQX 5's ``api_key``, EMQX 3's apps) and dashboard users (EMQ 2's ``users``), in one
+store kept in ``api_apps.json`` under the data directory.
+
+A key is sent as HTTP Basic ``key:secret``; a user logs in with ``username:password``
+(EMQ 2 takes them as Basic too; EMQX 5 trades them for a bearer token at ``/login``).
+Secrets are kept as scrypt hashes: a key's secret is random, a user's password is not.
+Hashing per request would cost tens of milliseconds, so a secret once verified is
+remembered as a SHA-256 digest until its entry changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ternmq.kernel import write_atomically
+
+#: EMQX 5's roles: an administrator may do anything an API key may, a viewer only read
+#: (GET), a publisher only publish.
+ROLES = ("administrator", "viewer", "publisher")
+KINDS = ("key", "user")
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
+_NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.@")
+
+
+def hash_secret(secret: str, salt: bytes | None = None) -> str:
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    digest = hashlib.scrypt(secret.encode(), salt=salt, **_SCRYPT)
+    return f"scrypt${salt.hex()}${digest.hex()}"
+
+
+def _matches(secret: str, stored: str) -> bool:
+    try:
+        _, salt, _ = stored.split("$")
+        expected = hash_secret(secret, bytes.fromhex(salt))
+    except ValueError:
+        return False
+    return hmac.compare_digest(expected, stored)
+
+
+def check_name(name: str, what: str = "name") -> None:
+    if not 1 <= len(name) <= 64 or not set(name) <= _NAME_CHARACTERS:
+        raise ValueError(f"{what} is 1 to 64 of A-Z, a-z, 0-9, _-.@, not {name!r}")
+
+
+@attrs.frozen
+class App:
+    """One credential: ``key`` is what Basic auth names (the API key, the EMQX 3 app id,
+    the EMQ 2 user name); ``name`` its handle in ``/api_key/{name}``."""
+
+    name: str
+    key: str
+    secret_hash: str
+    role: str = "administrator"
+    kind: str = "key"  # "key" (an API key or app) or "user" (a dashboard user)
+    desc: str = ""
+    enable: bool = True
+    expires_at: float | None = None  # Unix time; None: never
+    created_at: float = attrs.field(factory=time.time)
+
+    def expired(self, now: float | None = None) -> bool:
+        return self.expires_at is not None and (now if now is not None else time.time()) >= self.expires_at
+
+
+def _entry(raw: dict[str, Any]) -> App:
+    app = App(**raw)
+    check_name(app.name)
+    if app.role not in ROLES or app.kind not in KINDS or not isinstance(app.key, str) or not app.key:
+        raise ValueError(f"bad entry for {app.name!r}")
+    return app
+
+
+class AppStore:
+    """The credentials; every change is written to ``file`` at once (or not made)."""
+
+    def __init__(self, file: Path | None = None) -> None:
+        self.file = file
+        self._apps: dict[str, App] = {}
+        self._verified: dict[str, bytes] = {}  # name -> SHA-256 of the secret last verified
+        self.loaded = False
+
+    def __iter__(self) -> Iterator[App]:
+        return iter(sorted(self._apps.values(), key=lambda app: app.created_at))
+
+    def get(self, name: str) -> App | None:
+        return self._apps.get(name)
+
+    def load(self) -> None:
+        """Read the file (none yet: empty); ValueError naming it when it cannot be used."""
+        if self.file is None:
+            return
+        try:
+            entries = json.loads(self.file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            self.loaded = True
+            return
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise ValueError(f"{self.file}: cannot be read as API keys and users: {exc}") from None
+        try:
+            apps = [_entry(entry) for entry in entries]
+        except (TypeError, KeyError, AttributeError, ValueError) as exc:
+            raise ValueError(f"{self.file}: not a list of API keys and users ({exc})") from None
+        self._apps = {app.name: app for app in apps}
+        self._verified.clear()
+        self.loaded = True
+
+    def bootstrap(self, file: Path) -> int:
+        """Add the keys of EMQX's ``api_key.bootstrap_file``: lines ``key:secret[:role]``
+        (blank lines and ``#`` comments skipped); a key already there keeps its entry.
+        ValueError naming the file and line for a bad one; nothing is added then."""
+        try:
+            lines = file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{file}: cannot be read: {exc}") from None
+        new: list[App] = []
+        for number, line in enumerate(lines, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            key, _, rest = line.partition(":")
+            secret, _, role = rest.partition(":")
+            role = role or "administrator"
+            try:
+                check_name(key, "the key")
+                if len(secret) < 3 or role not in ROLES:
+                    raise ValueError(f"needs key:secret[:role] with a secret and a role of {', '.join(ROLES)}")
+            except ValueError as exc:
+                raise ValueError(f"{file}, line {number}: {exc}") from None
+            if key not in self._apps and all(app.key != key for app in new):
+                new.append(App(key, key, hash_secret(secret), role, desc="bootstrap file"))
+        if new:
+            self._change({**self._apps, **{app.name: app for app in new}})
+        return len(new)
+
+    def create(
+        self,
+        name: str,
+        *,
+        role: str = "administrator",
+        kind: str = "key",
+        key: str | None = None,
+        secret: str | None = None,
+        desc: str = "",
+        enable: bool = True,
+        expires_at: float | None = None,
+    ) -> tuple[App, str]:
+        """A new entry and its secret (shown once); ValueError if the name or key is taken."""
+        check_name(name)
+        if role not in ROLES:
+            raise ValueError(f"role is one of {', '.join(ROLES)}, not {role!r}")
+        if name in self._apps:
+            raise ValueError(f"{name!r} exists already")
+        key = key or secrets.token_hex(8)
+        if any(app.key == key for app in self._apps.values()):
+            raise ValueError(f"{key!r} exists already")
+        secret = secret or secrets.token_urlsafe(24)
+        app = App(name, key, hash_secret(secret), role, kind, desc, enable, expires_at)
+        self._change({**self._apps, name: app})
+        return app, secret
+
+    def update(self, name: str, **changes: Any) -> App:
+        """Change ``desc``, ``enable``, ``expires_at``, ``role`` or the secret
+        (``secret=``); KeyError for no such entry."""
+        app = self._apps[name]
+        if "secret" in changes:
+            changes["secret_hash"] = hash_secret(changes.pop("secret"))
+        if changes.get("role", app.role) not in ROLES:
+            raise ValueError(f"role is one of {', '.join(ROLES)}")
+        updated = attrs.evolve(app, **changes)
+        self._change({**self._apps, name: updated})
+        return updated
+
+    def delete(self, name: str) -> bool:
+        if name not in self._apps:
+            return False
+        self._change({k: v for k, v in self._apps.items() if k != name})
+        return True
+
+    def authenticate(self, key: str, secret: str, kind: str | None = None) -> App | None:
+        """The live, enabled entry whose key and secret these are (of ``kind`` if given)."""
+        app = next((a for a in self._apps.values() if hmac.compare_digest(a.key.encode(), key.encode())), None)
+        if app is None or not app.enable or app.expired() or kind is not None and app.kind != kind:
+            return None
+        digest = hashlib.sha256(secret.encode()).digest()
+        remembered = self._verified.get(app.name)
+        if remembered is not None and hmac.compare_digest(remembered, digest):
+            return app
+        if not _matches(secret, app.secret_hash):
+            return None
+        self._verified[app.name] = digest
+        return app
+
+    def _change(self, apps: dict[str, App]) -> None:
+        """Write ``apps`` to the file, then use them (a failed write changes nothing)."""
+        if self.file is not None:
+            entries = [attrs.asdict(app) for app in sorted(apps.values(), key=lambda a: a.created_at)]
+            write_atomically(self.file, json.dumps(entries, indent=2) + "\n", mode=0o600)
+        previous, self._apps = self._apps, apps
+        # A secret verified for an entry that changed (or went) must be verified again.
+        self._verified = {name: d for name, d in self._verified.items() if apps.get(name) is previous.get(name)}
+
+
+@attrs.define
+class LoginSessions:
+    """Bearer tokens of logged-in users (``POST /api/v5/login``), kept in memory: a
+    restart logs everyone out, as EMQX's do after their expiry."""
+
+    lifetime: float = 3600.0
+    tokens: dict[str, tuple[str, float]] = attrs.field(factory=dict)
+    user_lookup: Callable[[str], App | None] = lambda name: None
+
+    def open(self, name: str) -> str:
+        now = time.time()
+        self.tokens = {t: (n, until) for t, (n, until) in self.tokens.items() if until > now}
+        token = secrets.token_urlsafe(32)
+        self.tokens[token] = (name, now + self.lifetime)
+        return token
+
+    def user(self, token: str) -> App | None:
+        entry = self.tokens.get(token)
+        if entry is None or entry[1] <= time.time():
+            return None
+        app = self.user_lookup(entry[0])
+        return app if app is not None and app.enable and not app.expired() else None
+
+    def close(self, token: str) -> None:
+        self.tokens.pop(token, None)
