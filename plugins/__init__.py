@@ -9,6 +9,7 @@ BUILTIN = {
     "admin": "ternmq.plugins.admin",
     "api": "ternmq.api",
     "acl": "ternmq.plugins.acl",
+    "banned": "ternmq.plugins.banned",
     "passwd": "ternmq.plugins.passwd",
     "retainer": "ternmq.plugins.retainer",
     "sys": "ternmq.plugins.sys",

@@ -1,0 +1,409 @@
+"""Banned clients, by client id, user name or address (the ``banned`` built-in plugin).
+
+EMQX's banned list in ternmq's shape. A ban has a kind (EMQX's ``as``) and a value
+(``who``):
+
+* ``clientid``, ``username``: the exact client id or user name;
+* ``peerhost``: the client's IP address;
+* ``clientid_re``, ``username_re``: a Python regular expression found anywhere in the
+  client id or user name (``re.search``, as EMQX's ``re:run``; anchor it with ``^...$``
+  for a whole match);
+* ``peerhost_net``: a CIDR network (``10.0.0.0/8``; host bits are ignored).
+
+and ``by`` (who banned), ``reason``, ``at`` (when) and ``until`` (Unix time, or forever).
+A ban whose ``until`` has passed no longer applies: it is dropped from memory when it is
+next met (a CONNECT, ``banned show``), from the file at its next write.
+
+``auth_on_register`` is answered first (``tryfirst``): a banned client is refused with
+0x8A banned (MQTT 3.1.1: return code 5, not authorized); any other gets no answer, and
+the next plugin decides. With no bans the check is one ``len``. Adding a ban disconnects
+the matching connected clients at once; MQTT 5 clients get DISCONNECT 0x98
+administrative action, since MQTT 5 allows 0x8A in CONNACK only. Their sessions stay.
+
+Admin commands (also the management API's): ``banned add as=KIND who=VALUE [by=...]
+[reason=...] [until=ISO-8601|UNIX-SECONDS|infinity]``, ``banned delete as=KIND
+who=VALUE``, ``banned show``, ``banned clear``. Bans are kept in ``banned.json`` in the
+data directory. Metrics: ``banned_entries`` (gauge), ``banned_refused`` (counter).
+
+Config keys (``[plugins.banned]``): ``file`` (default none: ``<data_dir>/banned.json``),
+relative to the configuration file's folder. A file that cannot be used fails the load,
+naming it, and is left as it is.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import re
+import time
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from ternmq.kernel import (
+    AdminRegistry,
+    Arguments,
+    ClientInfo,
+    CommandError,
+    Deny,
+    Service,
+    Table,
+    Text,
+    deny,
+    hookimpl,
+    write_atomically,
+)
+
+log = logging.getLogger("ternmq.plugins.banned")
+
+BANNED = 0x8A
+# MQTT 5 allows 0x8A in CONNACK only; a DISCONNECT says why with this one.
+ADMINISTRATIVE_ACTION = 0x98
+EXACT_KINDS = ("clientid", "username", "peerhost")
+PATTERN_KINDS = ("clientid_re", "username_re")
+KINDS = (*EXACT_KINDS, *PATTERN_KINDS, "peerhost_net")
+COLUMNS = ("as", "who", "by", "reason", "at", "until")
+FILE_NAME = "banned.json"
+DEFAULT_BY = "ternmq-admin"
+FOREVER = "infinity"  # how EMQX shows an until that never comes
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@attrs.frozen
+class Config:
+    file: Path | None = None
+
+
+def rfc3339(moment: float) -> str:
+    """Unix time as ``2026-11-29T19:00:00Z`` (whole seconds, UTC)."""
+    return datetime.fromtimestamp(int(moment), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@attrs.frozen
+class Ban:
+    kind: str  # EMQX's "as"
+    who: str  # normalized (see normalized_who)
+    by: str = DEFAULT_BY
+    reason: str = ""
+    at: float = 0.0
+    until: float | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.kind, self.who
+
+    def expired(self, now: float) -> bool:
+        return self.until is not None and self.until <= now
+
+    def to_json(self) -> dict[str, Any]:
+        """The ban as the file keeps it: times as Unix seconds, None for forever."""
+        return dict(zip(COLUMNS, (self.kind, self.who, self.by, self.reason, self.at, self.until), strict=True))
+
+    def row(self) -> dict[str, str]:
+        """The ban as ``banned show`` lists it: times as RFC 3339, EMQX's infinity for forever."""
+        until = FOREVER if self.until is None else rfc3339(self.until)
+        return {**self.to_json(), "at": rfc3339(self.at), "until": until}
+
+
+def checked_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"as={kind}: unknown kind (kinds: {', '.join(KINDS)})")
+    return kind
+
+
+def normalized_who(kind: str, who: str) -> str:
+    """``who`` as kept, so that two spellings of one address are one ban; ValueError
+    when it is no value of its kind."""
+    if not who:
+        raise ValueError("who= must not be empty")
+    try:
+        if kind == "peerhost":
+            return str(ipaddress.ip_address(who))
+        if kind == "peerhost_net":
+            return str(ipaddress.ip_network(who, strict=False))
+    except ValueError:
+        wanted = "an IP address" if kind == "peerhost" else "a CIDR network (10.0.0.0/8)"
+        raise ValueError(f"who={who}: not {wanted}") from None
+    if kind in PATTERN_KINDS:
+        try:
+            re.compile(who)
+        except re.error as exc:
+            raise ValueError(f"who={who}: not a regular expression ({exc})") from None
+    return who
+
+
+def parse_until(text: str, now: float) -> float | None:
+    """``until=``: an ISO 8601 date-time (UTC unless it has an offset), Unix seconds, or
+    ``infinity``; ValueError when it is none of them or not in the future."""
+    if text == FOREVER:
+        return None
+    if re.fullmatch(r"[0-9]+(\.[0-9]+)?", text):
+        moment = float(text)
+    else:
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(
+                f"until={text}: not an ISO 8601 date-time (2026-11-29T19:00:00Z), Unix seconds or {FOREVER}"
+            ) from None
+        moment = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    if moment <= now:
+        raise ValueError(f"until={text}: {rfc3339(moment)} is in the past")
+    return moment
+
+
+class BanList:
+    """The bans by (kind, who), with the indexes a CONNECT is checked against: exact
+    kinds in dicts, regular expressions and networks in lists scanned only when not empty."""
+
+    def __init__(self, bans: Iterable[Ban] = ()) -> None:
+        self.bans: dict[tuple[str, str], Ban] = {}
+        for ban in bans:
+            self.add(ban)
+
+    def __len__(self) -> int:
+        return len(self.bans)
+
+    def add(self, ban: Ban) -> None:
+        """ValueError if (kind, who) is banned already."""
+        if ban.key in self.bans:
+            raise ValueError(f"{ban.kind} {ban.who} is already banned")
+        self.bans[ban.key] = ban
+        self._index()
+
+    def remove(self, kind: str, who: str) -> Ban:
+        """KeyError if there is no such ban."""
+        ban = self.bans.pop((kind, who))
+        self._index()
+        return ban
+
+    def live(self, now: float) -> list[Ban]:
+        """The bans in force, in the order added; expired ones are dropped."""
+        for ban in [ban for ban in self.bans.values() if ban.expired(now)]:
+            self.remove(*ban.key)
+        return list(self.bans.values())
+
+    def _index(self) -> None:
+        # Rebuilt on every change: changes are admin commands, checks are every CONNECT.
+        self._exact: dict[str, dict[str, Ban]] = {kind: {} for kind in EXACT_KINDS}
+        self._patterns: list[tuple[Ban, re.Pattern[str]]] = []
+        self._networks: list[tuple[Ban, Network]] = []
+        for ban in self.bans.values():
+            if ban.kind in EXACT_KINDS:
+                self._exact[ban.kind][ban.who] = ban
+            elif ban.kind in PATTERN_KINDS:
+                self._patterns.append((ban, re.compile(ban.who)))
+            else:
+                self._networks.append((ban, ipaddress.ip_network(ban.who)))
+
+    def match(self, client_id: str, username: str | None, peer_host: str | None, now: float) -> Ban | None:
+        """The ban in force that applies to the client, if any; expired ones met are dropped."""
+        while self.bans:
+            ban = self._first_match(client_id, username, peer_host)
+            if ban is None or not ban.expired(now):
+                return ban
+            self.remove(*ban.key)  # and look again: another ban may still apply
+        return None
+
+    def _first_match(self, client_id: str, username: str | None, peer_host: str | None) -> Ban | None:
+        exact = self._exact
+        ban = exact["clientid"].get(client_id)
+        if ban is None and username is not None:
+            ban = exact["username"].get(username)
+        if ban is None and peer_host and (exact["peerhost"] or self._networks):
+            try:
+                address = ipaddress.ip_address(peer_host)
+            except ValueError:  # not an IP address: no address ban applies
+                address = None
+            if address is not None:
+                ban = exact["peerhost"].get(str(address))
+                ban = ban or next((b for b, network in self._networks if address in network), None)
+        if ban is None:
+            for candidate, pattern in self._patterns:
+                subject = client_id if candidate.kind == "clientid_re" else username
+                if subject is not None and pattern.search(subject):
+                    return candidate
+        return ban
+
+
+# -- the file -----------------------------------------------------------------------------------
+
+
+def ban_from_json(entry: Any) -> Ban:
+    """A ban as the file keeps it (Ban.to_json); ValueError says what is wrong."""
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"must be an object with {', '.join(COLUMNS)}, not {entry!r}")
+    unknown = sorted(set(entry) - set(COLUMNS))
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r} (keys: {', '.join(COLUMNS)})")
+    for key in ("as", "who", "at"):
+        if key not in entry:
+            raise ValueError(f"{key} is required")
+    values = {"by": DEFAULT_BY, "reason": "", "until": None, **entry}
+    for key in ("as", "who", "by", "reason"):
+        if not isinstance(values[key], str):
+            raise ValueError(f"{key} must be a string, not {values[key]!r}")
+    for key in ("at", "until"):
+        value = values[key]
+        if not (value is None and key == "until") and (not isinstance(value, int | float) or isinstance(value, bool)):
+            raise ValueError(f"{key} must be Unix seconds{' or null' if key == 'until' else ''}, not {value!r}")
+    kind = checked_kind(values["as"])
+    who = normalized_who(kind, values["who"])
+    return Ban(kind, who, values["by"], values["reason"], values["at"], values["until"])
+
+
+def load_bans(file: Path) -> BanList:
+    """The bans kept in ``file`` (none if it does not exist); ValueError naming the file
+    for one that cannot be used, which is left as it is."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return BanList()
+    except OSError as exc:
+        raise ValueError(f"{file}: cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{file}: not UTF-8 text") from None
+    try:
+        entries = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{file}: not JSON ({exc})") from None
+    if not isinstance(entries, list):
+        raise ValueError(f"{file}: must be a JSON list of bans")
+    bans = BanList()
+    for number, entry in enumerate(entries, 1):
+        try:
+            bans.add(ban_from_json(entry))
+        except ValueError as exc:
+            raise ValueError(f"{file}: entry {number}: {exc}") from None
+    return bans
+
+
+# -- the plugin ---------------------------------------------------------------------------------
+
+
+class Plugin:
+    """Refuses banned clients at CONNECT and keeps the ban list (module docstring)."""
+
+    def __init__(self, config: Config | None = None) -> None:
+        self.config = config or Config()
+        self.bans = BanList()
+        self.file: Path | None = None  # known once served: it may be in the data directory
+        self.refused = 0
+
+    @hookimpl
+    def register_metrics(self, registry: Any) -> None:
+        registry.gauge("banned_entries", lambda: len(self.bans.live(time.time())), "bans in force")
+        registry.counter("banned_refused", lambda: self.refused, "connections refused as banned")
+
+    @hookimpl(tryfirst=True)
+    def auth_on_register(self, client: ClientInfo) -> Deny | None:
+        if not self.bans:
+            return None
+        ban = self.bans.match(client.client_id, client.username, client.peer_host, time.time())
+        if ban is None:
+            return None
+        self.refused += 1
+        # debug: a banned client retrying in a loop must not flood the log
+        log.debug("client %s refused: banned as %s %s", client.client_id, ban.kind, ban.who)
+        return deny(BANNED, "banned")
+
+    def kick(self, service: Service, bans: BanList) -> None:
+        """Disconnect the connected clients ``bans`` apply to."""
+        now = time.time()
+        for session in service.sessions():
+            if session.is_online and bans.match(session.client_id, session.user, session.peer_host, now):
+                service.disconnect(session.client_id, ADMINISTRATIVE_ACTION)
+                log.info("client %s disconnected: banned", session.client_id)
+
+    async def serve(self, service: Service, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.file = self.config.file or service.data_dir / FILE_NAME
+        self.bans = load_bans(self.file)  # a ValueError here fails the load
+        task_status.started()
+        if self.bans:
+            # Enabled in a running broker: the clients already connected meet the list too.
+            self.kick(service, self.bans)
+
+    def _commit(self, bans: BanList) -> None:
+        """Write ``bans`` to the file, then put them in force: a file that cannot be
+        written (CommandError naming it) leaves the bans as they were, on disk as here."""
+        if self.file is not None:
+            entries = [ban.to_json() for ban in bans.bans.values()]
+            try:
+                write_atomically(self.file, json.dumps(entries, indent=2) + "\n", mode=0o600)
+            except OSError as exc:
+                raise CommandError(f"{self.file}: cannot be written: {exc.strerror or exc}") from None
+        self.bans = bans
+
+    # -- admin commands -----------------------------------------------------------------------
+
+    @hookimpl
+    def register_admin_commands(self, registry: AdminRegistry) -> None:
+        registry.describe("banned", "The banned list: clients refused at CONNECT (EMQX's banned).")
+        who = {"as": f"the kind: {', '.join(KINDS)}", "who": "the client id, user name, address, pattern or network"}
+        registry.add(
+            "banned add",
+            self._add,
+            help="Ban clients; the connected ones it applies to are disconnected.",
+            keys={
+                **who,
+                "by": f"who bans (default {DEFAULT_BY})",
+                "reason": "why (default empty)",
+                "until": f"when the ban ends: ISO 8601 (UTC unless it has an offset) or Unix seconds (default {FOREVER})",
+            },
+            required=("as", "who"),
+        )
+        registry.add("banned delete", self._delete, help="Lift a ban.", keys=who, required=("as", "who"))
+        registry.add("banned show", self._show, help="The bans in force.")
+        registry.add("banned clear", self._clear, help="Lift every ban.")
+
+    def _add(self, service: Service, args: Arguments) -> Table:
+        keys = args.keys
+        now = time.time()
+        try:
+            kind = checked_kind(keys["as"])
+            ban = Ban(
+                kind,
+                normalized_who(kind, keys["who"]),
+                keys.get("by") or DEFAULT_BY,
+                keys.get("reason", ""),
+                now,
+                parse_until(keys["until"], now) if "until" in keys else None,
+            )
+        except ValueError as exc:
+            raise args.usage_error(str(exc)) from None
+        try:
+            # live(): an expired ban of the same (as, who) is no obstacle
+            bans = BanList([*self.bans.live(now), ban])
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        self._commit(bans)
+        self.kick(service, BanList([ban]))
+        return Table((ban.row(),), COLUMNS)
+
+    def _delete(self, service: Service, args: Arguments) -> Text:
+        try:
+            kind = checked_kind(args.keys["as"])
+        except ValueError as exc:
+            raise args.usage_error(str(exc)) from None
+        try:
+            who = normalized_who(kind, args.keys["who"])
+        except ValueError:
+            who = args.keys["who"]  # no such value can have been banned: "no such ban" below
+        kept = [ban for ban in self.bans.live(time.time()) if ban.key != (kind, who)]
+        if len(kept) == len(self.bans):
+            raise CommandError(f"no such ban: as={kind} who={who}")
+        self._commit(BanList(kept))
+        return Text("Done")
+
+    def _show(self, service: Service, args: Arguments) -> Table:
+        return Table(tuple(ban.row() for ban in self.bans.live(time.time())), COLUMNS)
+
+    def _clear(self, service: Service, args: Arguments) -> Text:
+        self._commit(BanList())
+        return Text("Done")
