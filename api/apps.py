@@ -130,9 +130,9 @@ class AppStore:
             secret, _, role = rest.partition(":")
             role = role or "administrator"
             try:
-                check_name(key, "the key")
                 if len(secret) < 3 or role not in ROLES:
-                    raise ValueError(f"needs key:secret[:role] with a secret and a role of {', '.join(ROLES)}")
+                    raise ValueError(f"needs key:secret[:role], a secret of 3 or more and a role of {', '.join(ROLES)}")
+                check_name(key, "the key")
             except ValueError as exc:
                 raise ValueError(f"{file}, line {number}: {exc}") from None
             if key not in self._apps and all(app.key != key for app in new):

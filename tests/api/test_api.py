@@ -745,7 +745,9 @@ async def test_disconnect_clients_checks_every_id_before_it_disconnects_any(tmp_
         packets = []
         while (packet := await b.next_packet(5)) is not None:  # to the close
             packets.append(packet)
-        assert [(type(p).__name__, p.reason_code) for p in packets] == [("Disconnect", 0x98)]  # b named twice, told once
+        assert [(type(p).__name__, p.reason_code) for p in packets] == [
+            ("Disconnect", 0x98)
+        ]  # b named twice, told once
         await eventually(lambda: "a" not in broker.sessions)  # a clean session ends with its client
 
 

@@ -8,9 +8,9 @@ import paho.mqtt.client as paho
 import pytest
 import trio
 
+from ternmq.kernel import ConfigError
 from ternmq.kernel.broker import Broker
 from ternmq.kernel.codec import SubscriptionRequest, Will
-from ternmq.kernel import ConfigError
 from ternmq.kernel.testing import MQTTTestClient, open_broker, test_config
 
 from helpers import LEVELS, connected
