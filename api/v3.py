@@ -30,8 +30,15 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from ternmq import __version__
-from ternmq.kernel import PluginError, Service, SessionInfo, TopicError, TopicSubscription
-from ternmq.kernel.routing.topics import validate_topic_filter, validate_topic_name
+from ternmq.kernel import (
+    PluginError,
+    Service,
+    SessionInfo,
+    TopicError,
+    TopicSubscription,
+    validate_topic_filter,
+    validate_topic_name,
+)
 
 from . import model
 from .apps import App

@@ -17,7 +17,7 @@ from .codec import Auth, SubscriptionRequest, Will
 from .hooks.registries import RESERVED_API_PATHS, ApiRoute, ApiRoutes, Metric, label_text
 from .hookspecs import hookimpl
 from .plugin_lookup import PluginError
-from .routing.topics import TopicError, topic_matches
+from .routing.topics import TopicError, topic_matches, validate_topic_filter, validate_topic_name
 from .service import Service
 from .values.config import BrokerSettings, ConfigError, ListenerConfig, build_attrs, check_mountpoint
 from .values.files import file_stamp, write_atomically
@@ -69,6 +69,8 @@ __all__ = [
     "PluginError",
     "TopicError",
     "topic_matches",
+    "validate_topic_name",
+    "validate_topic_filter",
     "Allow",
     "AuthContinue",
     "ClientInfo",
