@@ -17,10 +17,23 @@ from typing import Any
 import attrs
 import jsonschema
 from quart import Response, request
+from werkzeug.routing import PathConverter
 
 Handler = Callable[..., Awaitable[Response]]
 # {name} or {name*} (the rest of the path, slashes included: a topic).
 _PARAMETER = re.compile(r"\{(\w+)(\*?)\}")
+
+
+class RestOfPath(PathConverter):
+    """The rest of a path, slashes included, like werkzeug's ``path``, and also control
+    characters such as a newline (``path``'s ``.`` stops at one): a topic may hold them.
+    Registered as ``rest`` on the app (``register_converters``)."""
+
+    regex = "(?s:[^/].*?)"
+
+
+def register_converters(app: Any) -> None:
+    app.url_map.converters["rest"] = RestOfPath
 
 
 class BadRequest(Exception):
@@ -43,7 +56,7 @@ class Operation:
     @property
     def route(self) -> str:
         """The path as quart routes it."""
-        return _PARAMETER.sub(lambda m: f"<path:{m[1]}>" if m[2] else f"<{m[1]}>", self.path)
+        return _PARAMETER.sub(lambda m: f"<rest:{m[1]}>" if m[2] else f"<{m[1]}>", self.path)
 
     @property
     def openapi_path(self) -> str:

@@ -15,10 +15,12 @@ from urllib.parse import unquote_plus
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
+from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ternmq.kernel import RESERVED_API_PATHS, CommandError, Service, Text
 
 from . import httppub, vmq_v2
+from .operations import register_converters
 from .prometheus import exposition
 from .status import Rates, page, status_data
 
@@ -115,6 +117,7 @@ def presented_key() -> str | None:
 def build_app(plugin: Plugin, service: Service) -> QuartTrio:
     app = QuartTrio("ternmq.api")
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    register_converters(app)
 
     def refused(scope: str) -> Response | None:
         """The 401 of a request without a live key of ``scope`` (where it needs one)."""
@@ -184,8 +187,8 @@ def build_app(plugin: Plugin, service: Service) -> QuartTrio:
         route = service.api_route(method, "/" + rest)
         if route is None:
             if request.path.startswith(RESERVED_API_PATHS):  # the API's own path, another method
-                return error(405, f"{request.method} is not allowed here")
-            return error(404, f"no such path: {request.path}")
+                return await not_allowed(MethodNotAllowed())
+            return await not_found(NotFound())
         denied = refused(route.scope)
         if denied is not None:
             return denied
@@ -238,6 +241,8 @@ def build_app(plugin: Plugin, service: Service) -> QuartTrio:
 
     @app.errorhandler(404)
     async def not_found(exc: Exception) -> Response:
+        if request.path.startswith(v5.PREFIX + "/"):  # in the dialect the path asked for
+            return v5.fail(404, "NOT_FOUND", f"no such path: {request.path}")
         return error(404, f"no such path: {request.path}")
 
     app.add_url_rule("/<path:rest>", view_func=plugin_route, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])
@@ -249,6 +254,8 @@ def build_app(plugin: Plugin, service: Service) -> QuartTrio:
 
     @app.errorhandler(405)
     async def not_allowed(exc: Exception) -> Response:
+        if request.path.startswith(v5.PREFIX + "/"):
+            return v5.fail(405, "METHOD_NOT_ALLOWED", f"{request.method} is not allowed here")
         return error(405, f"{request.method} is not allowed here")
 
     return app
