@@ -180,13 +180,26 @@ def build_app(plugin: Plugin, service: Service) -> QuartTrio:
             return json_response({"status": "DOWN", "reason": f"Listeners are not ready: {', '.join(down)}"}, 503)
         return json_response({"status": "OK"})
 
+    def own_rule_with_another_method() -> bool:
+        """Whether one of the API's own rules (not this catch-all) takes the path with
+        another method: then the answer is a 405, else a 404."""
+        adapter = app.url_map.bind("")
+        for method in ("GET", "POST", "PUT", "DELETE", "PATCH"):
+            try:
+                endpoint, _ = adapter.match(request.path, method=method)
+            except (NotFound, MethodNotAllowed):
+                continue
+            if endpoint != "plugin_route":
+                return True
+        return False
+
     async def plugin_route(rest: str) -> Response:
         # Routes plugins registered (register_api_routes), looked up at each request so
         # that a plugin loaded or unloaded while the API serves is seen at once.
         method = "GET" if request.method == "HEAD" else request.method
         route = service.api_route(method, "/" + rest)
         if route is None:
-            if request.path.startswith(RESERVED_API_PATHS):  # the API's own path, another method
+            if request.path.startswith(RESERVED_API_PATHS) and own_rule_with_another_method():
                 return await not_allowed(MethodNotAllowed())
             return await not_found(NotFound())
         denied = refused(route.scope)
