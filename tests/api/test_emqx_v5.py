@@ -273,7 +273,10 @@ async def test_retained_messages(tmp_path: Path) -> None:
         assert (await http.delete("/mqtt/retainer/message/r/1")).status_code == 404
         assert (await http.get("/mqtt/retainer/messages?topic=a/%23/b")).status_code == 400
         newline = await http.get("/mqtt/retainer/message/a%0Ab")  # a topic may hold one
-        assert newline.status_code == 404 and newline.json()["message"] == f"no retained message on {'a' + chr(10) + 'b'!r}"
+        assert (
+            newline.status_code == 404
+            and newline.json()["message"] == f"no retained message on {'a' + chr(10) + 'b'!r}"
+        )
         elsewhere = await http.get("/no/such/path")
         assert elsewhere.status_code == 404 and elsewhere.json()["code"] == "NOT_FOUND"  # EMQX's shape here too
         assert (await http.patch("/clients")).json()["code"] == "METHOD_NOT_ALLOWED"
