@@ -38,6 +38,7 @@ from ternmq.kernel import AdminRegistry, Service, hookimpl
 
 from .apps import App, AppStore, LoginSessions
 from .keys import SCOPES, KeyStore
+from .model import Stopped
 
 log = logging.getLogger("ternmq.api")
 
@@ -107,7 +108,7 @@ class Plugin:
         self.apps = AppStore(self.config.apps_file)
         self.sessions = LoginSessions(self.config.token_lifetime, user_lookup=self._user)
         # Plugins stopped through /api/v5 or /api/v3, with the tables to start them again.
-        self.stopped_plugins: dict[str, dict[str, Any]] = {}
+        self.stopped_plugins: dict[str, Stopped] = {}
         self.port: int | None = None  # bound once serving
         self.httppub_counts = dict.fromkeys(("published", "api_error", "auth_error", "too_large"), 0)
 

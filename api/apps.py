@@ -11,6 +11,7 @@ remembered as a SHA-256 digest until its entry changes.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import trio
 
 from ternmq.kernel import write_atomically
 
@@ -42,9 +44,31 @@ def _matches(secret: str, stored: str) -> bool:
     try:
         _, salt, _ = stored.split("$")
         expected = hash_secret(secret, bytes.fromhex(salt))
-    except ValueError:
+    except (ValueError, UnicodeEncodeError):
         return False
     return hmac.compare_digest(expected, stored)
+
+
+# What an unknown key's secret is hashed against (the same work as a known one's), and
+# the one worker thread secrets are hashed in: a flood of wrong secrets waits its turn
+# there instead of taking every core.
+_DUMMY_HASH = hash_secret("no such key", b"\x00" * 16)
+_HASHING = trio.CapacityLimiter(1)
+
+
+def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
+    """The user name and password of an HTTP Basic ``Authorization`` header, or None
+    for another scheme or one that does not decode."""
+    if authorization is None:
+        return None
+    scheme, _, encoded = authorization.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, colon, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+    except ValueError:  # binascii.Error, UnicodeDecodeError, and non-ASCII text
+        return None
+    return (user, password) if colon else (user, "")
 
 
 def check_name(name: str, what: str = "name") -> None:
@@ -135,7 +159,8 @@ class AppStore:
                 check_name(key, "the key")
             except ValueError as exc:
                 raise ValueError(f"{file}, line {number}: {exc}") from None
-            if key not in self._apps and all(app.key != key for app in new):
+            taken = any(app.key == key for app in (*self._apps.values(), *new))
+            if key not in self._apps and not taken:
                 new.append(App(key, key, hash_secret(secret), role, desc="bootstrap file"))
         if new:
             self._change({**self._apps, **{app.name: app for app in new}})
@@ -162,7 +187,9 @@ class AppStore:
         key = key or secrets.token_hex(8)
         if any(app.key == key for app in self._apps.values()):
             raise ValueError(f"{key!r} exists already")
-        secret = secret or secrets.token_urlsafe(24)
+        if secret is not None and not secret:
+            raise ValueError("the secret (password) cannot be empty")
+        secret = secret if secret is not None else secrets.token_urlsafe(24)
         app = App(name, key, hash_secret(secret), role, kind, desc, enable, expires_at)
         self._change({**self._apps, name: app})
         return app, secret
@@ -185,17 +212,24 @@ class AppStore:
         self._change({k: v for k, v in self._apps.items() if k != name})
         return True
 
-    def authenticate(self, key: str, secret: str, kind: str | None = None) -> App | None:
-        """The live, enabled entry whose key and secret these are (of ``kind`` if given)."""
+    async def authenticate(self, key: str, secret: str, kind: str | None = None) -> App | None:
+        """The live, enabled entry whose key and secret these are (of ``kind`` if given).
+
+        A secret not verified before is hashed in a worker thread (scrypt takes tens of
+        milliseconds: on the event loop it would stall every MQTT client), one at a time,
+        and a hash is computed for an unknown, disabled or wrong-kind key too, so that the
+        answer's timing does not tell which keys exist."""
         app = next((a for a in self._apps.values() if hmac.compare_digest(a.key.encode(), key.encode())), None)
-        if app is None or not app.enable or app.expired() or kind is not None and app.kind != kind:
-            return None
-        digest = hashlib.sha256(secret.encode()).digest()
-        remembered = self._verified.get(app.name)
-        if remembered is not None and hmac.compare_digest(remembered, digest):
-            return app
-        if not _matches(secret, app.secret_hash):
-            return None
+        usable = app is not None and app.enable and not app.expired() and (kind is None or app.kind == kind)
+        digest = hashlib.sha256(secret.encode("utf-8", "surrogatepass")).digest()
+        if app is not None and usable:
+            remembered = self._verified.get(app.name)
+            if remembered is not None and hmac.compare_digest(remembered, digest):
+                return app
+        stored = app.secret_hash if app is not None and usable else _DUMMY_HASH
+        matched = await trio.to_thread.run_sync(_matches, secret, stored, limiter=_HASHING)
+        if app is None or not usable or not matched or self._apps.get(app.name) is not app:
+            return None  # (an entry changed while its secret was hashed: asked again)
         self._verified[app.name] = digest
         return app
 
@@ -215,22 +249,28 @@ class LoginSessions:
     restart logs everyone out, as EMQX's do after their expiry."""
 
     lifetime: float = 3600.0
-    tokens: dict[str, tuple[str, float]] = attrs.field(factory=dict)
+    # token -> (user name, the user's secret hash at login, valid until)
+    tokens: dict[str, tuple[str, str, float]] = attrs.field(factory=dict)
     user_lookup: Callable[[str], App | None] = lambda name: None
 
-    def open(self, name: str) -> str:
+    def open(self, user: App) -> str:
         now = time.time()
-        self.tokens = {t: (n, until) for t, (n, until) in self.tokens.items() if until > now}
+        self.tokens = {t: entry for t, entry in self.tokens.items() if entry[2] > now}
         token = secrets.token_urlsafe(32)
-        self.tokens[token] = (name, now + self.lifetime)
+        self.tokens[token] = (user.name, user.secret_hash, now + self.lifetime)
         return token
 
     def user(self, token: str) -> App | None:
+        """The user a token was given to, while it is valid: not expired, and the user
+        still there with the password it logged in with (a new password, or a user
+        deleted and added again, ends the tokens given before)."""
         entry = self.tokens.get(token)
-        if entry is None or entry[1] <= time.time():
+        if entry is None or entry[2] <= time.time():
             return None
         app = self.user_lookup(entry[0])
-        return app if app is not None and app.enable and not app.expired() else None
+        if app is None or app.secret_hash != entry[1] or not app.enable or app.expired():
+            return None
+        return app
 
     def close(self, token: str) -> None:
         self.tokens.pop(token, None)

@@ -291,7 +291,15 @@ class ControlError(Exception):
         self.kind = kind
 
 
-def plugin_name(service: Service, stopped: Mapping[str, Any], name: str) -> str:
+@attrs.define
+class Stopped:
+    """A plugin stopped through the API: how to start it again as it was."""
+
+    table: dict[str, Any]
+    path: str | None = None
+
+
+def plugin_name(service: Service, stopped: Mapping[str, Stopped], name: str) -> str:
     """The plugin a path names: its name, or EMQX's ``name-version``."""
     if name in stopped:
         return name
@@ -301,8 +309,8 @@ def plugin_name(service: Service, stopped: Mapping[str, Any], name: str) -> str:
     return name
 
 
-async def stop_plugin(service: Service, stopped: dict[str, dict[str, Any]], name: str) -> None:
-    """Unload a plugin and remember its table, to start it again as it was."""
+async def stop_plugin(service: Service, stopped: dict[str, Stopped], name: str) -> None:
+    """Unload a plugin and remember its table and path, to start it again as it was."""
     loaded = {info.name: info for info in service.plugins()}
     if name not in loaded:
         if name in stopped:
@@ -312,15 +320,19 @@ async def stop_plugin(service: Service, stopped: dict[str, dict[str, Any]], name
         await service.unload_plugin(name)
     except PluginError as exc:
         raise ControlError("bad", str(exc)) from None
-    stopped[name] = dict(loaded[name].table or {})
+    stopped[name] = Stopped(dict(loaded[name].table or {}), loaded[name].path)
 
 
-async def start_plugin(service: Service, stopped: dict[str, dict[str, Any]], name: str) -> None:
-    """Load a plugin: one stopped at run time with its table, another by its name."""
+async def start_plugin(service: Service, stopped: dict[str, Stopped], name: str) -> None:
+    """Load a plugin: one stopped at run time with its table and path, another by name."""
     if any(info.name == name for info in service.plugins()):
         raise ControlError("running", f"plugin {name} is running already")
+    known = stopped.get(name)
     try:
-        await service.load_plugin(name, stopped.get(name), source_name="api")
+        if known is None:
+            await service.load_plugin(name, None, source_name="api")
+        else:
+            await service.load_plugin(name, known.table, path=known.path, source_name="api")
     except (PluginError, ConfigError) as exc:
         not_found = name not in stopped and isinstance(exc, PluginError) and "installed" in str(exc)
         raise ControlError("not_found" if not_found else "bad", str(exc)) from None

@@ -73,8 +73,9 @@ def _coerce(name: str, schema: Mapping[str, Any], values: Sequence[str]) -> Any:
         return [_coerce(name, schema.get("items", {}), [value]) for value in values]
     value = values[-1]
     if kind == "integer":
-        if not re.fullmatch(r"-?[0-9]+", value):
-            raise BadRequest(f"{name} must be an integer, not {value!r}")
+        # 20 digits at most: more is no count or page, and int() refuses past 4300
+        if not re.fullmatch(r"-?[0-9]{1,20}", value):
+            raise BadRequest(f"{name} must be an integer, not {value[:40]!r}")
         return int(value)
     if kind == "number":
         try:
@@ -88,8 +89,18 @@ def _coerce(name: str, schema: Mapping[str, Any], values: Sequence[str]) -> Any:
     return value
 
 
+# JSON Schema counts 1.0 as an integer; a QoS of 1.0 must not reach the broker (MQTT's
+# encoders take whole numbers), so here an integer is an int and never a float or a bool.
+_STRICT_TYPES = jsonschema.Draft7Validator.TYPE_CHECKER.redefine(
+    "integer", lambda checker, value: isinstance(value, int) and not isinstance(value, bool)
+)
+_Validator = jsonschema.validators.extend(  # type: ignore[no-untyped-call]  # untyped in types-jsonschema
+    jsonschema.Draft7Validator, type_checker=_STRICT_TYPES
+)
+
+
 def _check(instance: Any, schema: Mapping[str, Any], what: str) -> None:
-    error = jsonschema.exceptions.best_match(jsonschema.Draft7Validator(schema).iter_errors(instance))
+    error = jsonschema.exceptions.best_match(_Validator(schema).iter_errors(instance))
     if error is not None:
         where = "/".join(str(part) for part in error.absolute_path)
         raise BadRequest(f"{what}{' ' + where if where else ''}: {error.message}")
@@ -123,6 +134,8 @@ async def body_of(operation: Operation) -> Any:
         raise BadRequest("the body has text that is not Unicode (a lone surrogate)") from None
     except ValueError:
         raise BadRequest("the body is not JSON") from None
+    except RecursionError:
+        raise BadRequest("the body is nested too deeply") from None
     _check(body, operation.body, "body")
     return body
 
@@ -165,12 +178,19 @@ def openapi_document(
             entry["requestBody"] = {"required": True, "content": {"application/json": {"schema": dict(operation.body)}}}
         if operation.access == "none":
             entry["security"] = []
+        elif operation.access == "keys":  # a logged-in user's token, never a key
+            entry["security"] = [{"bearerAuth": []}]
         paths.setdefault(operation.openapi_path, {})[operation.method.lower()] = entry
     return {
         "openapi": "3.0.3",
         "info": {"title": title, "version": version, "description": description},
         "servers": [{"url": server}],
-        "components": {"securitySchemes": {"basicAuth": {"type": "http", "scheme": "basic"}}},
+        "components": {
+            "securitySchemes": {
+                "basicAuth": {"type": "http", "scheme": "basic"},
+                "bearerAuth": {"type": "http", "scheme": "bearer"},
+            }
+        },
         "security": [{"basicAuth": []}],
         "paths": paths,
     }

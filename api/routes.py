@@ -4,8 +4,6 @@ unless its module's auth mode is ``noauth``."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -20,6 +18,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from ternmq.kernel import RESERVED_API_PATHS, CommandError, Service, Text
 
 from . import httppub, vmq_v2
+from .apps import basic_credentials
 from .operations import register_converters
 from .prometheus import exposition
 from .status import Rates, page, status_data
@@ -105,13 +104,8 @@ def presented_key() -> str | None:
     authorization = request.headers.get("authorization")
     if authorization is None:
         return request.headers.get("x-api-key")
-    if not authorization.lower().startswith("basic "):
-        return None
-    try:
-        user, _, _ = base64.b64decode(authorization[6:].strip(), validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    return user
+    credentials = basic_credentials(authorization)
+    return None if credentials is None else credentials[0]
 
 
 def build_app(plugin: Plugin, service: Service) -> QuartTrio:
@@ -263,6 +257,8 @@ def build_app(plugin: Plugin, service: Service) -> QuartTrio:
     @app.errorhandler(500)
     async def failed(exc: Exception) -> Response:
         log.error("API request %s %s failed: %r", request.method, request.path, getattr(exc, "original_exception", exc))
+        if request.path.startswith(v5.PREFIX + "/"):
+            return v5.fail(500, "INTERNAL_ERROR", "the request failed; the broker's log says why")
         return error(500, "the request failed; the broker's log says why")
 
     @app.errorhandler(405)

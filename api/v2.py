@@ -14,8 +14,6 @@ a 404 and a path's other method a 405, each with that JSON body.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import inspect
 import json
 import os
@@ -37,7 +35,7 @@ from ternmq import __version__
 from ternmq.kernel import Service, SessionInfo, TopicError, TopicSubscription
 
 from . import model
-from .apps import ROLES, App
+from .apps import ROLES, App, basic_credentials
 from .model import ClientQuery, SubscriptionQuery
 from .routes import ANSWER_GRACE, after_response
 from .v5 import ROLE_ACCESS
@@ -451,32 +449,38 @@ def routes(plugin: Plugin, service: Service) -> list[Route]:
             raise Refused(USER_EXISTS if "exists" in str(exc) else BAD_TYPE, str(exc)) from None
         return []
 
+    def last_administrator(app: App) -> bool:
+        return [a for a in plugin.apps if a.kind == "user" and a.role == "administrator"] == [app]
+
     def update_user(call: Call) -> Any:
         app, tags = user(call.params[0]), param(call.body, "tags", str)
-        plugin.apps.update(app.name, desc=tags, role=tags if tags in ROLES else app.role)
+        role = tags if tags in ROLES else app.role
+        if role != "administrator" and last_administrator(app):
+            raise Refused(UNDELETABLE, f"{app.name} is the last administrator and keeps that role")
+        plugin.apps.update(app.name, desc=tags, role=role)
         return []
 
     def delete_user(call: Call) -> Any:
         if call.params[0] == "admin":
             raise Refused(UNDELETABLE, "admin cannot be deleted")
         app = user(call.params[0])
-        if [a for a in plugin.apps if a.kind == "user" and a.role == "administrator"] == [app]:
+        if last_administrator(app):
             raise Refused(UNDELETABLE, f"{app.name} is the last administrator and cannot be deleted")
         plugin.apps.delete(app.name)
         return []
 
-    def auth(call: Call) -> Any:
-        if plugin.apps.authenticate(*login(call.body, "username", "password"), kind="user") is None:
+    async def auth(call: Call) -> Any:
+        if await plugin.apps.authenticate(*login(call.body, "username", "password"), kind="user") is None:
             raise Refused(BAD_LOGIN, "Username or password error")
         return []
 
-    def change_pwd(call: Call) -> Any:
+    async def change_pwd(call: Call) -> Any:
         body = call.body
         if "old_pwd" not in body and "oldpassword" in body:  # the names EMQ 2's documentation shows
             body = {"old_pwd": body.get("oldpassword"), "new_pwd": body.get("password")}
         old, new = login(body, "old_pwd", "new_pwd")
         app = user(call.params[0])
-        if plugin.apps.authenticate(app.key, old, kind="user") is None:
+        if await plugin.apps.authenticate(app.key, old, kind="user") is None:
             raise Refused(OLD_PASSWORD, "OldPassword error")
         plugin.apps.update(app.name, secret=new)
         return []
@@ -513,23 +517,25 @@ def routes(plugin: Plugin, service: Service) -> list[Route]:
     ]
     access = {"mqtt/publish": "publish", "auth": "none"}  # the others: read for GET, write
     return [
-        Route(method, re.compile(path + "/?", re.S), handler, access.get(path, "read" if method == "GET" else "write"))
+        Route(method, re.compile(path + "/?", re.S), handler, _access(access, method, path))
         for method, path, handler in table
     ]
 
 
 def _credentials() -> tuple[str, str]:
-    scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "basic":
-        return "", ""
-    try:
-        user, _, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return "", ""
-    return user, password
+    return basic_credentials(request.headers.get("authorization")) or ("", "")
 
 
-def _refusal(plugin: Plugin, access: str) -> Response | None:
+def _access(special: Mapping[str, str], method: str, path: str) -> str:
+    """What a route needs: read for GET, write otherwise; users are added, changed and
+    removed by a logged-in administrator user only (an API key must not make the users
+    that manage keys on /api/v5)."""
+    if path.startswith("users") and method != "GET":
+        return "users"
+    return special.get(path, "read" if method == "GET" else "write")
+
+
+async def _refusal(plugin: Plugin, access: str) -> Response | None:
     """The 401 or 403 of a request its credentials do not allow."""
     if access == "none":
         return None
@@ -537,10 +543,12 @@ def _refusal(plugin: Plugin, access: str) -> Response | None:
     if not user or not password:
         body = {"code": EMPTY_LOGIN, "message": "HTTP Basic username:password (a user, or an API key and secret)"}
         return answer(body, 401, {"WWW-Authenticate": REALM})
-    who = plugin.apps.authenticate(user, password)  # a user or an EMQX key
+    who = await plugin.apps.authenticate(user, password)  # a user or an EMQX key
     if who is None:
         return answer({"code": BAD_LOGIN, "message": "Username or password error"}, 401, {"WWW-Authenticate": REALM})
-    if access not in ROLE_ACCESS[who.role]:
+    if access == "users" and (who.kind != "user" or who.role != "administrator"):
+        return answer({"code": UNKNOWN, "message": "users are managed by an administrator user, not a key"}, 403)
+    if access != "users" and access not in ROLE_ACCESS[who.role]:
         return answer({"code": UNKNOWN, "message": f"the role {who.role} may not {request.method} {request.path}"}, 403)
     return None
 
@@ -570,7 +578,7 @@ def register(app: QuartTrio, plugin: Plugin, service: Service) -> None:
             status, what = (405, f"{request.method} is not allowed here") if matches else (404, "no such path")
             return answer({"code": UNKNOWN, "message": f"{what}: {request.path}"}, status)
         route, found = chosen
-        refused = _refusal(plugin, route.access)
+        refused = await _refusal(plugin, route.access)
         if refused is not None:
             return refused
         try:

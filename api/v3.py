@@ -12,8 +12,6 @@ query first. Times are local ``YYYY-MM-DD HH:MM:SS``; no user name is ``"undefin
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import os
@@ -41,7 +39,7 @@ from ternmq.kernel import (
 )
 
 from . import model
-from .apps import App
+from .apps import App, basic_credentials
 from .model import ClientQuery, SubscriptionQuery
 from .v5 import ROLE_ACCESS
 
@@ -518,15 +516,11 @@ def register(app: QuartTrio, plugin: Plugin, service: Service) -> None:
 
     # -- dispatch (minirest's: credentials first, then the route) -----------------------------------
 
-    def who() -> App:
-        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-        try:
-            app_id, _, secret = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            app_id = secret = ""
-        if scheme.lower() != "basic" or not app_id or not secret:
+    async def who() -> App:
+        app_id, secret = basic_credentials(request.headers.get("authorization")) or ("", "")
+        if not app_id or not secret:
             raise Fail(104, "an app id and secret are needed (HTTP Basic)", 401)
-        found = plugin.apps.authenticate(app_id, secret, kind="key")
+        found = await plugin.apps.authenticate(app_id, secret, kind="key")
         if found is None:
             raise Fail(103, "wrong app id or secret", 401)
         return found
@@ -541,7 +535,7 @@ def register(app: QuartTrio, plugin: Plugin, service: Service) -> None:
         raise Fail(UNKNOWN, f"no such API: {request.method} {PREFIX}/{'/'.join(tokens)}", 404)
 
     async def dispatch(raw: bytes) -> Response:
-        caller, method = who(), "GET" if request.method == "HEAD" else request.method
+        caller, method = await who(), "GET" if request.method == "HEAD" else request.method
         path = request.scope.get("raw_path", b"").decode("ascii", "replace") or request.path
         tokens = [unquote(t, errors="replace") for t in path.split(PREFIX, 1)[-1].split("/") if t]
         if not tokens and method == "GET":

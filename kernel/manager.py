@@ -222,8 +222,11 @@ class PluginManager:
         loaded.table, loaded.path = table, path
         return loaded
 
-    async def reload(self, name: str) -> LoadedPlugin:
-        """Build the plugin again from the table it was loaded with and swap it in.
+    async def reload(
+        self, name: str, table: Mapping[str, Any] | None = None, *, source_name: str | None = None
+    ) -> LoadedPlugin:
+        """Build the plugin again, from the table it was loaded with or from ``table``
+        (named ``source_name`` in a ConfigError), and swap it in.
 
         The new instance is built first: when its configuration or constructor fails
         (a users file that no longer parses...), the running one stays and the error is
@@ -234,8 +237,11 @@ class PluginManager:
             raise plugin_error(name, "not loaded")
         if old.table is None:
             raise plugin_error(name, "was registered as a ready object and cannot be reloaded")
+        new_table = dict(old.table if table is None else table)
         target, source, version = find_plugin(old.path, is_path=True) if old.path else find_plugin(name)
-        plugin, config, kernel_settings = self.instantiate(name, target, old.table, self.broker.config.source)
+        plugin, config, kernel_settings = self.instantiate(
+            name, target, new_table, source_name or self.broker.config.source
+        )
         await self.unload(name)
         try:
             loaded = await self.register(
@@ -247,7 +253,7 @@ class PluginManager:
             )
             restored.table, restored.path = old.table, old.path
             raise
-        loaded.table, loaded.path = old.table, old.path
+        loaded.table, loaded.path = new_table, old.path
         return loaded
 
     async def register(

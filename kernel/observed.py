@@ -112,4 +112,5 @@ def plugin_info(
         timeouts=sum(s.timeouts for s in own),
         last_error=problem if isinstance(problem := getattr(loaded.plugin, "last_error", None), str) else None,
         table=dict(loaded.table) if loaded.table is not None else None,
+        path=loaded.path,
     )

@@ -223,7 +223,7 @@ class Service:
         authorization (retain, route, ``on_publish``, ``cluster_forward``); returns the
         number of subscribers it was delivered or queued to. An invalid topic name raises
         ``TopicError``; a QoS outside 0–2 ``ValueError``."""
-        if qos not in (0, 1, 2):
+        if type(qos) is not int or qos not in (0, 1, 2):  # 1.0 == 1, but no encoder takes it
             raise ValueError(f"qos must be 0, 1 or 2, not {qos!r}")
         validate_topic_name(topic)
         broker = self._broker
@@ -289,7 +289,7 @@ class Service:
             return False
         for subscription in subscriptions:
             validate_topic_filter(subscription.topic_filter, broker.settings.limits.max_topic_levels)
-            if subscription.qos not in (0, 1, 2) or subscription.retain_handling not in (0, 1, 2):
+            if any(type(v) is not int or v not in (0, 1, 2) for v in (subscription.qos, subscription.retain_handling)):
                 raise ValueError(f"{subscription.topic_filter}: qos and retain_handling must be 0, 1 or 2")
         fresh = [(subscription, broker.router.subscribe(session, subscription)) for subscription in subscriptions]
         await after_subscribe(broker, session, self._client_of(session), list(subscriptions), fresh)
@@ -441,9 +441,9 @@ class Service:
             )
         await self._broker.plugins.unload(name)
 
-    async def reload_plugin(self, name: str) -> PluginInfo:
-        """Load a plugin again with the table it was loaded with (files it reads are read
-        again). When the new instance cannot load, the old one stays and ``PluginError``
-        says why."""
-        loaded = await self._broker.plugins.reload(name)
+    async def reload_plugin(self, name: str, settings: Mapping[str, Any] | None = None) -> PluginInfo:
+        """Load a plugin again, with the table it was loaded with or ``settings`` (files it
+        reads are read again). When the new instance cannot load, the old one stays and
+        ``PluginError`` (``ConfigError`` for a bad table) says why."""
+        loaded = await self._broker.plugins.reload(name, settings, source_name="api" if settings is not None else None)
         return self._plugin_info(loaded)

@@ -27,7 +27,7 @@ from quart_trio import QuartTrio
 from ternmq import __version__
 from ternmq.kernel import Service
 
-from ..apps import App
+from ..apps import App, basic_credentials
 from ..operations import BadRequest, Operation, body_of, openapi_document, query_of
 from . import schemas
 
@@ -96,28 +96,22 @@ def declare(
     return Operation(method, path, handler, summary, tag, query or {}, tuple(required_query), body, answers, access)
 
 
-def authenticated(plugin: Plugin) -> tuple[App | None, bool]:
+async def authenticated(plugin: Plugin) -> tuple[App | None, bool]:
     """Who the request is from, and whether by a bearer token (a logged-in user)."""
     authorization = request.headers.get("authorization", "")
-    scheme, _, credentials = authorization.partition(" ")
+    scheme, _, token = authorization.partition(" ")
     if scheme.lower() == "bearer":
-        return plugin.sessions.user(credentials.strip()), True
-    if scheme.lower() != "basic":
+        return plugin.sessions.user(token.strip()), True
+    credentials = basic_credentials(authorization)
+    if credentials is None:
         return None, False
-    import base64
-    import binascii
-
-    try:
-        key, _, secret = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return None, False
-    return plugin.apps.authenticate(key, secret, kind="key"), False
+    return await plugin.apps.authenticate(*credentials, kind="key"), False
 
 
-def _refusal(plugin: Plugin, operation: Operation) -> tuple[Response | None, App | None]:
+async def _refusal(plugin: Plugin, operation: Operation) -> tuple[Response | None, App | None]:
     if operation.access == "none":
         return None, None
-    who, by_token = authenticated(plugin)
+    who, by_token = await authenticated(plugin)
     if who is None:
         return fail(401, "BAD_API_KEY_OR_SECRET", "an API key and secret (HTTP Basic) or a login token is needed"), None
     if operation.access == "keys":
@@ -132,7 +126,7 @@ def _refusal(plugin: Plugin, operation: Operation) -> tuple[Response | None, App
 
 def _view(plugin: Plugin, operation: Operation) -> Callable[..., Any]:
     async def view(**params: str) -> Response:
-        refused, who = _refusal(plugin, operation)
+        refused, who = await _refusal(plugin, operation)
         if refused is not None:
             return refused
         try:

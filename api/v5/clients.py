@@ -7,7 +7,7 @@ import binascii
 import time
 from typing import TYPE_CHECKING, Any
 
-from ternmq.kernel import Message, Service, SessionInfo, TopicError, TopicSubscription
+from ternmq.kernel import Message, Service, SessionInfo, TopicError, TopicSubscription, validate_topic_name
 
 from .. import model
 from ..model import ClientQuery, Page, SubscriptionQuery, rfc3339
@@ -127,7 +127,18 @@ def _message(item: dict[str, Any]) -> Message | str:
     else:
         payload = item["payload"].encode()
     properties: dict[str, Any] = {}
-    for name, value in item.get("properties", {}).items():
+    given = item.get("properties", {})
+    texts = [v for k, v in given.items() if isinstance(v, str)]
+    texts += [text for pair in given.get("user_properties", {}).items() for text in pair]
+    for text in texts:  # what an MQTT 5 property can carry: 65535 bytes, no U+0000
+        if len(text.encode()) > 65535 or "\x00" in text:
+            return f"a property {text[:20]!r}... is longer than 65535 bytes or holds U+0000"
+    if "response_topic" in given:
+        try:
+            validate_topic_name(given["response_topic"])
+        except TopicError as exc:
+            return f"response_topic: {exc}"
+    for name, value in given.items():
         if name == "user_properties":
             properties["user_property"] = list(value.items())
         elif name == "correlation_data":

@@ -30,7 +30,14 @@ def parse_time(text: str) -> float | None:
     if text in ("infinity", "undefined"):
         return None
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    at = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    if not 0 < at < LAST_SHOWN:
+        raise ValueError(f"{text} is not between 1970 and 9999")
+    return at
+
+
+# The first moment a time can no longer be written back (the year 10000).
+LAST_SHOWN = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
 
 
 def key_body(app: App, secret: str | None = None) -> dict[str, Any]:
@@ -110,25 +117,23 @@ def operations(plugin: Plugin, service: Service) -> list[Operation]:
         if info is not None:
             return answer(dict(info.table or {}))
         if name in stopped:
-            return answer(stopped[name])
+            return answer(stopped[name].table)
         return fail(404, "NOT_FOUND", f"no plugin {name!r}")
 
     async def put_plugin_config(call: Call) -> Any:
         name = model.plugin_name(service, stopped, call.params["name"])
-        info = next((i for i in service.plugins() if i.name == name), None)
-        if info is None:
-            if name not in stopped:
-                return fail(404, "NOT_FOUND", f"no plugin {name!r}")
-            stopped[name] = dict(call.body)  # used when it starts
-            return no_content()
         if name == service.plugin_name_of(plugin):
             return fail(400, "BAD_CONFIG", "the API cannot reconfigure itself; edit its table and reload it")
-        old = dict(info.table or {})
-        await service.unload_plugin(name)
+        if not any(info.name == name for info in service.plugins()):
+            if name not in stopped:
+                return fail(404, "NOT_FOUND", f"no plugin {name!r}")
+            stopped[name].table = dict(call.body)  # used when it starts
+            return no_content()
         try:
-            await service.load_plugin(name, call.body, source_name="api")
+            # the new instance is built and started before the old one goes; when it
+            # cannot be, the old one stays
+            await service.reload_plugin(name, call.body)
         except (PluginError, ConfigError) as exc:
-            await service.load_plugin(name, old, source_name="api")  # as it was
             return fail(400, "BAD_CONFIG", str(exc))
         return no_content()
 
@@ -230,10 +235,10 @@ def operations(plugin: Plugin, service: Service) -> list[Operation]:
         return no_content()
 
     async def login(call: Call) -> Any:
-        user = plugin.apps.authenticate(call.body["username"], call.body["password"], kind="user")
+        user = await plugin.apps.authenticate(call.body["username"], call.body["password"], kind="user")
         if user is None:
             return fail(401, "BAD_USERNAME_OR_PWD", "wrong user name or password")
-        token = plugin.sessions.open(user.name)
+        token = plugin.sessions.open(user)
         return answer({"token": token, "version": __version__, "license": {"edition": "opensource"}})
 
     # -- the node ------------------------------------------------------------------------------
@@ -294,13 +299,14 @@ def operations(plugin: Plugin, service: Service) -> list[Operation]:
             "Plugins",
             responses={204: None},
         ),
-        declare(
+        declare(  # an administrator's: a table may hold passwords
             "GET",
             "/plugins/{name}/config",
             get_plugin_config,
             "A plugin's table",
             "Plugins",
             responses={200: s.PLUGIN_CONFIG},
+            access="write",
         ),
         declare(
             "PUT",

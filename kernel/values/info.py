@@ -77,3 +77,4 @@ class PluginInfo:
     # The table it was loaded with (its [plugins.NAME] keys), None for a plugin
     # registered as a ready object.
     table: Mapping[str, Any] | None = None
+    path: str | None = None  # the module:object it was loaded from, when not by name

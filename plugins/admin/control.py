@@ -115,7 +115,8 @@ async def _answer(service: Service, stream: trio.abc.Stream) -> None:
     except CommandError as exc:
         reply = {"ok": False, "error": str(exc), "usage": exc.usage}
     except Exception as exc:  # a broken plugin command must not take the socket down
-        log.exception("admin command %s failed", argv)
+        # The command's words only: its arguments may be passwords and secrets.
+        log.exception("admin command %s failed", " ".join(w for w in argv if "=" not in w and not w.startswith("-")))
         reply = {"ok": False, "error": f"command failed: {exc!r}", "usage": ""}
     await _reply(stream, reply)
 

@@ -470,7 +470,10 @@ async def test_logins_keys_and_roles(tmp_path: Path) -> None:
 
         publish = {"topic": "t", "payload": "x"}
         administrator, viewer, publisher = await key("administrator"), await key("viewer"), await key("publisher")
-        assert ok(await http.post("/users", json={"username": "u", "password": "p"}, auth=administrator)) == []
+        # a key may not make users: a user may log in on /api/v5 and manage keys there
+        by_key = await http.post("/users", json={"username": "u", "password": "p"}, auth=administrator)
+        assert by_key.status_code == 403 and "administrator user" in by_key.json()["message"]
+        assert ok(await http.post("/users", json={"username": "u", "password": "p"})) == []
         assert ok(await http.get("/routes", auth=viewer))["objects"] == []
         refused = await http.post("/mqtt/publish", json=publish, auth=viewer)
         assert refused.status_code == 403 and refused.json()["code"] == 102 and "viewer" in refused.json()["message"]
@@ -479,6 +482,8 @@ async def test_logins_keys_and_roles(tmp_path: Path) -> None:
         assert ok(await http.put("/users/u", json={"tags": "viewer"})) == []  # a role's name sets the role
         assert (await http.delete("/users/u", auth=("u", "p"))).status_code == 403
         assert ok(await http.get("/users/u", auth=("u", "p"))) == {"username": "u", "tags": "viewer"}
+        last = await http.put("/users/admin", json={"tags": "viewer"})  # nobody could write then
+        assert last.json()["code"] == 106
 
 
 async def test_unknown_paths_and_methods_are_json(tmp_path: Path) -> None:

@@ -14,13 +14,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx
 import paho.mqtt.client as paho
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from ternmq.kernel import ConfigError
+from ternmq.kernel import CommandError, ConfigError, hookimpl
 from ternmq.kernel.broker import Broker
 from ternmq.kernel.testing import MQTTTestClient, open_broker, test_config
 
@@ -517,3 +518,91 @@ async def test_schemathesis_finds_no_server_error_and_no_answer_off_its_schema(t
                 cwd=tmp_path,
             )
     assert result.returncode == 0, result.stdout.decode()[-4000:]
+
+
+# -- refusals a review asked for ---------------------------------------------------------------
+
+
+@attrs.frozen
+class TagConfig:
+    tag: str = "first"
+
+
+class Tagged:
+    """A plugin loaded by path (``test_emqx_v5:Tagged``), not by a name."""
+
+    Config = TagConfig
+
+    def __init__(self, config: TagConfig) -> None:
+        self.config = config
+
+    @hookimpl
+    def on_register(self, client: Any) -> None:
+        pass
+
+
+async def test_reconfiguring_a_plugin_loaded_by_path_keeps_it(tmp_path: Path) -> None:
+    async with emqx_broker(tmp_path) as (broker, http):
+        await broker.service.load_plugin("tagged", {"tag": "first"}, path="test_emqx_v5:Tagged")
+        assert (await http.put("/plugins/tagged/config", json={"tag": "second"})).status_code == 204
+        assert broker.plugins.loaded["tagged"].plugin.config.tag == "second"
+        refused = await http.put("/plugins/tagged/config", json={"colour": "red"})
+        assert refused.status_code == 400 and refused.json()["code"] == "BAD_CONFIG"
+        assert broker.plugins.loaded["tagged"].plugin.config.tag == "second"  # the running one stays
+        assert (await http.put("/plugins/tagged/stop")).status_code == 204
+        assert (await http.put("/plugins/tagged/start")).status_code == 204  # from its path, as it was
+        assert broker.plugins.loaded["tagged"].plugin.config.tag == "second"
+
+
+async def test_values_an_mqtt_packet_cannot_carry_are_refused(tmp_path: Path) -> None:
+    async with emqx_broker(tmp_path) as (broker, http), connected(broker, "s", 5) as client:
+        await client.subscribe("f", qos=2)
+        for body in (
+            {"topic": "f", "payload": "x", "qos": 1.0},  # a float is no QoS for an encoder
+            {"topic": "f", "payload": "x", "properties": {"content_type": "c" * 65536}},
+            {"topic": "f", "payload": "x", "properties": {"user_properties": {"k": "a\x00b"}}},
+            {"topic": "f", "payload": "x", "properties": {"response_topic": "a/#"}},
+        ):
+            refused = await http.post("/publish", json=body)
+            assert refused.status_code == 400, body
+        subscribe = await http.post("/clients/s/subscribe", json={"topic": "g", "qos": 1.0})
+        assert subscribe.status_code == 400 and broker.service.subscriptions("s")[0].topic_filter == "f"
+        assert (await http.get("/clients?page=" + "9" * 5000)).status_code == 400
+        nested = await http.post("/publish", content=b"[" * 100_000 + b"]" * 100_000)
+        assert nested.status_code == 400 and nested.json()["code"] == "BAD_REQUEST"
+        await broker.service.publish("f", b"still", qos=2)
+        assert (await client.receive()).payload == b"still"  # routing unharmed
+
+
+async def test_tokens_end_with_the_password_and_secrets_stay_with_administrators(tmp_path: Path) -> None:
+    async with emqx_broker(tmp_path) as (broker, http):
+        url = base_url(broker) + V5
+        run = broker.service.run_command
+        await run(["admins", "add", "username=admin", "password=public"])
+        async with httpx.AsyncClient(base_url=url) as anonymous:
+
+            async def login(password: str) -> dict[str, str]:
+                reply = await anonymous.post("/login", json={"username": "admin", "password": password})
+                return {"authorization": f"Bearer {reply.json()['token']}"}
+
+            token = await login("public")
+            assert (await anonymous.get("/api_key", headers=token)).status_code == 200
+            await run(["admins", "passwd", "username=admin", "password=changed"])
+            assert (await anonymous.get("/api_key", headers=token)).status_code == 401
+            token = await login("changed")
+            await run(["admins", "del", "username=admin"])
+            await run(["admins", "add", "username=admin", "password=changed"])
+            assert (await anonymous.get("/api_key", headers=token)).status_code == 401  # not the same user
+            far = await anonymous.post(
+                "/api_key",
+                headers=await login("changed"),
+                json={"name": "far", "expired_at": "9999-12-31T23:59:59-14:00"},
+            )
+            assert far.status_code == 400
+        with pytest.raises(CommandError, match="cannot be empty"):
+            await run(["admins", "add", "username=blank", "password="])
+        viewer = await make_key(broker, "look", "role=viewer")
+        async with httpx.AsyncClient(base_url=url, auth=viewer) as as_viewer:
+            assert (await as_viewer.get("/plugins/api/config")).status_code == 403  # tables hold passwords
+        document = (await http.get(base_url(broker) + "/api-docs/swagger.json")).json()
+        assert document["paths"]["/api_key"]["get"]["security"] == [{"bearerAuth": []}]

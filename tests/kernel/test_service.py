@@ -204,3 +204,14 @@ def test_every_public_name_is_importable() -> None:
     for name in kernel.__all__:
         assert getattr(kernel, name) is not None, name
     assert Message is kernel.Message and hookimpl is kernel.hookimpl
+
+
+async def test_a_qos_that_only_equals_a_whole_number_is_refused(broker: Any, service: Service) -> None:
+    async with connected(broker, "s", 5):
+        with pytest.raises(ValueError, match="qos must be 0, 1 or 2"):
+            await service.publish("t", b"x", qos=1.0)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="must be 0, 1 or 2"):
+            await service.subscribe("s", [TopicSubscription("t", qos=1.0)])  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            await service.subscribe("s", [TopicSubscription("t", qos=True)])
+        assert service.subscriptions("s") == ()
