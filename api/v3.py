@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import platform
+import re
 import resource
 import time
 from collections.abc import Awaitable, Callable
@@ -114,8 +115,9 @@ class Fail(Exception):
 class Call:
     """One request: its path bindings, parameters (query, then JSON object body), body."""
 
-    def __init__(self, bindings: dict[str, str], args: dict[str, Any], body: Any) -> None:
+    def __init__(self, bindings: dict[str, str], args: dict[str, Any], body: Any, from_query: set[str]) -> None:
         self.bindings, self.args, self.body = bindings, args, body
+        self.from_query = from_query  # names whose values are query text, to be read as their type
         self.close = False  # answered first: the plugin serving it goes after
 
     def arg(self, name: str, kind: type, default: Any = ...) -> Any:
@@ -124,6 +126,10 @@ class Call:
             if default is ...:
                 raise Fail(MISSING, f"missing mandatory param: {name}")
             return default
+        if name in self.from_query and kind is int and re.fullmatch(r"-?[0-9]{1,20}", value):
+            return int(value)  # from the query string, where everything is text
+        if name in self.from_query and kind is bool and value in ("true", "false"):
+            return value == "true"
         if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
             raise Fail(BAD_TYPE, f"{name} has the wrong type: {value!r}")
         return value
@@ -401,7 +407,11 @@ def register(app: QuartTrio, plugin: Plugin, service: Service) -> None:
 
     async def subscribe(call: Call) -> dict[str, Any]:
         client_id, names, qos = call.arg("client_id", str), topics(call, validate_topic_filter), qos_of(call)
-        if not await service.subscribe(client_id, [TopicSubscription(name, qos) for name in names]):
+        try:
+            subscribed = await service.subscribe(client_id, [TopicSubscription(name, qos) for name in names])
+        except TopicError as exc:  # deeper than the broker's max_topic_levels, say
+            raise Fail(BAD_TOPIC, str(exc)) from None
+        if not subscribed:
             raise Fail(OFFLINE, f"no session of client {client_id!r}")
         return ok()
 
@@ -450,7 +460,7 @@ def register(app: QuartTrio, plugin: Plugin, service: Service) -> None:
         if call.args.get("until") is not None:
             details["until"] = str(call.arg("until", int))
         await banning(model.ban(service, kind, who, **details))
-        return ok(call.args)
+        return ok(call.args)  # EMQX 3 answers with what it was sent
 
     async def delete_banned(call: Call) -> dict[str, Any]:
         kind = ban_kind(call)
@@ -553,7 +563,9 @@ def register(app: QuartTrio, plugin: Plugin, service: Service) -> None:
             raise Fail(NOT_JSON, "the body is not JSON") from None
         if body is not None and not isinstance(body, dict):
             raise Fail(NOT_JSON, "the body must be a JSON object")
-        call = Call(bindings, (body if isinstance(body, dict) else {}) | request.args.to_dict(), body)
+        # The query's values first, as EMQX 3's minirest reads them; the body fills in.
+        query = request.args.to_dict()
+        call = Call(bindings, (body if isinstance(body, dict) else {}) | query, body, set(query))
         result = await handlers[key](call)
         return answer(result, headers={"Connection": "close"} if call.close else None)
 
