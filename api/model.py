@@ -9,6 +9,8 @@ memory already, and a filter such as ``like_clientid`` has to look at every entr
 
 from __future__ import annotations
 
+import os
+import resource
 import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -373,3 +375,30 @@ async def unban(service: Service, kind: str, who: str) -> None:
 
 async def clear_bans(service: Service) -> None:
     await _banned(service, ["clear"])
+
+
+# -- figures as EMQX 3 and EMQ 2 wrote them ---------------------------------------------------------
+
+
+def local_time(moment: float | None) -> str | None:
+    """``YYYY-MM-DD HH:MM:SS`` in local time, as EMQX 3 and EMQ 2 print times."""
+    return None if moment is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment))
+
+
+def human_size(size: int) -> int | str:
+    """Bytes as EMQX 3 and EMQ 2 show memory: ``12.34M`` (plain below a KiB)."""
+    for unit, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if size > scale:
+            return f"{size / scale:.2f}{unit}"
+    return size
+
+
+def resident_memory() -> tuple[int, int]:
+    """This process's resident memory now and at its peak, in bytes."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            now = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        now = peak
+    return now, max(now, peak)

@@ -22,8 +22,6 @@ import re
 import resource
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -117,7 +115,7 @@ def param(body: Mapping[str, Any], name: str, kind: type, default: Any = _MISSIN
 
 def moment(at: float | None) -> str:
     """EMQ 2's time: ``YYYY-MM-DD HH:MM:SS``, local."""
-    return "undefined" if at is None else datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S")
+    return model.local_time(at) or "undefined"
 
 
 def uptime(seconds: int) -> str:
@@ -130,13 +128,6 @@ def uptime(seconds: int) -> str:
     return ", ".join(f"{value} {unit}" for value, unit in [*parts, (rest % 60, "seconds")])
 
 
-def kmg(size: int) -> str | int:
-    for unit, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if size > scale:
-            return f"{size / scale:.2f}{unit}"
-    return size
-
-
 def tasks() -> int:
     """The trio tasks running (EMQ 2 counted Erlang processes)."""
     root = trio.lowlevel.current_root_task()
@@ -146,16 +137,6 @@ def tasks() -> int:
         count += 1
         todo += [child for nursery in task.child_nurseries for child in nursery.child_tasks]
     return count
-
-
-def resident() -> tuple[int, int]:
-    """The process's resident memory now and at its peak, in bytes."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    try:
-        now = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        now = peak
-    return now, max(now, peak)
 
 
 def client_row(info: SessionInfo) -> dict[str, Any]:
@@ -217,7 +198,7 @@ def broker_info() -> dict[str, Any]:
 
 def vm_info(service: Service) -> dict[str, Any]:
     """EMQ 2's ``monitoring/nodes`` entry: the process's memory, tasks, files, load."""
-    used, total = resident()
+    used, total = model.resident_memory()
     try:
         loads = [f"{load:.2f}" for load in os.getloadavg()]
     except OSError:
@@ -225,8 +206,8 @@ def vm_info(service: Service) -> dict[str, Any]:
     return {
         "name": service.node_name,
         "otp_release": f"Python {platform.python_version()}",
-        "memory_total": kmg(total),
-        "memory_used": kmg(used),
+        "memory_total": model.human_size(total),
+        "memory_used": model.human_size(used),
         "process_available": "infinity",
         "process_used": tasks(),
         "max_fds": resource.getrlimit(resource.RLIMIT_NOFILE)[0],

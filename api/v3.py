@@ -148,10 +148,6 @@ def ok(data: Any = None, meta: Any = None) -> dict[str, Any]:
     return body
 
 
-def local_time(moment: float | None) -> str | None:
-    return None if moment is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment))
-
-
 def uptime() -> str:
     """EMQX 3's words: ``1 days,18 hours, 45 minutes, 1 seconds``."""
     secs = int(time.time() - model.STARTED_AT)
@@ -159,23 +155,6 @@ def uptime() -> str:
     for bound, part in ((60, f"{secs // 60 % 60} minutes, "), (3600, f"{secs // 3600 % 24} hours, ")):
         text = part + text if secs >= bound else text
     return f"{secs // 86400} days," + text if secs >= 86400 else text
-
-
-def kmg(size: int) -> int | str:
-    for unit, bound in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if size > bound:
-            return f"{size / bound:.2f}{unit}"
-    return size
-
-
-def memory() -> tuple[int, int]:
-    """(peak, current) resident bytes of this process."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    try:
-        with open("/proc/self/statm", encoding="ascii") as statm:
-            return peak, int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return peak, peak
 
 
 def connection(info: SessionInfo) -> dict[str, Any]:
@@ -189,7 +168,7 @@ def connection(info: SessionInfo) -> dict[str, Any]:
         "proto_name": model.PROTOCOL_NAMES.get(info.protocol, "MQTT"),
         "proto_ver": info.protocol,
         "keepalive": info.keep_alive,
-        "connected_at": local_time(info.connected_at),
+        "connected_at": model.local_time(info.connected_at),
         "is_bridge": False,
         "zone": info.listener,
     }
@@ -202,7 +181,7 @@ def session(info: SessionInfo) -> dict[str, Any]:
         "node": info.node,
         "clean_start": info.clean_session,
         "binding": "local",
-        "created_at": local_time(info.created_at),
+        "created_at": model.local_time(info.created_at),
         "expiry_interval": 0xFFFFFFFF if info.expiry_interval is None else info.expiry_interval,
         "subscriptions_count": info.subscriptions,
         "inflight_len": info.inflight,
@@ -271,7 +250,7 @@ def register(app: QuartTrio, plugin: Plugin, service: Service) -> None:
             "version": __version__,
             "sysdescr": "ternmq MQTT broker",
             "uptime": uptime(),
-            "datetime": local_time(time.time()),
+            "datetime": model.local_time(time.time()),
             "otp_release": f"Python/{platform.python_version()}",
             "node_status": "Running",
         }
@@ -281,12 +260,12 @@ def register(app: QuartTrio, plugin: Plugin, service: Service) -> None:
             loads = [f"{load:.2f}" for load in os.getloadavg()]
         except OSError:
             loads = ["0.00"] * 3
-        peak, used = memory()
+        used, peak = model.resident_memory()
         return {
             **broker(),
             "name": node,
-            "memory_total": kmg(peak) if human else peak,
-            "memory_used": kmg(used) if human else used,
+            "memory_total": model.human_size(peak) if human else peak,
+            "memory_used": model.human_size(used) if human else used,
             "max_fds": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
             "connections": model.node(service)["connections"],
             **dict(zip(("load1", "load5", "load15"), loads, strict=True)),
