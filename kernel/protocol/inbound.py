@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import attrs
+import trio
 
 from ..codec import (
     FIRST_FAILURE_CODE,
@@ -55,6 +56,10 @@ _SUCCESS = ReasonCode.SUCCESS
 async def on_publish(conn: ClientConnection, packet: Publish) -> object:
     broker = conn.broker
     broker.metrics.publish_received += 1
+    if (throttle := conn.throttle) is not None and (delay := throttle.delay()) > 0:
+        broker.metrics.publish_throttled += 1
+        conn.deadline += delay  # the keep-alive counts from the reads after the wait
+        await trio.sleep(delay)
     session = conn.session
     assert session is not None
     qos = packet.qos

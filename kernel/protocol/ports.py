@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ..values.config import BrokerSettings, Config, ListenerConfig
     from ..values.counters import Counters, PacketCounts
     from ..values.types import ClientInfo
+    from .throttle import Throttle
 
 # How many bytes one read asks the socket for.
 RECEIVE_SIZE = 65536
@@ -95,6 +96,9 @@ class ClientConnection(ConnectingClient, AttachedConnection, Protocol):
     connected: bool
     session_present: bool
     auth_method: str | None
+    # The watchdog's time for this connection, and its PUBLISH rate limit (None: none).
+    deadline: float
+    throttle: Throttle | None
 
     @property
     def broker(self) -> BrokerCore: ...

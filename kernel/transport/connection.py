@@ -37,6 +37,7 @@ from ..codec import (
 from ..protocol import connect as connect_phase
 from ..protocol.inbound import HANDLERS, STOP
 from ..protocol.ports import RECEIVE_SIZE
+from ..protocol.throttle import Throttle
 from ..values.counters import packet_size
 from ..values.types import ClientInfo, Message
 from .outbound import FLUSH_GRACE, Outbound
@@ -84,6 +85,7 @@ class Connection(Outbound):
         "max_topic_alias",
         "nursery",
         "over_capacity",
+        "throttle",
         "peer_host",
         "peer_port",
         "protocol_level",
@@ -152,6 +154,7 @@ class Connection(Outbound):
         self.request_problem_information = True
         self.auth_method: str | None = None
         self.over_capacity = False
+        self.throttle = Throttle(limits.max_message_rate) if limits.max_message_rate else None
         # The CONNACK said "session present": PUBRELs of the last connection may follow.
         self.session_present = False
 

@@ -92,6 +92,9 @@ class Limits:
     persistent_session_expiry: int = attrs.field(default=0, validator=_not_negative)
     max_session_expiry: int = attrs.field(default=0, validator=_not_negative)
     outbound_buffer_bytes: int = attrs.field(default=16 * 1_048_576, validator=_positive)
+    # PUBLISH packets a second each client may send (0: no limit); beyond it the broker
+    # reads its packets more slowly (VerneMQ's max_message_rate).
+    max_message_rate: float = attrs.field(default=0, validator=_not_negative)
 
 
 @attrs.frozen

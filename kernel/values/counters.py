@@ -13,6 +13,7 @@ class Counters:
     connect_refused: int = 0
     publish_received: int = 0
     publish_denied: int = 0
+    publish_throttled: int = 0  # PUBLISH packets read later for max_message_rate
     bytes_sent: int = 0
     bytes_received: int = 0
     wills_published: int = 0

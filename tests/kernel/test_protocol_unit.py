@@ -8,6 +8,7 @@ Router, Publisher, SessionLifecycle, Scheduler, Counters, BrokerSettings). No so
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -168,6 +169,8 @@ class FakeClient(WrittenConnection):
         self.server_receive_maximum = limits.max_inflight
         self.max_topic_alias = limits.max_topic_alias
         self.over_capacity = False
+        self.throttle = None
+        self.deadline = math.inf
         self.tls_common_name = tls_common_name
         self.disconnect_reason = "connection_lost"
         self.connected = False
