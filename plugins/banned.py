@@ -27,7 +27,17 @@ data directory. Metrics: ``banned_entries`` (gauge), ``banned_refused`` (counter
 
 Config keys (``[plugins.banned]``): ``file`` (default none: ``<data_dir>/banned.json``),
 relative to the configuration file's folder. A file that cannot be used fails the load,
-naming it, and is left as it is.
+naming it, and is left as it is; it is read and written in a worker thread.
+
+Addresses are compared normalized, the client's as the ban's: no IPv6 scope (``%eth0``),
+an IPv4-mapped IPv6 address (``::ffff:10.0.0.1``) as its IPv4 address. ``until`` must be
+before the year 10000; in the file, a later one (``Infinity`` too) is read as forever.
+
+A pattern runs on every CONNECT in the event loop, and ``re`` has no timeout: at most 256
+characters, no repeated group holding a quantifier or ``|`` (``(a+)+``), at most two
+unbounded quantifiers (three after a leading ``^``), searched in the first 256 characters
+of a client id or user name only (a longer one is matched as if it ended there).
+Details: ``_banned_values``.
 """
 
 from __future__ import annotations
@@ -58,6 +68,14 @@ from ternmq.kernel import (
     hookimpl,
     write_atomically,
 )
+from ternmq.plugins._banned_values import (
+    MAX_SUBJECT,
+    Address,
+    Network,
+    check_pattern,
+    normalized_address,
+    normalized_network,
+)
 
 log = logging.getLogger("ternmq.plugins.banned")
 
@@ -71,8 +89,7 @@ COLUMNS = ("as", "who", "by", "reason", "at", "until")
 FILE_NAME = "banned.json"
 DEFAULT_BY = "ternmq-admin"
 FOREVER = "infinity"  # how EMQX shows an until that never comes
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+END_OF_TIME = 253402300800  # 10000-01-01T00:00:00Z: RFC 3339 cannot show it
 
 
 @attrs.frozen
@@ -85,14 +102,25 @@ def rfc3339(moment: float) -> str:
     return datetime.fromtimestamp(int(moment), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def clipped(text: str) -> str:
+    """``text`` short enough for a message."""
+    return text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
+
+
+def _showable(ban: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    """A ban's times are in RFC 3339's range: ``banned show`` can list every ban."""
+    if value is not None and not 0 <= value < END_OF_TIME:  # NaN too
+        raise ValueError(f"{attribute.name} must be Unix seconds from 1970 to the year 9999, not {value!r}")
+
+
 @attrs.frozen
 class Ban:
     kind: str  # EMQX's "as"
     who: str  # normalized (see normalized_who)
     by: str = DEFAULT_BY
     reason: str = ""
-    at: float = 0.0
-    until: float | None = None
+    at: float = attrs.field(default=0.0, validator=_showable)
+    until: float | None = attrs.field(default=None, validator=_showable)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -124,37 +152,40 @@ def normalized_who(kind: str, who: str) -> str:
         raise ValueError("who= must not be empty")
     try:
         if kind == "peerhost":
-            return str(ipaddress.ip_address(who))
+            return str(normalized_address(who))
         if kind == "peerhost_net":
-            return str(ipaddress.ip_network(who, strict=False))
+            return str(normalized_network(who))
     except ValueError:
         wanted = "an IP address" if kind == "peerhost" else "a CIDR network (10.0.0.0/8)"
-        raise ValueError(f"who={who}: not {wanted}") from None
+        raise ValueError(f"who={clipped(who)}: not {wanted}") from None
     if kind in PATTERN_KINDS:
         try:
-            re.compile(who)
-        except re.error as exc:
-            raise ValueError(f"who={who}: not a regular expression ({exc})") from None
+            check_pattern(who)
+        except ValueError as exc:
+            raise ValueError(f"who={clipped(who)}: {exc}") from None
     return who
 
 
 def parse_until(text: str, now: float) -> float | None:
     """``until=``: an ISO 8601 date-time (UTC unless it has an offset), Unix seconds, or
-    ``infinity``; ValueError when it is none of them or not in the future."""
+    ``infinity``; ValueError when it is none of them, not in the future or not before
+    the year 10000."""
     if text == FOREVER:
         return None
     if re.fullmatch(r"[0-9]+(\.[0-9]+)?", text):
-        moment = float(text)
+        moment = float(text)  # inf for 400 digits
     else:
         try:
             parsed = datetime.fromisoformat(text)
-        except ValueError:
+            moment = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+        except (ValueError, OverflowError):
             raise ValueError(
-                f"until={text}: not an ISO 8601 date-time (2026-11-29T19:00:00Z), Unix seconds or {FOREVER}"
+                f"until={clipped(text)}: not an ISO 8601 date-time (2026-11-29T19:00:00Z), Unix seconds or {FOREVER}"
             ) from None
-        moment = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    if not moment < END_OF_TIME:
+        raise ValueError(f"until={clipped(text)}: not before the year 10000 (until={FOREVER} for a ban without end)")
     if moment <= now:
-        raise ValueError(f"until={text}: {rfc3339(moment)} is in the past")
+        raise ValueError(f"until={text}: {rfc3339(moment) if moment >= 0 else text} is in the past")
     return moment
 
 
@@ -218,7 +249,7 @@ class BanList:
             ban = exact["username"].get(username)
         if ban is None and peer_host and (exact["peerhost"] or self._networks):
             try:
-                address = ipaddress.ip_address(peer_host)
+                address: Address | None = normalized_address(peer_host)
             except ValueError:  # not an IP address: no address ban applies
                 address = None
             if address is not None:
@@ -227,7 +258,8 @@ class BanList:
         if ban is None:
             for candidate, pattern in self._patterns:
                 subject = client_id if candidate.kind == "clientid_re" else username
-                if subject is not None and pattern.search(subject):
+                # the first MAX_SUBJECT characters only: bounded time (module docstring)
+                if subject is not None and pattern.search(subject, 0, MAX_SUBJECT):
                     return candidate
         return ban
 
@@ -253,6 +285,8 @@ def ban_from_json(entry: Any) -> Ban:
         value = values[key]
         if not (value is None and key == "until") and (not isinstance(value, int | float) or isinstance(value, bool)):
             raise ValueError(f"{key} must be Unix seconds{' or null' if key == 'until' else ''}, not {value!r}")
+    if values["until"] is not None and values["until"] >= END_OF_TIME:
+        values["until"] = None  # Infinity, or too far to show: forever (and so kept)
     kind = checked_kind(values["as"])
     who = normalized_who(kind, values["who"])
     return Ban(kind, who, values["by"], values["reason"], values["at"], values["until"])
@@ -295,6 +329,7 @@ class Plugin:
         self.bans = BanList()
         self.file: Path | None = None  # known once served: it may be in the data directory
         self.refused = 0
+        self._changing = trio.Lock()  # one change at a time, from its reading to its writing
 
     @hookimpl
     def register_metrics(self, registry: Any) -> None:
@@ -323,21 +358,23 @@ class Plugin:
 
     async def serve(self, service: Service, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.file = self.config.file or service.data_dir / FILE_NAME
-        self.bans = load_bans(self.file)  # a ValueError here fails the load
+        self.bans = await trio.to_thread.run_sync(load_bans, self.file)  # a ValueError fails the load
         task_status.started()
         if self.bans:
             # Enabled in a running broker: the clients already connected meet the list too.
             self.kick(service, self.bans)
 
-    def _commit(self, bans: BanList) -> None:
-        """Write ``bans`` to the file, then put them in force: a file that cannot be
-        written (CommandError naming it) leaves the bans as they were, on disk as here."""
+    async def _commit(self, bans: BanList) -> None:
+        """Write ``bans`` to the file (in a worker thread: it waits for the disk), then put
+        them in force: a file that cannot be written (CommandError naming it) leaves the
+        bans as they were, on disk as here. Called holding ``_changing``."""
         if self.file is not None:
-            entries = [ban.to_json() for ban in bans.bans.values()]
+            file = self.file
+            text = json.dumps([ban.to_json() for ban in bans.bans.values()], indent=2, allow_nan=False) + "\n"
             try:
-                write_atomically(self.file, json.dumps(entries, indent=2) + "\n", mode=0o600)
+                await trio.to_thread.run_sync(lambda: write_atomically(file, text, mode=0o600))
             except OSError as exc:
-                raise CommandError(f"{self.file}: cannot be written: {exc.strerror or exc}") from None
+                raise CommandError(f"{file}: cannot be written: {exc.strerror or exc}") from None
         self.bans = bans
 
     # -- admin commands -----------------------------------------------------------------------
@@ -362,7 +399,7 @@ class Plugin:
         registry.add("banned show", self._show, help="The bans in force.")
         registry.add("banned clear", self._clear, help="Lift every ban.")
 
-    def _add(self, service: Service, args: Arguments) -> Table:
+    async def _add(self, service: Service, args: Arguments) -> Table:
         keys = args.keys
         now = time.time()
         try:
@@ -377,16 +414,17 @@ class Plugin:
             )
         except ValueError as exc:
             raise args.usage_error(str(exc)) from None
-        try:
-            # live(): an expired ban of the same (as, who) is no obstacle
-            bans = BanList([*self.bans.live(now), ban])
-        except ValueError as exc:
-            raise CommandError(str(exc)) from None
-        self._commit(bans)
+        async with self._changing:
+            try:
+                # live(): an expired ban of the same (as, who) is no obstacle
+                bans = BanList([*self.bans.live(now), ban])
+            except ValueError as exc:
+                raise CommandError(str(exc)) from None
+            await self._commit(bans)
         self.kick(service, BanList([ban]))
         return Table((ban.row(),), COLUMNS)
 
-    def _delete(self, service: Service, args: Arguments) -> Text:
+    async def _delete(self, service: Service, args: Arguments) -> Text:
         try:
             kind = checked_kind(args.keys["as"])
         except ValueError as exc:
@@ -395,15 +433,17 @@ class Plugin:
             who = normalized_who(kind, args.keys["who"])
         except ValueError:
             who = args.keys["who"]  # no such value can have been banned: "no such ban" below
-        kept = [ban for ban in self.bans.live(time.time()) if ban.key != (kind, who)]
-        if len(kept) == len(self.bans):
-            raise CommandError(f"no such ban: as={kind} who={who}")
-        self._commit(BanList(kept))
+        async with self._changing:
+            kept = [ban for ban in self.bans.live(time.time()) if ban.key != (kind, who)]
+            if len(kept) == len(self.bans):
+                raise CommandError(f"no such ban: as={kind} who={clipped(who)}")
+            await self._commit(BanList(kept))
         return Text("Done")
 
     def _show(self, service: Service, args: Arguments) -> Table:
         return Table(tuple(ban.row() for ban in self.bans.live(time.time())), COLUMNS)
 
-    def _clear(self, service: Service, args: Arguments) -> Text:
-        self._commit(BanList())
+    async def _clear(self, service: Service, args: Arguments) -> Text:
+        async with self._changing:
+            await self._commit(BanList())
         return Text("Done")

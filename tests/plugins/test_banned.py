@@ -9,6 +9,7 @@ import re
 import shlex
 import shutil
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -25,7 +26,7 @@ from ternmq.kernel.broker import Broker
 from ternmq.kernel.codec import Connack, Connect, encode
 from ternmq.kernel.testing import MQTTTestClient, open_broker, serving, test_config
 from ternmq.kernel.values.config import Config, load_config
-from ternmq.plugins import banned
+from ternmq.plugins import _banned_values, banned
 
 from helpers import LEVELS, PAHO, connected, eventually, expect_refused_close, is_online
 
@@ -209,6 +210,36 @@ async def test_an_expired_ban_stops_applying_and_is_dropped(tmp_path: Path) -> N
         assert await connack_code(broker, "c", username="lasting") == 0x8A
 
 
+async def test_until_goes_up_to_the_end_of_9999(tmp_path: Path) -> None:
+    async with open_broker(banned_config(tmp_path)) as broker:
+        assert (await ban(broker, "clientid", "a", "until=253402300799"))["until"] == "9999-12-31T23:59:59Z"
+        assert (await ban(broker, "clientid", "b", "until=9999-12-31T23:59:59Z"))["until"] == "9999-12-31T23:59:59Z"
+        assert [row["until"] for row in await show(broker)] == ["9999-12-31T23:59:59Z"] * 2
+
+
+# An until the file keeps (a broker before this check wrote Infinity), as show lists it.
+FAR_UNTILS = [
+    ("Infinity", "infinity"),
+    ("1e32", "infinity"),
+    ("253402300800", "infinity"),
+    ("4070908800", "2099-01-01T00:00:00Z"),
+]
+
+
+@pytest.mark.parametrize(("stored", "shown"), FAR_UNTILS, ids=[until for until, _ in FAR_UNTILS])
+async def test_an_until_from_the_year_10000_on_in_the_file_is_forever(tmp_path: Path, stored: str, shown: str) -> None:
+    file = bans_file(tmp_path)
+    file.parent.mkdir()
+    file.write_text(f'[{{"as": "clientid", "who": "far", "at": 0, "until": {stored}}}]')
+    async with open_broker(banned_config(tmp_path)) as broker:
+        assert [row["until"] for row in await show(broker)] == [shown]
+        assert await connack_code(broker, "far") == 0x8A
+        await ban(broker, "clientid", "other")  # the file is written again: JSON, no Infinity
+        assert len(await show(broker)) == 2
+    entries = json.loads(file.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in the file"))
+    assert entries[0]["until"] == (None if shown == "infinity" else 4070908800)
+
+
 # -- kicking ------------------------------------------------------------------------------------------
 
 
@@ -289,6 +320,20 @@ CORRUPT = [
     ('[{"as": "peerhost_net", "who": "10.0.0.300/8", "at": 0}]', "entry 1: who=10.0.0.300/8: not a CIDR network"),
     ('[{"as": "clientid_re", "who": "(", "at": 0}]', "entry 1: who=\\(: not a regular expression"),
     ('[{"as": "clientid", "who": "x", "at": 0}, {"as": "clientid", "who": "x", "at": 1}]', "entry 2: .* already"),
+    # times RFC 3339 cannot show: banned show would fail on them
+    ('[{"as": "clientid", "who": "x", "at": Infinity}]', "entry 1: at must be Unix seconds from 1970 to the year 9999"),
+    ('[{"as": "clientid", "who": "x", "at": 1e32}]', "entry 1: at must be Unix seconds from 1970"),
+    ('[{"as": "clientid", "who": "x", "at": -1}]', "entry 1: at must be Unix seconds from 1970"),
+    ('[{"as": "clientid", "who": "x", "at": 0, "until": NaN}]', "entry 1: until must be Unix seconds from 1970"),
+    ('[{"as": "clientid", "who": "x", "at": 0, "until": -Infinity}]', "entry 1: until must be Unix seconds from 1970"),
+    # patterns a CONNECT must not run, or re.compile cannot take
+    ('[{"as": "clientid_re", "who": "^(a+)+$", "at": 0}]', r"entry 1: who=\^\(a\+\)\+\$: a repeated group holds"),
+    ('[{"as": "username_re", "who": "a*a*a*b", "at": 0}]', "entry 1: who=a.*: too many quantifiers"),
+    ('[{"as": "clientid_re", "who": "a{4294967296}", "at": 0}]', "entry 1: who=.*: not a regular expression"),
+    (
+        f'[{{"as": "clientid_re", "who": "{"x" * 257}", "at": 0}}]',
+        "entry 1: who=x+\\.\\.\\. \\(257 characters\\): a pattern of 257",
+    ),
 ]
 
 
@@ -325,6 +370,22 @@ ADMIN_ERRORS = [
     (["add", "as=clientid", "who=x", "until=2000-01-01T00:00:00Z"], "2000-01-01T00:00:00Z is in the past"),
     (["add", "as=clientid", "who=x", "until=946684800"], "until=946684800: .* is in the past"),
     (["add", "as=clientid", "who=x", "until=tomorrow"], "until=tomorrow: not an ISO 8601 date-time"),
+    # after 9999-12-31T23:59:59Z: RFC 3339 cannot show it (banned show would fail for good)
+    (["add", "as=clientid", "who=x", "until=253402300800"], "until=253402300800: not before the year 10000"),
+    (["add", "as=clientid", "who=x", "until=1" + "0" * 32], "until=10+: not before the year 10000"),
+    (["add", "as=clientid", "who=x", "until=" + "9" * 400], r"until=9+\.\.\. \(400 characters\): not before"),
+    (["add", "as=clientid", "who=x", "until=9999-12-31T23:59:59-01:00"], "not before the year 10000"),
+    (["add", "as=clientid", "who=x", "until=1e32"], "until=1e32: not an ISO 8601 date-time"),
+    (["add", "as=clientid", "who=x", "until=0001-01-01T00:00:00+01:00"], r"until=0001.*\+01:00 is in the past"),
+    # what re.compile raises besides re.error, and patterns too long for every CONNECT
+    (["add", "as=clientid_re", "who=a{4294967296}"], r"who=a\{4294967296\}: not a regular expression"),
+    (["add", "as=clientid_re", "who=" + "x" * 257], r"a pattern of 257 characters, more than 256"),
+    (["add", "as=clientid_re", "who=^(a+)+$"], r"who=\^\(a\+\)\+\$: a repeated group holds a quantifier"),
+    (["add", "as=clientid_re", "who=(a*)*"], "a repeated group holds a quantifier or an alternative"),
+    (["add", "as=username_re", "who=(a|aa)+"], "a repeated group holds a quantifier or an alternative"),
+    (["add", "as=username_re", r"who=^(\d+\.){3}"], "a repeated group holds a quantifier or an alternative"),
+    (["add", "as=clientid_re", "who=a*a*a*b"], "who=a\\*a\\*a\\*b: too many quantifiers"),
+    (["add", "as=clientid_re", r"who=(.*)(.*)\1\2"], "too many quantifiers"),
     (["add", "as=clientid"], "missing argument who="),
     (["delete", "as=clientid", "who=nobody"], "no such ban: as=clientid who=nobody"),
     (["delete", "as=nick", "who=x"], "as=nick: unknown kind"),
@@ -342,12 +403,25 @@ async def test_bad_admin_commands_are_clear_errors_and_change_nothing(
     assert not bans_file(tmp_path).exists()
 
 
-async def test_a_second_ban_of_the_same_client_is_already_banned(tmp_path: Path) -> None:
+# Two spellings of one ban, and how it is shown (the same text on every Python version).
+SPELLINGS = [
+    ("peerhost", "2001:DB8::7", "2001:db8:0:0::7", "2001:db8::7"),
+    ("peerhost", "::ffff:7.7.7.7", "7.7.7.7", "7.7.7.7"),  # IPv4-mapped: the IPv4 address
+    ("peerhost", "fe80::1%eth0", "fe80::1", "fe80::1"),  # no scope
+    ("peerhost_net", "::ffff:10.1.2.3/104", "10.0.0.0/8", "10.0.0.0/8"),
+    ("peerhost_net", "fe80::%eth0/64", "FE80::1/64", "fe80::/64"),
+]
+
+
+@pytest.mark.parametrize(("kind", "first", "second", "shown"), SPELLINGS, ids=[case[1] for case in SPELLINGS])
+async def test_a_second_ban_of_the_same_client_is_already_banned(
+    tmp_path: Path, kind: str, first: str, second: str, shown: str
+) -> None:
     async with open_broker(banned_config(tmp_path)) as broker:
-        await ban(broker, "peerhost", "::ffff:7.7.7.7")
-        with pytest.raises(CommandError, match="peerhost ::ffff:707:707 is already banned"):
-            await ban(broker, "peerhost", "::FFFF:7.7.7.7")  # the same address, spelt otherwise
-        assert len(await show(broker)) == 1
+        assert (await ban(broker, kind, first))["who"] == shown
+        with pytest.raises(CommandError, match=f"{kind} {re.escape(shown)} is already banned"):
+            await ban(broker, kind, second)
+        assert [row["who"] for row in await show(broker)] == [shown]
 
 
 async def test_show_delete_and_clear(tmp_path: Path) -> None:
@@ -385,6 +459,115 @@ async def test_metrics_count_bans_in_force_and_refusals(tmp_path: Path) -> None:
         assert metric(broker, "counter.banned_refused") == 3
         await run(broker, "delete", "as=clientid", "who=a")
         assert metric(broker, "gauge.banned_entries") == 1
+
+
+# -- addresses ------------------------------------------------------------------------------------------
+
+# (as, who, the peer addresses of clients it bans, of some it does not)
+ADDRESS_CASES = [
+    ("peerhost", "10.0.0.1", ["10.0.0.1", "::ffff:10.0.0.1", "::FFFF:a00:1"], ["10.0.0.2", "::ffff:10.0.0.2", "::1"]),
+    ("peerhost", "::ffff:10.0.0.1", ["10.0.0.1", "::ffff:10.0.0.1"], ["::10.0.0.1"]),
+    ("peerhost_net", "10.0.0.0/8", ["10.2.3.4", "::ffff:10.2.3.4"], ["11.0.0.1", "::ffff:11.0.0.1", "::a02:304"]),
+    ("peerhost", "fe80::1", ["fe80::1", "fe80::1%eth0", "FE80:0::1%2"], ["fe80::2%eth0"]),
+    ("peerhost_net", "fe80::/64", ["fe80::9%eth0"], ["fe81::9%eth0", "127.0.0.1"]),
+    ("peerhost", "2001:db8::1", ["2001:DB8::1"], ["not-an-address", ""]),
+]
+
+
+@pytest.mark.parametrize(("kind", "who", "hits", "misses"), ADDRESS_CASES, ids=[case[1] for case in ADDRESS_CASES])
+def test_addresses_are_compared_normalized_the_clients_as_the_bans(
+    kind: str, who: str, hits: list[str], misses: list[str]
+) -> None:
+    plugin = banned.Plugin()
+    plugin.bans = banned.BanList([banned.Ban(kind, banned.normalized_who(kind, who))])
+    for peer_host in hits:
+        assert plugin.auth_on_register(ClientInfo("c", peer_host=peer_host)) is not None, peer_host
+    for peer_host in misses:
+        assert plugin.auth_on_register(ClientInfo("c", peer_host=peer_host)) is None, peer_host
+
+
+async def test_a_mapped_address_ban_refuses_the_ipv4_client(tmp_path: Path) -> None:
+    async with open_broker(banned_config(tmp_path)) as broker:
+        assert (await ban(broker, "peerhost", "::ffff:127.0.0.2"))["who"] == "127.0.0.2"
+        assert await connack_code(broker, "c", source="127.0.0.2") == 0x8A
+        assert await connack_code(broker, "c", source="127.0.0.1") == 0
+
+
+# -- patterns, safe to run at every CONNECT -------------------------------------------------------------
+
+# Accepted: character classes, bounded counts, two unbounded quantifiers, three after ^.
+SAFE_PATTERNS = [
+    "^bot-[0-9]+$",
+    "(?:a|b)+",
+    "(ab)+",
+    ".*x.*",
+    r"\w*\w*!",
+    r"^\w*\w*\w*!",
+    r"^dev-\d+-\d{1,3}-.*$",
+    "(a)\\1",
+]
+
+
+@pytest.mark.parametrize("pattern", SAFE_PATTERNS)
+def test_a_safe_pattern_is_accepted_and_takes_little_time_on_the_longest_client_id(pattern: str) -> None:
+    bans = banned.BanList([banned.Ban("clientid_re", banned.normalized_who("clientid_re", pattern))])
+    started = time.perf_counter()
+    for client_id in ("a" * 2048, "x" * 2048, "a-" * 1024):  # before the 256 cap: seconds each
+        bans.match(client_id, None, None, time.time())
+    assert time.perf_counter() - started < 0.5
+
+
+async def test_a_pattern_is_searched_in_the_first_256_characters_of_the_value(tmp_path: Path) -> None:
+    config = banned_config(tmp_path)
+    limits = attrs.evolve(config.broker.limits, max_client_id_length=65535)
+    async with open_broker(attrs.evolve(config, broker=attrs.evolve(config.broker, limits=limits))) as broker:
+        await ban(broker, "clientid_re", "^bot-")
+        await ban(broker, "username_re", "evil")
+        assert await connack_code(broker, "bot-" + "x" * 5000) == 0x8A
+        assert await connack_code(broker, "c", username="x" * 252 + "evil" + "x" * 5000) == 0x8A
+        assert await connack_code(broker, "c", username="x" * 253 + "evil") == 0  # beyond the first 256
+        assert metric(broker, "counter.banned_refused") == 2
+        # searched as if the value ended there: not worth a 0.5 s search of a 64 KiB id
+        await ban(broker, "clientid_re", "^.*x")
+        started = time.perf_counter()
+        assert await connack_code(broker, "a" * 65000) == 0
+        assert time.perf_counter() - started < 0.5
+
+
+def test_a_pattern_re_compile_cannot_take_is_no_regular_expression(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_banned_values, "MAX_PATTERN", 10**6)  # nesting deep enough for RecursionError
+    for pattern in ("(" * 5000 + "a" + ")" * 5000, "a{4294967296}", "(?P<x>a)(?P<x>b)", "\\"):
+        with pytest.raises(ValueError, match="not a regular expression"):
+            banned.normalized_who("clientid_re", pattern)
+
+
+# -- the file is written from a worker thread ------------------------------------------------------------
+
+
+async def test_the_file_is_written_from_a_worker_thread_one_change_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[threading.Thread] = []
+    write = banned.write_atomically
+
+    def slow_write(path: Path, text: str, *, mode: int | None = None) -> None:
+        threads.append(threading.current_thread())
+        time.sleep(0.02)  # the broker goes on meanwhile
+        write(path, text, mode=mode)
+
+    monkeypatch.setattr(banned, "write_atomically", slow_write)
+    async with open_broker(banned_config(tmp_path)) as broker:
+        async with trio.open_nursery() as nursery:
+            for client_id in "abcde":
+                nursery.start_soon(ban, broker, "clientid", client_id)
+            await trio.sleep(0.01)
+            assert await connack_code(broker, "z") == 0  # answered while the writes wait
+        await run(broker, "delete", "as=clientid", "who=e")
+        expected = ["a", "b", "c", "d"]
+        assert sorted(row["who"] for row in await show(broker)) == expected
+        assert sorted(entry["who"] for entry in json.loads(bans_file(tmp_path).read_text())) == expected
+        await run(broker, "clear")
+    assert len(threads) == 7 and threading.main_thread() not in threads
 
 
 # -- the documentation ----------------------------------------------------------------------------------
