@@ -40,12 +40,12 @@ class ConfigError(Exception):
 
 
 def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value <= 0:
+    if not value > 0:  # "not >": TOML's nan is no number of seconds either
         raise ValueError("must be greater than 0")
 
 
 def _not_negative(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value < 0:
+    if not value >= 0:
         raise ValueError("must not be negative")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.resources
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,7 @@ LIMIT_VALUES = {
     "persistent_session_expiry": 3600,
     "max_session_expiry": 86400,
     "outbound_buffer_bytes": 1,
+    "max_message_rate": 2.5,
 }
 
 
@@ -222,6 +224,9 @@ BAD_VALUES = [
     ("broker.limits", "persistent_session_expiry", -1, "must not be negative"),
     ("broker.limits", "max_session_expiry", -1, "must not be negative"),
     ("broker.limits", "outbound_buffer_bytes", 0, "greater than 0"),
+    ("broker.limits", "max_message_rate", -1, "must not be negative"),
+    ("broker.limits", "max_message_rate", math.nan, "must not be negative"),
+    ("broker.limits", "connect_timeout", math.nan, "greater than 0"),
     ("broker", "hook_timeout", 0, "greater than 0"),
     ("broker", "notification_timeout", -1, "greater than 0"),
     ("listeners", "type", "quic", "must be one of 'tcp', 'tls', 'ws', 'wss'"),
