@@ -26,6 +26,8 @@ import trio
 
 from ternmq.kernel import write_atomically
 
+from .keys import read_entries
+
 #: EMQX 5's roles: an administrator may do anything an API key may, a viewer only read
 #: (GET), a publisher only publish.
 ROLES = ("administrator", "viewer", "publisher")
@@ -122,19 +124,10 @@ class AppStore:
         """Read the file (none yet: empty); ValueError naming it when it cannot be used."""
         if self.file is None:
             return
-        try:
-            entries = json.loads(self.file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            self.loaded = True
-            return
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise ValueError(f"{self.file}: cannot be read as API keys and users: {exc}") from None
-        try:
-            apps = [_entry(entry) for entry in entries]
-        except (TypeError, KeyError, AttributeError, ValueError) as exc:
-            raise ValueError(f"{self.file}: not a list of API keys and users ({exc})") from None
-        self._apps = {app.name: app for app in apps}
-        self._verified.clear()
+        apps = read_entries(self.file, "API keys and users", _entry)
+        if apps is not None:
+            self._apps = {app.name: app for app in apps}
+            self._verified.clear()
         self.loaded = True
 
     def bootstrap(self, file: Path) -> int:

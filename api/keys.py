@@ -7,10 +7,10 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -78,6 +78,24 @@ def parse_expiry(text: str, max_days: int) -> float:
     return expires_at
 
 
+T = TypeVar("T")
+
+
+def read_entries(file: Path, what: str, entry: Callable[[dict[str, Any]], T]) -> list[T] | None:
+    """The entries of a JSON list file, each built by ``entry``; None when there is no
+    file yet; ValueError naming the file when it cannot be read or an entry is bad."""
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{file}: cannot be read as {what}: {exc}") from None
+    try:
+        return [entry(item) for item in raw]
+    except (TypeError, KeyError, AttributeError, ValueError) as exc:
+        raise ValueError(f"{file}: not a list of {what} ({exc})") from None
+
+
 class KeyStore:
     """The keys, checked in constant time, written to ``file`` whole or not at all."""
 
@@ -93,18 +111,9 @@ class KeyStore:
         """Read the file (none yet: no keys); ValueError naming it when it cannot be used."""
         if self.file is None:
             return
-        try:
-            entries = json.loads(self.file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            self.loaded = True  # no keys yet
-            return
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise ValueError(f"{self.file}: cannot be read as API keys: {exc}") from None
-        try:
-            keys = [_entry(entry) for entry in entries]
-        except (TypeError, KeyError, AttributeError, ValueError) as exc:
-            raise ValueError(f"{self.file}: not a list of API keys ({exc})") from None
-        self._keys = keys
+        keys = read_entries(self.file, "API keys", _entry)
+        if keys is not None:
+            self._keys = keys
         self.loaded = True
 
     def create(self, scope: str, expires_at: float | None) -> ApiKey:
