@@ -18,7 +18,7 @@ from ..operations import TEXT, Operation, contents
 from ..prometheus import exposition
 from . import Call, answer, declare, fail, no_content
 from . import schemas as s
-from .clients import page_body, paging
+from .bodies import page_body, paging
 
 if TYPE_CHECKING:
     from .. import Plugin
