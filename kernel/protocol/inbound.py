@@ -59,7 +59,14 @@ async def on_publish(conn: ClientConnection, packet: Publish) -> object:
     if (throttle := conn.throttle) is not None and (delay := throttle.delay()) > 0:
         broker.metrics.publish_throttled += 1
         conn.deadline += delay  # the keep-alive counts from the reads after the wait
-        await trio.sleep(delay)
+        # Cancelled when the connection is stopped (kicked, taken over, shut down): the
+        # PUBLISH it held back is not routed then.
+        with trio.CancelScope() as waiting:
+            conn.throttle_wait = waiting
+            await trio.sleep(delay)
+        conn.throttle_wait = None
+        if waiting.cancelled_caught:
+            return STOP
     session = conn.session
     assert session is not None
     qos = packet.qos

@@ -99,6 +99,7 @@ class ClientConnection(ConnectingClient, AttachedConnection, Protocol):
     # The watchdog's time for this connection, and its PUBLISH rate limit (None: none).
     deadline: float
     throttle: Throttle | None
+    throttle_wait: trio.CancelScope | None
 
     @property
     def broker(self) -> BrokerCore: ...

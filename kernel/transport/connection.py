@@ -86,6 +86,7 @@ class Connection(Outbound):
         "nursery",
         "over_capacity",
         "throttle",
+        "throttle_wait",
         "peer_host",
         "peer_port",
         "protocol_level",
@@ -155,6 +156,7 @@ class Connection(Outbound):
         self.auth_method: str | None = None
         self.over_capacity = False
         self.throttle = Throttle(limits.max_message_rate) if limits.max_message_rate else None
+        self.throttle_wait: trio.CancelScope | None = None  # while a throttled PUBLISH waits
         # The CONNACK said "session present": PUBRELs of the last connection may follow.
         self.session_present = False
 
@@ -297,7 +299,12 @@ class Connection(Outbound):
                 received[kind] += 1
                 size = len(frame[1])
                 received_bytes[kind] += size + 2 if size < 128 else packet_size(size)
-                packet = decode_packet(frame[0], frame[1], level)
+                try:
+                    packet = decode_packet(frame[0], frame[1], level)
+                except MQTTError:
+                    if kind == 1:  # any second CONNECT is a protocol error, whatever it holds
+                        raise ProtocolError("second CONNECT") from None
+                    raise
                 frame = None
                 if (handler := handlers.get(type(packet))) is None:  # CONNACK, SUBACK...
                     raise ProtocolError(f"{type(packet).__name__.upper()} from a client")
@@ -339,6 +346,9 @@ class Connection(Outbound):
     def timed_out(self) -> None:
         """Called by the broker's watchdog once ``deadline`` has passed."""
         self.deadline = math.inf
+        if self._stopping:  # stopped already (kicked, taken over...): its reason stays
+            self._cancel_reader()
+            return
         if self.connected:
             self.disconnect_reason = "keep_alive"
             self.send_disconnect(ReasonCode.KEEP_ALIVE_TIMEOUT)
@@ -386,5 +396,7 @@ class Connection(Outbound):
         if self._reading:
             self._stopping = True
             self.deadline = min(self.deadline, self._now() + FLUSH_GRACE)
+            if self.throttle_wait is not None:  # a throttled reader waits: it has nothing to lose
+                self.throttle_wait.cancel()
         else:
             self._cancel_reader()

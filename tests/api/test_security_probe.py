@@ -107,8 +107,8 @@ async def test_no_management_endpoint_answers_without_the_right_credentials(tmp_
                 await refused(method, path, auth=(status_key, ""))  # a VerneMQ key is no EMQX key
                 if access in ("write", "keys", "users"):
                     await refused(method, path, auth=viewer)  # a viewer reads only
-                if access == "keys":
-                    await refused(method, path, auth=admin_key)  # keys are a logged-in user's
+                if access in ("keys", "users"):
+                    await refused(method, path, auth=admin_key)  # keys and users are a logged-in user's
         assert tried > 500
         # nothing changed: the probe's client is still there, no ban, the keys as they were
         assert broker.sessions["c"].connection is not None

@@ -170,6 +170,7 @@ class FakeClient(WrittenConnection):
         self.max_topic_alias = limits.max_topic_alias
         self.over_capacity = False
         self.throttle = None
+        self.throttle_wait = None
         self.deadline = math.inf
         self.tls_common_name = tls_common_name
         self.disconnect_reason = "connection_lost"
