@@ -25,6 +25,7 @@ from .hooks.dispatch import HookDispatcher
 from .hooks.registries import ApiRoutes, MetricsRegistry, SettingsRegistry
 from .manager import PluginManager
 from .plugin_lookup import PluginError
+from .protocol.throttle import Throttle
 from .routing.lifecycle import SessionLifecycle
 from .routing.publisher import Publisher
 from .routing.router import Router
@@ -173,7 +174,13 @@ class Broker:
         return True
 
     def apply_settings(self, settings: BrokerSettings) -> None:
-        """Live settings (``set``): new connections and hook calls use them at once."""
+        """Live settings (``set``): new connections and hook calls use them at once; a
+        new max_message_rate reaches the connections already open too (an operator
+        slowing a flood means the flood that runs)."""
+        rate = settings.limits.max_message_rate
+        if rate != self.settings.limits.max_message_rate:
+            for connection in self.connections:
+                connection.throttle = Throttle(rate) if rate else None
         self.settings = settings
         self.config = attrs.evolve(self.config, broker=settings)
         self.dispatcher.hook_timeout = settings.hook_timeout

@@ -167,3 +167,20 @@ async def test_a_kick_ends_a_throttled_wait_at_once() -> None:
         assert trio.current_time() - started < 1  # not after the wait, nor the flush grace
         assert disconnect.reason_code == 0x98  # the kick's reason, not a keep-alive timeout
         assert await reader.nothing_received()  # what it held back was not routed
+
+
+async def test_a_rate_set_at_run_time_reaches_the_clients_already_connected() -> None:
+    async with (
+        open_broker() as broker,
+        connected(broker, "reader", 5) as reader,
+        connected(broker, "early", 5) as early,
+    ):
+        await reader.subscribe("r", qos=0)
+        await broker.service.run_command(["set", "max_message_rate=0.1"])
+        for _ in range(3):  # the first goes at once, the others wait 10 s each
+            await early.publish("r", b".")
+        assert (await reader.receive()).payload == b"."
+        assert await reader.nothing_received(0.5)
+        await broker.service.run_command(["set", "max_message_rate=0"])  # no limit from now on
+        await early.publish("r", b"free")
+        assert broker.sessions["early"].connection.throttle is None  # type: ignore[union-attr]
