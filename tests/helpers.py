@@ -286,3 +286,28 @@ def plugin_samples() -> Any:
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+@asynccontextmanager
+async def paho_subscriber(port: int, topic: str, protocol: int, qos: int = 1) -> AsyncIterator[list[Any]]:
+    """A paho client in a thread, subscribed to ``topic`` when the block starts; the
+    block's end waits (up to 10 s) for its first message. Yields the messages it got."""
+    received: list[Any] = []
+    subscribed = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+
+    def run() -> None:
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"paho-{topic}", protocol=protocol)
+        client.on_subscribe = lambda *args: token.run_sync_soon(subscribed.set)
+        client.on_message = lambda c, u, message: received.append(message)
+        client.connect("127.0.0.1", port)
+        client.subscribe(topic, qos=qos)
+        deadline = time.monotonic() + 10
+        while not received and time.monotonic() < deadline:
+            client.loop(0.05)
+        client.disconnect()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.to_thread.run_sync, run)
+        await subscribed.wait()
+        yield received

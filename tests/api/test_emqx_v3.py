@@ -16,13 +16,12 @@ from typing import Any
 import httpx
 import paho.mqtt.client as paho
 import pytest
-import trio
 
 from ternmq.kernel import Text
 from ternmq.kernel.broker import Broker
 from ternmq.kernel.testing import MQTTTestClient, open_broker, test_config
 
-from helpers import connected, eventually
+from helpers import connected, eventually, paho_subscriber
 
 V3 = "/api/v3"
 LOCAL_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
@@ -320,24 +319,7 @@ async def test_subscriptions_and_routes(tmp_path: Path) -> None:
 
 async def test_publish_reaches_a_paho_subscriber(tmp_path: Path) -> None:
     async with v3_broker(tmp_path) as (broker, http):
-        received: list[Any] = []
-        subscribed = trio.Event()
-        token = trio.lowlevel.current_trio_token()
-
-        def run_paho() -> None:
-            client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="paho3", protocol=paho.MQTTv311)
-            client.on_subscribe = lambda *args: token.run_sync_soon(subscribed.set)
-            client.on_message = lambda c, u, message: received.append(message)
-            client.connect("127.0.0.1", broker.port())
-            client.subscribe("test_topic", qos=1)
-            deadline = time.monotonic() + 10
-            while not received and time.monotonic() < deadline:
-                client.loop(0.05)
-            client.disconnect()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.to_thread.run_sync, run_paho)
-            await subscribed.wait()
+        async with paho_subscriber(broker.port(), "test_topic", paho.MQTTv311) as received:
             # the seed's example request
             example = {"topic": "test_topic", "payload": "hello", "qos": 1, "retain": False, "client_id": "mqttjs_ab"}
             assert await ok(http, "POST", "/mqtt/publish", json=example) == {"code": 0}

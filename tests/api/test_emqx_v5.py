@@ -25,7 +25,7 @@ from ternmq.kernel import CommandError, ConfigError, hookimpl
 from ternmq.kernel.broker import Broker
 from ternmq.kernel.testing import MQTTTestClient, open_broker, test_config
 
-from helpers import connected, eventually
+from helpers import connected, eventually, paho_subscriber
 
 V5 = "/api/v5"
 
@@ -183,24 +183,7 @@ async def test_subscribe_and_unsubscribe_a_connected_client(tmp_path: Path) -> N
 
 async def test_publish_reaches_a_paho_v5_subscriber_with_properties(tmp_path: Path) -> None:
     async with emqx_broker(tmp_path) as (broker, http):
-        received: list[Any] = []
-        subscribed = trio.Event()
-        token = trio.lowlevel.current_trio_token()
-
-        def run_paho() -> None:
-            client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="paho5", protocol=paho.MQTTv5)
-            client.on_subscribe = lambda *args: token.run_sync_soon(subscribed.set)
-            client.on_message = lambda c, u, message: received.append(message)
-            client.connect("127.0.0.1", broker.port())
-            client.subscribe("news", qos=1)
-            deadline = time.monotonic() + 10
-            while not received and time.monotonic() < deadline:
-                client.loop(0.05)
-            client.disconnect()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.to_thread.run_sync, run_paho)
-            await subscribed.wait()
+        async with paho_subscriber(broker.port(), "news", paho.MQTTv5) as received:
             reply = await http.post(
                 "/publish",
                 json={
