@@ -34,6 +34,7 @@ from ternmq.kernel import (
 )
 
 T = TypeVar("T")
+Number = int | float
 
 #: EMQX's bounds of ``limit``.
 MAX_LIMIT = 10_000
@@ -197,70 +198,72 @@ def message_id(message: Message) -> str:
 # -- the node ---------------------------------------------------------------------------------------
 
 
+def totals(service: Service) -> dict[str, Number]:
+    """Each metric by its bare name, summed over its labels (-1 for a broken reader)."""
+    return {m.name: total if (total := m.total()) is not None else -1 for m in service.metric_list()}
+
+
+def by_label(service: Service, name: str) -> Mapping[tuple[str, ...], Number]:
+    """A labelled metric's values per label values (empty for none or a broken reader)."""
+    reading = next((m.reading() for m in service.metric_list() if m.name == name), None)
+    return reading if isinstance(reading, dict) else {}
+
+
 def stats(service: Service) -> dict[str, int]:
     """EMQX's ``name.count`` / ``name.max`` figures (the max is the current value: the
     broker keeps no high-water marks)."""
-    values = service.metrics()
-    sessions = int(values.get("gauge.sessions", 0))
-    online = int(values.get("gauge.clients_online", 0))
-    subscriptions = int(values.get("gauge.subscriptions", 0))
-    shared = sum(1 for row in subscription_rows(service) if row.share_group is not None)
-    topics = len(routes(service))
-    retained_count = int(values.get("gauge.retained_messages", 0))
+    values = totals(service)
+    subscriptions = int(values.get("subscriptions", 0))
+    rows = subscription_rows(service)
+    topics = len({row.route for row in rows})
+    sessions = int(values.get("sessions", 0))
     figures = {
         "connections": sessions,
-        "live_connections": online,
+        "live_connections": int(values.get("clients_online", 0)),
         "sessions": sessions,
         "subscriptions": subscriptions,
-        "subscriptions.shared": shared,
+        "subscriptions.shared": sum(1 for row in rows if row.share_group is not None),
         "suboptions": subscriptions,
         "subscribers": subscriptions,
         "topics": topics,
         "routes": topics,
-        "retained": retained_count,
+        "retained": int(values.get("retained_messages", 0)),
     }
     return {f"{name}.{suffix}": value for name, value in figures.items() for suffix in ("count", "max")}
 
 
-def metrics(service: Service) -> dict[str, int | float]:
+def metrics(service: Service) -> dict[str, Number]:
     """EMQX's metric names for what the broker counts (labelled counts summed)."""
-    values: dict[str, float] = {}
-    for name, value in service.metrics().items():
-        bare = name.split(".", 1)[1].split("{", 1)[0]
-        values[bare] = values.get(bare, 0) + value
-
-    def get(name: str) -> int | float:
-        return values.get(name, 0)
-
-    packets = {name: get(name) for name in values if name.startswith(("packets_", "packet_bytes_"))}
-    return {
-        "bytes.received": get("bytes_received"),
-        "bytes.sent": get("bytes_sent"),
-        "packets.received": packets.get("packets_received", 0),
-        "packets.sent": packets.get("packets_sent", 0),
-        "messages.received": get("publish_received"),
-        "messages.sent": get("deliveries"),
-        "messages.dropped": get("messages_dropped"),
-        "messages.publish": get("publish_received"),
-        "messages.retained": get("retained_messages"),
-        "client.connected": get("connections_accepted"),
-        "client.auth.failure": get("connect_refused"),
-        "authorization.deny": get("publish_denied"),
-        "session.expired": get("sessions_expired"),
+    values = totals(service)
+    names = {
+        "bytes.received": "bytes_received",
+        "bytes.sent": "bytes_sent",
+        "packets.received": "packets_received",
+        "packets.sent": "packets_sent",
+        "messages.received": "publish_received",
+        "messages.sent": "deliveries",
+        "messages.dropped": "messages_dropped",
+        "messages.publish": "publish_received",
+        "messages.retained": "retained_messages",
+        "client.connected": "connections_accepted",
+        "client.auth.failure": "connect_refused",
+        "authorization.deny": "publish_denied",
+        "session.expired": "sessions_expired",
     }
+    return {theirs: values.get(ours, 0) for theirs, ours in names.items()}
 
 
 def node(service: Service) -> dict[str, Any]:
     """This node, as EMQX's ``/nodes`` lists one."""
-    values = service.metrics()
+    values = totals(service)
     return {
         "node": service.node_name,
         "node_status": "running",
         "version": __version__,
         "edition": "Opensource",
         "uptime": int((time.time() - STARTED_AT) * 1000),
-        "connections": int(values.get("gauge.sessions", 0)),
-        "live_connections": int(values.get("gauge.clients_online", 0)),
+        "connections": int(values.get("sessions", 0)),
+        "live_connections": int(values.get("clients_online", 0)),
         "role": "core",
         "sys_path": str(service.data_dir),
     }

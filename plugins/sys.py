@@ -51,10 +51,9 @@ class Plugin:
         """Topic -> payload of one tick."""
         values: dict[str, float] = {}
         for metric in service.metric_list():
-            reading = metric.reading()
-            if reading is None:  # a plugin's broken reader must not stop the tree
-                continue
-            values[metric.name] = sum(reading.values()) if isinstance(reading, dict) else reading
+            total = metric.total()
+            if total is not None:  # a plugin's broken reader must not stop the tree
+                values[metric.name] = total
         topics: dict[str, str] = {}
         if self.config.vernemq_tree:
             node = service.node_name

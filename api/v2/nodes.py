@@ -112,10 +112,9 @@ def metrics(service: Service) -> dict[str, int | float]:
     values: dict[str, int | float] = dict.fromkeys(_UNCOUNTED, 0)
     values |= {f"packets/{kind}/{way}": 0 for kind in _ACKED for way in ("received", "sent")}
     values |= {f"packets/{kind}": 0 for kinds in _ONE_WAY.values() for kind in kinds}
-    for name, value in service.metrics().items():
-        for way, kinds in _ONE_WAY.items():
-            start = f'counter.packets_{way}{{type="'
-            kind = name[len(start) :].split('"')[0].lower() if name.startswith(start) else ""
+    for way, kinds in _ONE_WAY.items():
+        for (packet_type,), value in model.by_label(service, f"packets_{way}").items():
+            kind = packet_type.lower()
             if kind in _ACKED:
                 values[f"packets/{kind}/{way}"] += value
             elif kind in kinds:

@@ -79,7 +79,7 @@ class NodeHandlers:
 
     def metrics(self) -> dict[str, int | float]:
         m = model.metrics(self.service)
-        raw = {name.split(".", 1)[1]: value for name, value in self.service.metrics().items() if "{" not in name}
+        raw = model.totals(self.service)
         connects = raw.get("connections_accepted", 0) + raw.get("connect_refused", 0)
         names = "bytes.received bytes.sent packets.received packets.sent messages.received messages.sent"
         return {name: m[name] for name in (*names.split(), "messages.dropped", "messages.retained")} | {

@@ -57,6 +57,12 @@ class Metric:
             checked[tuple(str(v) for v in values)] = value
         return checked
 
+    def total(self) -> Number | None:
+        """The value, or with labels the sum over them (what ``metrics show`` and $SYS
+        show); None when the reader fails."""
+        reading = self.reading()
+        return sum(reading.values()) if isinstance(reading, dict) else reading
+
     def samples(self) -> dict[str, Number]:
         """``{"NAME": value}``, or ``{'NAME{label="value",...}': value, ...}`` with labels;
         a reader that fails (``reading()`` is None) reads -1."""
