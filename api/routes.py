@@ -68,6 +68,18 @@ def after_response(callback: Callable[[], None]) -> None:
     request.scope[_AFTER_RESPONSE].append(callback)  # type: ignore[literal-required]
 
 
+def run_after_answer(service: Service, action: Callable[[], Awaitable[object]], name: str) -> None:
+    """Run ``action`` once this request is answered, and the server had a moment to
+    write and close: how a request unloads the API serving it (unloading cancels the
+    API's requests, this one among them). Its failure is then only logged."""
+
+    async def later() -> None:
+        await trio.sleep(ANSWER_GRACE)
+        await action()
+
+    after_response(lambda: service.start_soon(later, name))
+
+
 class AnswerFirst:
     """ASGI wrapper: runs the callbacks a request registered with ``after_response`` once
     the whole body of its response has been handed to the server."""
@@ -139,14 +151,7 @@ def build_app(plugin: Plugin, service: Service) -> QuartTrio:
         except CommandError as exc:
             return error(400, str(exc), usage=exc.usage)
         if path in _PLUGIN_COMMANDS and keys.get("name") == service.plugin_name_of(plugin):
-            # Unloading the plugin that serves this request would cancel the request
-            # before it answers: the kernel runs it once the answer has been sent (its
-            # failure, a reload that cannot load, is then only logged).
-            async def later() -> None:
-                await trio.sleep(ANSWER_GRACE)  # for the server to write and close
-                await service.run_command(argv)
-
-            after_response(lambda: service.start_soon(later, f"api: {' '.join(argv)}"))
+            run_after_answer(service, lambda: service.run_command(argv), f"api: {' '.join(argv)}")
             return json_response(Text("Done").to_json(), headers={"Connection": "close"})
         try:
             result = await service.run_command(argv)

@@ -18,7 +18,7 @@ from ternmq import __version__
 from ternmq.kernel import Service
 
 from .. import model
-from ..routes import ANSWER_GRACE, after_response
+from ..routes import run_after_answer
 from .envelope import LOADED, UNKNOWN, UNLOADED, Call, Handlers, Refused, moment, param
 
 if TYPE_CHECKING:
@@ -181,14 +181,10 @@ class Nodes(Handlers):
                 await model.start_plugin(service, stopped, name)
             elif name == service.plugin_name_of(self.plugin):
                 # Unloading the API cancels its requests: this one is answered first.
-                after_response(lambda: service.start_soon(self.stop_later, f"api: unload {name}"))
+                run_after_answer(service, lambda: model.stop_plugin(service, stopped, name), f"api: unload {name}")
             else:
                 await model.stop_plugin(service, stopped, name)
         except model.ControlError as exc:
             codes = {"running": LOADED, "stopped": UNLOADED, "not_found": UNKNOWN if active else UNLOADED}
             raise Refused(codes.get(exc.kind, UNKNOWN), str(exc)) from None
         return []
-
-    async def stop_later(self) -> None:
-        await trio.sleep(ANSWER_GRACE)  # for the server to write and close
-        await model.stop_plugin(self.service, self.stopped, self.service.plugin_name_of(self.plugin) or "api")

@@ -10,8 +10,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import trio
-
 from ternmq import __version__
 from ternmq.kernel import PluginError, Service
 
@@ -119,13 +117,9 @@ class NodeHandlers:
 
     def answered_first(self, call: Call, action: Callable[[], Awaitable[object]], what: str) -> dict[str, Any]:
         """The API unloading itself: answered first, done once the answer is sent."""
-        from ..routes import ANSWER_GRACE, after_response
+        from ..routes import run_after_answer
 
-        async def later() -> None:
-            await trio.sleep(ANSWER_GRACE)  # for the server to write and close
-            await action()
-
-        after_response(lambda: self.service.start_soon(later, f"api: {what}"))
+        run_after_answer(self.service, action, f"api: {what}")
         call.close = True
         return ok()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import trio
 from quart import Response
 
 from ternmq import __version__
@@ -103,13 +102,9 @@ def operations(plugin: Plugin, service: Service) -> list[Operation]:
         return no_content()
 
     def later_stop(name: str) -> None:
-        from ..routes import ANSWER_GRACE, after_response
+        from ..routes import run_after_answer
 
-        async def later() -> None:
-            await trio.sleep(ANSWER_GRACE)  # for the server to write and close
-            await model.stop_plugin(service, stopped, name)
-
-        after_response(lambda: service.start_soon(later, f"api: stop {name}"))
+        run_after_answer(service, lambda: model.stop_plugin(service, stopped, name), f"api: stop {name}")
 
     async def get_plugin_config(call: Call) -> Any:
         name = model.plugin_name(service, stopped, call.params["name"])
