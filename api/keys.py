@@ -21,7 +21,7 @@ SCOPES = ("mgmt", "status", "metrics", "health", "api2", "httppub")
 # A key ternmq makes: 32 characters of [A-Za-z0-9_-], as long as VerneMQ's.
 _CREATED_BYTES = 24
 # The first moment datetime cannot show (an expiry must come before it).
-_YEAR_10000 = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+YEAR_10000 = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
 
 
 @attrs.frozen
@@ -52,23 +52,30 @@ def _entry(entry: dict[str, object]) -> ApiKey:
         raise ValueError(f"bad entry {entry!r}")
     check_key(key)
     if expires_at is not None and (
-        isinstance(expires_at, bool) or not isinstance(expires_at, (int, float)) or not 0 < expires_at < _YEAR_10000
+        isinstance(expires_at, bool) or not isinstance(expires_at, (int, float)) or not 0 < expires_at < YEAR_10000
     ):
         raise ValueError(f"bad expires_at in {entry!r}")
     return ApiKey(key, scope, float(expires_at) if expires_at is not None else None)
+
+
+def parse_moment(text: str) -> float:
+    """An ISO 8601 / RFC 3339 date and time (UTC unless it names its offset) as Unix
+    time; ValueError for another form."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    except OverflowError:  # an offset that moves it outside what datetime holds
+        raise ValueError(f"{text!r} is out of range") from None
 
 
 def parse_expiry(text: str, max_days: int) -> float:
     """``2027-01-31T12:00:00`` (UTC unless it says otherwise) as Unix time; ValueError for
     another form, a time past, or one beyond ``max_days`` (0: no bound) from now."""
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        expires_at = moment.timestamp()
-    except (ValueError, OverflowError):
+        expires_at = parse_moment(text)
+    except ValueError:
         raise ValueError(f"expires must be a date and time such as 2027-01-31T12:00:00, not {text!r}") from None
-    if expires_at >= _YEAR_10000:
+    if expires_at >= YEAR_10000:
         raise ValueError(f"expires {text} is past the year 9999")
     now = time.time()
     if expires_at <= now:

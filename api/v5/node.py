@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from quart import Response
@@ -12,6 +11,7 @@ from ternmq.kernel import ConfigError, PluginError, Service
 
 from .. import model
 from ..apps import App
+from ..keys import YEAR_10000, parse_moment
 from ..model import rfc3339
 from ..operations import TEXT, Operation, contents
 from ..prometheus import exposition
@@ -28,15 +28,10 @@ def parse_time(text: str) -> float | None:
     None (never). ValueError for another form."""
     if text in ("infinity", "undefined"):
         return None
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    at = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-    if not 0 < at < LAST_SHOWN:
+    at = parse_moment(text)
+    if not 0 < at < YEAR_10000:  # beyond, a time could not be written back
         raise ValueError(f"{text} is not between 1970 and 9999")
     return at
-
-
-# The first moment a time can no longer be written back (the year 10000).
-LAST_SHOWN = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
 
 
 def key_body(app: App, secret: str | None = None) -> dict[str, Any]:
