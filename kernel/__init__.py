@@ -23,6 +23,7 @@ from .values.config import BrokerSettings, ConfigError, ListenerConfig, build_at
 from .values.files import file_stamp, write_atomically
 from .values.info import ListenerInfo, PluginInfo, SessionInfo
 from .values.output import Table, Text, cell_text
+from .values.stored import StoreError, message_from_bytes, message_from_json, message_to_bytes, message_to_json
 from .values.types import (
     Allow,
     AuthContinue,
@@ -30,6 +31,7 @@ from .values.types import (
     Deny,
     Message,
     SessionSnapshot,
+    StoredMessage,
     TopicSubscription,
     allow,
     auth_continue,
@@ -38,6 +40,11 @@ from .values.types import (
 
 __all__ = [
     "hookimpl",
+    "StoreError",
+    "message_to_json",
+    "message_from_json",
+    "message_to_bytes",
+    "message_from_bytes",
     "Table",
     "Metric",
     "label_text",
@@ -77,6 +84,7 @@ __all__ = [
     "Deny",
     "Message",
     "SessionSnapshot",
+    "StoredMessage",
     "TopicSubscription",
     "allow",
     "auth_continue",

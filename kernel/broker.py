@@ -80,6 +80,7 @@ class Broker:
         self.started_at = time.time()
         self._nursery: trio.Nursery | None = None
         self._stopped = trio.Event()
+        self._saved = False  # the sessions were saved at shutdown
 
     @property
     def node_name(self) -> str:
@@ -113,10 +114,14 @@ class Broker:
                 with trio.move_on_after(2):
                     for conn in connections:
                         await conn.closed.wait()
+                # While the plugins still run: the store's writer is one of them.
+                with trio.CancelScope(shield=True), trio.move_on_after(10):
+                    await self._shutdown()
                 nursery.cancel_scope.cancel()
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(10):
-                await self._shutdown()
+            if not self._saved:
+                with trio.CancelScope(shield=True), trio.move_on_after(10):
+                    await self._shutdown()
 
     async def _load_essential_plugins(self) -> None:
         """Load ``admin`` (the admin commands and the control socket) before any other
@@ -151,9 +156,12 @@ class Broker:
         self._stopped.set()
 
     async def _shutdown(self) -> None:
+        """Save every persistent session, and wait until the store has written them."""
+        self._saved = True
         for session in list(self.sessions.values()):
             if session.persistent:
                 await self.lifecycle.save_session(session)
+        await self.dispatcher.provide("store_commit")
 
     async def start_listener(self, config: ListenerConfig) -> RunningListener:
         """Bind and serve one listener (also at run time)."""

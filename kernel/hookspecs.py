@@ -21,7 +21,8 @@ and ``DECISION_HOOKS``... at the end of this module are derived from those marks
 * **notification** hooks (``on_*``) run every implementation; answers are ignored;
   errors and timeouts are logged and counted, and the next implementation still runs.
   Do slow work (network calls) in your own ``serve`` task fed by a bounded channel.
-* **provider** hooks (``retain_*``, ``session_store_*``, ``cluster_forward``) are answered
+* **provider** hooks (``retain_*``, ``session_store_*``, ``message_store_*``, ``record_*``,
+  ``store_commit``, ``cluster_forward``) are answered
   by the first implementation only: it provides the service. With no implementation the
   feature is off and the broker says so (for example CONNACK ``retain_available = 0``).
 * **registration** hooks (``register_*``) are synchronous and collected when a plugin
@@ -40,12 +41,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
 
-from .hooks.dispatch import FAMILY_ATTRIBUTE
+from .hooks.dispatch import FAMILY_ATTRIBUTE, SYNCHRONOUS_HOOKS
 
 if TYPE_CHECKING:
     from .admin import AdminRegistry
     from .hooks.registries import ApiRoutes, MetricsRegistry, SettingsRegistry
-    from .values.types import Answer, ClientInfo, Message, SessionSnapshot, TopicSubscription
+    from .values.types import Answer, ClientInfo, Message, SessionSnapshot, StoredMessage, TopicSubscription
 
 PROJECT_NAME = "ternmq"
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
@@ -418,12 +419,14 @@ def session_store_load_all() -> Sequence[SessionSnapshot]:
 def session_store_save(session: SessionSnapshot) -> None:
     """Keep the current state of a persistent session.
 
-    :param session: subscriptions, queued messages, expiry and mountpoint of the session
-        (keep every field: a session restored without its mountpoint routes outside it).
+    :param session: subscriptions, queued messages, expiry, mountpoint and the will
+        still owed of the session (keep every field: a session restored without its
+        mountpoint routes outside it). A store with per-message hooks keeps the messages
+        from those and may ignore ``queued`` here.
 
-    Fires: when a persistent session subscribes or unsubscribes, when it goes offline,
-    and for every persistent session at shutdown. Only the first implementation is
-    called; errors are logged and counted.
+    Fires: when a persistent session connects with a will, subscribes or unsubscribes,
+    goes offline or has its delayed will published, and for every persistent session at
+    shutdown. Only the first implementation is called; errors are logged and counted.
     """
 
 
@@ -431,9 +434,86 @@ def session_store_save(session: SessionSnapshot) -> None:
 def session_store_delete(client_id: str) -> None:
     """Forget a session: it was cleaned, expired or taken over with clean start.
 
-    :param client_id: the session's client id.
+    :param client_id: the session's client id; every message saved for it goes too.
 
     Only the first implementation is called; errors are logged and counted.
+    """
+
+
+@provider
+def message_store_save(client_id: str, entry: StoredMessage) -> None:
+    """Keep one message of a stored persistent session, or its new state.
+
+    :param client_id: the session's client id.
+    :param entry: the message and where it is (queued, in flight, released, or a QoS 2
+        PUBLISH received from the client); an entry saved again under the same
+        ``entry_id`` replaces the earlier one.
+
+    Fires: when a QoS 1/2 message is queued for the session or goes in flight, when
+    PUBREC releases it, when the client's QoS 2 PUBLISH is routed. **Synchronous** and on
+    the delivery path: hand the write to a writer task; :func:`store_commit` waits for
+    it. Only the first implementation is called; errors are logged and counted.
+    """
+
+
+@provider
+def message_store_delete(client_id: str, entry_id: int) -> None:
+    """Forget one message of a stored session: acknowledged, released or dropped.
+
+    :param client_id: the session's client id.
+    :param entry_id: the entry's id (a StoredMessage's ``entry_id``).
+
+    **Synchronous**, as :func:`message_store_save`. Only the first implementation is
+    called; errors are logged and counted.
+    """
+
+
+@provider
+def store_commit() -> None:
+    """Return once every write handed to the store so far is durable.
+
+    Fires: before the broker acknowledges a QoS 1/2 PUBLISH (PUBACK, PUBREC) whose
+    message it saved for a persistent session, so what was acknowledged survives a
+    crash; and at shutdown. Only the first implementation is called. Error or timeout:
+    logged and counted, and the acknowledgement goes out anyway (the message is held in
+    memory).
+    """
+
+
+@provider
+def record_load(namespace: str) -> Mapping[str, bytes]:
+    """Return every record kept under ``namespace`` (key -> value).
+
+    :param namespace: whose records (a plugin's name: ``retainer``, ``banned``...).
+
+    Plugins reach records through the service face (``Service.load_records``). Only the
+    first implementation is called. Error or timeout: logged and counted, and the
+    caller sees no records.
+    """
+
+
+@provider
+def record_save(namespace: str, key: str, value: bytes) -> None:
+    """Keep one record of a plugin (a retained message, an API key, a ban...).
+
+    :param namespace: whose record.
+    :param key: its key within the namespace, replacing an earlier value.
+    :param value: the bytes to keep.
+
+    **Synchronous**: hand the write to a writer task (:func:`store_commit` waits for it).
+    Only the first implementation is called; errors are logged and counted.
+    """
+
+
+@provider
+def record_delete(namespace: str, key: str) -> None:
+    """Forget one record of a plugin.
+
+    :param namespace: whose record.
+    :param key: its key.
+
+    **Synchronous**, as :func:`record_save`. Only the first implementation is called;
+    errors are logged and counted.
     """
 
 
@@ -519,6 +599,7 @@ def _hooks_of(family: str) -> tuple[str, ...]:
 
 
 DECISION_HOOKS = _hooks_of("decision")
+assert set(SYNCHRONOUS_HOOKS) <= set(HOOK_FAMILIES), "SYNCHRONOUS_HOOKS names a hook with no spec"
 NOTIFICATION_HOOKS = _hooks_of("notification")
 PROVIDER_HOOKS = _hooks_of("provider")
 REGISTRATION_HOOKS = _hooks_of("registration")

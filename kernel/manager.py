@@ -29,7 +29,7 @@ import trio
 
 from ternmq.plugins import ESSENTIAL
 
-from .hooks.dispatch import PluginPolicy
+from .hooks.dispatch import SYNCHRONOUS_HOOKS, PluginPolicy
 from .plugin_lookup import PluginError, describe, find_plugin, plugin_error
 from .values.config import ConfigError, PluginEntry, build_attrs
 
@@ -344,6 +344,8 @@ class PluginManager:
                 raise plugin_error(name, f"{attribute} implements unknown hook {hook_name!r}")
             if hook_name in self.broker.dispatcher.registration_hooks and inspect.iscoroutinefunction(function):
                 raise plugin_error(name, f"{hook_name} must be synchronous (it is called at load)")
+            if hook_name in SYNCHRONOUS_HOOKS and inspect.iscoroutinefunction(function):
+                raise plugin_error(name, f"{hook_name} must be synchronous (it is called on the delivery path)")
             if hook_name in self.broker.dispatcher.async_hooks and (opts.get("wrapper") or opts.get("hookwrapper")):
                 raise plugin_error(name, f"{hook_name} cannot be a wrapper (it is called asynchronously)")
 

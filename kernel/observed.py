@@ -1,5 +1,6 @@
 """What the service face reports of the kernel: its own metrics as ``Metric`` values
-(``metric_list``) and a loaded plugin as ``PluginInfo`` (``plugins``)."""
+(``metric_list``), a loaded plugin as ``PluginInfo`` (``plugins``) and a session as
+``SessionInfo`` (``sessions``)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ import pluggy
 
 from .codec import PacketType
 from .hooks.registries import Metric
-from .values.info import PluginInfo
+from .values.info import PluginInfo, SessionInfo
 
 if TYPE_CHECKING:
     from .hooks.dispatch import HookStats
     from .manager import LoadedPlugin
     from .protocol.ports import BrokerCore
+    from .routing.session import Session
 
 
 def kernel_metrics(broker: BrokerCore) -> tuple[Metric, ...]:
@@ -113,4 +115,31 @@ def plugin_info(
         last_error=problem if isinstance(problem := getattr(loaded.plugin, "last_error", None), str) else None,
         table=dict(loaded.table) if loaded.table is not None else None,
         path=loaded.path,
+    )
+
+
+def session_info_of(session: Session, node: str) -> SessionInfo:
+    """A session as ``SessionInfo`` (``sessions``, ``session_info``)."""
+    conn = session.connection
+    return SessionInfo(
+        client_id=session.client_id,
+        is_online=conn is not None,
+        user=session.username,
+        peer_host=conn.peer_host if conn else None,
+        peer_port=conn.peer_port if conn else None,
+        protocol=session.protocol_level,
+        clean_session=not session.persistent,
+        listener=conn.listener.name if conn else None,
+        subscriptions=len(session.subscriptions),
+        inflight=len(session.inflight),
+        queued=len(session.queue),
+        node=node,
+        mountpoint=session.mountpoint,
+        created_at=session.created_at,
+        connected_at=session.connected_at,
+        disconnected_at=session.disconnected_at,
+        keep_alive=conn.keep_alive if conn else None,
+        expiry_interval=session.expiry_interval,
+        max_inflight=session.max_inflight,
+        max_queued=session.max_queued,
     )

@@ -15,18 +15,18 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import attrs
-
+from . import live_settings
 from .acting import Outcome, publish_for
 from .codec import ReasonCode
 from .hooks.registries import ApiRoute, Metric
-from .observed import kernel_metrics, plugin_info
+from .observed import kernel_metrics, plugin_info, session_info_of
 from .plugin_lookup import plugin_error
 from .protocol.ports import BrokerCore
 from .protocol.subscriptions import after_subscribe, after_unsubscribe
 from .routing.topics import validate_topic_filter, validate_topic_name
-from .values.config import EMBEDDED_DEFAULT, BrokerSettings, ConfigError, Limits, ListenerConfig, build_attrs
+from .values.config import EMBEDDED_DEFAULT, BrokerSettings, ConfigError, ListenerConfig
 from .values.info import ListenerInfo, PluginInfo, SessionInfo
+from .values.stored import StoreError
 from .values.types import ClientInfo, Message, SessionSnapshot, TopicSubscription
 
 if TYPE_CHECKING:
@@ -40,8 +40,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Service", "SessionInfo", "ListenerInfo", "PluginInfo"]
 
-# The live [broker] keys (show/set); every [broker.limits] key is live too.
-LIVE_BROKER_KEYS = ("allow_anonymous", "no_match", "hook_timeout", "notification_timeout")
+# What the dispatcher answers for a store hook that failed (so it differs from "none").
+_STORE_FAILED = object()
 
 
 class CommandRunner(Protocol):
@@ -89,32 +89,6 @@ class ServedBroker(BrokerCore, Protocol):
     def start_soon(self, task: Callable[[], Awaitable[object]], name: str) -> None: ...
 
 
-def _session_info(session: Session, node: str) -> SessionInfo:
-    conn = session.connection
-    return SessionInfo(
-        client_id=session.client_id,
-        is_online=conn is not None,
-        user=session.username,
-        peer_host=conn.peer_host if conn else None,
-        peer_port=conn.peer_port if conn else None,
-        protocol=session.protocol_level,
-        clean_session=not session.persistent,
-        listener=conn.listener.name if conn else None,
-        subscriptions=len(session.subscriptions),
-        inflight=len(session.inflight),
-        queued=len(session.queue),
-        node=node,
-        mountpoint=session.mountpoint,
-        created_at=session.created_at,
-        connected_at=session.connected_at,
-        disconnected_at=session.disconnected_at,
-        keep_alive=conn.keep_alive if conn else None,
-        expiry_interval=session.expiry_interval,
-        max_inflight=session.max_inflight,
-        max_queued=session.max_queued,
-    )
-
-
 class Service:
     """The operations plugins (and admin commands) may call (see module docstring)."""
 
@@ -156,36 +130,14 @@ class Service:
     def live_settings(self) -> dict[str, Any]:
         """Every live setting by name (``show``): the live ``[broker]`` keys, the
         ``[broker.limits]`` keys, then the settings plugins registered, sorted."""
-        broker = self._broker
-        values: dict[str, Any] = {name: getattr(broker.settings, name) for name in LIVE_BROKER_KEYS}
-        values.update(attrs.asdict(broker.settings.limits))
-        entries = broker.plugin_settings.entries
-        values.update((name, entries[name].read()) for name in sorted(entries))
-        return values
+        return live_settings.read(self._broker)
 
     def set_live_settings(self, values: Mapping[str, Any]) -> None:
         """Change live settings (``set``). An unknown name raises ``KeyError`` before
         anything changes; plugins' settings are written first (one that refuses its value
         raises ``ValueError`` "name: why"), then the ``[broker]`` and limits ones,
         checked as the configuration file's (``ConfigError`` naming the key)."""
-        broker = self._broker
-        plugin_settings = broker.plugin_settings.entries
-        limit_keys = attrs.fields_dict(Limits)
-        for name in values:
-            if name not in plugin_settings and name not in LIVE_BROKER_KEYS and name not in limit_keys:
-                raise KeyError(name)
-        for name in [k for k in values if k in plugin_settings]:
-            try:
-                plugin_settings[name].write(values[name])
-            except (ValueError, TypeError) as exc:
-                raise ValueError(f"{name}: {exc}") from exc
-        broker_table = {k: v for k, v in values.items() if k in LIVE_BROKER_KEYS}
-        limit_table = {k: v for k, v in values.items() if k in limit_keys and k not in plugin_settings}
-        settings = broker.settings
-        limits = build_attrs(Limits, {**attrs.asdict(settings.limits), **limit_table}, "command line", "set")
-        current = {f.name: getattr(settings, f.name) for f in attrs.fields(type(settings)) if f.name != "limits"}
-        new = build_attrs(type(settings), {**current, **broker_table}, "command line", "set")
-        broker.apply_settings(attrs.evolve(new, limits=limits))
+        live_settings.write(self._broker, values)
 
     def parse_command(self, argv: Sequence[str]) -> tuple[tuple[str, ...], Mapping[str, str]]:
         """The command words and the ``name=value`` arguments of a command line, read as
@@ -256,17 +208,51 @@ class Service:
     def retain_available(self) -> bool:
         return self._broker.retain_available
 
+    # -- plugin records (kept by the store) ------------------------------------------
+
+    @property
+    def records_available(self) -> bool:
+        """True while a store keeps plugin records (a plugin implements ``record_save``).
+        Without one a plugin keeps its data its own way (a file, or memory)."""
+        return self._broker.dispatcher.has("record_save")
+
+    async def load_records(self, namespace: str) -> dict[str, bytes]:
+        """Every record of ``namespace`` (key -> value); empty without a store.
+        ``StoreError`` when the store failed to read them (an empty namespace and a
+        failed read must not look alike: a plugin would start without its data)."""
+        records = await self._broker.dispatcher.provide(
+            "record_load", default={}, failed=_STORE_FAILED, namespace=namespace
+        )
+        if records is _STORE_FAILED:
+            raise StoreError(f"the store failed to read the records of {namespace!r} (see the log)")
+        return dict(records)
+
+    def save_record(self, namespace: str, key: str, value: bytes) -> None:
+        """Keep one record (replacing the key's value); written by the store's writer
+        soon after, durable once :meth:`commit_store` returns. Nothing without a store."""
+        self._broker.dispatcher.provide_now("record_save", namespace=namespace, key=key, value=value)
+
+    def delete_record(self, namespace: str, key: str) -> None:
+        """Forget one record (as :meth:`save_record`)."""
+        self._broker.dispatcher.provide_now("record_delete", namespace=namespace, key=key)
+
+    async def commit_store(self) -> bool:
+        """Return once every record and message handed to the store is durable: True, or
+        False when the store failed to commit (it logged why; a store may retry later).
+        True without a store: nothing waits."""
+        return await self._broker.dispatcher.provide("store_commit", failed=_STORE_FAILED) is not _STORE_FAILED
+
     # -- sessions and subscriptions ------------------------------------------------------
 
     def sessions(self) -> tuple[SessionInfo, ...]:
         """Every session, online or not (``session show``)."""
         node = self._broker.node_name
-        return tuple(_session_info(session, node) for session in self._broker.sessions.values())
+        return tuple(session_info_of(session, node) for session in self._broker.sessions.values())
 
     def session_info(self, client_id: str) -> SessionInfo | None:
         """One session as ``sessions()`` lists it; None when there is none."""
         session = self._broker.sessions.get(client_id)
-        return _session_info(session, self._broker.node_name) if session else None
+        return session_info_of(session, self._broker.node_name) if session else None
 
     def session(self, client_id: str) -> SessionSnapshot | None:
         """A frozen view of one session; None when there is none."""

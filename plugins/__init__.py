@@ -12,6 +12,7 @@ BUILTIN = {
     "banned": "ternmq.plugins.banned",
     "passwd": "ternmq.plugins.passwd",
     "retainer": "ternmq.plugins.retainer",
+    "sqlite_store": "ternmq.plugins.sqlite_store",
     "sys": "ternmq.plugins.sys",
     "webhooks": "ternmq.plugins.webhooks",
 }

@@ -51,7 +51,7 @@ from ternmq.kernel.testing import MQTTTestClient, open_broker, registered, test_
 from ternmq.kernel.values.config import BrokerSettings, ConfigError, Limits, ListenerConfig, PluginEntry, parse_config
 from ternmq.kernel.values.output import Table, Text
 from ternmq.kernel.values.types import Message, SessionSnapshot, TopicSubscription
-from ternmq.plugins import retainer, webhooks
+from ternmq.plugins import retainer, sqlite_store, webhooks
 from ternmq.plugins.admin import register_commands
 
 from helpers import eventually
@@ -743,6 +743,96 @@ async def drive_session_store_delete(example: type) -> None:
         sessions.clear()
 
 
+class _SessionSaver:
+    """Gives the broker a session store, so that the per-message hooks fire."""
+
+    @ternmq.kernel.hookimpl
+    def session_store_save(self, session: SessionSnapshot) -> None:
+        pass
+
+
+def _pending(example: type) -> list[Any]:
+    pending: list[Any] = sys.modules[example.__module__].PENDING
+    return pending
+
+
+async def drive_message_store_save(example: type) -> None:
+    pending = _pending(example)
+    pending.clear()
+    async with open_broker() as broker, registered(broker, _SessionSaver()), registered(broker, example()):
+        await _offline_subscriber(broker, "p", "t")
+        await broker.service.publish("t", b"kept", qos=1)
+        [(kind, client_id, entry_id, entry)] = pending
+        assert (kind, client_id, entry.state, entry.message.payload) == ("save", "p", "queued", b"kept")
+        assert entry_id == entry.entry_id
+    pending.clear()
+
+
+async def drive_message_store_delete(example: type) -> None:
+    pending = _pending(example)
+    pending.clear()
+    async with open_broker() as broker, registered(broker, _SessionSaver()), registered(broker, example()):
+        await _offline_subscriber(broker, "p", "t")
+        await broker.service.publish("t", b"kept", qos=1)
+        async with MQTTTestClient.open(broker.port()) as client:  # acknowledges what it gets
+            await client.connect("p", clean_start=False, properties=PERSISTENT)
+            assert (await client.receive()).payload == b"kept"
+            await eventually(lambda: pending and pending[-1][0] == "delete")
+        entry_id = pending[0][2]
+        assert [(kind, saved) for kind, _, saved, _ in pending] == [("save", entry_id)] * 2 + [("delete", entry_id)]
+    pending.clear()
+
+
+async def drive_store_commit(example: type) -> None:
+    pending = _pending(example)
+    pending.clear()
+    seen: list[int] = []
+
+    class Counting(example):  # type: ignore[valid-type, misc]
+        @ternmq.kernel.hookimpl
+        async def store_commit(self) -> None:
+            seen.append(len(pending))
+            await super().store_commit()
+
+    async with open_broker() as broker, registered(broker, _SessionSaver()), registered(broker, Counting()):
+        await _offline_subscriber(broker, "p", "t")
+        async with MQTTTestClient.open(broker.port()) as publisher:
+            await publisher.connect("pub")
+            assert (await publisher.publish("t", b"kept", qos=1)).reason_code == 0
+        assert seen == [1] and pending == []  # the save was committed before the PUBACK
+
+
+async def drive_record_load(example: type) -> None:
+    records = sys.modules[example.__module__].RECORDS
+    records.clear()
+    records["mine", "a"] = b"1"
+    records["other", "b"] = b"2"
+    async with open_broker() as broker, registered(broker, example()):
+        assert await broker.service.load_records("mine") == {"a": b"1"}
+    records.clear()
+
+
+async def drive_record_save(example: type) -> None:
+    records = sys.modules[example.__module__].RECORDS
+    records.clear()
+    async with open_broker() as broker, registered(broker, example()):
+        assert broker.service.records_available
+        broker.service.save_record("mine", "a", b"1")
+        broker.service.save_record("mine", "a", b"2")
+        assert await broker.service.load_records("mine") == {"a": b"2"}
+    records.clear()
+
+
+async def drive_record_delete(example: type) -> None:
+    records = sys.modules[example.__module__].RECORDS
+    records.clear()
+    async with open_broker() as broker, registered(broker, example()):
+        broker.service.save_record("mine", "a", b"1")
+        broker.service.delete_record("mine", "a")
+        assert await broker.service.load_records("mine") == {}
+    records.clear()
+
+
 async def drive_cluster_forward(example: type) -> None:
     plugin = example()
     async with open_broker() as broker, registered(broker, plugin):
@@ -1062,6 +1152,10 @@ def test_configuration_md_documents_every_kernel_key_of_plugin_tables() -> None:
 
 def test_configuration_md_documents_every_retainer_key() -> None:
     check_keys("configuration.md", "`[plugins.retainer]` (built-in)", retainer.Config)
+
+
+def test_configuration_md_documents_every_sqlite_store_key() -> None:
+    check_keys("configuration.md", "`[plugins.sqlite_store]` (built-in)", sqlite_store.Config)
 
 
 def test_configuration_md_documents_every_sys_key() -> None:

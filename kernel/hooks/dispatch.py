@@ -43,6 +43,11 @@ FAMILY_ATTRIBUTE = "ternmq_family"
 CALLED_FAMILIES = frozenset({"decision", "notification", "provider"})
 
 
+#: Provider hooks called on the delivery path without an ``await`` (``provide_now``):
+#: an implementation must be a plain function (checked when a plugin loads).
+SYNCHRONOUS_HOOKS = ("message_store_save", "message_store_delete", "record_save", "record_delete")
+
+
 def hooks_of(plugin_manager: pluggy.PluginManager, families: frozenset[str]) -> frozenset[str]:
     """The hooks of ``plugin_manager``'s specifications whose family is in ``families``."""
     return frozenset(
@@ -331,21 +336,45 @@ class HookDispatcher:
             if await self._call(impl, hook_name, kwargs, self.notification_timeout) is not _FAILED:
                 impl.stats.consecutive_failures = 0
 
-    async def provide(self, hook_name: str, default: Any = None, **kwargs: Any) -> Any:
-        """Call the first implementation of a provider hook; ``default`` on failure."""
+    async def provide(self, hook_name: str, default: Any = None, *, failed: Any = None, **kwargs: Any) -> Any:
+        """Call the first implementation of a provider hook: ``default`` when there is
+        none or it answers None, ``failed`` (``default`` unless given) when it fails."""
         impls = self._impls[hook_name]
         if not impls:
             return default
         if kwargs.keys() != self._parameters[hook_name]:
             self._bad_arguments(hook_name, kwargs)
         impl = impls[0]
+        if failed is None:
+            failed = default
         if self._breaker_open(impl):
-            return default
+            return failed
         result = await self._call(impl, hook_name, kwargs, self.hook_timeout)
         if result is _FAILED:
-            return default
+            return failed
         impl.stats.consecutive_failures = 0
         return default if result is None else result
+
+    def provide_now(self, hook_name: str, **kwargs: Any) -> Any:
+        """Call the first implementation of a synchronous provider hook (hookspecs'
+        ``SYNCHRONOUS_HOOKS``) without awaiting: None when there is none or it failed.
+        For the delivery path, where an ``await`` per message would cost too much."""
+        impls = self._impls[hook_name]
+        if not impls:
+            return None
+        impl = impls[0]
+        if self._breaker_open(impl):
+            return None
+        stats = impl.stats
+        stats.calls += 1
+        try:
+            result = impl.function(*impl.arguments(kwargs))
+        except Exception as exc:
+            log.exception("plugin %s failed in %s", impl.plugin_name, hook_name)
+            self._failed(impl, repr(exc), timed_out=False)
+            return None
+        stats.consecutive_failures = 0
+        return result
 
 
 class _Sentinel:

@@ -124,11 +124,19 @@ async def on_publish(conn: ClientConnection, packet: Publish) -> object:
         if packet_id is None:
             await broker.publisher.publish(message, conn)
         else:
+            # A stored session's QoS 2 exchange is saved before routing, so it is in the
+            # same commit as the copies the PUBREC waits for: a PUBLISH resent after a
+            # crash is then known, and not routed twice.
+            entry_id = 0
+            if qos == 2 and (journal := session.journal) is not None:
+                entry_id = journal.received(session.client_id, packet_id)
+
             # Acknowledged once the subscribers are known and before any gets a copy: a
-            # publisher subscribed to its own topic sees its PUBACK/PUBREC first.
+            # publisher subscribed to its own topic sees its PUBACK/PUBREC first (after
+            # them when a store keeps the message: Router.route).
             def acknowledge(matched: int) -> None:
                 code = _SUCCESS if matched or conn.protocol_level < 5 else ReasonCode.NO_MATCHING_SUBSCRIBERS
-                _acknowledge(conn, session, qos, packet_id, code)
+                _acknowledge(conn, session, qos, packet_id, code, entry_id=entry_id)
 
             await broker.publisher.publish(message, conn, on_matched=acknowledge)
         return None
@@ -152,14 +160,17 @@ def _acknowledge(
     packet_id: int,
     reason_code: int,
     reason_string: str | None = None,
+    *,
+    entry_id: int = 0,
 ) -> None:
-    """PUBACK (QoS 1) or PUBREC (QoS 2) for a client's PUBLISH."""
+    """PUBACK (QoS 1) or PUBREC (QoS 2) for a client's PUBLISH (``entry_id``: the
+    journal's entry of a QoS 2 one)."""
     props = conn.problem_information(reason_string)
     if qos == 1:
         conn.send(Puback(packet_id, legal_reason_code(PacketType.PUBACK, reason_code), props))
         return
     if reason_code < FIRST_FAILURE_CODE:
-        session.incoming_qos2.add(packet_id)
+        session.incoming_qos2[packet_id] = entry_id
     conn.send(Pubrec(packet_id, legal_reason_code(PacketType.PUBREC, reason_code), props))
 
 
@@ -252,7 +263,9 @@ async def on_pubrel(conn: ClientConnection, packet: Pubrel) -> object:
     assert session is not None
     packet_id = packet.packet_id
     if packet_id in session.incoming_qos2:
-        session.incoming_qos2.discard(packet_id)
+        entry_id = session.incoming_qos2.pop(packet_id)
+        if entry_id and session.journal is not None:
+            session.journal.delete(session.client_id, entry_id)
         conn.send(Pubcomp(packet_id))
     elif conn.session_present:
         # The PUBCOMP of an earlier connection may not have arrived: the client resends

@@ -18,6 +18,7 @@ import trio
 from ..codec import ReasonCode
 from ..values.counters import Counters
 from ..values.types import ClientInfo, Message
+from .journal import restore_entry
 from .session import AttachedConnection, Delivery, Session
 
 if TYPE_CHECKING:
@@ -57,8 +58,10 @@ class SessionLifecycle:
 
     async def restore_sessions(self, limits: Limits) -> None:
         """Load the session store's sessions (at start), with today's in-flight and
-        queue limits."""
+        queue limits: their subscriptions, their messages where they were, and the wills
+        owed by connections the last run ended without a DISCONNECT."""
         snapshots = await self.dispatcher.provide("session_store_load_all", default=())
+        journal = self.router.journal
         for snapshot in snapshots:
             session = self._new_session(
                 snapshot.client_id,
@@ -70,12 +73,20 @@ class SessionLifecycle:
                 snapshot.mountpoint,
             )
             session.stored = True
+            if journal.active:
+                session.journal = journal
             for subscription in snapshot.subscriptions:
                 self.router.subscribe(session, subscription)
             for message in snapshot.queued:
                 session.queue.append(Delivery(message, message.qos, message.retain, hooked=False))
-            session.disconnected_at = snapshot.disconnected_at
+            for entry in snapshot.messages:
+                journal.restored(entry.entry_id)
+                restore_entry(session, entry)
+            # Saved while its client was connected: the client left when the broker did.
+            session.disconnected_at = snapshot.disconnected_at or time.time()
             session.created_at = snapshot.created_at or session.created_at
+            if snapshot.will is not None:
+                self._owe_restored_will(session, snapshot.will)
             self._schedule_expiry(session)
         if snapshots:
             log.info("restored %d sessions from the session store", len(snapshots))
@@ -194,6 +205,8 @@ class SessionLifecycle:
             if self.dispatcher.has("on_deliver"):
                 await self._deliver_hook_on_offline_queue(session)
             await self.drain(session)
+        if conn.will is not None and session.persistent and self.dispatcher.has("session_store_save"):
+            await self.save_session(session)  # a crash of the broker owes this will
         if self.dispatcher.has("on_client_wakeup"):
             await self.dispatcher.notify("on_client_wakeup", client=conn.client_info)
 
@@ -204,7 +217,11 @@ class SessionLifecycle:
             if not delivery.hooked:
                 message = await self.router.on_deliver(session, delivery.message, delivery.qos)
                 if message is None:
+                    session.forget(delivery)
                     continue  # dropped by the plugin (on_message_drop already fired)
+                if message is not delivery.message and session.journal is not None:
+                    delivery.message = message
+                    session.journal.save(session.client_id, delivery, "queued")
                 delivery.message = message
                 delivery.hooked = True
             kept.append(delivery)
@@ -253,14 +270,7 @@ class SessionLifecycle:
         session.disconnected_at = time.time()
         will = conn.will
         if will is not None:
-            delay = will.properties.get("will_delay_interval", 0) if conn.protocol_level == 5 else 0
-            if session.expiry_interval is not None:
-                delay = min(delay, session.expiry_interval)
-            if delay > 0:
-                session.will_timer = self.scheduler.call_later(
-                    delay, lambda: self._publish_will(session, will, conn.client_info)
-                )
-            else:
+            if self._owe_will(session, will, conn.client_info, conn.protocol_level):
                 await self._publish_will(session, will, conn.client_info)
         reason = conn.disconnect_reason
         if session.persistent:
@@ -273,11 +283,43 @@ class SessionLifecycle:
             if self.dispatcher.has("on_client_gone"):
                 await self.dispatcher.notify("on_client_gone", client=conn.client_info, reason=reason)
 
+    def _owe_will(self, session: Session, will: Message, client: ClientInfo, level: int) -> bool:
+        """A connection of ``session`` ended without DISCONNECT: start the will's delay
+        (MQTT 5, capped by the session expiry); True when it is due now instead."""
+        delay = will.properties.get("will_delay_interval", 0) if level == 5 else 0
+        if session.expiry_interval is not None:
+            delay = min(delay, session.expiry_interval)
+        if delay <= 0:
+            return True
+        session.delayed_will = will
+        session.will_timer = self.scheduler.call_later(delay, lambda: self._publish_will(session, will, client))
+        return False
+
+    def _owe_restored_will(self, session: Session, will: Message) -> None:
+        """A will the last run owed: its delay starts now; one due at once is published
+        once every session is back, so that their subscribers get it."""
+        client = self._client_of(session)
+        if self._owe_will(session, will, client, session.protocol_level):
+            session.delayed_will = will
+            session.will_timer = self.scheduler.call_later(0, lambda: self._publish_will(session, will, client))
+
+    def _client_of(self, session: Session) -> ClientInfo:
+        """Who a restored session's will comes from (its connection is gone)."""
+        return ClientInfo(
+            client_id=session.client_id,
+            username=session.username,
+            protocol_level=session.protocol_level,
+            mountpoint=session.mountpoint,
+        )
+
     async def _publish_will(self, session: Session, will: Message, client: ClientInfo) -> None:
         session.will_timer = None
+        session.delayed_will = None
         self.counters.wills_published += 1
         # The will's created_at is now: its message expiry starts when it is published.
         await self.publisher.publish(attrs.evolve(will, created_at=time.time()), None, origin=client)
+        if session.stored and session.connection is None and self.sessions.get(session.client_id) is session:
+            await self.save_session(session)  # the will is no longer owed
 
     def _schedule_expiry(self, session: Session) -> None:
         if session.expiry_interval is None:
@@ -310,6 +352,7 @@ class SessionLifecycle:
 
     async def end_session(self, session: Session) -> None:
         self.forget_session(session)
+        session.journal = None  # the store forgets the session's messages with it
         # Whenever a store holds it, also for a session made non-persistent later
         # (admin cleanup): its stored state must not come back after a restart.
         if session.stored:
@@ -330,3 +373,6 @@ class SessionLifecycle:
         if self.dispatcher.has("session_store_save"):
             session.stored = True
             await self.dispatcher.provide("session_store_save", session=session.snapshot())
+            journal = self.router.journal
+            if session.journal is None and journal.active:
+                journal.adopt(session)

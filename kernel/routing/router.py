@@ -18,6 +18,7 @@ import attrs
 
 from ..hooks.dispatch import PLUGIN_FAILURE
 from ..values.types import Allow, Deny, Message, TopicSubscription
+from .journal import MessageJournal
 from .session import Delivered, Session, WireCache
 from .topics import SubscriptionTrie, mounted_filter, unmounted
 
@@ -31,6 +32,7 @@ class Router:
     def __init__(self, sessions: dict[str, Session], dispatcher: HookDispatcher) -> None:
         self.sessions = sessions
         self.dispatcher = dispatcher
+        self.journal = MessageJournal(dispatcher)
         self.trie: SubscriptionTrie[str, TopicSubscription] = SubscriptionTrie()
         self._shared_turn: dict[tuple[str, str], itertools.count[int]] = {}
         self.messages_routed = 0
@@ -64,12 +66,17 @@ class Router:
 
         ``on_matched`` is called with the number of matching subscribers once they are
         known and before any of them is handed the message: the publisher's PUBACK or
-        PUBREC goes out before a copy reaches a subscriber on the same connection.
+        PUBREC goes out before a copy reaches a subscriber on the same connection. Not
+        when a store keeps the message (a QoS 1/2 message for a stored session, or a
+        retained one): then it is called after the store's commit, and so after the
+        copies (an acknowledged message is a written one).
         """
         plain, shared = self.trie.match(message.topic)
         self.messages_routed += 1
         if not plain and not shared:
             if on_matched is not None:
+                if message.retain and message.qos and self.journal.committing:
+                    await self.journal.commit()  # the retained copy is written first
                 on_matched(0)
             return 0
         targets = self._merge(plain, origin_client_id, message)
@@ -78,8 +85,12 @@ class Router:
                 chosen = self._choose_shared(group_key, members, message.qos)
                 if chosen is not None:
                     targets.append(chosen)
+        after_commit = None
         if on_matched is not None:
-            on_matched(len(targets))
+            if message.qos and self.journal.committing and (message.retain or self._stored_target(targets)):
+                after_commit = on_matched
+            else:
+                on_matched(len(targets))
         wire_cache: WireCache = {}
         # In a mountpoint the topic is the one its clients see: one copy of the message
         # (and of its wire forms) per mountpoint.
@@ -112,7 +123,18 @@ class Router:
             if not status.quiet:
                 await self.report(session, out_message, qos, status)
         self.deliveries += count
+        if after_commit is not None:
+            await self.journal.commit()
+            after_commit(len(targets))
         return count
+
+    def _stored_target(self, targets: list[tuple[str, int, bool, tuple[int, ...]]]) -> bool:
+        """True when a target session is kept by a store and gets the message at QoS > 0."""
+        sessions = self.sessions
+        for client_id, qos, _, _ in targets:
+            if qos and (session := sessions.get(client_id)) is not None and session.journal is not None:
+                return True
+        return False
 
     def _merge(
         self, plain: list[tuple[str, TopicSubscription]], origin: str | None, message: Message

@@ -64,6 +64,17 @@ class AttachedConnection(Protocol):
         """Close from outside (takeover, admin, shutdown): DISCONNECT for v5, then close."""
 
 
+class Journal(Protocol):
+    """Where a stored session reports each change of its QoS 1/2 messages (the
+    store's journal, journal.py's MessageJournal)."""
+
+    def save(self, client_id: str, delivery: Delivery, state: str, packet_id: int | None = None) -> None: ...
+
+    def received(self, client_id: str, packet_id: int) -> int: ...
+
+    def delete(self, client_id: str, entry_id: int) -> None: ...
+
+
 class Delivered(IntEnum):
     """What happened to one delivery; the router fires hooks for the ones worth one.
 
@@ -143,6 +154,8 @@ class Delivery:
     # False for messages queued while the session was offline: on_deliver has not
     # seen them yet (it runs when the session comes back, before they are sent).
     hooked: bool = True
+    # Its id in the session store's journal (0: not saved there).
+    entry_id: int = 0
 
 
 class Session:
@@ -174,7 +187,8 @@ class Session:
         self.connection: AttachedConnection | None = None
         self.inflight: dict[int, Delivery] = {}
         self.queue: deque[Delivery] = deque()
-        self.incoming_qos2: set[int] = set()
+        # The client's QoS 2 PUBLISH packet ids awaiting PUBREL -> their journal entry ids.
+        self.incoming_qos2: dict[int, int] = {}
         self._next_packet_id = 1
         # Wall-clock times (time.time()): when the session began (or was restored), when
         # a client last attached to it, when its last client left.
@@ -185,7 +199,11 @@ class Session:
         self.will_timer: Timer | None = None
         # True once a session store was given this session (it must then be deleted there).
         self.stored = False
+        # Where each QoS 1/2 message change goes while a store keeps the session (journal.py).
+        self.journal: Journal | None = None
         self.expiry_timer: Timer | None = None
+        # A will waiting for its delay (published when the timer fires): a store keeps it.
+        self.delayed_will: Message | None = None
 
     @property
     def persistent(self) -> bool:
@@ -222,7 +240,10 @@ class Session:
                 return Delivered.DROPPED_OFFLINE_QOS0
             if len(self.queue) >= self.max_queued:
                 return Delivered.DROPPED_QUEUE_FULL
-            self.queue.append(Delivery(message, qos, retain, sub_ids, hooked=False))
+            delivery = Delivery(message, qos, retain, sub_ids, hooked=False)
+            self.queue.append(delivery)
+            if self.journal is not None:
+                self.journal.save(self.client_id, delivery, "queued")
             return Delivered.QUEUED_OFFLINE
         if qos == 0:
             if connection.outbound_bytes > connection.outbound_limit:
@@ -231,7 +252,10 @@ class Session:
         if len(self.inflight) >= self.window(connection) or self.queue:
             if len(self.queue) >= self.max_queued:
                 return Delivered.DROPPED_QUEUE_FULL
-            self.queue.append(Delivery(message, qos, retain, sub_ids))
+            delivery = Delivery(message, qos, retain, sub_ids)
+            self.queue.append(delivery)
+            if self.journal is not None:
+                self.journal.save(self.client_id, delivery, "queued")
             return Delivered.QUEUED
         return self._send_tracked(connection, Delivery(message, qos, retain, sub_ids), wire_cache)
 
@@ -245,6 +269,10 @@ class Session:
         )
         if status is _SENT:
             self.inflight[packet_id] = delivery
+            if self.journal is not None:
+                self.journal.save(self.client_id, delivery, "inflight", packet_id)
+        elif delivery.entry_id and self.journal is not None:
+            self.journal.delete(self.client_id, delivery.entry_id)
         return status
 
     def window(self, connection: AttachedConnection) -> int:
@@ -309,6 +337,8 @@ class Session:
                 + (" waiting for PUBREC" if delivery.qos == 2 else "")
             )
         del self.inflight[packet_id]
+        if delivery.entry_id and self.journal is not None:
+            self.journal.delete(self.client_id, delivery.entry_id)
         return delivery
 
     def received(self, packet_id: int, refused: bool = False) -> bool:
@@ -320,10 +350,15 @@ class Session:
             return False
         if delivery.qos != 2:
             raise ProtocolError(f"PUBREC for packet {packet_id}, a QoS 1 message")
+        journal = self.journal
         if refused:
             del self.inflight[packet_id]
+            if journal is not None:
+                journal.delete(self.client_id, delivery.entry_id)
         else:
             delivery.released = True
+            if journal is not None:
+                journal.save(self.client_id, delivery, "released", packet_id)
         return True
 
     def drain(self) -> Iterator[tuple[Delivery, Delivered]]:
@@ -340,6 +375,7 @@ class Session:
         while queue and len(self.inflight) < window:
             delivery = queue.popleft()
             if delivery.message.expired():
+                self.forget(delivery)
                 yield delivery, Delivered.DROPPED_EXPIRED
                 continue
             if delivery.qos == 0:
@@ -361,6 +397,7 @@ class Session:
                 continue
             if delivery.message.expired() and delivery.qos == 1:
                 del self.inflight[packet_id]
+                self.forget(delivery)
                 yield delivery, Delivered.DROPPED_EXPIRED
                 continue
             status = self._send_publish(
@@ -368,7 +405,13 @@ class Session:
             )
             if status is not _SENT:
                 del self.inflight[packet_id]
+                self.forget(delivery)
                 yield delivery, status
+
+    def forget(self, delivery: Delivery) -> None:
+        """A delivery of the session is dropped: the store forgets it too."""
+        if delivery.entry_id and self.journal is not None:
+            self.journal.delete(self.client_id, delivery.entry_id)
 
     def snapshot(self) -> SessionSnapshot:
         """Frozen view for session stores and admin listings."""
@@ -382,4 +425,5 @@ class Session:
             disconnected_at=self.disconnected_at or 0.0,
             mountpoint=self.mountpoint,
             created_at=self.created_at,
+            will=self.connection.will if self.connection is not None else self.delayed_will,
         )

@@ -22,6 +22,7 @@ __all__ = [
     "Message",
     "TopicSubscription",
     "SessionSnapshot",
+    "StoredMessage",
     "Allow",
     "Deny",
     "AuthContinue",
@@ -110,8 +111,42 @@ class TopicSubscription:
 
 
 @attrs.frozen
+class StoredMessage:
+    """One QoS 1/2 message a persistent session holds, as a message store keeps it.
+
+    ``state`` says where it is: ``"queued"`` (waiting for the client or for room in its
+    window), ``"inflight"`` (sent under ``packet_id``, not yet acknowledged),
+    ``"released"`` (QoS 2: PUBREC came and PUBREL went under ``packet_id``; only the
+    PUBCOMP is missing) or ``"received"`` (the other way: the client's QoS 2 PUBLISH
+    under ``packet_id`` was routed and PUBREC'd; ``message`` is None and the broker
+    waits for its PUBREL). ``entry_id`` names the entry within its session and grows
+    with the order entries were made in, which is the order they are delivered in.
+    """
+
+    entry_id: int
+    state: str
+    message: Message | None = None
+    qos: int = 1
+    retain: bool = False
+    sub_ids: tuple[int, ...] = ()
+    packet_id: int | None = None
+
+
+#: The states of a StoredMessage, in the order a delivery passes them.
+STORED_STATES = ("queued", "inflight", "released", "received")
+
+
+@attrs.frozen
 class SessionSnapshot:
-    """What a session store keeps of a persistent session between connections."""
+    """What a session store keeps of a persistent session between connections.
+
+    ``queued`` lists the messages the session holds, for stores without per-message
+    hooks and for listings; ``messages`` is what a store with per-message hooks
+    (``message_store_save``) gives back at start: every entry with its state and packet
+    id. ``will`` is a will the broker still owes: its client's connection was open (or
+    its will delay running) when the snapshot was taken; a broker that restarts
+    publishes it, since that connection ended without DISCONNECT.
+    """
 
     client_id: str
     username: str | None
@@ -122,6 +157,8 @@ class SessionSnapshot:
     disconnected_at: float = attrs.field(factory=time.time)
     mountpoint: str = ""
     created_at: float = 0.0  # when the session began (0: not known, a store's older entry)
+    messages: tuple[StoredMessage, ...] = ()
+    will: Message | None = None
 
 
 # -- answers of decision hooks --------------------------------------------------------

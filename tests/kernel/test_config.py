@@ -79,7 +79,7 @@ def test_embedded_default_is_a_loopback_development_broker() -> None:
         ("default", "tcp", "127.0.0.1", 1883)
     ]
     assert config.broker.allow_anonymous is True
-    assert [(p.name, p.enabled) for p in config.plugins] == [("retainer", True)]
+    assert [(p.name, p.enabled) for p in config.plugins] == [("sqlite_store", True), ("retainer", True)]
 
 
 def test_embedded_default_states_every_limit_at_its_built_in_value() -> None:

@@ -26,7 +26,7 @@ METHODS = {
     "provide": "provider",
 }
 # Keyword arguments of a dispatcher method that are not the hook's (provide's fallback).
-OWN_KEYWORDS = {"provide": frozenset({"default"})}
+OWN_KEYWORDS = {"provide": frozenset({"default", "failed"})}
 # The dispatcher forwards calls with a variable hook name; everywhere else it is literal.
 FORWARDERS = {"dispatch.py"}
 PARAMETERS = {

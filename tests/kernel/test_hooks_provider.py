@@ -12,18 +12,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
 from ternmq.kernel.admin import CommandError
 from ternmq.kernel.broker import Broker
-from ternmq.kernel.codec import Publish, SubscriptionRequest
+from ternmq.kernel.codec import Puback, Pubcomp, Publish, Pubrec, Pubrel, SubscriptionRequest, Will
 from ternmq.kernel.hookspecs import hookimpl
 from ternmq.kernel.manager import PluginError
 from ternmq.kernel.routing.topics import topic_matches
 from ternmq.kernel.testing import MQTTTestClient, registered, serving, test_config
 from ternmq.kernel.values.output import Text
-from ternmq.kernel.values.types import ClientInfo, Message, SessionSnapshot, TopicSubscription
+from ternmq.kernel.values.types import ClientInfo, Message, SessionSnapshot, StoredMessage, TopicSubscription
 
 from helpers import eventually
 
@@ -267,6 +268,262 @@ async def test_sessions_and_subscriptions_survive_a_restart_with_a_session_store
         await second.service.publish("dur/after", b"no resubscribe needed", qos=1)
         got = await client.receive()
         assert (got.topic, got.payload, got.qos) == ("dur/after", b"no resubscribe needed", 1)
+
+
+# ------------------------------------------------- per-message store hooks and records
+
+
+class JournalStore(DictStore):
+    """DictStore with the per-message hooks, records, and a commit a test can hold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entries: dict[tuple[str, int], StoredMessage] = {}
+        self.records: dict[tuple[str, str], bytes] = {}
+        self.hold: trio.Event | None = None
+
+    @hookimpl
+    def session_store_delete(self, client_id: str) -> None:
+        super().session_store_delete(client_id)
+        self.entries = {key: entry for key, entry in self.entries.items() if key[0] != client_id}
+
+    @hookimpl
+    def message_store_save(self, client_id: str, entry: StoredMessage) -> None:
+        self.calls.append(("message_save", (client_id, entry)))
+        self.entries[client_id, entry.entry_id] = entry
+
+    @hookimpl
+    def message_store_delete(self, client_id: str, entry_id: int) -> None:
+        self.calls.append(("message_delete", (client_id, entry_id)))
+        self.entries.pop((client_id, entry_id), None)
+
+    @hookimpl
+    async def store_commit(self) -> None:
+        self.calls.append(("commit", None))
+        if self.hold is not None:
+            await self.hold.wait()
+
+    @hookimpl
+    async def record_load(self, namespace: str) -> dict[str, bytes]:
+        self.calls.append(("record_load", namespace))
+        return {key: value for (space, key), value in self.records.items() if space == namespace}
+
+    @hookimpl
+    def record_save(self, namespace: str, key: str, value: bytes) -> None:
+        self.calls.append(("record_save", (namespace, key)))
+        self.records[namespace, key] = value
+
+    @hookimpl
+    def record_delete(self, namespace: str, key: str) -> None:
+        self.calls.append(("record_delete", (namespace, key)))
+        self.records.pop((namespace, key), None)
+
+    def states(self, client_id: str) -> list[tuple[str, int | None, bytes | None]]:
+        """(state, packet id, payload) of the client's entries, in entry order."""
+        return [
+            (entry.state, entry.packet_id, entry.message.payload if entry.message else None)
+            for (owner, _), entry in sorted(self.entries.items())
+            if owner == client_id
+        ]
+
+
+async def stored_subscriber(broker: Broker, client_id: str, topic_filter: str, qos: int) -> None:
+    """A persistent session subscribed to ``topic_filter``, now offline (and so stored)."""
+    async with MQTTTestClient.open(broker.port()) as client:
+        await client.connect(client_id, clean_start=False, properties=PERSISTENT)
+        await client.subscribe(topic_filter, qos=qos)
+        await client.disconnect()
+    await eventually(lambda: broker.sessions[client_id].connection is None)
+
+
+async def test_hook_message_store_save(broker: Any) -> None:
+    store = JournalStore()
+    async with registered(broker, store):
+        await stored_subscriber(broker, "keeper", "m/#", 2)
+        await broker.service.publish("m/1", b"one", qos=1)
+        await broker.service.publish("m/2", b"two", qos=2)
+        await broker.service.publish("m/0", b"qos 0 is not kept", qos=0)
+        assert store.states("keeper") == [("queued", None, b"one"), ("queued", None, b"two")]
+        async with MQTTTestClient.open(broker.port(), auto_ack=False) as client:
+            await client.connect("keeper", clean_start=False, properties=PERSISTENT)
+            first, second = await client.receive(), await client.receive()
+            assert store.states("keeper") == [
+                ("inflight", first.packet_id, b"one"),
+                ("inflight", second.packet_id, b"two"),
+            ]
+            await client.send(Pubrec(second.packet_id))
+            await client.expect(Pubrel)
+            assert store.states("keeper")[1] == ("released", second.packet_id, b"two")
+            await client.send(Puback(first.packet_id))
+            await client.send(Pubcomp(second.packet_id))
+            await eventually(lambda: store.states("keeper") == [])
+        deletes = [entry_id for client_id, entry_id in store.of("message_delete") if client_id == "keeper"]
+        assert len(deletes) == 2  # one per message, when it was acknowledged
+
+
+async def test_hook_message_store_delete(broker: Any) -> None:
+    store = JournalStore()
+    async with registered(broker, store):
+        # A QoS 2 PUBLISH of a stored client is kept until its PUBREL.
+        async with MQTTTestClient.open(broker.port()) as publisher:
+            await publisher.connect("q2-publisher", clean_start=False, properties=PERSISTENT)
+            await publisher.subscribe("unrelated", qos=1)  # stored from here on
+            await publisher.send(Publish("d/1", b"exactly once", 2, False, False, 41))
+            pubrec = await publisher.expect(Pubrec)
+            assert store.states("q2-publisher") == [("received", 41, None)]
+            await publisher.send(Pubrel(pubrec.packet_id))
+            await publisher.expect(Pubcomp)
+            assert store.states("q2-publisher") == []
+        # An expired message is dropped, and forgotten by the store.
+        await stored_subscriber(broker, "expiring", "e/#", 1)
+        await broker.service.publish("e/1", b"short-lived", qos=1, properties={"message_expiry_interval": 1})
+        assert store.states("expiring") == [("queued", None, b"short-lived")]
+        await trio.sleep(1.1)
+        async with MQTTTestClient.open(broker.port()) as client:
+            await client.connect("expiring", clean_start=False, properties=PERSISTENT)
+            assert await client.nothing_received(0.2)
+        assert store.states("expiring") == []
+        # A clean start ends the session: the store's session_store_delete drops the rest.
+        await stored_subscriber(broker, "cleaned", "c/#", 1)
+        await broker.service.publish("c/1", b"never read", qos=1)
+        assert store.states("cleaned") != []
+        async with MQTTTestClient.open(broker.port()) as client:
+            await client.connect("cleaned", clean_start=True)
+        assert "cleaned" in store.of("delete") and store.states("cleaned") == []
+
+
+async def test_hook_store_commit(broker: Any) -> None:
+    store = JournalStore()
+    async with (
+        registered(broker, store),
+        MQTTTestClient.open(broker.port()) as publisher,
+    ):
+        await stored_subscriber(broker, "offline", "k/#", 1)
+        await publisher.connect("committer")
+        store.hold = trio.Event()
+        await publisher.send(Publish("k/1", b"kept", 1, False, False, 7))
+        assert await publisher.nothing_received(0.3)  # no PUBACK before the commit
+        assert store.of("commit") == [None]
+        store.hold.set()
+        assert (await publisher.expect(Puback)).packet_id == 7
+        # Nothing kept for a message nobody stored subscribes to: no wait.
+        store.hold = trio.Event()
+        assert (await publisher.publish("elsewhere", b"x", qos=1)).reason_code == 0x10
+        # A retained QoS 1 message is kept (by the retainer's store): its PUBACK waits.
+        await publisher.send(Publish("r/1", b"retained", 1, True, False, 8))
+        assert await publisher.nothing_received(0.3)
+        store.hold.set()
+        assert (await publisher.expect(Puback)).packet_id == 8
+
+
+async def test_stored_messages_come_back_where_they_were() -> None:
+    store = JournalStore()
+    store.sessions["back"] = SessionSnapshot(
+        "back", None, 5, 300, (TopicSubscription("b/#", 2),), disconnected_at=time.time()
+    )
+    for entry in (
+        StoredMessage(10, "inflight", Message("b/1", b"in flight", 1), 1, False, (), 7),
+        StoredMessage(11, "released", Message("b/2", b"released", 2), 2, False, (), 8),
+        StoredMessage(12, "queued", Message("b/3", b"queued", 2), 2),
+        StoredMessage(13, "received", None, 2, False, (), 9),
+    ):
+        store.entries["back", entry.entry_id] = entry
+    store.sessions["back"] = attrs.evolve(
+        store.sessions["back"], messages=tuple(entry for (_, _), entry in sorted(store.entries.items()))
+    )
+    async with broker_with_store(store) as broker, MQTTTestClient.open(broker.port(), auto_ack=False) as client:
+        connack = await client.connect("back", clean_start=False, properties=PERSISTENT)
+        assert connack.session_present
+        resent = await client.expect(Publish)
+        assert (resent.payload, resent.packet_id, resent.dup) == (b"in flight", 7, True)
+        assert (await client.expect(Pubrel)).packet_id == 8  # not the PUBLISH again
+        queued = await client.expect(Publish)
+        assert queued.payload == b"queued" and queued.packet_id not in (7, 8) and not queued.dup
+        await client.send(Pubrel(9))  # the QoS 2 PUBLISH it sent before the restart
+        pubcomp = await client.expect(Pubcomp)
+        assert (pubcomp.packet_id, pubcomp.reason_code) == (9, 0)
+        assert ("inflight", queued.packet_id, b"queued") in store.states("back")  # same entry, new state
+        await broker.service.publish("b/4", b"new", qos=1)
+        assert (await client.expect(Publish)).payload == b"new"
+        [new_entry] = [
+            entry for _, entry in store.of("message_save") if entry.message and entry.message.payload == b"new"
+        ]
+        assert new_entry.entry_id > 13  # after every restored one
+
+
+async def test_a_will_owed_when_the_broker_died_is_published_after_the_restart() -> None:
+    store = JournalStore()
+    async with broker_with_store(store) as first:
+        await stored_subscriber(first, "watcher", "wills/#", 1)
+        async with MQTTTestClient.open(first.port()) as client:
+            will = Will("wills/gone", b"the broker died", 1, False, {})
+            await client.connect("mortal", clean_start=False, will=will, properties=PERSISTENT)
+            await eventually(lambda: store.sessions.get("mortal"))
+            owed = store.sessions["mortal"].will
+            assert owed is not None and (owed.topic, owed.payload, owed.qos) == ("wills/gone", b"the broker died", 1)
+            # The broker "dies" here: what the store holds now is all a restart finds
+            # (a clean shutdown would publish the will itself).
+            crashed = dict(store.sessions), dict(store.entries)
+    store.sessions, store.entries = crashed
+    async with broker_with_store(store) as second, MQTTTestClient.open(second.port()) as watcher:
+        await watcher.connect("watcher", clean_start=False, properties=PERSISTENT)
+        got = await watcher.receive()
+        assert (got.topic, got.payload) == ("wills/gone", b"the broker died")
+        await eventually(lambda: store.sessions["mortal"].will is None)  # no longer owed
+
+
+async def test_a_normal_disconnect_leaves_no_will_in_the_store(broker: Any) -> None:
+    store = JournalStore()
+    async with registered(broker, store), MQTTTestClient.open(broker.port()) as client:
+        await client.connect("polite", clean_start=False, will=Will("w", b"x", 0, False, {}), properties=PERSISTENT)
+        await eventually(lambda: "polite" in store.sessions)
+        await client.disconnect()
+        await eventually(
+            lambda: store.sessions["polite"].disconnected_at > 0 and broker.sessions["polite"].connection is None
+        )
+        assert store.sessions["polite"].will is None
+
+
+async def test_hook_record_save(broker: Any) -> None:
+    service = broker.service
+    assert not service.records_available
+    service.save_record("ns", "k", b"nowhere")  # no store: nothing, no error
+    assert await service.load_records("ns") == {}
+    store = JournalStore()
+    async with registered(broker, store):
+        assert service.records_available
+        service.save_record("ns", "k", b"v1")
+        service.save_record("ns", "k", b"v2")
+        assert store.records == {("ns", "k"): b"v2"}
+        assert store.of("record_save") == [("ns", "k"), ("ns", "k")]
+
+
+async def test_hook_record_load(broker: Any) -> None:
+    store = JournalStore()
+    store.records = {("a", "1"): b"one", ("b", "2"): b"two"}
+    async with registered(broker, store):
+        assert await broker.service.load_records("a") == {"1": b"one"}
+        assert store.of("record_load") == ["a"]
+
+
+async def test_hook_record_delete(broker: Any) -> None:
+    store = JournalStore()
+    store.records = {("a", "1"): b"one"}
+    async with registered(broker, store):
+        broker.service.delete_record("a", "1")
+        await broker.service.commit_store()
+        assert store.records == {} and store.of("record_delete") == [("a", "1")]
+        assert store.of("commit") == [None]
+
+
+async def test_an_async_synchronous_store_hook_fails_the_load(broker: Any) -> None:
+    class AsyncSave:
+        @hookimpl
+        async def message_store_save(self, client_id: str, entry: StoredMessage) -> None:
+            pass
+
+    with pytest.raises(PluginError, match="must be synchronous"):
+        await broker.plugins.register("async-save", AsyncSave())
 
 
 # ------------------------------------------------------------------- cluster_forward

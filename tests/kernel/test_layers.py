@@ -17,7 +17,17 @@ KERNEL = Path(__file__).resolve().parents[2] / "kernel"
 # Bottom to top, as docs/architecture.md's table.
 FOLDER_LAYERS = ("codec", "values", "hooks", "routing", "protocol", "transport")
 ROOT_LAYERS: dict[str, tuple[str, ...]] = {
-    "face": ("broker", "service", "observed", "acting", "manager", "plugin_lookup", "hookspecs", "admin"),
+    "face": (
+        "broker",
+        "service",
+        "observed",
+        "live_settings",
+        "acting",
+        "manager",
+        "plugin_lookup",
+        "hookspecs",
+        "admin",
+    ),
     "entry points": ("cli", "admin_cli", "testing", "__init__", "__main__"),
 }
 LAYERS = (*FOLDER_LAYERS, *ROOT_LAYERS)

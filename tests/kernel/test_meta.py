@@ -108,7 +108,10 @@ def test_first_answer_families_are_firstresult(family: str) -> None:
 def test_hook_names_follow_their_family() -> None:
     assert all(name.startswith(("auth_on_", "on_auth", "on_deliver")) for name in hookspecs.DECISION_HOOKS)
     assert all(name.startswith("on_") for name in hookspecs.NOTIFICATION_HOOKS)
-    assert all(name.startswith(("retain_", "session_store_", "cluster_")) for name in hookspecs.PROVIDER_HOOKS)
+    assert all(
+        name.startswith(("retain_", "session_store_", "message_store_", "record_", "store_", "cluster_"))
+        for name in hookspecs.PROVIDER_HOOKS
+    )
     assert all(name.startswith("register_") for name in hookspecs.REGISTRATION_HOOKS)
 
 

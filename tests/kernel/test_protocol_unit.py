@@ -765,9 +765,9 @@ async def test_a_qos2_publish_is_routed_once_and_released_by_pubrel() -> None:
     await inbound.on_publish(client, Publish("t", b"x", 2, packet_id=3))
     await inbound.on_publish(client, Publish("t", b"x", 2, dup=True, packet_id=3))  # a resend
     assert len(broker.published) == 1
-    assert session.incoming_qos2 == {3}
+    assert session.incoming_qos2 == {3: 0}
     assert await inbound.on_pubrel(client, Pubrel(3)) is None
-    assert session.incoming_qos2 == set()
+    assert session.incoming_qos2 == {}
     assert client.packets() == [
         Pubrec(3, ReasonCode.NO_MATCHING_SUBSCRIBERS),
         Pubrec(3, 0),
