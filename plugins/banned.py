@@ -12,7 +12,7 @@ EMQX's banned list in ternmq's shape. A ban has a kind (EMQX's ``as``) and a val
 
 and ``by`` (who banned), ``reason``, ``at`` (when) and ``until`` (Unix time, or forever).
 A ban whose ``until`` has passed no longer applies: it is dropped from memory when it is
-next met (a CONNECT, ``banned show``), from the file at its next write.
+next met (a CONNECT, ``banned show``), from the file or the store at its next write.
 
 ``auth_on_register`` is answered first (``tryfirst``): a banned client is refused with
 0x8A banned (MQTT 3.1.1: return code 5, not authorized); any other gets no answer, and
@@ -22,12 +22,25 @@ administrative action, since MQTT 5 allows 0x8A in CONNACK only. Their sessions 
 
 Admin commands (also the management API's): ``banned add as=KIND who=VALUE [by=...]
 [reason=...] [until=ISO-8601|UNIX-SECONDS|infinity]``, ``banned delete as=KIND
-who=VALUE``, ``banned show``, ``banned clear``. Bans are kept in ``banned.json`` in the
-data directory. Metrics: ``banned_entries`` (gauge), ``banned_refused`` (counter).
+who=VALUE``, ``banned show``, ``banned clear``. Metrics: ``banned_entries`` (gauge),
+``banned_refused`` (counter).
 
-Config keys (``[plugins.banned]``): ``file`` (default none: ``<data_dir>/banned.json``),
-relative to the configuration file's folder. A file that cannot be used fails the load,
-naming it, and is left as it is; it is read and written in a worker thread.
+Where bans are kept:
+
+* with a store plugin loaded before this one (``sqlite_store``: ``Service.records_available``
+  at start) and no ``file`` configured, in the store's records: namespace ``banned``,
+  one record per ban, key ``KIND:WHO`` (``clientid:bot-17``), value the JSON of
+  :meth:`Ban.to_json`. A change saves and deletes the records that differ and returns
+  once the store has made them durable (``Service.commit_store``). A record that cannot
+  be read is logged with its key and skipped (left in the store); expired bans are
+  deleted at start, as at a change. Migration: at start, when the store holds no ban
+  records and ``<data_dir>/banned.json`` exists, its bans are imported, committed, read
+  back, and the file is renamed ``banned.json.imported`` (logged); a file that cannot
+  be used fails the load as below, and is left as it is.
+* otherwise in a JSON file, written whole at every change: ``file`` (default none:
+  ``<data_dir>/banned.json``), relative to the configuration file's folder. A file that
+  cannot be used fails the load, naming it, and is left as it is; it is read and
+  written in a worker thread. A configured ``file`` is used even with a store.
 
 Addresses are compared normalized, the client's as the ban's: no IPv6 scope (``%eth0``),
 an IPv4-mapped IPv6 address (``::ffff:10.0.0.1``) as its IPv4 address. ``until`` must be
@@ -87,6 +100,8 @@ PATTERN_KINDS = ("clientid_re", "username_re")
 KINDS = (*EXACT_KINDS, *PATTERN_KINDS, "peerhost_net")
 COLUMNS = ("as", "who", "by", "reason", "at", "until")
 FILE_NAME = "banned.json"
+IMPORTED_SUFFIX = ".imported"  # banned.json once imported into the store
+NAMESPACE = "banned"  # the store's records of bans: KIND:WHO -> Ban.to_json as JSON
 DEFAULT_BY = "ternmq-admin"
 FOREVER = "infinity"  # how EMQX shows an until that never comes
 END_OF_TIME = 253402300800  # 10000-01-01T00:00:00Z: RFC 3339 cannot show it
@@ -128,6 +143,15 @@ class Ban:
 
     def expired(self, now: float) -> bool:
         return self.until is not None and self.until <= now
+
+    @property
+    def record_key(self) -> str:
+        """The key of the ban's record in the store: ``KIND:WHO`` (no kind has a colon)."""
+        return f"{self.kind}:{self.who}"
+
+    def record(self) -> bytes:
+        """The value of the ban's record in the store: :meth:`to_json` as JSON."""
+        return json.dumps(self.to_json(), allow_nan=False, separators=(",", ":")).encode()
 
     def to_json(self) -> dict[str, Any]:
         """The ban as the file keeps it: times as Unix seconds, None for forever."""
@@ -318,6 +342,31 @@ def load_bans(file: Path) -> BanList:
     return bans
 
 
+def read_records(records: Mapping[str, bytes], now: float) -> tuple[BanList, dict[str, Ban], dict[str, str]]:
+    """The store's ban records read: (the bans in force, oldest first; the records each
+    ban is kept under, key -> ban; why each record that is no ban is not, key -> reason).
+
+    A ban kept under another key than its own (a normalization that changed) or twice
+    is still one ban: its records are all in the second dict, for the caller to rewrite.
+    """
+    bans: list[Ban] = []
+    kept: dict[str, Ban] = {}
+    unreadable: dict[str, str] = {}
+    for key, value in records.items():
+        try:
+            ban = ban_from_json(json.loads(value))
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSON errors are ValueErrors
+            unreadable[key] = str(exc) or type(exc).__name__
+            continue
+        kept[key] = ban
+        bans.append(ban)
+    in_force = BanList()
+    for ban in sorted(bans, key=lambda ban: (ban.at, ban.record_key)):
+        if not ban.expired(now) and ban.key not in in_force.bans:
+            in_force.add(ban)
+    return in_force, kept, unreadable
+
+
 # -- the plugin ---------------------------------------------------------------------------------
 
 
@@ -328,6 +377,8 @@ class Plugin:
         self.config = config or Config()
         self.bans = BanList()
         self.file: Path | None = None  # known once served: it may be in the data directory
+        self.store: Service | None = None  # set when served with a store and no file: bans are records
+        self.stored: dict[str, Ban] = {}  # the store's ban records as handed to it, key -> ban
         self.refused = 0
         self._changing = trio.Lock()  # one change at a time, from its reading to its writing
 
@@ -357,18 +408,88 @@ class Plugin:
                 log.info("client %s disconnected: banned", session.client_id)
 
     async def serve(self, service: Service, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self.file = self.config.file or service.data_dir / FILE_NAME
-        self.bans = await trio.to_thread.run_sync(load_bans, self.file)  # a ValueError fails the load
+        if self.config.file is None and service.records_available:
+            self.store = service
+            self.bans = await self._load_records(service)  # a bad banned.json to import fails the load
+        else:
+            self.file = self.config.file or service.data_dir / FILE_NAME
+            self.bans = await trio.to_thread.run_sync(load_bans, self.file)  # a ValueError fails the load
         task_status.started()
         if self.bans:
             # Enabled in a running broker: the clients already connected meet the list too.
             self.kick(service, self.bans)
 
+    async def _load_records(self, service: Service) -> BanList:
+        """The bans of the store's records, or those of ``banned.json`` imported into an
+        empty store (module docstring); the records are made to match them."""
+        records = await service.load_records(NAMESPACE)
+        bans, kept, unreadable = read_records(records, time.time())
+        for key, reason in unreadable.items():
+            log.error("banned: record %r skipped: %s", key, reason)
+        self.stored = kept
+        if self._write_records(service, bans):  # expired bans, and records under an old key, go
+            await service.commit_store()
+        if records:
+            return bans
+        legacy = service.data_dir / FILE_NAME
+        if not await trio.to_thread.run_sync(legacy.exists):
+            return bans
+        from_file = await trio.to_thread.run_sync(load_bans, legacy)  # ValueError: as a file
+        imported = BanList(from_file.live(time.time()))
+        self._write_records(service, imported)
+        await service.commit_store()
+        # Read back before the file goes: a store that failed says so in its log only.
+        found = await service.load_records(NAMESPACE)
+        missing = [key for key in self.stored if key not in found]
+        if missing:
+            log.error(
+                "banned: %d of %d bans from %s not found in the store after the import; the file stays",
+                len(missing),
+                len(imported),
+                legacy,
+            )
+            return imported
+        target = legacy.with_name(legacy.name + IMPORTED_SUFFIX)
+        try:
+            await trio.to_thread.run_sync(legacy.replace, target)
+        except OSError as exc:
+            log.warning(
+                "banned: %d bans imported from %s into the store; it cannot be renamed %s: %s",
+                len(imported),
+                legacy,
+                target.name,
+                exc.strerror or exc,
+            )
+        else:
+            log.info(
+                "banned: %d bans imported from %s into the store; the file is now %s", len(imported), legacy, target
+            )
+        return imported
+
+    def _write_records(self, service: Service, bans: BanList) -> bool:
+        """Hand the store the changes that make its records ``bans``: records of bans not
+        in it deleted, new or changed bans saved (``stored`` follows). False when there
+        was nothing to change."""
+        wanted = {ban.record_key: ban for ban in bans.bans.values()}
+        gone = [key for key in self.stored if key not in wanted]
+        changed = [ban for key, ban in wanted.items() if self.stored.get(key) != ban]
+        for key in gone:
+            service.delete_record(NAMESPACE, key)
+            del self.stored[key]
+        for ban in changed:
+            service.save_record(NAMESPACE, ban.record_key, ban.record())
+            self.stored[ban.record_key] = ban
+        return bool(gone or changed)
+
     async def _commit(self, bans: BanList) -> None:
-        """Write ``bans`` to the file (in a worker thread: it waits for the disk), then put
-        them in force: a file that cannot be written (CommandError naming it) leaves the
-        bans as they were, on disk as here. Called holding ``_changing``."""
-        if self.file is not None:
+        """Keep ``bans``, then put them in force: in the store (the records that differ,
+        returning once durable), or in the file (in a worker thread: it waits for the
+        disk), where one that cannot be written (CommandError naming it) leaves the bans
+        as they were, on disk as here. Called holding ``_changing``."""
+        if self.store is not None:
+            self._write_records(self.store, bans)
+            await self.store.commit_store()
+        elif self.file is not None:
             file = self.file
             text = json.dumps([ban.to_json() for ban in bans.bans.values()], indent=2, allow_nan=False) + "\n"
             try:

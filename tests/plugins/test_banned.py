@@ -1,9 +1,11 @@
 """The banned plugin end to end: a real broker, real MQTT clients (ternmq's test client,
-paho), bans added through the admin command tree and kept in a file under tmp_path."""
+paho), bans added through the admin command tree and kept in a file under tmp_path, or
+as records of a store (sqlite_store) loaded before it."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shlex
@@ -568,6 +570,176 @@ async def test_the_file_is_written_from_a_worker_thread_one_change_at_a_time(
         assert sorted(entry["who"] for entry in json.loads(bans_file(tmp_path).read_text())) == expected
         await run(broker, "clear")
     assert len(threads) == 7 and threading.main_thread() not in threads
+
+
+# -- kept in the store's records ---------------------------------------------------------------------------
+
+
+def stored_config(tmp_path: Path, **table: Any) -> Config:
+    """The SQLite store (first: plugins load in order), then the banned plugin."""
+    plugins = {"sqlite_store": {"file": str(tmp_path / "t.db")}, "banned": table}
+    return in_data_dir(test_config(plugins=plugins), tmp_path)
+
+
+async def records(broker: Broker) -> dict[str, Any]:
+    """The store's ban records, key -> the ban as JSON."""
+    return {key: json.loads(value) for key, value in (await broker.service.load_records("banned")).items()}
+
+
+@pytest.mark.parametrize("level", LEVELS)
+async def test_with_a_store_bans_survive_a_restart_as_records_and_no_file(tmp_path: Path, level: int) -> None:
+    config = stored_config(tmp_path)
+    async with open_broker(config) as broker:
+        first = await ban(broker, "clientid_re", "^x", "by=ops", "reason=spam", "until=2099-01-01T00:00:00Z")
+        second = await ban(broker, "peerhost_net", "10.1.2.3/8")
+    assert not bans_file(tmp_path).exists()
+    async with open_broker(config) as broker:
+        assert await show(broker) == [first, second]
+        assert await connack_code(broker, "x1", level) == REFUSED[level]
+        assert await connack_code(broker, "y1", level) == 0
+        kept = await records(broker)
+        assert sorted(kept) == ["clientid_re:^x", "peerhost_net:10.0.0.0/8"]
+        assert kept["clientid_re:^x"] | {"at": 0} == {
+            "as": "clientid_re",
+            "who": "^x",
+            "by": "ops",
+            "reason": "spam",
+            "at": 0,
+            "until": 4070908800,
+        }
+        assert metric(broker, "gauge.banned_entries") == 2
+    assert not bans_file(tmp_path).exists()
+
+
+async def test_with_a_store_delete_and_clear_remove_the_records(tmp_path: Path) -> None:
+    config = stored_config(tmp_path)
+    async with open_broker(config) as broker:
+        for client_id in ("a", "b", "c"):
+            await ban(broker, "clientid", client_id)
+        await run(broker, "delete", "as=clientid", "who=b")
+        assert sorted(await records(broker)) == ["clientid:a", "clientid:c"]
+    async with open_broker(config) as broker:
+        assert [row["who"] for row in await show(broker)] == ["a", "c"]
+        assert await connack_code(broker, "b") == 0
+        await run(broker, "clear")
+        assert await records(broker) == {}
+    async with open_broker(config) as broker:
+        assert await show(broker) == []
+        assert await connack_code(broker, "a") == 0
+
+
+async def test_with_a_store_a_ban_that_expired_is_gone_after_a_restart(tmp_path: Path) -> None:
+    config = stored_config(tmp_path)
+    async with open_broker(config) as broker:
+        until = time.time() + 1
+        await ban(broker, "clientid", "brief", f"until={until:.3f}")
+        await ban(broker, "clientid", "lasting")
+    await trio.sleep(max(0.0, until - time.time() + 0.1))
+    async with open_broker(config) as broker:
+        assert [row["who"] for row in await show(broker)] == ["lasting"]
+        assert sorted(await records(broker)) == ["clientid:lasting"]  # deleted at start
+        assert await connack_code(broker, "brief") == 0
+
+
+async def test_with_a_store_a_record_that_cannot_be_read_is_logged_with_its_key_and_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = stored_config(tmp_path)
+    bad = {
+        "clientid:garbage": b"\xff{",
+        "nick:x": json.dumps({"as": "nick", "who": "x", "at": 0}).encode(),
+        "clientid:deep": b"[" * 100_000,
+    }
+    async with open_broker(config) as broker:
+        await ban(broker, "clientid", "evil")
+        for key, value in bad.items():
+            broker.service.save_record("banned", key, value)
+    caplog.set_level(logging.ERROR, logger="ternmq.plugins.banned")
+    async with open_broker(config) as broker:
+        assert [row["who"] for row in await show(broker)] == ["evil"]
+        assert await connack_code(broker, "evil") == 0x8A
+        errors = [r.getMessage() for r in caplog.records if r.name == "ternmq.plugins.banned"]
+        for key in bad:
+            assert any(f"record {key!r} skipped" in text for text in errors), (key, errors)
+
+
+async def test_with_a_store_a_ban_kept_under_another_key_is_moved_to_its_own(tmp_path: Path) -> None:
+    config = stored_config(tmp_path)
+    spelled = json.dumps({"as": "peerhost", "who": "2001:DB8::1", "at": 0}).encode()  # not normalized
+    async with open_broker(config) as broker:
+        broker.service.save_record("banned", "peerhost:2001:DB8::1", spelled)
+        broker.service.save_record("banned", "old-key", spelled)  # the same ban twice
+    async with open_broker(config) as broker:
+        assert [row["who"] for row in await show(broker)] == ["2001:db8::1"]
+        assert sorted(await records(broker)) == ["peerhost:2001:db8::1"]
+        await run(broker, "delete", "as=peerhost", "who=2001:db8::1")
+    async with open_broker(config) as broker:  # lifted for good: no record brings it back
+        assert await show(broker) == []
+        assert await records(broker) == {}
+
+
+async def test_with_a_store_banned_json_is_imported_once_then_renamed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    file = bans_file(tmp_path)
+    file.parent.mkdir()
+    entries = [
+        {"as": "clientid", "who": "evil", "by": "ops", "reason": "spam", "at": 1000, "until": None},
+        {"as": "username", "who": "gone", "at": 0, "until": 1},  # expired: not imported
+        {"as": "peerhost", "who": "::ffff:127.0.0.2", "at": 2000, "until": 4070908800},
+    ]
+    text = json.dumps(entries)
+    file.write_text(text)
+    config = stored_config(tmp_path)
+    imported = file.with_name("banned.json.imported")
+    caplog.set_level(logging.INFO, logger="ternmq.plugins.banned")
+    async with open_broker(config) as broker:
+        assert [(row["as"], row["who"], row["by"]) for row in await show(broker)] == [
+            ("clientid", "evil", "ops"),
+            ("peerhost", "127.0.0.2", "ternmq-admin"),
+        ]
+        assert sorted(await records(broker)) == ["clientid:evil", "peerhost:127.0.0.2"]
+        assert await connack_code(broker, "evil") == 0x8A
+        assert await connack_code(broker, "c", source="127.0.0.2") == 0x8A
+        assert not file.exists() and imported.read_text() == text
+        assert any(f"2 bans imported from {file}" in r.getMessage() for r in caplog.records)
+    # Once: a banned.json that turns up later is not read (the store has bans).
+    file.write_text(json.dumps([{"as": "clientid", "who": "later", "at": 0}]))
+    async with open_broker(config) as broker:
+        assert [row["who"] for row in await show(broker)] == ["evil", "127.0.0.2"]
+        assert await connack_code(broker, "later") == 0
+    assert file.exists() and imported.read_text() == text
+
+
+async def test_with_a_store_a_corrupt_banned_json_to_import_fails_the_load_and_is_left_alone(tmp_path: Path) -> None:
+    file = bans_file(tmp_path)
+    file.parent.mkdir()
+    file.write_text("{not json")
+    with pytest.raises(ExceptionGroup) as caught:
+        async with open_broker(stored_config(tmp_path)):
+            pass
+    assert caught.group_contains(ConfigError, match=rf"\[plugins\.banned\].*{re.escape(str(file))}: not JSON", depth=2)
+    assert file.read_text() == "{not json"
+    assert not file.with_name("banned.json.imported").exists()
+
+
+async def test_with_a_store_a_configured_file_is_still_where_bans_are_kept(tmp_path: Path) -> None:
+    file = tmp_path / "bans" / "list.json"
+    async with open_broker(stored_config(tmp_path, file=str(file))) as broker:
+        await ban(broker, "clientid", "evil")
+        assert await records(broker) == {}
+    assert [entry["who"] for entry in json.loads(file.read_text())] == ["evil"]
+
+
+async def test_without_a_store_banned_json_is_used_and_not_imported(tmp_path: Path) -> None:
+    file = bans_file(tmp_path)
+    file.parent.mkdir()
+    file.write_text(json.dumps([{"as": "clientid", "who": "evil", "at": 0}]))
+    async with open_broker(banned_config(tmp_path)) as broker:
+        assert await connack_code(broker, "evil") == 0x8A
+        await ban(broker, "clientid", "other")
+    assert [entry["who"] for entry in json.loads(file.read_text())] == ["evil", "other"]
+    assert not file.with_name("banned.json.imported").exists()
 
 
 # -- the documentation ----------------------------------------------------------------------------------

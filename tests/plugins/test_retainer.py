@@ -1,14 +1,18 @@
-"""The retainer plugin end to end: store, replace, clear, deliver, retain handling, expiry."""
+"""The retainer plugin end to end: store, replace, clear, deliver, retain handling, expiry,
+and kept across restarts in the records of a store (sqlite_store)."""
 
 from __future__ import annotations
 
+import logging
+import time
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
 import trio
 
-from ternmq.kernel import ConfigError
+from ternmq.kernel import ConfigError, Message, message_to_bytes
 from ternmq.kernel.broker import Broker
 from ternmq.kernel.codec import SubscriptionRequest, Will
 from ternmq.kernel.testing import MQTTTestClient, open_broker, test_config
@@ -233,3 +237,107 @@ async def test_a_negative_limit_is_a_config_error_naming_the_key(key: str) -> No
         async with open_broker(test_config(plugins={"retainer": {key: -5}})):
             pass
     assert caught.group_contains(ConfigError, match=rf"\[plugins\.retainer\] {key}", depth=2)
+
+
+# -- kept in the store's records ----------------------------------------------------------------
+
+
+def stored(tmp_path: Path, **table: Any) -> Any:
+    """A config with the SQLite store (first: plugins load in order) and the retainer."""
+    return test_config(plugins={"sqlite_store": {"file": str(tmp_path / "t.db")}, "retainer": table})
+
+
+async def test_with_a_store_retained_messages_survive_a_restart_and_expired_ones_do_not(tmp_path: Path) -> None:
+    properties = {"content_type": "text/plain", "user_property": [("k", "v")], "correlation_data": b"\x00\x01"}
+    async with open_broker(stored(tmp_path)) as broker, connected(broker, "pub") as pub:
+        await pub.publish("r/kept", b"kept", qos=1, retain=True, properties=properties)
+        await pub.publish("r/long", b"long", qos=1, retain=True, properties={"message_expiry_interval": 60})
+        await pub.publish("r/short", b"short", qos=1, retain=True, properties={"message_expiry_interval": 1})
+        await pub.publish("r/cleared", b"cleared", qos=1, retain=True)
+        await pub.publish("r/cleared", b"", qos=1, retain=True)
+        await pub.publish("r/replaced", b"old", qos=1, retain=True)
+        await pub.publish("r/replaced", b"new", qos=2, retain=True)
+        published = time.time()
+    await trio.sleep(max(0.0, published + 1.1 - time.time()))  # r/short expires while no broker runs
+    async with open_broker(stored(tmp_path)) as broker:
+        got = {m.topic: m for m in await retained_for(broker, "r/#", qos=2)}
+        assert sorted(got) == ["r/kept", "r/long", "r/replaced"]
+        assert all(m.retain for m in got.values())
+        kept = got["r/kept"]
+        assert (kept.payload, kept.qos) == (b"kept", 1)
+        assert {k: kept.properties.get(k) for k in properties} == properties
+        assert (got["r/replaced"].payload, got["r/replaced"].qos) == (b"new", 2)
+        # created_at was kept: the expiry counts the time before the restart too
+        assert 55 <= got["r/long"].properties["message_expiry_interval"] < 60
+        assert sorted(await broker.service.load_records("retainer")) == ["r/kept", "r/long", "r/replaced"]
+        assert broker.service.metrics()["gauge.retained_messages"] == 3
+
+
+async def test_with_a_store_a_message_that_expires_in_a_running_broker_leaves_the_store(tmp_path: Path) -> None:
+    async with open_broker(stored(tmp_path)) as broker:
+        async with connected(broker, "pub") as pub:
+            await pub.publish("r/short", b"short", qos=1, retain=True, properties={"message_expiry_interval": 1})
+        await trio.sleep(1.1)
+        assert await retained_for(broker, "r/short") == []  # met expired on lookup: removed
+        assert await broker.service.load_records("retainer") == {}
+
+
+async def test_with_a_store_a_record_that_cannot_be_read_is_logged_with_its_key_and_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_broker(stored(tmp_path)) as broker:
+        async with connected(broker, "pub") as pub:
+            await pub.publish("r/good", b"good", qos=1, retain=True)
+        broker.service.save_record("retainer", "r/garbage", b"\xff not json")
+        broker.service.save_record("retainer", "r/no-message", b'{"topic": "r/no-message"}')
+        broker.service.save_record("retainer", "r/deep", b"[" * 100_000)  # RecursionError, not ValueError
+        other = message_to_bytes(Message("r/other", b"x", retain=True))
+        broker.service.save_record("retainer", "r/elsewhere", other)  # a message of another topic
+    caplog.set_level(logging.ERROR, logger="ternmq.plugins.retainer")
+    async with open_broker(stored(tmp_path)) as broker:
+        assert [m.payload for m in await retained_for(broker, "r/#")] == [b"good"]
+        errors = [r.getMessage() for r in caplog.records if r.name == "ternmq.plugins.retainer"]
+        for key in ("r/garbage", "r/no-message", "r/deep", "r/elsewhere"):
+            assert any(f"record {key!r} cannot be read" in text for text in errors), (key, errors)
+        assert not any(r.exc_info for r in caplog.records)  # logged, no traceback: nothing failed
+
+
+async def test_with_a_store_max_messages_keeps_the_oldest_restored_and_deletes_the_rest(tmp_path: Path) -> None:
+    async with open_broker(stored(tmp_path)) as broker, connected(broker, "pub") as pub:
+        for n in range(3):
+            await pub.publish(f"r/{n}", b"%d" % n, qos=1, retain=True)
+            await trio.sleep(0.01)  # each its own created_at
+    async with open_broker(stored(tmp_path, max_messages=2)) as broker:
+        assert sorted(m.topic for m in await retained_for(broker, "r/#")) == ["r/0", "r/1"]
+        assert sorted(await broker.service.load_records("retainer")) == ["r/0", "r/1"]
+        assert broker.service.metrics()["counter.retained_refused"] == 1
+
+
+async def test_with_a_store_a_reloaded_retainer_has_its_messages_again(tmp_path: Path) -> None:
+    async with open_broker(stored(tmp_path)) as broker:
+        async with connected(broker, "pub") as pub:
+            await pub.publish("r/t", b"kept", qos=1, retain=True)
+        await broker.service.reload_plugin("retainer")
+        assert [m.payload for m in await retained_for(broker, "r/t")] == [b"kept"]
+
+
+PLUGINS_WITHOUT_STORE = [
+    pytest.param(False, id="no-store"),
+    pytest.param(True, id="store-loaded-after-the-retainer"),
+]
+
+
+@pytest.mark.parametrize("store_after", PLUGINS_WITHOUT_STORE)
+async def test_without_a_store_before_it_retained_messages_are_in_memory_only(
+    tmp_path: Path, store_after: bool
+) -> None:
+    plugins: dict[str, Any] = {"retainer": {}}
+    if store_after:
+        plugins["sqlite_store"] = {"file": str(tmp_path / "t.db")}
+    async with open_broker(test_config(plugins=plugins)) as broker:
+        async with connected(broker, "pub") as pub:
+            await pub.publish("r/t", b"kept", qos=1, retain=True)
+        assert [m.payload for m in await retained_for(broker, "r/t")] == [b"kept"]
+        assert await broker.service.load_records("retainer") == {}
+    async with open_broker(test_config(plugins=plugins)) as broker:
+        assert await retained_for(broker, "r/t") == []
