@@ -12,8 +12,15 @@ way. What it serves (docs/api.md):
 
 API keys as VerneMQ's: ``ternmq-admin api-key create [scope=mgmt] [expires=DATE]``,
 ``api-key add key=K [scope=...] [expires=...]``, ``api-key delete key=K [scope=...]``,
-``api-key show``; kept in ``api_keys.json`` in the data directory (mode 0600). A key is
-sent as the Basic-auth user name with an empty password, or in ``x-api-key``.
+``api-key show``. A key is sent as the Basic-auth user name with an empty password, or
+in ``x-api-key``.
+
+Where the keys live: with a store plugin loaded before this one (``sqlite_store``), as
+its records: namespace ``api_keys`` (VerneMQ-style keys) and ``api_apps`` (EMQX-style
+keys and users), one record per entry, durable before the command or request that
+changed them answers; ``api_keys.json`` / ``api_apps.json`` of the data directory are
+imported the first time and renamed ``*.imported``. Without a store, or when
+``keys_file`` / ``apps_file`` names a file, in those JSON files (mode 0600).
 
 Config keys (``[plugins.api]``): ``address`` ("127.0.0.1"), ``port`` (8888; 0 picks a
 free one), ``certfile``/``keyfile`` (HTTPS), ``auth`` (a table of scope = "apikey" |
@@ -132,27 +139,35 @@ class Plugin:
         app = self.apps.get(name)
         return app if app is not None and app.kind == "user" else None
 
-    def _load_stores(self, service: Service) -> None:
-        """Read the keys files (a first load that cannot read one fails, naming it; a
-        reload keeps the entries in force) and add the bootstrap file's keys."""
-        if self.keys.file is None:
-            self.keys.file = service.data_dir / "api_keys.json"
-        if self.apps.file is None:
-            self.apps.file = service.data_dir / "api_apps.json"
-        for store in (self.keys, self.apps):
+    async def _load_stores(self, service: Service) -> None:
+        """Read the keys (a first load that cannot read them fails, naming the file; a
+        reload keeps the entries in force) and add the bootstrap file's keys.
+
+        A store plugin keeps them as records unless ``keys_file`` / ``apps_file`` names a
+        file: the data directory's file is then imported once (module docstring)."""
+        for store, configured, name in (
+            (self.keys, self.config.keys_file, "api_keys.json"),
+            (self.apps, self.config.apps_file, "api_apps.json"),
+        ):
+            default = service.data_dir / name
             try:
-                store.load()
+                if configured is None and service.records_available:
+                    await store.load_records(service, default)
+                else:
+                    store.file = configured or default
+                    store.load()
             except ValueError:
                 if not store.loaded:  # the first start: the plugin cannot load without its keys
                     raise
                 log.exception("API keys not read again; the keys in force stay")
         if self.config.bootstrap_file is not None:
             self.apps.bootstrap(self.config.bootstrap_file)
+            await self.apps.commit()
 
     async def serve(self, service: Service, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         from .routes import AnswerFirst, build_app  # quart is imported only by a broker that serves the API
 
-        self._load_stores(service)
+        await self._load_stores(service)
         config = HypercornConfig()
         config.bind = [f"{self.config.address}:{self.config.port}"]
         config.accesslog = None

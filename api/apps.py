@@ -1,6 +1,9 @@
 """The EMQX-style credentials of the management API: API keys with a secret and a role
 (EMQX 5's ``api_key``, EMQX 3's apps) and dashboard users (EMQ 2's ``users``), in one
-store kept in ``api_apps.json`` under the data directory.
+store: kept as records of a store plugin (namespace ``api_apps``, one record per entry,
+keyed by its name) when one is loaded and no ``apps_file`` is configured, otherwise in
+``api_apps.json`` (mode 0600) under the data directory. The first time a store holds no
+record of ``api_apps``, that file is imported and renamed ``api_apps.json.imported``.
 
 A key is sent as HTTP Basic ``key:secret``; a user logs in with ``username:password``
 (EMQ 2 takes them as Basic too; EMQX 5 trades them for a bearer token at ``/login``).
@@ -24,14 +27,16 @@ from typing import Any
 import attrs
 import trio
 
-from ternmq.kernel import write_atomically
+from ternmq.kernel import Service, write_atomically
 
-from .keys import read_entries
+from .keys import load_records, read_entries, record_value, unavailable
 
 #: EMQX 5's roles: an administrator may do anything an API key may, a viewer only read
 #: (GET), a publisher only publish.
 ROLES = ("administrator", "viewer", "publisher")
 KINDS = ("key", "user")
+#: The records' namespace of the EMQX-style keys and users (a store plugin's).
+NAMESPACE = "api_apps"
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 _NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.@")
 
@@ -105,14 +110,20 @@ def _entry(raw: dict[str, Any]) -> App:
     return app
 
 
+def _record_key(app: App) -> str:
+    return app.name
+
+
 class AppStore:
-    """The credentials; every change is written to ``file`` at once (or not made)."""
+    """The credentials; every change is written to ``file`` at once (or not made), or
+    kept as records of ``service``'s store (:meth:`load_records`, :meth:`commit`)."""
 
     def __init__(self, file: Path | None = None) -> None:
         self.file = file
         self._apps: dict[str, App] = {}
         self._verified: dict[str, bytes] = {}  # name -> SHA-256 of the secret last verified
         self.loaded = False
+        self.records: Service | None = None  # whose store keeps the entries (once loaded so)
 
     def __iter__(self) -> Iterator[App]:
         return iter(sorted(self._apps.values(), key=lambda app: app.created_at))
@@ -125,10 +136,25 @@ class AppStore:
         if self.file is None:
             return
         apps = read_entries(self.file, "API keys and users", _entry)
-        if apps is not None:
-            self._apps = {app.name: app for app in apps}
+        if apps is not None or self.records is not None:  # (records: none of them is in the file)
+            self._apps = {app.name: app for app in apps or ()}
             self._verified.clear()
+        self.records = None  # the file keeps them from now on
         self.loaded = True
+
+    async def load_records(self, service: Service, file: Path) -> None:
+        """Use the records of ``service``'s store from now on (importing ``file`` once,
+        keys.load_records); ValueError naming ``file`` when it cannot be imported."""
+        apps = await load_records(service, NAMESPACE, file, "API keys and users", _entry, _record_key)
+        self._apps = {app.name: app for app in apps}
+        self._verified.clear()
+        self.records, self.file = service, None
+        self.loaded = True
+
+    async def commit(self) -> None:
+        """Return once the changes made so far are durable (a file is at once)."""
+        if self.records is not None:
+            await self.records.commit_store()
 
     def bootstrap(self, file: Path) -> int:
         """Add the keys of EMQX's ``api_key.bootstrap_file``: lines ``key:secret[:role]``
@@ -227,8 +253,17 @@ class AppStore:
         return app
 
     def _change(self, apps: dict[str, App]) -> None:
-        """Write ``apps`` to the file, then use them (a failed write changes nothing)."""
-        if self.file is not None:
+        """Write ``apps`` to the file (or the entries that changed to the store), then
+        use them (a failed write changes nothing)."""
+        if self.records is not None:
+            if not self.records.records_available:
+                raise unavailable(NAMESPACE)
+            for name, app in apps.items():
+                if self._apps.get(name) is not app:
+                    self.records.save_record(NAMESPACE, name, record_value(app))
+            for name in self._apps.keys() - apps.keys():
+                self.records.delete_record(NAMESPACE, name)
+        elif self.file is not None:
             entries = [attrs.asdict(app) for app in sorted(apps.values(), key=lambda a: a.created_at)]
             write_atomically(self.file, json.dumps(entries, indent=2) + "\n", mode=0o600)
         previous, self._apps = self._apps, apps

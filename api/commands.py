@@ -112,17 +112,18 @@ class Commands:
             raise args.usage_error(f"expires is needed: keys expire within {days} days")
         return expires_at
 
-    def create(self, service: Service, args: Arguments) -> Text:
+    async def create(self, service: Service, args: Arguments) -> Text:
         if args.bool_flag("emqx"):
-            return self._create_emqx(args)
+            return await self._create_emqx(args)
         scope, expires_at = self._scope_and_expiry(args)
         try:
             entry = self.plugin.keys.create(scope, expires_at)
         except OSError as exc:
-            raise args.usage_error(f"the keys file cannot be written: {exc}") from None
+            raise args.usage_error(f"the keys cannot be saved: {exc}") from None
+        await self.plugin.keys.commit()
         return Text(entry.key)
 
-    def add(self, service: Service, args: Arguments) -> Text:
+    async def add(self, service: Service, args: Arguments) -> Text:
         key = args.keys["key"]
         if len(key) < self.plugin.config.min_apikey_length:
             raise args.usage_error(
@@ -137,19 +138,21 @@ class Commands:
             self.plugin.keys.add(key, scope, expires_at)
         except (ValueError, OSError) as exc:
             raise args.usage_error(str(exc)) from None
+        await self.plugin.keys.commit()
         return Text("Done")
 
-    def delete(self, service: Service, args: Arguments) -> Text:
+    async def delete(self, service: Service, args: Arguments) -> Text:
         if args.bool_flag("emqx"):
-            return self._delete_app(args, args.keys.get("name", ""), "key")
+            return await self._delete_app(args, args.keys.get("name", ""), "key")
         if "key" not in args.keys:
             raise args.usage_error("missing argument key=")
         try:
             removed = self.plugin.keys.delete(args.keys["key"], args.keys.get("scope", "mgmt"))
         except OSError as exc:
-            raise args.usage_error(f"the keys file cannot be written: {exc}") from None
+            raise args.usage_error(f"the keys cannot be saved: {exc}") from None
         if not removed:
             raise args.usage_error("no such key")
+        await self.plugin.keys.commit()
         return Text("Done")
 
     def show(self, service: Service, args: Arguments) -> Table:
@@ -184,26 +187,27 @@ class Commands:
 
     # -- EMQX's keys, apps and users --------------------------------------------------------------
 
-    def _make(self, args: Arguments, name: str, **options: object) -> tuple[str, str]:
+    async def _make(self, args: Arguments, name: str, **options: object) -> tuple[str, str]:
         try:
             app, secret = self.plugin.apps.create(name, **options)  # type: ignore[arg-type]
         except ValueError as exc:
             raise args.usage_error(str(exc)) from None
         except OSError as exc:
-            raise args.usage_error(f"the keys file cannot be written: {exc}") from None
+            raise args.usage_error(f"the keys cannot be saved: {exc}") from None
+        await self.plugin.apps.commit()
         return app.key, secret
 
-    def _create_emqx(self, args: Arguments) -> Text:
+    async def _create_emqx(self, args: Arguments) -> Text:
         name = args.keys.get("name")
         if not name:
             raise args.usage_error("--emqx needs name=<name>")
         role = args.keys.get("role", "administrator")
         expires_at = self._expiry(args)
-        key, secret = self._make(args, name, role=role, desc=args.keys.get("desc", ""), expires_at=expires_at)
+        key, secret = await self._make(args, name, role=role, desc=args.keys.get("desc", ""), expires_at=expires_at)
         return Text(f"api_key: {key}\napi_secret: {secret}")
 
-    def app_create(self, service: Service, args: Arguments) -> Text:
-        key, secret = self._make(
+    async def app_create(self, service: Service, args: Arguments) -> Text:
+        key, secret = await self._make(
             args,
             args.keys["name"],
             key=args.keys.get("app_id") or None,
@@ -212,9 +216,9 @@ class Commands:
         )
         return Text(f"app_id: {key}\nsecret: {secret}")
 
-    def admins_add(self, service: Service, args: Arguments) -> Text:
+    async def admins_add(self, service: Service, args: Arguments) -> Text:
         username = args.keys["username"]
-        self._make(
+        await self._make(
             args,
             username,
             kind="user",
@@ -225,19 +229,21 @@ class Commands:
         )
         return Text("ok")
 
-    def admins_passwd(self, service: Service, args: Arguments) -> Text:
+    async def admins_passwd(self, service: Service, args: Arguments) -> Text:
         user = self.plugin.apps.get(args.keys["username"])
         if user is None or user.kind != "user":
             raise CommandError(f"no user {args.keys['username']!r}")
         self.plugin.apps.update(user.name, secret=args.keys["password"])
+        await self.plugin.apps.commit()
         return Text("ok")
 
-    def admins_del(self, service: Service, args: Arguments) -> Text:
-        return self._delete_app(args, args.keys["username"], "user")
+    async def admins_del(self, service: Service, args: Arguments) -> Text:
+        return await self._delete_app(args, args.keys["username"], "user")
 
-    def _delete_app(self, args: Arguments, name: str, kind: str) -> Text:
+    async def _delete_app(self, args: Arguments, name: str, kind: str) -> Text:
         app = self.plugin.apps.get(name)
         if app is None or app.kind != kind:
             raise args.usage_error(f"no {'user' if kind == 'user' else 'EMQX key'} named {name!r}")
         self.plugin.apps.delete(name)
+        await self.plugin.apps.commit()
         return Text("Done")

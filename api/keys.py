@@ -1,10 +1,20 @@
-"""API keys as VerneMQ keeps them: a key per scope, with an optional expiry, kept in a
-JSON file under the data directory so that they survive a restart."""
+"""API keys as VerneMQ keeps them: a key per scope, with an optional expiry, kept so
+that they survive a restart: as records of a store plugin (namespace ``api_keys``, one
+record per key) when one is loaded and no ``keys_file`` is configured, otherwise in a
+JSON file (mode 0600) under the data directory.
+
+The helpers here serve ``apps.py`` too: reading a JSON list file, and reading a store's
+records, where a record that cannot be used is logged (namespace and record key) and
+skipped, and where the JSON file of the data directory is imported once, the first
+time the store holds no record of the namespace, then renamed ``<name>.imported``.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
+import logging
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +24,12 @@ from typing import Any, TypeVar
 
 import attrs
 
-from ternmq.kernel import write_atomically
+from ternmq.kernel import Service, write_atomically
+
+log = logging.getLogger("ternmq.api")
+
+#: The records' namespace of the VerneMQ-style keys (a store plugin's).
+NAMESPACE = "api_keys"
 
 #: The scopes of the HTTP modules (VerneMQ's names; api2 is VerneMQ's /api/v2).
 SCOPES = ("mgmt", "status", "metrics", "health", "api2", "httppub")
@@ -103,13 +118,84 @@ def read_entries(file: Path, what: str, entry: Callable[[dict[str, Any]], T]) ->
         raise ValueError(f"{file}: not a list of {what} ({exc})") from None
 
 
+def record_value(entry: Any) -> bytes:
+    """An entry (an attrs instance) as a record's value: its fields as JSON."""
+    return json.dumps(attrs.asdict(entry), separators=(",", ":")).encode()
+
+
+async def load_records(
+    service: Service,
+    namespace: str,
+    file: Path,
+    what: str,
+    entry: Callable[[dict[str, Any]], T],
+    record_key: Callable[[T], str],
+) -> list[T]:
+    """The entries kept as records of ``namespace``, each built by ``entry`` from the
+    record's JSON object. A record that cannot be used, or whose key is not the one its
+    entry would have, is logged and skipped.
+
+    When the store holds no record of ``namespace`` and ``file`` (a JSON list of what
+    :func:`read_entries` reads) exists, its entries are saved as records, committed,
+    and the file renamed ``<name>.imported``: imported once. ValueError naming the file
+    when it cannot be read (it is then left as it is)."""
+    records = await service.load_records(namespace)
+    if not records:
+        imported = read_entries(file, what, entry)
+        if imported is None:
+            return []
+        for item in imported:
+            service.save_record(namespace, record_key(item), record_value(item))
+        await service.commit_store()
+        _mark_imported(file, namespace, what, len(imported))
+        return imported
+    entries: list[T] = []
+    for key, value in records.items():
+        try:
+            raw = json.loads(value)
+            if not isinstance(raw, dict):
+                raise ValueError("not a JSON object")
+            item = entry(raw)
+            if record_key(item) != key:
+                raise ValueError("its key is not its entry's")
+        except (TypeError, KeyError, AttributeError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+            log.error("record %r of %s cannot be used as one of the %s (%s): skipped", key, namespace, what, exc)
+            continue
+        entries.append(item)
+    return entries
+
+
+def _mark_imported(file: Path, namespace: str, what: str, count: int) -> None:
+    """Rename an imported file ``<name>.imported`` (and say so)."""
+    done = file.with_name(file.name + ".imported")
+    try:
+        file.rename(done)
+    except OSError as exc:  # imported all the same: the records are there now, and win
+        log.warning("%s imported into the store (%s), but not renamed: %s", file, namespace, exc)
+    else:
+        log.info("%d %s imported from %s into the store (%s); the file is now %s", count, what, file, namespace, done)
+
+
+def unavailable(namespace: str) -> OSError:
+    """What a change kept as records raises when no store keeps them any more."""
+    return OSError(f"no store plugin keeps the records of {namespace} now (the store was unloaded)")
+
+
 class KeyStore:
-    """The keys, checked in constant time, written to ``file`` whole or not at all."""
+    """The keys, checked in constant time, written to ``file`` whole or not at all, or
+    kept as records of ``service``'s store (:meth:`load_records`)."""
 
     def __init__(self, file: Path | None = None) -> None:
         self.file = file
         self._keys: list[ApiKey] = []
-        self.loaded = False  # the file has been read once
+        self.loaded = False  # the file (or the records) have been read once
+        self.records: Service | None = None  # whose store keeps the keys (once loaded so)
+
+    @staticmethod
+    def record_key(entry: ApiKey) -> str:
+        """A key's record key: its scope and a digest of the key (the key is a secret,
+        and a record key shows in the log when its record cannot be used)."""
+        return f"{entry.scope}:{hashlib.sha256(entry.key.encode()).hexdigest()[:32]}"
 
     def __iter__(self) -> Iterator[ApiKey]:
         return iter(self._keys)
@@ -119,9 +205,22 @@ class KeyStore:
         if self.file is None:
             return
         keys = read_entries(self.file, "API keys", _entry)
-        if keys is not None:
-            self._keys = keys
+        if keys is not None or self.records is not None:  # (records: none of them is in the file)
+            self._keys = keys or []
+        self.records = None  # the file keeps them from now on
         self.loaded = True
+
+    async def load_records(self, service: Service, file: Path) -> None:
+        """Use the records of ``service``'s store from now on (importing ``file`` once:
+        :func:`load_records`); ValueError naming ``file`` when it cannot be imported."""
+        self._keys = await load_records(service, NAMESPACE, file, "API keys", _entry, self.record_key)
+        self.records, self.file = service, None
+        self.loaded = True
+
+    async def commit(self) -> None:
+        """Return once the changes made so far are durable (a file is at once)."""
+        if self.records is not None:
+            await self.records.commit_store()
 
     def create(self, scope: str, expires_at: float | None) -> ApiKey:
         return self.add(secrets.token_urlsafe(_CREATED_BYTES), scope, expires_at)
@@ -133,7 +232,7 @@ class KeyStore:
         entry = ApiKey(key, scope, expires_at)
         self._keys.append(entry)
         try:
-            self.save()
+            self.save(entry)
         except OSError:
             self._keys.remove(entry)
             raise
@@ -146,7 +245,7 @@ class KeyStore:
         if removed:
             previous, self._keys = self._keys, kept
             try:
-                self.save()
+                self.save(deleted=ApiKey(key, scope))
             except OSError:
                 self._keys = previous
                 raise
@@ -165,7 +264,16 @@ class KeyStore:
                 found = True
         return found
 
-    def save(self) -> None:
-        if self.file is not None:
+    def save(self, saved: ApiKey | None = None, deleted: ApiKey | None = None) -> None:
+        """Keep the change: the record of the key ``saved`` or ``deleted`` (committed
+        by :meth:`commit`), or the whole file. OSError when it cannot be kept."""
+        if self.records is not None:
+            if not self.records.records_available:
+                raise unavailable(NAMESPACE)
+            if saved is not None:
+                self.records.save_record(NAMESPACE, self.record_key(saved), record_value(saved))
+            if deleted is not None:
+                self.records.delete_record(NAMESPACE, self.record_key(deleted))
+        elif self.file is not None:
             entries: list[dict[str, Any]] = [attrs.asdict(k) for k in self._keys]
             write_atomically(self.file, json.dumps(entries, indent=2) + "\n", mode=0o600)  # keys are secrets

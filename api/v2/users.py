@@ -43,7 +43,7 @@ class Users(Handlers):
         rows = [{"username": app.name, "tags": app.desc or app.role} for app in self.plugin.apps if app.kind == "user"]
         return next((row for row in rows if row["username"] == call.params[0]), []) if call.params else rows
 
-    def add_user(self, call: Call) -> Any:
+    async def add_user(self, call: Call) -> Any:
         username, password = login(call.body, "username", "password")
         tags = param(call.body, "tags", str, "")
         if self.plugin.apps.get(username) is not None:
@@ -53,26 +53,29 @@ class Users(Handlers):
             self.plugin.apps.create(username, kind="user", key=username, secret=password, role=role, desc=tags)
         except ValueError as exc:
             raise Refused(USER_EXISTS if "exists" in str(exc) else BAD_TYPE, str(exc)) from None
+        await self.plugin.apps.commit()
         return []
 
     def last_administrator(self, app: App) -> bool:
         return [a for a in self.plugin.apps if a.kind == "user" and a.role == "administrator"] == [app]
 
-    def update_user(self, call: Call) -> Any:
+    async def update_user(self, call: Call) -> Any:
         app, tags = self.user(call.params[0]), param(call.body, "tags", str)
         role = tags if tags in ROLES else app.role
         if role != "administrator" and self.last_administrator(app):
             raise Refused(UNDELETABLE, f"{app.name} is the last administrator and keeps that role")
         self.plugin.apps.update(app.name, desc=tags, role=role)
+        await self.plugin.apps.commit()
         return []
 
-    def delete_user(self, call: Call) -> Any:
+    async def delete_user(self, call: Call) -> Any:
         if call.params[0] == "admin":
             raise Refused(UNDELETABLE, "admin cannot be deleted")
         app = self.user(call.params[0])
         if self.last_administrator(app):
             raise Refused(UNDELETABLE, f"{app.name} is the last administrator and cannot be deleted")
         self.plugin.apps.delete(app.name)
+        await self.plugin.apps.commit()
         return []
 
     async def auth(self, call: Call) -> Any:
@@ -89,4 +92,5 @@ class Users(Handlers):
         if await self.plugin.apps.authenticate(app.key, old, kind="user") is None:
             raise Refused(OLD_PASSWORD, "OldPassword error")
         self.plugin.apps.update(app.name, secret=new)
+        await self.plugin.apps.commit()
         return []

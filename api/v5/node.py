@@ -196,6 +196,7 @@ def operations(plugin: Plugin, service: Service) -> list[Operation]:
         except ValueError as exc:
             code = "ALREADY_EXISTS" if "exists" in str(exc) else "BAD_REQUEST"
             return fail(400, code, str(exc))
+        await plugin.apps.commit()
         return answer(key_body(app, secret))
 
     def key_named(call: Call) -> App | None:
@@ -216,12 +217,15 @@ def operations(plugin: Plugin, service: Service) -> list[Operation]:
             if isinstance(expires_at, str):
                 return fail(400, "BAD_REQUEST", expires_at)
             changes["expires_at"] = expires_at
-        return answer(key_body(plugin.apps.update(app.name, **changes)))
+        updated = plugin.apps.update(app.name, **changes)
+        await plugin.apps.commit()
+        return answer(key_body(updated))
 
     async def delete_key(call: Call) -> Any:
         if key_named(call) is None:
             return fail(404, "NOT_FOUND", "no such API key")
         plugin.apps.delete(call.params["name"])
+        await plugin.apps.commit()
         return no_content()
 
     async def login(call: Call) -> Any:

@@ -11,10 +11,14 @@ configuration::
     ]
 
 and at run time from ``ternmq-admin webhooks register hook=H endpoint=URL [--base64payload=B]
-[--no_payload=B] [--response_timeout=MS] [--on_failure=deny|next] [--transient]``
-(kept in ``<data_dir>/webhooks.json`` unless ``--transient``), ``webhooks deregister
-hook=H endpoint=URL``, ``webhooks show``, ``webhooks cache show [--reset]`` and
-``webhooks cache clear``.
+[--no_payload=B] [--response_timeout=MS] [--on_failure=deny|next] [--transient]``,
+``webhooks deregister hook=H endpoint=URL``, ``webhooks show``, ``webhooks cache show
+[--reset]`` and ``webhooks cache clear``. Run-time registrations (not ``--transient``)
+are kept across restarts: with a store plugin loaded before this one (``sqlite_store``)
+as its records (namespace ``webhooks``, one per registration, durable before the
+command answers; ``<data_dir>/webhooks.json`` is imported the first time and renamed
+``webhooks.json.imported``); without a store, or when ``registrations_file`` is set, in
+that JSON file.
 
 * The auth hooks (``auth_on_register``, ``auth_on_publish``, ``auth_on_subscribe``, their
   ``_m5`` twins), ``on_unsubscribe(_m5)`` and ``on_auth_m5`` are awaited: the endpoints of
@@ -34,7 +38,8 @@ Config keys (``[plugins.webhooks]``): ``endpoints`` (a list of tables with ``hoo
 ``on_failure``), the defaults ``response_timeout`` (5000 ms), ``on_failure`` ("deny"),
 ``base64payload`` (true); ``cache_size`` (10000), ``queue_size`` (10000), ``workers``
 (8), ``pool_max_connections`` (100), ``pool_keepalive`` (60 s), ``registrations_file``
-(default ``webhooks.json`` in the broker's data directory).
+(none: the store's records if a store is loaded, else ``webhooks.json`` in the broker's
+data directory).
 
 Metrics, per hook and endpoint: ``webhooks_requests``, ``webhooks_errors``,
 ``webhooks_timeouts``, ``webhooks_cancelled``, ``webhooks_cache_hits``,
@@ -70,7 +75,7 @@ from ternmq.kernel import (
 from . import wire
 from .calls import AnswerCache, Caller, CallFailed, Stats, cache_key
 from .commands import add_commands
-from .endpoints import Defaults, Endpoint, Registrations, check_policy, check_timeout, endpoint_from
+from .endpoints import NAMESPACE, Defaults, Endpoint, Registrations, check_policy, check_timeout, endpoint_from
 from .wire import BadReply, webhook_name
 
 log = logging.getLogger("ternmq.plugins.webhooks")
@@ -343,23 +348,24 @@ class Plugin:
 
     def register(self, endpoint: Endpoint) -> None:
         """Add an endpoint at run time (ValueError if it is registered already); kept in
-        the registrations file unless transient. If the file cannot be written (OSError)
-        the endpoint is not added either."""
+        the store or the registrations file unless transient (durable once
+        ``registrations.commit()`` returns). If it cannot be kept (OSError) the endpoint
+        is not added either."""
         self.registrations.add(endpoint)
         if endpoint.origin == "runtime":
             try:
-                self.registrations.save()
+                self.registrations.keep(endpoint)
             except OSError:
                 self.registrations.remove(endpoint.hook, endpoint.url)
                 raise
 
     def deregister(self, hook: str, url: str) -> Endpoint:
         """Remove an endpoint (KeyError if not registered) and its cached answers; the
-        file follows. If the file cannot be written (OSError) the endpoint stays."""
+        store or the file follows. If that cannot be done (OSError) the endpoint stays."""
         endpoint, position = self.registrations.remove(hook, url)
         if endpoint.origin == "runtime":
             try:
-                self.registrations.save()
+                self.registrations.forget(endpoint)
             except OSError:
                 self.registrations.add(endpoint, position)
                 raise
@@ -368,9 +374,14 @@ class Plugin:
 
     async def serve(self, service: Service, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         file = self.config.registrations_file or service.data_dir / "webhooks.json"
-        count = self.registrations.load(file, self.config.defaults)
+        if self.config.registrations_file is None and service.records_available:
+            count = await self.registrations.load_records(service, file, self.config.defaults)
+            where = f"the store ({NAMESPACE})"
+        else:
+            count = self.registrations.load(file, self.config.defaults)
+            where = str(file)
         if count:
-            log.info("webhooks: %d endpoints registered at run time, from %s", count, file)
+            log.info("webhooks: %d endpoints registered at run time, from %s", count, where)
         async with (
             httpx.AsyncClient(limits=self.caller.limits, trust_env=False) as client,
             trio.open_nursery() as nursery,

@@ -60,7 +60,7 @@ def add_commands(registry: AdminRegistry, plugin: Plugin) -> None:
     )
 
 
-def _register(plugin: Plugin, args: Arguments) -> Text:
+async def _register(plugin: Plugin, args: Arguments) -> Text:
     defaults = plugin.config.defaults
     table: dict[str, Any] = {"hook": args.keys["hook"], "endpoint": args.keys["endpoint"]}
     try:
@@ -77,16 +77,18 @@ def _register(plugin: Plugin, args: Arguments) -> Text:
         plugin.register(endpoint)
     except (ValueError, OSError) as exc:
         raise args.usage_error(str(exc)) from None
+    await plugin.registrations.commit()
     return Text("Done")
 
 
-def _deregister(plugin: Plugin, args: Arguments) -> Text:
+async def _deregister(plugin: Plugin, args: Arguments) -> Text:
     try:
         plugin.deregister(args.keys["hook"], args.keys["endpoint"])
     except KeyError as exc:
         raise args.usage_error(str(exc.args[0])) from None
     except OSError as exc:
-        raise args.usage_error(f"deregistered, but the registrations file could not be written: {exc}") from None
+        raise args.usage_error(f"not deregistered: the registrations cannot be saved: {exc}") from None
+    await plugin.registrations.commit()
     return Text("Done")
 
 

@@ -2,8 +2,12 @@
 
 The configuration's endpoints come first, in the order they are written; endpoints
 registered at run time (``ternmq-admin webhooks register``) follow in the order of
-registration and are kept in a JSON file under the data directory, so that they come
-back after a restart, unless registered ``--transient``.
+registration and are kept so that they come back after a restart, unless registered
+``--transient``: as records of a store plugin (namespace ``webhooks``, one record per
+registration, keyed ``"<hook> <endpoint>"``, with its place in the order) when one is
+loaded and no ``registrations_file`` is configured, otherwise in a JSON file under the
+data directory. The first time a store holds no registration, the data directory's
+``webhooks.json`` is imported and renamed ``webhooks.json.imported``.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ from urllib.parse import urlsplit
 import attrs
 import httpx
 
-from ternmq.kernel import write_atomically
+from ternmq.kernel import Service, write_atomically
 
 from .wire import WEBHOOK_NAMES, PayloadOptions
 
 log = logging.getLogger("ternmq.plugins.webhooks")
 
+#: The records' namespace of run-time registrations (a store plugin's).
+NAMESPACE = "webhooks"
 FAILURE_POLICIES = ("deny", "next")
 # Keys of an endpoint, in the configuration and in the registrations file.
 ENDPOINT_KEYS = ("hook", "endpoint", "base64payload", "no_payload", "response_timeout", "on_failure")
@@ -144,6 +150,8 @@ class Registrations:
         self._endpoints: list[Endpoint] = []
         self._chains: dict[str, tuple[Endpoint, ...]] = {}
         self.file: Path | None = None
+        self.records: Service | None = None  # whose store keeps them (load_records)
+        self._next_order = 0  # the order of the next registration kept as a record
         for endpoint in configured:
             self.add(endpoint)
 
@@ -181,31 +189,77 @@ class Registrations:
             chains.setdefault(endpoint.hook, []).append(endpoint)
         self._chains = {hook: tuple(chain) for hook, chain in chains.items()}
 
-    # -- the registrations file --------------------------------------------------------
+    # -- where run-time registrations are kept ----------------------------------------
 
     def load(self, file: Path, defaults: Defaults) -> int:
         """Add the endpoints kept in ``file`` (none if it does not exist); ValueError
         naming the file for one that cannot be used, which is then left as it is."""
-        self.file = file
-        try:
-            text = file.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return 0
-        except OSError as exc:
-            raise ValueError(f"{file}: cannot be read: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise ValueError(f"{file}: not UTF-8 text") from None
-        try:
-            entries = json.loads(text)
-            if not isinstance(entries, list):
-                raise ValueError("must be a JSON list of endpoints")
-            loaded = [endpoint_from(entry, defaults, "runtime") for entry in entries]
-        except ValueError as exc:
-            raise ValueError(f"{file}: {exc}") from None
+        self.file, self.records = file, None
+        loaded = _read_file(file, defaults) or []
         for endpoint in loaded:
             if self.find(endpoint.hook, endpoint.url) is None:  # also in the configuration now
                 self.add(endpoint)
         return len(loaded)
+
+    async def load_records(self, service: Service, file: Path, defaults: Defaults) -> int:
+        """Add the endpoints kept as records of ``service``'s store, which keeps the
+        registrations from now on. When it holds none, ``file`` (the registrations file
+        of the data directory) is imported once, then renamed ``<name>.imported``;
+        ValueError naming it when it cannot be used (it is then left as it is). A record
+        that cannot be used is logged and skipped."""
+        records = await service.load_records(NAMESPACE)
+        loaded: list[tuple[int, Endpoint]] = []
+        if not records:
+            imported = _read_file(file, defaults)
+            if imported is not None:
+                for order, endpoint in enumerate(imported):
+                    service.save_record(NAMESPACE, record_key(endpoint), _record_value(endpoint, order))
+                await service.commit_store()
+                _imported(file, len(imported))
+                loaded = list(enumerate(imported))
+        for key, value in records.items():
+            try:
+                order, endpoint = _from_record(value, defaults)
+                if record_key(endpoint) != key:
+                    raise ValueError(f"its key is not {record_key(endpoint)!r}")
+            except (TypeError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+                log.error("record %r of %s cannot be used as a registration (%s): skipped", key, NAMESPACE, exc)
+                continue
+            loaded.append((order, endpoint))
+        loaded.sort(key=lambda entry: entry[0])
+        self.records, self.file = service, None
+        self._next_order = max((order for order, _ in loaded), default=-1) + 1
+        for _, endpoint in loaded:
+            if self.find(endpoint.hook, endpoint.url) is None:  # also in the configuration now
+                self.add(endpoint)
+        return len(loaded)
+
+    def keep(self, endpoint: Endpoint) -> None:
+        """Keep a run-time registration: its record (committed by :meth:`commit`), or
+        the whole file. OSError when it cannot be kept."""
+        if self.records is None:
+            self.save()
+            return
+        if not self.records.records_available:
+            raise _unavailable()
+        self.records.save_record(NAMESPACE, record_key(endpoint), _record_value(endpoint, self._next_order))
+        self._next_order += 1
+
+    def forget(self, endpoint: Endpoint) -> None:
+        """Forget a run-time registration: its record, or the whole file. OSError when
+        that cannot be done."""
+        if self.records is None:
+            self.save()
+            return
+        if not self.records.records_available:
+            raise _unavailable()
+        self.records.delete_record(NAMESPACE, record_key(endpoint))
+
+    async def commit(self) -> None:
+        """Return once what :meth:`keep` and :meth:`forget` did is durable (a file is
+        at once)."""
+        if self.records is not None:
+            await self.records.commit_store()
 
     def save(self) -> None:
         """Write the run-time endpoints to the file: whole or not at all (a temporary
@@ -214,3 +268,63 @@ class Registrations:
             return
         entries = [e.as_table() for e in self._endpoints if e.origin == "runtime"]
         write_atomically(self.file, json.dumps(entries, indent=2) + "\n")
+
+
+def record_key(endpoint: Endpoint) -> str:
+    """A registration's record key: its hook and URL (a URL has no blank)."""
+    return f"{endpoint.hook} {endpoint.url}"
+
+
+def _record_value(endpoint: Endpoint, order: int) -> bytes:
+    """A registration as a record: its table and its place among the registrations."""
+    return json.dumps({"order": order, **endpoint.as_table()}, separators=(",", ":")).encode()
+
+
+def _from_record(value: bytes, defaults: Defaults) -> tuple[int, Endpoint]:
+    table = json.loads(value)
+    if not isinstance(table, dict):
+        raise ValueError("not a JSON object")
+    order = table.pop("order", None)
+    if not isinstance(order, int) or isinstance(order, bool):
+        raise ValueError(f"order must be a whole number, not {order!r}")
+    return order, endpoint_from(table, defaults, "runtime")
+
+
+def _read_file(file: Path, defaults: Defaults) -> list[Endpoint] | None:
+    """The endpoints of a registrations file; None when there is none; ValueError
+    naming it when it cannot be used."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ValueError(f"{file}: cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{file}: not UTF-8 text") from None
+    try:
+        entries = json.loads(text)
+        if not isinstance(entries, list):
+            raise ValueError("must be a JSON list of endpoints")
+        return [endpoint_from(entry, defaults, "runtime") for entry in entries]
+    except ValueError as exc:
+        raise ValueError(f"{file}: {exc}") from None
+
+
+def _imported(file: Path, count: int) -> None:
+    done = file.with_name(file.name + ".imported")
+    try:
+        file.rename(done)
+    except OSError as exc:  # imported all the same: the records are there now, and win
+        log.warning("%s imported into the store (%s), but not renamed: %s", file, NAMESPACE, exc)
+    else:
+        log.info(
+            "%d webhook registrations imported from %s into the store (%s); the file is now %s",
+            count,
+            file,
+            NAMESPACE,
+            done,
+        )
+
+
+def _unavailable() -> OSError:
+    return OSError(f"no store plugin keeps the records of {NAMESPACE} now (the store was unloaded)")

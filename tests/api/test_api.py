@@ -4,9 +4,12 @@ unloading the plugin while MQTT clients carry on."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
+import sqlite3
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -14,6 +17,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 import trio
@@ -357,6 +361,96 @@ async def test_keys_that_cannot_come_back_the_same_are_refused(tmp_path: Path) -
         assert (await http.get("/api/v1/session/show", headers={"x-api-key": ""})).status_code == 401
         both = {"x-api-key": key, "authorization": "Bearer whatever"}
         assert (await http.get("/api/v1/session/show", headers=both)).status_code == 401
+
+
+# -- API keys kept by a store plugin ----------------------------------------------------------
+
+
+def store_config(tmp_path: Path, **table: Any) -> Any:
+    """The SQLite store (first: plugins load in configuration order) and the API without
+    a keys_file, in a data directory of the test's own (``tmp_path / "data"``)."""
+    store = {"file": str(tmp_path / "t.db")}
+    config = test_config(plugins={"sqlite_store": store, API: {"port": 0, **table}})
+    return attrs.evolve(config, broker=attrs.evolve(config.broker, data_dir=str(tmp_path / "data")))
+
+
+def stored_records(db: Path, namespace: str) -> dict[str, bytes]:
+    """The records of ``namespace`` in the store file, read by a connection of our own."""
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        rows = connection.execute("SELECT key, value FROM records WHERE namespace = ?", (namespace,))
+        return {key: bytes(value) for key, value in rows}
+
+
+async def test_keys_kept_by_the_store_survive_a_restart_without_a_keys_file(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    async with open_broker(store_config(tmp_path)) as broker:
+        run = broker.service.run_command
+        created = await run(["api-key", "create"])
+        assert isinstance(created, Text)
+        # durable when the command answers: in the file, as another connection reads it
+        [(record_key, value)] = stored_records(db, "api_keys").items()
+        assert json.loads(value) == {"key": created.text, "scope": "mgmt", "expires_at": None}
+        assert created.text not in record_key  # a record key may be logged: it is no secret
+        assert await run(["api-key", "add", "key=status-key", "scope=status"]) == Text("Done")
+        assert await run(["api-key", "add", "key=gone-key"]) == Text("Done")
+        assert await run(["api-key", "delete", "key=gone-key"]) == Text("Done")
+        assert sorted(json.loads(v)["key"] for v in stored_records(db, "api_keys").values()) == sorted(
+            [created.text, "status-key"]
+        )
+    assert os.stat(db).st_mode & 0o777 == 0o600  # the keys' protection: the file is the owner's
+    async with open_broker(store_config(tmp_path)) as broker:
+        async with httpx.AsyncClient(base_url=base_url(broker), timeout=10) as http:
+            assert (await http.get("/api/v1/session/show", headers=with_key(created.text))).status_code == 200
+            assert (await http.get("/api/v1/session/show", auth=(created.text, ""))).status_code == 200
+            assert (await http.get("/api/v1/session/show", headers=with_key("gone-key"))).status_code == 401
+            assert (await http.get("/api/v1/session/show", headers=with_key("status-key"))).status_code == 401
+        shown = await broker.service.run_command(["api-key", "show"])
+        assert isinstance(shown, Table)
+        assert {(row["Key"], row["Scope"]) for row in shown.rows} == {(created.text, "mgmt"), ("status-key", "status")}
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file() and not p.name.startswith("t.db")) == []
+
+
+async def test_a_keys_file_set_is_used_even_with_a_store(tmp_path: Path) -> None:
+    config = store_config(tmp_path, keys_file=str(tmp_path / "mine.json"))
+    async with open_broker(config) as broker:
+        created = await broker.service.run_command(["api-key", "create"])
+        assert isinstance(created, Text)
+    assert [entry["key"] for entry in json.loads((tmp_path / "mine.json").read_text())] == [created.text]
+    assert stored_records(tmp_path / "t.db", "api_keys") == {}
+
+
+async def test_a_keys_file_is_imported_into_the_store_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="ternmq")
+    db, data = tmp_path / "t.db", tmp_path / "data"
+    no_store = test_config(plugins={API: {"port": 0}})
+    async with open_broker(attrs.evolve(no_store, broker=attrs.evolve(no_store.broker, data_dir=str(data)))) as broker:
+        old = await broker.service.run_command(["api-key", "create"])  # kept in data/api_keys.json, as before
+        assert isinstance(old, Text)
+    assert [entry["key"] for entry in json.loads((data / "api_keys.json").read_text())] == [old.text]
+    async with open_broker(store_config(tmp_path)) as broker:
+        async with httpx.AsyncClient(base_url=base_url(broker), timeout=10) as http:
+            assert (await http.get("/api/v1/session/show", headers=with_key(old.text))).status_code == 200
+    assert not (data / "api_keys.json").exists()
+    assert os.stat(data / "api_keys.json.imported").st_mode & 0o777 == 0o600
+    assert "1 API keys imported from" in caplog.text and "api_keys.json.imported" in caplog.text
+    assert [json.loads(value)["key"] for value in stored_records(db, "api_keys").values()] == [old.text]
+    # Once the store holds keys a file is not imported again, and a record that cannot
+    # be used is logged with its namespace and key and skipped.
+    (data / "api_keys.json").write_text(json.dumps([{"key": "late-key", "scope": "mgmt"}]))
+    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
+        connection.execute("INSERT INTO records VALUES ('api_keys', 'mgmt:broken', ?)", (b"{not json",))
+        value = json.dumps({"key": "moved-key", "scope": "mgmt", "expires_at": None}).encode()
+        connection.execute("INSERT INTO records VALUES ('api_keys', 'mgmt:not-its-key', ?)", (value,))
+    caplog.clear()
+    async with open_broker(store_config(tmp_path)) as broker:
+        async with httpx.AsyncClient(base_url=base_url(broker), timeout=10) as http:
+            assert (await http.get("/api/v1/session/show", headers=with_key(old.text))).status_code == 200
+            for skipped in ("late-key", "moved-key"):
+                assert (await http.get("/api/v1/session/show", headers=with_key(skipped))).status_code == 401
+    assert (data / "api_keys.json").exists()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("'mgmt:broken'" in m and "api_keys" in m for m in errors), errors
+    assert any("'mgmt:not-its-key'" in m and "api_keys" in m for m in errors), errors
 
 
 class Broken:

@@ -6,6 +6,11 @@ against that document."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import json
+import logging
+import os
+import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -340,6 +345,88 @@ async def test_bootstrap_file_keys_and_a_bad_one(tmp_path: Path) -> None:
         async with open_broker(emqx_config(tmp_path / "other", bootstrap_file=str(bootstrap))):
             pass
     assert caught.group_contains(ConfigError, match=r"bootstrap\.txt, line 2: needs key:secret", depth=2)
+
+
+def store_config(tmp_path: Path, **table: Any) -> Any:
+    """The SQLite store (first: plugins load in configuration order) and the API without
+    keys_file or apps_file, in a data directory of the test's own (``tmp_path / "data"``)."""
+    store = {"file": str(tmp_path / "t.db")}
+    config = test_config(plugins={"sqlite_store": store, "api": {"port": 0, **table}})
+    return attrs.evolve(config, broker=attrs.evolve(config.broker, data_dir=str(tmp_path / "data")))
+
+
+def stored_apps(db: Path) -> dict[str, dict[str, Any]]:
+    """The ``api_apps`` records in the store file, read by a connection of our own."""
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        rows = connection.execute("SELECT key, value FROM records WHERE namespace = 'api_apps'")
+        return {key: json.loads(value) for key, value in rows}
+
+
+async def login(url: str, username: str, password: str) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=url, timeout=10) as anonymous:
+        return await anonymous.post("/login", json={"username": username, "password": password})
+
+
+async def test_keys_and_users_kept_by_the_store_survive_a_restart(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    bootstrap = tmp_path / "bootstrap.txt"
+    bootstrap.write_text("boot-view:s3cret:viewer\n")
+    async with open_broker(store_config(tmp_path, bootstrap_file=str(bootstrap))) as broker:
+        url = base_url(broker) + V5
+        assert set(stored_apps(db)) == {"boot-view"}  # the bootstrap file's key, as a record
+        ops = await make_key(broker, "ops")
+        assert stored_apps(db)["ops"]["key"] == ops[0]  # durable when the command answers
+        assert await broker.service.run_command(["admins", "add", "username=admin", "password=public"])
+        token = (await login(url, "admin", "public")).json()["token"]
+        async with httpx.AsyncClient(base_url=url, headers={"authorization": f"Bearer {token}"}) as admin:
+            made = (await admin.post("/api_key", json={"name": "ci", "role": "viewer"})).json()
+            assert stored_apps(db)["ci"]["role"] == "viewer"  # durable when the request answers
+            assert (await admin.post("/api_key", json={"name": "gone"})).status_code == 200
+            assert (await admin.put("/api_key/ci", json={"desc": "for CI"})).status_code == 200
+            assert stored_apps(db)["ci"]["desc"] == "for CI"
+            assert (await admin.delete("/api_key/gone")).status_code == 204
+        apps = stored_apps(db)
+        assert set(apps) == {"boot-view", "ops", "admin", "ci"}
+        for secret in (ops[1], made["api_secret"], "public"):  # secrets are kept as hashes only
+            assert all(secret not in json.dumps(app) for app in apps.values())
+    async with open_broker(store_config(tmp_path, bootstrap_file=str(bootstrap))) as broker:
+        url = base_url(broker) + V5
+        for auth in (ops, (made["api_key"], made["api_secret"]), ("boot-view", "s3cret")):
+            async with httpx.AsyncClient(base_url=url, auth=auth, timeout=10) as http:
+                assert (await http.get("/nodes")).status_code == 200, auth
+        token = (await login(url, "admin", "public")).json()["token"]
+        async with httpx.AsyncClient(base_url=url, headers={"authorization": f"Bearer {token}"}) as admin:
+            keys = {k["name"]: k for k in (await admin.get("/api_key")).json()}
+            assert set(keys) == {"boot-view", "ops", "ci"} and keys["ci"]["desc"] == "for CI"
+    assert os.stat(db).st_mode & 0o777 == 0o600
+    assert [p.name for p in (tmp_path / "data").rglob("*")] == []
+
+
+async def test_an_apps_file_is_imported_into_the_store_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="ternmq")
+    data = tmp_path / "data"
+    no_store = test_config(plugins={"api": {"port": 0}})
+    async with open_broker(attrs.evolve(no_store, broker=attrs.evolve(no_store.broker, data_dir=str(data)))) as broker:
+        ops = await make_key(broker, "ops")  # kept in data/api_apps.json, as before
+    assert [app["name"] for app in json.loads((data / "api_apps.json").read_text())] == ["ops"]
+    async with open_broker(store_config(tmp_path)) as broker:
+        async with httpx.AsyncClient(base_url=base_url(broker) + V5, auth=ops, timeout=10) as http:
+            assert (await http.get("/nodes")).status_code == 200
+        await make_key(broker, "later")
+    assert not (data / "api_apps.json").exists() and (data / "api_apps.json.imported").exists()
+    assert "1 API keys and users imported from" in caplog.text
+    assert set(stored_apps(tmp_path / "t.db")) == {"ops", "later"}
+    with contextlib.closing(sqlite3.connect(tmp_path / "t.db")) as connection, connection:
+        connection.execute("INSERT INTO records VALUES ('api_apps', 'broken', ?)", (b'{"name": "broken"}',))
+    caplog.clear()
+    async with open_broker(store_config(tmp_path)) as broker:  # from the records now
+        async with httpx.AsyncClient(base_url=base_url(broker) + V5, auth=ops, timeout=10) as http:
+            assert (await http.get("/nodes")).status_code == 200
+    assert any(
+        "'broken'" in r.getMessage() and "api_apps" in r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.ERROR
+    )
 
 
 # -- the banned list ---------------------------------------------------------------------------

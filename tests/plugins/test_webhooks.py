@@ -5,9 +5,12 @@ policies, the cache, notifications that never hold a publisher, run-time registr
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import logging
 import shutil
 import socket
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -763,6 +766,104 @@ async def test_register_show_deregister_and_survive_a_restart(tmp_path: Path, re
         assert table.rows[0]["on_failure"] == "next"
         await run(broker, "webhooks", "deregister", "hook=auth_on_publish", f"endpoint={receiver.url('/a')}")
     assert [e["endpoint"] for e in json.loads(file.read_text())] == [receiver.url("/b")]
+
+
+def store_config(tmp_path: Path, *, store: bool = True) -> Any:
+    """The SQLite store (first: plugins load in configuration order) and webhooks without
+    a registrations_file, in a data directory of the test's own (``tmp_path / "data"``)."""
+    plugins: dict[str, dict[str, Any]] = {"sqlite_store": {"file": str(tmp_path / "t.db")}} if store else {}
+    config = test_config(plugins={**plugins, WEBHOOKS: {}})
+    return attrs_evolve_broker(config, data_dir=str(tmp_path / "data"))
+
+
+def stored_registrations(db: Path) -> dict[str, dict[str, Any]]:
+    """The ``webhooks`` records in the store file, read by a connection of our own."""
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        rows = connection.execute("SELECT key, value FROM records WHERE namespace = 'webhooks'")
+        return {key: json.loads(value) for key, value in rows}
+
+
+async def test_registrations_kept_by_the_store_survive_a_restart(tmp_path: Path, receiver: Receiver) -> None:
+    db = tmp_path / "t.db"
+    async with open_broker(store_config(tmp_path)) as broker:
+        # /b first: the order of registration is not the order of the record keys
+        await run(broker, "webhooks", "register", "hook=auth_on_publish", f"endpoint={receiver.url('/b')}")
+        [(key, value)] = stored_registrations(db).items()  # durable when the command answers
+        assert key == f"auth_on_publish {receiver.url('/b')}" and value["endpoint"] == receiver.url("/b")
+        await run(
+            broker, "webhooks", "register", "hook=auth_on_publish", f"endpoint={receiver.url('/a')}",
+            "--on_failure=next", "--base64payload=false",
+        )  # fmt: skip
+        await run(broker, "webhooks", "register", "hook=on_publish", f"endpoint={receiver.url('/t')}", "--transient")
+        await run(broker, "webhooks", "register", "hook=on_publish", f"endpoint={receiver.url('/gone')}")
+        await run(broker, "webhooks", "deregister", "hook=on_publish", f"endpoint={receiver.url('/gone')}")
+        assert sorted(v["endpoint"] for v in stored_registrations(db).values()) == [
+            receiver.url("/a"),
+            receiver.url("/b"),
+        ]
+    async with open_broker(store_config(tmp_path)) as broker:
+        table = await run(broker, "webhooks", "show")
+        assert isinstance(table, Table)
+        assert [(r["endpoint"], r["origin"], r["on_failure"]) for r in table.rows] == [
+            (receiver.url("/b"), "runtime", "deny"),
+            (receiver.url("/a"), "runtime", "next"),
+        ]
+        receiver.respond = lambda request: Answer({"result": "next"})
+        async with connected(broker, "c", 4) as client:
+            await client.publish("x", b"y", qos=1)
+            await eventually(lambda: len(receiver.requests) == 2)
+        assert [r.path for r in receiver.requests] == ["/b", "/a"]  # the chain, in registration order
+        assert receiver.requests[1].body["payload"] == "y"  # /a's base64payload = false came back
+        await run(broker, "webhooks", "deregister", "hook=auth_on_publish", f"endpoint={receiver.url('/b')}")
+        assert [v["endpoint"] for v in stored_registrations(db).values()] == [receiver.url("/a")]
+    assert [p.name for p in (tmp_path / "data").rglob("*")] == []  # no webhooks.json
+
+
+async def test_a_registrations_file_set_is_used_even_with_a_store(tmp_path: Path) -> None:
+    config = store_config(tmp_path)
+    mine = tmp_path / "mine.json"
+    config = attrs_evolve_plugins(config, {"registrations_file": str(mine)})
+    async with open_broker(config) as broker:
+        await run(broker, "webhooks", "register", "hook=on_publish", "endpoint=http://127.0.0.1:9/x")
+    assert [e["endpoint"] for e in json.loads(mine.read_text())] == ["http://127.0.0.1:9/x"]
+    assert stored_registrations(tmp_path / "t.db") == {}
+
+
+async def test_a_registrations_file_is_imported_into_the_store_once(
+    tmp_path: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ternmq")
+    data, db = tmp_path / "data", tmp_path / "t.db"
+    async with open_broker(store_config(tmp_path, store=False)) as broker:  # as before: data/webhooks.json
+        await run(broker, "webhooks", "register", "hook=on_publish", f"endpoint={receiver.url('/old')}")
+    assert [e["endpoint"] for e in json.loads((data / "webhooks.json").read_text())] == [receiver.url("/old")]
+    async with open_broker(store_config(tmp_path)) as broker:
+        async with connected(broker, "c", 4) as client:
+            await client.publish("x", b"1", qos=1)
+            await eventually(lambda: [r.path for r in receiver.requests] == ["/old"])
+        await run(broker, "webhooks", "register", "hook=on_publish", f"endpoint={receiver.url('/new')}")
+    assert not (data / "webhooks.json").exists() and (data / "webhooks.json.imported").exists()
+    assert "1 webhook registrations imported from" in caplog.text
+    assert [e["endpoint"] for e in sorted(stored_registrations(db).values(), key=lambda e: e["order"])] == [
+        receiver.url("/old"),
+        receiver.url("/new"),
+    ]
+    # From the records now: a file is not imported again; a record that cannot be used
+    # is logged with its namespace and key, and skipped.
+    (data / "webhooks.json").write_text(json.dumps([{"hook": "on_publish", "endpoint": receiver.url("/late")}]))
+    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
+        bad = json.dumps({"order": 9, "hook": "on_publish", "endpoint": "ftp://nowhere/"}).encode()
+        connection.execute("INSERT INTO records VALUES ('webhooks', 'on_publish ftp://nowhere/', ?)", (bad,))
+    caplog.clear()
+    receiver.requests.clear()
+    async with open_broker(store_config(tmp_path)) as broker:
+        async with connected(broker, "c", 4) as client:
+            await client.publish("x", b"2", qos=1)
+            await eventually(lambda: len(receiver.requests) == 2)
+            await trio.sleep(0.1)
+        assert sorted(r.path for r in receiver.requests) == ["/new", "/old"]  # (posted by parallel workers)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("'on_publish ftp://nowhere/'" in m and "webhooks" in m for m in errors), errors
 
 
 @pytest.mark.parametrize(
