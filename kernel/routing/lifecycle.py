@@ -349,6 +349,7 @@ class SessionLifecycle:
         timer.cancel()
         if publish_now:
             await timer.callback()
+        session.delayed_will = None  # not owed any more: a store must not keep it
 
     async def end_session(self, session: Session) -> None:
         self.forget_session(session)

@@ -484,6 +484,25 @@ async def test_a_normal_disconnect_leaves_no_will_in_the_store(broker: Any) -> N
         assert store.sessions["polite"].will is None
 
 
+async def test_a_delayed_will_is_kept_until_a_reconnect_cancels_it(broker: Any) -> None:
+    store = JournalStore()
+    delayed = Will("w/late", b"after a minute", 0, False, {"will_delay_interval": 60})
+    async with registered(broker, store):
+        async with MQTTTestClient.open(broker.port()) as client:
+            await client.connect("delayed", clean_start=False, will=delayed, properties=PERSISTENT)
+            await eventually(lambda: "delayed" in store.sessions)
+        # Gone without DISCONNECT: the will waits for its delay, and the store keeps it.
+        await eventually(lambda: broker.sessions["delayed"].connection is None)
+        await eventually(lambda: store.sessions["delayed"].disconnected_at > 0)
+        assert store.sessions["delayed"].will is not None
+        async with MQTTTestClient.open(broker.port()) as client:  # back in time: no will owed
+            await client.connect("delayed", clean_start=False, properties=PERSISTENT)
+            await client.disconnect()
+        await eventually(lambda: broker.sessions["delayed"].connection is None)
+        await eventually(lambda: len(store.of("save")) >= 3)
+        assert store.sessions["delayed"].will is None
+
+
 async def test_hook_record_save(broker: Any) -> None:
     service = broker.service
     assert not service.records_available
