@@ -151,6 +151,9 @@ class Broker:
             for conn in [c for c in self.connections if c.deadline <= now]:
                 conn.timed_out()
 
+    async def store_changed(self) -> None:
+        await self.lifecycle.store_changed()
+
     def stop(self) -> None:
         """Ask ``serve`` to shut down cleanly."""
         self._stopped.set()

@@ -432,7 +432,9 @@ def session_store_save(session: SessionSnapshot) -> None:
 
 @provider
 def session_store_delete(client_id: str) -> None:
-    """Forget a session: it was cleaned, expired or taken over with clean start.
+    """Forget a session: it was cleaned, expired or taken over with clean start; also
+    before a session is saved for the first time (it replaces what the store kept under
+    its client id).
 
     :param client_id: the session's client id; every message saved for it goes too.
 

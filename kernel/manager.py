@@ -107,6 +107,10 @@ class PluginHost(Protocol):
     @property
     def api_routes(self) -> ApiRoutes: ...
 
+    async def store_changed(self) -> None:
+        """A plugin storing sessions was loaded or unloaded: sessions move to the store
+        there is now (SessionLifecycle.store_changed)."""
+
     @property
     def service(self) -> object:
         """What a plugin's ``serve`` gets (service.py's Service); only handed on here."""
@@ -290,6 +294,8 @@ class PluginManager:
                 raise plugin_error(name, f"failed to start: {describe(exc)}") from exc
         dispatcher.rebuild()
         self._call_registration_hooks(name, plugin)
+        if self._stores_sessions(name):
+            await self.broker.store_changed()
         if loaded.state == "loading":  # serve may already have failed right after started()
             loaded.state = "running"
         # The essential ones load with every broker: that is no news for the log.
@@ -321,6 +327,10 @@ class PluginManager:
                         impl.function(**{a: arguments[caller.name][a] for a in impl.argnames})
                     except Exception:
                         log.exception("plugin %s: %s failed", name, caller.name)
+
+    def _stores_sessions(self, name: str) -> bool:
+        dispatcher = self.broker.dispatcher
+        return any(name in dispatcher.implementers(hook) for hook in ("session_store_save", "message_store_save"))
 
     def _remove_registrations(self, name: str) -> None:
         self.broker.admin.remove_owner(name)
@@ -375,6 +385,7 @@ class PluginManager:
         loaded = self.loaded.pop(name, None)
         if loaded is None:
             raise plugin_error(name, "not loaded")
+        stored_sessions = self._stores_sessions(name)
         self.broker.plugin_manager.unregister(name=name)
         self.broker.dispatcher.rebuild()
         self._remove_registrations(name)
@@ -388,6 +399,8 @@ class PluginManager:
                     await loaded.done.wait()
             loaded.state = "unloaded"
             self.broker.dispatcher.forget_plugin(name)
+            if stored_sessions:
+                await self.broker.store_changed()
             log.info("plugin %s unloaded", name)
             if self.broker.dispatcher.has("on_plugin_unloaded"):
                 await self.broker.dispatcher.notify("on_plugin_unloaded", name=name)

@@ -180,9 +180,20 @@ def message_body(entry: StoredMessage) -> str:
     )
 
 
-def stored_message(entry_id: int, body: str) -> StoredMessage:
-    """A message row back; ValueError (or KeyError, TypeError) when it is not one."""
+# What a row that is not what this store wrote raises while it is read back.
+UNREADABLE = (ValueError, KeyError, TypeError, AttributeError, RecursionError)
+
+
+def _object(body: str) -> dict[str, Any]:
     data = json.loads(body)
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
+def stored_message(entry_id: int, body: str) -> StoredMessage:
+    """A message row back; one of UNREADABLE when it is not one."""
+    data = _object(body)
     message = data["message"]
     return StoredMessage(
         entry_id=entry_id,
@@ -196,8 +207,8 @@ def stored_message(entry_id: int, body: str) -> StoredMessage:
 
 
 def session_snapshot(client_id: str, body: str, messages: Sequence[StoredMessage]) -> SessionSnapshot:
-    """A session row back, with its messages; ValueError (or KeyError, TypeError)."""
-    data = json.loads(body)
+    """A session row back, with its messages; one of UNREADABLE when it is not one."""
+    data = _object(body)
     will = data.get("will")
     return SessionSnapshot(
         client_id=client_id,
@@ -222,13 +233,13 @@ def read_sessions(db: sqlite3.Connection) -> list[SessionSnapshot]:
     ):
         try:
             messages.setdefault(client_id, []).append(stored_message(entry_id, body))
-        except (ValueError, KeyError, TypeError) as exc:
+        except UNREADABLE as exc:
             log.error("store: message %d of session %r does not read (%r); skipped", entry_id, client_id, exc)
     snapshots = []
     for client_id, body in db.execute("SELECT client_id, body FROM sessions ORDER BY client_id"):
         try:
             snapshots.append(session_snapshot(client_id, body, messages.get(client_id, ())))
-        except (ValueError, KeyError, TypeError) as exc:
+        except UNREADABLE as exc:
             log.error("store: session %r does not read (%r); skipped", client_id, exc)
     return snapshots
 
@@ -380,7 +391,10 @@ class Plugin:
 
     @hookimpl
     def record_save(self, namespace: str, key: str, value: bytes) -> None:
-        self._write(SAVE_RECORD, (namespace, key, value))
+        # Checked here: a value SQLite cannot bind would fail every later commit.
+        if not isinstance(namespace, str) or not isinstance(key, str) or not isinstance(value, bytes | bytearray):
+            raise TypeError(f"record_save({namespace!r}, {key!r}, ...): namespace and key are str, value bytes")
+        self._write(SAVE_RECORD, (namespace, key, bytes(value)))
 
     @hookimpl
     def record_delete(self, namespace: str, key: str) -> None:

@@ -34,6 +34,7 @@ from ..codec import (
     encode,
     legal_reason_code,
 )
+from ..routing.router import NOT_STORED
 from ..routing.topics import TopicError, is_broker_topic, validate_topic_name
 from ..values.types import Allow, Answer, Deny, Message
 from . import subscriptions
@@ -135,6 +136,9 @@ async def on_publish(conn: ClientConnection, packet: Publish) -> object:
             # publisher subscribed to its own topic sees its PUBACK/PUBREC first (after
             # them when a store keeps the message: Router.route).
             def acknowledge(matched: int) -> None:
+                if matched == NOT_STORED:
+                    _not_stored(conn, session, qos, packet_id, entry_id)
+                    return
                 code = _SUCCESS if matched or conn.protocol_level < 5 else ReasonCode.NO_MATCHING_SUBSCRIBERS
                 _acknowledge(conn, session, qos, packet_id, code, entry_id=entry_id)
 
@@ -172,6 +176,20 @@ def _acknowledge(
     if reason_code < FIRST_FAILURE_CODE:
         session.incoming_qos2[packet_id] = entry_id
     conn.send(Pubrec(packet_id, legal_reason_code(PacketType.PUBREC, reason_code), props))
+
+
+def _not_stored(conn: ClientConnection, session: Session, qos: int, packet_id: int, entry_id: int) -> None:
+    """The store failed to write a message the broker keeps for a stored session: it is
+    not acknowledged as written. MQTT 5 publishers get 0x80 in PUBACK/PUBREC; MQTT 3 ones,
+    which have no negative acknowledgement, are disconnected without one (they send it
+    again when they reconnect: at least once, never a false "written")."""
+    conn.broker.metrics.publish_not_stored += 1
+    if entry_id and session.journal is not None:
+        session.journal.delete(session.client_id, entry_id)
+    if conn.protocol_level == 5:
+        _acknowledge(conn, session, qos, packet_id, ReasonCode.UNSPECIFIED_ERROR, "the message could not be stored")
+    else:
+        conn.kick(ReasonCode.UNSPECIFIED_ERROR, "store_failed")
 
 
 async def authorize_publish(

@@ -35,7 +35,7 @@ class MessageJournal:
     def __init__(self, dispatcher: HookDispatcher) -> None:
         self.dispatcher = dispatcher
         # Entry ids grow with time across restarts (nanoseconds at start), so a restored
-        # session's entries sort before every new one; ``restored`` moves past the
+        # session's entries sort before every new one; ``restore`` moves past the
         # largest id a store gave back, should the clock have gone back.
         self._ids = itertools.count(time.time_ns())
 
@@ -48,11 +48,6 @@ class MessageJournal:
     def committing(self) -> bool:
         """True while a store implements ``store_commit`` (writes are worth waiting for)."""
         return self.dispatcher.has("store_commit")
-
-    def restored(self, entry_id: int) -> None:
-        """A store gave back ``entry_id``: new ids are larger."""
-        following = next(self._ids)
-        self._ids = itertools.count(max(following, entry_id + 1))
 
     def save(self, client_id: str, delivery: Delivery, state: str, packet_id: int | None = None) -> None:
         """Save ``delivery`` of ``client_id``'s session in ``state`` (giving it an id)."""
@@ -88,31 +83,36 @@ class MessageJournal:
         for packet_id in session.incoming_qos2:
             session.incoming_qos2[packet_id] = self.received(client_id, packet_id)
 
-    async def commit(self) -> None:
-        """Return once the store has written everything handed to it."""
-        await self.dispatcher.provide("store_commit")
+    async def commit(self) -> bool:
+        """Return once the store has written everything handed to it: True, or False when
+        it failed or timed out (it logged why)."""
+        failed = object()
+        return await self.dispatcher.provide("store_commit", failed=failed) is not failed
 
-
-def restore_entry(session: Session, entry: StoredMessage) -> None:
-    """Put a store's entry back where it was in ``session`` (at start, in entry order):
-    in flight under its packet id (a QoS 2 one released or not), queued, or a QoS 2
-    PUBLISH of the client awaiting its PUBREL. Queued ones meet ``on_deliver`` again
-    when the client is back (the store does not keep whether they had)."""
-    state = entry.state
-    packet_id = entry.packet_id
-    if state == "received":
-        if packet_id is not None:
+    def restore(self, session: Session, entry: StoredMessage) -> None:
+        """Put a store's entry back where it was in ``session`` (at start, in entry
+        order): in flight under its packet id (a QoS 2 one released or not), queued, or a
+        QoS 2 PUBLISH of the client awaiting its PUBREL. Queued ones meet ``on_deliver``
+        again when the client is back (the store does not keep whether they had). An
+        entry that cannot be placed (no message, or a packet id in use) is queued, or
+        deleted when it has no message."""
+        if entry.entry_id >= next(self._ids):
+            self._ids = itertools.count(entry.entry_id + 1)
+        state = entry.state
+        packet_id = entry.packet_id
+        if state == "received" and packet_id is not None and packet_id not in session.incoming_qos2:
             session.incoming_qos2[packet_id] = entry.entry_id
-        return
-    if entry.message is None:
-        return
-    in_flight = state in ("inflight", "released") and packet_id is not None and packet_id not in session.inflight
-    delivery = Delivery(
-        entry.message, entry.qos, entry.retain, entry.sub_ids, hooked=in_flight, entry_id=entry.entry_id
-    )
-    if in_flight:
-        assert packet_id is not None
-        delivery.released = state == "released"
-        session.inflight[packet_id] = delivery
-    else:
-        session.queue.append(delivery)
+            return
+        if entry.message is None:
+            self.delete(session.client_id, entry.entry_id)
+            return
+        in_flight = state in ("inflight", "released") and packet_id is not None and packet_id not in session.inflight
+        delivery = Delivery(
+            entry.message, entry.qos, entry.retain, entry.sub_ids, hooked=in_flight, entry_id=entry.entry_id
+        )
+        if in_flight:
+            assert packet_id is not None
+            delivery.released = state == "released"
+            session.inflight[packet_id] = delivery
+        else:
+            session.queue.append(delivery)

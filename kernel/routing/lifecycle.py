@@ -18,7 +18,6 @@ import trio
 from ..codec import ReasonCode
 from ..values.counters import Counters
 from ..values.types import ClientInfo, Message
-from .journal import restore_entry
 from .session import AttachedConnection, Delivery, Session
 
 if TYPE_CHECKING:
@@ -80,8 +79,7 @@ class SessionLifecycle:
             for message in snapshot.queued:
                 session.queue.append(Delivery(message, message.qos, message.retain, hooked=False))
             for entry in snapshot.messages:
-                journal.restored(entry.entry_id)
-                restore_entry(session, entry)
+                journal.restore(session, entry)
             # Saved while its client was connected: the client left when the broker did.
             session.disconnected_at = snapshot.disconnected_at or time.time()
             session.created_at = snapshot.created_at or session.created_at
@@ -360,6 +358,16 @@ class SessionLifecycle:
             session.stored = False
             await self.dispatcher.provide("session_store_delete", client_id=session.client_id)
 
+    async def store_changed(self) -> None:
+        """A store plugin came or went (loaded, unloaded, reloaded at run time): every
+        persistent session is given to the store there is now, with its messages, and
+        none is left journaling into one that is gone."""
+        for session in list(self.sessions.values()):
+            session.stored = False
+            session.journal = None
+            if session.persistent:
+                await self.save_session(session)
+
     def end_session_soon(self, session: Session) -> None:
         """``end_session`` for a caller that cannot await: run by the scheduler's task."""
         self.scheduler.call_later(0, lambda: self.end_session(session))
@@ -372,6 +380,10 @@ class SessionLifecycle:
 
     async def save_session(self, session: Session) -> None:
         if self.dispatcher.has("session_store_save"):
+            if not session.stored:
+                # A session new to the store replaces whatever it kept under the client id
+                # (rows of a session it could not read at start, for one).
+                await self.dispatcher.provide("session_store_delete", client_id=session.client_id)
             session.stored = True
             await self.dispatcher.provide("session_store_save", session=session.snapshot())
             journal = self.router.journal

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from ..hooks.dispatch import HookDispatcher
 
 
+# What ``on_matched`` gets when the store failed to write the message (Router.route).
+NOT_STORED = -1
+
+
 class Router:
     """The subscription trie plus the delivery rules (see module docstring)."""
 
@@ -69,15 +73,17 @@ class Router:
         PUBREC goes out before a copy reaches a subscriber on the same connection. Not
         when a store keeps the message (a QoS 1/2 message for a stored session, or a
         retained one): then it is called after the store's commit, and so after the
-        copies (an acknowledged message is a written one).
+        copies (an acknowledged message is a written one), with ``NOT_STORED`` when the
+        store failed to commit.
         """
         plain, shared = self.trie.match(message.topic)
         self.messages_routed += 1
         if not plain and not shared:
             if on_matched is not None:
+                committed = True
                 if message.retain and message.qos and self.journal.committing:
-                    await self.journal.commit()  # the retained copy is written first
-                on_matched(0)
+                    committed = await self.journal.commit()  # the retained copy is written first
+                on_matched(0 if committed else NOT_STORED)
             return 0
         targets = self._merge(plain, origin_client_id, message)
         if shared:
@@ -124,8 +130,7 @@ class Router:
                 await self.report(session, out_message, qos, status)
         self.deliveries += count
         if after_commit is not None:
-            await self.journal.commit()
-            after_commit(len(targets))
+            after_commit(len(targets) if await self.journal.commit() else NOT_STORED)
         return count
 
     def _stored_target(self, targets: list[tuple[str, int, bool, tuple[int, ...]]]) -> bool:

@@ -14,6 +14,7 @@ class Counters:
     publish_received: int = 0
     publish_denied: int = 0
     publish_throttled: int = 0  # PUBLISH packets read later for max_message_rate
+    publish_not_stored: int = 0  # QoS 1/2 PUBLISH not acknowledged: the store failed to write it
     bytes_sent: int = 0
     bytes_received: int = 0
     wills_published: int = 0

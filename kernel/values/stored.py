@@ -54,6 +54,8 @@ def message_to_json(message: Message) -> dict[str, Any]:
 def message_from_json(data: Mapping[str, Any]) -> Message:
     """A message from :func:`message_to_json`'s values; ValueError (or KeyError,
     TypeError) when they are not such values."""
+    if not isinstance(data, Mapping):
+        raise ValueError("a stored message is a JSON object")
     properties = data.get("properties") or {}
     if not isinstance(properties, dict):
         raise ValueError("properties must be an object")

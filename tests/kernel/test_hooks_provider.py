@@ -233,11 +233,13 @@ async def test_hook_session_store_delete(broker: Any) -> None:
             await client.subscribe("x", qos=1)
             await client.disconnect()
         await eventually(lambda: "forget-me" in store.sessions and broker.sessions["forget-me"].connection is None)
-        assert store.of("delete") == []
+        # Once, before its first save: a new session replaces what the store had.
+        assert store.calls[0] == ("delete", "forget-me") and store.calls[1][0] == "save"
+        assert store.of("delete") == ["forget-me"]
         async with MQTTTestClient.open(broker.port()) as client:
             connack = await client.connect("forget-me", clean_start=True)
             assert not connack.session_present
-        assert store.of("delete") == ["forget-me"]
+        assert store.of("delete") == ["forget-me"] * 2
         assert "forget-me" not in store.sessions
 
 
@@ -246,8 +248,9 @@ async def test_session_store_delete_on_expiry(broker: Any) -> None:
     async with registered(broker, store), MQTTTestClient.open(broker.port()) as client:
         await client.connect("expires", clean_start=False, properties={"session_expiry_interval": 1})
         await client.disconnect()
-        await eventually(lambda: store.of("delete"), timeout=3)
-        assert store.of("delete") == ["expires"]
+        # The first is the one before its first save; the second comes with its expiry.
+        await eventually(lambda: len(store.of("delete")) == 2, timeout=3)
+        assert store.of("delete") == ["expires"] * 2 and "expires" not in store.sessions
 
 
 async def test_sessions_and_subscriptions_survive_a_restart_with_a_session_store() -> None:
@@ -501,6 +504,50 @@ async def test_a_delayed_will_is_kept_until_a_reconnect_cancels_it(broker: Any) 
         await eventually(lambda: broker.sessions["delayed"].connection is None)
         await eventually(lambda: len(store.of("save")) >= 3)
         assert store.sessions["delayed"].will is None
+
+
+class FailingCommit(JournalStore):
+    @hookimpl
+    async def store_commit(self) -> None:
+        raise OSError("disk full")
+
+
+async def test_a_message_the_store_failed_to_write_is_not_acknowledged_as_written(broker: Any) -> None:
+    store = FailingCommit()
+    async with registered(broker, store):
+        await stored_subscriber(broker, "offline", "f/#", 2)
+        async with MQTTTestClient.open(broker.port()) as v5:
+            await v5.connect("v5-publisher")
+            assert (await v5.publish("f/1", b"x", qos=1)).reason_code == 0x80
+            assert (await v5.publish("f/2", b"x", qos=2)).reason_code == 0x80  # the refusing PUBREC
+        async with MQTTTestClient.open(broker.port(), protocol_level=4) as v311:
+            await v311.connect("v311-publisher")
+            await v311.send(Publish("f/3", b"x", 1, False, False, 5))
+            assert await v311.closed() is None  # no PUBACK: closed, it will send it again
+        assert broker.metrics.publish_not_stored == 3
+
+
+async def test_a_store_loaded_or_unloaded_at_run_time_takes_or_leaves_the_sessions(broker: Any) -> None:
+    await stored_subscriber(broker, "before", "b/#", 1)  # no store yet: in memory only
+    await broker.service.publish("b/1", b"queued before the store", qos=1)
+    store = JournalStore()
+    async with registered(broker, store):
+        assert "before" in store.sessions  # given to the store at its load, with its message
+        assert store.states("before") == [("queued", None, b"queued before the store")]
+        assert broker.sessions["before"].journal is not None
+    assert broker.sessions["before"].journal is None and not broker.sessions["before"].stored
+    await broker.service.publish("b/2", b"no store to write to", qos=1)
+    assert store.states("before") == [("queued", None, b"queued before the store")]
+
+
+async def test_a_session_new_to_the_store_replaces_what_it_kept_under_the_client_id(broker: Any) -> None:
+    store = JournalStore()
+    # Left by a session the store could not read at start: not the new session's.
+    store.entries["reborn", 1] = StoredMessage(1, "queued", Message("old/1", b"stale", 1), 1)
+    async with registered(broker, store):
+        await stored_subscriber(broker, "reborn", "new/#", 1)
+        assert store.of("delete") == ["reborn"]  # before the first save
+        assert store.states("reborn") == []
 
 
 async def test_hook_record_save(broker: Any) -> None:
