@@ -477,8 +477,8 @@ def store_commit() -> None:
     Fires: before the broker acknowledges a QoS 1/2 PUBLISH (PUBACK, PUBREC) whose
     message it saved for a persistent session, so what was acknowledged survives a
     crash; and at shutdown. Only the first implementation is called. Error or timeout:
-    logged and counted, and the acknowledgement goes out anyway (the message is held in
-    memory).
+    logged and counted; the message is not acknowledged as written (MQTT 5 publishers get
+    0x80, MQTT 3 ones are disconnected without an acknowledgement and send it again).
     """
 
 
