@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from ternmq.kernel import Service, write_atomically
+from ternmq.kernel import Service, set_aside_imported, write_atomically
 
 log = logging.getLogger("ternmq.api")
 
@@ -146,8 +146,10 @@ async def load_records(
             return []
         for item in imported:
             service.save_record(namespace, record_key(item), record_value(item))
-        await service.commit_store()
-        _mark_imported(file, namespace, what, len(imported))
+        if await service.commit_store():
+            set_aside_imported(file, what, len(imported), log)
+        else:
+            log.error("%s: the store failed to commit the %s imported from it; the file stays", file, what)
         return imported
     entries: list[T] = []
     for key, value in records.items():
@@ -163,17 +165,6 @@ async def load_records(
             continue
         entries.append(item)
     return entries
-
-
-def _mark_imported(file: Path, namespace: str, what: str, count: int) -> None:
-    """Rename an imported file ``<name>.imported`` (and say so)."""
-    done = file.with_name(file.name + ".imported")
-    try:
-        file.rename(done)
-    except OSError as exc:  # imported all the same: the records are there now, and win
-        log.warning("%s imported into the store (%s), but not renamed: %s", file, namespace, exc)
-    else:
-        log.info("%d %s imported from %s into the store (%s); the file is now %s", count, what, file, namespace, done)
 
 
 def unavailable(namespace: str) -> OSError:

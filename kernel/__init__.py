@@ -20,7 +20,7 @@ from .plugin_lookup import PluginError
 from .routing.topics import TopicError, topic_matches, validate_topic_filter, validate_topic_name
 from .service import Service
 from .values.config import BrokerSettings, ConfigError, ListenerConfig, build_attrs, check_mountpoint
-from .values.files import file_stamp, write_atomically
+from .values.files import file_stamp, set_aside_imported, write_atomically
 from .values.info import ListenerInfo, PluginInfo, SessionInfo
 from .values.output import Table, Text, cell_text
 from .values.stored import StoreError, message_from_bytes, message_from_json, message_to_bytes, message_to_json
@@ -67,6 +67,7 @@ __all__ = [
     "build_attrs",
     "check_mountpoint",
     "write_atomically",
+    "set_aside_imported",
     "file_stamp",
     "Service",
     "Outcome",

@@ -79,6 +79,7 @@ from ternmq.kernel import (
     Text,
     deny,
     hookimpl,
+    set_aside_imported,
     write_atomically,
 )
 from ternmq.plugins._banned_values import (
@@ -100,7 +101,6 @@ PATTERN_KINDS = ("clientid_re", "username_re")
 KINDS = (*EXACT_KINDS, *PATTERN_KINDS, "peerhost_net")
 COLUMNS = ("as", "who", "by", "reason", "at", "until")
 FILE_NAME = "banned.json"
-IMPORTED_SUFFIX = ".imported"  # banned.json once imported into the store
 NAMESPACE = "banned"  # the store's records of bans: KIND:WHO -> Ban.to_json as JSON
 DEFAULT_BY = "ternmq-admin"
 FOREVER = "infinity"  # how EMQX shows an until that never comes
@@ -449,21 +449,7 @@ class Plugin:
                 legacy,
             )
             return imported
-        target = legacy.with_name(legacy.name + IMPORTED_SUFFIX)
-        try:
-            await trio.to_thread.run_sync(legacy.replace, target)
-        except OSError as exc:
-            log.warning(
-                "banned: %d bans imported from %s into the store; it cannot be renamed %s: %s",
-                len(imported),
-                legacy,
-                target.name,
-                exc.strerror or exc,
-            )
-        else:
-            log.info(
-                "banned: %d bans imported from %s into the store; the file is now %s", len(imported), legacy, target
-            )
+        await trio.to_thread.run_sync(set_aside_imported, legacy, "bans", len(imported), log)
         return imported
 
     def _write_records(self, service: Service, bans: BanList) -> bool:

@@ -13,7 +13,8 @@ found expired; at start they are read back before the retainer reports started, 
 restarted broker (or a reloaded retainer) has them again. Records that expired meanwhile
 are deleted; one that cannot be read is logged with its key and skipped; beyond
 ``max_messages`` the newest are dropped (and deleted). The store's writer makes them
-durable in batches: a retained message is not waited for. Without a store (or with one
+durable in batches; the PUBACK/PUBREC of a retained QoS 1/2 PUBLISH waits for that
+commit. Without a store (or with one
 loaded after the retainer) they are in memory only and gone at a restart.
 
 Live settings (``ternmq-admin show --retainer.max_messages``, ``set``):

@@ -3,6 +3,7 @@ leaves half of it."""
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -28,6 +29,27 @@ def write_atomically(path: Path, text: str, *, mode: int | None = None) -> None:
     finally:
         if not replaced:
             Path(temporary).unlink(missing_ok=True)
+
+
+def set_aside_imported(file: Path, what: str, count: int, log: logging.Logger) -> None:
+    """A plugin's file whose entries (``count`` ``what``) a store now keeps and has
+    committed: renamed ``<name>.imported``, so that it is neither read nor imported again
+    (and the operator sees what happened to it); logged either way. A file that cannot
+    be renamed stays (the store's records win over it from now on)."""
+    done = file.with_name(file.name + ".imported")
+    try:
+        file.replace(done)
+    except OSError as exc:
+        log.warning(
+            "%d %s imported from %s into the store; it cannot be renamed %s: %s",
+            count,
+            what,
+            file,
+            done.name,
+            exc.strerror or exc,
+        )
+    else:
+        log.info("%d %s imported from %s into the store; the file is now %s", count, what, file, done)
 
 
 def file_stamp(path: Path) -> tuple[int, int, int, int]:

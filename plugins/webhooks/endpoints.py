@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import attrs
 import httpx
 
-from ternmq.kernel import Service, write_atomically
+from ternmq.kernel import Service, set_aside_imported, write_atomically
 
 from .wire import WEBHOOK_NAMES, PayloadOptions
 
@@ -214,8 +214,10 @@ class Registrations:
             if imported is not None:
                 for order, endpoint in enumerate(imported):
                     service.save_record(NAMESPACE, record_key(endpoint), _record_value(endpoint, order))
-                await service.commit_store()
-                _imported(file, len(imported))
+                if await service.commit_store():
+                    set_aside_imported(file, "webhook registrations", len(imported), log)
+                else:
+                    log.error("%s: the store failed to commit the registrations imported from it; the file stays", file)
                 loaded = list(enumerate(imported))
         for key, value in records.items():
             try:
@@ -308,22 +310,6 @@ def _read_file(file: Path, defaults: Defaults) -> list[Endpoint] | None:
         return [endpoint_from(entry, defaults, "runtime") for entry in entries]
     except ValueError as exc:
         raise ValueError(f"{file}: {exc}") from None
-
-
-def _imported(file: Path, count: int) -> None:
-    done = file.with_name(file.name + ".imported")
-    try:
-        file.rename(done)
-    except OSError as exc:  # imported all the same: the records are there now, and win
-        log.warning("%s imported into the store (%s), but not renamed: %s", file, NAMESPACE, exc)
-    else:
-        log.info(
-            "%d webhook registrations imported from %s into the store (%s); the file is now %s",
-            count,
-            file,
-            NAMESPACE,
-            done,
-        )
 
 
 def _unavailable() -> OSError:

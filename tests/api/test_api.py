@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ternmq.kernel import CommandError, ConfigError, Table, Text, allow, deny, hookimpl
 from ternmq.kernel.broker import Broker
-from ternmq.kernel.testing import open_broker, registered, test_config
+from ternmq.kernel.testing import open_broker, registered, serving, test_config
 
 from helpers import connected, eventually
 
@@ -417,6 +417,41 @@ async def test_a_keys_file_set_is_used_even_with_a_store(tmp_path: Path) -> None
         assert isinstance(created, Text)
     assert [entry["key"] for entry in json.loads((tmp_path / "mine.json").read_text())] == [created.text]
     assert stored_records(tmp_path / "t.db", "api_keys") == {}
+
+
+class StoreThatCannotCommit:
+    """Takes records but never makes them durable (a full disk)."""
+
+    def __init__(self) -> None:
+        self.records: dict[tuple[str, str], bytes] = {}
+
+    @hookimpl
+    async def record_load(self, namespace: str) -> dict[str, bytes]:
+        return {key: value for (space, key), value in self.records.items() if space == namespace}
+
+    @hookimpl
+    def record_save(self, namespace: str, key: str, value: bytes) -> None:
+        self.records[namespace, key] = value
+
+    @hookimpl
+    async def store_commit(self) -> None:
+        raise OSError("disk full")
+
+
+async def test_a_keys_file_stays_when_the_store_fails_to_commit_its_import(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "api_keys.json").write_text(json.dumps([{"key": "file-key-123456", "scope": "mgmt"}]))
+    config = test_config(plugins={API: {"port": 0}})
+    broker = Broker(attrs.evolve(config, broker=attrs.evolve(config.broker, data_dir=str(data))))
+    await broker.plugins.register("store", StoreThatCannotCommit())  # before the api plugin loads
+    async with serving(broker):
+        async with httpx.AsyncClient(base_url=base_url(broker), timeout=10) as http:
+            assert (await http.get("/api/v1/session/show", headers=with_key("file-key-123456"))).status_code == 200
+    assert (data / "api_keys.json").exists() and not (data / "api_keys.json.imported").exists()
+    assert "the store failed to commit the API keys imported from it; the file stays" in caplog.text
 
 
 async def test_a_keys_file_is_imported_into_the_store_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
