@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Service", "SessionInfo", "ListenerInfo", "PluginInfo"]
 
+# The store's records of which namespaces a plugin imported a file into (import_pending).
+IMPORTS_NAMESPACE = "$imports"
+
 # What the dispatcher answers for a store hook that failed (so it differs from "none").
 _STORE_FAILED = object()
 
@@ -226,6 +229,18 @@ class Service:
         if records is _STORE_FAILED:
             raise StoreError(f"the store failed to read the records of {namespace!r} (see the log)")
         return dict(records)
+
+    async def import_pending(self, namespace: str) -> bool:
+        """True when a store is loaded, holds no record of ``namespace`` and was never
+        told (``note_import``) of a file imported into it: a file is imported once, even
+        if it stays (a failed commit, a refused rename) or the namespace empties later."""
+        if not self.records_available or await self.load_records(namespace):
+            return False
+        return namespace not in await self.load_records(IMPORTS_NAMESPACE)
+
+    def note_import(self, namespace: str, source: str) -> None:
+        """Remember that ``source`` (a file) was imported into ``namespace``."""
+        self.save_record(IMPORTS_NAMESPACE, namespace, source.encode())
 
     def save_record(self, namespace: str, key: str, value: bytes) -> None:
         """Keep one record (replacing the key's value); written by the store's writer

@@ -128,6 +128,10 @@ def _showable(ban: Any, attribute: attrs.Attribute[Any], value: float | None) ->
         raise ValueError(f"{attribute.name} must be Unix seconds from 1970 to the year 9999, not {value!r}")
 
 
+class NotSaved(CommandError):
+    """A change in force that the store failed to commit (it retries)."""
+
+
 @attrs.frozen
 class Ban:
     kind: str  # EMQX's "as"
@@ -429,14 +433,13 @@ class Plugin:
         self.stored = kept
         if self._write_records(service, bans):  # expired bans, and records under an old key, go
             await service.commit_store()
-        if records:
-            return bans
         legacy = service.data_dir / FILE_NAME
-        if not await trio.to_thread.run_sync(legacy.exists):
+        if not await service.import_pending(NAMESPACE) or not await trio.to_thread.run_sync(legacy.exists):
             return bans
         from_file = await trio.to_thread.run_sync(load_bans, legacy)  # ValueError: as a file
         imported = BanList(from_file.live(time.time()))
         self._write_records(service, imported)
+        service.note_import(NAMESPACE, str(legacy))
         await service.commit_store()
         # Read back before the file goes: a store that failed says so in its log only.
         found = await service.load_records(NAMESPACE)
@@ -473,8 +476,12 @@ class Plugin:
         disk), where one that cannot be written (CommandError naming it) leaves the bans
         as they were, on disk as here. Called holding ``_changing``."""
         if self.store is not None:
+            if not self.store.records_available:
+                raise CommandError("no store plugin keeps the bans now (the store was unloaded): nothing changed")
             self._write_records(self.store, bans)
-            await self.store.commit_store()
+            if not await self.store.commit_store():
+                self.bans = bans
+                raise NotSaved("in force, but the store has not saved it yet (see the log; it retries)")
         elif self.file is not None:
             file = self.file
             text = json.dumps([ban.to_json() for ban in bans.bans.values()], indent=2, allow_nan=False) + "\n"
@@ -527,7 +534,11 @@ class Plugin:
                 bans = BanList([*self.bans.live(now), ban])
             except ValueError as exc:
                 raise CommandError(str(exc)) from None
-            await self._commit(bans)
+            try:
+                await self._commit(bans)
+            except NotSaved:
+                self.kick(service, BanList([ban]))  # in force all the same
+                raise
         self.kick(service, BanList([ban]))
         return Table((ban.row(),), COLUMNS)
 

@@ -14,8 +14,11 @@ restarted broker (or a reloaded retainer) has them again. Records that expired m
 are deleted; one that cannot be read is logged with its key and skipped; beyond
 ``max_messages`` the newest are dropped (and deleted). The store's writer makes them
 durable in batches; the PUBACK/PUBREC of a retained QoS 1/2 PUBLISH waits for that
-commit. Without a store (or with one
-loaded after the retainer) they are in memory only and gone at a restart.
+commit. A store loaded after the
+retainer (listed after it, or at run time) is taken up when it loads: its records come
+back and what is in memory is written. Without a store they are in memory only and gone
+at a restart; a store unloaded at run time leaves them in memory only until one is
+loaded again.
 
 Live settings (``ternmq-admin show --retainer.max_messages``, ``set``):
 ``retainer.max_messages`` and ``retainer.max_payload_size``. Metrics: ``retained_messages``
@@ -77,9 +80,11 @@ class Plugin:
         self.config = config or Config()
         self.messages: dict[str, Message] = {}
         self.refused = 0
-        self.store: Service | None = None  # the records' keeper, when a store was loaded at start
+        self.store: Service | None = None  # the records' keeper while a store is loaded
+        self.service: Service | None = None
 
     async def serve(self, service: Service, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.service = service
         if service.records_available:
             await self._restore(service)
             self.store = service
@@ -118,6 +123,33 @@ class Plugin:
             len(unreadable),
         )
 
+    def _stored(self) -> bool:
+        """True while the store keeps the records; once it is gone (unloaded at run
+        time), memory only, until a store is loaded again (``on_plugin_loaded``)."""
+        if self.store is None:
+            return False
+        if self.store.records_available:
+            return True
+        log.warning("retainer: the store was unloaded; retained messages are kept in memory only")
+        self.store = None
+        return False
+
+    @hookimpl
+    async def on_plugin_loaded(self, name: str) -> None:
+        """A store loaded after the retainer (at run time, or listed after it) keeps the
+        retained messages from now on: its records come back as at start (what is in
+        memory wins for a topic), and what is in memory is written. Nothing is deleted:
+        a message cleared while no store was loaded may come back."""
+        service = self.service
+        if self.store is not None or service is None or not service.records_available:
+            return
+        await self._restore(service)
+        for topic, message in self.messages.items():
+            service.save_record(NAMESPACE, topic, message_to_bytes(message))
+        await service.commit_store()
+        self.store = service
+        log.info("retainer: %d retained messages handed to the store (plugin %s)", len(self.messages), name)
+
     @hookimpl
     def register_metrics(self, registry: Any) -> None:
         registry.gauge("retained_messages", lambda: len(self.messages), "retained messages held")
@@ -149,13 +181,15 @@ class Plugin:
             log.warning("retainer full (%d messages): %s not retained", config.max_messages, message.topic)
             return
         self.messages[message.topic] = message
-        if self.store is not None:
+        if self._stored():
+            assert self.store is not None
             self.store.save_record(NAMESPACE, message.topic, message_to_bytes(message))
 
     @hookimpl
     def retain_delete(self, topic: str) -> None:
         self.messages.pop(topic, None)
-        if self.store is not None:
+        if self._stored():
+            assert self.store is not None
             # even for a topic not in memory: it may be a record that could not be read
             self.store.delete_record(NAMESPACE, topic)
 

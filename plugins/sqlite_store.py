@@ -22,7 +22,7 @@ shared by every message of a burst.
 The file keeps its schema version (SQLite's ``user_version``). A file of a newer
 ternmq, a file that is not a ternmq store, or a damaged one stops the start with an
 error naming the file; it is never replaced or emptied. The file is created readable
-by its owner only (it holds API key hashes).
+by its owner only (it holds API keys).
 
 Config keys (``[plugins.sqlite_store]``):
 

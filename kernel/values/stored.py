@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import base64
 import json
+import math
+import struct
 from collections.abc import Mapping
 from typing import Any
 
+from ..codec import Publish, encode_publish_parts
 from .types import Message
 
 __all__ = ["StoreError", "message_to_json", "message_from_json", "message_to_bytes", "message_from_bytes"]
@@ -62,14 +65,31 @@ def message_from_json(data: Mapping[str, Any]) -> Message:
     qos = data["qos"]
     if qos not in (0, 1, 2) or isinstance(qos, bool):
         raise ValueError(f"bad qos {qos!r}")
-    return Message(
+    try:
+        created_at = float(data["created_at"])
+    except OverflowError:
+        created_at = math.inf
+    if not math.isfinite(created_at):
+        raise ValueError(f"bad created_at {str(data['created_at'])[:40]!r}")
+    message = Message(
         topic=str(data["topic"]),
         payload=base64.b64decode(data["payload"], validate=True),
         qos=qos,
         retain=bool(data["retain"]),
         properties={name: _restored(name, value) for name, value in properties.items()},
-        created_at=float(data["created_at"]),
+        created_at=created_at,
     )
+    # A property of the wrong type or unknown name would fail later, when the message is
+    # delivered (or expiry is computed): it is refused here, where a store reads it.
+    try:
+        message.remaining_expiry()
+        sent = {name: value for name, value in message.properties.items() if name != "will_delay_interval"}
+        encode_publish_parts(Publish(message.topic, message.payload, qos, False, False, 1, sent), 5)
+        if not isinstance(message.properties.get("will_delay_interval", 0), int):
+            raise TypeError("will_delay_interval is not a whole number")
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError, struct.error) as exc:
+        raise ValueError(f"properties that cannot be sent: {exc!r}") from None
+    return message
 
 
 def message_to_bytes(message: Message) -> bytes:
@@ -84,5 +104,5 @@ def message_from_bytes(data: bytes) -> Message:
         if not isinstance(decoded, dict):
             raise ValueError("not a JSON object")
         return message_from_json(decoded)
-    except (KeyError, TypeError, UnicodeDecodeError, RecursionError) as exc:
+    except (KeyError, TypeError, UnicodeDecodeError, RecursionError, OverflowError) as exc:
         raise ValueError(f"not a stored message: {exc!r}") from None

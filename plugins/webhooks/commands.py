@@ -77,8 +77,15 @@ async def _register(plugin: Plugin, args: Arguments) -> Text:
         plugin.register(endpoint)
     except (ValueError, OSError) as exc:
         raise args.usage_error(str(exc)) from None
-    await plugin.registrations.commit()
+    await _committed(plugin, args)
     return Text("Done")
+
+
+async def _committed(plugin: Plugin, args: Arguments) -> None:
+    try:
+        await plugin.registrations.commit()
+    except OSError as exc:
+        raise args.usage_error(str(exc)) from None
 
 
 async def _deregister(plugin: Plugin, args: Arguments) -> Text:
@@ -88,7 +95,7 @@ async def _deregister(plugin: Plugin, args: Arguments) -> Text:
         raise args.usage_error(str(exc.args[0])) from None
     except OSError as exc:
         raise args.usage_error(f"not deregistered: the registrations cannot be saved: {exc}") from None
-    await plugin.registrations.commit()
+    await _committed(plugin, args)
     return Text("Done")
 
 

@@ -204,16 +204,18 @@ class Registrations:
     async def load_records(self, service: Service, file: Path, defaults: Defaults) -> int:
         """Add the endpoints kept as records of ``service``'s store, which keeps the
         registrations from now on. When it holds none, ``file`` (the registrations file
-        of the data directory) is imported once, then renamed ``<name>.imported``;
+        of the data directory) is imported once (``Service.import_pending``), then renamed
+        ``<name>.imported``;
         ValueError naming it when it cannot be used (it is then left as it is). A record
         that cannot be used is logged and skipped."""
         records = await service.load_records(NAMESPACE)
         loaded: list[tuple[int, Endpoint]] = []
-        if not records:
+        if await service.import_pending(NAMESPACE):
             imported = _read_file(file, defaults)
             if imported is not None:
                 for order, endpoint in enumerate(imported):
                     service.save_record(NAMESPACE, record_key(endpoint), _record_value(endpoint, order))
+                service.note_import(NAMESPACE, str(file))
                 if await service.commit_store():
                     set_aside_imported(file, "webhook registrations", len(imported), log)
                 else:
@@ -259,9 +261,10 @@ class Registrations:
 
     async def commit(self) -> None:
         """Return once what :meth:`keep` and :meth:`forget` did is durable (a file is
-        at once)."""
-        if self.records is not None:
-            await self.records.commit_store()
+        at once). OSError when the store failed to commit it (the change is in force,
+        and the store retries)."""
+        if self.records is not None and not await self.records.commit_store():
+            raise OSError("in force, but the store has not saved it yet (see the log; it retries)")
 
     def save(self) -> None:
         """Write the run-time endpoints to the file: whole or not at all (a temporary

@@ -404,9 +404,10 @@ async def test_hook_store_commit(broker: Any) -> None:
         await stored_subscriber(broker, "offline", "k/#", 1)
         await publisher.connect("committer")
         store.hold = trio.Event()
+        commits = len(store.of("commit"))  # the retainer commits once when a store loads
         await publisher.send(Publish("k/1", b"kept", 1, False, False, 7))
         assert await publisher.nothing_received(0.3)  # no PUBACK before the commit
-        assert store.of("commit") == [None]
+        assert len(store.of("commit")) == commits + 1
         store.hold.set()
         assert (await publisher.expect(Puback)).packet_id == 7
         # Nothing kept for a message nobody stored subscribes to: no wait.
@@ -568,18 +569,20 @@ async def test_hook_record_load(broker: Any) -> None:
     store = JournalStore()
     store.records = {("a", "1"): b"one", ("b", "2"): b"two"}
     async with registered(broker, store):
+        asked = len(store.of("record_load"))  # the retainer reads its own when a store loads
         assert await broker.service.load_records("a") == {"1": b"one"}
-        assert store.of("record_load") == ["a"]
+        assert store.of("record_load")[asked:] == ["a"]
 
 
 async def test_hook_record_delete(broker: Any) -> None:
     store = JournalStore()
     store.records = {("a", "1"): b"one"}
     async with registered(broker, store):
+        commits = len(store.of("commit"))
         broker.service.delete_record("a", "1")
-        await broker.service.commit_store()
+        assert await broker.service.commit_store()
         assert store.records == {} and store.of("record_delete") == [("a", "1")]
-        assert store.of("commit") == [None]
+        assert len(store.of("commit")) == commits + 1
 
 
 async def test_an_async_synchronous_store_hook_fails_the_load(broker: Any) -> None:

@@ -26,6 +26,7 @@ import trio
 from ternmq.kernel import ClientInfo, CommandError, ConfigError, Table, Text, allow, hookimpl
 from ternmq.kernel.broker import Broker
 from ternmq.kernel.codec import Connack, Connect, encode
+from ternmq.kernel.manager import KernelSettings
 from ternmq.kernel.testing import MQTTTestClient, open_broker, serving, test_config
 from ternmq.kernel.values.config import Config, load_config
 from ternmq.plugins import _banned_values, banned
@@ -764,3 +765,53 @@ async def test_the_documented_command_lines_run(tmp_path: Path) -> None:
             if line.endswith("show"):
                 assert isinstance(answer, Table) and [row["who"] for row in answer.rows] == ["bot-17", "10.0.0.0/8"]
         assert await show(broker) == []
+
+
+class StoreThatCannotCommit:
+    """Takes records but never makes them durable (a disk that hangs: its commit times out)."""
+
+    @hookimpl
+    async def record_load(self, namespace: str) -> dict[str, bytes]:
+        return {}
+
+    @hookimpl
+    def record_save(self, namespace: str, key: str, value: bytes) -> None:
+        pass
+
+    @hookimpl
+    async def store_commit(self) -> None:
+        await trio.sleep_forever()
+
+
+async def test_a_ban_the_store_failed_to_commit_is_in_force_and_said_to_be_unsaved(tmp_path: Path) -> None:
+    broker = Broker(banned_config(tmp_path))
+    # Registered before banned loads; its commits time out after 0.1 s.
+    await broker.plugins.register("store", StoreThatCannotCommit(), settings=KernelSettings(hook_timeout=0.1))
+    async with serving(broker), connected(broker, "mallory"):
+        with pytest.raises(CommandError, match="in force, but the store has not saved it yet"):
+            await run(broker, "add", "as=clientid", "who=mallory")
+        await eventually(lambda: not is_online(broker, "mallory"))  # kicked all the same
+        assert await connack_code(broker, "mallory") == REFUSED[5]
+
+
+async def test_with_the_store_unloaded_a_change_is_refused(tmp_path: Path) -> None:
+    async with open_broker(stored_config(tmp_path)) as broker:
+        await ban(broker, "clientid", "kept")
+        await broker.service.unload_plugin("sqlite_store")
+        with pytest.raises(CommandError, match="no store plugin keeps the bans now"):
+            await run(broker, "delete", "as=clientid", "who=kept")
+        assert [row["who"] for row in await show(broker)] == ["kept"]  # nothing changed
+
+
+async def test_a_file_is_never_imported_twice_into_the_store(tmp_path: Path) -> None:
+    file = bans_file(tmp_path)
+    file.parent.mkdir(parents=True)
+    entry = {"as": "clientid", "who": "old", "by": "ops", "reason": "", "at": time.time(), "until": None}
+    file.write_text(json.dumps([entry]))
+    async with open_broker(stored_config(tmp_path)) as broker:
+        assert [row["who"] for row in await show(broker)] == ["old"]
+        await run(broker, "delete", "as=clientid", "who=old")  # the namespace is empty now
+    shutil.copy(file.with_name("banned.json.imported"), file)  # the file is back (or never went)
+    async with open_broker(stored_config(tmp_path)) as broker:
+        assert await show(broker) == []  # not imported again: the store noted the import
+    assert file.exists()

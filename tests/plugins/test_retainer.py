@@ -3,6 +3,7 @@ and kept across restarts in the records of a store (sqlite_store)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -293,11 +294,16 @@ async def test_with_a_store_a_record_that_cannot_be_read_is_logged_with_its_key_
         broker.service.save_record("retainer", "r/deep", b"[" * 100_000)  # RecursionError, not ValueError
         other = message_to_bytes(Message("r/other", b"x", retain=True))
         broker.service.save_record("retainer", "r/elsewhere", other)  # a message of another topic
+        typed = json.loads(message_to_bytes(Message("r/typed", b"x", retain=True)))
+        typed["properties"] = {"message_expiry_interval": "60"}  # a string: no message could carry it
+        broker.service.save_record("retainer", "r/typed", json.dumps(typed).encode())
+        typed = {**typed, "topic": "r/huge", "properties": {}, "created_at": int("9" * 400)}
+        broker.service.save_record("retainer", "r/huge", json.dumps(typed).encode())
     caplog.set_level(logging.ERROR, logger="ternmq.plugins.retainer")
     async with open_broker(stored(tmp_path)) as broker:
         assert [m.payload for m in await retained_for(broker, "r/#")] == [b"good"]
         errors = [r.getMessage() for r in caplog.records if r.name == "ternmq.plugins.retainer"]
-        for key in ("r/garbage", "r/no-message", "r/deep", "r/elsewhere"):
+        for key in ("r/garbage", "r/no-message", "r/deep", "r/elsewhere", "r/typed", "r/huge"):
             assert any(f"record {key!r} cannot be read" in text for text in errors), (key, errors)
         assert not any(r.exc_info for r in caplog.records)  # logged, no traceback: nothing failed
 
@@ -321,23 +327,39 @@ async def test_with_a_store_a_reloaded_retainer_has_its_messages_again(tmp_path:
         assert [m.payload for m in await retained_for(broker, "r/t")] == [b"kept"]
 
 
-PLUGINS_WITHOUT_STORE = [
-    pytest.param(False, id="no-store"),
-    pytest.param(True, id="store-loaded-after-the-retainer"),
-]
-
-
-@pytest.mark.parametrize("store_after", PLUGINS_WITHOUT_STORE)
-async def test_without_a_store_before_it_retained_messages_are_in_memory_only(
-    tmp_path: Path, store_after: bool
-) -> None:
-    plugins: dict[str, Any] = {"retainer": {}}
-    if store_after:
-        plugins["sqlite_store"] = {"file": str(tmp_path / "t.db")}
-    async with open_broker(test_config(plugins=plugins)) as broker:
+async def test_without_a_store_retained_messages_are_in_memory_only(tmp_path: Path) -> None:
+    config = test_config(plugins={"retainer": {}})
+    async with open_broker(config) as broker:
         async with connected(broker, "pub") as pub:
             await pub.publish("r/t", b"kept", qos=1, retain=True)
         assert [m.payload for m in await retained_for(broker, "r/t")] == [b"kept"]
         assert await broker.service.load_records("retainer") == {}
-    async with open_broker(test_config(plugins=plugins)) as broker:
+    async with open_broker(config) as broker:
         assert await retained_for(broker, "r/t") == []
+
+
+async def test_a_store_listed_after_the_retainer_is_taken_up_when_it_loads(tmp_path: Path) -> None:
+    config = test_config(plugins={"retainer": {}, "sqlite_store": {"file": str(tmp_path / "t.db")}})
+    async with open_broker(config) as broker:
+        async with connected(broker, "pub") as pub:
+            await pub.publish("r/t", b"kept", qos=1, retain=True)
+        assert set(await broker.service.load_records("retainer")) == {"r/t"}
+    async with open_broker(config) as broker:  # its records come back when the store loads
+        assert [m.payload for m in await retained_for(broker, "r/t")] == [b"kept"]
+
+
+async def test_a_store_unloaded_and_loaded_again_at_run_time(tmp_path: Path) -> None:
+    config = test_config(plugins={"sqlite_store": {"file": str(tmp_path / "t.db")}, "retainer": {}})
+    async with open_broker(config) as broker:
+        service = broker.service
+        async with connected(broker, "pub") as pub:
+            await pub.publish("r/old", b"before", qos=1, retain=True)
+            await service.unload_plugin("sqlite_store")
+            await pub.publish("r/gap", b"while no store", qos=1, retain=True)  # memory only
+            assert [m.payload for m in await retained_for(broker, "r/gap")] == [b"while no store"]
+            await service.load_plugin("sqlite_store", {"file": str(tmp_path / "t.db")})
+            await pub.publish("r/new", b"after", qos=1, retain=True)
+        assert set(await service.load_records("retainer")) == {"r/old", "r/gap", "r/new"}
+    async with open_broker(config) as broker:
+        for topic in ("r/old", "r/gap", "r/new"):
+            assert len(await retained_for(broker, topic)) == 1, topic
