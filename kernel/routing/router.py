@@ -91,9 +91,11 @@ class Router:
                 chosen = self._choose_shared(group_key, members, message.qos)
                 if chosen is not None:
                     targets.append(chosen)
+        dispatcher = self.dispatcher
+        implemented = dispatcher.implemented
         after_commit = None
         if on_matched is not None:
-            if message.qos and self.journal.committing and (message.retain or self._stored_target(targets)):
+            if message.qos and "store_commit" in implemented and (message.retain or self._stored_target(targets)):
                 after_commit = on_matched
             else:
                 on_matched(len(targets))
@@ -102,8 +104,7 @@ class Router:
         # (and of its wire forms) per mountpoint.
         mounted_copies: dict[str, tuple[Message, WireCache]] | None = None
         sessions = self.sessions
-        dispatcher = self.dispatcher
-        rewrite = dispatcher.has("on_deliver")
+        rewrite = "on_deliver" in implemented
         count = 0
         for client_id, qos, retain, sub_ids in targets:
             session = sessions.get(client_id)
