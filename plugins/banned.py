@@ -434,7 +434,10 @@ class Plugin:
         if self._write_records(service, bans):  # expired bans, and records under an old key, go
             await service.commit_store()
         legacy = service.data_dir / FILE_NAME
-        if not await service.import_pending(NAMESPACE) or not await trio.to_thread.run_sync(legacy.exists):
+        if not await trio.to_thread.run_sync(legacy.exists):
+            return bans
+        if not await service.import_pending(NAMESPACE):
+            log.warning("banned: %s is not read: the store keeps the bans", legacy)
             return bans
         from_file = await trio.to_thread.run_sync(load_bans, legacy)  # ValueError: as a file
         imported = BanList(from_file.live(time.time()))

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import attrs
 import httpx
+import trio
 
 from ternmq.kernel import Service, set_aside_imported, write_atomically
 
@@ -210,7 +211,10 @@ class Registrations:
         that cannot be used is logged and skipped."""
         records = await service.load_records(NAMESPACE)
         loaded: list[tuple[int, Endpoint]] = []
-        if await service.import_pending(NAMESPACE):
+        if not await service.import_pending(NAMESPACE):
+            if await trio.to_thread.run_sync(file.exists):
+                log.warning("%s is not read: the store keeps the webhook registrations", file)
+        else:
             imported = _read_file(file, defaults)
             if imported is not None:
                 for order, endpoint in enumerate(imported):
