@@ -803,7 +803,7 @@ async def test_with_the_store_unloaded_a_change_is_refused(tmp_path: Path) -> No
         assert [row["who"] for row in await show(broker)] == ["kept"]  # nothing changed
 
 
-async def test_a_file_is_never_imported_twice_into_the_store(tmp_path: Path) -> None:
+async def test_a_file_is_never_imported_twice_into_the_store(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     file = bans_file(tmp_path)
     file.parent.mkdir(parents=True)
     entry = {"as": "clientid", "who": "old", "by": "ops", "reason": "", "at": time.time(), "until": None}
@@ -815,3 +815,4 @@ async def test_a_file_is_never_imported_twice_into_the_store(tmp_path: Path) -> 
     async with open_broker(stored_config(tmp_path)) as broker:
         assert await show(broker) == []  # not imported again: the store noted the import
     assert file.exists()
+    assert f"banned: {file} is not read: the store keeps the bans" in caplog.text
