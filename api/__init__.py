@@ -18,8 +18,11 @@ in ``x-api-key``.
 Where the keys live: with a store plugin loaded before this one (``sqlite_store``), as
 its records: namespace ``api_keys`` (VerneMQ-style keys) and ``api_apps`` (EMQX-style
 keys and users), one record per entry, durable before the command or request that
-changed them answers; ``api_keys.json`` / ``api_apps.json`` of the data directory are
-imported the first time and renamed ``*.imported``. Without a store, or when
+changed them answers (when the store fails to commit, the answer is an error saying the
+change is in force but not saved yet: the store retries); ``api_keys.json`` /
+``api_apps.json`` of the data directory are imported once and renamed ``*.imported``.
+VerneMQ-style keys are kept in plain text (they are compared as sent), EMQX-style
+secrets as scrypt hashes. Without a store, or when
 ``keys_file`` / ``apps_file`` names a file, in those JSON files (mode 0600).
 
 Config keys (``[plugins.api]``): ``address`` ("127.0.0.1"), ``port`` (8888; 0 picks a
@@ -44,7 +47,7 @@ from hypercorn.trio import serve
 from ternmq.kernel import AdminRegistry, Service, hookimpl
 
 from .apps import App, AppStore, LoginSessions
-from .keys import SCOPES, KeyStore
+from .keys import SCOPES, KeyStore, NotCommitted
 from .model import Stopped
 
 log = logging.getLogger("ternmq.api")
@@ -162,7 +165,10 @@ class Plugin:
                 log.exception("API keys not read again; the keys in force stay")
         if self.config.bootstrap_file is not None:
             self.apps.bootstrap(self.config.bootstrap_file)
-            await self.apps.commit()
+            try:
+                await self.apps.commit()
+            except NotCommitted as exc:  # the keys work; the store saves them when it can
+                log.error("the bootstrap file's keys: %s", exc)
 
     async def serve(self, service: Service, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         from .routes import AnswerFirst, build_app  # quart is imported only by a broker that serves the API

@@ -3,7 +3,9 @@
 store: kept as records of a store plugin (namespace ``api_apps``, one record per entry,
 keyed by its name) when one is loaded and no ``apps_file`` is configured, otherwise in
 ``api_apps.json`` (mode 0600) under the data directory. The first time a store holds no
-record of ``api_apps``, that file is imported and renamed ``api_apps.json.imported``.
+record of ``api_apps``, that file is imported and renamed ``api_apps.json.imported``
+(once: ``keys.load_records``). A record whose fields are not of their types is logged
+(namespace and name) and skipped.
 
 A key is sent as HTTP Basic ``key:secret``; a user logs in with ``username:password``
 (EMQ 2 takes them as Basic too; EMQX 5 trades them for a bearer token at ``/login``).
@@ -29,7 +31,7 @@ import trio
 
 from ternmq.kernel import Service, write_atomically
 
-from .keys import load_records, read_entries, record_value, unavailable
+from .keys import YEAR_10000, commit_records, load_records, read_entries, record_value, unavailable
 
 #: EMQX 5's roles: an administrator may do anything an API key may, a viewer only read
 #: (GET), a publisher only publish.
@@ -102,11 +104,44 @@ class App:
         return self.expires_at is not None and (now if now is not None else time.time()) >= self.expires_at
 
 
+_TEXT_FIELDS = ("name", "key", "secret_hash", "role", "kind", "desc")
+_FIELDS = frozenset(field.name for field in attrs.fields(App))
+
+
+def _moment(value: Any) -> bool:
+    """Whether ``value`` is a Unix time that can be shown (1970 to 9999)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value < YEAR_10000
+
+
 def _entry(raw: dict[str, Any]) -> App:
-    app = App(**raw)
+    """An entry of the file or of a record, each field's type checked (``App`` takes
+    any: a created_at of text would break every listing, which sorts by it); ValueError
+    naming the bad field (never the secret's hash)."""
+    unknown = raw.keys() - _FIELDS
+    if unknown:
+        raise ValueError(f"unknown field {sorted(unknown)[0]!r}")
+    for field in ("name", "key", "secret_hash"):
+        if field not in raw:
+            raise ValueError(f"no {field}")
+    for field in _TEXT_FIELDS:
+        if field in raw and not isinstance(raw[field], str):
+            raise ValueError(f"bad {field}: not a string")
+    if "enable" in raw and not isinstance(raw["enable"], bool):
+        raise ValueError("bad enable: not true or false")
+    fields = dict(raw)
+    for field in ("expires_at", "created_at"):
+        if field in raw and not (raw[field] is None and field == "expires_at"):
+            if not _moment(raw[field]):
+                raise ValueError(f"bad {field}: not a Unix time between 1970 and 9999")
+            fields[field] = float(raw[field])
+    app = App(**fields)
     check_name(app.name)
-    if app.role not in ROLES or app.kind not in KINDS or not isinstance(app.key, str) or not app.key:
-        raise ValueError(f"bad entry for {app.name!r}")
+    if app.role not in ROLES:
+        raise ValueError(f"bad role: not one of {', '.join(ROLES)}")
+    if app.kind not in KINDS:
+        raise ValueError(f"bad kind: not one of {', '.join(KINDS)}")
+    if not app.key:
+        raise ValueError("bad key: empty")
     return app
 
 
@@ -152,9 +187,10 @@ class AppStore:
         self.loaded = True
 
     async def commit(self) -> None:
-        """Return once the changes made so far are durable (a file is at once)."""
+        """Return once the changes made so far are durable (a file is at once);
+        keys.NotCommitted when the store failed to commit them (they stay in force)."""
         if self.records is not None:
-            await self.records.commit_store()
+            await commit_records(self.records, NAMESPACE)
 
     def bootstrap(self, file: Path) -> int:
         """Add the keys of EMQX's ``api_key.bootstrap_file``: lines ``key:secret[:role]``

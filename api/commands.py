@@ -1,6 +1,9 @@
 """The API plugin's admin commands: VerneMQ's ``api-key`` commands (a key per scope),
 ``api-key create --emqx`` and EMQX 3's ``app`` commands (a key with a secret and a
-role), and EMQX's ``admins`` commands (users who log in)."""
+role), and EMQX's ``admins`` commands (users who log in).
+
+A change the store failed to commit is answered :class:`NotSaved` (a CommandError;
+``/api/v1`` answers it 503): the change is in force, the store retries."""
 
 from __future__ import annotations
 
@@ -8,12 +11,26 @@ from typing import TYPE_CHECKING
 
 from ternmq.kernel import AdminRegistry, Arguments, CommandError, Service, Table, Text
 
-from .apps import ROLES
-from .keys import SCOPES, check_key, parse_expiry
+from .apps import ROLES, AppStore
+from .keys import SCOPES, KeyStore, NotCommitted, check_key, parse_expiry
 from .model import rfc3339
 
 if TYPE_CHECKING:
     from . import Plugin
+
+
+class NotSaved(CommandError):
+    """A change in force that the store has not saved yet (its commit failed; it
+    retries): the command's answer is this error, not its usual output."""
+
+
+async def committed(store: KeyStore | AppStore, made: str = "") -> None:
+    """Wait for ``store``'s changes to be durable; NotSaved (``made`` first: what the
+    change made, where the usual output would have shown it) when they are not."""
+    try:
+        await store.commit()
+    except NotCommitted as exc:
+        raise NotSaved(f"{made}{exc}") from None
 
 
 def register(registry: AdminRegistry, plugin: Plugin) -> None:
@@ -120,7 +137,7 @@ class Commands:
             entry = self.plugin.keys.create(scope, expires_at)
         except OSError as exc:
             raise args.usage_error(f"the keys cannot be saved: {exc}") from None
-        await self.plugin.keys.commit()
+        await committed(self.plugin.keys, "a new key (api-key show lists it): ")
         return Text(entry.key)
 
     async def add(self, service: Service, args: Arguments) -> Text:
@@ -138,7 +155,7 @@ class Commands:
             self.plugin.keys.add(key, scope, expires_at)
         except (ValueError, OSError) as exc:
             raise args.usage_error(str(exc)) from None
-        await self.plugin.keys.commit()
+        await committed(self.plugin.keys)
         return Text("Done")
 
     async def delete(self, service: Service, args: Arguments) -> Text:
@@ -152,7 +169,7 @@ class Commands:
             raise args.usage_error(f"the keys cannot be saved: {exc}") from None
         if not removed:
             raise args.usage_error("no such key")
-        await self.plugin.keys.commit()
+        await committed(self.plugin.keys)
         return Text("Done")
 
     def show(self, service: Service, args: Arguments) -> Table:
@@ -194,7 +211,8 @@ class Commands:
             raise args.usage_error(str(exc)) from None
         except OSError as exc:
             raise args.usage_error(f"the keys cannot be saved: {exc}") from None
-        await self.plugin.apps.commit()
+        # (a secret is not put in an error: an error's text is often logged)
+        await committed(self.plugin.apps, f"{name!r} was made (a secret made for it is not shown in an error): ")
         return app.key, secret
 
     async def _create_emqx(self, args: Arguments) -> Text:
@@ -233,8 +251,11 @@ class Commands:
         user = self.plugin.apps.get(args.keys["username"])
         if user is None or user.kind != "user":
             raise CommandError(f"no user {args.keys['username']!r}")
-        self.plugin.apps.update(user.name, secret=args.keys["password"])
-        await self.plugin.apps.commit()
+        try:
+            self.plugin.apps.update(user.name, secret=args.keys["password"])
+        except OSError as exc:
+            raise args.usage_error(f"the users cannot be saved: {exc}") from None
+        await committed(self.plugin.apps)
         return Text("ok")
 
     async def admins_del(self, service: Service, args: Arguments) -> Text:
@@ -244,6 +265,10 @@ class Commands:
         app = self.plugin.apps.get(name)
         if app is None or app.kind != kind:
             raise args.usage_error(f"no {'user' if kind == 'user' else 'EMQX key'} named {name!r}")
-        self.plugin.apps.delete(name)
-        await self.plugin.apps.commit()
+        try:
+            self.plugin.apps.delete(name)
+        except OSError as exc:
+            what = "users" if kind == "user" else "keys"
+            raise args.usage_error(f"the {what} cannot be saved: {exc}") from None
+        await committed(self.plugin.apps)
         return Text("Done")

@@ -3,10 +3,17 @@ that they survive a restart: as records of a store plugin (namespace ``api_keys`
 record per key) when one is loaded and no ``keys_file`` is configured, otherwise in a
 JSON file (mode 0600) under the data directory.
 
-The helpers here serve ``apps.py`` too: reading a JSON list file, and reading a store's
+A key's record holds the key itself, in plain text, as ``api_keys.json`` does (a key is
+compared as it is sent); its record key is a digest, so that a record key in the log
+tells nothing. A bad record or entry is reported by the field that is wrong, never with
+the key.
+
+The helpers here serve ``apps.py`` too: reading a JSON list file; reading a store's
 records, where a record that cannot be used is logged (namespace and record key) and
-skipped, and where the JSON file of the data directory is imported once, the first
-time the store holds no record of the namespace, then renamed ``<name>.imported``.
+skipped; importing the JSON file of the data directory once (``Service.import_pending``:
+the first time the store holds no record of the namespace, and never again, even if the
+file stays or the namespace empties later), then renaming it ``<name>.imported``; and
+:class:`NotCommitted`, what a change raises when the store failed to commit it.
 """
 
 from __future__ import annotations
@@ -62,14 +69,21 @@ def check_key(key: str) -> None:
 
 
 def _entry(entry: dict[str, object]) -> ApiKey:
+    """A key of the file or of a record; ValueError (KeyError for a missing field) that
+    names the bad field only: the message is logged, and the entry holds the key."""
     key, scope, expires_at = entry["key"], entry["scope"], entry.get("expires_at")
-    if not isinstance(key, str) or not isinstance(scope, str) or scope not in SCOPES:
-        raise ValueError(f"bad entry {entry!r}")
-    check_key(key)
+    if not isinstance(key, str):
+        raise ValueError("bad key: not a string")
+    try:
+        check_key(key)
+    except ValueError as exc:
+        raise ValueError(f"bad key: {exc}") from None
+    if not isinstance(scope, str) or scope not in SCOPES:
+        raise ValueError(f"bad scope: not one of {', '.join(SCOPES)}")
     if expires_at is not None and (
         isinstance(expires_at, bool) or not isinstance(expires_at, (int, float)) or not 0 < expires_at < YEAR_10000
     ):
-        raise ValueError(f"bad expires_at in {entry!r}")
+        raise ValueError("bad expires_at: not a Unix time between 1970 and 9999, or null")
     return ApiKey(key, scope, float(expires_at) if expires_at is not None else None)
 
 
@@ -135,17 +149,21 @@ async def load_records(
     record's JSON object. A record that cannot be used, or whose key is not the one its
     entry would have, is logged and skipped.
 
-    When the store holds no record of ``namespace`` and ``file`` (a JSON list of what
-    :func:`read_entries` reads) exists, its entries are saved as records, committed,
-    and the file renamed ``<name>.imported``: imported once. ValueError naming the file
-    when it cannot be read (it is then left as it is)."""
+    When the store has a file to import (``Service.import_pending``: it holds no record
+    of ``namespace`` and was never told of an import into it) and ``file`` (a JSON list
+    of what :func:`read_entries` reads) exists, its entries are saved as records, the
+    import noted, both committed, and the file renamed ``<name>.imported``: imported
+    once, even if the file stays (a failed commit, a refused rename) and its entries are
+    deleted later. ValueError naming the file when it cannot be read (it is then left as
+    it is, and not noted as imported)."""
     records = await service.load_records(namespace)
-    if not records:
+    if not records and await service.import_pending(namespace):
         imported = read_entries(file, what, entry)
         if imported is None:
             return []
         for item in imported:
             service.save_record(namespace, record_key(item), record_value(item))
+        service.note_import(namespace, str(file))
         if await service.commit_store():
             set_aside_imported(file, what, len(imported), log)
         else:
@@ -170,6 +188,26 @@ async def load_records(
 def unavailable(namespace: str) -> OSError:
     """What a change kept as records raises when no store keeps them any more."""
     return OSError(f"no store plugin keeps the records of {namespace} now (the store was unloaded)")
+
+
+class NotCommitted(Exception):
+    """A change made (in force from now on) whose records the store failed to commit:
+    not durable yet; the store retries, and a restart before it succeeds loses it."""
+
+    def __init__(self, namespace: str) -> None:
+        super().__init__(
+            f"the change is in force, but the store has not saved it yet: its commit failed "
+            f"(the broker's log says why) and it retries; until it succeeds a restart loses the change "
+            f"(records of {namespace})"
+        )
+        self.namespace = namespace
+
+
+async def commit_records(service: Service, namespace: str) -> None:
+    """Return once the records handed to ``service``'s store are durable; NotCommitted
+    when its commit failed (the changes stay in force)."""
+    if not await service.commit_store():
+        raise NotCommitted(namespace)
 
 
 class KeyStore:
@@ -209,9 +247,10 @@ class KeyStore:
         self.loaded = True
 
     async def commit(self) -> None:
-        """Return once the changes made so far are durable (a file is at once)."""
+        """Return once the changes made so far are durable (a file is at once);
+        :class:`NotCommitted` when the store failed to commit them."""
         if self.records is not None:
-            await self.records.commit_store()
+            await commit_records(self.records, NAMESPACE)
 
     def create(self, scope: str, expires_at: float | None) -> ApiKey:
         return self.add(secrets.token_urlsafe(_CREATED_BYTES), scope, expires_at)

@@ -19,6 +19,7 @@ from ternmq.kernel import RESERVED_API_PATHS, CommandError, Service, Text
 
 from . import httppub, vmq_v2
 from .apps import basic_credentials
+from .commands import NotSaved
 from .operations import register_converters
 from .prometheus import exposition
 from .status import Rates, page, status_data
@@ -55,7 +56,7 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def error(status: int, message: str, **extra: Any) -> Response:
-    """A 4xx with a JSON body (what every refused request gets)."""
+    """A 4xx (or 5xx) with a JSON body (what every refused or failed request gets)."""
     headers = {"WWW-Authenticate": REALM} if status == 401 else None
     return json_response({"type": "error", "error": message, **extra}, status, headers)
 
@@ -155,6 +156,8 @@ def build_app(plugin: Plugin, service: Service) -> QuartTrio:
             return json_response(Text("Done").to_json(), headers={"Connection": "close"})
         try:
             result = await service.run_command(argv)
+        except NotSaved as exc:  # made, but the store failed to commit it: not the request's fault
+            return error(503, str(exc))
         except CommandError as exc:
             return error(400, str(exc), usage=exc.usage)
         return json_response(result.to_json())

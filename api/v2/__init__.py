@@ -9,7 +9,9 @@ secret, and every answer is HTTP 200 with ``{"code": 0, "result": ...}`` or
 ``{"code": 1xx, "message": ...}`` (EMQ 2's codes 101-114). Lists take ``curr_page``
 (1) and ``page_size`` (20) and answer ``{current_page, page_size, total_num,
 total_page, objects}``. A failed login is a 401, a role's refusal a 403, an unknown path
-a 404 and a path's other method a 405, each with that JSON body.
+a 404, a path's other method a 405, and a change of the users that cannot be saved (or
+that the store failed to commit: in force, the store retries) a 503 (code 102), each
+with that JSON body.
 
 Here: the route table, the credentials' checks and the dispatch; the handlers are in
 ``nodes`` (figures, plugins), ``clients`` (clients, sessions, subscriptions, routes,
@@ -153,7 +155,7 @@ def register(app: QuartTrio, plugin: Plugin, service: Service) -> None:
             result = route.handler(Call(method, found.groups(), request.args, body))
             result = await result if inspect.isawaitable(result) else result
         except Refused as exc:
-            return answer({"code": exc.code, "message": str(exc)})
+            return answer({"code": exc.code, "message": str(exc)}, exc.status)
         except OSError as exc:  # the users file could not be written
             return answer({"code": UNKNOWN, "message": f"unknown error: {exc}"})
         return answer({"code": 0, "result": result})

@@ -28,11 +28,13 @@ _MISSING: Any = object()
 
 
 class Refused(Exception):
-    """EMQ 2's error answer: ``{"code": code, "message": ...}`` (HTTP 200)."""
+    """EMQ 2's error answer: ``{"code": code, "message": ...}`` (HTTP 200, or ``status``:
+    503 for a change the users' store cannot save)."""
 
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: int, message: str, status: int = 200) -> None:
         super().__init__(message)
         self.code = code
+        self.status = status
 
 
 @attrs.frozen

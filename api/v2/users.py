@@ -4,10 +4,11 @@ added, changed, removed, logged in, and their passwords changed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..apps import ROLES, App
+from ..keys import NotCommitted
 from .envelope import (
     BAD_LOGIN,
     BAD_TYPE,
@@ -15,6 +16,7 @@ from .envelope import (
     NO_USER,
     OLD_PASSWORD,
     UNDELETABLE,
+    UNKNOWN,
     USER_EXISTS,
     Call,
     Handlers,
@@ -39,6 +41,19 @@ class Users(Handlers):
             raise Refused(NO_USER, f"User not found: {name!r}")
         return app
 
+    async def change(self, change: Callable[[], object]) -> None:
+        """Make a change of the users and wait until it is durable; a 503 (code 102)
+        when it cannot be saved (no store keeps the users now: nothing changed) or the
+        store failed to commit it (in force all the same; the store retries)."""
+        try:
+            change()
+        except OSError as exc:
+            raise Refused(UNKNOWN, f"the users cannot be saved: {exc}", 503) from None
+        try:
+            await self.plugin.apps.commit()
+        except NotCommitted as exc:
+            raise Refused(UNKNOWN, str(exc), 503) from None
+
     def users(self, call: Call) -> Any:
         rows = [{"username": app.name, "tags": app.desc or app.role} for app in self.plugin.apps if app.kind == "user"]
         return next((row for row in rows if row["username"] == call.params[0]), []) if call.params else rows
@@ -50,10 +65,13 @@ class Users(Handlers):
             raise Refused(USER_EXISTS, f"User already exist: {username!r}")
         role = tags if tags in ROLES else "administrator"  # EMQ 2's users could all do everything
         try:
-            self.plugin.apps.create(username, kind="user", key=username, secret=password, role=role, desc=tags)
+            await self.change(
+                lambda: self.plugin.apps.create(
+                    username, kind="user", key=username, secret=password, role=role, desc=tags
+                )
+            )
         except ValueError as exc:
             raise Refused(USER_EXISTS if "exists" in str(exc) else BAD_TYPE, str(exc)) from None
-        await self.plugin.apps.commit()
         return []
 
     def last_administrator(self, app: App) -> bool:
@@ -64,8 +82,7 @@ class Users(Handlers):
         role = tags if tags in ROLES else app.role
         if role != "administrator" and self.last_administrator(app):
             raise Refused(UNDELETABLE, f"{app.name} is the last administrator and keeps that role")
-        self.plugin.apps.update(app.name, desc=tags, role=role)
-        await self.plugin.apps.commit()
+        await self.change(lambda: self.plugin.apps.update(app.name, desc=tags, role=role))
         return []
 
     async def delete_user(self, call: Call) -> Any:
@@ -74,8 +91,7 @@ class Users(Handlers):
         app = self.user(call.params[0])
         if self.last_administrator(app):
             raise Refused(UNDELETABLE, f"{app.name} is the last administrator and cannot be deleted")
-        self.plugin.apps.delete(app.name)
-        await self.plugin.apps.commit()
+        await self.change(lambda: self.plugin.apps.delete(app.name))
         return []
 
     async def auth(self, call: Call) -> Any:
@@ -91,6 +107,5 @@ class Users(Handlers):
         app = self.user(call.params[0])
         if await self.plugin.apps.authenticate(app.key, old, kind="user") is None:
             raise Refused(OLD_PASSWORD, "OldPassword error")
-        self.plugin.apps.update(app.name, secret=new)
-        await self.plugin.apps.commit()
+        await self.change(lambda: self.plugin.apps.update(app.name, secret=new))
         return []

@@ -11,7 +11,7 @@ from ternmq.kernel import ConfigError, PluginError, Service
 
 from .. import model
 from ..apps import App
-from ..keys import YEAR_10000, parse_moment
+from ..keys import YEAR_10000, NotCommitted, parse_moment
 from ..model import rfc3339
 from ..operations import TEXT, Operation, contents
 from ..prometheus import exposition
@@ -174,6 +174,19 @@ def operations(plugin: Plugin, service: Service) -> list[Operation]:
     async def list_keys(call: Call) -> Any:
         return answer([key_body(app) for app in plugin.apps if app.kind == "key"])
 
+    def unsaved(exc: OSError) -> Response:
+        """The 503 of a change that cannot be kept (no store keeps the keys now)."""
+        return fail(503, "SERVICE_UNAVAILABLE", f"the API keys cannot be saved: {exc}")
+
+    async def saved(response: Response, made: str = "") -> Response:
+        """``response`` once the change is durable; the 503 of a change the store failed
+        to commit (in force all the same: the store retries), ``made`` first."""
+        try:
+            await plugin.apps.commit()
+        except NotCommitted as exc:
+            return fail(503, "SERVICE_UNAVAILABLE", f"{made}{exc}")
+        return response
+
     def expiry(body: dict[str, Any]) -> float | None | str:
         try:
             return parse_time(body["expired_at"]) if "expired_at" in body else None
@@ -196,8 +209,11 @@ def operations(plugin: Plugin, service: Service) -> list[Operation]:
         except ValueError as exc:
             code = "ALREADY_EXISTS" if "exists" in str(exc) else "BAD_REQUEST"
             return fail(400, code, str(exc))
-        await plugin.apps.commit()
-        return answer(key_body(app, secret))
+        except OSError as exc:
+            return unsaved(exc)
+        # (a secret is not put in an error: an error's text is often logged)
+        made = f"the key {app.name!r} was made (its secret is not shown in an error): "
+        return await saved(answer(key_body(app, secret)), made)
 
     def key_named(call: Call) -> App | None:
         app = plugin.apps.get(call.params["name"])
@@ -217,16 +233,20 @@ def operations(plugin: Plugin, service: Service) -> list[Operation]:
             if isinstance(expires_at, str):
                 return fail(400, "BAD_REQUEST", expires_at)
             changes["expires_at"] = expires_at
-        updated = plugin.apps.update(app.name, **changes)
-        await plugin.apps.commit()
-        return answer(key_body(updated))
+        try:
+            updated = plugin.apps.update(app.name, **changes)
+        except OSError as exc:
+            return unsaved(exc)
+        return await saved(answer(key_body(updated)))
 
     async def delete_key(call: Call) -> Any:
         if key_named(call) is None:
             return fail(404, "NOT_FOUND", "no such API key")
-        plugin.apps.delete(call.params["name"])
-        await plugin.apps.commit()
-        return no_content()
+        try:
+            plugin.apps.delete(call.params["name"])
+        except OSError as exc:
+            return unsaved(exc)
+        return await saved(no_content())
 
     async def login(call: Call) -> Any:
         user = await plugin.apps.authenticate(call.body["username"], call.body["password"], kind="user")
@@ -345,7 +365,7 @@ def operations(plugin: Plugin, service: Service) -> list[Operation]:
             "Make an API key",
             "API keys",
             body=s.NEW_API_KEY,
-            responses={200: s.API_KEY},
+            responses={200: s.API_KEY, 503: s.ERROR},
             access="keys",
         ),
         declare("GET", "/api_key/{name}", get_key, "An API key", "API keys", responses={200: s.API_KEY}, access="keys"),
@@ -356,7 +376,7 @@ def operations(plugin: Plugin, service: Service) -> list[Operation]:
             "Change an API key",
             "API keys",
             body=s.API_KEY_CHANGE,
-            responses={200: s.API_KEY},
+            responses={200: s.API_KEY, 503: s.ERROR},
             access="keys",
         ),
         declare(
@@ -365,7 +385,7 @@ def operations(plugin: Plugin, service: Service) -> list[Operation]:
             delete_key,
             "Delete an API key",
             "API keys",
-            responses={204: None},
+            responses={204: None, 503: s.ERROR},
             access="keys",
         ),
         declare(

@@ -434,6 +434,10 @@ class StoreThatCannotCommit:
         self.records[namespace, key] = value
 
     @hookimpl
+    def record_delete(self, namespace: str, key: str) -> None:
+        self.records.pop((namespace, key), None)
+
+    @hookimpl
     async def store_commit(self) -> None:
         raise OSError("disk full")
 
@@ -486,6 +490,92 @@ async def test_a_keys_file_is_imported_into_the_store_once(tmp_path: Path, caplo
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("'mgmt:broken'" in m and "api_keys" in m for m in errors), errors
     assert any("'mgmt:not-its-key'" in m and "api_keys" in m for m in errors), errors
+
+
+async def test_a_key_change_the_store_fails_to_commit_is_an_error_and_stays_in_force(tmp_path: Path) -> None:
+    config = test_config(plugins={API: {"port": 0}})
+    broker = Broker(attrs.evolve(config, broker=attrs.evolve(config.broker, data_dir=str(tmp_path / "data"))))
+    store = StoreThatCannotCommit()
+    await broker.plugins.register("store", store)  # before the api plugin loads
+    not_saved = "the change is in force, but the store has not saved it yet"
+    async with serving(broker):
+        run = broker.service.run_command
+        with pytest.raises(CommandError, match=not_saved):  # not "Done"
+            await run(["api-key", "add", "key=kept-key-123"])
+        with pytest.raises(CommandError, match=r"a new key \(api-key show lists it\): " + not_saved):
+            await run(["api-key", "create", "scope=status"])
+        shown = await run(["api-key", "show"])
+        assert isinstance(shown, Table) and {row["Scope"] for row in shown.rows} == {"mgmt", "status"}
+        async with httpx.AsyncClient(base_url=base_url(broker), timeout=10) as http:
+            assert (await http.get("/api/v1/session/show", headers=with_key("kept-key-123"))).status_code == 200
+            reply = await http.get("/api/v1/api-key/delete?key=kept-key-123", headers=with_key("kept-key-123"))
+            assert reply.status_code == 503 and not_saved in reply.json()["error"], reply.text
+            # the deletion is in force, and handed to the store (which retries the commit)
+            assert (await http.get("/api/v1/session/show", headers=with_key("kept-key-123"))).status_code == 401
+    assert [json.loads(value)["scope"] for (space, _), value in store.records.items() if space == "api_keys"] == [
+        "status"
+    ]
+
+
+def messages(exc: BaseException) -> list[str]:
+    """The messages of an exception (group), its causes' too."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [message for inner in exc.exceptions for message in messages(inner)]
+    return [str(exc), *(messages(exc.__cause__) if exc.__cause__ is not None else [])]
+
+
+async def test_a_bad_key_record_or_entry_names_its_field_never_the_key(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "t.db"
+    async with open_broker(store_config(tmp_path)):
+        pass  # the store's file, with its tables
+    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
+        for record_key, entry in (
+            ("mgmt:a", {"key": "secret-key-one", "scope": "mgmt", "expires_at": "soon"}),
+            ("mgmt:b", {"key": "secret-key-two", "scope": "everything"}),
+            ("mgmt:c", {"key": "secret key three", "scope": "mgmt"}),
+        ):
+            connection.execute(
+                "INSERT INTO records VALUES ('api_keys', ?, ?)", (record_key, json.dumps(entry).encode())
+            )
+    async with open_broker(store_config(tmp_path)) as broker:
+        shown = await broker.service.run_command(["api-key", "show"])
+        assert isinstance(shown, Table) and shown.rows == ()
+    errors = {r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR}
+    assert any("'mgmt:a'" in m and "expires_at" in m for m in errors), errors
+    assert any("'mgmt:b'" in m and "scope" in m for m in errors), errors
+    assert any("'mgmt:c'" in m and "bad key" in m for m in errors), errors
+    assert "secret" not in caplog.text
+    # A file to import with a bad entry fails the load, naming the file and the field.
+    caplog.clear()
+    other = tmp_path / "other"
+    (other / "data").mkdir(parents=True)
+    (other / "data" / "api_keys.json").write_text(json.dumps([{"key": "secret-key-four", "scope": "everything"}]))
+    with pytest.raises(ExceptionGroup) as caught:
+        async with open_broker(store_config(other)):
+            pass
+    told = messages(caught.value)
+    assert any("api_keys.json" in m and "bad scope" in m for m in told), told
+    assert not any("secret" in m for m in told) and "secret" not in caplog.text, told
+
+
+async def test_a_keys_file_that_stays_is_not_imported_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    db, data = tmp_path / "t.db", tmp_path / "data"
+    data.mkdir()
+    (data / "api_keys.json").write_text(json.dumps([{"key": "old-key-123456", "scope": "mgmt"}]))
+    (data / "api_keys.json.imported").mkdir()  # in the way: the rename is refused and the file stays
+    async with open_broker(store_config(tmp_path)) as broker:
+        async with httpx.AsyncClient(base_url=base_url(broker), timeout=10) as http:
+            assert (await http.get("/api/v1/session/show", headers=with_key("old-key-123456"))).status_code == 200
+        assert await broker.service.run_command(["api-key", "delete", "key=old-key-123456"]) == Text("Done")
+    assert (data / "api_keys.json").exists() and "cannot be renamed" in caplog.text
+    assert stored_records(db, "api_keys") == {}
+    async with open_broker(store_config(tmp_path)) as broker:  # the store holds no key now ...
+        async with httpx.AsyncClient(base_url=base_url(broker), timeout=10) as http:
+            # ... and the file, imported once, does not bring the deleted key back
+            assert (await http.get("/api/v1/session/show", headers=with_key("old-key-123456"))).status_code == 401
+    assert stored_records(db, "api_keys") == {}
 
 
 class Broken:

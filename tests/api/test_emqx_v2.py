@@ -4,6 +4,7 @@ and ``page_size``), against a broker with real MQTT clients."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,12 +12,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 
-from ternmq.kernel import Text
+from ternmq.kernel import CommandError, Text, hookimpl
 from ternmq.kernel.broker import Broker
-from ternmq.kernel.testing import MQTTTestClient, open_broker, test_config
+from ternmq.kernel.testing import MQTTTestClient, open_broker, serving, test_config
 
 from helpers import PERSISTENT, connected, eventually, wait_offline
 
@@ -484,6 +486,75 @@ async def test_logins_keys_and_roles(tmp_path: Path) -> None:
         assert ok(await http.get("/users/u", auth=("u", "p"))) == {"username": "u", "tags": "viewer"}
         last = await http.put("/users/admin", json={"tags": "viewer"})  # nobody could write then
         assert last.json()["code"] == 106
+
+
+class StoreThatCannotCommit:
+    """Takes records but never makes them durable (a full disk)."""
+
+    def __init__(self) -> None:
+        self.records: dict[tuple[str, str], bytes] = {}
+
+    @hookimpl
+    async def record_load(self, namespace: str) -> dict[str, bytes]:
+        return {key: value for (space, key), value in self.records.items() if space == namespace}
+
+    @hookimpl
+    def record_save(self, namespace: str, key: str, value: bytes) -> None:
+        self.records[namespace, key] = value
+
+    @hookimpl
+    def record_delete(self, namespace: str, key: str) -> None:
+        self.records.pop((namespace, key), None)
+
+    @hookimpl
+    async def store_commit(self) -> None:
+        raise OSError("disk full")
+
+
+def unavailable(reply: httpx.Response, told: str) -> None:
+    """A 503 with EMQ 2's error body, code 102, saying ``told``."""
+    assert reply.status_code == 503 and reply.json()["code"] == 102, reply.text
+    assert told in reply.json()["message"], reply.text
+
+
+async def test_a_user_change_the_store_fails_to_commit_is_a_503_and_stays_in_force(tmp_path: Path) -> None:
+    config = test_config(plugins={API: {"port": 0}})
+    broker = Broker(attrs.evolve(config, broker=attrs.evolve(config.broker, data_dir=str(tmp_path / "data"))))
+    await broker.plugins.register("store", StoreThatCannotCommit())  # before the api plugin loads
+    async with serving(broker):
+        with contextlib.suppress(CommandError):  # (in force, not saved: tested on /api/v5)
+            await broker.service.run_command(["admins", "add", "username=admin", "password=public"])
+        async with httpx.AsyncClient(base_url=base_url(broker) + "/api/v2", auth=("admin", "public")) as http:
+            not_saved = "the change is in force, but the store has not saved it yet"
+            unavailable(await http.post("/users", json={"username": "u", "password": "p", "tags": "viewer"}), not_saved)
+            assert ok(await http.get("/users/u")) == {"username": "u", "tags": "viewer"}  # in force
+            unavailable(await http.put("/users/u", json={"tags": "administrator"}), not_saved)
+            assert ok(await http.get("/users/u"))["tags"] == "administrator"
+            unavailable(await http.put("/change_pwd/u", json={"old_pwd": "p", "new_pwd": "q"}), not_saved)
+            assert ok(await http.post("/auth", json={"username": "u", "password": "q"})) == []
+            unavailable(await http.delete("/users/u"), not_saved)
+            assert ok(await http.get("/users/u")) == []
+
+
+async def test_changing_users_with_the_store_unloaded_is_a_clear_503(tmp_path: Path) -> None:
+    config = test_config(plugins={"sqlite_store": {"file": str(tmp_path / "t.db")}, API: {"port": 0}})
+    async with open_broker(attrs.evolve(config, broker=attrs.evolve(config.broker, data_dir=str(tmp_path)))) as broker:
+        run = broker.service.run_command
+        await run(["admins", "add", "username=admin", "password=public"])
+        await run(["admins", "add", "username=other", "password=pw"])
+        await broker.service.unload_plugin("sqlite_store")
+        async with httpx.AsyncClient(base_url=base_url(broker) + "/api/v2", auth=("admin", "public")) as http:
+            gone = "the users cannot be saved: no store plugin keeps the records of api_apps now"
+            unavailable(await http.post("/users", json={"username": "u", "password": "p"}), gone)
+            unavailable(await http.put("/users/other", json={"tags": "viewer"}), gone)
+            unavailable(await http.put("/change_pwd/other", json={"old_pwd": "pw", "new_pwd": "q"}), gone)
+            unavailable(await http.delete("/users/other"), gone)
+            # nothing changed
+            assert ok(await http.get("/users")) == [
+                {"username": "admin", "tags": "administrator"},
+                {"username": "other", "tags": "administrator"},
+            ]
+            assert ok(await http.post("/auth", json={"username": "other", "password": "pw"})) == []
 
 
 async def test_unknown_paths_and_methods_are_json(tmp_path: Path) -> None:

@@ -26,9 +26,9 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from ternmq.kernel import CommandError, ConfigError, hookimpl
+from ternmq.kernel import CommandError, ConfigError, Table, hookimpl
 from ternmq.kernel.broker import Broker
-from ternmq.kernel.testing import MQTTTestClient, open_broker, test_config
+from ternmq.kernel.testing import MQTTTestClient, open_broker, serving, test_config
 
 from helpers import connected, eventually, paho_subscriber
 
@@ -427,6 +427,164 @@ async def test_an_apps_file_is_imported_into_the_store_once(tmp_path: Path, capl
         for r in caplog.records
         if r.levelno >= logging.ERROR
     )
+
+
+class StoreInMemory:
+    """A store of records in memory, kept across brokers (as a file would be), whose
+    commits fail while ``failing`` is set (a full disk; it is emptied later)."""
+
+    def __init__(self) -> None:
+        self.records: dict[tuple[str, str], bytes] = {}
+        self.failing = True
+
+    @hookimpl
+    async def record_load(self, namespace: str) -> dict[str, bytes]:
+        return {key: value for (space, key), value in self.records.items() if space == namespace}
+
+    @hookimpl
+    def record_save(self, namespace: str, key: str, value: bytes) -> None:
+        self.records[namespace, key] = value
+
+    @hookimpl
+    def record_delete(self, namespace: str, key: str) -> None:
+        self.records.pop((namespace, key), None)
+
+    @hookimpl
+    async def store_commit(self) -> None:
+        if self.failing:
+            raise OSError("disk full")
+
+    def names(self) -> set[str]:
+        return {key for space, key in self.records if space == "api_apps"}
+
+
+@asynccontextmanager
+async def broker_with(store: StoreInMemory, data: Path) -> AsyncIterator[Broker]:
+    """A broker with the API, ``store`` registered before it loads, ``data`` its data directory."""
+    config = test_config(plugins={"api": {"port": 0}})
+    broker = Broker(attrs.evolve(config, broker=attrs.evolve(config.broker, data_dir=str(data))))
+    await broker.plugins.register("store", store)
+    async with serving(broker):
+        yield broker
+
+
+NOT_SAVED = "the change is in force, but the store has not saved it yet"
+
+
+async def test_a_key_change_the_store_fails_to_commit_is_a_503_and_stays_in_force(tmp_path: Path) -> None:
+    store = StoreInMemory()
+    async with broker_with(store, tmp_path / "data") as broker:
+        run = broker.service.run_command
+        with pytest.raises(CommandError, match=NOT_SAVED):  # not "ok"
+            await run(["admins", "add", "username=admin", "password=public"])
+        with pytest.raises(CommandError, match="'ops' was made .*" + NOT_SAVED):
+            await run(["api-key", "create", "--emqx", "name=ops"])
+        url = base_url(broker) + V5
+        token = (await login(url, "admin", "public")).json()["token"]  # the user is in force
+        async with httpx.AsyncClient(base_url=url, headers={"authorization": f"Bearer {token}"}) as admin:
+            made = await admin.post("/api_key", json={"name": "ci", "role": "viewer"})
+            assert made.status_code == 503 and made.json()["code"] == "SERVICE_UNAVAILABLE", made.text
+            assert NOT_SAVED in made.json()["message"] and "'ci' was made" in made.json()["message"]
+            assert (await admin.get("/api_key/ci")).json()["role"] == "viewer"  # in force
+            changed = await admin.put("/api_key/ci", json={"desc": "for CI"})
+            assert changed.status_code == 503 and NOT_SAVED in changed.json()["message"]
+            assert (await admin.get("/api_key/ci")).json()["desc"] == "for CI"
+            deleted = await admin.delete("/api_key/ops")
+            assert deleted.status_code == 503 and NOT_SAVED in deleted.json()["message"]
+            assert (await admin.get("/api_key/ops")).status_code == 404
+        with pytest.raises(CommandError, match=NOT_SAVED):
+            await run(["admins", "passwd", "username=admin", "password=changed"])
+        assert (await login(url, "admin", "changed")).status_code == 200
+        with pytest.raises(CommandError, match=NOT_SAVED):
+            await run(["api-key", "delete", "--emqx", "name=ci"])
+        shown = await run(["api-key", "show", "--emqx"])
+        assert isinstance(shown, Table) and shown.rows == ()
+    assert store.names() == {"admin"}  # every change was handed to the store, which retries
+
+
+async def test_an_apps_file_that_stays_is_not_imported_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    data = tmp_path / "data"
+    no_store = test_config(plugins={"api": {"port": 0}})
+    async with open_broker(attrs.evolve(no_store, broker=attrs.evolve(no_store.broker, data_dir=str(data)))) as broker:
+        old = await make_key(broker, "old")  # kept in data/api_apps.json
+    store = StoreInMemory()
+    async with broker_with(store, data) as broker:  # imported; the commit fails: the file stays
+        async with httpx.AsyncClient(base_url=base_url(broker) + V5, auth=old, timeout=10) as http:
+            assert (await http.get("/nodes")).status_code == 200
+        with contextlib.suppress(CommandError):  # (not saved yet: the commit failed)
+            await broker.service.run_command(["api-key", "delete", "--emqx", "name=old"])
+    assert (data / "api_apps.json").exists() and "the file stays" in caplog.text
+    assert store.names() == set()
+    store.failing = False  # the store's retry succeeded: no record of api_apps, the file still there
+    async with broker_with(store, data) as broker:
+        async with httpx.AsyncClient(base_url=base_url(broker) + V5, auth=old, timeout=10) as http:
+            assert (await http.get("/nodes")).status_code == 401  # the deleted key stays deleted
+        shown = await broker.service.run_command(["api-key", "show", "--emqx"])
+        assert isinstance(shown, Table) and shown.rows == ()
+    assert store.names() == set()
+
+
+async def test_a_record_of_badly_typed_fields_is_skipped_and_listings_work(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "t.db"
+    async with open_broker(store_config(tmp_path)) as broker:
+        ops = await make_key(broker, "ops")
+        await broker.service.run_command(["admins", "add", "username=admin", "password=public"])
+    secret_hash = "scrypt$" + "ab" * 16 + "$" + "cd" * 32
+    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
+        for name, odd in (
+            ("yesterday", {"created_at": "yesterday"}),
+            ("soon", {"expires_at": "soon"}),
+            ("maybe", {"enable": "yes"}),
+            ("numbered", {"desc": 7}),
+        ):
+            entry = {"name": name, "key": name, "secret_hash": secret_hash, **odd}
+            connection.execute("INSERT INTO records VALUES ('api_apps', ?, ?)", (name, json.dumps(entry).encode()))
+    async with open_broker(store_config(tmp_path)) as broker:
+        url = base_url(broker) + V5
+        token = (await login(url, "admin", "public")).json()["token"]
+        async with httpx.AsyncClient(base_url=url, headers={"authorization": f"Bearer {token}"}) as admin:
+            listed = await admin.get("/api_key")
+            assert listed.status_code == 200 and [key["name"] for key in listed.json()] == ["ops"], listed.text
+        shown = await broker.service.run_command(["api-key", "show", "--emqx"])
+        assert isinstance(shown, Table) and [row["name"] for row in shown.rows] == ["ops"]
+        async with httpx.AsyncClient(base_url=url, auth=ops, timeout=10) as http:
+            assert (await http.get("/nodes")).status_code == 200
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    for name, field in (("yesterday", "created_at"), ("soon", "expires_at"), ("maybe", "enable"), ("numbered", "desc")):
+        assert any(f"'{name}'" in m and "api_apps" in m and field in m for m in errors), (name, errors)
+    assert secret_hash not in caplog.text
+
+
+async def test_changing_keys_and_users_with_the_store_unloaded_is_a_clear_error(tmp_path: Path) -> None:
+    async with open_broker(store_config(tmp_path)) as broker:
+        run = broker.service.run_command
+        ops = await make_key(broker, "ops")
+        await run(["admins", "add", "username=admin", "password=public"])
+        url = base_url(broker) + V5
+        token = (await login(url, "admin", "public")).json()["token"]
+        await broker.service.unload_plugin("sqlite_store")
+        gone = "cannot be saved: no store plugin keeps the records of api_apps now"
+        for command in (
+            ["admins", "passwd", "username=admin", "password=changed"],
+            ["admins", "del", "username=admin"],
+            ["api-key", "delete", "--emqx", "name=ops"],
+            ["admins", "add", "username=other", "password=pw"],
+        ):
+            with pytest.raises(CommandError, match=gone):
+                await run(command)
+        async with httpx.AsyncClient(base_url=url, headers={"authorization": f"Bearer {token}"}) as admin:
+            for reply in (
+                await admin.post("/api_key", json={"name": "ci"}),
+                await admin.put("/api_key/ops", json={"desc": "x"}),
+                await admin.delete("/api_key/ops"),
+            ):
+                assert reply.status_code == 503 and reply.json()["code"] == "SERVICE_UNAVAILABLE", reply.text
+                assert gone in reply.json()["message"]
+            assert [key["name"] for key in (await admin.get("/api_key")).json()] == ["ops"]  # nothing changed
+        async with httpx.AsyncClient(base_url=url, auth=ops, timeout=10) as http:
+            assert (await http.get("/nodes")).status_code == 200
 
 
 # -- the banned list ---------------------------------------------------------------------------
