@@ -22,6 +22,7 @@ ROOT_LAYERS: dict[str, tuple[str, ...]] = {
         "service",
         "observed",
         "live_settings",
+        "records_face",
         "acting",
         "manager",
         "plugin_lookup",
