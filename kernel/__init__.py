@@ -17,11 +17,11 @@ from .codec import Auth, SubscriptionRequest, Will
 from .hooks.registries import RESERVED_API_PATHS, ApiRoute, ApiRoutes, Metric, label_text
 from .hookspecs import hookimpl
 from .plugin_lookup import PluginError
-from .routing.topics import TopicError, topic_matches, validate_topic_filter, validate_topic_name
+from .routing.topics import SubscriptionTrie, TopicError, topic_matches, validate_topic_filter, validate_topic_name
 from .service import Service
 from .values.config import BrokerSettings, ConfigError, ListenerConfig, build_attrs, check_mountpoint
 from .values.files import file_stamp, set_aside_imported, write_atomically
-from .values.info import ListenerInfo, PluginInfo, SessionInfo
+from .values.info import ListenerInfo, NodeInfo, PluginInfo, SessionInfo
 from .values.output import Table, Text, cell_text
 from .values.stored import StoreError, message_from_bytes, message_from_json, message_to_bytes, message_to_json
 from .values.types import (
@@ -72,10 +72,12 @@ __all__ = [
     "Service",
     "Outcome",
     "SessionInfo",
+    "NodeInfo",
     "ListenerInfo",
     "PluginInfo",
     "PluginError",
     "TopicError",
+    "SubscriptionTrie",
     "topic_matches",
     "validate_topic_name",
     "validate_topic_filter",

@@ -46,6 +46,7 @@ from .hooks.dispatch import FAMILY_ATTRIBUTE, SYNCHRONOUS_HOOKS
 if TYPE_CHECKING:
     from .admin import AdminRegistry
     from .hooks.registries import ApiRoutes, MetricsRegistry, SettingsRegistry
+    from .values.info import NodeInfo
     from .values.types import Answer, ClientInfo, Message, SessionSnapshot, StoredMessage, TopicSubscription
 
 PROJECT_NAME = "ternmq"
@@ -528,6 +529,16 @@ def cluster_forward(message: Message, origin: ClientInfo) -> None:
 
     Only the first implementation is called; none loaded means a single node. Error or
     timeout: logged and counted; local delivery is not affected.
+    """
+
+
+@provider
+def cluster_nodes() -> Sequence[NodeInfo]:
+    """Return every node of the cluster, this one included, and whether it runs.
+
+    Answer: ``NodeInfo(name, running)`` values (``cluster show``, EMQX's ``/nodes``).
+    Only the first implementation is called; none loaded means a single node (this one,
+    running). Error or timeout: logged and counted, and this node alone is shown.
     """
 
 

@@ -31,7 +31,7 @@ from ternmq.plugins import ESSENTIAL
 
 from .hooks.dispatch import SYNCHRONOUS_HOOKS, PluginPolicy
 from .plugin_lookup import PluginError, describe, find_plugin, plugin_error
-from .values.config import ConfigError, PluginEntry, build_attrs
+from .values.config import ConfigError, PluginEntry, build_attrs, plugin_table_name
 
 if TYPE_CHECKING:
     from .hooks.dispatch import HookDispatcher
@@ -155,13 +155,13 @@ class PluginManager:
                 try:
                     await self.load(entry.name, entry.settings, source_name=source)
                 except PluginError as exc:
-                    raise ConfigError(source, f"plugins.{entry.name}", None, exc.reason) from None
+                    raise ConfigError(source, plugin_table_name(entry.name), None, exc.reason) from None
 
     def instantiate(
         self, name: str, target: Any, settings: Mapping[str, Any], source_name: str
     ) -> tuple[Any, Any, KernelSettings]:
         """Build (plugin object, its Config, kernel settings) from a table."""
-        table_name = f"plugins.{name}"
+        table_name = plugin_table_name(name)
         kernel_keys = {field.name for field in attrs.fields(KernelSettings)}
         kernel_table = {k: v for k, v in settings.items() if k in kernel_keys}
         own_table = {k: v for k, v in settings.items() if k not in kernel_keys}

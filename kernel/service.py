@@ -24,9 +24,9 @@ from .plugin_lookup import plugin_error
 from .protocol.ports import BrokerCore
 from .protocol.subscriptions import after_subscribe, after_unsubscribe
 from .records_face import RecordsFace
-from .routing.topics import validate_topic_filter, validate_topic_name
+from .routing.topics import mounted_filter, validate_topic_filter, validate_topic_name
 from .values.config import EMBEDDED_DEFAULT, BrokerSettings, ConfigError, ListenerConfig
-from .values.info import ListenerInfo, PluginInfo, SessionInfo
+from .values.info import ListenerInfo, NodeInfo, PluginInfo, SessionInfo
 from .values.types import ClientInfo, Message, SessionSnapshot, TopicSubscription
 
 if TYPE_CHECKING:
@@ -205,6 +205,38 @@ class Service(RecordsFace):
     @property
     def retain_available(self) -> bool:
         return self._broker.retain_available
+
+    # -- the cluster -------------------------------------------------------------------
+
+    async def nodes(self) -> tuple[NodeInfo, ...]:
+        """Every node of the cluster (``cluster show``): a cluster plugin's answer, or
+        this node alone."""
+        alone = (NodeInfo(self.node_name, True),)
+        return tuple(await self._broker.dispatcher.provide("cluster_nodes", default=alone))
+
+    async def route_forwarded(self, message: Message, origin_client_id: str | None = None) -> int:
+        """Deliver a message another node routed (a cluster plugin's inbox) to this node's
+        matching subscribers, as the router delivers any message; returns the count. Its
+        topic is as routed (under the publisher's mountpoint). A retained one is also
+        retained here: every node keeps every retained message (VerneMQ replicates them
+        too). No hook fires: ``on_publish`` and ``cluster_forward`` fired on its node."""
+        broker = self._broker
+        if message.retain and broker.retain_available:
+            if message.payload:
+                await broker.dispatcher.provide("retain_store", message=message)
+            else:
+                await broker.dispatcher.provide("retain_delete", topic=message.topic)
+        return await broker.router.route(message, origin_client_id)
+
+    def subscribed_filters(self) -> frozenset[str]:
+        """Every topic filter this node's sessions subscribe to, as routed (under their
+        mountpoints; shared ones as ``$share/GROUP/FILTER``): what a cluster plugin tells
+        the other nodes this node wants."""
+        return frozenset(
+            mounted_filter(session.mountpoint, topic_filter)
+            for session in self._broker.sessions.values()
+            for topic_filter in session.subscriptions
+        )
 
     # -- sessions and subscriptions ------------------------------------------------------
 

@@ -10,6 +10,7 @@ BUILTIN = {
     "api": "ternmq.api",
     "acl": "ternmq.plugins.acl",
     "banned": "ternmq.plugins.banned",
+    "cluster": "ternmq.plugins.cluster",
     "passwd": "ternmq.plugins.passwd",
     "retainer": "ternmq.plugins.retainer",
     "sqlite_store": "ternmq.plugins.sqlite_store",

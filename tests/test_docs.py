@@ -51,7 +51,7 @@ from ternmq.kernel.testing import MQTTTestClient, open_broker, registered, test_
 from ternmq.kernel.values.config import BrokerSettings, ConfigError, Limits, ListenerConfig, PluginEntry, parse_config
 from ternmq.kernel.values.output import Table, Text
 from ternmq.kernel.values.types import Message, SessionSnapshot, TopicSubscription
-from ternmq.plugins import retainer, sqlite_store, webhooks
+from ternmq.plugins import cluster, retainer, sqlite_store, webhooks
 from ternmq.plugins.admin import register_commands
 
 from helpers import eventually
@@ -847,6 +847,19 @@ async def drive_cluster_forward(example: type) -> None:
         assert plugin.dropped == 0
 
 
+async def drive_cluster_nodes(example: type) -> None:
+    async with open_broker() as broker:
+        alone = await broker.admin.run(broker.service, ["cluster", "show"])
+        assert isinstance(alone, Table) and alone.rows == ({"Node": broker.node_name, "Running": True},)
+        async with registered(broker, example()):
+            shown = await broker.admin.run(broker.service, ["cluster", "show"])
+            assert isinstance(shown, Table)
+            assert [(row["Node"], row["Running"]) for row in shown.rows] == [
+                ("ternmq@10.0.0.1", True),
+                ("ternmq@10.0.0.2", False),
+            ]
+
+
 async def drive_register_admin_commands(example: type) -> None:
     async with open_broker() as broker:
         async with registered(broker, example(), name="greeter"):
@@ -1152,6 +1165,10 @@ def test_configuration_md_documents_every_kernel_key_of_plugin_tables() -> None:
 
 def test_configuration_md_documents_every_retainer_key() -> None:
     check_keys("configuration.md", "`[plugins.retainer]` (built-in)", retainer.Config)
+
+
+def test_configuration_md_documents_every_cluster_key() -> None:
+    check_keys("configuration.md", "`[cluster]`", cluster.Config)
 
 
 def test_configuration_md_documents_every_sqlite_store_key() -> None:

@@ -142,7 +142,8 @@ class ListenerConfig:
 
 @attrs.frozen
 class PluginEntry:
-    """One ``[plugins.NAME]`` table: ``enabled`` plus the plugin's own keys."""
+    """One ``[plugins.NAME]`` table (or ``[cluster]``): ``enabled`` plus the plugin's
+    own keys."""
 
     name: str
     enabled: bool = True
@@ -315,15 +316,25 @@ def _failing_key(cls: type, values: dict[str, Any], exc: Exception) -> str | Non
 # -- whole files ------------------------------------------------------------------------
 
 
+#: Plugins configured by a top-level table of their own name instead of [plugins.NAME]:
+#: ``[cluster]`` turns the cluster plugin on, loaded before every [plugins.NAME] one.
+TOP_LEVEL_PLUGINS = ("cluster",)
+
+
+def plugin_table_name(name: str) -> str:
+    """Where a plugin's keys are in the configuration file (for errors)."""
+    return name if name in TOP_LEVEL_PLUGINS else f"plugins.{name}"
+
+
 def parse_config(data: Mapping[str, Any], source: str, directory: Path | None = None) -> Config:
     """Turn the parsed TOML document ``data`` into a :class:`Config`.
 
     ``directory`` is the folder relative paths are joined to (the file's); without it,
     the working directory.
     """
-    unknown = sorted(set(data) - {"broker", "listeners", "plugins"})
+    unknown = sorted(set(data) - {"broker", "listeners", "plugins", *TOP_LEVEL_PLUGINS})
     if unknown:
-        raise ConfigError(source, unknown[0], None, "unknown table (expected broker, listeners, plugins)")
+        raise ConfigError(source, unknown[0], None, "unknown table (expected broker, listeners, plugins, cluster)")
     base = directory if directory is not None else Path.cwd()
     broker = build_attrs(BrokerSettings, data.get("broker", {}), source, "broker", base=base)
     raw_listeners = data.get("listeners", [])
@@ -355,13 +366,17 @@ def parse_config(data: Mapping[str, Any], source: str, directory: Path | None = 
     if not isinstance(raw_plugins, dict):
         raise ConfigError(source, "plugins", None, "must be a table of [plugins.NAME] tables")
     plugins = []
-    for name, table in raw_plugins.items():
+    tables = [(name, data[name]) for name in TOP_LEVEL_PLUGINS if name in data]
+    for name, table in [*tables, *raw_plugins.items()]:
+        table_name = plugin_table_name(name) if (name, table) in tables else f"plugins.{name}"
+        if name in TOP_LEVEL_PLUGINS and table_name != name:
+            raise ConfigError(source, table_name, None, f"configured by the [{name}] table")
         if not isinstance(table, dict):
-            raise ConfigError(source, f"plugins.{name}", None, "must be a table")
+            raise ConfigError(source, table_name, None, "must be a table")
         settings = dict(table)
         enabled = settings.pop("enabled", True)
         if not isinstance(enabled, bool):
-            raise ConfigError(source, f"plugins.{name}", "enabled", "must be true or false")
+            raise ConfigError(source, table_name, "enabled", "must be true or false")
         plugins.append(PluginEntry(name=name, enabled=enabled, settings=settings))
     return Config(source=source, broker=broker, listeners=tuple(listeners), plugins=tuple(plugins), directory=directory)
 

@@ -1,5 +1,6 @@
 """What the service face returns about the broker: frozen views of a session, a
-listener, a plugin, as ``session show``, ``listener show`` and ``plugin show`` list them."""
+listener, a plugin, a node, as ``session show``, ``listener show``, ``plugin show`` and
+``cluster show`` list them."""
 
 from __future__ import annotations
 
@@ -78,3 +79,11 @@ class PluginInfo:
     # registered as a ready object.
     table: Mapping[str, Any] | None = None
     path: str | None = None  # the module:object it was loaded from, when not by name
+
+
+@attrs.frozen
+class NodeInfo:
+    """One node of the cluster, as ``cluster show`` lists it (VerneMQ's Node, Running)."""
+
+    name: str
+    running: bool

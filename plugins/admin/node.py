@@ -76,9 +76,10 @@ def _node_status(service: Service, args: Arguments) -> Table:
     return Table(tuple({"Status": k, "Value": v} for k, v in rows), ("Status", "Value"))
 
 
-def _cluster_show(service: Service, args: Arguments) -> Table:
-    # One node until a cluster plugin joins others (VerneMQ's columns).
-    return Table(({"Node": service.node_name, "Running": True},), ("Node", "Running"))
+async def _cluster_show(service: Service, args: Arguments) -> Table:
+    # This node alone, unless a cluster plugin knows others (VerneMQ's columns).
+    nodes = await service.nodes()
+    return Table(tuple({"Node": node.name, "Running": node.running} for node in nodes), ("Node", "Running"))
 
 
 #: VerneMQ's netsplit switches: accepted and shown (``set allow_publish_during_netsplit=on``)

@@ -23,6 +23,7 @@ from ternmq.kernel.hookspecs import hookimpl
 from ternmq.kernel.manager import PluginError
 from ternmq.kernel.routing.topics import topic_matches
 from ternmq.kernel.testing import MQTTTestClient, registered, serving, test_config
+from ternmq.kernel.values.info import NodeInfo
 from ternmq.kernel.values.output import Text
 from ternmq.kernel.values.types import ClientInfo, Message, SessionSnapshot, StoredMessage, TopicSubscription
 
@@ -629,6 +630,28 @@ async def test_hook_cluster_forward(broker: Any) -> None:
         assert second.calls == []  # only the first implementation provides
         await broker.service.publish("c/2", b"service")
         assert first.calls[-1][1] == broker.publisher.broker_client
+
+
+class TwoNodes:
+    @hookimpl
+    async def cluster_nodes(self) -> list[NodeInfo]:
+        return [NodeInfo("a@x", True), NodeInfo("b@x", False)]
+
+
+class BrokenNodes:
+    @hookimpl
+    def cluster_nodes(self) -> list[NodeInfo]:
+        raise RuntimeError("no redis")
+
+
+async def test_hook_cluster_nodes(broker: Any) -> None:
+    assert await broker.service.nodes() == (NodeInfo(broker.node_name, True),)  # a single node
+    async with registered(broker, TwoNodes()):
+        assert await broker.service.nodes() == (NodeInfo("a@x", True), NodeInfo("b@x", False))
+        table = await broker.service.run_command(["cluster", "show"])
+        assert [(row["Node"], row["Running"]) for row in table.rows] == [("a@x", True), ("b@x", False)]
+    async with registered(broker, BrokenNodes()):
+        assert await broker.service.nodes() == (NodeInfo(broker.node_name, True),)  # failed: this node alone
 
 
 # -------------------------------------------------------------------- registration

@@ -1,0 +1,328 @@
+"""Several ternmq nodes as one broker, through Redis (the ``cluster`` plugin).
+
+Turned on by a ``[cluster]`` table in the configuration (loaded before every
+``[plugins.NAME]`` one). Every node of a cluster points at the same Redis (7, or
+Valkey); nothing else joins them.
+
+* **Nodes.** Each node writes a heartbeat into the hash ``PREFIX:nodes`` every
+  ``heartbeat_interval`` seconds; a node whose last heartbeat is older than
+  ``node_timeout`` is shown as not running (``cluster show``, VerneMQ's Node/Running)
+  and gets nothing forwarded.
+* **Routes.** Each node keeps the topic filters its sessions subscribe to in Redis and
+  announces changes (routes.py); the others keep a local copy, so a message goes only to
+  the nodes with a matching subscriber. A new subscription is announced within a few
+  milliseconds; a removed one within ``route_sweep_interval`` (until then the other
+  node may still be sent messages nobody there wants: harmless, and cheap).
+* **Forwarding.** ``cluster_forward`` (after local routing) queues the message for each
+  node that wants it: one bounded queue and one forwarder task per peer node, which
+  waits ``linger`` seconds after the first message and sends everything queued by then
+  in one frame (frames.py), one Redis PUBLISH for many messages. A full queue drops the
+  message and counts it (``cluster_dropped``). The receiving node delivers each to its
+  own subscribers as its router delivers any message. Retained messages go to every
+  node, and every node retains them (VerneMQ replicates retained messages too).
+
+What this plugin does not do yet: client ids unique across nodes (a takeover on another
+node), sessions and queued messages kept in Redis, shared subscriptions balanced across
+nodes (a group with members on two nodes gets one copy per node), ``--workers``.
+
+Config keys (``[cluster]``): ``redis_url`` (required), ``prefix`` ("ternmq"),
+``heartbeat_interval`` (1.0), ``node_timeout`` (5.0), ``linger`` (0.001),
+``max_frame_messages`` (500), ``forward_queue`` (10000 per peer),
+``route_sweep_interval`` (2.0).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import anyio
+import attrs
+import coredis
+import trio
+
+from ternmq.kernel import ClientInfo, Message, NodeInfo, Service, hookimpl
+
+from .frames import decode_frame, encode_frame, inbox_channel
+from .routes import RemoteRoutes, notice, routes_key
+
+log = logging.getLogger("ternmq.plugins.cluster")
+
+# Seconds between tries when Redis cannot be reached (the issue's cap: about 0.25 s).
+RETRY_DELAY = 0.25
+
+
+def _positive(instance: Any, attribute: Any, value: float) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+        raise ValueError(f"must be a number > 0, not {value!r}")
+
+
+@attrs.frozen
+class Config:
+    redis_url: str = attrs.field(validator=attrs.validators.instance_of(str))
+    prefix: str = attrs.field(default="ternmq", validator=attrs.validators.min_len(1))
+    heartbeat_interval: float = attrs.field(default=1.0, validator=_positive)
+    node_timeout: float = attrs.field(default=5.0, validator=_positive)
+    linger: float = attrs.field(default=0.001, validator=attrs.validators.ge(0))
+    max_frame_messages: int = attrs.field(default=500, validator=attrs.validators.ge(1))
+    forward_queue: int = attrs.field(default=10_000, validator=attrs.validators.ge(1))
+    route_sweep_interval: float = attrs.field(default=2.0, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"redis_url: not a redis://, rediss:// or unix:// URL: {self.redis_url!r}")
+        if self.node_timeout <= self.heartbeat_interval:
+            raise ValueError("node_timeout must be longer than heartbeat_interval")
+
+
+class Plugin:
+    """The cluster plugin (module docstring)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.node = ""
+        self.redis: coredis.Redis[bytes] | None = None
+        self.routes = RemoteRoutes("")
+        self.heartbeats: dict[str, float] = {}  # node -> its last heartbeat (Unix time)
+        self.published: frozenset[str] = frozenset()  # this node's filters as Redis has them
+        self.service: Service | None = None
+        self._nursery: trio.Nursery | None = None
+        self._peers: dict[str, trio.MemorySendChannel[tuple[Message, str | None]]] = {}
+        self._sequences: dict[str, int] = {}  # sending node -> the last frame's sequence
+        self._routes_changed = trio.Event()
+        self.forwarded = 0
+        self.received = 0
+        self.dropped = 0
+        self.gaps = 0
+
+    # -- start and stop -----------------------------------------------------------------
+
+    async def serve(self, service: Service, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.service = service
+        self.node = service.node_name
+        self.routes = RemoteRoutes(self.node)
+        config = self.config
+        redis: coredis.Redis[bytes] = coredis.Redis.from_url(config.redis_url, decode_responses=False)
+        async with redis:
+            self.redis = redis
+            try:
+                await redis.ping()
+            except Exception as exc:  # coredis' connection errors: the load fails, saying why
+                raise ConnectionError(f"cannot reach Redis at {config.redis_url}: {exc}") from None
+            try:
+                await self._heartbeat()
+                await self._publish_routes(reset=True)
+                await self._load_routes()
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    await nursery.start(self._listen)
+                    nursery.start_soon(self._heartbeats)
+                    nursery.start_soon(self._route_sync)
+                    log.info("cluster: node %s joined through %s", self.node, config.redis_url)
+                    task_status.started()
+            finally:
+                with trio.move_on_after(2) as leaving:
+                    leaving.shield = True
+                    await self._leave()
+
+    async def _leave(self) -> None:
+        """Unloaded or stopped: this node's routes and heartbeat go (a killed node's stay
+        until its heartbeat is too old). On a connection of its own: the plugin's are
+        being cancelled with it."""
+        prefix = self.config.prefix
+        try:
+            async with coredis.Redis.from_url(self.config.redis_url) as redis:
+                await redis.delete([routes_key(prefix, self.node)])
+                await redis.hdel(f"{prefix}:nodes", [self.node])
+                await redis.publish(f"{prefix}:routes", notice(self.node, leaving=True))
+        except Exception as exc:
+            log.warning("cluster: could not leave cleanly: %s", exc)
+
+    # -- nodes --------------------------------------------------------------------------
+
+    def running(self, node: str, now: float | None = None) -> bool:
+        beat = self.heartbeats.get(node)
+        return beat is not None and (now or time.time()) - beat < self.config.node_timeout
+
+    async def _heartbeat(self) -> None:
+        assert self.redis is not None
+        key = f"{self.config.prefix}:nodes"
+        await self.redis.hset(key, {self.node: repr(time.time())})
+        beats = await self.redis.hgetall(key)
+        self.heartbeats = {name.decode(): float(value) for name, value in beats.items()}
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await trio.sleep(self.config.heartbeat_interval)
+            try:
+                await self._heartbeat()
+            except Exception as exc:
+                log.warning("cluster: heartbeat failed: %s", exc)
+
+    @hookimpl
+    def cluster_nodes(self) -> list[NodeInfo]:
+        now = time.time()
+        nodes = {self.node, *self.heartbeats}
+        return [NodeInfo(name, name == self.node or self.running(name, now)) for name in sorted(nodes)]
+
+    # -- routes -------------------------------------------------------------------------
+
+    async def _load_routes(self) -> None:
+        """Every other node's filters, read from Redis (at start and after a gap)."""
+        assert self.redis is not None
+        for node in list(self.heartbeats):
+            if node != self.node:
+                members = await self.redis.smembers(routes_key(self.config.prefix, node))
+                self.routes.replace(node, (member.decode() for member in members))
+
+    async def _publish_routes(self, *, reset: bool = False) -> None:
+        """Bring this node's filters in Redis up to date and announce the change."""
+        assert self.redis is not None and self.service is not None
+        current = self.service.subscribed_filters()
+        key = routes_key(self.config.prefix, self.node)
+        added, removed = current - self.published, self.published - current
+        if not (added or removed or reset):
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if reset:
+                pipe.delete([key])
+                added, removed = current, frozenset()
+            if added:
+                pipe.sadd(key, list(added))
+            if removed:
+                pipe.srem(key, list(removed))
+            pipe.publish(f"{self.config.prefix}:routes", notice(self.node, added=added, removed=removed, reset=reset))
+        self.published = current
+
+    async def _route_sync(self) -> None:
+        """Announce new subscriptions at once, removed ones at the next sweep."""
+        while True:
+            with trio.move_on_after(self.config.route_sweep_interval):
+                await self._routes_changed.wait()
+            self._routes_changed = trio.Event()
+            try:
+                await self._publish_routes()
+            except Exception as exc:
+                log.warning("cluster: routes not published: %s", exc)
+                await trio.sleep(RETRY_DELAY)
+
+    @hookimpl
+    def on_subscribe(self) -> None:
+        self._routes_changed.set()
+
+    # -- forwarding ---------------------------------------------------------------------
+
+    @hookimpl
+    def cluster_forward(self, message: Message, origin: ClientInfo) -> None:
+        if message.retain:
+            now = time.time()
+            nodes = {node for node in self.heartbeats if node != self.node and self.running(node, now)}
+        else:
+            nodes = self.routes.nodes_for(message.topic)
+        if not nodes:
+            return
+        origin_id = origin.client_id
+        for node in nodes:
+            if not self.running(node):
+                continue
+            send = self._peers.get(node) or self._start_peer(node)
+            try:
+                send.send_nowait((message, origin_id))
+            except trio.WouldBlock:
+                self.dropped += 1
+
+    def _start_peer(self, node: str) -> trio.MemorySendChannel[tuple[Message, str | None]]:
+        assert self._nursery is not None
+        send, receive = trio.open_memory_channel[tuple[Message, str | None]](self.config.forward_queue)
+        self._peers[node] = send
+        self._nursery.start_soon(self._forward, node, receive)
+        return send
+
+    async def _forward(self, node: str, receive: trio.MemoryReceiveChannel[tuple[Message, str | None]]) -> None:
+        """The forwarder of one peer node: frames of everything queued within ``linger``."""
+        assert self.redis is not None
+        config = self.config
+        channel = inbox_channel(config.prefix, node)
+        sequence = 0
+        async for first in receive:
+            batch = [first]
+            if config.linger:
+                await trio.sleep(config.linger)
+            while len(batch) < config.max_frame_messages:
+                try:
+                    batch.append(receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            sequence += 1
+            try:
+                await self.redis.publish(channel, encode_frame(self.node, sequence, batch))
+                self.forwarded += len(batch)
+            except Exception as exc:
+                self.dropped += len(batch)
+                log.warning("cluster: %d messages for %s dropped: %s", len(batch), node, exc)
+                await trio.sleep(RETRY_DELAY)
+
+    # -- receiving ----------------------------------------------------------------------
+
+    async def _listen(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """This node's inbox and the route announcements."""
+        assert self.redis is not None
+        prefix = self.config.prefix
+        inbox, routes = inbox_channel(prefix, self.node), f"{prefix}:routes"
+        try:
+            async with self.redis.pubsub(channels=[inbox, routes], ignore_subscribe_messages=True) as pubsub:
+                task_status.started()
+                await self._dispatch(pubsub, inbox)
+        except* (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            # coredis' subscription tasks, cancelled with the plugin, close their streams
+            # under each other: nothing is lost that the cancellation did not end anyway.
+            pass
+
+    async def _dispatch(self, pubsub: Any, inbox: str) -> None:
+        async for item in pubsub:
+            if item["type"] != "message":
+                continue
+            channel = item["channel"].decode() if isinstance(item["channel"], bytes) else item["channel"]
+            data = item["data"]
+            if not isinstance(data, bytes):
+                continue
+            if channel == inbox:
+                await self._receive(data)
+            else:
+                try:
+                    sender = self.routes.apply(data)
+                except ValueError as exc:
+                    log.warning("cluster: a route notice that does not read: %s", exc)
+                    continue
+                if sender is None:
+                    continue
+                node, leaving = sender
+                if leaving:
+                    self.heartbeats.pop(node, None)
+                else:  # a node that speaks runs (its heartbeat may not have been read yet)
+                    self.heartbeats[node] = max(self.heartbeats.get(node, 0.0), time.time())
+
+    async def _receive(self, data: bytes) -> None:
+        assert self.service is not None
+        try:
+            frame = decode_frame(data)
+        except ValueError as exc:
+            log.warning("cluster: a frame that does not read: %s", exc)
+            return
+        last = self._sequences.get(frame.node)
+        if last is not None and frame.sequence != last + 1:
+            self.gaps += 1
+            log.warning("cluster: frames from %s lost (%d after %d)", frame.node, frame.sequence, last)
+        self._sequences[frame.node] = frame.sequence
+        for message, origin in frame.messages:
+            self.received += 1
+            await self.service.route_forwarded(message, origin)
+
+    @hookimpl
+    def register_metrics(self, registry: Any) -> None:
+        registry.counter("cluster_forwarded", lambda: self.forwarded, "messages forwarded to other nodes")
+        registry.counter("cluster_received", lambda: self.received, "messages received from other nodes")
+        registry.counter("cluster_dropped", lambda: self.dropped, "messages not forwarded (full queue, Redis down)")
+        registry.counter("cluster_frame_gaps", lambda: self.gaps, "frames from other nodes found missing")
