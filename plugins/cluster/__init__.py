@@ -37,21 +37,31 @@ import logging
 import math
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import attrs
 import coredis
 import trio
+from coredis.exceptions import ConnectionError as RedisConnectionError
+from coredis.retry import NoRetryPolicy
 
 from ternmq.kernel import ClientInfo, Message, NodeInfo, Service, hookimpl
 
+from .client import connect
 from .frames import decode_frame, encode_frame, inbox_channel
 from .routes import RemoteRoutes, notice, routes_key
 
 log = logging.getLogger("ternmq.plugins.cluster")
 
-# Seconds between tries when Redis cannot be reached (the issue's cap: about 0.25 s).
+# Seconds between tries when Redis cannot be reached: short, so a restarted Redis is met
+# again within a quarter second. The plugin waits for Redis itself (a plain socket,
+# reachable()) rather than through coredis' retries: its pub/sub reconnects silently
+# (what was published meanwhile is lost, unannounced) with a backoff growing to 16 s, and
+# each failed connection attempt leaves streams unclosed.
 RETRY_DELAY = 0.25
+# Errors of a lost or refused Redis connection, as coredis and anyio raise them.
+REDIS_DOWN = (RedisConnectionError, OSError, anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream)
 
 
 def _positive(instance: Any, attribute: Any, value: float) -> None:
@@ -92,6 +102,8 @@ class Plugin:
         self._peers: dict[str, trio.MemorySendChannel[tuple[Message, str | None]]] = {}
         self._sequences: dict[str, int] = {}  # sending node -> the last frame's sequence
         self._routes_changed = trio.Event()
+        self._resync = False  # the subscriber reconnected: Redis may have lost everything
+        self.resyncs = 0
         self.forwarded = 0
         self.received = 0
         self.dropped = 0
@@ -104,7 +116,7 @@ class Plugin:
         self.node = service.node_name
         self.routes = RemoteRoutes(self.node)
         config = self.config
-        redis: coredis.Redis[bytes] = coredis.Redis.from_url(config.redis_url, decode_responses=False)
+        redis = connect(config.redis_url)
         async with redis:
             self.redis = redis
             try:
@@ -133,7 +145,7 @@ class Plugin:
         being cancelled with it."""
         prefix = self.config.prefix
         try:
-            async with coredis.Redis.from_url(self.config.redis_url) as redis:
+            async with connect(self.config.redis_url) as redis:
                 await redis.delete([routes_key(prefix, self.node)])
                 await redis.hdel(f"{prefix}:nodes", [self.node])
                 await redis.publish(f"{prefix}:routes", notice(self.node, leaving=True))
@@ -158,6 +170,9 @@ class Plugin:
             await trio.sleep(self.config.heartbeat_interval)
             try:
                 await self._heartbeat()
+            except REDIS_DOWN as exc:
+                log.warning("cluster: heartbeat failed: %s", exc)
+                await self.reachable()
             except Exception as exc:
                 log.warning("cluster: heartbeat failed: %s", exc)
 
@@ -197,14 +212,25 @@ class Plugin:
         self.published = current
 
     async def _route_sync(self) -> None:
-        """Announce new subscriptions at once, removed ones at the next sweep."""
+        """Announce new subscriptions at once, removed ones at the next sweep; after a
+        reconnection to Redis, everything again (a restarted Redis has lost the routes
+        and heartbeats; messages announced meanwhile were lost)."""
         while True:
             with trio.move_on_after(self.config.route_sweep_interval):
                 await self._routes_changed.wait()
             self._routes_changed = trio.Event()
             try:
-                await self._publish_routes()
+                if self._resync:
+                    self._resync = False
+                    self.resyncs += 1
+                    await self._heartbeat()
+                    await self._publish_routes(reset=True)
+                    await self._load_routes()
+                    log.info("cluster: routes resynchronised after a reconnection to Redis")
+                else:
+                    await self._publish_routes()
             except Exception as exc:
+                self._resync = True
                 log.warning("cluster: routes not published: %s", exc)
                 await trio.sleep(RETRY_DELAY)
 
@@ -256,29 +282,69 @@ class Plugin:
                 except trio.WouldBlock:
                     break
             sequence += 1
+            await self._send(node, channel, encode_frame(self.node, sequence, batch), len(batch))
+
+    async def _send(self, node: str, channel: str, frame: bytes, count: int) -> None:
+        """One frame to a peer. Redis down: the frame waits and is tried again every
+        RETRY_DELAY (what comes meanwhile waits in the peer's bounded queue); a peer that
+        is down by then gets nothing, and the frame's messages are counted as dropped."""
+        assert self.redis is not None
+        while True:
             try:
-                await self.redis.publish(channel, encode_frame(self.node, sequence, batch))
-                self.forwarded += len(batch)
+                await self.redis.publish(channel, frame)
             except Exception as exc:
-                self.dropped += len(batch)
-                log.warning("cluster: %d messages for %s dropped: %s", len(batch), node, exc)
+                if not self.running(node):
+                    self.dropped += count
+                    log.warning("cluster: %d messages for %s dropped: %s", count, node, exc)
+                    return
+                await self.reachable()
                 await trio.sleep(RETRY_DELAY)
+            else:
+                self.forwarded += count
+                return
 
     # -- receiving ----------------------------------------------------------------------
 
     async def _listen(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """This node's inbox and the route announcements."""
+        """This node's inbox and the route announcements; subscribed again (and the
+        routes resynchronised) once a lost Redis is back."""
         assert self.redis is not None
         prefix = self.config.prefix
         inbox, routes = inbox_channel(prefix, self.node), f"{prefix}:routes"
-        try:
-            async with self.redis.pubsub(channels=[inbox, routes], ignore_subscribe_messages=True) as pubsub:
-                task_status.started()
-                await self._dispatch(pubsub, inbox)
-        except* (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            # coredis' subscription tasks, cancelled with the plugin, close their streams
-            # under each other: nothing is lost that the cancellation did not end anyway.
-            pass
+        started = False
+        while True:
+            try:
+                async with self.redis.pubsub(channels=[inbox, routes], retry_policy=NoRetryPolicy()) as pubsub:
+                    if not started:
+                        started = True
+                        task_status.started()
+                    else:
+                        self._resync = True
+                        self._routes_changed.set()
+                    await self._dispatch(pubsub, inbox)
+            except* REDIS_DOWN as lost:
+                # Torn down with the plugin (unloaded, stopping), coredis' tasks close their
+                # streams under each other: that is no lost Redis, and the cancellation
+                # ends this task below.
+                if trio.current_effective_deadline() != -math.inf:
+                    log.warning("cluster: lost Redis (%r); waiting for it", lost.exceptions[0])
+            if not started:
+                raise ConnectionError("cannot subscribe to the cluster's channels")
+            await self.reachable()
+
+    async def reachable(self) -> None:
+        """Return once Redis accepts a connection again (tried every RETRY_DELAY)."""
+        url = urlsplit(self.config.redis_url)
+        while True:
+            try:
+                if url.scheme == "unix":
+                    stream: trio.abc.Stream = await trio.open_unix_socket(url.path)
+                else:
+                    stream = await trio.open_tcp_stream(url.hostname or "localhost", url.port or 6379)
+                await stream.aclose()
+                return
+            except OSError:
+                await trio.sleep(RETRY_DELAY)
 
     async def _dispatch(self, pubsub: Any, inbox: str) -> None:
         async for item in pubsub:
@@ -326,3 +392,4 @@ class Plugin:
         registry.counter("cluster_received", lambda: self.received, "messages received from other nodes")
         registry.counter("cluster_dropped", lambda: self.dropped, "messages not forwarded (full queue, Redis down)")
         registry.counter("cluster_frame_gaps", lambda: self.gaps, "frames from other nodes found missing")
+        registry.counter("cluster_resyncs", lambda: self.resyncs, "route resynchronisations after Redis came back")
