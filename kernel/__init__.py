@@ -23,7 +23,17 @@ from .values.config import BrokerSettings, ConfigError, ListenerConfig, build_at
 from .values.files import file_stamp, set_aside_imported, write_atomically
 from .values.info import ListenerInfo, NodeInfo, PluginInfo, SessionInfo
 from .values.output import Table, Text, cell_text
-from .values.stored import StoreError, message_from_bytes, message_from_json, message_to_bytes, message_to_json
+from .values.stored import (
+    StoreError,
+    entry_from_json,
+    entry_to_json,
+    message_from_bytes,
+    message_from_json,
+    message_to_bytes,
+    message_to_json,
+    session_from_json,
+    session_to_json,
+)
 from .values.types import (
     Allow,
     AuthContinue,
@@ -42,6 +52,10 @@ __all__ = [
     "hookimpl",
     "StoreError",
     "message_to_json",
+    "entry_to_json",
+    "entry_from_json",
+    "session_to_json",
+    "session_from_json",
     "message_from_json",
     "message_to_bytes",
     "message_from_bytes",

@@ -59,10 +59,11 @@ from ternmq.kernel import (
     SessionSnapshot,
     StoredMessage,
     StoreError,
-    TopicSubscription,
+    entry_from_json,
+    entry_to_json,
     hookimpl,
-    message_from_json,
-    message_to_json,
+    session_from_json,
+    session_to_json,
 )
 
 log = logging.getLogger("ternmq.plugins.sqlite_store")
@@ -151,77 +152,25 @@ def _check_schema(db: sqlite3.Connection, file: Path) -> None:
 
 def session_body(session: SessionSnapshot) -> str:
     """A session as its row keeps it (the messages have their own rows)."""
-    return json.dumps(
-        {
-            "username": session.username,
-            "protocol_level": session.protocol_level,
-            "expiry_interval": session.expiry_interval,
-            "subscriptions": [attrs.asdict(subscription) for subscription in session.subscriptions],
-            "disconnected_at": session.disconnected_at,
-            "mountpoint": session.mountpoint,
-            "created_at": session.created_at,
-            "will": message_to_json(session.will) if session.will is not None else None,
-        },
-        separators=(",", ":"),
-    )
+    return json.dumps(session_to_json(session), separators=(",", ":"))
 
 
 def message_body(entry: StoredMessage) -> str:
-    return json.dumps(
-        {
-            "state": entry.state,
-            "qos": entry.qos,
-            "retain": entry.retain,
-            "sub_ids": list(entry.sub_ids),
-            "packet_id": entry.packet_id,
-            "message": message_to_json(entry.message) if entry.message is not None else None,
-        },
-        separators=(",", ":"),
-    )
+    return json.dumps(entry_to_json(entry), separators=(",", ":"))
 
 
 # What a row that is not what this store wrote raises while it is read back.
 UNREADABLE = (ValueError, KeyError, TypeError, AttributeError, RecursionError)
 
 
-def _object(body: str) -> dict[str, Any]:
-    data = json.loads(body)
-    if not isinstance(data, dict):
-        raise ValueError("not a JSON object")
-    return data
-
-
 def stored_message(entry_id: int, body: str) -> StoredMessage:
     """A message row back; one of UNREADABLE when it is not one."""
-    data = _object(body)
-    message = data["message"]
-    return StoredMessage(
-        entry_id=entry_id,
-        state=str(data["state"]),
-        message=message_from_json(message) if message is not None else None,
-        qos=int(data["qos"]),
-        retain=bool(data["retain"]),
-        sub_ids=tuple(int(sid) for sid in data["sub_ids"]),
-        packet_id=data["packet_id"],
-    )
+    return entry_from_json(entry_id, json.loads(body))
 
 
 def session_snapshot(client_id: str, body: str, messages: Sequence[StoredMessage]) -> SessionSnapshot:
     """A session row back, with its messages; one of UNREADABLE when it is not one."""
-    data = _object(body)
-    will = data.get("will")
-    return SessionSnapshot(
-        client_id=client_id,
-        username=data["username"],
-        protocol_level=int(data["protocol_level"]),
-        expiry_interval=data["expiry_interval"],
-        subscriptions=tuple(TopicSubscription(**subscription) for subscription in data["subscriptions"]),
-        disconnected_at=float(data["disconnected_at"]),
-        mountpoint=str(data["mountpoint"]),
-        created_at=float(data["created_at"]),
-        messages=tuple(messages),
-        will=message_from_json(will) if will is not None else None,
-    )
+    return session_from_json(client_id, json.loads(body), tuple(messages))
 
 
 def read_sessions(db: sqlite3.Connection) -> list[SessionSnapshot]:

@@ -15,10 +15,22 @@ import struct
 from collections.abc import Mapping
 from typing import Any
 
-from ..codec import Publish, encode_publish_parts
-from .types import Message
+import attrs
 
-__all__ = ["StoreError", "message_to_json", "message_from_json", "message_to_bytes", "message_from_bytes"]
+from ..codec import Publish, encode_publish_parts
+from .types import Message, SessionSnapshot, StoredMessage, TopicSubscription
+
+__all__ = [
+    "StoreError",
+    "message_to_json",
+    "message_from_json",
+    "message_to_bytes",
+    "message_from_bytes",
+    "entry_to_json",
+    "entry_from_json",
+    "session_to_json",
+    "session_from_json",
+]
 
 
 class StoreError(Exception):
@@ -106,3 +118,74 @@ def message_from_bytes(data: bytes) -> Message:
         return message_from_json(decoded)
     except (KeyError, TypeError, UnicodeDecodeError, RecursionError, OverflowError) as exc:
         raise ValueError(f"not a stored message: {exc!r}") from None
+
+
+def entry_to_json(entry: StoredMessage) -> dict[str, Any]:
+    """A stored message (without its entry id, a store's key) as JSON-ready values."""
+    return {
+        "state": entry.state,
+        "qos": entry.qos,
+        "retain": entry.retain,
+        "sub_ids": list(entry.sub_ids),
+        "packet_id": entry.packet_id,
+        "message": message_to_json(entry.message) if entry.message is not None else None,
+    }
+
+
+def entry_from_json(entry_id: int, data: Any) -> StoredMessage:
+    """A stored message back; ValueError (or KeyError, TypeError, AttributeError)."""
+    if not isinstance(data, Mapping):
+        raise ValueError("a stored message is a JSON object")
+    message = data["message"]
+    return StoredMessage(
+        entry_id=entry_id,
+        state=str(data["state"]),
+        message=message_from_json(message) if message is not None else None,
+        qos=int(data["qos"]),
+        retain=bool(data["retain"]),
+        sub_ids=tuple(int(sid) for sid in data["sub_ids"]),
+        packet_id=data["packet_id"],
+    )
+
+
+def session_to_json(session: SessionSnapshot, *, with_messages: bool = False) -> dict[str, Any]:
+    """A session as JSON-ready values: everything but the client id (a store's key),
+    and its messages (``queued`` and ``messages``) only ``with_messages``: a store keeps
+    those in rows of their own."""
+    data: dict[str, Any] = {
+        "username": session.username,
+        "protocol_level": session.protocol_level,
+        "expiry_interval": session.expiry_interval,
+        "subscriptions": [attrs.asdict(subscription) for subscription in session.subscriptions],
+        "disconnected_at": session.disconnected_at,
+        "mountpoint": session.mountpoint,
+        "created_at": session.created_at,
+        "will": message_to_json(session.will) if session.will is not None else None,
+    }
+    if with_messages:
+        data["queued"] = [message_to_json(message) for message in session.queued]
+        data["messages"] = [[entry.entry_id, entry_to_json(entry)] for entry in session.messages]
+    return data
+
+
+def session_from_json(client_id: str, data: Any, messages: tuple[StoredMessage, ...] | None = None) -> SessionSnapshot:
+    """A session back (with ``messages`` when its store keeps them apart); ValueError
+    (or KeyError, TypeError, AttributeError) when ``data`` is not one."""
+    if not isinstance(data, Mapping):
+        raise ValueError("a stored session is a JSON object")
+    will = data.get("will")
+    if messages is None:
+        messages = tuple(entry_from_json(int(entry_id), entry) for entry_id, entry in data.get("messages", ()))
+    return SessionSnapshot(
+        client_id=client_id,
+        username=data["username"],
+        protocol_level=int(data["protocol_level"]),
+        expiry_interval=data["expiry_interval"],
+        subscriptions=tuple(TopicSubscription(**subscription) for subscription in data["subscriptions"]),
+        queued=tuple(message_from_json(message) for message in data.get("queued", ())),
+        disconnected_at=float(data["disconnected_at"]),
+        mountpoint=str(data["mountpoint"]),
+        created_at=float(data["created_at"]),
+        messages=messages,
+        will=message_from_json(will) if will is not None else None,
+    )
