@@ -533,6 +533,23 @@ def cluster_forward(message: Message, origin: ClientInfo) -> None:
 
 
 @provider
+def cluster_register(client: ClientInfo, clean_start: bool) -> SessionSnapshot | None:
+    """Claim ``client``'s client id for this node across the cluster, at CONNECT.
+
+    :param client: the connecting client, authenticated (``auth_on_register`` answered).
+    :param clean_start: MQTT 5 clean start / MQTT 3 clean session.
+
+    Fires: once per accepted CONNECT, before the session is attached. A node that held
+    the client id ends its session there (``Service.hand_over``: its connection gets
+    DISCONNECT 0x8E) and a persistent one is the answer: the session, with its messages,
+    which this node resumes (CONNACK session present) unless ``clean_start``. None: no
+    session elsewhere. Only the first implementation is called; none loaded means a
+    single node. Error or timeout: logged and counted, and the client connects as on a
+    single node.
+    """
+
+
+@provider
 def cluster_nodes() -> Sequence[NodeInfo]:
     """Return every node of the cluster, this one included, and whether it runs.
 

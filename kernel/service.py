@@ -228,6 +228,13 @@ class Service(RecordsFace):
                 await broker.dispatcher.provide("retain_delete", topic=message.topic)
         return await broker.router.route(message, origin_client_id)
 
+    async def hand_over(self, client_id: str) -> SessionSnapshot | None:
+        """For a cluster plugin: ``client_id`` connected to another node, so its session
+        here ends (its connection gets DISCONNECT 0x8E); a persistent one is returned,
+        with its messages, for that node to resume (``cluster_register``). None when
+        there is no session, or a clean one."""
+        return await self._broker.lifecycle.hand_over(client_id)
+
     def subscribed_filters(self) -> frozenset[str]:
         """Every topic filter this node's sessions subscribe to, as routed (under their
         mountpoints; shared ones as ``$share/GROUP/FILTER``): what a cluster plugin tells

@@ -847,6 +847,15 @@ async def drive_cluster_forward(example: type) -> None:
         assert plugin.dropped == 0
 
 
+async def drive_cluster_register(example: type) -> None:
+    claimed = sys.modules[example.__module__].CLAIMED
+    claimed.clear()
+    async with open_broker() as broker, registered(broker, example()):
+        assert (await connack(broker.port(), "here")).reason_code == 0
+        assert claimed == {"here": broker.node_name}
+    claimed.clear()
+
+
 async def drive_cluster_nodes(example: type) -> None:
     async with open_broker() as broker:
         alone = await broker.admin.run(broker.service, ["cluster", "show"])

@@ -98,7 +98,7 @@ async def read_connect(conn: ClientConnection) -> Connect | None:
 
 
 # The hooks of the handshake: while none is implemented, handshake_now may run it.
-_HANDSHAKE_HOOKS = frozenset({"auth_on_register", "on_register", "on_client_wakeup"})
+_HANDSHAKE_HOOKS = frozenset({"auth_on_register", "on_register", "on_client_wakeup", "cluster_register"})
 
 
 def handshake_awaits(conn: ClientConnection, packet: Connect) -> bool:
@@ -150,6 +150,10 @@ async def handshake(conn: ClientConnection, packet: Connect) -> bool:
         if packet.will is not None:
             conn.will = await _authorize_will(conn, packet)
         settle(conn, packet, terms, broker.settings, retain_available=broker.retain_available)
+        if dispatcher.has("cluster_register"):
+            taken = await dispatcher.provide("cluster_register", client=conn.client_info, clean_start=terms.clean_start)
+            if taken is not None and not terms.clean_start:
+                broker.lifecycle.adopt_session(taken, broker.settings.limits)
         session, present = await broker.lifecycle.attach_session(
             conn,
             terms.client_id,

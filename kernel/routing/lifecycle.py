@@ -17,7 +17,7 @@ import trio
 
 from ..codec import ReasonCode
 from ..values.counters import Counters
-from ..values.types import ClientInfo, Message
+from ..values.types import ClientInfo, Message, SessionSnapshot
 from .session import AttachedConnection, Delivery, Session
 
 if TYPE_CHECKING:
@@ -62,32 +62,75 @@ class SessionLifecycle:
         snapshots = await self.dispatcher.provide("session_store_load_all", default=())
         journal = self.router.journal
         for snapshot in snapshots:
-            session = self._new_session(
-                snapshot.client_id,
-                snapshot.username,
-                snapshot.protocol_level,
-                snapshot.expiry_interval,
-                limits.max_inflight,
-                limits.max_queued_messages,
-                snapshot.mountpoint,
-            )
+            session = self._session_from(snapshot, limits)
             session.stored = True
             if journal.active:
                 session.journal = journal
-            for subscription in snapshot.subscriptions:
-                self.router.subscribe(session, subscription)
-            for message in snapshot.queued:
-                session.queue.append(Delivery(message, message.qos, message.retain, hooked=False))
             for entry in snapshot.messages:
                 journal.restore(session, entry)
             # Saved while its client was connected: the client left when the broker did.
             session.disconnected_at = snapshot.disconnected_at or time.time()
-            session.created_at = snapshot.created_at or session.created_at
             if snapshot.will is not None:
                 self._owe_restored_will(session, snapshot.will)
             self._schedule_expiry(session)
         if snapshots:
             log.info("restored %d sessions from the session store", len(snapshots))
+
+    def adopt_session(self, snapshot: SessionSnapshot, limits: Limits) -> bool:
+        """A session another node held, handed over for its client connecting here (a
+        takeover across a cluster): made this node's, to be resumed by the connection
+        (its subscriptions, its messages queued). False, with nothing changed, when this
+        node has a session of that client id already."""
+        if snapshot.client_id in self.sessions:
+            return False
+        session = self._session_from(snapshot, limits)
+        for entry in snapshot.messages:
+            if entry.message is not None:
+                session.queue.append(Delivery(entry.message, entry.qos, entry.retain, entry.sub_ids, hooked=False))
+        session.disconnected_at = time.time()
+        return True
+
+    async def hand_over(self, client_id: str) -> SessionSnapshot | None:
+        """The client connected to another node of the cluster: its session here ends.
+        Its connection, if any, is closed with 0x8E (session taken over, as a takeover
+        here); a persistent session comes back as a snapshot with its messages (in flight
+        and queued, as ``queued``) for the other node to resume, and is forgotten here
+        (and by a store). None when there is no session, or a clean one."""
+        session = self.sessions.get(client_id)
+        if session is not None and session.connection is not None:
+            old = session.connection
+            old.kick(ReasonCode.SESSION_TAKEN_OVER, "taken_over")
+            with trio.move_on_after(TAKEOVER_WAIT):
+                await old.closed.wait()
+            session = self.sessions.get(client_id)
+        if session is None:
+            return None
+        await self._end_will_delay(session, publish_now=False)  # resumed elsewhere: not owed
+        if session.expiry_timer is not None:
+            session.expiry_timer.cancel()
+            session.expiry_timer = None
+        snapshot = attrs.evolve(session.snapshot(), will=None)
+        await self.end_session(session)
+        return snapshot if snapshot.expiry_interval != 0 else None
+
+    def _session_from(self, snapshot: SessionSnapshot, limits: Limits) -> Session:
+        """A session of this node from a snapshot: its subscriptions routed, its plain
+        queued messages queued, with today's in-flight and queue limits."""
+        session = self._new_session(
+            snapshot.client_id,
+            snapshot.username,
+            snapshot.protocol_level,
+            snapshot.expiry_interval,
+            limits.max_inflight,
+            limits.max_queued_messages,
+            snapshot.mountpoint,
+        )
+        for subscription in snapshot.subscriptions:
+            self.router.subscribe(session, subscription)
+        for message in snapshot.queued:
+            session.queue.append(Delivery(message, message.qos, message.retain, hooked=False))
+        session.created_at = snapshot.created_at or session.created_at
+        return session
 
     # -- sessions ----------------------------------------------------------------------
 

@@ -21,9 +21,18 @@ Valkey); nothing else joins them.
   own subscribers as its router delivers any message. Retained messages go to every
   node, and every node retains them (VerneMQ replicates retained messages too).
 
-What this plugin does not do yet: client ids unique across nodes (a takeover on another
-node), sessions and queued messages kept in Redis, shared subscriptions balanced across
-nodes (a group with members on two nodes gets one copy per node), ``--workers``.
+* **Client ids.** A client id is unique in the cluster (registry.py): a CONNECT claims
+  it, in batches, and a node that held it hands its session over (the old connection gets
+  DISCONNECT 0x8E; a persistent session's subscriptions and queued messages move with
+  it, and the CONNACK says session present).
+* **Redis lost.** Every node keeps serving its own clients. The plugin waits for Redis
+  (a socket probe every 0.25 s), then subscribes again and republishes and rereads
+  routes and heartbeats; frames wait in the peer's bounded queue meanwhile.
+
+What this plugin does not do yet: sessions and queued messages kept in Redis (a node
+that dies takes its sessions with it), shared subscriptions balanced across nodes (a
+group with members on two nodes gets one copy per node), VerneMQ's netsplit switches,
+cluster-wide admin listings.
 
 Config keys (``[cluster]``): ``redis_url`` (required), ``prefix`` ("ternmq"),
 ``heartbeat_interval`` (1.0), ``node_timeout`` (5.0), ``linger`` (0.001),
@@ -46,10 +55,20 @@ import trio
 from coredis.exceptions import ConnectionError as RedisConnectionError
 from coredis.retry import NoRetryPolicy
 
-from ternmq.kernel import ClientInfo, Message, NodeInfo, Service, hookimpl
+from ternmq.kernel import (
+    ClientInfo,
+    Message,
+    NodeInfo,
+    Service,
+    SessionSnapshot,
+    hookimpl,
+    session_from_json,
+    session_to_json,
+)
 
 from .client import connect
-from .frames import decode_frame, encode_frame, inbox_channel
+from .frames import Control, decode_frame, encode_control, encode_frame, inbox_channel
+from .registry import CLAIM, RELEASE, Batches, Claim, clients_key
 from .routes import RemoteRoutes, notice, routes_key
 
 log = logging.getLogger("ternmq.plugins.cluster")
@@ -103,6 +122,10 @@ class Plugin:
         self._sequences: dict[str, int] = {}  # sending node -> the last frame's sequence
         self._routes_changed = trio.Event()
         self._resync = False  # the subscriber reconnected: Redis may have lost everything
+        self.batches = Batches()
+        self._handovers: dict[str, Claim] = {}  # request id -> the claim waiting for a session
+        self._next_request = 0
+        self.takeovers = 0
         self.resyncs = 0
         self.forwarded = 0
         self.received = 0
@@ -132,6 +155,7 @@ class Plugin:
                     await nursery.start(self._listen)
                     nursery.start_soon(self._heartbeats)
                     nursery.start_soon(self._route_sync)
+                    nursery.start_soon(self._registrar)
                     log.info("cluster: node %s joined through %s", self.node, config.redis_url)
                     task_status.started()
             finally:
@@ -237,6 +261,90 @@ class Plugin:
     @hookimpl
     def on_subscribe(self) -> None:
         self._routes_changed.set()
+
+    # -- client ids ---------------------------------------------------------------------
+
+    @hookimpl
+    async def cluster_register(self, client: ClientInfo, clean_start: bool) -> SessionSnapshot | None:
+        claim = self.batches.claim(client.client_id, clean_start)
+        await claim.done.wait()
+        if claim.session is not None:
+            self._routes_changed.set()  # its subscriptions come here with it
+        return claim.session
+
+    @hookimpl
+    def on_client_gone(self, client: ClientInfo) -> None:
+        self.batches.release(client.client_id)
+
+    @hookimpl
+    def on_session_expired(self, client_id: str) -> None:
+        self.batches.release(client_id)
+
+    async def _registrar(self) -> None:
+        """Claims and releases, batched (registry.py); takeovers of claims another node
+        held."""
+        assert self.redis is not None and self._nursery is not None
+        key = clients_key(self.config.prefix)
+        claim_script = self.redis.register_script(CLAIM)
+        release_script = self.redis.register_script(RELEASE)
+        while True:
+            await self.batches.ready.wait()
+            if self.config.linger:
+                await trio.sleep(self.config.linger)
+            claims, releases = self.batches.take()
+            previous: list[Any] = []
+            try:
+                if releases:
+                    await release_script(keys=[key], args=[self.node, *releases])
+                if claims:
+                    previous = await claim_script(keys=[key], args=[self.node, *(c.client_id for c in claims)])
+            except Exception as exc:  # Redis down: they connect as on one node
+                log.warning("cluster: %d client ids not claimed: %s", len(claims), exc)
+                for claim in claims:
+                    claim.done.set()
+                await self.reachable()
+                continue
+            for claim, owner in zip(claims, previous or (), strict=False):
+                held = owner.decode() if isinstance(owner, bytes) else str(owner or "")
+                if held and held != self.node and self.running(held):
+                    self._nursery.start_soon(self._take_over, claim, held)
+                else:
+                    claim.done.set()
+
+    async def _take_over(self, claim: Claim, node: str) -> None:
+        """Ask ``node`` for ``claim``'s session; answered by a ``session`` frame, or
+        nothing within the node timeout (then the client connects as if new)."""
+        assert self.redis is not None
+        self._next_request += 1
+        request = f"{self.node}/{self._next_request}"
+        self._handovers[request] = claim
+        try:
+            frame = encode_control("takeover", self.node, id=request, client_id=claim.client_id)
+            await self.redis.publish(inbox_channel(self.config.prefix, node), frame)
+            with trio.move_on_after(self.config.node_timeout):
+                await claim.done.wait()
+        except Exception as exc:
+            log.warning("cluster: %s not taken over from %s: %s", claim.client_id, node, exc)
+        finally:
+            self._handovers.pop(request, None)
+            claim.done.set()
+        self.takeovers += 1
+
+    async def _control(self, control: Control) -> None:
+        assert self.redis is not None and self.service is not None
+        body = control.body
+        if control.kind == "takeover":
+            snapshot = await self.service.hand_over(str(body["client_id"]))
+            session = None if snapshot is None else session_to_json(snapshot, with_messages=True)
+            answer = encode_control("session", self.node, id=body["id"], client_id=body["client_id"], session=session)
+            await self.redis.publish(inbox_channel(self.config.prefix, control.node), answer)
+        elif control.kind == "session":
+            claim = self._handovers.get(str(body["id"]))
+            if claim is None:
+                return  # answered too late: the client connected as if new
+            if body["session"] is not None and not claim.clean_start:
+                claim.session = session_from_json(claim.client_id, body["session"])
+            claim.done.set()
 
     # -- forwarding ---------------------------------------------------------------------
 
@@ -377,6 +485,12 @@ class Plugin:
         except ValueError as exc:
             log.warning("cluster: a frame that does not read: %s", exc)
             return
+        if isinstance(frame, Control):
+            try:
+                await self._control(frame)
+            except Exception:  # one bad request must not stop the inbox
+                log.exception("cluster: control frame %r from %s failed", frame.kind, frame.node)
+            return
         last = self._sequences.get(frame.node)
         if last is not None and frame.sequence != last + 1:
             self.gaps += 1
@@ -393,3 +507,4 @@ class Plugin:
         registry.counter("cluster_dropped", lambda: self.dropped, "messages not forwarded (full queue, Redis down)")
         registry.counter("cluster_frame_gaps", lambda: self.gaps, "frames from other nodes found missing")
         registry.counter("cluster_resyncs", lambda: self.resyncs, "route resynchronisations after Redis came back")
+        registry.counter("cluster_takeovers", lambda: self.takeovers, "sessions taken over from another node")

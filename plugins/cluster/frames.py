@@ -1,9 +1,12 @@
-"""Frames: many forwarded messages in one Redis PUBLISH to a node's inbox channel.
+"""Frames: what nodes send to each other's inbox channel, JSON in one Redis PUBLISH.
 
-A frame is JSON: the sending node, a sequence number (one counter per sending node and
-receiving node, so a gap shows a lost frame), and the messages with the client id of
-each one's publisher (for no-local on the receiving node). Batching is the design: one
-Redis command per frame instead of one per message.
+A message frame carries many forwarded messages: the sending node, a sequence number
+(one counter per sending node and receiving node, so a gap shows a lost frame), and the
+messages with the client id of each one's publisher (for no-local on the receiving
+node). Batching is the design: one Redis command per frame instead of one per message.
+
+A control frame (``kind``) asks or answers: ``takeover`` asks the node holding a client
+id to hand its session over, ``session`` answers with it (or null).
 """
 
 from __future__ import annotations
@@ -37,15 +40,30 @@ def encode_frame(node: str, sequence: int, messages: Sequence[tuple[Message, str
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def decode_frame(data: bytes) -> Frame:
+@attrs.frozen
+class Control:
+    """A control frame: its kind, the node it is from, and the rest of its body."""
+
+    kind: str
+    node: str
+    body: dict[str, Any]
+
+
+def encode_control(kind: str, node: str, **body: Any) -> bytes:
+    return json.dumps({"kind": kind, "node": node, **body}, separators=(",", ":")).encode()
+
+
+def decode_frame(data: bytes) -> Frame | Control:
     """A frame back; ValueError when ``data`` is not one (a message that does not read
     fails the frame: frames are written by ternmq nodes only)."""
     try:
         body: Any = json.loads(data)
+        if "kind" in body:
+            return Control(str(body["kind"]), str(body["node"]), body)
         messages = tuple(
             (message_from_json(message), None if origin is None else str(origin))
             for message, origin in body["messages"]
         )
         return Frame(str(body["node"]), int(body["seq"]), messages)
-    except (KeyError, TypeError, RecursionError) as exc:
+    except (KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise ValueError(f"not a frame: {exc!r}") from None

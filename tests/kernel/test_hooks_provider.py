@@ -632,6 +632,42 @@ async def test_hook_cluster_forward(broker: Any) -> None:
         assert first.calls[-1][1] == broker.publisher.broker_client
 
 
+class HandingOver:
+    """Another node held "mover": it hands over a session with a subscription and a message."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bool]] = []
+
+    @hookimpl
+    async def cluster_register(self, client: ClientInfo, clean_start: bool) -> SessionSnapshot | None:
+        self.calls.append((client.client_id, clean_start))
+        if client.client_id != "mover":
+            return None
+        return SessionSnapshot(
+            "mover", None, 5, 300, (TopicSubscription("mv/#", 1),), (Message("mv/1", b"waited elsewhere", 1),)
+        )
+
+
+async def test_hook_cluster_register(broker: Any) -> None:
+    plugin = HandingOver()
+    async with registered(broker, plugin):
+        async with MQTTTestClient.open(broker.port()) as client:
+            connack = await client.connect("mover", clean_start=False, properties=PERSISTENT)
+            assert connack.session_present  # resumed here
+            assert (await client.receive()).payload == b"waited elsewhere"
+            await broker.service.publish("mv/2", b"routed here now", qos=1)
+            assert (await client.receive()).payload == b"routed here now"
+        async with MQTTTestClient.open(broker.port()) as client:
+            assert not (await client.connect("fresh", clean_start=True)).session_present
+        assert plugin.calls == [("mover", False), ("fresh", True)]
+
+
+async def test_a_session_handed_over_is_not_resumed_with_clean_start(broker: Any) -> None:
+    async with registered(broker, HandingOver()), MQTTTestClient.open(broker.port()) as client:
+        assert not (await client.connect("mover", clean_start=True)).session_present
+        assert broker.service.subscriptions("mover") == ()
+
+
 class TwoNodes:
     @hookimpl
     async def cluster_nodes(self) -> list[NodeInfo]:

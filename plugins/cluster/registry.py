@@ -1,0 +1,78 @@
+"""Client ids across the cluster: which node holds each, claimed in batches.
+
+A client id is unique in the cluster: the hash ``PREFIX:clients`` says which node holds
+it. A CONNECT claims it (``cluster_register``); a node that held it before hands its
+session over (``Service.hand_over``) through a control frame, and the new node resumes
+it. A clean session that ends gives its claim back.
+
+Claims and releases are batched: whatever arrives within ``linger`` goes to Redis in one
+Lua script call (one command for many clients), so a connect in cluster mode costs one
+Redis command shared with every connect around it, not one of its own.
+"""
+
+from __future__ import annotations
+
+import attrs
+import trio
+
+from ternmq.kernel import SessionSnapshot
+
+CLAIM = """
+local previous = {}
+for i = 2, #ARGV do
+    previous[i - 1] = redis.call('HGET', KEYS[1], ARGV[i]) or ''
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[1])
+end
+return previous
+"""
+# Only what the node still holds: a client that moved on is another node's now.
+RELEASE = """
+local released = 0
+for i = 2, #ARGV do
+    if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[1] then
+        redis.call('HDEL', KEYS[1], ARGV[i])
+        released = released + 1
+    end
+end
+return released
+"""
+
+
+def clients_key(prefix: str) -> str:
+    return f"{prefix}:clients"
+
+
+@attrs.define
+class Claim:
+    """One CONNECT's claim of its client id, answered by the registrar."""
+
+    client_id: str
+    clean_start: bool
+    done: trio.Event = attrs.field(factory=trio.Event)
+    session: SessionSnapshot | None = None  # handed over by the node that held it
+
+
+class Batches:
+    """The claims and releases waiting for the registrar's next Redis call."""
+
+    def __init__(self) -> None:
+        self.claims: list[Claim] = []
+        self.releases: set[str] = set()
+        self.ready = trio.Event()
+
+    def claim(self, client_id: str, clean_start: bool) -> Claim:
+        claim = Claim(client_id, clean_start)
+        self.claims.append(claim)
+        self.releases.discard(client_id)
+        self.ready.set()
+        return claim
+
+    def release(self, client_id: str) -> None:
+        self.releases.add(client_id)
+        self.ready.set()
+
+    def take(self) -> tuple[list[Claim], list[str]]:
+        claims, self.claims = self.claims, []
+        releases, self.releases = sorted(self.releases), set()
+        self.ready = trio.Event()
+        return claims, releases
