@@ -550,6 +550,22 @@ def cluster_register(client: ClientInfo, clean_start: bool) -> SessionSnapshot |
 
 
 @provider
+def cluster_shared_here(group: str, topic_filter: str, message: Message) -> bool:
+    """Whether this node delivers ``message`` to shared subscription ``group``.
+
+    :param group: the group's name (``$share/GROUP/...``).
+    :param topic_filter: the group's filter, as routed (under a mountpoint).
+    :param message: the message being routed, published on this node.
+
+    Fires: for each shared group with members on this node that a message published
+    here matches, before one member is chosen. True: a member here gets it; False:
+    another node's member does (the plugin forwards it there). **Synchronous**, on the
+    delivery path. Only the first implementation is called; none loaded (a single node):
+    always here. Error: logged and counted, and treated as False.
+    """
+
+
+@provider
 def cluster_nodes() -> Sequence[NodeInfo]:
     """Return every node of the cluster, this one included, and whether it runs.
 

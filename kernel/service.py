@@ -214,19 +214,27 @@ class Service(RecordsFace):
         alone = (NodeInfo(self.node_name, True),)
         return tuple(await self._broker.dispatcher.provide("cluster_nodes", default=alone))
 
-    async def route_forwarded(self, message: Message, origin_client_id: str | None = None) -> int:
+    async def route_forwarded(
+        self,
+        message: Message,
+        origin_client_id: str | None = None,
+        shared_groups: frozenset[tuple[str, str]] = frozenset(),
+    ) -> int:
         """Deliver a message another node routed (a cluster plugin's inbox) to this node's
         matching subscribers, as the router delivers any message; returns the count. Its
         topic is as routed (under the publisher's mountpoint). A retained one is also
         retained here: every node keeps every retained message (VerneMQ replicates them
-        too). No hook fires: ``on_publish`` and ``cluster_forward`` fired on its node."""
+        too). Of the shared subscriptions, only the groups in ``shared_groups`` ((group,
+        filter) pairs, filters as routed) are served here: the publisher's node chose one
+        node per group. No hook fires: ``on_publish`` and ``cluster_forward`` fired on
+        its node."""
         broker = self._broker
         if message.retain and broker.retain_available:
             if message.payload:
                 await broker.dispatcher.provide("retain_store", message=message)
             else:
                 await broker.dispatcher.provide("retain_delete", topic=message.topic)
-        return await broker.router.route(message, origin_client_id)
+        return await broker.router.route(message, origin_client_id, shared_groups=shared_groups)
 
     async def hand_over(self, client_id: str) -> SessionSnapshot | None:
         """For a cluster plugin: ``client_id`` connected to another node, so its session

@@ -856,6 +856,18 @@ async def drive_cluster_register(example: type) -> None:
     claimed.clear()
 
 
+async def drive_cluster_shared_here(example: type) -> None:
+    async with open_broker() as broker, registered(broker, example()):
+        async with MQTTTestClient.open(broker.port()) as member:
+            await member.connect("member")
+            await member.subscribe("$share/g/t", qos=1)
+            for n in range(4):
+                await broker.service.publish("t", b"%d" % n, qos=1)
+            got = [(await member.receive()).payload for _ in range(2)]
+            assert got == [b"0", b"2"]  # the others were another node's to serve
+            assert await member.nothing_received(0.1)
+
+
 async def drive_cluster_nodes(example: type) -> None:
     async with open_broker() as broker:
         alone = await broker.admin.run(broker.service, ["cluster", "show"])

@@ -45,7 +45,13 @@ CALLED_FAMILIES = frozenset({"decision", "notification", "provider"})
 
 #: Provider hooks called on the delivery path without an ``await`` (``provide_now``):
 #: an implementation must be a plain function (checked when a plugin loads).
-SYNCHRONOUS_HOOKS = ("message_store_save", "message_store_delete", "record_save", "record_delete")
+SYNCHRONOUS_HOOKS = (
+    "message_store_save",
+    "message_store_delete",
+    "record_save",
+    "record_delete",
+    "cluster_shared_here",
+)
 
 
 def hooks_of(plugin_manager: pluggy.PluginManager, families: frozenset[str]) -> frozenset[str]:

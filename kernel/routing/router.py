@@ -64,7 +64,11 @@ class Router:
     # -- routing -----------------------------------------------------------------------
 
     async def route(
-        self, message: Message, origin_client_id: str | None, on_matched: Callable[[int], None] | None = None
+        self,
+        message: Message,
+        origin_client_id: str | None,
+        on_matched: Callable[[int], None] | None = None,
+        shared_groups: frozenset[tuple[str, str]] | None = None,
     ) -> int:
         """Deliver ``message`` to every matching subscription; returns the count.
 
@@ -75,6 +79,11 @@ class Router:
         retained one): then it is called after the store's commit, and so after the
         copies (an acknowledged message is a written one), with ``NOT_STORED`` when the
         store failed to commit.
+
+        Shared subscriptions: each matching group gets one copy, from one member. In a
+        cluster the node that serves a group is the cluster plugin's choice
+        (``cluster_shared_here``); a message forwarded from another node names the groups
+        this node serves (``shared_groups``: (group, filter) pairs), and no other.
         """
         plain, shared = self.trie.match(message.topic)
         self.messages_routed += 1
@@ -87,7 +96,14 @@ class Router:
             return 0
         targets = self._merge(plain, origin_client_id, message)
         if shared:
+            here = "cluster_shared_here" in self.dispatcher.implemented and shared_groups is None
             for group_key, members in shared.items():
+                if shared_groups is not None and group_key not in shared_groups:
+                    continue  # another node serves it
+                if here and not self.dispatcher.provide_now(
+                    "cluster_shared_here", group=group_key[0], topic_filter=group_key[1], message=message
+                ):
+                    continue
                 chosen = self._choose_shared(group_key, members, message.qos)
                 if chosen is not None:
                     targets.append(chosen)

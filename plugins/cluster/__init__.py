@@ -29,10 +29,14 @@ Valkey); nothing else joins them.
   (a socket probe every 0.25 s), then subscribes again and republishes and rereads
   routes and heartbeats; frames wait in the peer's bounded queue meanwhile.
 
+* **Shared subscriptions.** A group with members on several nodes gets each message
+  once: the publisher's node chooses a node with members, in turn
+  (``cluster_shared_here`` for its own members, ``cluster_forward`` for the others), and
+  the frame names the groups the receiving node serves.
+
 What this plugin does not do yet: sessions and queued messages kept in Redis (a node
-that dies takes its sessions with it), shared subscriptions balanced across nodes (a
-group with members on two nodes gets one copy per node), VerneMQ's netsplit switches,
-cluster-wide admin listings.
+that dies takes its sessions with it), VerneMQ's netsplit switches, cluster-wide admin
+listings.
 
 Config keys (``[cluster]``): ``redis_url`` (required), ``prefix`` ("ternmq"),
 ``heartbeat_interval`` (1.0), ``node_timeout`` (5.0), ``linger`` (0.001),
@@ -67,7 +71,7 @@ from ternmq.kernel import (
 )
 
 from .client import connect
-from .frames import Control, decode_frame, encode_control, encode_frame, inbox_channel
+from .frames import Control, Forwarded, Group, decode_frame, encode_control, encode_frame, inbox_channel
 from .registry import CLAIM, RELEASE, Batches, Claim, clients_key
 from .routes import RemoteRoutes, notice, routes_key
 
@@ -118,7 +122,12 @@ class Plugin:
         self.published: frozenset[str] = frozenset()  # this node's filters as Redis has them
         self.service: Service | None = None
         self._nursery: trio.Nursery | None = None
-        self._peers: dict[str, trio.MemorySendChannel[tuple[Message, str | None]]] = {}
+        self._peers: dict[str, trio.MemorySendChannel[Forwarded]] = {}
+        # Shared groups: whose turn it is, and the node chosen per group for a message
+        # being routed here (cluster_shared_here, then cluster_forward, in one publish).
+        self._turns: dict[Group, int] = {}
+        self._choices: dict[int, dict[Group, str]] = {}
+        self._match_cache: tuple[Message, dict[Group, list[str]]] | None = None
         self._sequences: dict[str, int] = {}  # sending node -> the last frame's sequence
         self._routes_changed = trio.Event()
         self._resync = False  # the subscriber reconnected: Redis may have lost everything
@@ -139,29 +148,44 @@ class Plugin:
         self.node = service.node_name
         self.routes = RemoteRoutes(self.node)
         config = self.config
+        with trio.move_on_after(config.node_timeout) as waiting:
+            if not await self.reachable(once=True):
+                raise ConnectionError(f"cannot reach Redis at {config.redis_url}: connection refused")
+        if waiting.cancelled_caught:
+            raise ConnectionError(f"cannot reach Redis at {config.redis_url}: no answer in {config.node_timeout} s")
+        failure: Exception | None = None
         redis = connect(config.redis_url)
         async with redis:
             self.redis = redis
             try:
                 await redis.ping()
-            except Exception as exc:  # coredis' connection errors: the load fails, saying why
-                raise ConnectionError(f"cannot reach Redis at {config.redis_url}: {exc}") from None
-            try:
-                await self._heartbeat()
-                await self._publish_routes(reset=True)
-                await self._load_routes()
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    await nursery.start(self._listen)
-                    nursery.start_soon(self._heartbeats)
-                    nursery.start_soon(self._route_sync)
-                    nursery.start_soon(self._registrar)
-                    log.info("cluster: node %s joined through %s", self.node, config.redis_url)
-                    task_status.started()
-            finally:
-                with trio.move_on_after(2) as leaving:
-                    leaving.shield = True
-                    await self._leave()
+            except Exception as exc:  # a password refused, not a Redis...: raised below, outside
+                failure = ConnectionError(f"Redis at {config.redis_url} does not serve us: {exc}")
+            if failure is None:
+                await self._run(task_status)
+        if failure is not None:
+            # Out here, not in coredis' nursery: the load fails with this one error.
+            raise failure
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
+        """Join and serve, once Redis answers; leave when cancelled."""
+        config = self.config
+        try:
+            await self._heartbeat()
+            await self._publish_routes(reset=True)
+            await self._load_routes()
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(self._listen)
+                nursery.start_soon(self._heartbeats)
+                nursery.start_soon(self._route_sync)
+                nursery.start_soon(self._registrar)
+                log.info("cluster: node %s joined through %s", self.node, config.redis_url)
+                task_status.started()
+        finally:
+            with trio.move_on_after(2) as leaving:
+                leaving.shield = True
+                await self._leave()
 
     async def _leave(self) -> None:
         """Unloaded or stopped: this node's routes and heartbeat go (a killed node's stay
@@ -349,32 +373,66 @@ class Plugin:
     # -- forwarding ---------------------------------------------------------------------
 
     @hookimpl
+    def cluster_shared_here(self, group: str, topic_filter: str, message: Message) -> bool:
+        """One node per shared group and message, in turn among the running nodes with
+        members (this one has some: the router asks); the choice goes with the message
+        (cluster_forward)."""
+        remote = self._remote_groups(message).get((group, topic_filter), [])
+        chosen = self._choose((group, topic_filter), [self.node, *remote])
+        if len(self._choices) > 10_000:  # cluster_forward takes them; this one never came
+            self._choices.clear()
+        self._choices.setdefault(id(message), {})[(group, topic_filter)] = chosen
+        return chosen == self.node
+
+    def _remote_groups(self, message: Message) -> dict[Group, list[str]]:
+        cached = self._match_cache
+        if cached is not None and cached[0] is message:
+            return cached[1]
+        groups = self.routes.targets(message.topic)[1]
+        self._match_cache = (message, groups)
+        return groups
+
+    def _choose(self, group: Group, candidates: list[str]) -> str:
+        now = time.time()
+        running = sorted({node for node in candidates if node == self.node or self.running(node, now)})
+        turn = self._turns.get(group, 0)
+        self._turns[group] = turn + 1
+        return running[turn % len(running)]
+
+    @hookimpl
     def cluster_forward(self, message: Message, origin: ClientInfo) -> None:
-        if message.retain:
-            now = time.time()
-            nodes = {node for node in self.heartbeats if node != self.node and self.running(node, now)}
-        else:
-            nodes = self.routes.nodes_for(message.topic)
-        if not nodes:
-            return
+        choices = self._choices.pop(id(message), {})
+        self._match_cache = None
+        plain, groups = self.routes.targets(message.topic)
+        now = time.time()
+        targets: dict[str, set[Group]] = {node: set() for node in plain if self.running(node, now)}
+        if message.retain:  # every node retains it
+            targets.update({node: set() for node in self.heartbeats if node != self.node and self.running(node, now)})
+        for group, members in groups.items():
+            chosen = choices.get(group)
+            if chosen is None:  # no member here: one of the other nodes'
+                candidates = [node for node in members if self.running(node, now)]
+                if not candidates:
+                    continue
+                chosen = self._choose(group, candidates)
+            if chosen != self.node:
+                targets.setdefault(chosen, set()).add(group)
         origin_id = origin.client_id
-        for node in nodes:
-            if not self.running(node):
-                continue
+        for node, served in targets.items():
             send = self._peers.get(node) or self._start_peer(node)
             try:
-                send.send_nowait((message, origin_id))
+                send.send_nowait((message, origin_id, frozenset(served)))
             except trio.WouldBlock:
                 self.dropped += 1
 
-    def _start_peer(self, node: str) -> trio.MemorySendChannel[tuple[Message, str | None]]:
+    def _start_peer(self, node: str) -> trio.MemorySendChannel[Forwarded]:
         assert self._nursery is not None
-        send, receive = trio.open_memory_channel[tuple[Message, str | None]](self.config.forward_queue)
+        send, receive = trio.open_memory_channel[Forwarded](self.config.forward_queue)
         self._peers[node] = send
         self._nursery.start_soon(self._forward, node, receive)
         return send
 
-    async def _forward(self, node: str, receive: trio.MemoryReceiveChannel[tuple[Message, str | None]]) -> None:
+    async def _forward(self, node: str, receive: trio.MemoryReceiveChannel[Forwarded]) -> None:
         """The forwarder of one peer node: frames of everything queued within ``linger``."""
         assert self.redis is not None
         config = self.config
@@ -440,8 +498,9 @@ class Plugin:
                 raise ConnectionError("cannot subscribe to the cluster's channels")
             await self.reachable()
 
-    async def reachable(self) -> None:
-        """Return once Redis accepts a connection again (tried every RETRY_DELAY)."""
+    async def reachable(self, *, once: bool = False) -> bool:
+        """Return once Redis accepts a connection again (tried every RETRY_DELAY); with
+        ``once``, whether it does now."""
         url = urlsplit(self.config.redis_url)
         while True:
             try:
@@ -450,8 +509,10 @@ class Plugin:
                 else:
                     stream = await trio.open_tcp_stream(url.hostname or "localhost", url.port or 6379)
                 await stream.aclose()
-                return
+                return True
             except OSError:
+                if once:
+                    return False
                 await trio.sleep(RETRY_DELAY)
 
     async def _dispatch(self, pubsub: Any, inbox: str) -> None:
@@ -496,9 +557,9 @@ class Plugin:
             self.gaps += 1
             log.warning("cluster: frames from %s lost (%d after %d)", frame.node, frame.sequence, last)
         self._sequences[frame.node] = frame.sequence
-        for message, origin in frame.messages:
+        for message, origin, groups in frame.messages:
             self.received += 1
-            await self.service.route_forwarded(message, origin)
+            await self.service.route_forwarded(message, origin, groups)
 
     @hookimpl
     def register_metrics(self, registry: Any) -> None:

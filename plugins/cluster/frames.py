@@ -24,18 +24,25 @@ def inbox_channel(prefix: str, node: str) -> str:
     return f"{prefix}:inbox:{node}"
 
 
+#: A shared subscription group: (group name, filter as routed).
+Group = tuple[str, str]
+#: One forwarded message: the message, its publisher's client id, and the shared groups
+#: the receiving node serves for it (the publisher's node chose one node per group).
+Forwarded = tuple[Message, str | None, frozenset[Group]]
+
+
 @attrs.frozen
 class Frame:
     node: str
     sequence: int
-    messages: tuple[tuple[Message, str | None], ...]
+    messages: tuple[Forwarded, ...]
 
 
-def encode_frame(node: str, sequence: int, messages: Sequence[tuple[Message, str | None]]) -> bytes:
+def encode_frame(node: str, sequence: int, messages: Sequence[Forwarded]) -> bytes:
     body = {
         "node": node,
         "seq": sequence,
-        "messages": [[message_to_json(message), origin] for message, origin in messages],
+        "messages": [[message_to_json(message), origin, sorted(groups)] for message, origin, groups in messages],
     }
     return json.dumps(body, separators=(",", ":")).encode()
 
@@ -61,8 +68,12 @@ def decode_frame(data: bytes) -> Frame | Control:
         if "kind" in body:
             return Control(str(body["kind"]), str(body["node"]), body)
         messages = tuple(
-            (message_from_json(message), None if origin is None else str(origin))
-            for message, origin in body["messages"]
+            (
+                message_from_json(message),
+                None if origin is None else str(origin),
+                frozenset((str(group), str(topic_filter)) for group, topic_filter in groups),
+            )
+            for message, origin, groups in body["messages"]
         )
         return Frame(str(body["node"]), int(body["seq"]), messages)
     except (KeyError, TypeError, AttributeError, RecursionError) as exc:

@@ -39,6 +39,14 @@ class RemoteRoutes:
         self.node = node
         self.trie: SubscriptionTrie[str, bool] = SubscriptionTrie()
 
+    def targets(self, topic: str) -> tuple[set[str], dict[tuple[str, str], list[str]]]:
+        """The other nodes with a plain subscription matching ``topic``, and for each
+        matching shared group ((group, filter)) the other nodes with members of it."""
+        plain, shared = self.trie.match(topic)
+        nodes = {node for node, _ in plain if node != self.node}
+        groups = {key: [node for node, _ in members if node != self.node] for key, members in shared.items()}
+        return nodes, groups
+
     def nodes_for(self, topic: str) -> set[str]:
         """The other nodes with a subscriber (plain or shared) matching ``topic``."""
         plain, shared = self.trie.match(topic)

@@ -668,6 +668,33 @@ async def test_a_session_handed_over_is_not_resumed_with_clean_start(broker: Any
         assert broker.service.subscriptions("mover") == ()
 
 
+class ServesGroupA:
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str, str]] = []
+
+    @hookimpl
+    def cluster_shared_here(self, group: str, topic_filter: str, message: Message) -> bool:
+        self.asked.append((group, topic_filter, message.topic))
+        return group == "a"
+
+
+async def test_hook_cluster_shared_here(broker: Any) -> None:
+    plugin = ServesGroupA()
+    async with registered(broker, plugin), MQTTTestClient.open(broker.port()) as member:
+        await member.connect("member")
+        await member.subscribe("$share/a/sh/#", "$share/b/sh/#", "sh/plain", qos=1)
+        await broker.service.publish("sh/plain", b"x", qos=1)
+        got = sorted([(await member.receive()).payload for _ in range(2)])
+        assert got == [b"x", b"x"]  # group a and the plain subscription; group b elsewhere
+        assert await member.nothing_received(0.1)
+        assert sorted(plugin.asked) == [("a", "sh/#", "sh/plain"), ("b", "sh/#", "sh/plain")]
+        # A message another node forwarded serves the groups it names, without asking.
+        await broker.service.route_forwarded(Message("sh/plain", b"fwd", 1), None, frozenset({("b", "sh/#")}))
+        got = sorted([(await member.receive()).payload for _ in range(2)])
+        assert got == [b"fwd", b"fwd"]  # group b and the plain subscription
+        assert await member.nothing_received(0.1) and len(plugin.asked) == 2
+
+
 class TwoNodes:
     @hookimpl
     async def cluster_nodes(self) -> list[NodeInfo]:
