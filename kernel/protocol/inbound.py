@@ -139,7 +139,12 @@ async def on_publish(conn: ClientConnection, packet: Publish) -> object:
                 if matched == NOT_STORED:
                     _not_stored(conn, session, qos, packet_id, entry_id)
                     return
-                code = _SUCCESS if matched or conn.protocol_level < 5 else ReasonCode.NO_MATCHING_SUBSCRIBERS
+                # In a cluster, subscribers on other nodes are not known here: no 0x10 then.
+                code = (
+                    _SUCCESS
+                    if matched or conn.protocol_level < 5 or "cluster_forward" in broker.dispatcher.implemented
+                    else ReasonCode.NO_MATCHING_SUBSCRIBERS
+                )
                 _acknowledge(conn, session, qos, packet_id, code, entry_id=entry_id)
 
             await broker.publisher.publish(message, conn, on_matched=acknowledge)

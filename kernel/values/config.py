@@ -114,6 +114,9 @@ class BrokerSettings:
     control_socket: str = ""
     # Folders put in front of the broker's sys.path before plugins are imported.
     plugin_path: tuple[Path, ...] = attrs.field(factory=tuple)
+    # Broker processes sharing the listeners' ports (``ternmq --workers``): above 1, each
+    # is a node of the [cluster] and ``ternmq`` supervises them (kernel/workers.py).
+    workers: int = attrs.field(default=1, validator=_positive)
     limits: Limits = attrs.field(factory=Limits)
 
 
@@ -366,9 +369,11 @@ def parse_config(data: Mapping[str, Any], source: str, directory: Path | None = 
     if not isinstance(raw_plugins, dict):
         raise ConfigError(source, "plugins", None, "must be a table of [plugins.NAME] tables")
     plugins = []
-    tables = [(name, data[name]) for name in TOP_LEVEL_PLUGINS if name in data]
-    for name, table in [*tables, *raw_plugins.items()]:
-        table_name = plugin_table_name(name) if (name, table) in tables else f"plugins.{name}"
+    tables = [(name, name, data[name]) for name in TOP_LEVEL_PLUGINS if name in data]
+    for name, table_name, table in [
+        *tables,
+        *((name, f"plugins.{name}", table) for name, table in raw_plugins.items()),
+    ]:
         if name in TOP_LEVEL_PLUGINS and table_name != name:
             raise ConfigError(source, table_name, None, f"configured by the [{name}] table")
         if not isinstance(table, dict):

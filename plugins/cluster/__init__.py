@@ -158,7 +158,10 @@ class Plugin:
         async with redis:
             self.redis = redis
             try:
-                await redis.ping()
+                with trio.fail_after(config.node_timeout):
+                    await redis.ping()
+            except trio.TooSlowError:
+                failure = ConnectionError(f"Redis at {config.redis_url}: no answer in {config.node_timeout} s")
             except Exception as exc:  # a password refused, not a Redis...: raised below, outside
                 failure = ConnectionError(f"Redis at {config.redis_url} does not serve us: {exc}")
             if failure is None:
@@ -536,6 +539,7 @@ class Plugin:
                 node, leaving = sender
                 if leaving:
                     self.heartbeats.pop(node, None)
+                    self._sequences.pop(node, None)  # back under that name, it counts from 1
                 else:  # a node that speaks runs (its heartbeat may not have been read yet)
                     self.heartbeats[node] = max(self.heartbeats.get(node, 0.0), time.time())
 
@@ -553,7 +557,8 @@ class Plugin:
                 log.exception("cluster: control frame %r from %s failed", frame.kind, frame.node)
             return
         last = self._sequences.get(frame.node)
-        if last is not None and frame.sequence != last + 1:
+        # A sequence 1 is a node that started again (killed: it could not say it left).
+        if last is not None and frame.sequence != last + 1 and frame.sequence != 1:
             self.gaps += 1
             log.warning("cluster: frames from %s lost (%d after %d)", frame.node, frame.sequence, last)
         self._sequences[frame.node] = frame.sequence

@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from ternmq.kernel import Message, message_from_json, message_to_json
+from ternmq.kernel import Message, message_from_json, message_to_json, validate_topic_name
 
 
 def inbox_channel(prefix: str, node: str) -> str:
@@ -75,6 +75,8 @@ def decode_frame(data: bytes) -> Frame | Control:
             )
             for message, origin, groups in body["messages"]
         )
+        for message, _, _ in messages:
+            validate_topic_name(message.topic)  # a TopicError is a ValueError
         return Frame(str(body["node"]), int(body["seq"]), messages)
-    except (KeyError, TypeError, AttributeError, RecursionError) as exc:
+    except (KeyError, TypeError, AttributeError, RecursionError, OverflowError) as exc:  # ValueError passes
         raise ValueError(f"not a frame: {exc!r}") from None

@@ -70,6 +70,10 @@ class RemoteRoutes:
         body = json.loads(data)
         if not isinstance(body, dict) or not isinstance(body.get("node"), str):
             raise ValueError("not a route notice")
+        for field in ("add", "remove"):
+            filters = body.get(field, [])
+            if not isinstance(filters, list) or not all(isinstance(f, str) for f in filters):
+                raise ValueError(f"not a route notice: {field} is not a list of filters")
         node = str(body["node"])
         if node == self.node:
             return None

@@ -1,0 +1,843 @@
+"""The cluster plugin end to end: ternmq nodes joined through a real Redis.
+
+A ``redis-server`` of the test's own (a free port, nothing saved, its folder temporary)
+serves the whole file; every test has a key prefix of its own, so no test sees another's
+nodes. Most tests run several brokers in one trio test (``open_broker``, node names set
+per broker); the last one runs three ``ternmq`` processes, reads ``ternmq-admin cluster
+show`` and kills one of them with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import coredis
+import pytest
+import trio
+
+from ternmq.kernel import ConfigError, Message, Table
+from ternmq.kernel.broker import Broker
+from ternmq.kernel.codec import Puback, Pubcomp, Publish, Pubrec, Pubrel, SubscriptionRequest
+from ternmq.kernel.testing import MQTTTestClient, open_broker, test_config
+from ternmq.kernel.values.config import Config, ListenerConfig, PluginEntry, load_config, parse_config
+from ternmq.plugins.cluster import Plugin
+from ternmq.plugins.cluster.frames import decode_frame, encode_frame, inbox_channel
+from ternmq.plugins.cluster.routes import routes_key
+
+from helpers import connected, eventually, eventually_sync, plugin_samples
+
+samples = plugin_samples()
+
+QUIET = 0.2  # seconds a client waits to show that nothing more comes
+
+
+pytestmark = pytest.mark.usefixtures("no_tracebacks")
+
+
+# -- Redis --------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def answers_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as connection:
+            connection.sendall(b"PING\r\n")
+            return connection.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A redis-server of this module's own: ``redis://127.0.0.1:PORT/0``."""
+    server = shutil.which("redis-server") or "/usr/bin/redis-server"
+    folder = tempfile.mkdtemp(prefix="tmq-redis-")
+    port = free_port()
+    process = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", folder],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        eventually_sync(lambda: process.poll() is not None or answers_ping(port), 10, message="redis-server start")
+        assert process.poll() is None, f"redis-server exited with {process.returncode}"
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def prefix() -> str:
+    """This test's Redis key prefix (the cluster's name, in effect)."""
+    return f"tmq{uuid.uuid4().hex[:12]}"
+
+
+@asynccontextmanager
+async def redis_client(url: str) -> AsyncIterator[coredis.Redis[bytes]]:
+    async with coredis.Redis.from_url(url, decode_responses=False) as redis:
+        yield redis
+
+
+# -- nodes --------------------------------------------------------------------------------
+
+
+def node_config(
+    redis_url: str,
+    prefix: str,
+    name: str,
+    /,
+    *,
+    listeners: tuple[ListenerConfig, ...] | None = None,
+    **table: Any,
+) -> Config:
+    """The test config (retainer loaded) of node ``name``, ``[cluster]`` first."""
+    config = test_config(plugins={"retainer": {}}, listeners=listeners)
+    config = attrs.evolve(config, broker=attrs.evolve(config.broker, node_name=name))
+    entry = PluginEntry("cluster", True, {"redis_url": redis_url, "prefix": prefix, **table})
+    return attrs.evolve(config, plugins=(entry, *config.plugins))
+
+
+def cluster(broker: Broker) -> Plugin:
+    plugin = broker.plugins.loaded["cluster"].plugin
+    assert isinstance(plugin, Plugin)
+    return plugin
+
+
+def counter(broker: Broker, name: str) -> int | float:
+    return broker.service.metrics()[f"counter.{name}"]
+
+
+@asynccontextmanager
+async def nodes(
+    redis_url: str, prefix: str, *names: str, listeners: tuple[ListenerConfig, ...] | None = None, **table: Any
+) -> AsyncIterator[tuple[Broker, ...]]:
+    """Brokers ``names`` of one cluster, returned once each sees every other running."""
+    async with AsyncExitStack() as stack:
+        brokers = []
+        for name in names:
+            config = node_config(redis_url, prefix, name, listeners=listeners, **table)
+            brokers.append(await stack.enter_async_context(open_broker(config)))
+        await eventually(
+            lambda: all(cluster(b).running(n) for b in brokers for n in names if n != b.node_name),
+            message="the nodes see each other",
+        )
+        yield tuple(brokers)
+
+
+async def routed(broker: Broker, topic: str, *to: str) -> None:
+    """Until ``broker`` knows that exactly the nodes ``to`` want ``topic``."""
+    await eventually(
+        lambda: cluster(broker).routes.nodes_for(topic) == set(to),
+        message=f"{broker.node_name} routes {topic} to {set(to)}",
+    )
+
+
+async def show(broker: Broker) -> list[dict[str, Any]]:
+    table = await broker.service.run_command(["cluster", "show"])
+    assert isinstance(table, Table) and table.columns == ("Node", "Running")
+    return [dict(row) for row in table.rows]
+
+
+async def received_all(client: MQTTTestClient, count: int) -> list[tuple[str, bytes, int]]:
+    """``count`` messages as (topic, payload, qos), then proof that nothing more comes."""
+    got = []
+    for _ in range(count):
+        packet = await client.receive()
+        got.append((packet.topic, packet.payload, packet.qos))
+    assert await client.nothing_received(QUIET), "a copy too many"
+    return got
+
+
+# -- forwarding ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("level", [4, 5])
+async def test_a_subscriber_on_b_gets_what_a_publishes_at_every_qos_downgraded_per_subscription(
+    redis_url: str, prefix: str, level: int
+) -> None:
+    async with (
+        nodes(redis_url, prefix, "a@test", "b@test") as (a, b),
+        connected(b, "sub-b", level) as subscriber,
+        connected(a, "pub-a") as publisher,
+    ):
+        suback = await subscriber.subscribe(
+            SubscriptionRequest("q/0", 0), SubscriptionRequest("q/1", 1), SubscriptionRequest("q/2", 2)
+        )
+        assert suback.reason_codes == [0, 1, 2]
+        for granted in range(3):
+            await routed(a, f"q/{granted}", "b@test")
+        for sub_qos in range(3):
+            for pub_qos in range(3):
+                await publisher.publish(f"q/{sub_qos}", f"{pub_qos}->{sub_qos}".encode(), qos=pub_qos)
+        got = await received_all(subscriber, 9)
+        expected = [
+            (f"q/{sub_qos}", f"{pub_qos}->{sub_qos}".encode(), min(pub_qos, sub_qos))
+            for sub_qos in range(3)
+            for pub_qos in range(3)
+        ]
+        assert sorted(got) == sorted(expected)
+        assert counter(a, "cluster_forwarded") == 9 and counter(b, "cluster_received") == 9
+        assert counter(a, "cluster_dropped") == 0 and counter(b, "cluster_frame_gaps") == 0
+
+
+@pytest.mark.parametrize("qos", [1, 2])
+async def test_a_publisher_whose_only_subscriber_is_on_another_node_is_not_told_no_matching_subscribers(
+    redis_url: str, prefix: str, qos: int
+) -> None:
+    async with (
+        nodes(redis_url, prefix, "a@test", "b@test") as (a, b),
+        connected(b, "sub-b") as subscriber,
+        connected(a, "pub-a") as publisher,
+    ):
+        await subscriber.subscribe("ack/#", qos=qos)
+        await routed(a, "ack/x", "b@test")
+        # PUBACK at QoS 1, PUBREC at QoS 2 (MQTTTestClient.publish hides a PUBREC under 0x80).
+        await publisher.send(Publish("ack/x", b"acknowledged", qos, False, False, 1, {}))
+        answer = await publisher.expect(Puback if qos == 1 else Pubrec)
+        if qos == 2:
+            await publisher.send(Pubrel(1))
+            await publisher.expect(Pubcomp)
+        assert await received_all(subscriber, 1) == [("ack/x", b"acknowledged", qos)]
+        assert answer.reason_code == 0, answer
+
+
+async def test_mqtt5_properties_and_retain_flag_travel_with_the_message(redis_url: str, prefix: str) -> None:
+    async with (
+        nodes(redis_url, prefix, "a@test", "b@test") as (a, b),
+        connected(b, "sub-b") as subscriber,
+        connected(a, "pub-a") as publisher,
+    ):
+        await subscriber.subscribe(SubscriptionRequest("p/#", 1, retain_as_published=True))
+        await routed(a, "p/x", "b@test")
+        properties = {"content_type": "text/plain", "user_property": [("k", "v")], "message_expiry_interval": 60}
+        await publisher.publish("p/x", b"with properties", qos=1, properties=properties)
+        packet = await subscriber.receive()
+        assert (packet.topic, packet.payload, packet.qos, packet.retain) == ("p/x", b"with properties", 1, False)
+        assert packet.properties["content_type"] == "text/plain"
+        assert packet.properties["user_property"] == [("k", "v")]
+        assert 0 < packet.properties["message_expiry_interval"] <= 60
+
+
+async def test_wildcard_subscriptions_get_only_the_topics_they_match(redis_url: str, prefix: str) -> None:
+    async with (
+        nodes(redis_url, prefix, "a@test", "b@test") as (a, b),
+        connected(b, "sub-b") as subscriber,
+        connected(a, "pub-a") as publisher,
+    ):
+        await subscriber.subscribe("w/+/x", "w/deep/#", qos=1)
+        await routed(a, "w/one/x", "b@test")
+        await routed(a, "w/deep/1/2", "b@test")
+        assert cluster(a).routes.nodes_for("w/one/y") == set()
+        for topic in ("w/one/x", "w/one/y", "w/deep/1/2", "w/deep", "w/two/x/more", "other"):
+            await publisher.publish(topic, topic.encode(), qos=1)
+        got = await received_all(subscriber, 3)
+        assert sorted(topic for topic, _, _ in got) == ["w/deep", "w/deep/1/2", "w/one/x"]
+        # What matched nothing on b was not even sent there.
+        assert counter(a, "cluster_forwarded") == 3 and counter(b, "cluster_received") == 3
+
+
+async def test_a_local_subscriber_gets_one_copy_and_a_node_without_subscribers_nothing(
+    redis_url: str, prefix: str
+) -> None:
+    async with (
+        nodes(redis_url, prefix, "a@test", "b@test", "c@test") as (a, b, c),
+        connected(a, "sub-a") as local,
+        connected(b, "sub-b") as remote,
+        connected(c, "idle-c") as idle,
+        connected(a, "pub-a") as publisher,
+    ):
+        await local.subscribe("one/#", qos=1)
+        await remote.subscribe("one/#", qos=1)
+        await idle.subscribe("elsewhere/#", qos=1)
+        await routed(a, "one/x", "b@test")
+        await routed(a, "elsewhere/x", "c@test")
+        await publisher.publish("one/x", b"once", qos=1)
+        assert await received_all(local, 1) == [("one/x", b"once", 1)]
+        assert await received_all(remote, 1) == [("one/x", b"once", 1)]
+        assert await idle.nothing_received(QUIET)
+        assert counter(a, "cluster_forwarded") == 1
+        assert counter(a, "cluster_received") == 0  # nothing came back to where it was published
+        assert counter(b, "cluster_received") == 1
+        assert counter(c, "cluster_received") == 0
+
+
+async def test_three_nodes_subscribers_on_two_of_them_each_get_one_copy(redis_url: str, prefix: str) -> None:
+    async with (
+        nodes(redis_url, prefix, "a@test", "b@test", "c@test") as (a, b, c),
+        connected(a, "sub-a1") as a1,
+        connected(a, "sub-a2") as a2,
+        connected(b, "sub-b1") as b1,
+        connected(b, "sub-b2") as b2,
+        connected(c, "pub-c") as publisher,
+    ):
+        for subscriber in (a1, a2, b1, b2):
+            await subscriber.subscribe("three/+", qos=2)
+        await routed(c, "three/x", "a@test", "b@test")
+        assert await publisher.publish("three/x", b"each once", qos=2)
+        for subscriber in (a1, a2, b1, b2):
+            assert await received_all(subscriber, 1) == [("three/x", b"each once", 2)]
+        # One message per node, not per subscriber: each node fans it out itself.
+        assert counter(c, "cluster_forwarded") == 2
+        assert (counter(a, "cluster_received"), counter(b, "cluster_received")) == (1, 1)
+
+
+async def test_an_unsubscribed_filter_stops_being_forwarded_after_the_sweep(redis_url: str, prefix: str) -> None:
+    async with (
+        nodes(redis_url, prefix, "a@test", "b@test", route_sweep_interval=0.2) as (a, b),
+        connected(b, "sub-b") as subscriber,
+        connected(a, "pub-a") as publisher,
+        redis_client(redis_url) as redis,
+    ):
+        await subscriber.subscribe("u/gone", "u/kept", qos=1)
+        await routed(a, "u/gone", "b@test")
+        assert await redis.smembers(routes_key(prefix, "b@test")) == {b"u/gone", b"u/kept"}
+        await subscriber.unsubscribe("u/gone")
+        await routed(a, "u/gone")  # within route_sweep_interval (and a little)
+        assert await redis.smembers(routes_key(prefix, "b@test")) == {b"u/kept"}
+        await publisher.publish("u/gone", b"nobody", qos=1)
+        await publisher.publish("u/kept", b"somebody", qos=1)
+        assert await received_all(subscriber, 1) == [("u/kept", b"somebody", 1)]
+        assert counter(a, "cluster_forwarded") == 1 and counter(b, "cluster_received") == 1
+        # A session that ends takes its filters with it too.
+        await subscriber.disconnect()
+        await routed(a, "u/kept")
+        assert await redis.smembers(routes_key(prefix, "b@test")) == set()
+
+
+async def test_a_retained_message_is_retained_on_every_node_and_an_empty_one_clears_it_everywhere(
+    redis_url: str, prefix: str
+) -> None:
+    async with (
+        nodes(redis_url, prefix, "a@test", "b@test", "c@test") as (a, b, c),
+        connected(a, "pub-a") as publisher,
+    ):
+
+        async def retained(broker: Broker) -> list[tuple[str, bytes]]:
+            return [(m.topic, m.payload) for m in await broker.service.retained("r/#")]
+
+        assert await publisher.publish("r/1", b"kept", qos=1, retain=True)
+        for node in (a, b, c):  # c and b have no subscriber: retained messages go everywhere
+            await eventually(lambda node=node: retained(node), message=f"retained on {node.node_name}")
+            assert await retained(node) == [("r/1", b"kept")]
+        async with connected(c, "late-c") as late:
+            await late.subscribe("r/#", qos=1)
+            packet = await late.receive()
+            assert (packet.topic, packet.payload, packet.retain) == ("r/1", b"kept", True)
+        await publisher.publish("r/1", b"", qos=1, retain=True)
+        for node in (a, b, c):
+            await eventually(lambda node=node: _cleared(node), message=f"cleared on {node.node_name}")
+            assert await retained(node) == []
+
+
+async def _cleared(broker: Broker) -> bool:
+    return not await broker.service.retained("r/#")
+
+
+async def test_mountpoints_keep_their_topics_apart_across_nodes(redis_url: str, prefix: str) -> None:
+    listeners = (ListenerConfig(name="plain", port=0), ListenerConfig(name="m", port=0, mountpoint="m1"))
+    async with (
+        nodes(redis_url, prefix, "a@test", "b@test", listeners=listeners) as (a, b),
+        connected(b.port("m"), "sub-b-m1") as mounted,
+        connected(b.port("plain"), "sub-b-plain") as plain,
+        connected(a.port("m"), "pub-a-m1") as mounted_publisher,
+        connected(a.port("plain"), "pub-a-plain") as plain_publisher,
+    ):
+        await mounted.subscribe("t/#", qos=1)
+        await plain.subscribe("t/#", qos=1)
+        await routed(a, "$mount/m1/t/x", "b@test")
+        await routed(a, "t/x", "b@test")
+        await mounted_publisher.publish("t/x", b"in m1", qos=1)
+        await plain_publisher.publish("t/x", b"outside", qos=1)
+        assert await received_all(mounted, 1) == [("t/x", b"in m1", 1)]
+        assert await received_all(plain, 1) == [("t/x", b"outside", 1)]
+
+
+# -- nodes: cluster show, leaving ---------------------------------------------------------
+
+
+async def test_cluster_show_lists_every_node_running_and_a_node_that_stops_leaves(redis_url: str, prefix: str) -> None:
+    names = ["a@test", "b@test", "c@test"]
+    async with nodes(redis_url, prefix, "a@test", "b@test") as (a, b), redis_client(redis_url) as redis:
+        async with open_broker(node_config(redis_url, prefix, "c@test")) as c:
+            for node in (a, b, c):
+                await eventually(lambda node=node: len(cluster(node).heartbeats) == 3)
+                assert await show(node) == [{"Node": name, "Running": True} for name in names]
+                assert [(info.name, info.running) for info in await node.service.nodes()] == [
+                    (name, True) for name in names
+                ]
+            assert set(await redis.hkeys(f"{prefix}:nodes")) == {name.encode() for name in names}
+            async with connected(c, "sub-c") as subscriber:
+                await subscriber.subscribe("leaving/#", qos=1)
+                await routed(a, "leaving/x", "c@test")
+        # c stopped cleanly: it left at once (no waiting for its heartbeat to age).
+        for node in (a, b):
+            await eventually(lambda node=node: len(cluster(node).heartbeats) == 2, timeout=3)
+            assert await show(node) == [{"Node": "a@test", "Running": True}, {"Node": "b@test", "Running": True}]
+        assert set(await redis.hkeys(f"{prefix}:nodes")) == {b"a@test", b"b@test"}
+        assert not await redis.exists([routes_key(prefix, "c@test")])
+        assert cluster(a).routes.nodes_for("leaving/x") == set()
+
+
+async def test_a_broker_without_the_plugin_shows_itself_alone() -> None:
+    async with open_broker() as broker:
+        assert await show(broker) == [{"Node": broker.node_name, "Running": True}]
+
+
+async def test_frames_batch_many_messages_and_the_metrics_count_them(redis_url: str, prefix: str) -> None:
+    async with (
+        nodes(redis_url, prefix, "a@test", "b@test", linger=0.3) as (a, b),
+        connected(b, "sub-b") as subscriber,
+        connected(a, "pub-a") as publisher,
+        redis_client(redis_url) as redis,
+    ):
+        await subscriber.subscribe("batch/#", qos=0)
+        await routed(a, "batch/x", "b@test")
+        frames: list[bytes] = []
+        async with redis.pubsub(channels=[inbox_channel(prefix, "b@test")], ignore_subscribe_messages=True) as pubsub:
+            for number in range(20):
+                await publisher.publish(f"batch/{number}", b"%d" % number, qos=0)
+            got = await received_all(subscriber, 20)
+            with trio.move_on_after(QUIET):
+                async for item in pubsub:
+                    if item["type"] == "message":
+                        frames.append(item["data"])
+        assert sorted(payload for _, payload, _ in got) == sorted(b"%d" % n for n in range(20))
+        decoded = [decode_frame(frame) for frame in frames]
+        # Everything published within one linger went out in one Redis PUBLISH.
+        assert [(f.node, len(f.messages)) for f in decoded] == [("a@test", 20)]
+        assert counter(a, "cluster_forwarded") == 20 and counter(b, "cluster_received") == 20
+        assert counter(a, "cluster_dropped") == 0 and counter(b, "cluster_frame_gaps") == 0
+
+
+# -- frames sent by hand ------------------------------------------------------------------
+
+
+def frame(sequence: int, topic: str, payload: bytes, node: str = "ghost@test") -> bytes:
+    """A message frame as a node sends it: one QoS 1 message, no publisher client id, no
+    shared group to serve."""
+    return encode_frame(node, sequence, [(Message(topic, payload, qos=1), None, frozenset())])
+
+
+async def test_a_sequence_gap_is_counted_and_the_frames_still_delivered(redis_url: str, prefix: str) -> None:
+    async with (
+        nodes(redis_url, prefix, "b@test") as (b,),
+        connected(b, "sub-b") as subscriber,
+        redis_client(redis_url) as redis,
+    ):
+        await subscriber.subscribe("gap/#", qos=1)
+        inbox = inbox_channel(prefix, "b@test")
+        for sequence in (1, 2):
+            assert await redis.publish(inbox, frame(sequence, "gap/x", b"%d" % sequence)) == 1
+        assert await received_all(subscriber, 2) == [("gap/x", b"1", 1), ("gap/x", b"2", 1)]
+        assert counter(b, "cluster_frame_gaps") == 0
+        await redis.publish(inbox, frame(4, "gap/x", b"4"))  # 3 was lost
+        assert await received_all(subscriber, 1) == [("gap/x", b"4", 1)]
+        assert counter(b, "cluster_frame_gaps") == 1
+        await redis.publish(inbox, frame(5, "gap/x", b"5"))
+        await redis.publish(inbox, frame(1, "gap/x", b"other", node="other@test"))  # a sender of its own
+        assert len(await received_all(subscriber, 2)) == 2
+        assert counter(b, "cluster_frame_gaps") == 1
+        assert counter(b, "cluster_received") == 5
+
+
+BAD_FRAMES = [
+    pytest.param(b"not json", id="not-json"),
+    pytest.param(b"\xff\xfe", id="not-utf8"),
+    pytest.param(b"[]", id="a-list"),
+    pytest.param(b'{"node": "ghost@test"}', id="no-messages"),
+    pytest.param(b'{"node": "ghost@test", "seq": "x", "messages": []}', id="seq-not-a-number"),
+    pytest.param(b'{"node": "ghost@test", "seq": 1, "messages": 5}', id="messages-not-a-list"),
+    pytest.param(b'{"node": "ghost@test", "seq": 1, "messages": [[{"topic": "bad/x"}, null]]}', id="half-a-message"),
+    pytest.param(
+        b'{"node": "ghost@test", "seq": 1, "messages": [[{"topic": "bad/x", "payload": "!!", "qos": 1,'
+        b' "retain": false, "created_at": 0}, null]]}',
+        id="payload-not-base64",
+    ),
+    pytest.param(
+        b'{"node": "ghost@test", "seq": 1, "messages": [[{"topic": "bad/x", "payload": "", "qos": 7,'
+        b' "retain": false, "created_at": 0}, null]]}',
+        id="bad-qos",
+    ),
+]
+
+
+@pytest.mark.parametrize("data", BAD_FRAMES)
+async def test_a_frame_that_does_not_decode_is_logged_and_nothing_breaks(
+    redis_url: str, prefix: str, data: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    await _send_bad_frame_then_forward(redis_url, prefix, data, caplog)
+
+
+async def test_a_frame_whose_sequence_overflows_is_logged_and_nothing_breaks(
+    redis_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    await _send_bad_frame_then_forward(
+        redis_url, prefix, b'{"node": "ghost@test", "seq": 1e400, "messages": []}', caplog
+    )
+
+
+async def _send_bad_frame_then_forward(
+    redis_url: str, prefix: str, data: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ternmq")
+    async with (
+        nodes(redis_url, prefix, "a@test", "b@test") as (a, b),
+        connected(b, "sub-b") as subscriber,
+        connected(a, "pub-a") as publisher,
+        redis_client(redis_url) as redis,
+    ):
+        await subscriber.subscribe("bad/#", "fine/#", qos=1)
+        await routed(a, "fine/x", "b@test")
+        assert await redis.publish(inbox_channel(prefix, "b@test"), data) == 1
+        await eventually(
+            lambda: (
+                any("frame that does not read" in r.getMessage() for r in caplog.records)
+                or b.plugins.loaded["cluster"].state != "running"
+            ),
+            message="the bad frame was logged",
+        )
+        assert b.plugins.loaded["cluster"].state == "running"
+        warnings = [r for r in caplog.records if "frame that does not read" in r.getMessage()]
+        assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+        assert counter(b, "cluster_received") == 0 and counter(b, "cluster_frame_gaps") == 0
+        # Nothing broke: forwarding goes on both ways.
+        await publisher.publish("fine/x", b"after", qos=1)
+        assert await received_all(subscriber, 1) == [("fine/x", b"after", 1)]
+        await publisher.subscribe("back/#", qos=1)
+        await routed(b, "back/x", "a@test")
+        await subscriber.publish("back/x", b"back", qos=1)
+        assert await received_all(publisher, 1) == [("back/x", b"back", 1)]
+
+
+async def test_a_route_notice_that_does_not_read_is_logged_and_nothing_breaks(
+    redis_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ternmq")
+    async with (
+        nodes(redis_url, prefix, "a@test", "b@test") as (a, b),
+        connected(b, "sub-b") as subscriber,
+        connected(a, "pub-a") as publisher,
+        redis_client(redis_url) as redis,
+    ):
+        await redis.publish(f"{prefix}:routes", b'{"node": "ghost@test", "add": 5}')
+        await eventually(
+            lambda: (
+                any("route notice that does not read" in r.getMessage() for r in caplog.records)
+                or a.plugins.loaded["cluster"].state != "running"
+            ),
+        )
+        assert a.plugins.loaded["cluster"].state == "running"
+        await subscriber.subscribe("fine/#", qos=1)
+        await routed(a, "fine/x", "b@test")
+        await publisher.publish("fine/x", b"after", qos=1)
+        assert await received_all(subscriber, 1) == [("fine/x", b"after", 1)]
+
+
+async def test_a_node_restarted_under_the_same_name_is_not_counted_as_a_gap(redis_url: str, prefix: str) -> None:
+    async with nodes(redis_url, prefix, "a@test") as (a,), connected(a, "sub-a") as subscriber:
+        await subscriber.subscribe("restart/#", qos=1)
+        for run in range(2):
+            async with open_broker(node_config(redis_url, prefix, "b@test")) as b:
+                await routed(b, "restart/x", "a@test")
+                async with connected(b, f"pub-b-{run}") as publisher:
+                    await publisher.publish("restart/x", b"run %d" % run, qos=1)
+                assert await received_all(subscriber, 1) == [("restart/x", b"run %d" % run, 1)]
+        assert counter(a, "cluster_received") == 2
+        assert counter(a, "cluster_frame_gaps") == 0
+
+
+# -- configuration ------------------------------------------------------------------------
+
+
+async def _start_fails(config: Config) -> pytest.ExceptionInfo[ExceptionGroup[Any]]:
+    with pytest.raises(ExceptionGroup) as caught:
+        with trio.fail_after(10):
+            async with open_broker(config):
+                pass
+    return caught
+
+
+@pytest.mark.parametrize(
+    ("table", "match"),
+    [
+        pytest.param({"redis_url": "http://127.0.0.1:6379"}, r"\[cluster\]: redis_url: not a redis://", id="bad-url"),
+        pytest.param({"redis_url": 6379}, r"\[cluster\] redis_url: ", id="url-not-a-string"),
+        pytest.param(
+            {"heartbeat_interval": 2.0, "node_timeout": 2.0},
+            r"\[cluster\]: node_timeout must be longer than heartbeat_interval",
+            id="timeout-equal",
+        ),
+        pytest.param(
+            {"heartbeat_interval": 2.0, "node_timeout": 1.0},
+            r"\[cluster\]: node_timeout must be longer than heartbeat_interval",
+            id="timeout-shorter",
+        ),
+        pytest.param({"heartbeat_interval": 0}, r"\[cluster\] heartbeat_interval: ", id="heartbeat-zero"),
+        pytest.param({"linger": -1}, r"\[cluster\] linger: ", id="linger-negative"),
+        pytest.param({"prefix": ""}, r"\[cluster\] prefix: ", id="prefix-empty"),
+        pytest.param({"redis": "x"}, r"\[cluster\] redis: unknown key", id="unknown-key"),
+    ],
+)
+async def test_a_bad_cluster_table_fails_the_start_naming_it(
+    redis_url: str, prefix: str, table: dict[str, Any], match: str
+) -> None:
+    caught = await _start_fails(node_config(redis_url, prefix, "a@test", **table))
+    assert caught.group_contains(ConfigError, match=match, depth=2)
+
+
+async def test_a_cluster_table_without_redis_url_fails_the_start(prefix: str) -> None:
+    config = node_config("redis://unused", prefix, "a@test")
+    entry = PluginEntry("cluster", True, {"prefix": prefix})
+    caught = await _start_fails(attrs.evolve(config, plugins=(entry, *config.plugins[1:])))
+    assert caught.group_contains(ConfigError, match=r"\[cluster\] redis_url: is required", depth=2)
+
+
+async def test_a_redis_that_does_not_answer_fails_the_start_naming_the_cluster_table_and_why(prefix: str) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    started = time.monotonic()
+    caught = await _start_fails(node_config(url, prefix, "a@test"))
+    assert caught.group_contains(
+        ConfigError, match=rf"\[cluster\]: failed to start: .*cannot reach Redis at {re.escape(url)}", depth=2
+    )
+    assert time.monotonic() - started < 5
+
+
+async def test_a_redis_that_accepts_but_never_answers_fails_the_start_within_node_timeout(prefix: str) -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # connections are accepted (the backlog) and never answered
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        config = node_config(url, prefix, "a@test", heartbeat_interval=0.2, node_timeout=1.0)
+        started = time.monotonic()
+        with trio.move_on_after(4) as waited:
+            caught = await _start_fails(config)
+        assert not waited.cancel_called, f"the start still waited for Redis after {time.monotonic() - started:.1f} s"
+        assert caught.group_contains(ConfigError, match=r"\[cluster\]: failed to start: ", depth=2)
+
+
+def test_plugins_cluster_is_refused_pointing_at_the_cluster_table() -> None:
+    data = {"plugins": {"cluster": {"redis_url": "redis://127.0.0.1/0"}}}
+    with pytest.raises(ConfigError, match=r"f\.toml: \[plugins\.cluster\]: configured by the \[cluster\] table"):
+        parse_config(data, "f.toml")
+    both = {"cluster": {"redis_url": "redis://127.0.0.1/0"}, "plugins": {"cluster": {"redis_url": "redis://x/0"}}}
+    with pytest.raises(ConfigError, match=r"\[plugins\.cluster\]: configured by the \[cluster\] table"):
+        parse_config(both, "f.toml")
+
+
+def test_plugins_cluster_equal_to_the_cluster_table_is_refused_too() -> None:
+    table = {"redis_url": "redis://127.0.0.1/0"}
+    with pytest.raises(ConfigError, match=r"\[plugins\.cluster\]: configured by the \[cluster\] table"):
+        parse_config({"cluster": dict(table), "plugins": {"cluster": dict(table)}}, "f.toml")
+
+
+def test_a_config_file_with_a_cluster_table_parses_with_cluster_first(tmp_path: Path) -> None:
+    file = tmp_path / "ternmq.toml"
+    file.write_text(
+        "[plugins.retainer]\n\n"
+        "[cluster]\n"
+        'redis_url = "redis://127.0.0.1:6379/0"\n'
+        'prefix = "shop"\n'
+        "heartbeat_interval = 0.5\n"
+        "node_timeout = 2.0\n"
+    )
+    config = load_config(file)
+    assert [entry.name for entry in config.plugins] == ["cluster", "retainer"]
+    assert config.plugins[0] == PluginEntry(
+        "cluster",
+        True,
+        {"redis_url": "redis://127.0.0.1:6379/0", "prefix": "shop", "heartbeat_interval": 0.5, "node_timeout": 2.0},
+    )
+    file.write_text('[cluster]\nenabled = false\nredis_url = "redis://127.0.0.1:6379/0"\n')
+    assert load_config(file).plugins == (PluginEntry("cluster", False, {"redis_url": "redis://127.0.0.1:6379/0"}),)
+    file.write_text("[cluster]\nenabled = 1\n")
+    with pytest.raises(ConfigError, match=r"\[cluster\] enabled: must be true or false"):
+        load_config(file)
+    file.write_text('cluster = "on"\n')
+    with pytest.raises(ConfigError, match=r"\[cluster\]: must be a table"):
+        load_config(file)
+
+
+# -- real processes -----------------------------------------------------------------------
+
+
+class Node:
+    """One ``ternmq --config FILE`` process with a ``[cluster]`` table."""
+
+    def __init__(self, directory: Path, name: str, redis_url: str, prefix: str) -> None:
+        self.name = name
+        self.config = directory / f"{name.split('@')[0]}.toml"
+        self.config.write_text(f'''
+[broker]
+node_name = "{name}"
+allow_anonymous = true
+control_socket = "{directory / name.split("@")[0]}.sock"
+
+[[listeners]]
+name = "default"
+port = 0
+
+[plugins.retainer]
+
+[cluster]
+redis_url = "{redis_url}"
+prefix = "{prefix}"
+heartbeat_interval = 0.2
+node_timeout = 1.0
+''')
+        self.env = samples.subprocess_env(directory)
+        self.process = samples.BrokerProcess(["--config", str(self.config)], env=self.env, cwd=directory)
+
+    @property
+    def port(self) -> int:
+        port: int = self.process.port
+        return port
+
+    def cluster_show(self) -> dict[str, str]:
+        """``ternmq-admin cluster show`` as {node: running}, read off the table text."""
+        result = samples.admin("--config", str(self.config), "cluster", "show", env=self.env)
+        assert result.returncode == 0, result.stderr
+        lines = [line for line in result.stdout.splitlines() if line.startswith("|")]
+        rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+        assert rows and rows[0] == ["Node", "Running"], result.stdout
+        return dict(rows[1:])
+
+    def kill(self) -> None:
+        self.process.process.send_signal(signal.SIGKILL)
+        assert self.process.process.wait(10) == -signal.SIGKILL
+        self.process.stop()  # closes its pipe; the process is gone already
+
+
+@pytest.fixture
+def processes(redis_url: str, prefix: str) -> Iterator[list[Node]]:
+    with samples.short_dir() as directory:
+        started: list[Node] = []
+        try:
+            for number in (1, 2, 3):
+                started.append(Node(directory, f"n{number}@127.0.0.1", redis_url, prefix))
+            for node in started:
+                node.process.wait_ready()
+            yield started
+        finally:
+            for node in started:
+                node.process.stop()
+
+
+async def reaches(publisher_port: int, subscriber_port: int, topic: str) -> None:
+    """A QoS 1 message published on one node reaches a subscriber on the other (probes
+    first, until the subscription's route has reached the publisher's node)."""
+    async with connected(subscriber_port, f"sub-{topic}") as subscriber, connected(publisher_port) as publisher:
+        await subscriber.subscribe(f"{topic}/#", qos=1)
+
+        async def probe() -> bool:
+            await publisher.publish(f"{topic}/probe", b"probe", qos=0)
+            return not await subscriber.nothing_received(0.1)
+
+        await eventually(probe, timeout=10, message=f"{topic} probes reach the subscriber")
+        await publisher.publish(f"{topic}/real", b"real", qos=1)
+        with trio.fail_after(5):
+            while (packet := await subscriber.receive()).topic != f"{topic}/real":
+                pass
+        assert (packet.payload, packet.qos) == (b"real", 1)
+
+
+async def test_three_processes_show_each_other_forward_and_see_a_killed_node_stop(
+    processes: list[Node],
+) -> None:
+    n1, n2, n3 = processes
+    everyone = {node.name: "true" for node in processes}
+
+    def shows(node: Node, expected: dict[str, str]) -> bool:
+        return node.cluster_show() == expected
+
+    await trio.to_thread.run_sync(lambda: eventually_sync(lambda: shows(n1, everyone), 10, interval=0.2))
+    await reaches(n1.port, n3.port, "before")
+
+    await trio.to_thread.run_sync(n2.kill)
+    killed = {n1.name: "true", n2.name: "false", n3.name: "true"}
+    for node in (n1, n3):  # after node_timeout (1 s) and a heartbeat or two
+        await trio.to_thread.run_sync(lambda node=node: eventually_sync(lambda: shows(node, killed), 10, interval=0.2))
+    await reaches(n1.port, n3.port, "after")
+
+
+# -- client ids and shared subscriptions across nodes -------------------------------------------
+
+
+async def test_connecting_to_another_node_takes_the_session_over_with_its_subscriptions_and_queue(
+    redis_url: str, prefix: str
+) -> None:
+    persistent = {"session_expiry_interval": 300}
+    async with nodes(redis_url, prefix, "a@t", "b@t") as (a, b):
+        async with MQTTTestClient.open(a.port()) as old:
+            await old.connect("mover", clean_start=False, properties=persistent)
+            await old.subscribe("mv/#", qos=1)
+            await old.disconnect()
+        await eventually(lambda: a.sessions["mover"].connection is None)
+        await a.service.publish("mv/queued", b"queued on a", qos=1)
+        async with MQTTTestClient.open(a.port()) as online, MQTTTestClient.open(b.port()) as new:
+            await online.connect("mover", clean_start=False, properties=persistent)
+            assert (await online.receive()).payload == b"queued on a"
+            connack = await new.connect("mover", clean_start=False, properties=persistent)
+            assert connack.session_present  # resumed on b
+            disconnect = await online.closed()
+            assert disconnect is not None and disconnect.reason_code == 0x8E  # taken over
+            assert "mover" not in a.sessions and "mover" in b.sessions
+            await routed(a, "mv/x", "b@t")
+            await a.service.publish("mv/x", b"to the new node", qos=1)
+            assert (await new.receive()).payload == b"to the new node"
+        assert counter(b, "cluster_takeovers") == 1
+        async with MQTTTestClient.open(b.port()) as clean, MQTTTestClient.open(a.port()) as again:
+            await clean.connect("clean-one")
+            assert not (await again.connect("clean-one")).session_present  # a clean one ends
+            assert await clean.closed() is not None
+
+
+async def test_a_shared_group_with_members_on_two_nodes_gets_each_message_once(redis_url: str, prefix: str) -> None:
+    async with nodes(redis_url, prefix, "a@t", "b@t", "c@t") as (a, b, c):
+        async with (
+            MQTTTestClient.open(a.port()) as m1,
+            MQTTTestClient.open(b.port()) as m2,
+            MQTTTestClient.open(b.port()) as m3,
+            MQTTTestClient.open(c.port()) as publisher,
+        ):
+            for number, member in enumerate((m1, m2, m3)):
+                await member.connect(f"m{number}")
+                await member.subscribe("$share/g/sh/#", qos=1)
+            await eventually(lambda: cluster(c).routes.targets("sh/x")[1].get(("g", "sh/#"), []) == ["a@t", "b@t"])
+            await publisher.connect("p")
+            for number in range(20):
+                await publisher.publish("sh/x", b"%d" % number, qos=1)
+            await a.service.publish("sh/y", b"from a", qos=1)  # a has a member: it may serve it or not
+            got: list[list[bytes]] = [[], [], []]
+            for payloads, member in zip(got, (m1, m2, m3), strict=True):
+                while not await member.nothing_received(QUIET):
+                    payloads.append((await member.receive()).payload)
+            everything = [payload for payloads in got for payload in payloads]
+            assert sorted(everything) == sorted([b"%d" % n for n in range(20)] + [b"from a"])  # each once
+            on_a, on_b = len(got[0]), len(got[1]) + len(got[2])
+            assert abs(on_a - on_b) <= 2  # the nodes take turns
