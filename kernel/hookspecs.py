@@ -46,7 +46,7 @@ from .hooks.dispatch import FAMILY_ATTRIBUTE, SYNCHRONOUS_HOOKS
 if TYPE_CHECKING:
     from .admin import AdminRegistry
     from .hooks.registries import ApiRoutes, MetricsRegistry, SettingsRegistry
-    from .values.info import NodeInfo
+    from .values.info import NodeInfo, SessionInfo
     from .values.types import Answer, ClientInfo, Message, SessionSnapshot, StoredMessage, TopicSubscription
 
 PROJECT_NAME = "ternmq"
@@ -562,6 +562,28 @@ def cluster_shared_here(group: str, topic_filter: str, message: Message) -> bool
     another node's member does (the plugin forwards it there). **Synchronous**, on the
     delivery path. Only the first implementation is called; none loaded (a single node):
     always here. Error: logged and counted, and treated as False.
+    """
+
+
+@provider
+def cluster_sessions() -> Sequence[SessionInfo]:
+    """Return the sessions of every other node of the cluster (``session show``).
+
+    Answer: ``SessionInfo`` values, each with its ``node``. Only the first implementation
+    is called; none loaded means a single node (no others). Error or timeout: logged and
+    counted, and only this node's sessions are shown.
+    """
+
+
+@provider
+def cluster_disconnect(client_id: str, cleanup: bool) -> bool:
+    """Disconnect a client held by another node of the cluster (``session disconnect``).
+
+    :param client_id: the client id, which has no session on this node.
+    :param cleanup: also end its session.
+
+    Answer: True when a node had a session of it. Only the first implementation is
+    called; none loaded: False. Error or timeout: logged and counted, and False.
     """
 
 

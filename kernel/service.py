@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from . import live_settings
 from .acting import Outcome, publish_for
+from .cluster_face import ClusterFace
 from .codec import ReasonCode
 from .hooks.registries import ApiRoute, Metric
 from .observed import kernel_metrics, plugin_info, session_info_of
@@ -24,9 +25,9 @@ from .plugin_lookup import plugin_error
 from .protocol.ports import BrokerCore
 from .protocol.subscriptions import after_subscribe, after_unsubscribe
 from .records_face import RecordsFace
-from .routing.topics import mounted_filter, validate_topic_filter, validate_topic_name
+from .routing.topics import validate_topic_filter, validate_topic_name
 from .values.config import EMBEDDED_DEFAULT, BrokerSettings, ConfigError, ListenerConfig
-from .values.info import ListenerInfo, NodeInfo, PluginInfo, SessionInfo
+from .values.info import ListenerInfo, PluginInfo, SessionInfo
 from .values.types import ClientInfo, Message, SessionSnapshot, TopicSubscription
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ class ServedBroker(BrokerCore, Protocol):
     def start_soon(self, task: Callable[[], Awaitable[object]], name: str) -> None: ...
 
 
-class Service(RecordsFace):
+class Service(RecordsFace, ClusterFace):
     """The operations plugins (and admin commands) may call (see module docstring)."""
 
     __slots__ = ("_broker",)
@@ -205,53 +206,6 @@ class Service(RecordsFace):
     @property
     def retain_available(self) -> bool:
         return self._broker.retain_available
-
-    # -- the cluster -------------------------------------------------------------------
-
-    async def nodes(self) -> tuple[NodeInfo, ...]:
-        """Every node of the cluster (``cluster show``): a cluster plugin's answer, or
-        this node alone."""
-        alone = (NodeInfo(self.node_name, True),)
-        return tuple(await self._broker.dispatcher.provide("cluster_nodes", default=alone))
-
-    async def route_forwarded(
-        self,
-        message: Message,
-        origin_client_id: str | None = None,
-        shared_groups: frozenset[tuple[str, str]] = frozenset(),
-    ) -> int:
-        """Deliver a message another node routed (a cluster plugin's inbox) to this node's
-        matching subscribers, as the router delivers any message; returns the count. Its
-        topic is as routed (under the publisher's mountpoint). A retained one is also
-        retained here: every node keeps every retained message (VerneMQ replicates them
-        too). Of the shared subscriptions, only the groups in ``shared_groups`` ((group,
-        filter) pairs, filters as routed) are served here: the publisher's node chose one
-        node per group. No hook fires: ``on_publish`` and ``cluster_forward`` fired on
-        its node."""
-        broker = self._broker
-        if message.retain and broker.retain_available:
-            if message.payload:
-                await broker.dispatcher.provide("retain_store", message=message)
-            else:
-                await broker.dispatcher.provide("retain_delete", topic=message.topic)
-        return await broker.router.route(message, origin_client_id, shared_groups=shared_groups)
-
-    async def hand_over(self, client_id: str) -> SessionSnapshot | None:
-        """For a cluster plugin: ``client_id`` connected to another node, so its session
-        here ends (its connection gets DISCONNECT 0x8E); a persistent one is returned,
-        with its messages, for that node to resume (``cluster_register``). None when
-        there is no session, or a clean one."""
-        return await self._broker.lifecycle.hand_over(client_id)
-
-    def subscribed_filters(self) -> frozenset[str]:
-        """Every topic filter this node's sessions subscribe to, as routed (under their
-        mountpoints; shared ones as ``$share/GROUP/FILTER``): what a cluster plugin tells
-        the other nodes this node wants."""
-        return frozenset(
-            mounted_filter(session.mountpoint, topic_filter)
-            for session in self._broker.sessions.values()
-            for topic_filter in session.subscriptions
-        )
 
     # -- sessions and subscriptions ------------------------------------------------------
 

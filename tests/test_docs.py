@@ -868,6 +868,30 @@ async def drive_cluster_shared_here(example: type) -> None:
             assert await member.nothing_received(0.1)
 
 
+async def drive_cluster_sessions(example: type) -> None:
+    async with open_broker() as broker, registered(broker, example()):
+        async with MQTTTestClient.open(broker.port()) as client:
+            await client.connect("near")
+            table = await broker.admin.run(broker.service, ["session", "show", "--client_id", "--node"])
+            assert isinstance(table, Table)
+            assert [(r["client_id"], r["node"]) for r in table.rows] == [
+                ("near", broker.node_name),
+                ("far-away", "b@x"),
+            ]
+
+
+async def drive_cluster_disconnect(example: type) -> None:
+    asked = sys.modules[example.__module__].ASKED
+    asked.clear()
+    async with open_broker() as broker, registered(broker, example()):
+        done = await broker.admin.run(broker.service, ["session", "disconnect", "client-id=far-away", "--cleanup"])
+        assert done == Text("Done")
+        with pytest.raises(CommandError, match="no session"):
+            await broker.admin.run(broker.service, ["session", "disconnect", "client-id=nowhere"])
+        assert asked == [("far-away", True), ("nowhere", False)]
+    asked.clear()
+
+
 async def drive_cluster_nodes(example: type) -> None:
     async with open_broker() as broker:
         alone = await broker.admin.run(broker.service, ["cluster", "show"])

@@ -53,8 +53,10 @@ def _vernemq_items(info: SessionInfo) -> dict[str, Any]:
 _VERNEMQ_ITEMS = tuple(_vernemq_items(SessionInfo("", False, None, None, None, 4, True, None, 0, 0, 0, "")))
 
 
-def _session_show(service: Service, args: Arguments) -> Table:
-    rows = [{**attrs.asdict(info), **_vernemq_items(info)} for info in service.sessions()]
+async def _session_show(service: Service, args: Arguments) -> Table:
+    # Every node's (a cluster's other nodes through its plugin); subscription rows are
+    # this node's sessions' only.
+    rows = [{**attrs.asdict(info), **_vernemq_items(info)} for info in await service.all_sessions()]
     if any(item in args.flags for item in SUBSCRIPTION_ITEMS):
         rows = [
             {
@@ -94,8 +96,12 @@ def _known_session(service: Service, args: Arguments, client_id: str) -> None:
         raise CommandError(f"no session with client id {client_id!r}{where}")
 
 
-def _session_disconnect(service: Service, args: Arguments) -> Text:
+async def _session_disconnect(service: Service, args: Arguments) -> Text:
     client_id, cleanup = args.keys["client-id"], args.bool_flag("cleanup")
+    if service.session_info(client_id) is None and args.text_flag("mountpoint") is None:
+        # Not here: on another node of the cluster, if any has it (reason 0x98 there too).
+        if await service.disconnect_anywhere(client_id, cleanup=cleanup):
+            return Text("Done")
     _known_session(service, args, client_id)
     # The service's reason code: 0x98, administrative action.
     service.disconnect(client_id, cleanup=cleanup)

@@ -34,9 +34,13 @@ Valkey); nothing else joins them.
   (``cluster_shared_here`` for its own members, ``cluster_forward`` for the others), and
   the frame names the groups the receiving node serves.
 
+* **Cluster-wide admin.** ``session show`` lists every node's sessions
+  (``cluster_sessions``: each node asked through its inbox) and ``session disconnect``
+  reaches the node holding the client (``cluster_disconnect``).
+
 What this plugin does not do yet: sessions and queued messages kept in Redis (a node
-that dies takes its sessions with it), VerneMQ's netsplit switches, cluster-wide admin
-listings.
+that dies takes its sessions with it), VerneMQ's netsplit switches, the other listings
+cluster-wide (``plugin show``, ``metrics show``, EMQX's ``/clients``).
 
 Config keys (``[cluster]``): ``redis_url`` (required), ``prefix`` ("ternmq"),
 ``heartbeat_interval`` (1.0), ``node_timeout`` (5.0), ``linger`` (0.001),
@@ -64,6 +68,7 @@ from ternmq.kernel import (
     Message,
     NodeInfo,
     Service,
+    SessionInfo,
     SessionSnapshot,
     hookimpl,
     session_from_json,
@@ -133,6 +138,7 @@ class Plugin:
         self._resync = False  # the subscriber reconnected: Redis may have lost everything
         self.batches = Batches()
         self._handovers: dict[str, Claim] = {}  # request id -> the claim waiting for a session
+        self._questions: dict[str, tuple[trio.Event, list[dict[str, Any]]]] = {}  # request id -> answer
         self._next_request = 0
         self.takeovers = 0
         self.resyncs = 0
@@ -357,10 +363,73 @@ class Plugin:
             claim.done.set()
         self.takeovers += 1
 
+    # -- asking other nodes -------------------------------------------------------------
+
+    async def _ask(self, node: str, kind: str, **body: Any) -> dict[str, Any] | None:
+        """Ask ``node`` a question (a control frame); its answer's body, or None when it
+        does not answer within the node timeout."""
+        assert self.redis is not None
+        self._next_request += 1
+        request = f"{self.node}/{self._next_request}"
+        answered = trio.Event()
+        answers: list[dict[str, Any]] = []
+        self._questions[request] = (answered, answers)
+        try:
+            question = encode_control(kind, self.node, id=request, **body)
+            await self.redis.publish(inbox_channel(self.config.prefix, node), question)
+            with trio.move_on_after(self.config.node_timeout):
+                await answered.wait()
+        finally:
+            self._questions.pop(request, None)
+        return answers[0] if answers else None
+
+    async def _answer(self, control: Control, **body: Any) -> None:
+        assert self.redis is not None
+        frame = encode_control("answer", self.node, id=control.body["id"], **body)
+        await self.redis.publish(inbox_channel(self.config.prefix, control.node), frame)
+
+    @hookimpl
+    async def cluster_sessions(self) -> list[SessionInfo]:
+        found: list[SessionInfo] = []
+
+        async def ask(node: str) -> None:
+            answer = await self._ask(node, "sessions")
+            if answer is None:
+                log.warning("cluster: %s did not list its sessions in time", node)
+                return
+            found.extend(SessionInfo(**fields) for fields in answer["sessions"])
+
+        now = time.time()
+        async with trio.open_nursery() as nursery:
+            for node in sorted(self.heartbeats):
+                if node != self.node and self.running(node, now):
+                    nursery.start_soon(ask, node)
+        return sorted(found, key=lambda info: (info.node, info.client_id))
+
+    @hookimpl
+    async def cluster_disconnect(self, client_id: str, cleanup: bool) -> bool:
+        assert self.redis is not None
+        holder = await self.redis.hget(clients_key(self.config.prefix), client_id)
+        node = holder.decode() if isinstance(holder, bytes) else None
+        if node is None or node == self.node or not self.running(node):
+            return False
+        answer = await self._ask(node, "disconnect", client_id=client_id, cleanup=cleanup)
+        return bool(answer and answer.get("done"))
+
     async def _control(self, control: Control) -> None:
         assert self.redis is not None and self.service is not None
         body = control.body
-        if control.kind == "takeover":
+        if control.kind == "answer":
+            waiting = self._questions.get(str(body["id"]))
+            if waiting is not None:
+                waiting[1].append(body)
+                waiting[0].set()
+        elif control.kind == "sessions":
+            await self._answer(control, sessions=[attrs.asdict(info) for info in self.service.sessions()])
+        elif control.kind == "disconnect":
+            done = self.service.disconnect(str(body["client_id"]), cleanup=bool(body["cleanup"]))
+            await self._answer(control, done=done)
+        elif control.kind == "takeover":
             snapshot = await self.service.hand_over(str(body["client_id"]))
             session = None if snapshot is None else session_to_json(snapshot, with_messages=True)
             answer = encode_control("session", self.node, id=body["id"], client_id=body["client_id"], session=session)

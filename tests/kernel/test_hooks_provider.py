@@ -23,7 +23,7 @@ from ternmq.kernel.hookspecs import hookimpl
 from ternmq.kernel.manager import PluginError
 from ternmq.kernel.routing.topics import topic_matches
 from ternmq.kernel.testing import MQTTTestClient, registered, serving, test_config
-from ternmq.kernel.values.info import NodeInfo
+from ternmq.kernel.values.info import NodeInfo, SessionInfo
 from ternmq.kernel.values.output import Text
 from ternmq.kernel.values.types import ClientInfo, Message, SessionSnapshot, StoredMessage, TopicSubscription
 
@@ -693,6 +693,38 @@ async def test_hook_cluster_shared_here(broker: Any) -> None:
         got = sorted([(await member.receive()).payload for _ in range(2)])
         assert got == [b"fwd", b"fwd"]  # group b and the plain subscription
         assert await member.nothing_received(0.1) and len(plugin.asked) == 2
+
+
+class OtherNodeSessions:
+    def __init__(self) -> None:
+        self.disconnects: list[tuple[str, bool]] = []
+
+    @hookimpl
+    async def cluster_sessions(self) -> list[SessionInfo]:
+        return [SessionInfo("remote", False, None, None, None, 4, False, None, 1, 0, 2, "b@x")]
+
+    @hookimpl
+    async def cluster_disconnect(self, client_id: str, cleanup: bool) -> bool:
+        self.disconnects.append((client_id, cleanup))
+        return client_id == "remote"
+
+
+async def test_hook_cluster_sessions(broker: Any) -> None:
+    async with registered(broker, OtherNodeSessions()), MQTTTestClient.open(broker.port()) as client:
+        await client.connect("local")
+        listed = await broker.service.all_sessions()
+        assert [(info.client_id, info.node) for info in listed] == [("local", broker.node_name), ("remote", "b@x")]
+    assert [info.client_id for info in await broker.service.all_sessions()] == []  # single node again
+
+
+async def test_hook_cluster_disconnect(broker: Any) -> None:
+    plugin = OtherNodeSessions()
+    async with registered(broker, plugin), MQTTTestClient.open(broker.port()) as client:
+        await client.connect("local")
+        assert await broker.service.disconnect_anywhere("local")  # here: the hook is not asked
+        assert await broker.service.disconnect_anywhere("remote", cleanup=True)
+        assert not await broker.service.disconnect_anywhere("nobody")
+        assert plugin.disconnects == [("remote", True), ("nobody", False)]
 
 
 class TwoNodes:

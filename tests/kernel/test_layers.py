@@ -23,6 +23,7 @@ ROOT_LAYERS: dict[str, tuple[str, ...]] = {
         "observed",
         "live_settings",
         "records_face",
+        "cluster_face",
         "acting",
         "manager",
         "plugin_lookup",

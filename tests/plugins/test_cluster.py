@@ -28,7 +28,7 @@ import coredis
 import pytest
 import trio
 
-from ternmq.kernel import ConfigError, Message, Table
+from ternmq.kernel import CommandError, ConfigError, Message, Table, Text
 from ternmq.kernel.broker import Broker
 from ternmq.kernel.codec import Puback, Pubcomp, Publish, Pubrec, Pubrel, SubscriptionRequest
 from ternmq.kernel.testing import MQTTTestClient, open_broker, test_config
@@ -841,3 +841,21 @@ async def test_a_shared_group_with_members_on_two_nodes_gets_each_message_once(r
             assert sorted(everything) == sorted([b"%d" % n for n in range(20)] + [b"from a"])  # each once
             on_a, on_b = len(got[0]), len(got[1]) + len(got[2])
             assert abs(on_a - on_b) <= 2  # the nodes take turns
+
+
+async def test_session_show_lists_every_node_and_disconnect_reaches_the_node_holding_the_client(
+    redis_url: str, prefix: str
+) -> None:
+    async with nodes(redis_url, prefix, "a@t", "b@t") as (a, b):
+        async with MQTTTestClient.open(a.port()) as on_a, MQTTTestClient.open(b.port()) as on_b:
+            await on_a.connect("client-a")
+            await on_b.connect("client-b")
+            table = await a.service.run_command(["session", "show", "--client_id", "--node"])
+            assert isinstance(table, Table)
+            assert [(row["client_id"], row["node"]) for row in table.rows] == [("client-a", "a@t"), ("client-b", "b@t")]
+            await eventually(lambda: b.sessions["client-b"].connection is not None)
+            assert await a.service.run_command(["session", "disconnect", "client-id=client-b"]) == Text("Done")
+            disconnect = await on_b.closed()
+            assert disconnect is not None and disconnect.reason_code == 0x98  # kicked on b, asked on a
+            with pytest.raises(CommandError, match="no session with client id 'nobody'"):
+                await a.service.run_command(["session", "disconnect", "client-id=nobody"])

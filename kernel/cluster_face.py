@@ -1,0 +1,94 @@
+"""The cluster part of the service face: what a cluster plugin does with this node, and
+the listings and actions that span the cluster.
+
+Without a cluster plugin the broker is one node: ``nodes()`` is this one, and the
+cluster-wide listings are this node's. The hooks behind them are ``cluster_nodes``,
+``cluster_sessions`` and ``cluster_disconnect`` (docs/hooks.md).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .routing.topics import mounted_filter
+from .values.info import NodeInfo, SessionInfo
+
+if TYPE_CHECKING:
+    from .protocol.ports import BrokerCore
+    from .values.types import Message, SessionSnapshot
+
+
+class ClusterFace:
+    """Service's cluster methods (a base class of Service, which sets ``_broker``)."""
+
+    __slots__ = ()
+    _broker: BrokerCore
+
+    if TYPE_CHECKING:  # Service's, which these methods use
+
+        @property
+        def node_name(self) -> str: ...
+
+        def sessions(self) -> tuple[SessionInfo, ...]: ...
+
+        def disconnect(self, client_id: str, reason_code: int = ..., *, cleanup: bool = False) -> bool: ...
+
+    async def nodes(self) -> tuple[NodeInfo, ...]:
+        """Every node of the cluster (``cluster show``): a cluster plugin's answer, or
+        this node alone."""
+        alone = (NodeInfo(self.node_name, True),)
+        return tuple(await self._broker.dispatcher.provide("cluster_nodes", default=alone))
+
+    async def all_sessions(self) -> tuple[SessionInfo, ...]:
+        """Every session of the cluster: this node's (``sessions()``), then the other
+        nodes' (``cluster_sessions``; none without a cluster plugin)."""
+        others = await self._broker.dispatcher.provide("cluster_sessions", default=())
+        return (*self.sessions(), *others)
+
+    async def disconnect_anywhere(self, client_id: str, *, cleanup: bool = False) -> bool:
+        """``disconnect`` (reason 0x98), on whichever node holds the client: this one, or
+        another through a cluster plugin (``cluster_disconnect``). False when no node
+        has a session of it."""
+        if self.disconnect(client_id, cleanup=cleanup):
+            return True
+        done = await self._broker.dispatcher.provide("cluster_disconnect", client_id=client_id, cleanup=cleanup)
+        return bool(done)
+
+    async def route_forwarded(
+        self,
+        message: Message,
+        origin_client_id: str | None = None,
+        shared_groups: frozenset[tuple[str, str]] = frozenset(),
+    ) -> int:
+        """Deliver a message another node routed (a cluster plugin's inbox) to this node's
+        matching subscribers, as the router delivers any message; returns the count. Its
+        topic is as routed (under the publisher's mountpoint). A retained one is also
+        retained here: every node keeps every retained message (VerneMQ replicates them
+        too). Of the shared subscriptions, only the groups in ``shared_groups`` ((group,
+        filter) pairs, filters as routed) are served here: the publisher's node chose one
+        node per group. No hook fires: ``on_publish`` and ``cluster_forward`` fired on
+        its node."""
+        broker = self._broker
+        if message.retain and broker.retain_available:
+            if message.payload:
+                await broker.dispatcher.provide("retain_store", message=message)
+            else:
+                await broker.dispatcher.provide("retain_delete", topic=message.topic)
+        return await broker.router.route(message, origin_client_id, shared_groups=shared_groups)
+
+    async def hand_over(self, client_id: str) -> SessionSnapshot | None:
+        """For a cluster plugin: ``client_id`` connected to another node, so its session
+        here ends (its connection gets DISCONNECT 0x8E); a persistent one is returned,
+        with its messages, for that node to resume (``cluster_register``). None when
+        there is no session, or a clean one."""
+        return await self._broker.lifecycle.hand_over(client_id)
+
+    def subscribed_filters(self) -> frozenset[str]:
+        """Every topic filter this node's sessions subscribe to, as routed (under their
+        mountpoints; shared ones as ``$share/GROUP/FILTER``): what a cluster plugin tells
+        the other nodes this node wants."""
+        return frozenset(
+            mounted_filter(session.mountpoint, topic_filter)
+            for session in self._broker.sessions.values()
+            for topic_filter in session.subscriptions
+        )
