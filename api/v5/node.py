@@ -265,13 +265,25 @@ def operations(plugin: Plugin, service: Service) -> list[Operation]:
         figures = model.metrics(service)
         return answer(figures if call.query.get("aggregate", True) else [{"node": node, **figures}])
 
+    async def other_nodes() -> list[dict[str, Any]]:
+        # The cluster's other nodes (a cluster plugin's cluster_nodes): what every node
+        # knows of them, their name and whether they run.
+        return [
+            {"node": info.name, "node_status": "running" if info.running else "stopped"}
+            for info in await service.nodes()
+            if info.name != node
+        ]
+
     async def nodes(call: Call) -> Any:
-        return answer([model.node(service)])
+        return answer([model.node(service), *await other_nodes()])
 
     async def one_node(call: Call) -> Any:
-        if call.params["node"] != node:
-            return fail(404, "NOT_FOUND", f"no node {call.params['node']!r}")
-        return answer(model.node(service))
+        if call.params["node"] == node:
+            return answer(model.node(service))
+        for other in await other_nodes():
+            if other["node"] == call.params["node"]:
+                return answer(other)
+        return fail(404, "NOT_FOUND", f"no node {call.params['node']!r}")
 
     async def listeners(call: Call) -> Any:
         return answer(

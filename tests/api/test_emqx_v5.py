@@ -26,9 +26,9 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from ternmq.kernel import CommandError, ConfigError, Table, hookimpl
+from ternmq.kernel import CommandError, ConfigError, NodeInfo, Table, hookimpl
 from ternmq.kernel.broker import Broker
-from ternmq.kernel.testing import MQTTTestClient, open_broker, serving, test_config
+from ternmq.kernel.testing import MQTTTestClient, open_broker, registered, serving, test_config
 
 from helpers import connected, eventually, paho_subscriber
 
@@ -834,3 +834,22 @@ async def test_tokens_end_with_the_password_and_secrets_stay_with_administrators
             assert (await as_viewer.get("/plugins/api/config")).status_code == 403  # tables hold passwords
         document = (await http.get(base_url(broker) + "/api-docs/swagger.json")).json()
         assert document["paths"]["/api_key"]["get"]["security"] == [{"bearerAuth": []}]
+
+
+class TwoOtherNodes:
+    @hookimpl
+    def cluster_nodes(self) -> list[NodeInfo]:
+        return [NodeInfo("b@x", True), NodeInfo("c@x", False)]
+
+
+async def test_nodes_lists_every_node_of_the_cluster(tmp_path: Path) -> None:
+    async with emqx_broker(tmp_path) as (broker, http), registered(broker, TwoOtherNodes()):
+        listed = (await http.get("/nodes")).json()
+        assert [(n["node"], n["node_status"]) for n in listed] == [
+            (broker.node_name, "running"),
+            ("b@x", "running"),
+            ("c@x", "stopped"),
+        ]
+        assert listed[0]["version"]  # this node in full, the others as the cluster knows them
+        assert (await http.get("/nodes/c@x")).json() == {"node": "c@x", "node_status": "stopped"}
+        assert (await http.get("/nodes/d@x")).status_code == 404
