@@ -630,6 +630,9 @@ class Plugin:
         if last is not None and frame.sequence != last + 1 and frame.sequence != 1:
             self.gaps += 1
             log.warning("cluster: frames from %s lost (%d after %d)", frame.node, frame.sequence, last)
+            # What else was lost may be route notices too: everything is read again.
+            self._resync = True
+            self._routes_changed.set()
         self._sequences[frame.node] = frame.sequence
         for message, origin, groups in frame.messages:
             self.received += 1

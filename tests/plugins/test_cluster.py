@@ -459,6 +459,7 @@ async def test_a_sequence_gap_is_counted_and_the_frames_still_delivered(redis_ur
         await redis.publish(inbox, frame(4, "gap/x", b"4"))  # 3 was lost
         assert await received_all(subscriber, 1) == [("gap/x", b"4", 1)]
         assert counter(b, "cluster_frame_gaps") == 1
+        await eventually(lambda: counter(b, "cluster_resyncs") == 1)  # routes read again after a gap
         await redis.publish(inbox, frame(5, "gap/x", b"5"))
         await redis.publish(inbox, frame(1, "gap/x", b"other", node="other@test"))  # a sender of its own
         assert len(await received_all(subscriber, 2)) == 2
