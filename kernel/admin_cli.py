@@ -28,7 +28,8 @@ import attrs
 from ternmq.plugins.admin.control import control_socket_path
 
 from .admin import ADMIN_OPTIONS_USAGE, AdminRegistry, CommandError
-from .values.config import ConfigError, load_config
+from .values.config import Config, ConfigError, load_config
+from .workers import worker_config
 
 USAGE = f"""Usage: ternmq-admin {ADMIN_OPTIONS_USAGE} <command> [args]
 
@@ -121,17 +122,34 @@ def _target(options: dict[str, str]) -> Target:
     node: str | None = None
     if path is None or config_file is not None:
         try:
-            settings = load_config(config_file).broker
+            config = load_config(config_file)
         except ConfigError as exc:
             raise NoSocket(f"configuration error: {exc}") from None
+        settings = config.broker
         node = settings.node_name
         if path is None:
             path = control_socket_path(settings)
             if path is None:
                 raise NoSocket('this configuration has control_socket = "off"')
+            if settings.workers > 1:
+                hint = _workers_hint(config)
     if options.get("socket") is not None:
         hint = "Is the broker that owns it running?"
     return Target(path, node, hint)
+
+
+def _workers_hint(config: Config) -> str:
+    """Where the workers of ``ternmq --workers`` listen: each has a control socket of its own."""
+    sockets = []
+    for number in range(1, config.broker.workers + 1):
+        try:
+            sockets.append(f"worker {number}: {control_socket_path(worker_config(config, number).broker)}")
+        except ConfigError:  # pragma: no cover - workers > 1 is a valid worker number
+            break
+    return (
+        f"This configuration runs {config.broker.workers} workers (ternmq --workers), each with a control "
+        f"socket of its own: name one with --socket PATH ({', '.join(sockets)})."
+    )
 
 
 def _offline_help(command: list[str], target: Target, reason: str) -> str | None:

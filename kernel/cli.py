@@ -1,11 +1,17 @@
-"""``ternmq``: start the broker (embedded default config, or ``--config FILE``)."""
+"""``ternmq``: start the broker (embedded default config, or ``--config FILE``).
+
+With ``--workers N`` (or ``[broker] workers``) above 1 it supervises N broker processes
+instead, each started with ``--worker K`` (kernel/workers.py).
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import signal
 import sys
+from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
@@ -13,6 +19,9 @@ import trio
 
 from .broker import Broker
 from .values.config import Config, ConfigError, load_config, require_listeners
+from .workers import apply_workers, supervise, watch_supervisor, worker_config
+
+log = logging.getLogger("ternmq")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE", help="a TOML configuration (see plugins.toml)")
     parser.add_argument("--host", help="override the address of the first listener")
     parser.add_argument("--port", type=int, help="override the port of the first listener")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="run N broker processes on this machine (Linux) sharing each listener's port "
+        "(SO_REUSEPORT), each a node of the [cluster] named NODE-K (node_name with -K before "
+        "the @); this process supervises them. Default: [broker] workers (1)",
+    )
+    # Internal: how the supervisor starts worker K (see kernel/workers.py).
+    parser.add_argument("--worker", type=int, metavar="K", help=argparse.SUPPRESS)
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default: info"
     )
@@ -47,29 +66,45 @@ def apply_overrides(config: Config, host: str | None, port: int | None) -> Confi
     return attrs.evolve(config, listeners=(attrs.evolve(first, **changes),) + config.listeners[1:])
 
 
-async def run(config: Config) -> None:
+async def run(config: Config, *, supervised: bool = False) -> None:
+    """Run a broker until SIGINT or SIGTERM (or, ``supervised``, until its supervisor ends)."""
     broker = Broker(config)
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             await nursery.start(broker.serve)
-            async for signum in signals:
-                logging.getLogger("ternmq").info("received %s, shutting down", signal.Signals(signum).name)
-                broker.stop()
-                break
+            async with trio.open_nursery() as waiting:
+                waiting.start_soon(_first_signal, signals, waiting.cancel_scope)
+                if supervised:
+                    waiting.start_soon(watch_supervisor, waiting.cancel_scope)
+            broker.stop()
+
+
+async def _first_signal(signals: AsyncIterator[int], done: trio.CancelScope) -> None:
+    async for signum in signals:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        done.cancel()
+        return
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    arguments = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(arguments)
+    worker = "" if args.worker is None else f"[worker {args.worker}] "
+    logging.basicConfig(level=args.log_level.upper(), format=f"%(asctime)s %(levelname)s {worker}%(name)s: %(message)s")
     try:
         config = load_config(args.config)
         require_listeners(config)
         config = apply_overrides(config, args.host, args.port)
+        config = apply_workers(config, args.workers)
+        if args.worker is not None:
+            config = worker_config(config, args.worker)
     except ConfigError as exc:
         print(f"ternmq: configuration error: {exc}", file=sys.stderr)
         return 2
     try:
-        trio.run(run, config)
+        if args.worker is None and config.broker.workers > 1:
+            return supervise(config, arguments)
+        trio.run(functools.partial(run, config, supervised=args.worker is not None))
     except KeyboardInterrupt:
         pass
     except (OSError, ConfigError, BaseExceptionGroup) as exc:

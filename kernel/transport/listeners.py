@@ -23,7 +23,7 @@ import trio_websocket
 from ..codec import ReasonCode
 from ..values.config import ConfigError
 from .connection import Connection
-from .rawstream import ListeningSocket, RawSocketStream, accept_loop, close_socket
+from .rawstream import RawSocketStream, accept_loop, close_socket, open_listening_sockets
 
 if TYPE_CHECKING:
     from ..protocol.ports import BrokerCore
@@ -160,7 +160,10 @@ async def serve_listener(
     try:
         context = make_ssl_context(config, broker.config.source) if config.uses_tls else None
         try:
-            tcp_listeners = await trio.open_tcp_listeners(config.port, host=config.address)
+            # Several workers (ternmq --workers) share the port.
+            listening = await open_listening_sockets(
+                config.address, config.port, reuse_port=broker.settings.workers > 1
+            )
         except OSError as exc:
             raise OSError(
                 exc.errno,
@@ -169,10 +172,7 @@ async def serve_listener(
     except BaseException:
         running.mark_stopped()
         raise
-    # The accept path runs on the stdlib sockets (rawstream.py says why); trio only bound them.
-    listening = [ListeningSocket(tcp_listener.socket.detach()) for tcp_listener in tcp_listeners]
-    for sock in listening:
-        sock.setblocking(False)
+    # The accept path runs on the stdlib sockets (rawstream.py says why).
     running.port = listening[0].getsockname()[1]
     try:
         async with trio.open_nursery() as connections:

@@ -248,6 +248,46 @@ class ListeningSocket(socket.socket):
         return self._type
 
 
+# The listen backlog trio uses: the most Linux takes (it caps it at net.core.somaxconn).
+LISTEN_BACKLOG = 0xFFFF
+
+
+async def open_listening_sockets(host: str, port: int, *, reuse_port: bool = False) -> list[ListeningSocket]:
+    """Listening non-blocking sockets on ``host``:``port``, one per address the host
+    resolves to, as trio.open_tcp_listeners opens them (SO_REUSEADDR, IPv6 sockets
+    IPv6-only, address families the system lacks skipped). ``reuse_port`` sets
+    SO_REUSEPORT on each before it binds: processes that all do so share the port, and
+    Linux spreads new connections over them (``ternmq --workers``)."""
+    addresses = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    opened: list[ListeningSocket] = []
+    unsupported: OSError | None = None
+    try:
+        for family, kind, proto, _, address in addresses:
+            try:
+                sock = ListeningSocket(socket.socket(family, kind, proto).detach())
+            except OSError as exc:
+                if exc.errno != errno.EAFNOSUPPORT:
+                    raise
+                unsupported = exc
+                continue
+            opened.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in opened:
+            sock.close()
+        raise
+    if not opened:
+        raise unsupported or OSError(errno.EADDRNOTAVAIL, f"{host} has no address")
+    return opened
+
+
 async def accept_loop(
     listening: socket.socket,
     handler: Callable[[RawSocketStream, tuple[Any, ...]], Awaitable[None]],

@@ -30,7 +30,7 @@ ROOT_LAYERS: dict[str, tuple[str, ...]] = {
         "hookspecs",
         "admin",
     ),
-    "entry points": ("cli", "admin_cli", "testing", "__init__", "__main__"),
+    "entry points": ("cli", "workers", "admin_cli", "testing", "__init__", "__main__"),
 }
 LAYERS = (*FOLDER_LAYERS, *ROOT_LAYERS)
 RANK = {layer: rank for rank, layer in enumerate(LAYERS)}
