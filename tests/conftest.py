@@ -22,6 +22,8 @@ from paho.mqtt.properties import Properties
 from ternmq.kernel.broker import Broker
 from ternmq.kernel.testing import MQTTTestClient, open_broker, test_config
 
+from helpers import redis_server
+
 pytest_plugins: list[str] = []
 
 # hypothesis keeps caches in .hypothesis/ under the working directory; the test run
@@ -207,3 +209,10 @@ def mosquitto() -> Any:
             return await trio.run_process(list(args), capture_stdout=True, capture_stderr=True, check=check)
 
     return run
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A redis-server of this test module's own: ``redis://127.0.0.1:PORT/0``."""
+    with redis_server() as url:
+        yield url

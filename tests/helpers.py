@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import shutil
+import socket
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -311,3 +315,77 @@ async def paho_subscriber(port: int, topic: str, protocol: int, qos: int = 1) ->
         nursery.start_soon(trio.to_thread.run_sync, run)
         await subscribed.wait()
         yield received
+
+
+# -- Redis (the cluster's tests) ----------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def answers_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as connection:
+            connection.sendall(b"PING\r\n")
+            return connection.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """A redis-server of the caller's own on a free port, with nothing kept on disk:
+    ``redis://127.0.0.1:PORT/0``; stopped, and its folder removed, at the end."""
+    server = shutil.which("redis-server") or "/usr/bin/redis-server"
+    folder = tempfile.mkdtemp(prefix="tmq-redis-")
+    port = free_port()
+    process = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", folder],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        eventually_sync(lambda: process.poll() is not None or answers_ping(port), 10, message="redis-server start")
+        assert process.poll() is None, f"redis-server exited with {process.returncode}"
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class StoreThatCannotCommit:
+    """A store that takes records (kept here) but never makes them durable: its commit
+    raises (a full disk), or with ``hang`` never returns (register it with a short
+    ``hook_timeout``: a timeout logs no traceback)."""
+
+    def __init__(self, *, hang: bool = False) -> None:
+        self.records: dict[tuple[str, str], bytes] = {}
+        self.hang = hang
+
+    @hookimpl
+    async def record_load(self, namespace: str) -> dict[str, bytes]:
+        return {key: value for (space, key), value in self.records.items() if space == namespace}
+
+    @hookimpl
+    def record_save(self, namespace: str, key: str, value: bytes) -> None:
+        self.records[namespace, key] = value
+
+    @hookimpl
+    def record_delete(self, namespace: str, key: str) -> None:
+        self.records.pop((namespace, key), None)
+
+    @hookimpl
+    async def store_commit(self) -> None:
+        if self.hang:
+            await trio.sleep_forever()
+        raise OSError("disk full")

@@ -28,7 +28,7 @@ from ternmq.kernel import CommandError, ConfigError, Table, Text, allow, deny, h
 from ternmq.kernel.broker import Broker
 from ternmq.kernel.testing import open_broker, registered, serving, test_config
 
-from helpers import connected, eventually
+from helpers import StoreThatCannotCommit, connected, eventually
 
 API = "api"
 
@@ -417,29 +417,6 @@ async def test_a_keys_file_set_is_used_even_with_a_store(tmp_path: Path) -> None
         assert isinstance(created, Text)
     assert [entry["key"] for entry in json.loads((tmp_path / "mine.json").read_text())] == [created.text]
     assert stored_records(tmp_path / "t.db", "api_keys") == {}
-
-
-class StoreThatCannotCommit:
-    """Takes records but never makes them durable (a full disk)."""
-
-    def __init__(self) -> None:
-        self.records: dict[tuple[str, str], bytes] = {}
-
-    @hookimpl
-    async def record_load(self, namespace: str) -> dict[str, bytes]:
-        return {key: value for (space, key), value in self.records.items() if space == namespace}
-
-    @hookimpl
-    def record_save(self, namespace: str, key: str, value: bytes) -> None:
-        self.records[namespace, key] = value
-
-    @hookimpl
-    def record_delete(self, namespace: str, key: str) -> None:
-        self.records.pop((namespace, key), None)
-
-    @hookimpl
-    async def store_commit(self) -> None:
-        raise OSError("disk full")
 
 
 async def test_a_keys_file_stays_when_the_store_fails_to_commit_its_import(

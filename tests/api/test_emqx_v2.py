@@ -16,11 +16,11 @@ import attrs
 import httpx
 import pytest
 
-from ternmq.kernel import CommandError, Text, hookimpl
+from ternmq.kernel import CommandError, Text
 from ternmq.kernel.broker import Broker
 from ternmq.kernel.testing import MQTTTestClient, open_broker, serving, test_config
 
-from helpers import PERSISTENT, connected, eventually, wait_offline
+from helpers import PERSISTENT, StoreThatCannotCommit, connected, eventually, wait_offline
 
 API = "api"
 SEED_CLIENT_FIELDS = {
@@ -486,29 +486,6 @@ async def test_logins_keys_and_roles(tmp_path: Path) -> None:
         assert ok(await http.get("/users/u", auth=("u", "p"))) == {"username": "u", "tags": "viewer"}
         last = await http.put("/users/admin", json={"tags": "viewer"})  # nobody could write then
         assert last.json()["code"] == 106
-
-
-class StoreThatCannotCommit:
-    """Takes records but never makes them durable (a full disk)."""
-
-    def __init__(self) -> None:
-        self.records: dict[tuple[str, str], bytes] = {}
-
-    @hookimpl
-    async def record_load(self, namespace: str) -> dict[str, bytes]:
-        return {key: value for (space, key), value in self.records.items() if space == namespace}
-
-    @hookimpl
-    def record_save(self, namespace: str, key: str, value: bytes) -> None:
-        self.records[namespace, key] = value
-
-    @hookimpl
-    def record_delete(self, namespace: str, key: str) -> None:
-        self.records.pop((namespace, key), None)
-
-    @hookimpl
-    async def store_commit(self) -> None:
-        raise OSError("disk full")
 
 
 def unavailable(reply: httpx.Response, told: str) -> None:

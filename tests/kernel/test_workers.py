@@ -17,13 +17,9 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +33,7 @@ from ternmq.kernel.values.config import ConfigError, load_config
 from ternmq.kernel.workers import apply_workers, worker_config, worker_node_name
 
 import test_cli
-from helpers import eventually, eventually_sync
+from helpers import eventually, free_port
 from test_cli import TernmqProcess, one_line_config_error, write_config
 
 # test_cli.py's fixtures (the console script with a short XDG_RUNTIME_DIR), here too.
@@ -56,48 +52,6 @@ ADMIN = (
 
 
 # -- Redis and the configuration -----------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def answers_ping(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as connection:
-            connection.sendall(b"PING\r\n")
-            return connection.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """A redis-server of this module's own: ``redis://127.0.0.1:PORT/0``."""
-    server = shutil.which("redis-server") or "/usr/bin/redis-server"
-    folder = tempfile.mkdtemp(prefix="tmq-redis-")
-    port = free_port()
-    process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", folder],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        eventually_sync(lambda: process.poll() is not None or answers_ping(port), 10, message="redis-server start")
-        assert process.poll() is None, f"redis-server exited with {process.returncode}"
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def cluster_config(tmp_path: Path, redis_url: str, port: int, *, prefix: str, extra: str = "") -> str:

@@ -31,7 +31,7 @@ from ternmq.kernel.testing import MQTTTestClient, open_broker, serving, test_con
 from ternmq.kernel.values.config import Config, load_config
 from ternmq.plugins import _banned_values, banned
 
-from helpers import LEVELS, PAHO, connected, eventually, expect_refused_close, is_online
+from helpers import LEVELS, PAHO, StoreThatCannotCommit, connected, eventually, expect_refused_close, is_online
 
 pytestmark = pytest.mark.usefixtures("no_tracebacks")
 
@@ -767,26 +767,10 @@ async def test_the_documented_command_lines_run(tmp_path: Path) -> None:
         assert await show(broker) == []
 
 
-class StoreThatCannotCommit:
-    """Takes records but never makes them durable (a disk that hangs: its commit times out)."""
-
-    @hookimpl
-    async def record_load(self, namespace: str) -> dict[str, bytes]:
-        return {}
-
-    @hookimpl
-    def record_save(self, namespace: str, key: str, value: bytes) -> None:
-        pass
-
-    @hookimpl
-    async def store_commit(self) -> None:
-        await trio.sleep_forever()
-
-
 async def test_a_ban_the_store_failed_to_commit_is_in_force_and_said_to_be_unsaved(tmp_path: Path) -> None:
     broker = Broker(banned_config(tmp_path))
     # Registered before banned loads; its commits time out after 0.1 s.
-    await broker.plugins.register("store", StoreThatCannotCommit(), settings=KernelSettings(hook_timeout=0.1))
+    await broker.plugins.register("store", StoreThatCannotCommit(hang=True), settings=KernelSettings(hook_timeout=0.1))
     async with serving(broker), connected(broker, "mallory"):
         with pytest.raises(CommandError, match="in force, but the store has not saved it yet"):
             await run(broker, "add", "as=clientid", "who=mallory")

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 import signal
 import socket
-import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -37,7 +34,7 @@ from ternmq.plugins.cluster import Plugin
 from ternmq.plugins.cluster.frames import decode_frame, encode_frame, inbox_channel
 from ternmq.plugins.cluster.routes import routes_key
 
-from helpers import connected, eventually, eventually_sync, plugin_samples
+from helpers import connected, eventually, eventually_sync, free_port, plugin_samples
 
 samples = plugin_samples()
 
@@ -48,48 +45,6 @@ pytestmark = pytest.mark.usefixtures("no_tracebacks")
 
 
 # -- Redis --------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def answers_ping(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as connection:
-            connection.sendall(b"PING\r\n")
-            return connection.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """A redis-server of this module's own: ``redis://127.0.0.1:PORT/0``."""
-    server = shutil.which("redis-server") or "/usr/bin/redis-server"
-    folder = tempfile.mkdtemp(prefix="tmq-redis-")
-    port = free_port()
-    process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", folder],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        eventually_sync(lambda: process.poll() is not None or answers_ping(port), 10, message="redis-server start")
-        assert process.poll() is None, f"redis-server exited with {process.returncode}"
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

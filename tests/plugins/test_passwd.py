@@ -9,7 +9,6 @@ import logging
 import os
 import re
 import shutil
-import socket
 import stat
 import subprocess
 from collections.abc import AsyncIterator, Callable
@@ -29,7 +28,7 @@ from ternmq.kernel.codec import Connack
 from ternmq.kernel.testing import MQTTTestClient, open_broker, registered, test_config
 from ternmq.plugins import passwd, passwd_tool
 
-from helpers import LEVELS, eventually, plugin_samples
+from helpers import LEVELS, eventually, free_port, plugin_samples
 
 pytestmark = pytest.mark.usefixtures("no_tracebacks")  # e.g. a reload that kills serve()
 
@@ -494,19 +493,12 @@ def test_tool_usage_errors_exit_2(tmp_path: Path, argv: list[str], capsys: pytes
     assert not path.exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 async def test_mosquitto_itself_accepts_a_file_made_by_the_tool(tmp_path: Path) -> None:
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
         pytest.fail("mosquitto not installed: apt-get install mosquitto (bash .ci/run does it)")
     path = tmp_path / "passwd"
     assert passwd_tool.main(["-c", "-b", "-I", FAST, str(path), "alice", "pw"]) == 0
-    port = _free_port()
+    port = free_port()
     conf = tmp_path / "mosquitto.conf"
     lines = [f"listener {port} 127.0.0.1", "allow_anonymous false", f"password_file {path}", "persistence false"]
     if os.geteuid() == 0:

@@ -29,7 +29,7 @@ from ternmq.kernel.testing import MQTTTestClient, open_broker, registered, servi
 from ternmq.kernel.values.config import PluginEntry
 from ternmq.plugins.webhooks.calls import AnswerCache
 
-from helpers import connected, eventually
+from helpers import StoreThatCannotCommit, connected, eventually
 from webhook_receiver import Answer, Receiver, Request, running_receiver
 
 WEBHOOKS = "webhooks"
@@ -1211,27 +1211,11 @@ async def test_offline_message_and_session_expiry_bodies_name_the_mountpoint(
     assert receiver.bodies("on_session_expired") == [{"mountpoint": "acme", "client_id": "keeper"}]
 
 
-class StoreThatCannotCommit:
-    """Takes records but never makes them durable (a disk that hangs: its commit times out)."""
-
-    @hookimpl
-    async def record_load(self, namespace: str) -> dict[str, bytes]:
-        return {}
-
-    @hookimpl
-    def record_save(self, namespace: str, key: str, value: bytes) -> None:
-        pass
-
-    @hookimpl
-    async def store_commit(self) -> None:
-        await trio.sleep_forever()
-
-
 async def test_a_registration_the_store_failed_to_commit_is_in_force_and_said_to_be_unsaved(
     tmp_path: Path, receiver: Receiver
 ) -> None:
     broker = Broker(store_config(tmp_path, store=False))
-    await broker.plugins.register("store", StoreThatCannotCommit(), settings=KernelSettings(hook_timeout=0.1))
+    await broker.plugins.register("store", StoreThatCannotCommit(hang=True), settings=KernelSettings(hook_timeout=0.1))
     async with serving(broker):
         url = receiver.url("/unsaved")
         with pytest.raises(CommandError, match="in force, but the store has not saved it yet"):
