@@ -364,13 +364,15 @@ def redis_server() -> Iterator[str]:
 
 
 class StoreThatCannotCommit:
-    """A store that takes records (kept here) but never makes them durable: its commit
-    raises (a full disk), or with ``hang`` never returns (register it with a short
-    ``hook_timeout``: a timeout logs no traceback)."""
+    """A store that takes records (kept here, across brokers, as a file would be) but does
+    not make them durable while ``failing``: its commit raises (a full disk), or with
+    ``hang`` never returns (register it with a short ``hook_timeout``: a timeout logs no
+    traceback). Set ``failing`` to False for a disk that has room again."""
 
     def __init__(self, *, hang: bool = False) -> None:
         self.records: dict[tuple[str, str], bytes] = {}
         self.hang = hang
+        self.failing = True
 
     @hookimpl
     async def record_load(self, namespace: str) -> dict[str, bytes]:
@@ -386,6 +388,8 @@ class StoreThatCannotCommit:
 
     @hookimpl
     async def store_commit(self) -> None:
+        if not self.failing:
+            return
         if self.hang:
             await trio.sleep_forever()
         raise OSError("disk full")

@@ -96,13 +96,7 @@ class SessionLifecycle:
         here); a persistent session comes back as a snapshot with its messages (in flight
         and queued, as ``queued``) for the other node to resume, and is forgotten here
         (and by a store). None when there is no session, or a clean one."""
-        session = self.sessions.get(client_id)
-        if session is not None and session.connection is not None:
-            old = session.connection
-            old.kick(ReasonCode.SESSION_TAKEN_OVER, "taken_over")
-            with trio.move_on_after(TAKEOVER_WAIT):
-                await old.closed.wait()
-            session = self.sessions.get(client_id)
+        session = await self._taken_over(client_id)
         if session is None:
             return None
         await self._end_will_delay(session, publish_now=False)  # resumed elsewhere: not owed
@@ -112,6 +106,18 @@ class SessionLifecycle:
         snapshot = attrs.evolve(session.snapshot(), will=None)
         await self.end_session(session)
         return snapshot if snapshot.expiry_interval != 0 else None
+
+    async def _taken_over(self, client_id: str) -> Session | None:
+        """``client_id``'s session once its live connection, if any, is closed with 0x8E
+        (session taken over) and gone; None when it has none (then, or after)."""
+        session = self.sessions.get(client_id)
+        if session is not None and session.connection is not None:
+            old = session.connection
+            old.kick(ReasonCode.SESSION_TAKEN_OVER, "taken_over")
+            with trio.move_on_after(TAKEOVER_WAIT):
+                await old.closed.wait()
+            session = self.sessions.get(client_id)
+        return session
 
     def _session_from(self, snapshot: SessionSnapshot, limits: Limits) -> Session:
         """A session of this node from a snapshot: its subscriptions routed, its plain
@@ -168,13 +174,7 @@ class SessionLifecycle:
         max_queued: int,
     ) -> tuple[Session, bool]:
         """Take over any live connection of ``client_id``, then resume or create its session."""
-        session = self.sessions.get(client_id)
-        if session is not None and session.connection is not None:
-            old = session.connection
-            old.kick(ReasonCode.SESSION_TAKEN_OVER, "taken_over")
-            with trio.move_on_after(TAKEOVER_WAIT):
-                await old.closed.wait()
-            session = self.sessions.get(client_id)
+        session = await self._taken_over(client_id)
         # Client ids are the broker's, not a mountpoint's: a client that comes back in
         # another mountpoint starts a new session there (its subscriptions were routed in
         # the old one).

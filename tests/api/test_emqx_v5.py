@@ -30,7 +30,7 @@ from ternmq.kernel import CommandError, ConfigError, NodeInfo, Table, hookimpl
 from ternmq.kernel.broker import Broker
 from ternmq.kernel.testing import MQTTTestClient, open_broker, registered, serving, test_config
 
-from helpers import connected, eventually, paho_subscriber
+from helpers import StoreThatCannotCommit, connected, eventually, paho_subscriber
 
 V5 = "/api/v5"
 
@@ -429,37 +429,14 @@ async def test_an_apps_file_is_imported_into_the_store_once(tmp_path: Path, capl
     )
 
 
-class StoreInMemory:
-    """A store of records in memory, kept across brokers (as a file would be), whose
-    commits fail while ``failing`` is set (a full disk; it is emptied later)."""
-
-    def __init__(self) -> None:
-        self.records: dict[tuple[str, str], bytes] = {}
-        self.failing = True
-
-    @hookimpl
-    async def record_load(self, namespace: str) -> dict[str, bytes]:
-        return {key: value for (space, key), value in self.records.items() if space == namespace}
-
-    @hookimpl
-    def record_save(self, namespace: str, key: str, value: bytes) -> None:
-        self.records[namespace, key] = value
-
-    @hookimpl
-    def record_delete(self, namespace: str, key: str) -> None:
-        self.records.pop((namespace, key), None)
-
-    @hookimpl
-    async def store_commit(self) -> None:
-        if self.failing:
-            raise OSError("disk full")
-
+class AppsStore(StoreThatCannotCommit):
     def names(self) -> set[str]:
+        """The names of the EMQX keys and users it holds."""
         return {key for space, key in self.records if space == "api_apps"}
 
 
 @asynccontextmanager
-async def broker_with(store: StoreInMemory, data: Path) -> AsyncIterator[Broker]:
+async def broker_with(store: AppsStore, data: Path) -> AsyncIterator[Broker]:
     """A broker with the API, ``store`` registered before it loads, ``data`` its data directory."""
     config = test_config(plugins={"api": {"port": 0}})
     broker = Broker(attrs.evolve(config, broker=attrs.evolve(config.broker, data_dir=str(data))))
@@ -472,7 +449,7 @@ NOT_SAVED = "the change is in force, but the store has not saved it yet"
 
 
 async def test_a_key_change_the_store_fails_to_commit_is_a_503_and_stays_in_force(tmp_path: Path) -> None:
-    store = StoreInMemory()
+    store = AppsStore()
     async with broker_with(store, tmp_path / "data") as broker:
         run = broker.service.run_command
         with pytest.raises(CommandError, match=NOT_SAVED):  # not "ok"
@@ -507,7 +484,7 @@ async def test_an_apps_file_that_stays_is_not_imported_again(tmp_path: Path, cap
     no_store = test_config(plugins={"api": {"port": 0}})
     async with open_broker(attrs.evolve(no_store, broker=attrs.evolve(no_store.broker, data_dir=str(data)))) as broker:
         old = await make_key(broker, "old")  # kept in data/api_apps.json
-    store = StoreInMemory()
+    store = AppsStore()
     async with broker_with(store, data) as broker:  # imported; the commit fails: the file stays
         async with httpx.AsyncClient(base_url=base_url(broker) + V5, auth=old, timeout=10) as http:
             assert (await http.get("/nodes")).status_code == 200
