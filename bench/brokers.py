@@ -4,11 +4,19 @@ Every broker gets the same limits where it has them: 32 QoS 1/2 messages in flig
 client and 1,000 queued messages per session (ternmq's defaults), anonymous clients,
 no persistence, little logging. Each runs from a fresh temporary directory and is
 stopped (SIGTERM, then SIGKILL) after every scenario.
+
+Cluster mode: ``ternmq-workersN`` is ternmq run as ``ternmq --workers N`` (a supervisor
+and N worker processes sharing the port, each a node of a ``[cluster]``), with a
+redis-server of its own (:class:`Redis`: a free port, no persistence, in the broker's
+temporary directory). The forward scenario runs two plain ternmq nodes on one Redis
+(``Broker("ternmq", redis=..., node="node1")``).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -26,6 +34,7 @@ MOSQUITTO = "/usr/sbin/mosquitto"
 MAX_INFLIGHT = 32
 MAX_QUEUED = 1000
 NAMES = ("ternmq", "mosquitto", "amqtt")
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 # Not a broker: floor.py's trio-raw server (accept, fixed CONNACK, close), which run.py
 # measures beside ternmq in the connects scenario. It answers nothing but CONNECT.
 FLOOR = "trio-raw"
@@ -37,8 +46,18 @@ def revision_of(name: str) -> str | None:
     return name.partition("@")[2] or None if name.startswith("ternmq@") else None
 
 
+def workers_of(name: str) -> int | None:
+    """N of "ternmq-workersN" (N >= 2): ``ternmq --workers N``, today's tree."""
+    m = re.fullmatch(r"ternmq-workers(\d+)", name)
+    return int(m.group(1)) if m and int(m.group(1)) >= 2 else None
+
+
 def is_ternmq(name: str) -> bool:
-    return name == "ternmq" or revision_of(name) is not None
+    return name == "ternmq" or revision_of(name) is not None or workers_of(name) is not None
+
+
+def known(name: str) -> bool:
+    return name in NAMES or revision_of(name) is not None or workers_of(name) is not None
 
 
 def export_revision(rev: str, into: Path) -> Path:
@@ -84,7 +103,7 @@ def version_of(name: str) -> str:
                 ["git", "-C", str(ROOT), "rev-parse", "--short", rev], capture_output=True, text=True
             ).stdout.strip()
             return f"at {rev} ({described or '?'})"
-        if name == "ternmq":
+        if name == "ternmq" or workers_of(name):
             from ternmq import __version__
 
             rev = subprocess.run(
@@ -101,19 +120,106 @@ def version_of(name: str) -> str:
         if name == "amqtt":
             out = subprocess.run([str(AMQTT_VENV / "bin" / "amqtt"), "--version"], capture_output=True, text=True)
             return out.stdout.strip()
+        if name == "redis":
+            out = subprocess.run([REDIS_SERVER, "--version"], capture_output=True, text=True)
+            return out.stdout.split(" v=")[1].split()[0] if " v=" in out.stdout else out.stdout.strip()
     except Exception as exc:  # a version string is decoration, never a reason to fail
         return f"? ({exc})"
     return "?"
 
 
-class Broker:
-    """One running broker process."""
+class Redis:
+    """A redis-server for a cluster under test: 127.0.0.1, a free port, no RDB snapshots
+    and no AOF, its files in a temporary directory of its own; stopped (and the directory
+    removed) by :meth:`stop`."""
 
-    def __init__(self, name: str, cpus: set[int] | None = None) -> None:
-        if name not in NAMES and name != FLOOR and revision_of(name) is None:
-            raise ValueError(f"unknown broker {name!r} (known: {', '.join(NAMES)}, {FLOOR}, ternmq@REV)")
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.tmp = Path(tempfile.mkdtemp(prefix="bench-redis-"))
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, ready_timeout: float = 10.0) -> None:
+        argv = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        argv += ["--dir", str(self.tmp), "--daemonize", "no", "--logfile", str(self.tmp / "redis.log")]
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=self.tmp
+        )
+        deadline = time.monotonic() + ready_timeout
+        while not _redis_ready(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server did not answer PING on port {self.port}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        _terminate(self.proc)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _redis_ready(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _terminate(proc: subprocess.Popen | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def listening_sockets(port: int) -> int:
+    """Sockets in LISTEN state on 127.0.0.1:``port`` (one per worker with SO_REUSEPORT)."""
+    hexport = f":{port:04X}"
+    count = 0
+    try:
+        with open("/proc/net/tcp") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 3 and fields[1].endswith(hexport) and fields[3] == "0A":
+                    count += 1
+    except OSError:
+        return 0
+    return count
+
+
+class Broker:
+    """One running broker (for ternmq-workersN: the supervisor and its workers).
+
+    ``redis``: the Redis of a cluster this ternmq is a node of (``node`` names it); a
+    ternmq-workersN without one starts its own, stopped with it."""
+
+    def __init__(
+        self, name: str, cpus: set[int] | None = None, redis: Redis | None = None, node: str | None = None
+    ) -> None:
+        if not known(name) and name != FLOOR:
+            raise ValueError(
+                f"unknown broker {name!r} (known: {', '.join(NAMES)}, {FLOOR}, ternmq@REV, ternmq-workersN)"
+            )
+        if (redis is not None or node is not None) and not is_ternmq(name):
+            raise ValueError(f"{name} cannot be a node of a ternmq cluster")
         self.name = name
         self.cpus = cpus
+        self.workers = workers_of(name) or 1
+        self.node = node or "bench"
+        self.redis = redis
+        self.own_redis = self.workers > 1 and redis is None
         self.port = free_port()
         self.tmp = Path(tempfile.mkdtemp(prefix=f"bench-{name.replace('/', '_')}-"))
         self.env: dict[str, str] | None = None  # the broker's environment, if not ours
@@ -132,9 +238,10 @@ class Broker:
         if is_ternmq(self.name):
             if (rev := revision_of(self.name)) is not None:
                 self.env = {**os.environ, "PYTHONPATH": str(export_revision(rev, t))}
+            cluster = f'\n[cluster]\nredis_url = "{self.redis.url}"\n' if self.redis is not None else ""
             (t / "ternmq.toml").write_text(
                 "[broker]\n"
-                'node_name = "bench@127.0.0.1"\n'
+                f'node_name = "{self.node}@127.0.0.1"\n'
                 "allow_anonymous = true\n"
                 f'data_dir = "{t / "data"}"\n'
                 f'control_socket = "{t / "ctl.sock"}"\n'
@@ -148,7 +255,7 @@ class Broker:
                 f"port = {port}\n"
                 "max_connections = 100000\n"
                 "\n[plugins.retainer]\n"
-                "enabled = true\n"
+                "enabled = true\n" + cluster
             )
             return [
                 sys.executable,
@@ -160,6 +267,7 @@ class Broker:
                 str(port),
                 "--log-level",
                 "warning",
+                *(["--workers", str(self.workers)] if self.workers > 1 else []),
             ]
         if self.name == "mosquitto":
             (t / "mosquitto.conf").write_text(
@@ -190,6 +298,9 @@ class Broker:
         return [str(exe), "-c", str(t / "amqtt.yaml")]
 
     def start(self, ready_timeout: float = 30.0) -> None:
+        if self.own_redis:
+            self.redis = Redis()
+            self.redis.start()
         argv = self.argv()
         cpus = self.cpus
 
@@ -217,7 +328,8 @@ class Broker:
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if _mqtt_ready(self.port):
+            # Workers: every one of them listens (SO_REUSEPORT), not just the first.
+            if (self.workers == 1 or listening_sockets(self.port) >= self.workers) and _mqtt_ready(self.port):
                 return
             if time.monotonic() > deadline:
                 self.stop()
@@ -232,15 +344,46 @@ class Broker:
         except OSError:
             return ""
 
-    def stop(self) -> None:
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+    def control_sockets(self) -> list[Path]:
+        """ternmq's control socket(s): one per worker (``ctl.sock-K``) with workers."""
+        if self.workers > 1:
+            return [self.tmp / f"ctl.sock-{k}" for k in range(1, self.workers + 1)]
+        return [self.tmp / "ctl.sock"]
+
+    def metrics(self) -> list[dict[str, float]]:
+        """Each node's counters and gauges (``ternmq-admin metrics show``), one dict per
+        worker; [] for a broker that is not ternmq or does not answer."""
+        if not is_ternmq(self.name):
+            return []
+        nodes = []
+        for path in self.control_sockets():
+            out = subprocess.run(
+                [sys.executable, "-m", "ternmq.kernel.admin_cli", "--socket", str(path), "--format=json"]
+                + ["metrics", "show"],
+                capture_output=True,
+                text=True,
+                env=self.env,
+                cwd=self.tmp,
+                timeout=20,
+            )
             try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+                text = json.loads(out.stdout)["text"]
+            except (ValueError, KeyError, TypeError):
+                return []
+            values = {}
+            for line in text.splitlines():
+                key, _, value = line.partition(" = ")
+                try:
+                    values[key.strip()] = float(value)
+                except ValueError:
+                    pass
+            nodes.append(values)
+        return nodes
+
+    def stop(self) -> None:
+        _terminate(self.proc)
+        if self.own_redis and self.redis is not None:
+            self.redis.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> Broker:

@@ -9,10 +9,17 @@ generator drives every broker, so the ratios compare brokers, not clients.
 Run by ``bench/run.py``, one scenario per process::
 
     python bench/loadgen.py SCENARIO --port P --broker-pid PID [--quick] [--deadline S]
+        [--watch NAME=PID ...] [--cluster] [--peer-port P2 --peer-pid PID2]
 
 It prints one JSON object on stdout: the scenario's numbers, plus ``gen_cpu`` and
 ``broker_cpu`` (CPU seconds / wall seconds over the measured window, 1.0 = one core
-busy) so a reader can tell whether the generator or the broker was the limit.
+busy) so a reader can tell whether the generator or the broker was the limit. The
+broker's CPU and RSS are those of the process and its descendants (``ternmq --workers
+N``: the supervisor and its workers). ``--watch redis=PID`` also reports ``redis_cpu``
+and ``redis_us_per_op``. ``--cluster`` (a broker made of several nodes) makes every
+publisher send probes until one is delivered before the clock starts: a subscription
+reaches the other nodes through Redis, a few milliseconds after its SUBACK. ``forward``
+publishes on ``--port`` (node 1) to a subscriber on ``--peer-port`` (node 2).
 Nothing here talks to anything but 127.0.0.1.
 """
 
@@ -38,12 +45,19 @@ IDLE_END = 3.0  # seconds without a delivery after the publishers finished = the
 
 # Scenario parameters: (full, --quick).
 PARAMS = {
-    "fanin_qos0": {"publishers": 8, "messages": (25_000, 5_000), "payload": 64},
+    # outstanding: > 0 keeps at most that many messages published but not yet delivered
+    # (0: no cap, the publishers write as fast as TCP takes them).
+    "fanin_qos0": {"publishers": 8, "messages": (25_000, 5_000), "payload": 64, "outstanding": 0},
     "fanin_qos1": {"publishers": 8, "messages": (25_000, 5_000), "payload": 64, "window": 20},
     "fanout": {"subscribers": 50, "messages": (10_000, 2_000), "payload": 64},
     "latency": {"rate": 1000, "seconds": (10.0, 3.0), "payload": 64, "warmup": 200},
     "connects": {"connections": (20_000, 5_000), "parallel": 32},
     "memory": {"connections": (2_000, 2_000), "keep_alive": 3600},
+    # Two nodes of a cluster: the fan-in publishers on node 1, the subscriber on node 2.
+    # Capped below the cluster's forward_queue (10,000 per peer node): nothing pushes back
+    # from node 2 to node 1 (forwarding is at most once), so open-loop publishers would
+    # fill node 1's queue and measure how fast it drops.
+    "forward": {"publishers": 8, "messages": (25_000, 5_000), "payload": 64, "outstanding": 4_000},
 }
 
 
@@ -96,25 +110,61 @@ def own_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def proc_cpu(pid: int | None) -> float | None:
-    """utime + stime of a process (all its threads) from /proc/PID/stat, in seconds."""
-    if not pid:
-        return None
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """/proc/PID/stat from field 3 (state) on; None if the process is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
         return None
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return stat[stat.rindex(b")") + 2 :].split()
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (``ternmq --workers N``: the supervisor and its
+    workers), from the ppid field of every /proc/*/stat (this kernel may have no
+    /proc/PID/task/TID/children)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields is not None:
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    return tree
+
+
+def proc_cpu(pid: int | None, pids: list[int] | None = None) -> float | None:
+    """utime + stime from /proc/PID/stat (all threads), in seconds: of ``pid``, or summed
+    over ``pids`` (a process tree listed once, at the start of a measurement)."""
+    if not pid:
+        return None
+    total = 0
+    for p in pids or [pid]:
+        fields = _stat_fields(p)
+        if fields is None:
+            if p == pid:
+                return None
+            continue  # a worker that ended: the run fails anyway (its broker stops)
+        total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
 
 
 def proc_rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    """VmRSS of ``pid`` and its descendants, in KiB."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            if p == pid:
+                raise RuntimeError(f"no VmRSS for pid {pid}") from None
+    return total
 
 
 def machine_busy() -> float:
@@ -125,25 +175,45 @@ def machine_busy() -> float:
     return (user + nice + system + irq + softirq) / CLOCK_TICKS
 
 
+# Other processes whose CPU a scenario reports beside the broker's (--watch NAME=PID, and
+# --peer-pid as "peer"): each gets NAME_cpu, NAME_cpu_s and NAME_us_per_op in the result.
+WATCH: dict[str, int] = {}
+
+
 class Window:
     """Wall time plus generator and broker CPU over a measured interval.
 
     CPU is sampled every 0.1 s, so that a scenario ending with an idle wait (the
     generator waiting to see whether more messages come) reports the CPU use up to its
-    last delivery, not diluted by the wait.
+    last delivery, not diluted by the wait. The broker's CPU is its process tree's
+    (listed once, here); the processes in WATCH are measured the same way, each apart.
     """
 
     def __init__(self, broker_pid: int | None) -> None:
         self.broker_pid = broker_pid
+        self.trees = {name: process_tree(pid) for name, pid in WATCH.items()}
+        self.broker_tree = process_tree(broker_pid) if broker_pid else None
         self.t0 = time.perf_counter()
         self.gen0 = own_cpu()
-        self.brk0 = proc_cpu(broker_pid)
+        self.brk0 = proc_cpu(broker_pid, self.broker_tree)
+        self.watched0 = self._watched()
         self.busy0 = machine_busy()
-        self.samples: list[tuple[float, float, float | None, float]] = []
+        self.samples: list[tuple[float, float, float | None, float, dict[str, float | None]]] = []
         self._task = asyncio.ensure_future(self._sample())
 
+    def _watched(self) -> dict[str, float | None]:
+        return {name: proc_cpu(WATCH[name], tree) for name, tree in self.trees.items()}
+
     def _take(self) -> None:
-        self.samples.append((time.perf_counter(), own_cpu(), proc_cpu(self.broker_pid), machine_busy()))
+        self.samples.append(
+            (
+                time.perf_counter(),
+                own_cpu(),
+                proc_cpu(self.broker_pid, self.broker_tree),
+                machine_busy(),
+                self._watched(),
+            )
+        )
 
     async def _sample(self) -> None:
         while True:
@@ -155,18 +225,26 @@ class Window:
         self._take()
         now = self.samples[-1][0]
         t_end = now if t_end is None else t_end
-        t, gen, brk, busy = next(s for s in self.samples if s[0] >= t_end)
+        t, gen, brk, busy, watched = next(s for s in self.samples if s[0] >= t_end)
         span = max(t - self.t0, 1e-9)
         gen_s = gen - self.gen0
         brk_s = brk - self.brk0 if brk is not None and self.brk0 is not None else None
+        extra: dict[str, float | None] = {}
+        for name, cpu in watched.items():
+            cpu0 = self.watched0[name]
+            used = cpu - cpu0 if cpu is not None and cpu0 is not None else None
+            extra[f"{name}_cpu_s"] = used
+            extra[f"{name}_cpu"] = used / span if used is not None else None
+        others = sum(v for k, v in extra.items() if k.endswith("_cpu_s") and v is not None)
         return {
             "wall": t_end - self.t0,
             "gen_cpu": gen_s / span,
             "broker_cpu": brk_s / span if brk_s is not None else None,
             "broker_cpu_s": brk_s,
+            **extra,
             # Everything else the machine ran meanwhile (other processes, kernel work not
             # charged to either), in cores: a noisy neighbour shows up here.
-            "other_cpu": max(0.0, (busy - self.busy0) - gen_s - (brk_s or 0.0)) / span,
+            "other_cpu": max(0.0, (busy - self.busy0) - gen_s - (brk_s or 0.0) - others) / span,
         }
 
 
@@ -348,14 +426,83 @@ async def wait_delivered(tally: Tally, publishers_done: asyncio.Future, deadline
 
 # -- scenarios -----------------------------------------------------------------------------
 
+# --cluster: the broker is several nodes (ternmq --workers N, or the forward scenario's
+# two nodes), and a subscription reaches the other nodes through Redis some milliseconds
+# after its SUBACK; a message published on a node that does not know it yet goes nowhere.
+CLUSTER = {"on": False}
+PROBE_WAIT = 0.2  # seconds a probe has to arrive before it is sent again
+PROBE_DEADLINE = 10.0  # seconds for all probes of a scenario
 
-async def publish_qos0(client: Client, topic: str, payload: bytes, count: int, batch_n: int) -> None:
-    """Write ``count`` prebuilt QoS 0 PUBLISH frames in batches, respecting flow control."""
+
+async def await_routes(tally: Tally, senders: list[tuple[Client, str]], per_probe: int = 1) -> None:
+    """In a cluster, before the clock starts: each (client, topic) in turn publishes one
+    QoS 0 probe until ``per_probe`` deliveries of it arrive (all of a fan-out's
+    subscribers), so that every publisher's node has every subscriber's route. The probes
+    are then forgotten (tally reset). Nothing happens on a single node."""
+    if not CLUSTER["on"]:
+        return
+    give_up = time.perf_counter() + PROBE_DEADLINE
+    arrived = asyncio.Event()
+    wanted = {"count": 0}
+
+    def on_receive() -> None:
+        if tally.received >= wanted["count"]:
+            arrived.set()
+
+    tally.on_receive = on_receive
+    for client, topic in senders:
+        frame = publish_packet(topic, b"p" * 64, 0)
+        while True:
+            arrived.clear()
+            wanted["count"] = tally.received + per_probe
+            client.write(frame)
+            try:
+                await asyncio.wait_for(arrived.wait(), PROBE_WAIT)
+                break
+            except TimeoutError:
+                if time.perf_counter() > give_up:
+                    raise RuntimeError(
+                        f"a probe on {topic!r} never reached every subscriber: routes not propagated"
+                    ) from None
+    tally.on_receive = None
+    await asyncio.sleep(PROBE_WAIT)  # the late copies of probes sent twice
+    tally.received = 0
+    tally.last_rx = 0.0
+    if tally.latencies is not None:
+        tally.latencies.clear()
+
+
+class Gate:
+    """At most ``cap`` messages published but not yet delivered, over all publishers
+    (QoS 0 has no acknowledgement to pace a publisher with; this one waits for the
+    subscriber instead)."""
+
+    def __init__(self, tally: Tally, cap: int) -> None:
+        self.tally = tally
+        self.cap = cap
+        self.sent = 0
+        self.more = asyncio.Event()
+        tally.on_receive = self.more.set
+
+    async def reserve(self, k: int) -> None:
+        while self.sent + k - self.tally.received > self.cap:
+            self.more.clear()
+            await self.more.wait()
+        self.sent += k
+
+
+async def publish_qos0(
+    client: Client, topic: str, payload: bytes, count: int, batch_n: int, gate: Gate | None = None
+) -> None:
+    """Write ``count`` prebuilt QoS 0 PUBLISH frames in batches, respecting flow control
+    (and ``gate``'s cap, if any)."""
     frame = publish_packet(topic, payload, 0)
     batch = frame * batch_n
     sent = 0
     while sent < count:
         k = min(batch_n, count - sent)
+        if gate is not None:
+            await gate.reserve(k)
         client.write(batch if k == batch_n else frame * k)
         sent += k
         await client.drain()
@@ -373,21 +520,26 @@ def rate_result(tally: Tally, result: dict, status: str, unit: str) -> dict:
     }
 
 
-async def fanin(port: int, pid: int | None, quick: bool, deadline: float, qos: int) -> dict:
-    p = PARAMS["fanin_qos1" if qos else "fanin_qos0"]
+async def fanin(
+    port: int, pid: int | None, quick: bool, deadline: float, qos: int, scenario: str = "", sub_port: int = 0
+) -> dict:
+    """8 publishers -> 1 subscriber; ``sub_port``: the subscriber on another node (forward)."""
+    p = PARAMS[scenario or ("fanin_qos1" if qos else "fanin_qos0")]
     publishers = p["publishers"]
     per_pub = p["messages"][quick]
     payload = b"x" * p["payload"]
     tally = Tally(publishers * per_pub)
-    sub = await open_client(port, "bench-sub", tally=tally, ack_qos1=bool(qos))
+    sub = await open_client(sub_port or port, "bench-sub", tally=tally, ack_qos1=bool(qos))
     await sub.subscribe("bench/fanin/+", qos)
     pubs = [await open_client(port, f"bench-pub-{i}") for i in range(publishers)]
+    await await_routes(tally, [(c, f"bench/fanin/{i}") for i, c in enumerate(pubs)])
     loop = asyncio.get_running_loop()
     publishers_done = loop.create_future()
+    gate = Gate(tally, p["outstanding"]) if not qos and p.get("outstanding") else None
     window = Window(pid)
 
     async def qos0_publisher(i: int, client: Client) -> None:
-        await publish_qos0(client, f"bench/fanin/{i}", payload, per_pub, 256)
+        await publish_qos0(client, f"bench/fanin/{i}", payload, per_pub, 256, gate)
 
     # QoS 1: each publisher keeps up to `window` PUBACKs outstanding, and the generator
     # never lets more than publishers * window messages be published but not yet
@@ -460,6 +612,7 @@ async def fanout(port: int, pid: int | None, quick: bool, deadline: float) -> di
         await c.subscribe("bench/fanout", 0)
         subs.append(c)
     pub = await open_client(port, "bench-pub")
+    await await_routes(tally, [(pub, "bench/fanout")], per_probe=n_subs)
     loop = asyncio.get_running_loop()
     publishers_done = loop.create_future()
     window = Window(pid)
@@ -489,6 +642,7 @@ async def latency(port: int, pid: int | None, quick: bool, deadline: float) -> d
     sub = await open_client(port, "bench-lat-sub", tally=tally, stamp_offset=0)
     await sub.subscribe("bench/latency", 0)
     pub = await open_client(port, "bench-lat-pub")
+    await await_routes(tally, [(pub, "bench/latency")])
     topic = _str("bench/latency")
     header = b"\x30" + _varint(len(topic) + p["payload"]) + topic
     loop = asyncio.get_running_loop()
@@ -692,6 +846,24 @@ async def memory(port: int, pid: int | None, quick: bool, deadline: float) -> di
     }
 
 
+async def forward(port: int, pid: int | None, quick: bool, deadline: float) -> dict:
+    """Cross-node forwarding: QoS 0 fan-in with the publishers on node 1 (``--port``,
+    ``--broker-pid``) and the subscriber on node 2 (``--peer-port``, ``--peer-pid``):
+    every message goes node 1 -> Redis -> node 2. The broker CPU per message of each
+    node, apart: ``sender_us_per_msg`` (node 1's CPU per message published) and
+    ``receiver_us_per_msg`` (node 2's per message delivered)."""
+    if not PEER["port"] or "peer" not in WATCH:
+        raise SystemExit("forward needs --peer-port and --peer-pid (node 2)")
+    result = await fanin(port, pid, quick, deadline, 0, scenario="forward", sub_port=PEER["port"])
+    if result.get("broker_cpu_s") is not None and result["expected"]:
+        result["sender_us_per_msg"] = result["broker_cpu_s"] / result["expected"] * 1e6
+    if result.get("peer_cpu_s") is not None and result["received"]:
+        result["receiver_us_per_msg"] = result["peer_cpu_s"] / result["received"] * 1e6
+    return result
+
+
+PEER = {"port": 0}
+
 SCENARIOS = {
     "fanin_qos0": lambda port, pid, quick, dl: fanin(port, pid, quick, dl, 0),
     "fanin_qos1": lambda port, pid, quick, dl: fanin(port, pid, quick, dl, 1),
@@ -699,6 +871,7 @@ SCENARIOS = {
     "latency": latency,
     "connects": connects,
     "memory": memory,
+    "forward": forward,
 }
 
 
@@ -731,7 +904,28 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="override a scenario parameter (e.g. --set window=10), for experiments",
     )
+    parser.add_argument(
+        "--watch",
+        action="append",
+        default=[],
+        metavar="NAME=PID",
+        help="also report this process's (and its descendants') CPU as NAME_cpu (e.g. redis=PID)",
+    )
+    parser.add_argument(
+        "--cluster", action="store_true", help="the broker is several nodes: probe the routes before the clock starts"
+    )
+    parser.add_argument("--peer-port", type=int, default=0, help="forward: node 2's port (the subscriber's)")
+    parser.add_argument("--peer-pid", type=int, default=None, help="forward: node 2's pid")
     args = parser.parse_args(argv)
+    for item in args.watch:
+        name, _, pid = item.partition("=")
+        if not name or not pid.isdigit():
+            parser.error(f"--watch wants NAME=PID, not {item!r}")
+        WATCH[name] = int(pid)
+    if args.peer_pid:
+        WATCH["peer"] = args.peer_pid
+    PEER["port"] = args.peer_port
+    CLUSTER["on"] = args.cluster or args.scenario == "forward"
     for item in args.set:
         key, _, value = item.partition("=")
         params = PARAMS[args.scenario]
@@ -757,6 +951,9 @@ def main(argv: list[str] | None = None) -> int:
         # Broker CPU per delivered message / per connection: less sensitive than a rate to
         # a busy machine, since it does not count the time the broker waited for a core.
         result["broker_us_per_op"] = result["broker_cpu_s"] / result["received"] * 1e6
+    for name in WATCH:
+        if result.get(f"{name}_cpu_s") is not None and result.get("received"):
+            result[f"{name}_us_per_op"] = result[f"{name}_cpu_s"] / result["received"] * 1e6
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
     return 0

@@ -10,7 +10,10 @@ connect+disconnect ≤ 1.3 × trio-raw's" is checked within one run, same client
 CPU accounting. Prints a markdown table (absolute numbers, generator and broker CPU,
 ratios) and writes it to bench/results/latest.md (and the raw numbers to latest.json).
 ``--brokers ternmq,ternmq@REV`` adds ternmq as it was at git revision REV (before/after
-in one run). See bench/README.md.
+in one run). Cluster mode: ``ternmq-workersN`` is ``ternmq --workers N`` with a Redis the
+bench starts (broker CPU summed over the supervisor and its workers, Redis's apart), and
+the ``forward`` scenario runs two ternmq nodes, publishers on one, the subscriber on the
+other, for the CPU per cross-node message at each end. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -30,10 +33,24 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from brokers import FLOOR, NAMES, Broker, ensure_amqtt_venv, revision_of, version_of  # noqa: E402
+from brokers import (  # noqa: E402
+    FLOOR,
+    NAMES,
+    Broker,
+    Redis,
+    ensure_amqtt_venv,
+    is_ternmq,
+    known,
+    revision_of,
+    version_of,
+    workers_of,
+)
 from loadgen import PARAMS  # noqa: E402
 
-SCENARIOS = ("fanin_qos0", "fanin_qos1", "fanout", "latency", "connects", "memory")
+# `forward` (two ternmq nodes of a cluster) runs only when asked for, and only for ternmq
+# and ternmq@REV: the other brokers have no cluster to forward through.
+SCENARIOS = ("fanin_qos0", "fanin_qos1", "fanout", "latency", "connects", "memory", "forward")
+DEFAULT_SCENARIOS = SCENARIOS[:-1]
 GEN_SATURATED = 0.90  # generator CPU at or above this marks a result as possibly generator-bound
 # What "best" means when --repeat runs a scenario several times.
 PRIMARY = {
@@ -43,7 +60,21 @@ PRIMARY = {
     "latency": ("p99_ms", False),
     "connects": ("value", True),
     "memory": ("value", False),
+    "forward": ("value", True),
 }
+# Per-operation CPU costs a cell keeps for every repeated run (the CPU table shows the lowest).
+COST_KEYS = ("broker_us_per_op", "sender_us_per_msg", "receiver_us_per_msg", "redis_us_per_op")
+# Cluster goals: cross-node forwarding CPU per message at each end (µs, the forward
+# scenario), and ternmq-workersN's connects/s against one ternmq process (N: ratio).
+FORWARD_TARGETS = {"sender_us_per_msg": 10.0, "receiver_us_per_msg": 5.0}
+WORKERS_TARGET = {2: 1.4}
+# In a run with a ternmq-workersN, QoS 0 fan-in keeps at most this many messages published
+# but not yet delivered, for every broker of the run (loadgen's `outstanding`, as in the
+# forward scenario): nothing pushes back from one worker to another (forwarding is at most
+# once; a peer's full queue drops), so open-loop publishers on the subscriber's other
+# worker would measure how fast its forward queue (10,000) overflows. `--set
+# outstanding=0` runs it open loop anyway.
+CLUSTER_OUTSTANDING = PARAMS["forward"]["outstanding"]
 # ternmq's broker CPU per connect+disconnect against the trio-raw floor's (the goal that
 # replaced "≥ 10× amqtt connects/s": a ratio to what trio itself costs, on one core).
 FLOOR_TARGET = 1.3
@@ -58,6 +89,7 @@ ROWS = [
     ("latency p99 @1k msg/s (ms, lower is better)", "latency", "p99_ms", False, None),
     ("connects (conn/s)", "connects", "value", True, None),  # the goal is in the CPU table
     ("memory per idle connection (KiB, lower is better)", "memory", "value", False, ("15 KiB", None)),
+    ("cross-node forward 8→1, node 1 → node 2 (msg/s)", "forward", "value", True, None),
 ]
 
 
@@ -65,12 +97,52 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def pinned(broker: str, scenario: str, brokers: list[str], pin: bool) -> bool:
+    """Whether a cell pins its broker to CPU 0 and the generator to CPU 1. Never a
+    ternmq-workersN (N workers need N cores) nor the forward scenario's two nodes; and in
+    a run with a ternmq-workersN, not ternmq (nor ternmq@REV, nor the floor) either, so
+    that one process and N are measured on the same terms: broker and generator free to
+    share the machine's cores."""
+    if not pin or workers_of(broker) or scenario == "forward":
+        return False
+    cluster_run = any(workers_of(b) for b in brokers)
+    return not (cluster_run and (is_ternmq(broker) or broker == FLOOR))
+
+
+# Counters of each ternmq node read after a cluster run (ternmq-admin metrics show).
+NODE_METRICS = (
+    "counter.connections_accepted",
+    "counter.publish_received",
+    "counter.deliveries",
+    "counter.cluster_forwarded",
+    "counter.cluster_received",
+    "counter.cluster_dropped",
+    "counter.cluster_frame_gaps",
+)
+
+
 def run_one(broker_name: str, scenario: str, args: argparse.Namespace, pin: bool) -> dict:
-    broker = Broker(broker_name, cpus={0} if pin else None)
+    redis = peer = None
+    if scenario == "forward":  # two nodes, one Redis: publishers on node 1, subscriber on node 2
+        redis = Redis()
+        broker = Broker(broker_name, redis=redis, node="node1")
+        peer = Broker(broker_name, redis=redis, node="node2")
+    else:  # a ternmq-workersN starts (and stops) a Redis of its own
+        broker = Broker(broker_name, cpus={0} if pin else None)
     try:
+        if redis is not None:
+            redis.start()
         broker.start()
+        if peer is not None:
+            peer.start()
     except Exception as exc:
+        for b in (peer, broker):
+            if b is not None:
+                b.stop()
+        if redis is not None:
+            redis.stop()
         return {"error": f"broker did not start: {exc}"}
+    redis = redis or broker.redis
     profiler = None
     try:
         cmd = [
@@ -88,6 +160,10 @@ def run_one(broker_name: str, scenario: str, args: argparse.Namespace, pin: bool
             cmd.append("--quick")
         for item in args.set:
             cmd += ["--set", item]
+        if redis is not None:
+            cmd += ["--cluster", "--watch", f"redis={redis.pid}"]
+        if peer is not None:
+            cmd += ["--peer-port", str(peer.port), "--peer-pid", str(peer.pid)]
         if args.profile and broker_name == "ternmq":
             profiler = start_profiler(broker.pid, scenario)
         started = time.perf_counter()
@@ -106,13 +182,22 @@ def run_one(broker_name: str, scenario: str, args: argparse.Namespace, pin: bool
             return {"error": "load generator failed: " + " | ".join(tail), "broker_log": broker.log_tail(5)}
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         result["elapsed"] = time.perf_counter() - started
-        if broker.proc.poll() is not None:
-            result["error"] = f"broker exited with {broker.proc.returncode} during the run"
+        for b in (broker, peer):
+            if b is not None and b.proc.poll() is not None:
+                result["error"] = f"broker {b.node} exited with {b.proc.returncode} during the run"
+        if redis is not None and "error" not in result:
+            # Where the clients landed and what crossed between nodes (probes included).
+            nodes = broker.metrics() + (peer.metrics() if peer is not None else [])
+            result["nodes"] = [{k.split(".", 1)[1]: int(n.get(k, 0)) for k in NODE_METRICS} for n in nodes]
         return result
     finally:
         if profiler is not None:
             stop_profiler(profiler, scenario)
         broker.stop()
+        if peer is not None:
+            peer.stop()
+        if scenario == "forward" and redis is not None:
+            redis.stop()
 
 
 # -- optional profiling of ternmq with py-spy ----------------------------------------------
@@ -244,27 +329,35 @@ def target_text(target, ours: float | None, ratios: dict[str, float | None], hig
     return f"≥ {want:g}× {against} {'✓' if ok else '✗'}"
 
 
+# (row label, scenario, key of the cost in the result)
 CPU_ROWS = [
-    ("QoS 0 fan-in (µs per message)", "fanin_qos0"),
-    ("QoS 1 fan-in (µs per message)", "fanin_qos1"),
-    ("fan-out (µs per delivery)", "fanout"),
-    ("latency run (µs per message at 1k msg/s)", "latency"),
-    ("connects (µs per connect+disconnect)", "connects"),
+    ("QoS 0 fan-in (µs per message)", "fanin_qos0", "broker_us_per_op"),
+    ("QoS 1 fan-in (µs per message)", "fanin_qos1", "broker_us_per_op"),
+    ("fan-out (µs per delivery)", "fanout", "broker_us_per_op"),
+    ("latency run (µs per message at 1k msg/s)", "latency", "broker_us_per_op"),
+    ("connects (µs per connect+disconnect)", "connects", "broker_us_per_op"),
+    ("cross-node forward: sender, node 1 (µs per message)", "forward", "sender_us_per_msg"),
+    ("cross-node forward: receiver, node 2 (µs per message)", "forward", "receiver_us_per_msg"),
+    ("cross-node forward: Redis (µs per message)", "forward", "redis_us_per_op"),
 ]
 
 
-def cpu_cost(result: dict | None) -> float | None:
-    """µs of broker CPU per operation: the lowest of the repeated runs (the least
-    disturbed by other processes), not necessarily the run with the best rate."""
+def cpu_cost(result: dict | None, key: str = "broker_us_per_op") -> float | None:
+    """µs of CPU per operation: the lowest of the repeated runs (the least disturbed by
+    other processes), not necessarily the run with the best rate."""
     if not result:
         return None
-    costs = [c for c in result.get("us_runs", [result.get("broker_us_per_op")]) if c is not None]
+    runs = result.get("cost_runs", {}).get(key)
+    if runs is None and key == "broker_us_per_op":
+        runs = result.get("us_runs")
+    costs = [c for c in (runs if runs is not None else [result.get(key)]) if c is not None]
     return min(costs) if costs else None
 
 
 def compared_with(brokers: list[str]) -> list[str]:
     """The brokers ternmq gets a ratio column against: amqtt, Mosquitto, then any
-    ternmq@REV (ternmq at another revision, for a before/after in one run)."""
+    ternmq@REV (ternmq at another revision, for a before/after in one run). A
+    ternmq-workersN has a table of its own (render_cluster)."""
     if "ternmq" not in brokers:
         return []
     return [b for b in ("amqtt", "mosquitto") if b in brokers] + [b for b in brokers if revision_of(b)]
@@ -274,33 +367,49 @@ def render_cpu(results: dict[str, dict[str, dict]], brokers: list[str], scenario
     """Broker CPU per operation: the same runs, seen as cost instead of rate."""
     others = compared_with(brokers)
     floor = FLOOR in results and "ternmq" in brokers
+    targets = floor or ("forward" in scenarios and "ternmq" in brokers)
     columns = brokers + ([f"{FLOOR} (floor)"] if floor else [])
     head = (
         ["broker CPU per operation (lower is better)"]
         + columns
         + [f"ternmq/{o}" for o in others]
-        + ([f"ternmq/{FLOOR}", "target"] if floor else [])
+        + ([f"ternmq/{FLOOR}"] if floor else [])
+        + (["target"] if targets else [])
     )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for label, scenario in CPU_ROWS:
+    for label, scenario, key in CPU_ROWS:
         if scenario not in scenarios:
             continue
-        values = {b: cpu_cost(results.get(b, {}).get(scenario)) for b in brokers + [FLOOR]}
+        values = {b: cpu_cost(results.get(b, {}).get(scenario), key) for b in brokers + [FLOOR]}
         row = [label] + [fmt_number(values[b]) for b in brokers]
         if floor:
             row.append(fmt_number(values[FLOOR]))
         row += [f"{r:.2f}×" if (r := ratio(values.get("ternmq"), values[o])) is not None else "–" for o in others]
+        r = ratio(values.get("ternmq"), values[FLOOR])
         if floor:
-            r = ratio(values.get("ternmq"), values[FLOOR])
             row.append(f"{r:.2f}×" if r is not None else "–")
-            if scenario == "connects":
+        if targets:
+            if floor and scenario == "connects":
                 mark = "" if r is None else (" ✓" if r <= FLOOR_TARGET else " ✗")
                 row.append(f"≤ {FLOOR_TARGET:g}× {FLOOR}{mark}")
+            elif key in FORWARD_TARGETS:
+                bound, ours = FORWARD_TARGETS[key], values.get("ternmq")
+                mark = "" if ours is None else (" ✓" if ours <= bound else " ✗")
+                row.append(f"≤ {bound:g} µs{mark}")
             else:
                 row.append("")
         lines.append("| " + " | ".join(row) + " |")
     if len(lines) == 2:
         return ""
+    forward = results.get("ternmq", {}).get("forward")
+    sender, receiver = cpu_cost(forward, "sender_us_per_msg"), cpu_cost(forward, "receiver_us_per_msg")
+    local = cpu_cost(results.get("ternmq", {}).get("fanin_qos0"))
+    if sender is not None and receiver is not None and local is not None:
+        lines.append(
+            f"\nForwarding's own cost: sender + receiver − ternmq's QoS 0 fan-in on one node = {sender:.1f} + "
+            f"{receiver:.1f} − {local:.1f} = {sender + receiver - local:.1f} µs of broker CPU per cross-node message "
+            "(the two nodes together do the MQTT work one node does, plus the forwarding)."
+        )
     other = [r.get("other_cpu") for b in results.values() for r in b.values() if r.get("other_cpu") is not None]
     note = ""
     if other and max(other) >= 0.25:
@@ -311,6 +420,79 @@ def render_cpu(results: dict[str, dict[str, dict]], brokers: list[str], scenario
             "idle machine; the CPU costs in this table are less affected.\n"
         )
     return "\n".join(lines) + "\n" + note
+
+
+def crossing(nodes: list[dict[str, int]]) -> str:
+    """What went from one node to another: forwarded, dropped (a full forward queue),
+    frame gaps, as a share of what the nodes received from publishers."""
+    forwarded = sum(n["cluster_forwarded"] for n in nodes)
+    dropped = sum(n["cluster_dropped"] for n in nodes)
+    gaps = sum(n["cluster_frame_gaps"] for n in nodes)
+    published = sum(n["publish_received"] for n in nodes)
+    if not published:
+        return ""
+    text = f"; {forwarded + dropped:,} messages for another node ({100 * (forwarded + dropped) / published:.0f}%)"
+    if dropped or gaps:
+        text += f", ⚠ {dropped:,} of them dropped (forward queue full), {gaps} frame gaps"
+    return text
+
+
+def render_cluster(results: dict[str, dict[str, dict]], brokers: list[str], scenarios: list[str]) -> str:
+    """ternmq-workersN next to one ternmq process: rates, broker CPU (supervisor and
+    workers) and Redis CPU per operation, and where the clients landed."""
+    clustered = [b for b in brokers if workers_of(b)]
+    if not clustered:
+        return ""
+    base = "ternmq" if "ternmq" in brokers else None
+    head = ["cluster mode", *([f"{base} (1 process)"] if base else []), *clustered]
+    if base:
+        head += [f"{b} ÷ {base}" for b in clustered] + ["target"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = [
+        ("connects (conn/s)", "connects", "value", True),
+        ("QoS 0 fan-in 8→1 (msg/s)", "fanin_qos0", "value", True),
+        ("connects: broker CPU per connect+disconnect (µs)", "connects", "broker_us_per_op", False),
+        ("connects: Redis CPU per connect+disconnect (µs)", "connects", "redis_us_per_op", False),
+        ("QoS 0 fan-in: broker CPU per message (µs)", "fanin_qos0", "broker_us_per_op", False),
+        ("QoS 0 fan-in: Redis CPU per message (µs)", "fanin_qos0", "redis_us_per_op", False),
+    ]
+    notes = []
+    for label, scenario, key, is_rate in rows:
+        if scenario not in scenarios:
+            continue
+
+        values = {}
+        for b in ([base] if base else []) + clustered:
+            r = results.get(b, {}).get(scenario)
+            ok = r and not ("error" in r and r.get(key) is None)
+            values[b] = (r.get(key) if is_rate else cpu_cost(r, key)) if ok else None
+        row = [label] + [fmt_number(values[b]) for b in ([base] if base else []) + clustered]
+        if base:
+            ratios = [ratio(values[b], values[base]) if key != "redis_us_per_op" else None for b in clustered]
+            row += [f"{x:.2f}×" if x is not None else "–" for x in ratios]
+            target = ""
+            if scenario == "connects" and key == "value":
+                goals = [(b, WORKERS_TARGET.get(workers_of(b)), x) for b, x in zip(clustered, ratios, strict=True)]
+                target = ", ".join(
+                    f"{b} ≥ {want:g}×" + ("" if x is None else (" ✓" if x >= want else " ✗"))
+                    for b, want, x in goals
+                    if want is not None
+                )
+            row.append(target)
+        lines.append("| " + " | ".join(row) + " |")
+    for b in clustered:
+        for scenario in scenarios:
+            r = results.get(b, {}).get(scenario) or {}
+            nodes = r.get("nodes")
+            if not nodes:
+                continue
+            per = " / ".join(f"{n['connections_accepted']:,}" for n in nodes)
+            text = f"- {b} / {scenario}: connections per worker {per}"
+            if any(n["publish_received"] for n in nodes):
+                text += "; publishes received per worker " + " / ".join(f"{n['publish_received']:,}" for n in nodes)
+                text += "; deliveries per worker " + " / ".join(f"{n['deliveries']:,}" for n in nodes)
+            notes.append(text + crossing(nodes) + ".")
+    return "\n".join(lines) + ("\n\n" + "\n".join(notes) if notes else "") + "\n"
 
 
 def render(results: dict[str, dict[str, dict]], brokers: list[str], scenarios: list[str]) -> str:
@@ -355,6 +537,12 @@ def render(results: dict[str, dict[str, dict]], brokers: list[str], scenarios: l
                     f"- † {b} / {scenario}: {r.get('received', 0):,} of {r.get('expected', 0):,} "
                     f"delivered ({why}); the rate counts what arrived."
                 )
+            if scenario == "forward" and r.get("nodes"):
+                n1, n2 = r["nodes"][:2]
+                notes.append(
+                    f"- {b} / forward: node 1 received {n1['publish_received']:,} publishes (probes included), "
+                    f"node 2 {n2['cluster_received']:,} forwarded messages" + crossing(r["nodes"]) + "."
+                )
             if scenario == "memory" and "rss0_kib" in r:
                 notes.append(
                     f"- {b} / memory: RSS {r['rss0_kib']:,} KiB idle → {r['rss1_kib']:,} KiB with "
@@ -363,7 +551,14 @@ def render(results: dict[str, dict[str, dict]], brokers: list[str], scenarios: l
     return "\n".join(lines) + ("\n\n" + "\n".join(notes) if notes else "") + "\n"
 
 
-def header(args: argparse.Namespace, brokers: list[str], pin: bool, floor: bool = False) -> str:
+def header(
+    args: argparse.Namespace,
+    brokers: list[str],
+    pin: bool,
+    floor: bool = False,
+    scenarios: list[str] = (),
+    cells: list[tuple[str, str]] = (),
+) -> str:
     cpu = "?"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -375,12 +570,28 @@ def header(args: argparse.Namespace, brokers: list[str], pin: bool, floor: bool 
     mode = "--quick" if args.quick else "full"
     p = PARAMS
     q = 1 if args.quick else 0
+    free = sorted({b + (" (forward)" if s == "forward" else "") for b, s in cells if not pinned(b, s, brokers, pin)})
+    if not pin:
+        pinning = "No CPU pinning."
+    elif free:
+        pinning = (
+            "Broker pinned to CPU 0, load generator to CPU 1, except (no pinning, broker and generator "
+            f"share all cores): {', '.join(free)}."
+        )
+    else:
+        pinning = "Broker pinned to CPU 0, load generator to CPU 1."
+    cluster = any(workers_of(b) for b in brokers) or ("forward" in scenarios and "ternmq" in brokers)
+    capped = (
+        any(workers_of(b) for b in brokers)
+        and "fanin_qos0" in scenarios
+        and not any(i.startswith("outstanding=") for i in args.set)
+    )
     lines = [
         f"Run {datetime.datetime.now().isoformat(timespec='seconds')} ({mode}) on {cpu}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}; "
         + ", ".join(f"{b} {version_of(b)}" for b in brokers + ([FLOOR] if floor else []))
         + ".",
-        ("Broker pinned to CPU 0, load generator to CPU 1." if pin else "No CPU pinning.")
+        pinning
         + f" Per-scenario hard timeout {args.timeout:.0f} s."
         + (
             f" Best of {args.repeat} rounds per cell (runs interleaved: each round runs every cell once;"
@@ -393,8 +604,33 @@ def header(args: argparse.Namespace, brokers: list[str], pin: bool, floor: bool 
         f"fan-out {p['fanout']['messages'][q]:,} messages × {p['fanout']['subscribers']} subscribers; "
         f"latency {p['latency']['rate']:,} msg/s for {p['latency']['seconds'][q]:g} s; "
         f"{p['connects']['connections'][q]:,} connects, {p['connects']['parallel']} in flight (C client); "
-        f"{p['memory']['connections'][q]:,} idle connections."
+        f"{p['memory']['connections'][q]:,} idle connections"
+        + (
+            f"; forward {p['forward']['publishers']} × {p['forward']['messages'][q]:,} messages "
+            f"of {p['forward']['payload']} B"
+            if "forward" in scenarios
+            else ""
+        )
+        + "."
         + (f" Overrides: {', '.join(args.set)}." if args.set else ""),
+        *(
+            [
+                f"Cluster: redis-server {version_of('redis')} on 127.0.0.1 (no persistence), a fresh one per run. "
+                "ternmq-workersN is `ternmq --workers N` (its brk: the supervisor and the N workers summed, "
+                "up to N00%); forward runs two ternmq nodes, 8 publishers on node 1 and the subscriber on "
+                "node 2 (brk: node 1). Redis's CPU is counted apart, not in brk. Publishers start once a "
+                "probe from each reached the subscriber (routes propagated)."
+                + (
+                    f" QoS 0 fan-in keeps at most {CLUSTER_OUTSTANDING:,} messages published but not yet "
+                    "delivered, for every broker of this run (as forward does; between nodes nothing pushes "
+                    "back, a full forward queue drops)."
+                    if capped
+                    else ""
+                )
+            ]
+            if cluster
+            else []
+        ),
         *(
             [
                 f"Floor: {FLOOR} is bench/floor.py's trio server with no MQTT in it (accept, read the CONNECT, "
@@ -414,9 +650,15 @@ def header(args: argparse.Namespace, brokers: list[str], pin: bool, floor: bool 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="ternmq vs Mosquitto vs amqtt on loopback.")
     parser.add_argument("--quick", action="store_true", help="smaller counts, 3 s latency run")
-    parser.add_argument("--brokers", default=",".join(NAMES), help="comma-separated, default: all three")
     parser.add_argument(
-        "--scenarios", default=",".join(SCENARIOS), help=f"comma-separated subset of {','.join(SCENARIOS)}"
+        "--brokers",
+        default=",".join(NAMES),
+        help="comma-separated, default: all three; also ternmq@REV and ternmq-workersN (cluster mode)",
+    )
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(DEFAULT_SCENARIOS),
+        help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all but forward)",
     )
     parser.add_argument("--timeout", type=float, default=60.0, help="hard limit per scenario run, seconds")
     parser.add_argument("--no-pin", action="store_true", help="do not pin broker and generator to CPUs 0/1")
@@ -446,8 +688,8 @@ def main(argv: list[str] | None = None) -> int:
     brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     for b in brokers:
-        if b not in NAMES and revision_of(b) is None:
-            parser.error(f"unknown broker {b!r} (known: {', '.join(NAMES)}, ternmq@REV)")
+        if not known(b):
+            parser.error(f"unknown broker {b!r} (known: {', '.join(NAMES)}, ternmq@REV, ternmq-workersN with N >= 2)")
     for s in scenarios:
         if s not in SCENARIOS:
             parser.error(f"unknown scenario {s!r} (known: {', '.join(SCENARIOS)})")
@@ -455,7 +697,9 @@ def main(argv: list[str] | None = None) -> int:
     if "amqtt" in brokers:
         ensure_amqtt_venv(log)
 
-    cells = [(b, s) for b in brokers for s in scenarios]
+    # forward is two nodes of a ternmq cluster: ternmq and ternmq@REV only.
+    cells = [(b, s) for b in brokers for s in scenarios if s != "forward" or b == "ternmq" or revision_of(b)]
+    cluster_run = any(workers_of(b) for b in brokers)
     floor = not args.no_floor and "ternmq" in brokers and "connects" in scenarios
     if floor:  # right after ternmq's connects run, so both see the same machine state
         cells.insert(cells.index(("ternmq", "connects")) + 1, (FLOOR, "connects"))
@@ -468,11 +712,23 @@ def main(argv: list[str] | None = None) -> int:
             # --set only reaches scenarios that have the parameter.
             scenario_args = argparse.Namespace(**vars(args))
             scenario_args.set = [i for i in args.set if i.partition("=")[0] in PARAMS[s]]
-            x = run_one(b, s, scenario_args, pin)
+            if s == "fanin_qos0" and cluster_run and not any(i.startswith("outstanding=") for i in args.set):
+                scenario_args.set.append(f"outstanding={CLUSTER_OUTSTANDING}")
+            x = run_one(b, s, scenario_args, pinned(b, s, brokers, pin))
             runs[b, s].append(x)
             summary = x.get("error") or ", ".join(
                 f"{k}={fmt_number(x[k])}"
-                for k in ("value", "p50_ms", "p99_ms", "gen_cpu", "broker_cpu", "broker_us_per_op")
+                for k in (
+                    "value",
+                    "p50_ms",
+                    "p99_ms",
+                    "gen_cpu",
+                    "broker_cpu",
+                    "broker_us_per_op",
+                    "sender_us_per_msg",
+                    "receiver_us_per_msg",
+                    "redis_us_per_op",
+                )
                 if isinstance(x.get(k), (int, float))
             )
             log(f"{'':21} {summary}")
@@ -486,14 +742,18 @@ def main(argv: list[str] | None = None) -> int:
             if len(cell_runs) > 1:
                 r["runs"] = [x.get(key) for x in cell_runs]
                 r["us_runs"] = [x.get("broker_us_per_op") for x in good]
+                r["cost_runs"] = {k: [x.get(k) for x in good] for k in COST_KEYS if any(k in x for x in good)}
         else:
             r = cell_runs[-1]
         results.setdefault(b, {})[s] = r
 
-    text = header(args, brokers, pin, floor) + "\n" + render(results, brokers, scenarios)
+    text = header(args, brokers, pin, floor, scenarios, cells) + "\n" + render(results, brokers, scenarios)
     cpu_table = render_cpu(results, brokers, scenarios)
     if cpu_table:
         text += "\n" + cpu_table
+    cluster_table = render_cluster(results, brokers, scenarios)
+    if cluster_table:
+        text += "\n" + cluster_table
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
