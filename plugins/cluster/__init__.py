@@ -88,6 +88,7 @@ log = logging.getLogger("ternmq.plugins.cluster")
 # (what was published meanwhile is lost, unannounced) with a backoff growing to 16 s, and
 # each failed connection attempt leaves streams unclosed.
 RETRY_DELAY = 0.25
+NO_GROUPS: frozenset[Group] = frozenset()
 # Errors of a lost or refused Redis connection, as coredis and anyio raise them.
 REDIS_DOWN = (RedisConnectionError, OSError, anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream)
 
@@ -473,15 +474,17 @@ class Plugin:
 
     @hookimpl
     def cluster_forward(self, message: Message, origin: ClientInfo) -> None:
-        choices = self._choices.pop(id(message), {})
+        choices = self._choices.pop(id(message), None) if self._choices else None
         self._match_cache = None
         plain, groups = self.routes.targets(message.topic)
+        if not plain and not groups and not message.retain:
+            return  # the common case of a topic nobody elsewhere wants: nothing to do
         now = time.time()
         targets: dict[str, set[Group]] = {node: set() for node in plain if self.running(node, now)}
         if message.retain:  # every node retains it
             targets.update({node: set() for node in self.heartbeats if node != self.node and self.running(node, now)})
         for group, members in groups.items():
-            chosen = choices.get(group)
+            chosen = choices.get(group) if choices else None
             if chosen is None:  # no member here: one of the other nodes'
                 candidates = [node for node in members if self.running(node, now)]
                 if not candidates:
@@ -493,7 +496,7 @@ class Plugin:
         for node, served in targets.items():
             send = self._peers.get(node) or self._start_peer(node)
             try:
-                send.send_nowait((message, origin_id, frozenset(served)))
+                send.send_nowait((message, origin_id, frozenset(served) if served else NO_GROUPS))
             except trio.WouldBlock:
                 self.dropped += 1
 
@@ -634,9 +637,13 @@ class Plugin:
             self._resync = True
             self._routes_changed.set()
         self._sequences[frame.node] = frame.sequence
+        route = self.service.route_forwarded
         for message, origin, groups in frame.messages:
             self.received += 1
-            await self.service.route_forwarded(message, origin, groups)
+            try:
+                await route(message, origin, groups)
+            except Exception:  # one message that cannot be delivered must not stop the inbox
+                log.exception("cluster: a message from %s could not be delivered", frame.node)
 
     @hookimpl
     def register_metrics(self, registry: Any) -> None:

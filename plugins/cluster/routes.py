@@ -43,7 +43,9 @@ class RemoteRoutes:
         """The other nodes with a plain subscription matching ``topic``, and for each
         matching shared group ((group, filter)) the other nodes with members of it."""
         plain, shared = self.trie.match(topic)
-        nodes = {node for node, _ in plain if node != self.node}
+        nodes = {node for node, _ in plain if node != self.node} if plain else set()
+        if not shared:
+            return nodes, {}
         groups = {key: [node for node, _ in members if node != self.node] for key, members in shared.items()}
         return nodes, groups
 
