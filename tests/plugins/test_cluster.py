@@ -815,3 +815,24 @@ async def test_session_show_lists_every_node_and_disconnect_reaches_the_node_hol
             assert disconnect is not None and disconnect.reason_code == 0x98  # kicked on b, asked on a
             with pytest.raises(CommandError, match="no session with client id 'nobody'"):
                 await a.service.run_command(["session", "disconnect", "client-id=nobody"])
+
+
+async def test_client_ids_of_gone_clients_are_given_back_at_the_next_sweep(redis_url: str, prefix: str) -> None:
+    key = f"{prefix}:clients"
+    async with (
+        nodes(redis_url, prefix, "a@t", "b@t", claim_sweep_interval=0.2) as (a, b),
+        redis_client(redis_url) as redis,
+        MQTTTestClient.open(a.port()) as staying,
+    ):
+        await staying.connect("staying")
+        async with MQTTTestClient.open(a.port()) as client:
+            await client.connect("passing")
+            await eventually(lambda: redis.hget(key, "passing"), message="claimed")
+            assert await redis.hget(key, "passing") == b"a@t"
+        await eventually(lambda: _absent(redis, key, "passing"), message="given back")
+        await trio.sleep(0.5)  # more sweeps: a client still connected keeps its claim
+        assert await redis.hget(key, "staying") == b"a@t"
+
+
+async def _absent(redis: coredis.Redis[bytes], key: str, field: str) -> bool:
+    return not await redis.hexists(key, field)
