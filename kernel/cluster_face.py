@@ -76,12 +76,12 @@ class ClusterFace:
                 await broker.dispatcher.provide("retain_delete", topic=message.topic)
         return await broker.router.route(message, origin_client_id, shared_groups=shared_groups)
 
-    async def hand_over(self, client_id: str) -> SessionSnapshot | None:
+    async def hand_over(self, client_id: str, *, clean_start: bool = False) -> SessionSnapshot | None:
         """For a cluster plugin: ``client_id`` connected to another node, so its session
         here ends (its connection gets DISCONNECT 0x8E); a persistent one is returned,
         with its messages, for that node to resume (``cluster_register``). None when
         there is no session, or a clean one."""
-        return await self._broker.lifecycle.hand_over(client_id)
+        return await self._broker.lifecycle.hand_over(client_id, clean_start=clean_start)
 
     def subscribed_filters(self) -> frozenset[str]:
         """Every topic filter this node's sessions subscribe to, as routed (under their

@@ -116,3 +116,24 @@ class MessageJournal:
             session.inflight[packet_id] = delivery
         else:
             session.queue.append(delivery)
+
+
+def session_entries(session: Session) -> tuple[StoredMessage, ...]:
+    """Every QoS 1/2 message of ``session`` as entries, where it is (in flight, released,
+    queued; the client's QoS 2 PUBLISH awaiting PUBREL): what a session handed to another
+    node takes with it. Entry ids number them in order (1, 2, ...) when no store did."""
+    entries: list[StoredMessage] = []
+
+    def add(delivery: Delivery, state: str, packet_id: int | None) -> None:
+        entry_id = delivery.entry_id or len(entries) + 1
+        entries.append(
+            StoredMessage(entry_id, state, delivery.message, delivery.qos, delivery.retain, delivery.sub_ids, packet_id)
+        )
+
+    for packet_id, delivery in session.inflight.items():
+        add(delivery, "released" if delivery.released else "inflight", packet_id)
+    for delivery in session.queue:
+        add(delivery, "queued", None)
+    for packet_id in session.incoming_qos2:
+        entries.append(StoredMessage(len(entries) + 1, "received", None, 2, False, (), packet_id))
+    return tuple(entries)

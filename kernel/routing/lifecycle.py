@@ -18,6 +18,7 @@ import trio
 from ..codec import ReasonCode
 from ..values.counters import Counters
 from ..values.types import ClientInfo, Message, SessionSnapshot
+from .journal import session_entries
 from .session import AttachedConnection, Delivery, Session
 
 if TYPE_CHECKING:
@@ -84,26 +85,28 @@ class SessionLifecycle:
         if snapshot.client_id in self.sessions:
             return False
         session = self._session_from(snapshot, limits)
-        for entry in snapshot.messages:
-            if entry.message is not None:
-                session.queue.append(Delivery(entry.message, entry.qos, entry.retain, entry.sub_ids, hooked=False))
+        for entry in snapshot.messages:  # where they were: in flight under their packet ids
+            self.router.journal.restore(session, entry)
         session.disconnected_at = time.time()
         return True
 
-    async def hand_over(self, client_id: str) -> SessionSnapshot | None:
+    async def hand_over(self, client_id: str, *, clean_start: bool = False) -> SessionSnapshot | None:
         """The client connected to another node of the cluster: its session here ends.
         Its connection, if any, is closed with 0x8E (session taken over, as a takeover
         here); a persistent session comes back as a snapshot with its messages (in flight
-        and queued, as ``queued``) for the other node to resume, and is forgotten here
-        (and by a store). None when there is no session, or a clean one."""
+        and queued, as ``messages`` entries: their QoS, flags and packet ids kept) for
+        the other node to resume, and is forgotten here (and by a store). A will waiting
+        for its delay is published when the client came back with ``clean_start`` (the
+        session ends), and dropped otherwise. None when there is no session, or a clean
+        one."""
         session = await self._taken_over(client_id)
         if session is None:
             return None
-        await self._end_will_delay(session, publish_now=False)  # resumed elsewhere: not owed
+        await self._end_will_delay(session, publish_now=clean_start)
         if session.expiry_timer is not None:
             session.expiry_timer.cancel()
             session.expiry_timer = None
-        snapshot = attrs.evolve(session.snapshot(), will=None)
+        snapshot = attrs.evolve(session.snapshot(), will=None, queued=(), messages=session_entries(session))
         await self.end_session(session)
         return snapshot if snapshot.expiry_interval != 0 else None
 

@@ -88,6 +88,10 @@ log = logging.getLogger("ternmq.plugins.cluster")
 # (what was published meanwhile is lost, unannounced) with a backoff growing to 16 s, and
 # each failed connection attempt leaves streams unclosed.
 RETRY_DELAY = 0.25
+# Seconds a question to another node (a takeover, session show) waits for its answer.
+ASK_TIMEOUT = 2.0
+# Bytes of payload in one frame, about: far under Redis' 32 MB pub/sub output limit.
+MAX_FRAME_BYTES = 4 * 1024 * 1024
 NO_GROUPS: frozenset[Group] = frozenset()
 # Errors of a lost or refused Redis connection, as coredis and anyio raise them.
 REDIS_DOWN = (RedisConnectionError, OSError, anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream)
@@ -143,6 +147,7 @@ class Plugin:
         self._questions: dict[str, tuple[trio.Event, list[dict[str, Any]]]] = {}  # request id -> answer
         self._next_request = 0
         self.takeovers = 0
+        self.alive = False  # its tasks run (False once they ended: the plugin failed or stops)
         self.resyncs = 0
         self.forwarded = 0
         self.received = 0
@@ -173,6 +178,11 @@ class Plugin:
             except Exception as exc:  # a password refused, not a Redis...: raised below, outside
                 failure = ConnectionError(f"Redis at {config.redis_url} does not serve us: {exc}")
             if failure is None:
+                try:
+                    await self._no_other_node_named_so()
+                except ConnectionError as exc:
+                    failure = exc
+            if failure is None:
                 await self._run(task_status)
         if failure is not None:
             # Out here, not in coredis' nursery: the load fails with this one error.
@@ -193,11 +203,31 @@ class Plugin:
                 nursery.start_soon(self._registrar)
                 nursery.start_soon(self._sweep_claims)
                 log.info("cluster: node %s joined through %s", self.node, config.redis_url)
+                self.alive = True
                 task_status.started()
         finally:
+            self.alive = False
             with trio.move_on_after(2) as leaving:
                 leaving.shield = True
                 await self._leave()
+
+    async def _no_other_node_named_so(self) -> None:
+        """A running node of this name refuses the start (ConnectionError): two would share
+        one inbox and erase each other's routes. A heartbeat that stops changing is a node
+        that was killed (restarted here): it is waited out, node_timeout at most."""
+        assert self.redis is not None
+        key = f"{self.config.prefix}:nodes"
+        first = await self.redis.hget(key, self.node)
+        if first is None:
+            return
+        with trio.move_on_after(self.config.node_timeout + self.config.heartbeat_interval):
+            while True:
+                await trio.sleep(self.config.heartbeat_interval * 1.5)
+                if await self.redis.hget(key, self.node) == first:
+                    return  # nobody beats under this name any more
+                raise ConnectionError(f"a running node is named {self.node} already: give each node its own node_name")
+        # Still beating after node_timeout: another node.
+        raise ConnectionError(f"a running node is named {self.node} already: give each node its own node_name")
 
     async def _leave(self) -> None:
         """Unloaded or stopped: this node's routes and heartbeat go (a killed node's stay
@@ -223,7 +253,13 @@ class Plugin:
         key = f"{self.config.prefix}:nodes"
         await self.redis.hset(key, {self.node: repr(time.time())})
         beats = await self.redis.hgetall(key)
-        self.heartbeats = {name.decode(): float(value) for name, value in beats.items()}
+        heartbeats = {}
+        for name, value in beats.items():
+            try:
+                heartbeats[name.decode()] = float(value)
+            except (UnicodeDecodeError, ValueError):  # not a heartbeat: not a node's
+                continue
+        self.heartbeats = heartbeats
 
     async def _heartbeats(self) -> None:
         while True:
@@ -286,6 +322,7 @@ class Plugin:
                     await self._heartbeat()
                     await self._publish_routes(reset=True)
                     await self._load_routes()
+                    await self._claim_again()
                     log.info("cluster: routes resynchronised after a reconnection to Redis")
                 else:
                     await self._publish_routes()
@@ -294,8 +331,20 @@ class Plugin:
                 log.warning("cluster: routes not published: %s", exc)
                 await trio.sleep(RETRY_DELAY)
 
+    async def _claim_again(self) -> None:
+        """This node's client ids, written again (a restarted Redis has lost them)."""
+        assert self.redis is not None and self.service is not None
+        held = {info.client_id: self.node for info in self.service.sessions()}
+        if held:
+            await self.redis.hset(clients_key(self.config.prefix), held)
+
     @hookimpl
     def on_subscribe(self) -> None:
+        self._routes_changed.set()
+
+    @hookimpl
+    def on_unsubscribe(self) -> None:
+        # At once, not at the next sweep: a shared group's node must not keep its turn.
         self._routes_changed.set()
 
     # -- client ids ---------------------------------------------------------------------
@@ -303,10 +352,8 @@ class Plugin:
     @hookimpl
     async def cluster_register(self, client: ClientInfo, clean_start: bool) -> SessionSnapshot | None:
         claim = self.batches.claim(client.client_id, clean_start)
-        if clean_start:
-            # Nothing to resume: the client goes on at once, and the claim follows (a node
-            # that held the client id is told to end its session within milliseconds).
-            return None
+        if not self.alive:
+            return None  # the plugin's tasks ended (it failed): as a single node
         await claim.done.wait()
         if claim.session is not None:
             self._routes_changed.set()  # its subscriptions come here with it
@@ -351,13 +398,28 @@ class Plugin:
                 log.warning("cluster: %d client ids not claimed: %s", len(claims), exc)
                 for claim in claims:
                     claim.done.set()
-                await self.reachable()
+                # Until Redis is back, claims are answered at once (claimed again then).
+                with trio.CancelScope() as waiting:
+                    self._nursery.start_soon(self._answer_claims_meanwhile, waiting)
+                    await self.reachable()
+                waiting.cancel()
+                self._resync = True
+                self._routes_changed.set()
                 continue
             for claim, owner in zip(claims, previous or (), strict=False):
-                held = owner.decode() if isinstance(owner, bytes) else str(owner or "")
+                held = owner.decode("utf-8", "replace") if isinstance(owner, bytes) else str(owner or "")
                 if held and held != self.node and self.running(held):
                     self._nursery.start_soon(self._take_over, claim, held)
+                    if claim.clean_start:
+                        claim.done.set()  # nothing to resume: the old node is told meanwhile
                 else:
+                    claim.done.set()
+
+    async def _answer_claims_meanwhile(self, scope: trio.CancelScope) -> None:
+        with scope:
+            while True:
+                await self.batches.ready.wait()
+                for claim in self.batches.take()[0]:
                     claim.done.set()
 
     async def _take_over(self, claim: Claim, node: str) -> None:
@@ -368,9 +430,11 @@ class Plugin:
         request = f"{self.node}/{self._next_request}"
         self._handovers[request] = claim
         try:
-            frame = encode_control("takeover", self.node, id=request, client_id=claim.client_id)
+            frame = encode_control(
+                "takeover", self.node, id=request, client_id=claim.client_id, clean_start=claim.clean_start
+            )
             await self.redis.publish(inbox_channel(self.config.prefix, node), frame)
-            with trio.move_on_after(self.config.node_timeout):
+            with trio.move_on_after(self._ask_timeout):
                 await claim.done.wait()
         except Exception as exc:
             log.warning("cluster: %s not taken over from %s: %s", claim.client_id, node, exc)
@@ -393,11 +457,17 @@ class Plugin:
         try:
             question = encode_control(kind, self.node, id=request, **body)
             await self.redis.publish(inbox_channel(self.config.prefix, node), question)
-            with trio.move_on_after(self.config.node_timeout):
+            with trio.move_on_after(self._ask_timeout):
                 await answered.wait()
         finally:
             self._questions.pop(request, None)
         return answers[0] if answers else None
+
+    @property
+    def _ask_timeout(self) -> float:
+        # Well inside the hook timeout of what asks (a CONNECT, session show): a node that
+        # died a moment ago, not yet counted down, costs this much and no more.
+        return min(self.config.node_timeout, ASK_TIMEOUT)
 
     async def _answer(self, control: Control, **body: Any) -> None:
         assert self.redis is not None
@@ -446,10 +516,8 @@ class Plugin:
             done = self.service.disconnect(str(body["client_id"]), cleanup=bool(body["cleanup"]))
             await self._answer(control, done=done)
         elif control.kind == "takeover":
-            snapshot = await self.service.hand_over(str(body["client_id"]))
-            session = None if snapshot is None else session_to_json(snapshot, with_messages=True)
-            answer = encode_control("session", self.node, id=body["id"], client_id=body["client_id"], session=session)
-            await self.redis.publish(inbox_channel(self.config.prefix, control.node), answer)
+            assert self._nursery is not None
+            self._nursery.start_soon(self._hand_over, control)  # the inbox goes on meanwhile
         elif control.kind == "session":
             claim = self._handovers.get(str(body["id"]))
             if claim is None:
@@ -491,6 +559,8 @@ class Plugin:
     def cluster_forward(self, message: Message, origin: ClientInfo) -> None:
         choices = self._choices.pop(id(message), None) if self._choices else None
         self._match_cache = None
+        if message.topic.startswith("$SYS/"):
+            return  # each node's $SYS tree is its own (the same topics on every node)
         plain, groups = self.routes.targets(message.topic)
         if not plain and not groups and not message.retain:
             return  # the common case of a topic nobody elsewhere wants: nothing to do
@@ -522,6 +592,17 @@ class Plugin:
         self._nursery.start_soon(self._forward, node, receive)
         return send
 
+    async def _hand_over(self, control: Control) -> None:
+        assert self.redis is not None and self.service is not None
+        body = control.body
+        try:
+            snapshot = await self.service.hand_over(str(body["client_id"]), clean_start=bool(body.get("clean_start")))
+            session = None if snapshot is None else session_to_json(snapshot, with_messages=True)
+            answer = encode_control("session", self.node, id=body["id"], client_id=body["client_id"], session=session)
+            await self.redis.publish(inbox_channel(self.config.prefix, control.node), answer)
+        except Exception:
+            log.exception("cluster: hand-over of %r to %s failed", body.get("client_id"), control.node)
+
     async def _forward(self, node: str, receive: trio.MemoryReceiveChannel[Forwarded]) -> None:
         """The forwarder of one peer node: frames of everything queued within ``linger``."""
         assert self.redis is not None
@@ -530,13 +611,18 @@ class Plugin:
         sequence = 0
         async for first in receive:
             batch = [first]
+            size = len(first[0].payload)
             if config.linger:
                 await trio.sleep(config.linger)
-            while len(batch) < config.max_frame_messages:
+            # A frame stays well under Redis' pub/sub output limit (32 MB by default: a
+            # subscriber past it is dropped by Redis, and with it every frame).
+            while len(batch) < config.max_frame_messages and size < MAX_FRAME_BYTES:
                 try:
-                    batch.append(receive.receive_nowait())
+                    forwarded = receive.receive_nowait()
                 except trio.WouldBlock:
                     break
+                batch.append(forwarded)
+                size += len(forwarded[0].payload)
             sequence += 1
             await self._send(node, channel, encode_frame(self.node, sequence, batch), len(batch))
 
@@ -607,28 +693,34 @@ class Plugin:
 
     async def _dispatch(self, pubsub: Any, inbox: str) -> None:
         async for item in pubsub:
-            if item["type"] != "message":
-                continue
-            channel = item["channel"].decode() if isinstance(item["channel"], bytes) else item["channel"]
-            data = item["data"]
-            if not isinstance(data, bytes):
-                continue
-            if channel == inbox:
-                await self._receive(data)
-            else:
-                try:
-                    sender = self.routes.apply(data)
-                except ValueError as exc:
-                    log.warning("cluster: a route notice that does not read: %s", exc)
-                    continue
-                if sender is None:
-                    continue
-                node, leaving = sender
-                if leaving:
-                    self.heartbeats.pop(node, None)
-                    self._sequences.pop(node, None)  # back under that name, it counts from 1
-                else:  # a node that speaks runs (its heartbeat may not have been read yet)
-                    self.heartbeats[node] = max(self.heartbeats.get(node, 0.0), time.time())
+            try:
+                await self._item(item, inbox)
+            except Exception:  # whatever comes from Redis, the inbox goes on
+                log.exception("cluster: a message on %r could not be read", item.get("channel"))
+
+    async def _item(self, item: Any, inbox: str) -> None:
+        if item["type"] != "message":
+            return
+        channel = item["channel"].decode() if isinstance(item["channel"], bytes) else item["channel"]
+        data = item["data"]
+        if not isinstance(data, bytes):
+            return
+        if channel == inbox:
+            await self._receive(data)
+        else:
+            try:
+                sender = self.routes.apply(data)
+            except ValueError as exc:
+                log.warning("cluster: a route notice that does not read: %s", exc)
+                return
+            if sender is None:
+                return
+            node, leaving = sender
+            if leaving:
+                self.heartbeats.pop(node, None)
+                self._sequences.pop(node, None)  # back under that name, it counts from 1
+            else:  # a node that speaks runs (its heartbeat may not have been read yet)
+                self.heartbeats[node] = max(self.heartbeats.get(node, 0.0), time.time())
 
     async def _receive(self, data: bytes) -> None:
         assert self.service is not None

@@ -69,7 +69,10 @@ class RemoteRoutes:
     def apply(self, data: bytes) -> tuple[str, bool] | None:
         """Apply an announcement: (the node it is from, whether it is leaving), or None
         for this node's own. ValueError for an announcement that does not read."""
-        body = json.loads(data)
+        try:
+            body = json.loads(data)
+        except RecursionError:
+            raise ValueError("not a route notice: nested too deep") from None
         if not isinstance(body, dict) or not isinstance(body.get("node"), str):
             raise ValueError("not a route notice")
         for field in ("add", "remove"):

@@ -491,8 +491,11 @@ async def _send_bad_frame_then_forward(
         assert await received_all(publisher, 1) == [("back/x", b"back", 1)]
 
 
+@pytest.mark.parametrize(
+    "notice", [b'{"node": "ghost@test", "add": 5}', b"[" * 100_000], ids=["add-not-a-list", "nested-too-deep"]
+)
 async def test_a_route_notice_that_does_not_read_is_logged_and_nothing_breaks(
-    redis_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+    redis_url: str, prefix: str, caplog: pytest.LogCaptureFixture, notice: bytes
 ) -> None:
     caplog.set_level(logging.INFO, logger="ternmq")
     async with (
@@ -501,7 +504,7 @@ async def test_a_route_notice_that_does_not_read_is_logged_and_nothing_breaks(
         connected(a, "pub-a") as publisher,
         redis_client(redis_url) as redis,
     ):
-        await redis.publish(f"{prefix}:routes", b'{"node": "ghost@test", "add": 5}')
+        await redis.publish(f"{prefix}:routes", notice)
         await eventually(
             lambda: (
                 any("route notice that does not read" in r.getMessage() for r in caplog.records)
@@ -836,3 +839,36 @@ async def test_client_ids_of_gone_clients_are_given_back_at_the_next_sweep(redis
 
 async def _absent(redis: coredis.Redis[bytes], key: str, field: str) -> bool:
     return not await redis.hexists(key, field)
+
+
+async def test_a_second_running_node_of_the_same_name_is_refused(redis_url: str, prefix: str) -> None:
+    async with nodes(redis_url, prefix, "twin@t", heartbeat_interval=0.2, node_timeout=1.0):
+        caught = await _start_fails(node_config(redis_url, prefix, "twin@t", heartbeat_interval=0.2, node_timeout=1.0))
+        assert caught.group_contains(ConfigError, match="a running node is named twin@t already", depth=2)
+
+
+async def test_a_session_moved_to_another_node_keeps_qos_flags_and_subscription_ids(
+    redis_url: str, prefix: str
+) -> None:
+    persistent = {"session_expiry_interval": 300}
+    async with nodes(redis_url, prefix, "a@t", "b@t") as (a, b):
+        async with MQTTTestClient.open(a.port()) as old:
+            await old.connect("keeper", clean_start=False, properties=persistent)
+            await old.subscribe(SubscriptionRequest("k/#", 1), properties={"subscription_identifier": 7})
+            await old.disconnect()
+        await eventually(lambda: a.sessions["keeper"].connection is None)
+        await a.service.publish("k/1", b"qos 2 published", qos=2, retain=True)
+        async with MQTTTestClient.open(b.port(), auto_ack=False) as new:
+            assert (await new.connect("keeper", clean_start=False, properties=persistent)).session_present
+            got = await new.expect(Publish)
+            assert (got.payload, got.qos, got.retain) == (b"qos 2 published", 1, False)  # no retain-as-published
+            assert got.properties.get("subscription_identifier") == [7]
+
+
+async def test_each_node_keeps_its_own_sys_tree(redis_url: str, prefix: str) -> None:
+    async with nodes(redis_url, prefix, "a@t", "b@t") as (a, b), connected(b, "watcher") as watcher:
+        await watcher.subscribe("$SYS/#", "plain/#", qos=0)
+        await routed(a, "plain/x", "b@t")
+        await a.service.publish("$SYS/broker/uptime", b"a's", qos=0)
+        await a.service.publish("plain/x", b"forwarded", qos=0)
+        assert await received_all(watcher, 1) == [("plain/x", b"forwarded", 0)]  # not a's $SYS
