@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from ternmq.kernel import Service, set_aside_imported, write_atomically
+from ternmq.kernel import Service, read_json_list, set_aside_imported, write_atomically
 
 log = logging.getLogger("ternmq.api")
 
@@ -120,12 +120,9 @@ T = TypeVar("T")
 def read_entries(file: Path, what: str, entry: Callable[[dict[str, Any]], T]) -> list[T] | None:
     """The entries of a JSON list file, each built by ``entry``; None when there is no
     file yet; ValueError naming the file when it cannot be read or an entry is bad."""
-    try:
-        raw = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    raw = read_json_list(file, what)
+    if raw is None:
         return None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"{file}: cannot be read as {what}: {exc}") from None
     try:
         return [entry(item) for item in raw]
     except (TypeError, KeyError, AttributeError, ValueError) as exc:

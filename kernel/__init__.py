@@ -20,7 +20,7 @@ from .plugin_lookup import PluginError
 from .routing.topics import SubscriptionTrie, TopicError, topic_matches, validate_topic_filter, validate_topic_name
 from .service import Service
 from .values.config import BrokerSettings, ConfigError, ListenerConfig, build_attrs, check_mountpoint
-from .values.files import file_stamp, set_aside_imported, write_atomically
+from .values.files import file_stamp, read_json_list, set_aside_imported, write_atomically
 from .values.info import ListenerInfo, NodeInfo, PluginInfo, SessionInfo
 from .values.output import Table, Text, cell_text
 from .values.stored import (
@@ -82,6 +82,7 @@ __all__ = [
     "check_mountpoint",
     "write_atomically",
     "set_aside_imported",
+    "read_json_list",
     "file_stamp",
     "Service",
     "Outcome",

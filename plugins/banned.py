@@ -79,6 +79,7 @@ from ternmq.kernel import (
     Text,
     deny,
     hookimpl,
+    read_json_list,
     set_aside_imported,
     write_atomically,
 )
@@ -323,21 +324,10 @@ def ban_from_json(entry: Any) -> Ban:
 def load_bans(file: Path) -> BanList:
     """The bans kept in ``file`` (none if it does not exist); ValueError naming the file
     for one that cannot be used, which is left as it is."""
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return BanList()
-    except OSError as exc:
-        raise ValueError(f"{file}: cannot be read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{file}: not UTF-8 text") from None
-    try:
-        entries = json.loads(text)
-    except ValueError as exc:
-        raise ValueError(f"{file}: not JSON ({exc})") from None
-    if not isinstance(entries, list):
-        raise ValueError(f"{file}: must be a JSON list of bans")
+    entries = read_json_list(file, "bans")
     bans = BanList()
+    if entries is None:
+        return bans
     for number, entry in enumerate(entries, 1):
         try:
             bans.add(ban_from_json(entry))

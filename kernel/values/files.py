@@ -3,10 +3,12 @@ leaves half of it."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def write_atomically(path: Path, text: str, *, mode: int | None = None) -> None:
@@ -29,6 +31,27 @@ def write_atomically(path: Path, text: str, *, mode: int | None = None) -> None:
     finally:
         if not replaced:
             Path(temporary).unlink(missing_ok=True)
+
+
+def read_json_list(file: Path, what: str) -> list[Any] | None:
+    """The JSON list a plugin keeps in ``file`` (its ``what``: "bans", "endpoints"...);
+    None when there is no such file; ValueError naming the file when it cannot be read,
+    is not UTF-8 text, not JSON, or not a list."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ValueError(f"{file}: cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{file}: not UTF-8 text") from None
+    try:
+        entries = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{file}: not JSON ({exc})") from None
+    if not isinstance(entries, list):
+        raise ValueError(f"{file}: must be a JSON list of {what}")
+    return entries
 
 
 def set_aside_imported(file: Path, what: str, count: int, log: logging.Logger) -> None:

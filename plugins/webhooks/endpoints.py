@@ -24,7 +24,7 @@ import attrs
 import httpx
 import trio
 
-from ternmq.kernel import Service, set_aside_imported, write_atomically
+from ternmq.kernel import Service, read_json_list, set_aside_imported, write_atomically
 
 from .wire import WEBHOOK_NAMES, PayloadOptions
 
@@ -302,18 +302,10 @@ def _from_record(value: bytes, defaults: Defaults) -> tuple[int, Endpoint]:
 def _read_file(file: Path, defaults: Defaults) -> list[Endpoint] | None:
     """The endpoints of a registrations file; None when there is none; ValueError
     naming it when it cannot be used."""
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    entries = read_json_list(file, "endpoints")
+    if entries is None:
         return None
-    except OSError as exc:
-        raise ValueError(f"{file}: cannot be read: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{file}: not UTF-8 text") from None
     try:
-        entries = json.loads(text)
-        if not isinstance(entries, list):
-            raise ValueError("must be a JSON list of endpoints")
         return [endpoint_from(entry, defaults, "runtime") for entry in entries]
     except ValueError as exc:
         raise ValueError(f"{file}: {exc}") from None

@@ -344,7 +344,7 @@ async def test_a_corrupt_keys_file_fails_the_first_load_and_a_reload_keeps_the_k
     keys_file.unlink()
     async with api_broker(tmp_path) as (broker, http, key):
         keys_file.write_text("not json")
-        with pytest.raises(CommandError, match="cannot be read as API keys"):  # the reload fails ...
+        with pytest.raises(CommandError, match="api_keys.json: not JSON"):  # the reload fails ...
             await broker.service.run_command(["plugin", "reload", "name=api"])
         # ... and the running API stays, with the keys it had
         async with httpx.AsyncClient(base_url=base_url(broker), timeout=10) as again:
