@@ -82,8 +82,8 @@ async def _cluster_show(service: Service, args: Arguments) -> Table:
     return Table(tuple({"Node": node.name, "Running": node.running} for node in nodes), ("Node", "Running"))
 
 
-#: VerneMQ's netsplit switches: accepted and shown (``set allow_publish_during_netsplit=on``)
-#: so that scripts written for a VerneMQ cluster run; a single node has no netsplit.
+#: VerneMQ's netsplit switches (``set allow_publish_during_netsplit=on``): the cluster
+#: plugin puts them in force while its node has lost Redis; a single node has no netsplit.
 NETSPLIT_SETTINGS = tuple(
     f"allow_{action}_during_netsplit" for action in ("register", "publish", "subscribe", "unsubscribe")
 )
@@ -101,7 +101,7 @@ class NetsplitSettings:
                 name,
                 lambda name=name: self.values[name],
                 lambda value, name=name: self._set(name, value),
-                "VerneMQ's cluster switch; no effect on a single node",
+                "VerneMQ's netsplit switch: in force while a cluster node has lost Redis (no effect on a single node)",
             )
 
     def _set(self, name: str, value: Any) -> None:

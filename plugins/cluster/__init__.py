@@ -38,9 +38,11 @@ Valkey); nothing else joins them.
   (``cluster_sessions``: each node asked through its inbox) and ``session disconnect``
   reaches the node holding the client (``cluster_disconnect``).
 
+* **Netsplit.** While Redis is lost, VerneMQ's ``allow_*_during_netsplit`` switches
+  decide (netsplit.py, loaded only then).
+
 What this plugin does not do yet: sessions and queued messages kept in Redis (a node
-that dies takes its sessions with it), VerneMQ's netsplit switches, the other listings
-cluster-wide (``plugin show``, ``metrics show``, EMQX's ``/clients``).
+that dies takes its sessions with it), the other listings cluster-wide (``plugin show``, ``metrics show``, EMQX's ``/clients``).
 
 Config keys (``[cluster]``): ``redis_url`` (required), ``prefix`` ("ternmq"),
 ``heartbeat_interval`` (1.0), ``node_timeout`` (5.0), ``linger`` (0.001),
@@ -75,6 +77,7 @@ from ternmq.kernel import (
     session_to_json,
 )
 
+from . import netsplit
 from .client import connect
 from .frames import Control, Forwarded, Group, decode_frame, encode_control, encode_frame, inbox_channel
 from .registry import CLAIM, RELEASE, Batches, Claim, clients_key
@@ -88,6 +91,13 @@ log = logging.getLogger("ternmq.plugins.cluster")
 # (what was published meanwhile is lost, unannounced) with a backoff growing to 16 s, and
 # each failed connection attempt leaves streams unclosed.
 RETRY_DELAY = 0.25
+# The plugin that holds VerneMQ's netsplit switches while Redis is lost (netsplit.py).
+GUARD = "cluster-netsplit"
+GUARD_PATH = "ternmq.plugins.cluster.netsplit:Guard"
+# Seconds after a resynchronisation when the other nodes' routes are read once more.
+RESYNC_AGAIN = 1.0
+# Seconds one Redis command may take before it counts as failed (a lost connection).
+COMMAND_TIMEOUT = 2.0
 # Seconds a question to another node (a takeover, session show) waits for its answer.
 ASK_TIMEOUT = 2.0
 # Bytes of payload in one frame, about: far under Redis' 32 MB pub/sub output limit.
@@ -207,6 +217,8 @@ class Plugin:
                 task_status.started()
         finally:
             self.alive = False
+            with trio.CancelScope(shield=True):
+                await self._netsplit(False)
             with trio.move_on_after(2) as leaving:
                 leaving.shield = True
                 await self._leave()
@@ -265,8 +277,9 @@ class Plugin:
         while True:
             await trio.sleep(self.config.heartbeat_interval)
             try:
-                await self._heartbeat()
-            except REDIS_DOWN as exc:
+                with trio.fail_after(COMMAND_TIMEOUT):
+                    await self._heartbeat()
+            except (*REDIS_DOWN, trio.TooSlowError) as exc:
                 log.warning("cluster: heartbeat failed: %s", exc)
                 await self.reachable()
             except Exception as exc:
@@ -280,13 +293,14 @@ class Plugin:
 
     # -- routes -------------------------------------------------------------------------
 
-    async def _load_routes(self) -> None:
-        """Every other node's filters, read from Redis (at start and after a gap)."""
+    async def _load_routes(self, *, merge: bool = False) -> None:
+        """Every other node's filters, read from Redis (at start; merged in after a gap
+        or a reconnection, see RemoteRoutes.replace)."""
         assert self.redis is not None
         for node in list(self.heartbeats):
             if node != self.node:
                 members = await self.redis.smembers(routes_key(self.config.prefix, node))
-                self.routes.replace(node, (member.decode() for member in members))
+                self.routes.replace(node, (member.decode() for member in members), merge=merge)
 
     async def _publish_routes(self, *, reset: bool = False) -> None:
         """Bring this node's filters in Redis up to date and announce the change."""
@@ -321,15 +335,26 @@ class Plugin:
                     self.resyncs += 1
                     await self._heartbeat()
                     await self._publish_routes(reset=True)
-                    await self._load_routes()
+                    await self._load_routes(merge=True)
                     await self._claim_again()
                     log.info("cluster: routes resynchronised after a reconnection to Redis")
+                    # Read once more a moment later: a node that came back after this one
+                    # read may have announced its routes before this node listened again.
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._load_routes_later)
                 else:
                     await self._publish_routes()
             except Exception as exc:
                 self._resync = True
                 log.warning("cluster: routes not published: %s", exc)
                 await trio.sleep(RETRY_DELAY)
+
+    async def _load_routes_later(self) -> None:
+        await trio.sleep(RESYNC_AGAIN)
+        try:
+            await self._load_routes(merge=True)
+        except Exception as exc:
+            log.warning("cluster: routes not read again: %s", exc)
 
     async def _claim_again(self) -> None:
         """This node's client ids, written again (a restarted Redis has lost them)."""
@@ -633,8 +658,13 @@ class Plugin:
         assert self.redis is not None
         while True:
             try:
-                await self.redis.publish(channel, frame)
-            except Exception as exc:
+                # A connection Redis lost may never answer (coredis has no deadline of
+                # its own here): after COMMAND_TIMEOUT the frame is tried again.
+                with trio.fail_after(COMMAND_TIMEOUT):
+                    receivers = await self.redis.publish(channel, frame)
+                if not receivers:  # the peer is not subscribed (yet: it reconnects)
+                    raise ConnectionError(f"{node} does not listen")
+            except Exception as exc:  # TooSlowError too
                 if not self.running(node):
                     self.dropped += count
                     log.warning("cluster: %d messages for %s dropped: %s", count, node, exc)
@@ -672,7 +702,23 @@ class Plugin:
                     log.warning("cluster: lost Redis (%r); waiting for it", lost.exceptions[0])
             if not started:
                 raise ConnectionError("cannot subscribe to the cluster's channels")
+            await self._netsplit(True)
             await self.reachable()
+            await self._netsplit(False)
+
+    async def _netsplit(self, split: bool) -> None:
+        """Put VerneMQ's netsplit switches in force while Redis is lost (netsplit.py)."""
+        assert self.service is not None
+        loaded = GUARD in {info.name for info in self.service.plugins()}
+        try:
+            if split and not loaded:
+                await self.service.load_plugin(GUARD, {"priority": netsplit.PRIORITY}, path=GUARD_PATH)
+                log.warning("cluster: netsplit: the allow_*_during_netsplit switches decide now")
+            elif not split and loaded:
+                await self.service.unload_plugin(GUARD)
+                log.info("cluster: the netsplit is over")
+        except Exception:  # the switches are a policy: without them clients are served
+            log.exception("cluster: the netsplit switches could not be %s", "set" if split else "lifted")
 
     async def reachable(self, *, once: bool = False) -> bool:
         """Return once Redis accepts a connection again (tried every RETRY_DELAY); with

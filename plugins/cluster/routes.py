@@ -58,11 +58,15 @@ class RemoteRoutes:
         nodes.discard(self.node)
         return nodes
 
-    def replace(self, node: str, filters: Iterable[str]) -> None:
-        """All of ``node``'s filters, read from Redis (start, reset, resync)."""
+    def replace(self, node: str, filters: Iterable[str], *, merge: bool = False) -> None:
+        """All of ``node``'s filters, read from Redis (at start); with ``merge`` (after
+        Redis came back, when its sets may be empty only because it lost them) added to
+        what is known, nothing removed: a filter known too long costs a forwarded message
+        nobody there wants, one forgotten a lost message."""
         if node == self.node:
             return
-        self.trie.remove_key(node)
+        if not merge:
+            self.trie.remove_key(node)
         for topic_filter in filters:
             self.trie.add(topic_filter, node, True)
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import signal
 import socket
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -34,7 +36,7 @@ from ternmq.plugins.cluster import Plugin
 from ternmq.plugins.cluster.frames import decode_frame, encode_frame, inbox_channel
 from ternmq.plugins.cluster.routes import routes_key
 
-from helpers import connected, eventually, eventually_sync, free_port, plugin_samples
+from helpers import answers_ping, connected, eventually, eventually_sync, free_port, plugin_samples
 
 samples = plugin_samples()
 
@@ -872,3 +874,55 @@ async def test_each_node_keeps_its_own_sys_tree(redis_url: str, prefix: str) -> 
         await a.service.publish("$SYS/broker/uptime", b"a's", qos=0)
         await a.service.publish("plain/x", b"forwarded", qos=0)
         assert await received_all(watcher, 1) == [("plain/x", b"forwarded", 0)]  # not a's $SYS
+
+
+def _start_redis_on(port: int, folder: str) -> subprocess.Popen[bytes]:
+    server = shutil.which("redis-server") or "/usr/bin/redis-server"
+    command = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", folder]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    eventually_sync(lambda: answers_ping(port), 10, message="redis-server start")
+    return process
+
+
+async def test_a_lost_redis_puts_the_netsplit_switches_in_force_until_it_is_back(
+    prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ternmq")
+    port, folder = free_port(), str(tmp_path)
+    url = f"redis://127.0.0.1:{port}/0"
+    redis = _start_redis_on(port, folder)
+    try:
+        async with (
+            nodes(url, prefix, "a@t", "b@t") as (a, b),
+            connected(b, "sub-b") as subscriber,
+            connected(a, "pub-a") as publisher,
+        ):
+            await subscriber.subscribe("ns/#", qos=1)
+            await routed(a, "ns/x", "b@t")
+            redis.terminate()
+            redis.wait(10)
+            await eventually(lambda: "cluster-netsplit" in a.plugins.loaded, message="the switches in force")
+            assert (await publisher.publish("ns/x", b"refused", qos=1)).reason_code == 0x80  # VerneMQ's default: off
+            async with MQTTTestClient.open(a.port()) as newcomer:
+                assert (await newcomer.connect("newcomer")).reason_code == 0x88  # server unavailable
+            await a.service.run_command(["set", "allow_publish_during_netsplit=on"])
+            assert (await publisher.publish("ns/x", b"local only", qos=1)).reason_code == 0  # allowed here
+            redis = _start_redis_on(port, folder)
+            await eventually(lambda: "cluster-netsplit" not in a.plugins.loaded, timeout=10, message="lifted")
+            await eventually(lambda: counter(a, "cluster_resyncs") >= 1, timeout=10)
+            await routed(a, "ns/x", "b@t")
+
+            # Forwarding works again. Between nodes messages travel at most once: those of
+            # the moments Redis came back may be lost (documented), so this one goes until
+            # one copy arrives.
+            async def forwarded_again() -> bool:
+                assert (await publisher.publish("ns/y", b"after", qos=1)).reason_code == 0
+                while not await subscriber.nothing_received(0.3):
+                    if (await subscriber.receive()).payload == b"after":
+                        return True
+                return False
+
+            await eventually(forwarded_again, timeout=10, interval=0.1)
+    finally:
+        redis.terminate()
+        redis.wait(10)
