@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
     from .hooks.registries import ApiRoutes, MetricsRegistry, SettingsRegistry
     from .manager import LoadedPlugin, PluginManager
-    from .routing.session import Session
     from .transport.listeners import RunningListener
     from .values.output import Table, Text
 
@@ -243,7 +242,7 @@ class Service(RecordsFace, ClusterFace):
             if any(type(v) is not int or v not in (0, 1, 2) for v in (subscription.qos, subscription.retain_handling)):
                 raise ValueError(f"{subscription.topic_filter}: qos and retain_handling must be 0, 1 or 2")
         fresh = [(subscription, broker.router.subscribe(session, subscription)) for subscription in subscriptions]
-        await after_subscribe(broker, session, self._client_of(session), list(subscriptions), fresh)
+        await after_subscribe(broker, session, session.client_info(self._broker.node_name), list(subscriptions), fresh)
         return True
 
     async def unsubscribe(self, client_id: str, topic_filters: Sequence[str]) -> list[bool] | None:
@@ -254,21 +253,8 @@ class Service(RecordsFace, ClusterFace):
         if session is None:
             return None
         existed = [broker.router.unsubscribe(session, topic_filter) for topic_filter in topic_filters]
-        await after_unsubscribe(broker, session, self._client_of(session), list(topic_filters))
+        await after_unsubscribe(broker, session, session.client_info(self._broker.node_name), list(topic_filters))
         return existed
-
-    def _client_of(self, session: Session) -> ClientInfo:
-        """Who hooks are told about: the connection's client, or the offline session's."""
-        if session.connection is not None:
-            return session.connection.client_info
-        node = self._broker.node_name
-        return ClientInfo(
-            session.client_id,
-            session.username,
-            protocol_level=session.protocol_level,
-            mountpoint=session.mountpoint,
-            node=node,
-        )
 
     def disconnect(
         self, client_id: str, reason_code: int = ReasonCode.ADMINISTRATIVE_ACTION, *, cleanup: bool = False

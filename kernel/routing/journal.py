@@ -44,11 +44,6 @@ class MessageJournal:
         """True while a store implements the per-message hooks."""
         return self.dispatcher.has("message_store_save")
 
-    @property
-    def committing(self) -> bool:
-        """True while a store implements ``store_commit`` (writes are worth waiting for)."""
-        return "store_commit" in self.dispatcher.implemented  # a set lookup: read per QoS 1/2 PUBLISH
-
     def save(self, client_id: str, delivery: Delivery, state: str, packet_id: int | None = None) -> None:
         """Save ``delivery`` of ``client_id``'s session in ``state`` (giving it an id)."""
         if not delivery.entry_id:

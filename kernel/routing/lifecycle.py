@@ -263,10 +263,10 @@ class SessionLifecycle:
                 if message is None:
                     session.forget(delivery)
                     continue  # dropped by the plugin (on_message_drop already fired)
-                if message is not delivery.message and session.journal is not None:
+                if message is not delivery.message:
                     delivery.message = message
-                    session.journal.save(session.client_id, delivery, "queued")
-                delivery.message = message
+                    if session.journal is not None:  # rewritten: the store keeps the new one
+                        session.journal.save(session.client_id, delivery, "queued")
                 delivery.hooked = True
             kept.append(delivery)
         session.queue.clear()
@@ -342,19 +342,10 @@ class SessionLifecycle:
     def _owe_restored_will(self, session: Session, will: Message) -> None:
         """A will the last run owed: its delay starts now; one due at once is published
         once every session is back, so that their subscribers get it."""
-        client = self._client_of(session)
+        client = session.client_info(self.publisher.broker_client.node)
         if self._owe_will(session, will, client, session.protocol_level):
             session.delayed_will = will
             session.will_timer = self.scheduler.call_later(0, lambda: self._publish_will(session, will, client))
-
-    def _client_of(self, session: Session) -> ClientInfo:
-        """Who a restored session's will comes from (its connection is gone)."""
-        return ClientInfo(
-            client_id=session.client_id,
-            username=session.username,
-            protocol_level=session.protocol_level,
-            mountpoint=session.mountpoint,
-        )
 
     async def _publish_will(self, session: Session, will: Message, client: ClientInfo) -> None:
         session.will_timer = None

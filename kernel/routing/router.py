@@ -11,7 +11,7 @@ fan-out to a thousand subscribers encodes each distinct wire form once.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -89,10 +89,10 @@ class Router:
         self.messages_routed += 1
         if not plain and not shared:
             if on_matched is not None:
-                committed = True
-                if message.retain and message.qos and self.journal.committing:
-                    committed = await self.journal.commit()  # the retained copy is written first
-                on_matched(0 if committed else NOT_STORED)
+                if self._kept(message, ()):  # the retained copy is written first
+                    on_matched(0 if await self.journal.commit() else NOT_STORED)
+                else:
+                    on_matched(0)
             return 0
         targets = self._merge(plain, origin_client_id, message)
         if shared:
@@ -108,10 +108,9 @@ class Router:
                 if chosen is not None:
                     targets.append(chosen)
         dispatcher = self.dispatcher
-        implemented = dispatcher.implemented
         after_commit = None
         if on_matched is not None:
-            if message.qos and "store_commit" in implemented and (message.retain or self._stored_target(targets)):
+            if self._kept(message, targets):
                 after_commit = on_matched
             else:
                 on_matched(len(targets))
@@ -120,7 +119,7 @@ class Router:
         # (and of its wire forms) per mountpoint.
         mounted_copies: dict[str, tuple[Message, WireCache]] | None = None
         sessions = self.sessions
-        rewrite = "on_deliver" in implemented
+        rewrite = "on_deliver" in dispatcher.implemented
         count = 0
         for client_id, qos, retain, sub_ids in targets:
             session = sessions.get(client_id)
@@ -150,8 +149,14 @@ class Router:
             after_commit(len(targets) if await self.journal.commit() else NOT_STORED)
         return count
 
-    def _stored_target(self, targets: list[tuple[str, int, bool, tuple[int, ...]]]) -> bool:
-        """True when a target session is kept by a store and gets the message at QoS > 0."""
+    def _kept(self, message: Message, targets: Sequence[tuple[str, int, bool, tuple[int, ...]]]) -> bool:
+        """Whether a store keeps ``message``, so that its acknowledgement waits for the
+        commit: a QoS 1/2 message that is retained, or goes at QoS > 0 to a session a
+        store keeps."""
+        if not message.qos or "store_commit" not in self.dispatcher.implemented:
+            return False
+        if message.retain:
+            return True
         sessions = self.sessions
         for client_id, qos, _, _ in targets:
             if qos and (session := sessions.get(client_id)) is not None and session.journal is not None:

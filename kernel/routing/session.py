@@ -16,13 +16,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 
 from ..codec import ProtocolError, Publish, Pubrel, encode, encode_publish_parts
-from ..values.types import Message, SessionSnapshot, TopicSubscription
+from ..values.types import ClientInfo, Message, SessionSnapshot, TopicSubscription
 
 if TYPE_CHECKING:
     import trio
 
     from ..values.config import ListenerConfig
-    from ..values.types import ClientInfo
     from .scheduler import Timer
 
 
@@ -407,6 +406,19 @@ class Session:
                 del self.inflight[packet_id]
                 self.forget(delivery)
                 yield delivery, status
+
+    def client_info(self, node: str) -> ClientInfo:
+        """Who hooks are told about: the connection's client, or the offline session's
+        (a restored session's will, a subscription made on its behalf)."""
+        if self.connection is not None:
+            return self.connection.client_info
+        return ClientInfo(
+            self.client_id,
+            self.username,
+            protocol_level=self.protocol_level,
+            mountpoint=self.mountpoint,
+            node=node,
+        )
 
     def forget(self, delivery: Delivery) -> None:
         """A delivery of the session is dropped: the store forgets it too."""
