@@ -153,7 +153,6 @@ class Plugin:
         self._routes_changed = trio.Event()
         self._resync = False  # the subscriber reconnected: Redis may have lost everything
         self.batches = Batches()
-        self._handovers: dict[str, Claim] = {}  # request id -> the claim waiting for a session
         self._questions: dict[str, tuple[trio.Event, list[dict[str, Any]]]] = {}  # request id -> answer
         self._next_request = 0
         self.takeovers = 0
@@ -448,23 +447,15 @@ class Plugin:
                     claim.done.set()
 
     async def _take_over(self, claim: Claim, node: str) -> None:
-        """Ask ``node`` for ``claim``'s session; answered by a ``session`` frame, or
-        nothing within the node timeout (then the client connects as if new)."""
-        assert self.redis is not None
-        self._next_request += 1
-        request = f"{self.node}/{self._next_request}"
-        self._handovers[request] = claim
+        """Ask ``node`` for ``claim``'s session (a question, as _ask's); no answer in time:
+        the client connects as if new."""
         try:
-            frame = encode_control(
-                "takeover", self.node, id=request, client_id=claim.client_id, clean_start=claim.clean_start
-            )
-            await self.redis.publish(inbox_channel(self.config.prefix, node), frame)
-            with trio.move_on_after(self._ask_timeout):
-                await claim.done.wait()
+            answer = await self._ask(node, "takeover", client_id=claim.client_id, clean_start=claim.clean_start)
+            if answer is not None and answer["session"] is not None and not claim.clean_start:
+                claim.session = session_from_json(claim.client_id, answer["session"])
         except Exception as exc:
             log.warning("cluster: %s not taken over from %s: %s", claim.client_id, node, exc)
         finally:
-            self._handovers.pop(request, None)
             claim.done.set()
         self.takeovers += 1
 
@@ -543,13 +534,6 @@ class Plugin:
         elif control.kind == "takeover":
             assert self._nursery is not None
             self._nursery.start_soon(self._hand_over, control)  # the inbox goes on meanwhile
-        elif control.kind == "session":
-            claim = self._handovers.get(str(body["id"]))
-            if claim is None:
-                return  # answered too late: the client connected as if new
-            if body["session"] is not None and not claim.clean_start:
-                claim.session = session_from_json(claim.client_id, body["session"])
-            claim.done.set()
 
     # -- forwarding ---------------------------------------------------------------------
 
@@ -623,8 +607,7 @@ class Plugin:
         try:
             snapshot = await self.service.hand_over(str(body["client_id"]), clean_start=bool(body.get("clean_start")))
             session = None if snapshot is None else session_to_json(snapshot, with_messages=True)
-            answer = encode_control("session", self.node, id=body["id"], client_id=body["client_id"], session=session)
-            await self.redis.publish(inbox_channel(self.config.prefix, control.node), answer)
+            await self._answer(control, client_id=body["client_id"], session=session)
         except Exception:
             log.exception("cluster: hand-over of %r to %s failed", body.get("client_id"), control.node)
 

@@ -5,8 +5,9 @@ A message frame carries many forwarded messages: the sending node, a sequence nu
 messages with the client id of each one's publisher (for no-local on the receiving
 node). Batching is the design: one Redis command per frame instead of one per message.
 
-A control frame (``kind``) asks or answers: ``takeover`` asks the node holding a client
-id to hand its session over, ``session`` answers with it (or null).
+A control frame (``kind``) asks or answers, under a request ``id``: ``takeover`` asks the
+node holding a client id to hand its session over, ``sessions`` for its sessions,
+``disconnect`` to disconnect a client; ``answer`` carries the reply.
 """
 
 from __future__ import annotations
