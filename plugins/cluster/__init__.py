@@ -148,7 +148,9 @@ class Plugin:
         # being routed here (cluster_shared_here, then cluster_forward, in one publish).
         self._turns: dict[Group, int] = {}
         self._choices: dict[int, dict[Group, str]] = {}
-        self._match_cache: tuple[Message, dict[Group, list[str]]] | None = None
+        # The other nodes' matches of the message being routed here, read once for both
+        # cluster_shared_here and cluster_forward.
+        self._match_cache: tuple[Message, tuple[set[str], dict[Group, list[str]]]] | None = None
         self._sequences: dict[str, int] = {}  # sending node -> the last frame's sequence
         self._routes_changed = trio.Event()
         self._resync = False  # the subscriber reconnected: Redis may have lost everything
@@ -542,20 +544,20 @@ class Plugin:
         """One node per shared group and message, in turn among the running nodes with
         members (this one has some: the router asks); the choice goes with the message
         (cluster_forward)."""
-        remote = self._remote_groups(message).get((group, topic_filter), [])
+        remote = self._targets(message)[1].get((group, topic_filter), [])
         chosen = self._choose((group, topic_filter), [self.node, *remote])
         if len(self._choices) > 10_000:  # cluster_forward takes them; this one never came
             self._choices.clear()
         self._choices.setdefault(id(message), {})[(group, topic_filter)] = chosen
         return chosen == self.node
 
-    def _remote_groups(self, message: Message) -> dict[Group, list[str]]:
+    def _targets(self, message: Message) -> tuple[set[str], dict[Group, list[str]]]:
         cached = self._match_cache
         if cached is not None and cached[0] is message:
             return cached[1]
-        groups = self.routes.targets(message.topic)[1]
-        self._match_cache = (message, groups)
-        return groups
+        targets = self.routes.targets(message.topic)
+        self._match_cache = (message, targets)
+        return targets
 
     def _choose(self, group: Group, candidates: list[str]) -> str:
         now = time.time()
@@ -567,10 +569,11 @@ class Plugin:
     @hookimpl
     def cluster_forward(self, message: Message, origin: ClientInfo) -> None:
         choices = self._choices.pop(id(message), None) if self._choices else None
-        self._match_cache = None
         if message.topic.startswith("$SYS/"):
+            self._match_cache = None
             return  # each node's $SYS tree is its own (the same topics on every node)
-        plain, groups = self.routes.targets(message.topic)
+        plain, groups = self._targets(message)
+        self._match_cache = None
         if not plain and not groups and not message.retain:
             return  # the common case of a topic nobody elsewhere wants: nothing to do
         now = time.time()
