@@ -56,114 +56,35 @@ import logging
 import math
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
-import anyio
-import attrs
-import coredis
 import trio
-from coredis.exceptions import ConnectionError as RedisConnectionError
 from coredis.retry import NoRetryPolicy
 
-from ternmq.kernel import (
-    ClientInfo,
-    Message,
-    NodeInfo,
-    Service,
-    SessionInfo,
-    SessionSnapshot,
-    hookimpl,
-    session_from_json,
-    session_to_json,
-)
+from ternmq.kernel import NodeInfo, Service, hookimpl
 
 from . import netsplit
 from .client import connect
-from .frames import Control, Forwarded, Group, decode_frame, encode_control, encode_frame, inbox_channel
-from .registry import CLAIM, RELEASE, Batches, Claim, clients_key
+from .forwarding import Forwarding
+from .frames import inbox_channel
+from .questions import Questions
+from .registrar import Registrar
+from .registry import clients_key
 from .routes import RemoteRoutes, notice, routes_key
+from .state import COMMAND_TIMEOUT, REDIS_DOWN, RETRY_DELAY, Config
+
+__all__ = ["Config", "Plugin"]
 
 log = logging.getLogger("ternmq.plugins.cluster")
 
-# Seconds between tries when Redis cannot be reached: short, so a restarted Redis is met
-# again within a quarter second. The plugin waits for Redis itself (a plain socket,
-# reachable()) rather than through coredis' retries: its pub/sub reconnects silently
-# (what was published meanwhile is lost, unannounced) with a backoff growing to 16 s, and
-# each failed connection attempt leaves streams unclosed.
-RETRY_DELAY = 0.25
 # The plugin that holds VerneMQ's netsplit switches while Redis is lost (netsplit.py).
 GUARD = "cluster-netsplit"
 GUARD_PATH = "ternmq.plugins.cluster.netsplit:Guard"
 # Seconds after a resynchronisation when the other nodes' routes are read once more.
 RESYNC_AGAIN = 1.0
-# Seconds one Redis command may take before it counts as failed (a lost connection).
-COMMAND_TIMEOUT = 2.0
-# Seconds a question to another node (a takeover, session show) waits for its answer.
-ASK_TIMEOUT = 2.0
-# Bytes of payload in one frame, about: far under Redis' 32 MB pub/sub output limit.
-MAX_FRAME_BYTES = 4 * 1024 * 1024
-NO_GROUPS: frozenset[Group] = frozenset()
-# Errors of a lost or refused Redis connection, as coredis and anyio raise them.
-REDIS_DOWN = (RedisConnectionError, OSError, anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream)
 
 
-def _positive(instance: Any, attribute: Any, value: float) -> None:
-    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-        raise ValueError(f"must be a number > 0, not {value!r}")
-
-
-@attrs.frozen
-class Config:
-    redis_url: str = attrs.field(validator=attrs.validators.instance_of(str))
-    prefix: str = attrs.field(default="ternmq", validator=attrs.validators.min_len(1))
-    heartbeat_interval: float = attrs.field(default=1.0, validator=_positive)
-    node_timeout: float = attrs.field(default=5.0, validator=_positive)
-    linger: float = attrs.field(default=0.001, validator=attrs.validators.ge(0))
-    max_frame_messages: int = attrs.field(default=500, validator=attrs.validators.ge(1))
-    forward_queue: int = attrs.field(default=10_000, validator=attrs.validators.ge(1))
-    route_sweep_interval: float = attrs.field(default=2.0, validator=_positive)
-    claim_sweep_interval: float = attrs.field(default=10.0, validator=_positive)
-
-    def __attrs_post_init__(self) -> None:
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"redis_url: not a redis://, rediss:// or unix:// URL: {self.redis_url!r}")
-        if self.node_timeout <= self.heartbeat_interval:
-            raise ValueError("node_timeout must be longer than heartbeat_interval")
-
-
-class Plugin:
+class Plugin(Registrar, Questions, Forwarding):
     """The cluster plugin (module docstring)."""
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self.node = ""
-        self.redis: coredis.Redis[bytes] | None = None
-        self.routes = RemoteRoutes("")
-        self.heartbeats: dict[str, float] = {}  # node -> its last heartbeat (Unix time)
-        self.published: frozenset[str] = frozenset()  # this node's filters as Redis has them
-        self.service: Service | None = None
-        self._nursery: trio.Nursery | None = None
-        self._peers: dict[str, trio.MemorySendChannel[Forwarded]] = {}
-        # Shared groups: whose turn it is, and the node chosen per group for a message
-        # being routed here (cluster_shared_here, then cluster_forward, in one publish).
-        self._turns: dict[Group, int] = {}
-        self._choices: dict[int, dict[Group, str]] = {}
-        # The other nodes' matches of the message being routed here, read once for both
-        # cluster_shared_here and cluster_forward.
-        self._match_cache: tuple[Message, tuple[set[str], dict[Group, list[str]]]] | None = None
-        self._sequences: dict[str, int] = {}  # sending node -> the last frame's sequence
-        self._routes_changed = trio.Event()
-        self._resync = False  # the subscriber reconnected: Redis may have lost everything
-        self.batches = Batches()
-        self._questions: dict[str, tuple[trio.Event, list[dict[str, Any]]]] = {}  # request id -> answer
-        self._next_request = 0
-        self.takeovers = 0
-        self.alive = False  # its tasks run (False once they ended: the plugin failed or stops)
-        self.resyncs = 0
-        self.forwarded = 0
-        self.received = 0
-        self.dropped = 0
-        self.gaps = 0
 
     # -- start and stop -----------------------------------------------------------------
 
@@ -256,10 +177,6 @@ class Plugin:
             log.warning("cluster: could not leave cleanly: %s", exc)
 
     # -- nodes --------------------------------------------------------------------------
-
-    def running(self, node: str, now: float | None = None) -> bool:
-        beat = self.heartbeats.get(node)
-        return beat is not None and (now or time.time()) - beat < self.config.node_timeout
 
     async def _heartbeat(self) -> None:
         assert self.redis is not None
@@ -373,294 +290,6 @@ class Plugin:
         # At once, not at the next sweep: a shared group's node must not keep its turn.
         self._routes_changed.set()
 
-    # -- client ids ---------------------------------------------------------------------
-
-    @hookimpl
-    async def cluster_register(self, client: ClientInfo, clean_start: bool) -> SessionSnapshot | None:
-        claim = self.batches.claim(client.client_id, clean_start)
-        if not self.alive:
-            return None  # the plugin's tasks ended (it failed): as a single node
-        await claim.done.wait()
-        if claim.session is not None:
-            self._routes_changed.set()  # its subscriptions come here with it
-        return claim.session
-
-    async def _sweep_claims(self) -> None:
-        """Give back, now and then, the client ids this node claimed and holds no session
-        of any more (gone clients): cheaper than a Redis write at every disconnect."""
-        assert self.redis is not None and self.service is not None
-        key = clients_key(self.config.prefix)
-        node = self.node.encode()
-        while True:
-            await trio.sleep(self.config.claim_sweep_interval)
-            try:
-                mine = [field.decode() async for field, holder in self.redis.hscan_iter(key) if holder == node]
-            except Exception as exc:
-                log.warning("cluster: client ids not swept: %s", exc)
-                continue
-            for client_id in mine:
-                if self.service.session_info(client_id) is None:
-                    self.batches.release(client_id)
-
-    async def _registrar(self) -> None:
-        """Claims and releases, batched (registry.py); takeovers of claims another node
-        held."""
-        assert self.redis is not None and self._nursery is not None
-        key = clients_key(self.config.prefix)
-        claim_script = self.redis.register_script(CLAIM)
-        release_script = self.redis.register_script(RELEASE)
-        while True:
-            await self.batches.ready.wait()
-            if self.config.linger:
-                await trio.sleep(self.config.linger)
-            claims, releases = self.batches.take()
-            previous: list[Any] = []
-            try:
-                if releases:
-                    await release_script(keys=[key], args=[self.node, *releases])
-                if claims:
-                    previous = await claim_script(keys=[key], args=[self.node, *(c.client_id for c in claims)])
-            except Exception as exc:  # Redis down: they connect as on one node
-                log.warning("cluster: %d client ids not claimed: %s", len(claims), exc)
-                for claim in claims:
-                    claim.done.set()
-                # Until Redis is back, claims are answered at once (claimed again then).
-                with trio.CancelScope() as waiting:
-                    self._nursery.start_soon(self._answer_claims_meanwhile, waiting)
-                    await self.reachable()
-                waiting.cancel()
-                self._resync = True
-                self._routes_changed.set()
-                continue
-            for claim, owner in zip(claims, previous or (), strict=False):
-                held = owner.decode("utf-8", "replace") if isinstance(owner, bytes) else str(owner or "")
-                if held and held != self.node and self.running(held):
-                    self._nursery.start_soon(self._take_over, claim, held)
-                    if claim.clean_start:
-                        claim.done.set()  # nothing to resume: the old node is told meanwhile
-                else:
-                    claim.done.set()
-
-    async def _answer_claims_meanwhile(self, scope: trio.CancelScope) -> None:
-        with scope:
-            while True:
-                await self.batches.ready.wait()
-                for claim in self.batches.take()[0]:
-                    claim.done.set()
-
-    async def _take_over(self, claim: Claim, node: str) -> None:
-        """Ask ``node`` for ``claim``'s session (a question, as _ask's); no answer in time:
-        the client connects as if new."""
-        try:
-            answer = await self._ask(node, "takeover", client_id=claim.client_id, clean_start=claim.clean_start)
-            if answer is not None and answer["session"] is not None and not claim.clean_start:
-                claim.session = session_from_json(claim.client_id, answer["session"])
-        except Exception as exc:
-            log.warning("cluster: %s not taken over from %s: %s", claim.client_id, node, exc)
-        finally:
-            claim.done.set()
-        self.takeovers += 1
-
-    # -- asking other nodes -------------------------------------------------------------
-
-    async def _ask(self, node: str, kind: str, **body: Any) -> dict[str, Any] | None:
-        """Ask ``node`` a question (a control frame); its answer's body, or None when it
-        does not answer within the node timeout."""
-        assert self.redis is not None
-        self._next_request += 1
-        request = f"{self.node}/{self._next_request}"
-        answered = trio.Event()
-        answers: list[dict[str, Any]] = []
-        self._questions[request] = (answered, answers)
-        try:
-            question = encode_control(kind, self.node, id=request, **body)
-            await self.redis.publish(inbox_channel(self.config.prefix, node), question)
-            with trio.move_on_after(self._ask_timeout):
-                await answered.wait()
-        finally:
-            self._questions.pop(request, None)
-        return answers[0] if answers else None
-
-    @property
-    def _ask_timeout(self) -> float:
-        # Well inside the hook timeout of what asks (a CONNECT, session show): a node that
-        # died a moment ago, not yet counted down, costs this much and no more.
-        return min(self.config.node_timeout, ASK_TIMEOUT)
-
-    async def _answer(self, control: Control, **body: Any) -> None:
-        assert self.redis is not None
-        frame = encode_control("answer", self.node, id=control.body["id"], **body)
-        await self.redis.publish(inbox_channel(self.config.prefix, control.node), frame)
-
-    @hookimpl
-    async def cluster_sessions(self) -> list[SessionInfo]:
-        found: list[SessionInfo] = []
-
-        async def ask(node: str) -> None:
-            answer = await self._ask(node, "sessions")
-            if answer is None:
-                log.warning("cluster: %s did not list its sessions in time", node)
-                return
-            found.extend(SessionInfo(**fields) for fields in answer["sessions"])
-
-        now = time.time()
-        async with trio.open_nursery() as nursery:
-            for node in sorted(self.heartbeats):
-                if node != self.node and self.running(node, now):
-                    nursery.start_soon(ask, node)
-        return sorted(found, key=lambda info: (info.node, info.client_id))
-
-    @hookimpl
-    async def cluster_disconnect(self, client_id: str, cleanup: bool) -> bool:
-        assert self.redis is not None
-        holder = await self.redis.hget(clients_key(self.config.prefix), client_id)
-        node = holder.decode() if isinstance(holder, bytes) else None
-        if node is None or node == self.node or not self.running(node):
-            return False
-        answer = await self._ask(node, "disconnect", client_id=client_id, cleanup=cleanup)
-        return bool(answer and answer.get("done"))
-
-    async def _control(self, control: Control) -> None:
-        assert self.redis is not None and self.service is not None
-        body = control.body
-        if control.kind == "answer":
-            waiting = self._questions.get(str(body["id"]))
-            if waiting is not None:
-                waiting[1].append(body)
-                waiting[0].set()
-        elif control.kind == "sessions":
-            await self._answer(control, sessions=[attrs.asdict(info) for info in self.service.sessions()])
-        elif control.kind == "disconnect":
-            done = self.service.disconnect(str(body["client_id"]), cleanup=bool(body["cleanup"]))
-            await self._answer(control, done=done)
-        elif control.kind == "takeover":
-            assert self._nursery is not None
-            self._nursery.start_soon(self._hand_over, control)  # the inbox goes on meanwhile
-
-    # -- forwarding ---------------------------------------------------------------------
-
-    @hookimpl
-    def cluster_shared_here(self, group: str, topic_filter: str, message: Message) -> bool:
-        """One node per shared group and message, in turn among the running nodes with
-        members (this one has some: the router asks); the choice goes with the message
-        (cluster_forward)."""
-        remote = self._targets(message)[1].get((group, topic_filter), [])
-        chosen = self._choose((group, topic_filter), [self.node, *remote])
-        if len(self._choices) > 10_000:  # cluster_forward takes them; this one never came
-            self._choices.clear()
-        self._choices.setdefault(id(message), {})[(group, topic_filter)] = chosen
-        return chosen == self.node
-
-    def _targets(self, message: Message) -> tuple[set[str], dict[Group, list[str]]]:
-        cached = self._match_cache
-        if cached is not None and cached[0] is message:
-            return cached[1]
-        targets = self.routes.targets(message.topic)
-        self._match_cache = (message, targets)
-        return targets
-
-    def _choose(self, group: Group, candidates: list[str]) -> str:
-        now = time.time()
-        running = sorted({node for node in candidates if node == self.node or self.running(node, now)})
-        turn = self._turns.get(group, 0)
-        self._turns[group] = turn + 1
-        return running[turn % len(running)]
-
-    @hookimpl
-    def cluster_forward(self, message: Message, origin: ClientInfo) -> None:
-        choices = self._choices.pop(id(message), None) if self._choices else None
-        if message.topic.startswith("$SYS/"):
-            self._match_cache = None
-            return  # each node's $SYS tree is its own (the same topics on every node)
-        plain, groups = self._targets(message)
-        self._match_cache = None
-        if not plain and not groups and not message.retain:
-            return  # the common case of a topic nobody elsewhere wants: nothing to do
-        now = time.time()
-        targets: dict[str, set[Group]] = {node: set() for node in plain if self.running(node, now)}
-        if message.retain:  # every node retains it
-            targets.update({node: set() for node in self.heartbeats if node != self.node and self.running(node, now)})
-        for group, members in groups.items():
-            chosen = choices.get(group) if choices else None
-            if chosen is None:  # no member here: one of the other nodes'
-                candidates = [node for node in members if self.running(node, now)]
-                if not candidates:
-                    continue
-                chosen = self._choose(group, candidates)
-            if chosen != self.node:
-                targets.setdefault(chosen, set()).add(group)
-        origin_id = origin.client_id
-        for node, served in targets.items():
-            send = self._peers.get(node) or self._start_peer(node)
-            try:
-                send.send_nowait((message, origin_id, frozenset(served) if served else NO_GROUPS))
-            except trio.WouldBlock:
-                self.dropped += 1
-
-    def _start_peer(self, node: str) -> trio.MemorySendChannel[Forwarded]:
-        assert self._nursery is not None
-        send, receive = trio.open_memory_channel[Forwarded](self.config.forward_queue)
-        self._peers[node] = send
-        self._nursery.start_soon(self._forward, node, receive)
-        return send
-
-    async def _hand_over(self, control: Control) -> None:
-        assert self.redis is not None and self.service is not None
-        body = control.body
-        try:
-            snapshot = await self.service.hand_over(str(body["client_id"]), clean_start=bool(body.get("clean_start")))
-            session = None if snapshot is None else session_to_json(snapshot, with_messages=True)
-            await self._answer(control, client_id=body["client_id"], session=session)
-        except Exception:
-            log.exception("cluster: hand-over of %r to %s failed", body.get("client_id"), control.node)
-
-    async def _forward(self, node: str, receive: trio.MemoryReceiveChannel[Forwarded]) -> None:
-        """The forwarder of one peer node: frames of everything queued within ``linger``."""
-        assert self.redis is not None
-        config = self.config
-        channel = inbox_channel(config.prefix, node)
-        sequence = 0
-        async for first in receive:
-            batch = [first]
-            size = len(first[0].payload)
-            if config.linger:
-                await trio.sleep(config.linger)
-            # A frame stays well under Redis' pub/sub output limit (32 MB by default: a
-            # subscriber past it is dropped by Redis, and with it every frame).
-            while len(batch) < config.max_frame_messages and size < MAX_FRAME_BYTES:
-                try:
-                    forwarded = receive.receive_nowait()
-                except trio.WouldBlock:
-                    break
-                batch.append(forwarded)
-                size += len(forwarded[0].payload)
-            sequence += 1
-            await self._send(node, channel, encode_frame(self.node, sequence, batch), len(batch))
-
-    async def _send(self, node: str, channel: str, frame: bytes, count: int) -> None:
-        """One frame to a peer. Redis down: the frame waits and is tried again every
-        RETRY_DELAY (what comes meanwhile waits in the peer's bounded queue); a peer that
-        is down by then gets nothing, and the frame's messages are counted as dropped."""
-        assert self.redis is not None
-        while True:
-            try:
-                # A connection Redis lost may never answer (coredis has no deadline of
-                # its own here): after COMMAND_TIMEOUT the frame is tried again.
-                with trio.fail_after(COMMAND_TIMEOUT):
-                    receivers = await self.redis.publish(channel, frame)
-                if not receivers:  # the peer is not subscribed (yet: it reconnects)
-                    raise ConnectionError(f"{node} does not listen")
-            except Exception as exc:  # TooSlowError too
-                if not self.running(node):
-                    self.dropped += count
-                    log.warning("cluster: %d messages for %s dropped: %s", count, node, exc)
-                    return
-                await self.reachable()
-                await trio.sleep(RETRY_DELAY)
-            else:
-                self.forwarded += count
-                return
-
     # -- receiving ----------------------------------------------------------------------
 
     async def _listen(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -706,23 +335,6 @@ class Plugin:
         except Exception:  # the switches are a policy: without them clients are served
             log.exception("cluster: the netsplit switches could not be %s", "set" if split else "lifted")
 
-    async def reachable(self, *, once: bool = False) -> bool:
-        """Return once Redis accepts a connection again (tried every RETRY_DELAY); with
-        ``once``, whether it does now."""
-        url = urlsplit(self.config.redis_url)
-        while True:
-            try:
-                if url.scheme == "unix":
-                    stream: trio.abc.Stream = await trio.open_unix_socket(url.path)
-                else:
-                    stream = await trio.open_tcp_stream(url.hostname or "localhost", url.port or 6379)
-                await stream.aclose()
-                return True
-            except OSError:
-                if once:
-                    return False
-                await trio.sleep(RETRY_DELAY)
-
     async def _dispatch(self, pubsub: Any, inbox: str) -> None:
         async for item in pubsub:
             try:
@@ -753,36 +365,6 @@ class Plugin:
                 self._sequences.pop(node, None)  # back under that name, it counts from 1
             else:  # a node that speaks runs (its heartbeat may not have been read yet)
                 self.heartbeats[node] = max(self.heartbeats.get(node, 0.0), time.time())
-
-    async def _receive(self, data: bytes) -> None:
-        assert self.service is not None
-        try:
-            frame = decode_frame(data)
-        except ValueError as exc:
-            log.warning("cluster: a frame that does not read: %s", exc)
-            return
-        if isinstance(frame, Control):
-            try:
-                await self._control(frame)
-            except Exception:  # one bad request must not stop the inbox
-                log.exception("cluster: control frame %r from %s failed", frame.kind, frame.node)
-            return
-        last = self._sequences.get(frame.node)
-        # A sequence 1 is a node that started again (killed: it could not say it left).
-        if last is not None and frame.sequence != last + 1 and frame.sequence != 1:
-            self.gaps += 1
-            log.warning("cluster: frames from %s lost (%d after %d)", frame.node, frame.sequence, last)
-            # What else was lost may be route notices too: everything is read again.
-            self._resync = True
-            self._routes_changed.set()
-        self._sequences[frame.node] = frame.sequence
-        route = self.service.route_forwarded
-        for message, origin, groups in frame.messages:
-            self.received += 1
-            try:
-                await route(message, origin, groups)
-            except Exception:  # one message that cannot be delivered must not stop the inbox
-                log.exception("cluster: a message from %s could not be delivered", frame.node)
 
     @hookimpl
     def register_metrics(self, registry: Any) -> None:
