@@ -14,6 +14,7 @@ from typing import Any
 from .acting import Outcome
 from .admin import AdminRegistry, Arguments, CommandError, option_error, parse_value
 from .codec import Auth, SubscriptionRequest, Will
+from .group_commit import GroupCommit
 from .hooks.registries import RESERVED_API_PATHS, ApiRoute, ApiRoutes, Metric, label_text
 from .hookspecs import hookimpl
 from .plugin_lookup import PluginError
@@ -49,6 +50,7 @@ from .values.types import (
 )
 
 __all__ = [
+    "GroupCommit",
     "hookimpl",
     "StoreError",
     "message_to_json",

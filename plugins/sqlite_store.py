@@ -56,6 +56,7 @@ import attrs
 import trio
 
 from ternmq.kernel import (
+    GroupCommit,
     SessionSnapshot,
     StoredMessage,
     StoreError,
@@ -203,76 +204,40 @@ class Plugin:
         self.config = config or Config()
         self.file: Path | None = None  # known once served: it may be in the data directory
         self._db: sqlite3.Connection | None = None
-        self._pending: list[Write] = []
-        self._queued = 0  # writes handed over since the start
-        self._committed = 0  # of those, how many are on disk
-        self._lock = trio.Lock()  # one commit (or read) at a time, in order
-        self._wakeup = trio.Event()
-        self.writes = 0
-        self.commits = 0
-        self.failures = 0
+        self.writer: GroupCommit[Write] = GroupCommit(self._apply, "the store", retry_delay=RETRY_DELAY)
 
     @hookimpl
     def register_metrics(self, registry: Any) -> None:
-        registry.counter("store_writes", lambda: self.writes, "rows the store wrote or deleted")
-        registry.counter("store_commits", lambda: self.commits, "transactions the store committed")
-        registry.counter("store_failures", lambda: self.failures, "store commits that failed (retried)")
-        registry.gauge("store_pending", lambda: len(self._pending), "writes waiting for the store's next commit")
+        writer = self.writer
+        registry.counter("store_writes", lambda: writer.writes, "rows the store wrote or deleted")
+        registry.counter("store_commits", lambda: writer.commits, "transactions the store committed")
+        registry.counter("store_failures", lambda: writer.failures, "store commits that failed (retried)")
+        registry.gauge("store_pending", lambda: len(writer.pending), "writes waiting for the store's next commit")
 
     async def serve(self, service: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.file = self.config.file or service.data_dir / FILE_NAME
+        self.writer.describe = str(self.file)
         self._db = await trio.to_thread.run_sync(open_store, self.file, self.config.synchronous)
         log.info("store: %s", self.file)
         task_status.started()
         try:
-            while True:
-                await self._wakeup.wait()
-                self._wakeup = trio.Event()
-                try:
-                    await self.flush()
-                except Exception:
-                    # Logged by flush; the batch waits for the next try.
-                    await trio.sleep(RETRY_DELAY)
-                    self._wakeup.set()
+            await self.writer.run()
         finally:
-            with trio.CancelScope(shield=True):
-                try:
-                    await self.flush()
-                except Exception:
-                    log.error("store: %d writes not committed at unload", len(self._pending))
-                db, self._db = self._db, None
-                db.close()
+            db, self._db = self._db, None
+            db.close()
 
     # -- the writer ---------------------------------------------------------------------
 
     def _write(self, sql: str, params: tuple[Any, ...]) -> None:
-        self._pending.append((sql, params))
-        self._queued += 1
-        if not self._wakeup.is_set():
-            self._wakeup.set()
+        self.writer.write((sql, params))
 
-    async def flush(self) -> None:
-        """Commit what is pending in one transaction (in a worker thread); on failure the
-        batch stays pending, in order, and the error is logged and raised."""
-        async with self._lock:
-            batch, target = self._pending, self._queued
-            if batch:
-                self._pending = []
-                try:
-                    # Shielded: a commit under way finishes (a thread cannot be stopped), and
-                    # what it wrote is then counted as written.
-                    with trio.CancelScope(shield=True):
-                        await trio.to_thread.run_sync(self._apply, batch)
-                except Exception:
-                    self._pending = batch + self._pending
-                    self.failures += 1
-                    log.exception("store: commit of %d writes to %s failed", len(batch), self.file)
-                    raise
-                self.writes += len(batch)
-                self.commits += 1
-            self._committed = target
+    async def _apply(self, batch: list[Write]) -> None:
+        # Shielded: a commit under way finishes (a thread cannot be stopped), and what it
+        # wrote is then counted as written.
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self._apply_in_thread, batch)
 
-    def _apply(self, batch: list[Write]) -> None:
+    def _apply_in_thread(self, batch: list[Write]) -> None:
         """Run in a worker thread: the batch in one transaction."""
         db = self._db
         temporary = db is None
@@ -290,8 +255,8 @@ class Plugin:
 
     async def _read(self, reader: Any) -> Any:
         """Run ``reader(db)`` in a worker thread after what is pending is written."""
-        await self.flush()
-        async with self._lock:
+        await self.writer.flush()
+        async with self.writer.lock:
             db = self._db
             if db is None:
                 raise StoreError("the store is not open")
@@ -299,9 +264,7 @@ class Plugin:
 
     @hookimpl
     async def store_commit(self) -> None:
-        target = self._queued
-        while self._committed < target:
-            await self.flush()
+        await self.writer.commit()
 
     # -- sessions and their messages ----------------------------------------------------
 

@@ -24,6 +24,7 @@ ROOT_LAYERS: dict[str, tuple[str, ...]] = {
         "live_settings",
         "records_face",
         "cluster_face",
+        "group_commit",
         "acting",
         "manager",
         "plugin_lookup",

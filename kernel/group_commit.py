@@ -1,0 +1,96 @@
+"""A group commit for store plugins: the store's synchronous hooks hand writes over, one
+writer task applies them in batches.
+
+The store hooks on the delivery path (``message_store_save``, ``record_save``...) may not
+wait for a disk or a network: they append to :class:`GroupCommit`'s pending batch. The
+store's ``serve`` runs :meth:`GroupCommit.run`, which applies everything pending with the
+store's own ``apply`` (one transaction, one Redis call) whenever there is something, and
+its ``store_commit`` hook awaits :meth:`GroupCommit.commit`. Writes that arrive while a
+batch is applied go together into the next one: the cost of one apply is shared by every
+write of a burst. A batch that fails stays pending, in order, and is tried again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+import trio
+
+log = logging.getLogger("ternmq.store")
+
+W = TypeVar("W")
+
+
+class GroupCommit(Generic[W]):
+    """Pending writes of type ``W`` and the writer that applies them (module docstring).
+
+    :param apply: applies one batch, all or nothing (raises when it did not).
+    :param describe: names the store in log lines ("data/ternmq.db", "Redis at ...").
+    :param retry_delay: seconds between tries of a batch that failed.
+    """
+
+    def __init__(self, apply: Callable[[list[W]], Awaitable[None]], describe: str, *, retry_delay: float = 1.0) -> None:
+        self.apply = apply
+        self.describe = describe
+        self.retry_delay = retry_delay
+        self.pending: list[W] = []
+        self.lock = trio.Lock()  # one batch (or a store's read) at a time, in order
+        self.writes = 0  # applied
+        self.commits = 0  # batches applied
+        self.failures = 0  # batches that failed (and were tried again)
+        self._queued = 0  # writes handed over since the start
+        self._committed = 0  # of those, how many are applied
+        self._wakeup = trio.Event()
+
+    def write(self, item: W) -> None:
+        """Hand one write over (synchronous: for the store's hooks)."""
+        self.pending.append(item)
+        self._queued += 1
+        if not self._wakeup.is_set():
+            self._wakeup.set()
+
+    async def flush(self) -> None:
+        """Apply what is pending as one batch; on failure the batch stays pending, in
+        order, and the error is logged and raised."""
+        async with self.lock:
+            batch, target = self.pending, self._queued
+            if batch:
+                self.pending = []
+                try:
+                    await self.apply(batch)
+                except Exception:
+                    self.pending = batch + self.pending
+                    self.failures += 1
+                    log.exception("store: %d writes to %s failed", len(batch), self.describe)
+                    raise
+                self.writes += len(batch)
+                self.commits += 1
+            self._committed = target
+
+    async def commit(self) -> None:
+        """Return once every write handed over so far is applied (the store's
+        ``store_commit``); raises when a batch fails."""
+        target = self._queued
+        while self._committed < target:
+            await self.flush()
+
+    async def run(self) -> None:
+        """The writer: applies what is pending until cancelled; then, shielded, one last
+        time (what the broker handed over before it stopped is still written)."""
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup = trio.Event()
+                try:
+                    await self.flush()
+                except Exception:  # logged by flush; the batch waits for the next try
+                    await trio.sleep(self.retry_delay)
+                    self._wakeup.set()
+        finally:
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.flush()
+                except Exception:
+                    log.error("store: %d writes to %s not applied at unload", len(self.pending), self.describe)
