@@ -1,8 +1,10 @@
-"""The records part of the service face: what plugins keep in the store.
+"""The store part of the service face: what plugins keep in the store, and the sessions
+a cluster node takes from a store the nodes share.
 
-A store plugin (the built-in ``sqlite_store``) implements the ``record_*`` and
-``store_commit`` provider hooks; plugins reach them through these methods of
-:class:`~ternmq.kernel.service.Service` (docs/plugins.md, "The service face").
+A store plugin (the built-in ``sqlite_store``, ``redis_store``) implements the
+``record_*``, ``store_commit`` and ``session_store_*`` provider hooks; plugins reach them
+through these methods of :class:`~ternmq.kernel.service.Service` (docs/plugins.md, "The
+service face").
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from .values.stored import StoreError
 
 if TYPE_CHECKING:
     from .protocol.ports import BrokerCore
+    from .values.types import SessionSnapshot
 
 # The store's records of which namespaces a plugin imported a file into (import_pending).
 IMPORTS_NAMESPACE = "$imports"
@@ -70,3 +73,16 @@ class RecordsFace:
         False when the store failed to commit (it logged why; a store may retry later).
         True without a store: nothing waits."""
         return await self._broker.dispatcher.provide("store_commit", failed=_STORE_FAILED) is not _STORE_FAILED
+
+    async def take_stored_session(self, client_id: str, *, clean_start: bool = False) -> SessionSnapshot | None:
+        """For a cluster plugin: the session that a node which is down kept for
+        ``client_id`` in a store the nodes share (``session_store_take``), this node's
+        from now on; None when there is none (or no such store). With ``clean_start`` the
+        taken session is forgotten by the store and None returned: the client starts
+        anew, and the node that kept it must not restore it at its next start."""
+        dispatcher = self._broker.dispatcher
+        snapshot: SessionSnapshot | None = await dispatcher.provide("session_store_take", client_id=client_id)
+        if snapshot is not None and clean_start:
+            await dispatcher.provide("session_store_delete", client_id=client_id)
+            return None
+        return snapshot

@@ -12,6 +12,7 @@ BUILTIN = {
     "banned": "ternmq.plugins.banned",
     "cluster": "ternmq.plugins.cluster",
     "passwd": "ternmq.plugins.passwd",
+    "redis_store": "ternmq.plugins.cluster.store",
     "retainer": "ternmq.plugins.retainer",
     "sqlite_store": "ternmq.plugins.sqlite_store",
     "sys": "ternmq.plugins.sys",

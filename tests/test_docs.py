@@ -743,6 +743,21 @@ async def drive_session_store_delete(example: type) -> None:
         sessions.clear()
 
 
+async def drive_session_store_take(example: type) -> None:
+    sessions = _sessions(example)
+    sessions.clear()
+    sessions["away"] = SessionSnapshot("away", None, 5, 60, (TopicSubscription("t", 1),))
+    try:
+        async with open_broker() as broker, registered(broker, example()):
+            taken = await broker.service.take_stored_session("away")
+            assert taken is not None and taken.subscriptions == (TopicSubscription("t", 1),)
+            assert await broker.service.take_stored_session("nobody") is None
+            assert await broker.service.take_stored_session("away", clean_start=True) is None
+            assert "away" not in sessions  # taken, then forgotten
+    finally:
+        sessions.clear()
+
+
 class _SessionSaver:
     """Gives the broker a session store, so that the per-message hooks fire."""
 
@@ -1247,6 +1262,12 @@ def test_the_key_check_catches_a_missing_key() -> None:
     class Larger:
         node_name: str = "ternmq@127.0.0.1"
         not_in_the_doc: int = 1
+
+def test_configuration_md_documents_every_redis_store_key() -> None:
+    from ternmq.plugins.cluster import store
+
+    check_keys("configuration.md", "`[plugins.redis_store]` (built-in)", store.Config)
+
 
     with pytest.raises(AssertionError, match="not_in_the_doc"):
         check_keys("configuration.md", "`[broker]`", Larger)

@@ -153,7 +153,7 @@ async def handshake(conn: ClientConnection, packet: Connect) -> bool:
         if dispatcher.has("cluster_register"):
             taken = await dispatcher.provide("cluster_register", client=conn.client_info, clean_start=terms.clean_start)
             if taken is not None and not terms.clean_start:
-                broker.lifecycle.adopt_session(taken, broker.settings.limits)
+                await broker.lifecycle.adopt_session(taken, broker.settings.limits)
         session, present = await broker.lifecycle.attach_session(
             conn,
             terms.client_id,

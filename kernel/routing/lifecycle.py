@@ -77,17 +77,20 @@ class SessionLifecycle:
         if snapshots:
             log.info("restored %d sessions from the session store", len(snapshots))
 
-    def adopt_session(self, snapshot: SessionSnapshot, limits: Limits) -> bool:
+    async def adopt_session(self, snapshot: SessionSnapshot, limits: Limits) -> bool:
         """A session another node held, handed over for its client connecting here (a
         takeover across a cluster): made this node's, to be resumed by the connection
-        (its subscriptions, its messages queued). False, with nothing changed, when this
-        node has a session of that client id already."""
+        (its subscriptions, its messages queued), and given to the store at once (what
+        it holds was acknowledged on the other node). False, with nothing changed, when
+        this node has a session of that client id already."""
         if snapshot.client_id in self.sessions:
             return False
         session = self._session_from(snapshot, limits)
         for entry in snapshot.messages:  # where they were: in flight under their packet ids
             self.router.journal.restore(session, entry)
         session.disconnected_at = time.time()
+        if session.persistent:
+            await self.save_session(session)
         return True
 
     async def hand_over(self, client_id: str, *, clean_start: bool = False) -> SessionSnapshot | None:

@@ -41,8 +41,9 @@ Valkey); nothing else joins them.
 * **Netsplit.** While Redis is lost, VerneMQ's ``allow_*_during_netsplit`` switches
   decide (netsplit.py, loaded only then).
 
-What this plugin does not do yet: sessions and queued messages kept in Redis (a node
-that dies takes its sessions with it), the other listings cluster-wide (``plugin show``, ``metrics show``, EMQX's ``/clients``).
+* **Sessions that outlive their node.** With the Redis store (store.py, the plugin
+  ``redis_store``), a client whose node is down resumes its session on the node it
+  connects to (registrar.py takes it from the store: ``Service.take_stored_session``).
 
 Config keys (``[cluster]``): ``redis_url`` (required), ``prefix`` ("ternmq"),
 ``heartbeat_interval`` (1.0), ``node_timeout`` (5.0), ``linger`` (0.001),

@@ -78,12 +78,14 @@ class Registrar(NodeState):
                 continue
             for claim, owner in zip(claims, previous or (), strict=False):
                 held = owner.decode("utf-8", "replace") if isinstance(owner, bytes) else str(owner or "")
-                if held and held != self.node and self.running(held):
+                if not held or held == self.node:
+                    claim.done.set()
+                elif self.running(held):
                     self._nursery.start_soon(self._take_over, claim, held)
                     if claim.clean_start:
                         claim.done.set()  # nothing to resume: the old node is told meanwhile
-                else:
-                    claim.done.set()
+                else:  # its node is down: a store the nodes share may keep its session
+                    self._nursery.start_soon(self._take_stored, claim, held)
 
     async def _answer_claims_meanwhile(self, scope: trio.CancelScope) -> None:
         with scope:
@@ -91,6 +93,22 @@ class Registrar(NodeState):
                 await self.batches.ready.wait()
                 for claim in self.batches.take()[0]:
                     claim.done.set()
+
+    async def _take_stored(self, claim: Claim, node: str) -> None:
+        """Take ``claim``'s session from the store, where ``node`` (down) left it; with
+        clean start the store forgets it (its node must not restore it later)."""
+        assert self.service is not None
+        try:
+            if self.service.session_info(claim.client_id) is None:
+                session = await self.service.take_stored_session(claim.client_id, clean_start=claim.clean_start)
+                if session is not None:
+                    claim.session = session
+                    self.takeovers += 1
+                    log.info("cluster: session of %s taken from the store (%s is down)", claim.client_id, node)
+        except Exception as exc:
+            log.warning("cluster: the stored session of %s not taken: %s", claim.client_id, exc)
+        finally:
+            claim.done.set()
 
     async def _take_over(self, claim: Claim, node: str) -> None:
         """Ask ``node`` for ``claim``'s session (a question, as _ask's); no answer in time:

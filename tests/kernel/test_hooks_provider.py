@@ -254,6 +254,54 @@ async def test_session_store_delete_on_expiry(broker: Any) -> None:
         assert store.of("delete") == ["expires"] * 2 and "expires" not in store.sessions
 
 
+class SharedStore(DictStore):
+    """A store several nodes share: it keeps sessions a node that is down left, to take."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.elsewhere: dict[str, SessionSnapshot] = {}
+
+    @hookimpl
+    async def session_store_take(self, client_id: str) -> SessionSnapshot | None:
+        self.calls.append(("take", client_id))
+        taken = self.elsewhere.pop(client_id, None)
+        if taken is not None:
+            self.sessions[client_id] = taken
+        return taken
+
+
+class TakingNode:
+    """A cluster plugin's part that takes a client's stored session when it connects."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    @hookimpl
+    async def cluster_register(self, client: ClientInfo, clean_start: bool) -> SessionSnapshot | None:
+        return await self.broker.service.take_stored_session(client.client_id, clean_start=clean_start)
+
+
+async def test_hook_session_store_take(broker: Any) -> None:
+    store = SharedStore()
+    queued = StoredMessage(7, "queued", Message("tk/1", b"left on the dead node", 1), 1, False, (), None)
+    subscriptions = (TopicSubscription("tk/#", 1),)
+    store.elsewhere["taken"] = SessionSnapshot("taken", None, 5, 300, subscriptions, messages=(queued,))
+    store.elsewhere["forgotten"] = SessionSnapshot("forgotten", None, 5, 300, subscriptions)
+    async with registered(broker, store), registered(broker, TakingNode(broker), name="node"):
+        async with MQTTTestClient.open(broker.port()) as client:
+            connack = await client.connect("taken", clean_start=False, properties=PERSISTENT)
+            assert connack.session_present
+            packet = await client.receive()
+            assert (packet.topic, packet.payload, packet.qos) == ("tk/1", b"left on the dead node", 1)
+            # Given to this node's store at once, not only when it goes offline.
+            assert store.of("take") == ["taken"] and [s.client_id for s in store.of("save")] == ["taken"]
+        async with MQTTTestClient.open(broker.port()) as client:
+            connack = await client.connect("forgotten", clean_start=True)
+            assert not connack.session_present
+        assert "forgotten" not in store.sessions and store.of("delete")[-1] == "forgotten"
+        assert "forgotten" not in broker.sessions  # clean start: a new, clean session, gone
+
+
 async def test_sessions_and_subscriptions_survive_a_restart_with_a_session_store() -> None:
     store = DictStore()
     async with broker_with_store(store) as first:
