@@ -27,7 +27,9 @@ Valkey); nothing else joins them.
   it, and the CONNACK says session present).
 * **Redis lost.** Every node keeps serving its own clients. The plugin waits for Redis
   (a socket probe every 0.25 s), then subscribes again and republishes and rereads
-  routes and heartbeats; frames wait in the peer's bounded queue meanwhile.
+  routes and heartbeats; frames wait in the peer's bounded queue meanwhile. Frames are
+  acknowledged by the node that delivered them and sent again until they are
+  (forwarding.py), so a restart of Redis loses no forwarded message.
 
 * **Shared subscriptions.** A group with members on several nodes gets each message
   once: the publisher's node chooses a node with members, in turn
@@ -135,6 +137,8 @@ class Plugin(Registrar, Questions, Forwarding):
                 nursery.start_soon(self._route_sync)
                 nursery.start_soon(self._registrar)
                 nursery.start_soon(self._sweep_claims)
+                nursery.start_soon(self._acknowledge)
+                nursery.start_soon(self._resend_overdue)
                 log.info("cluster: node %s joined through %s", self.node, config.redis_url)
                 self.alive = True
                 task_status.started()
@@ -363,7 +367,7 @@ class Plugin(Registrar, Questions, Forwarding):
             node, leaving = sender
             if leaving:
                 self.heartbeats.pop(node, None)
-                self._sequences.pop(node, None)  # back under that name, it counts from 1
+                self._sequences.pop(node, None)
             else:  # a node that speaks runs (its heartbeat may not have been read yet)
                 self.heartbeats[node] = max(self.heartbeats.get(node, 0.0), time.time())
 
@@ -373,5 +377,8 @@ class Plugin(Registrar, Questions, Forwarding):
         registry.counter("cluster_received", lambda: self.received, "messages received from other nodes")
         registry.counter("cluster_dropped", lambda: self.dropped, "messages not forwarded (full queue, Redis down)")
         registry.counter("cluster_frame_gaps", lambda: self.gaps, "frames from other nodes found missing")
+        registry.counter(
+            "cluster_resent", lambda: self.resent, "messages sent again to a node that did not acknowledge them"
+        )
         registry.counter("cluster_resyncs", lambda: self.resyncs, "route resynchronisations after Redis came back")
         registry.counter("cluster_takeovers", lambda: self.takeovers, "sessions taken over from another node")

@@ -5,21 +5,36 @@ it: one bounded queue and one forwarder task per peer node, which waits ``linger
 seconds after the first message and sends everything queued by then in one frame
 (frames.py), one Redis PUBLISH for many messages. The receiving node delivers each to its
 own subscribers as its router delivers any message.
+
+No forwarded message is lost to Redis (a restart, a subscriber it dropped): the sending
+node keeps every frame until the receiving node acknowledges it (an ``ack`` control
+frame every ACK_DELAY, once its store committed what it delivered) and sends it again
+after RESEND_AFTER without one. The receiving node delivers frames of one sender in
+sequence: one already delivered is skipped, one after a gap is held back and everything
+from the gap asked for again, so one publisher's messages keep their order. The frames
+not yet acknowledged count against ``forward_queue`` with those queued.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 
 import trio
 
 from ternmq.kernel import ClientInfo, Message, hookimpl
 
-from .frames import Control, Forwarded, Group, decode_frame, encode_frame, inbox_channel
+from .frames import Control, Forwarded, Group, decode_frame, encode_control, encode_frame, inbox_channel
 from .state import COMMAND_TIMEOUT, MAX_FRAME_BYTES, NO_GROUPS, RETRY_DELAY, NodeState
 
 log = logging.getLogger("ternmq.plugins.cluster")
+
+# Seconds after which frames a peer has not acknowledged are sent again.
+RESEND_AFTER = 0.5
+# Seconds a receiving node gathers deliveries before it acknowledges them (one Redis
+# PUBLISH per sending node for all of them).
+ACK_DELAY = 0.01
 
 
 class Forwarding(NodeState):
@@ -77,7 +92,8 @@ class Forwarding(NodeState):
                 targets.setdefault(chosen, set()).add(group)
         origin_id = origin.client_id
         for node, served in targets.items():
-            send = self._peers.get(node) or self._start_peer(node)
+            peer = self._peers.get(node)
+            send = peer.queue if peer is not None else self._start_peer(node)
             try:
                 send.send_nowait((message, origin_id, frozenset(served) if served else NO_GROUPS))
             except trio.WouldBlock:
@@ -86,16 +102,14 @@ class Forwarding(NodeState):
     def _start_peer(self, node: str) -> trio.MemorySendChannel[Forwarded]:
         assert self._nursery is not None
         send, receive = trio.open_memory_channel[Forwarded](self.config.forward_queue)
-        self._peers[node] = send
-        self._nursery.start_soon(self._forward, node, receive)
+        self._peers[node] = peer = Peer(node, send)
+        self._nursery.start_soon(self._forward, peer, receive)
         return send
 
-    async def _forward(self, node: str, receive: trio.MemoryReceiveChannel[Forwarded]) -> None:
-        """The forwarder of one peer node: frames of everything queued within ``linger``."""
-        assert self.redis is not None
+    async def _forward(self, peer: Peer, receive: trio.MemoryReceiveChannel[Forwarded]) -> None:
+        """The forwarder of one peer node: frames of everything queued within ``linger``,
+        each kept until the peer acknowledges it."""
         config = self.config
-        channel = inbox_channel(config.prefix, node)
-        sequence = 0
         async for first in receive:
             batch = [first]
             size = len(first[0].payload)
@@ -110,32 +124,86 @@ class Forwarding(NodeState):
                     break
                 batch.append(forwarded)
                 size += len(forwarded[0].payload)
-            sequence += 1
-            await self._send(node, channel, encode_frame(self.node, sequence, batch), len(batch))
+            # The frames the peer has not acknowledged are bounded too: while they fill
+            # the window, what comes waits in the queue (and beyond it is dropped).
+            while peer.waiting >= config.forward_queue and peer.unacked:
+                with trio.move_on_after(RESEND_AFTER):
+                    await peer.progress.wait()
+                if not self.running(peer.node):
+                    self._drop_unacked(peer, "it is down")
+            peer.sequence += 1
+            frame = encode_frame(self.node, self.incarnation, peer.sequence, batch)
+            peer.keep(peer.sequence, frame, len(batch))
+            async with peer.sending:
+                await self._send(peer, frame, len(batch))
 
-    async def _send(self, node: str, channel: str, frame: bytes, count: int) -> None:
+    async def _send(self, peer: Peer, frame: bytes, count: int) -> None:
         """One frame to a peer. Redis down: the frame waits and is tried again every
         RETRY_DELAY (what comes meanwhile waits in the peer's bounded queue); a peer that
-        is down by then gets nothing, and the frame's messages are counted as dropped."""
+        is down by then gets nothing, and what it did not acknowledge is counted as
+        dropped."""
         assert self.redis is not None
         while True:
             try:
                 # A connection Redis lost may never answer (coredis has no deadline of
                 # its own here): after COMMAND_TIMEOUT the frame is tried again.
                 with trio.fail_after(COMMAND_TIMEOUT):
-                    receivers = await self.redis.publish(channel, frame)
+                    receivers = await self.redis.publish(inbox_channel(self.config.prefix, peer.node), frame)
                 if not receivers:  # the peer is not subscribed (yet: it reconnects)
-                    raise ConnectionError(f"{node} does not listen")
+                    raise ConnectionError(f"{peer.node} does not listen")
             except Exception as exc:  # TooSlowError too
-                if not self.running(node):
-                    self.dropped += count
-                    log.warning("cluster: %d messages for %s dropped: %s", count, node, exc)
+                if not self.running(peer.node):
+                    self._drop_unacked(peer, str(exc))
                     return
                 await self.reachable()
                 await trio.sleep(RETRY_DELAY)
             else:
                 self.forwarded += count
                 return
+
+    def _drop_unacked(self, peer: Peer, why: str) -> None:
+        dropped = peer.forget()
+        if dropped:
+            self.dropped += dropped
+            log.warning("cluster: %d messages for %s dropped: %s", dropped, peer.node, why)
+
+    async def _resend_overdue(self) -> None:
+        """Every peer's frames not acknowledged within RESEND_AFTER are sent again, in
+        order (a frame Redis took and lost: a restart, a subscriber it dropped)."""
+        while True:
+            await trio.sleep(RESEND_AFTER / 2)
+            now = trio.current_time()
+            for peer in list(self._peers.values()):
+                if peer.unacked and now - peer.progress_at >= RESEND_AFTER:
+                    await self._resend(peer)
+
+    async def _resend(self, peer: Peer) -> None:
+        peer.progress_at = trio.current_time()
+        async with peer.sending:
+            for _, frame, count in list(peer.unacked):
+                self.resent += count
+                await self._send(peer, frame, 0)
+                if not peer.unacked:  # acknowledged, or dropped, meanwhile
+                    return
+
+    def _acknowledged(self, control: Control) -> None:
+        """A peer's acknowledgement: its frames up to ``seq`` were delivered (and its
+        store committed them); with ``resend``, it found a gap after that."""
+        peer = self._peers.get(control.node)
+        body = control.body
+        if peer is None or body.get("inc") != self.incarnation:
+            return  # for frames of this node's previous run
+        try:
+            sequence = int(body["seq"])
+        except (KeyError, TypeError, ValueError, OverflowError):
+            log.warning("cluster: an acknowledgement from %s that does not read: %r", control.node, body)
+            return
+        peer.acknowledge(sequence)
+        if body.get("resend") and peer.unacked:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._resend, peer)
+
+    # -- receiving ----------------------------------------------------------------------
 
     async def _receive(self, data: bytes) -> None:
         assert self.service is not None
@@ -146,19 +214,30 @@ class Forwarding(NodeState):
             return
         if isinstance(frame, Control):
             try:
-                await self._control(frame)
+                if frame.kind == "ack":
+                    self._acknowledged(frame)
+                else:
+                    await self._control(frame)
             except Exception:  # one bad request must not stop the inbox
                 log.exception("cluster: control frame %r from %s failed", frame.kind, frame.node)
             return
-        last = self._sequences.get(frame.node)
-        # A sequence 1 is a node that started again (killed: it could not say it left).
-        if last is not None and frame.sequence != last + 1 and frame.sequence != 1:
-            self.gaps += 1
-            log.warning("cluster: frames from %s lost (%d after %d)", frame.node, frame.sequence, last)
-            # What else was lost may be route notices too: everything is read again.
-            self._resync = True
-            self._routes_changed.set()
-        self._sequences[frame.node] = frame.sequence
+        incarnation, last = self._sequences.get(frame.node, ("", 0))
+        if incarnation == frame.incarnation:
+            if frame.sequence <= last:  # sent again, delivered before
+                self._acknowledge_soon(frame.node)
+                return
+            if frame.sequence != last + 1:
+                # Held back (messages of one publisher arrive in order), and asked for
+                # again from the first one missing.
+                self.gaps += 1
+                log.warning("cluster: frames from %s lost (%d after %d)", frame.node, frame.sequence, last)
+                self._acknowledge_soon(frame.node, resend=True)
+                # What else was lost may be route notices too: everything is read again.
+                self._resync = True
+                self._routes_changed.set()
+                return
+        # (Another incarnation: the node started again, or this one did; from here on.)
+        self._sequences[frame.node] = (frame.incarnation, frame.sequence)
         route = self.service.route_forwarded
         for message, origin, groups in frame.messages:
             self.received += 1
@@ -166,3 +245,65 @@ class Forwarding(NodeState):
                 await route(message, origin, groups)
             except Exception:  # one message that cannot be delivered must not stop the inbox
                 log.exception("cluster: a message from %s could not be delivered", frame.node)
+        self._acknowledge_soon(frame.node)
+
+    def _acknowledge_soon(self, node: str, *, resend: bool = False) -> None:
+        self._acks_due[node] = self._acks_due.get(node, False) or resend
+        self._acks_wakeup.set()
+
+    async def _acknowledge(self) -> None:
+        """Acknowledge what was delivered, every ACK_DELAY at most: once the store
+        committed it (a message for a persistent session here is then kept)."""
+        assert self.service is not None and self.redis is not None
+        while True:
+            await self._acks_wakeup.wait()
+            await trio.sleep(ACK_DELAY)
+            self._acks_wakeup = trio.Event()
+            due, self._acks_due = self._acks_due, {}
+            if not await self.service.commit_store():
+                continue  # not kept: the senders send it again
+            for node, resend in due.items():
+                incarnation, last = self._sequences.get(node, ("", 0))
+                ack = encode_control("ack", self.node, inc=incarnation, seq=last, resend=resend)
+                try:
+                    with trio.fail_after(COMMAND_TIMEOUT):
+                        await self.redis.publish(inbox_channel(self.config.prefix, node), ack)
+                except Exception as exc:  # Redis down: the sender sends again, acknowledged then
+                    log.debug("cluster: acknowledgement to %s not sent: %s", node, exc)
+
+
+class Peer:
+    """What this node sends one other node: the queue its forwarder reads, and the
+    frames sent and not yet acknowledged (sent again until they are)."""
+
+    def __init__(self, node: str, queue: trio.MemorySendChannel[Forwarded]) -> None:
+        self.node = node
+        self.queue = queue
+        self.sequence = 0
+        self.unacked: deque[tuple[int, bytes, int]] = deque()  # (sequence, frame, messages)
+        self.waiting = 0  # messages in unacked frames
+        self.sending = trio.Lock()  # frames go out in order, resent ones too
+        self.progress = trio.Event()
+        self.progress_at = trio.current_time()
+
+    def keep(self, sequence: int, frame: bytes, count: int) -> None:
+        if not self.unacked:
+            self.progress_at = trio.current_time()
+        self.unacked.append((sequence, frame, count))
+        self.waiting += count
+
+    def acknowledge(self, sequence: int) -> None:
+        unacked = self.unacked
+        if not unacked or unacked[0][0] > sequence:
+            return
+        while unacked and unacked[0][0] <= sequence:
+            self.waiting -= unacked.popleft()[2]
+        self.progress_at = trio.current_time()
+        self.progress.set()
+        self.progress = trio.Event()
+
+    def forget(self) -> int:
+        """Drop every unacknowledged frame (the peer is down); their message count."""
+        dropped, self.waiting = self.waiting, 0
+        self.unacked.clear()
+        return dropped

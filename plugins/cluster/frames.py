@@ -1,13 +1,17 @@
 """Frames: what nodes send to each other's inbox channel, JSON in one Redis PUBLISH.
 
-A message frame carries many forwarded messages: the sending node, a sequence number
-(one counter per sending node and receiving node, so a gap shows a lost frame), and the
-messages with the client id of each one's publisher (for no-local on the receiving
-node). Batching is the design: one Redis command per frame instead of one per message.
+A message frame carries many forwarded messages: the sending node, its incarnation (one
+per run of the node), a sequence number (one counter per sending node and receiving
+node, so a gap shows a lost frame and a frame sent again is known), and the messages with
+the client id of each one's publisher (for no-local on the receiving node). Batching is
+the design: one Redis command per frame instead of one per message.
 
 A control frame (``kind``) asks or answers, under a request ``id``: ``takeover`` asks the
 node holding a client id to hand its session over, ``sessions`` for its sessions,
-``disconnect`` to disconnect a client; ``answer`` carries the reply.
+``disconnect`` to disconnect a client; ``answer`` carries the reply. ``ack`` (no
+request id), from a node that received frames, acknowledges those of the incarnation
+``inc`` of the node it goes to up to ``seq``; with ``resend`` it asks for every later
+one again.
 """
 
 from __future__ import annotations
@@ -36,12 +40,18 @@ Forwarded = tuple[Message, str | None, frozenset[Group]]
 @attrs.frozen
 class Frame:
     node: str
+    incarnation: str
     sequence: int
     messages: tuple[Forwarded, ...]
 
 
-def encode_frame(node: str, sequence: int, messages: Sequence[Forwarded]) -> bytes:
-    body = {"node": node, "seq": sequence, "messages": [_entry(*forwarded) for forwarded in messages]}
+def encode_frame(node: str, incarnation: str, sequence: int, messages: Sequence[Forwarded]) -> bytes:
+    body = {
+        "node": node,
+        "inc": incarnation,
+        "seq": sequence,
+        "messages": [_entry(*forwarded) for forwarded in messages],
+    }
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -90,6 +100,6 @@ def decode_frame(data: bytes) -> Frame | Control:
         if "kind" in body:
             return Control(str(body["kind"]), str(body["node"]), body)
         messages = tuple(_forwarded(entry) for entry in body["messages"])
-        return Frame(str(body["node"]), int(body["seq"]), messages)
+        return Frame(str(body["node"]), str(body["inc"]), int(body["seq"]), messages)
     except (KeyError, TypeError, AttributeError, RecursionError, OverflowError) as exc:  # ValueError passes
         raise ValueError(f"not a frame: {exc!r}") from None

@@ -17,11 +17,12 @@ from coredis.exceptions import ConnectionError as RedisConnectionError
 
 from ternmq.kernel import Message, Service
 
-from .frames import Forwarded, Group
+from .frames import Group
 from .registry import Batches
 from .routes import RemoteRoutes
 
 if TYPE_CHECKING:
+    from .forwarding import Peer
     from .frames import Control
 
 # Seconds between tries when Redis cannot be reached: short, so a restarted Redis is met
@@ -77,7 +78,10 @@ class NodeState:
         self.published: frozenset[str] = frozenset()  # this node's filters as Redis has them
         self.service: Service | None = None
         self._nursery: trio.Nursery | None = None
-        self._peers: dict[str, trio.MemorySendChannel[Forwarded]] = {}
+        self._peers: dict[str, Peer] = {}
+        # This run of the node, in every frame it sends: a peer tells a node that started
+        # again (its sequence numbers start again) from frames sent once more.
+        self.incarnation = f"{time.time_ns():x}"
         # Shared groups: whose turn it is, and the node chosen per group for a message
         # being routed here (cluster_shared_here, then cluster_forward, in one publish).
         self._turns: dict[Group, int] = {}
@@ -85,7 +89,10 @@ class NodeState:
         # The other nodes' matches of the message being routed here, read once for both
         # cluster_shared_here and cluster_forward.
         self._match_cache: tuple[Message, tuple[set[str], dict[Group, list[str]]]] | None = None
-        self._sequences: dict[str, int] = {}  # sending node -> the last frame's sequence
+        # Sending node -> (its incarnation, the last frame delivered here in sequence).
+        self._sequences: dict[str, tuple[str, int]] = {}
+        self._acks_due: dict[str, bool] = {}  # sending node -> whether it must resend
+        self._acks_wakeup = trio.Event()
         self._routes_changed = trio.Event()
         self._resync = False  # the subscriber reconnected: Redis may have lost everything
         self.batches = Batches()
@@ -98,6 +105,7 @@ class NodeState:
         self.received = 0
         self.dropped = 0
         self.gaps = 0
+        self.resent = 0
 
     def running(self, node: str, now: float | None = None) -> bool:
         beat = self.heartbeats.get(node)
