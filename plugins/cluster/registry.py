@@ -3,8 +3,9 @@
 A client id is unique in the cluster: the hash ``PREFIX:clients`` says which node holds
 it. A CONNECT claims it (``cluster_register``); a node that held it before hands its
 session over (``Service.hand_over``) through a control frame, and the new node resumes
-it. A clean-start CONNECT does not wait for its claim (there is nothing to resume): the
-node that held the client id is told within milliseconds. Client ids of clients gone
+it. A clean-start CONNECT waits for its claim to be written, so that of two CONNECTs of
+one client id the later one wins wherever each came, but not for the old session
+(nothing to resume): the node that held the client id is told meanwhile. Client ids of clients gone
 are given back by a sweep every ``claim_sweep_interval``, not at each disconnect.
 
 Claims and releases are batched: whatever arrives within ``linger`` goes to Redis in one
