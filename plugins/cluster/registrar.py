@@ -111,11 +111,16 @@ class Registrar(NodeState):
             claim.done.set()
 
     async def _take_over(self, claim: Claim, node: str) -> None:
-        """Ask ``node`` for ``claim``'s session (a question, as _ask's); no answer in time:
-        the client connects as if new."""
+        """Ask ``node`` for ``claim``'s session (a question, as _ask's); no answer in time
+        (it died a moment ago, not yet counted down): the session it left in a store the
+        nodes share, if any; else the client connects as if new."""
+        assert self.service is not None
         try:
             answer = await self._ask(node, "takeover", client_id=claim.client_id, clean_start=claim.clean_start)
-            if answer is not None and answer["session"] is not None and not claim.clean_start:
+            if answer is None:
+                log.warning("cluster: %s did not hand %s over in time; taken from the store", node, claim.client_id)
+                claim.session = await self.service.take_stored_session(claim.client_id, clean_start=claim.clean_start)
+            elif answer["session"] is not None and not claim.clean_start:
                 claim.session = session_from_json(claim.client_id, answer["session"])
         except Exception as exc:
             log.warning("cluster: %s not taken over from %s: %s", claim.client_id, node, exc)

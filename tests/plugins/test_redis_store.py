@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -333,12 +332,8 @@ async def test_a_node_killed_with_sigkill_loses_no_acknowledged_message_its_clie
     await trio.to_thread.run_sync(n2.kill)  # right after the last PUBACK
     async with redis_client(redis_url) as redis:
         assert await kept(redis, prefix, "survivor") == ("n2@127.0.0.1", 25)
-
-        async def n2_down() -> bool:
-            beats = await redis.hgetall(f"{prefix}:nodes")
-            return time.time() - float(beats[b"n2@127.0.0.1"]) > 1.5
-
-        await eventually(n2_down, timeout=10, message="n2's heartbeat is too old")
+    # At once, before n2 counts as down: n3 asks n2 for the session, gets no answer and
+    # takes it from the store.
     payloads = await resumed(n3.port, "survivor", 25)
     assert payloads == [f"m{number}".encode() for number in range(25)]
     # Now n3's: a message published on n1 reaches it through n3.
