@@ -555,13 +555,29 @@ def cluster_register(client: ClientInfo, clean_start: bool) -> SessionSnapshot |
     :param client: the connecting client, authenticated (``auth_on_register`` answered).
     :param clean_start: MQTT 5 clean start / MQTT 3 clean session.
 
-    Fires: once per accepted CONNECT, before the session is attached. A node that held
-    the client id ends its session there (``Service.hand_over``: its connection gets
-    DISCONNECT 0x8E) and a persistent one is the answer: the session, with its messages,
-    which this node resumes (CONNACK session present) unless ``clean_start``. None: no
-    session elsewhere. Only the first implementation is called; none loaded means a
-    single node. Error or timeout: logged and counted, and the client connects as on a
-    single node.
+    Fires: once per accepted CONNECT, before the session is attached; with clean start
+    only while no plugin implements :func:`cluster_claim`. A node that held the client id
+    ends its session there (``Service.hand_over``: its connection gets DISCONNECT 0x8E)
+    and a persistent one is the answer: the session, with its messages, which this node
+    resumes (CONNACK session present) unless ``clean_start``. None: no session elsewhere.
+    Only the first implementation is called; none loaded means a single node. Error or
+    timeout: logged and counted, and the client connects as on a single node.
+    """
+
+
+@provider
+def cluster_claim(client: ClientInfo) -> None:
+    """Claim ``client``'s client id for this node across the cluster, at a clean-start
+    CONNECT (there is no session to resume, so the CONNECT does not wait).
+
+    :param client: the connecting client, authenticated (``auth_on_register`` answered).
+
+    Fires: once per accepted CONNECT with clean start (MQTT 5 clean start, MQTT 3 clean
+    session), before the session is attached; CONNECTs without clean start go to
+    :func:`cluster_register`. **Synchronous** and on the connect path: hand the claim to
+    a task. The node that held the client id ends its session there; of two CONNECTs of
+    one client id on two nodes the later one is kept. Only the first implementation is
+    called; errors are logged and counted.
     """
 
 

@@ -871,6 +871,18 @@ async def drive_cluster_register(example: type) -> None:
     claimed.clear()
 
 
+async def drive_cluster_claim(example: type) -> None:
+    claimed = sys.modules[example.__module__].CLAIMED
+    claimed.clear()
+    async with open_broker() as broker, registered(broker, example()):
+        assert (await connack(broker.port(), "clean", clean_start=True)).reason_code == 0
+        assert claimed == {"clean": broker.node_name}
+        claimed.clear()  # without clean start: cluster_register claims it (the base class)
+        assert (await connack(broker.port(), "kept", clean_start=False)).reason_code == 0
+        assert claimed == {"kept": broker.node_name}
+    claimed.clear()
+
+
 async def drive_cluster_shared_here(example: type) -> None:
     async with open_broker() as broker, registered(broker, example()):
         async with MQTTTestClient.open(broker.port()) as member:

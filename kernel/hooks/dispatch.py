@@ -51,6 +51,7 @@ SYNCHRONOUS_HOOKS = (
     "record_save",
     "record_delete",
     "cluster_shared_here",
+    "cluster_claim",
 )
 
 

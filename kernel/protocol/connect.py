@@ -36,6 +36,7 @@ from .negotiation import Refused, apply_register_answer, check_connect, settle
 from .ports import RECEIVE_SIZE
 
 if TYPE_CHECKING:
+    from ..hooks.dispatch import HookDispatcher
     from ..routing.session import Session
     from .ports import ClientConnection
 
@@ -97,8 +98,9 @@ async def read_connect(conn: ClientConnection) -> Connect | None:
             return packet
 
 
-# The hooks of the handshake: while none is implemented, handshake_now may run it.
-_HANDSHAKE_HOOKS = frozenset({"auth_on_register", "on_register", "on_client_wakeup", "cluster_register"})
+# The hooks of the handshake: while none is implemented, handshake_now may run it
+# (cluster_register: for a CONNECT without clean start, or with no cluster_claim).
+_HANDSHAKE_HOOKS = frozenset({"auth_on_register", "on_register", "on_client_wakeup"})
 
 
 def handshake_awaits(conn: ClientConnection, packet: Connect) -> bool:
@@ -118,7 +120,14 @@ def handshake_awaits(conn: ClientConnection, packet: Connect) -> bool:
         or packet.will is not None
         or "authentication_method" in packet.properties
         or not _HANDSHAKE_HOOKS.isdisjoint(broker.dispatcher.implemented)
+        or (broker.dispatcher.has("cluster_register") and not _claims_at_once(broker.dispatcher, packet.clean_start))
     )
+
+
+def _claims_at_once(dispatcher: HookDispatcher, clean_start: bool) -> bool:
+    """Whether a cluster plugin claims this CONNECT's client id without being awaited
+    (``cluster_claim``: a clean start, nothing to resume)."""
+    return clean_start and dispatcher.has("cluster_claim")
 
 
 async def handshake(conn: ClientConnection, packet: Connect) -> bool:
@@ -150,7 +159,9 @@ async def handshake(conn: ClientConnection, packet: Connect) -> bool:
         if packet.will is not None:
             conn.will = await _authorize_will(conn, packet)
         settle(conn, packet, terms, broker.settings, retain_available=broker.retain_available)
-        if dispatcher.has("cluster_register"):
+        if _claims_at_once(dispatcher, terms.clean_start):
+            dispatcher.provide_now("cluster_claim", client=conn.client_info)
+        elif dispatcher.has("cluster_register"):
             taken = await dispatcher.provide("cluster_register", client=conn.client_info, clean_start=terms.clean_start)
             if taken is not None and not terms.clean_start:
                 await broker.lifecycle.adopt_session(taken, broker.settings.limits)
@@ -218,6 +229,8 @@ def handshake_now(conn: ClientConnection, packet: Connect) -> bool:
     except Refused as refused:
         _refuse(conn, packet, refused)
         return False
+    if _claims_at_once(broker.dispatcher, terms.clean_start):
+        broker.dispatcher.provide_now("cluster_claim", client=conn.client_info)
     session = broker.lifecycle.attach_new_session(
         conn,
         terms.client_id,

@@ -10,14 +10,21 @@ import trio
 
 from ternmq.kernel import ClientInfo, SessionSnapshot, hookimpl, session_from_json
 
-from .registry import CLAIM, RELEASE, Claim, clients_key
-from .state import NodeState
+from .registry import CLAIM, RELEASE, Claim, claimed_at_key, clients_key
+from .state import ASK_TIMEOUT, NodeState
 
 log = logging.getLogger("ternmq.plugins.cluster")
+
+SESSION_TAKEN_OVER = 0x8E
 
 
 class Registrar(NodeState):
     """The cluster plugin's client ids (registry.py)."""
+
+    @hookimpl
+    def cluster_claim(self, client: ClientInfo) -> None:
+        if self.alive:  # (its tasks ended, the plugin failed: as a single node)
+            self.batches.claim(client.client_id, True)
 
     @hookimpl
     async def cluster_register(self, client: ClientInfo, clean_start: bool) -> SessionSnapshot | None:
@@ -50,7 +57,7 @@ class Registrar(NodeState):
         """Claims and releases, batched (registry.py); takeovers of claims another node
         held."""
         assert self.redis is not None and self._nursery is not None
-        key = clients_key(self.config.prefix)
+        keys = [clients_key(self.config.prefix), claimed_at_key(self.config.prefix)]
         claim_script = self.redis.register_script(CLAIM)
         release_script = self.redis.register_script(RELEASE)
         while True:
@@ -61,9 +68,10 @@ class Registrar(NodeState):
             previous: list[Any] = []
             try:
                 if releases:
-                    await release_script(keys=[key], args=[self.node, *releases])
+                    await release_script(keys=keys, args=[self.node, *releases])
                 if claims:
-                    previous = await claim_script(keys=[key], args=[self.node, *(c.client_id for c in claims)])
+                    times = [value for c in claims for value in (c.client_id, repr(c.at))]
+                    previous = await claim_script(keys=keys, args=[self.node, *times])
             except Exception as exc:  # Redis down: they connect as on one node
                 log.warning("cluster: %d client ids not claimed: %s", len(claims), exc)
                 for claim in claims:
@@ -80,6 +88,8 @@ class Registrar(NodeState):
                 held = owner.decode("utf-8", "replace") if isinstance(owner, bytes) else str(owner or "")
                 if not held or held == self.node:
                     claim.done.set()
+                elif held.startswith("!"):  # a later CONNECT on another node keeps it
+                    self._nursery.start_soon(self._lost, claim, held[1:])
                 elif self.running(held):
                     self._nursery.start_soon(self._take_over, claim, held)
                     if claim.clean_start:
@@ -94,12 +104,28 @@ class Registrar(NodeState):
                 for claim in self.batches.take()[0]:
                     claim.done.set()
 
+    async def _lost(self, claim: Claim, node: str) -> None:
+        """``claim`` lost to a later CONNECT on ``node``: this node's client goes, as if
+        taken over (0x8E), with its session (the client's session is the other node's)."""
+        assert self.service is not None
+        claim.done.set()
+        log.info("cluster: %s connected later on %s; disconnected here", claim.client_id, node)
+        with trio.move_on_after(ASK_TIMEOUT):
+            # The client's CONNECT may still be under way (a CONNECT without clean start
+            # waits for this very answer): until its session is there (polled: the
+            # service face has no event for a session attached, and this is rare).
+            while (info := self.service.session_info(claim.client_id)) is None or not info.is_online:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            self.service.disconnect(claim.client_id, SESSION_TAKEN_OVER, cleanup=True)
+
     async def _take_stored(self, claim: Claim, node: str) -> None:
         """Take ``claim``'s session from the store, where ``node`` (down) left it; with
-        clean start the store forgets it (its node must not restore it later)."""
+        clean start the store forgets it (its node must not restore it later), unless the
+        new session here is persistent: its first save replaces it in the store."""
         assert self.service is not None
         try:
-            if self.service.session_info(claim.client_id) is None:
+            here = self.service.session_info(claim.client_id)
+            if here is None or (claim.clean_start and here.expiry_interval == 0):
                 session = await self.service.take_stored_session(claim.client_id, clean_start=claim.clean_start)
                 if session is not None:
                     claim.session = session
@@ -119,8 +145,9 @@ class Registrar(NodeState):
             answer = await self._ask(node, "takeover", client_id=claim.client_id, clean_start=claim.clean_start)
             if answer is None:
                 log.warning("cluster: %s did not hand %s over in time; taken from the store", node, claim.client_id)
-                claim.session = await self.service.take_stored_session(claim.client_id, clean_start=claim.clean_start)
-            elif answer["session"] is not None and not claim.clean_start:
+                await self._take_stored(claim, node)
+                return
+            if answer["session"] is not None and not claim.clean_start:
                 claim.session = session_from_json(claim.client_id, answer["session"])
         except Exception as exc:
             log.warning("cluster: %s not taken over from %s: %s", claim.client_id, node, exc)

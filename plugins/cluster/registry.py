@@ -3,9 +3,11 @@
 A client id is unique in the cluster: the hash ``PREFIX:clients`` says which node holds
 it. A CONNECT claims it (``cluster_register``); a node that held it before hands its
 session over (``Service.hand_over``) through a control frame, and the new node resumes
-it. A clean-start CONNECT waits for its claim to be written, so that of two CONNECTs of
-one client id the later one wins wherever each came, but not for the old session
-(nothing to resume): the node that held the client id is told meanwhile. Client ids of clients gone
+it. A clean-start CONNECT does not wait for its claim (``cluster_claim``: there is
+nothing to resume), and the node that held the client id is told within milliseconds.
+Each claim carries the time of its CONNECT (``PREFIX:claimed_at``), so of two CONNECTs of
+one client id on two nodes the later one is kept, whichever claim reaches Redis first:
+the node whose claim is older disconnects its client (0x8E, as a takeover would). Client ids of clients gone
 are given back by a sweep every ``claim_sweep_interval``, not at each disconnect.
 
 Claims and releases are batched: whatever arrives within ``linger`` goes to Redis in one
@@ -15,16 +17,29 @@ Redis command shared with every connect around it, not one of its own.
 
 from __future__ import annotations
 
+import time
+
 import attrs
 import trio
 
 from ternmq.kernel import SessionSnapshot
 
+# KEYS: the holders, the claim times. ARGV: this node, then a client id and its CONNECT's
+# time (Unix seconds) for each claim. A claim older than the one another node holds is
+# not written: that node's CONNECT came later and is kept ("!" and that node come back).
+# Otherwise the claim is written, and the node that held the client id comes back.
 CLAIM = """
 local previous = {}
-for i = 2, #ARGV do
-    previous[i - 1] = redis.call('HGET', KEYS[1], ARGV[i]) or ''
-    redis.call('HSET', KEYS[1], ARGV[i], ARGV[1])
+for i = 2, #ARGV, 2 do
+    local holder = redis.call('HGET', KEYS[1], ARGV[i]) or ''
+    local since = tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '0') or 0
+    if holder ~= '' and holder ~= ARGV[1] and since > tonumber(ARGV[i + 1]) then
+        previous[#previous + 1] = '!' .. holder
+    else
+        redis.call('HSET', KEYS[1], ARGV[i], ARGV[1])
+        redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+        previous[#previous + 1] = holder
+    end
 end
 return previous
 """
@@ -34,6 +49,7 @@ local released = 0
 for i = 2, #ARGV do
     if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[1] then
         redis.call('HDEL', KEYS[1], ARGV[i])
+        redis.call('HDEL', KEYS[2], ARGV[i])
         released = released + 1
     end
 end
@@ -45,12 +61,17 @@ def clients_key(prefix: str) -> str:
     return f"{prefix}:clients"
 
 
+def claimed_at_key(prefix: str) -> str:
+    return f"{prefix}:claimed_at"
+
+
 @attrs.define
 class Claim:
     """One CONNECT's claim of its client id, answered by the registrar."""
 
     client_id: str
     clean_start: bool
+    at: float = attrs.field(factory=time.time)  # when its CONNECT came
     done: trio.Event = attrs.field(factory=trio.Event)
     session: SessionSnapshot | None = None  # handed over by the node that held it
 

@@ -710,6 +710,40 @@ async def test_hook_cluster_register(broker: Any) -> None:
         assert plugin.calls == [("mover", False), ("fresh", True)]
 
 
+class ClaimingAtOnce(HandingOver):
+    """A cluster plugin that claims clean-start CONNECTs without being awaited."""
+
+    @hookimpl
+    def cluster_claim(self, client: ClientInfo) -> None:
+        self.calls.append((client.client_id, True))
+        self.claimed_by = client.node
+
+
+async def test_hook_cluster_claim(broker: Any) -> None:
+    plugin = ClaimingAtOnce()
+    async with registered(broker, plugin):
+        async with MQTTTestClient.open(broker.port()) as client:  # no session here: the lean path
+            assert not (await client.connect("fresh", clean_start=True)).session_present
+        async with MQTTTestClient.open(broker.port()) as client:
+            assert (await client.connect("mover", clean_start=False, properties=PERSISTENT)).session_present
+        async with MQTTTestClient.open(broker.port()) as client:  # a session here: the awaiting path
+            assert not (await client.connect("mover", clean_start=True)).session_present
+        # Clean starts go to cluster_claim (on both paths), the others to cluster_register.
+        assert plugin.calls == [("fresh", True), ("mover", False), ("mover", True)]
+        assert plugin.claimed_by == broker.node_name
+
+
+async def test_an_async_cluster_claim_is_refused_at_load(broker: Any) -> None:
+    class Awaiting:
+        @hookimpl
+        async def cluster_claim(self, client: ClientInfo) -> None:
+            pass
+
+    with pytest.raises(PluginError, match="cluster_claim"):
+        async with registered(broker, Awaiting()):
+            pass
+
+
 async def test_a_session_handed_over_is_not_resumed_with_clean_start(broker: Any) -> None:
     async with registered(broker, HandingOver()), MQTTTestClient.open(broker.port()) as client:
         assert not (await client.connect("mover", clean_start=True)).session_present

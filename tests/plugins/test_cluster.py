@@ -825,6 +825,28 @@ async def test_connecting_to_another_node_takes_the_session_over_with_its_subscr
             assert await clean.closed() is not None
 
 
+async def test_of_two_clean_connects_on_two_nodes_the_later_is_kept_though_its_claim_lands_first(
+    redis_url: str, prefix: str
+) -> None:
+    # a's claims wait 0.3 s for their batch: its client's claim reaches Redis after b's.
+    async with (
+        open_broker(node_config(redis_url, prefix, "a@t", linger=0.3)) as a,
+        open_broker(node_config(redis_url, prefix, "b@t")) as b,
+        MQTTTestClient.open(a.port()) as first,
+        MQTTTestClient.open(b.port()) as second,
+    ):
+        await eventually(lambda: cluster(a).running("b@t") and cluster(b).running("a@t"))
+        assert (await first.connect("twice")).reason_code == 0  # not waiting for its claim
+        await trio.sleep(0.02)
+        assert (await second.connect("twice")).reason_code == 0
+        disconnect = await first.closed()  # a's claim is the older one: a's client goes
+        assert disconnect is not None and disconnect.reason_code == 0x8E
+        assert await second.nothing_received(0.5) and "twice" in b.sessions
+        await eventually(lambda: "twice" not in a.sessions)
+        async with redis_client(redis_url) as redis:
+            assert await redis.hget(f"{prefix}:clients", "twice") == b"b@t"
+
+
 async def test_a_shared_group_with_members_on_two_nodes_gets_each_message_once(redis_url: str, prefix: str) -> None:
     async with nodes(redis_url, prefix, "a@t", "b@t", "c@t") as (a, b, c):
         async with (
