@@ -118,8 +118,12 @@ def _within(value: float | None, low: float | None, high: float | None) -> bool:
     return value is not None and (low is None or value >= low) and (high is None or value <= high)
 
 
-def clients(service: Service, query: ClientQuery, page: int, limit: int) -> Page:
-    found = [info for info in service.sessions() if query.matches(info)]
+def clients(
+    service: Service, query: ClientQuery, page: int, limit: int, *, sessions: Sequence[SessionInfo] | None = None
+) -> Page:
+    """A page of the sessions ``query`` matches, oldest first: of ``sessions`` (EMQX's
+    ``/api/v5/clients``: every node's, ``Service.all_sessions()``), else this node's."""
+    found = [info for info in (service.sessions() if sessions is None else sessions) if query.matches(info)]
     found.sort(key=lambda info: info.created_at)
     return paged(found, page, limit, counted=not query.fuzzy)
 

@@ -22,7 +22,7 @@ from .routing.topics import SubscriptionTrie, TopicError, topic_matches, validat
 from .service import Service
 from .values.config import BrokerSettings, ConfigError, ListenerConfig, build_attrs, check_mountpoint
 from .values.files import file_stamp, read_json_list, set_aside_imported, write_atomically
-from .values.info import ListenerInfo, NodeInfo, PluginInfo, SessionInfo
+from .values.info import ListenerInfo, MetricReading, NodeInfo, NodeMetrics, NodePlugins, PluginInfo, SessionInfo
 from .values.output import Table, Text, cell_text
 from .values.stored import (
     StoreError,
@@ -90,6 +90,9 @@ __all__ = [
     "Outcome",
     "SessionInfo",
     "NodeInfo",
+    "NodePlugins",
+    "NodeMetrics",
+    "MetricReading",
     "ListenerInfo",
     "PluginInfo",
     "PluginError",

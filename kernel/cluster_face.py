@@ -3,7 +3,8 @@ the listings and actions that span the cluster.
 
 Without a cluster plugin the broker is one node: ``nodes()`` is this one, and the
 cluster-wide listings are this node's. The hooks behind them are ``cluster_nodes``,
-``cluster_sessions`` and ``cluster_disconnect`` (docs/hooks.md).
+``cluster_sessions``, ``cluster_disconnect``, ``cluster_plugins`` and
+``cluster_metrics`` (docs/hooks.md).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .routing.topics import mounted_filter
-from .values.info import NodeInfo, SessionInfo
+from .values.info import MetricReading, NodeInfo, NodeMetrics, NodePlugins, PluginInfo, SessionInfo
 
 if TYPE_CHECKING:
+    from .hooks.registries import Metric
     from .protocol.ports import BrokerCore
     from .values.types import Message, SessionSnapshot
 
@@ -32,6 +34,10 @@ class ClusterFace:
         def sessions(self) -> tuple[SessionInfo, ...]: ...
 
         def disconnect(self, client_id: str, reason_code: int = ..., *, cleanup: bool = False) -> bool: ...
+
+        def plugins(self, *, internal: bool = False) -> tuple[PluginInfo, ...]: ...
+
+        def metric_list(self) -> tuple[Metric, ...]: ...
 
     async def nodes(self) -> tuple[NodeInfo, ...]:
         """Every node of the cluster (``cluster show``): a cluster plugin's answer, or
@@ -53,6 +59,44 @@ class ClusterFace:
             return True
         done = await self._broker.dispatcher.provide("cluster_disconnect", client_id=client_id, cleanup=cleanup)
         return bool(done)
+
+    async def all_plugins(self, *, internal: bool = False) -> tuple[NodePlugins, ...]:
+        """The plugins of every node (``plugin show``): this node's (``plugins()``), then
+        the other nodes' (``cluster_plugins``; none without a cluster plugin)."""
+        here = NodePlugins(self.node_name, self.plugins(internal=internal))
+        others = await self._broker.dispatcher.provide("cluster_plugins", default=(), internal=internal)
+        return (here, *others)
+
+    def metric_readings(self) -> tuple[MetricReading, ...]:
+        """Every metric of this node (``metric_list()``), read now: frozen values a
+        cluster plugin can send to another node."""
+        readings = []
+        for metric in self.metric_list():
+            reading = metric.reading()
+            samples: dict[tuple[str, ...], int | float] | None = None
+            if isinstance(reading, dict):
+                samples = dict(reading)
+            elif reading is not None:
+                samples = {(): reading}
+            readings.append(MetricReading(metric.kind, metric.name, metric.help, metric.labels, samples))
+        return tuple(readings)
+
+    async def all_metrics(self) -> tuple[NodeMetrics, ...]:
+        """The metrics of every node (``metrics show``): this node's
+        (``metric_readings()``), then the other nodes' (``cluster_metrics``; none without
+        a cluster plugin)."""
+        others = await self._broker.dispatcher.provide("cluster_metrics", default=())
+        return (NodeMetrics(self.node_name, self.metric_readings()), *others)
+
+    async def store_retained(self, message: Message) -> bool:
+        """For a cluster plugin: retain ``message`` on this node without routing it (what
+        a node that joined late was not sent), through the retainer (``retain_store``).
+        False when nothing was kept: no retainer, an empty payload (which only clears),
+        or the retainer failed."""
+        broker = self._broker
+        if not (broker.retain_available and message.payload):
+            return False
+        return bool(await broker.dispatcher.provide("retain_store", default=True, failed=False, message=message))
 
     async def route_forwarded(
         self,

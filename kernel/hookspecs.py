@@ -46,7 +46,7 @@ from .hooks.dispatch import FAMILY_ATTRIBUTE, SYNCHRONOUS_HOOKS
 if TYPE_CHECKING:
     from .admin import AdminRegistry
     from .hooks.registries import ApiRoutes, MetricsRegistry, SettingsRegistry
-    from .values.info import NodeInfo, SessionInfo
+    from .values.info import NodeInfo, NodeMetrics, NodePlugins, SessionInfo
     from .values.types import Answer, ClientInfo, Message, SessionSnapshot, StoredMessage, TopicSubscription
 
 PROJECT_NAME = "ternmq"
@@ -626,6 +626,30 @@ def cluster_nodes() -> Sequence[NodeInfo]:
     Answer: ``NodeInfo(name, running)`` values (``cluster show``, EMQX's ``/nodes``).
     Only the first implementation is called; none loaded means a single node (this one,
     running). Error or timeout: logged and counted, and this node alone is shown.
+    """
+
+
+@provider
+def cluster_plugins(internal: bool) -> Sequence[NodePlugins]:
+    """Return the plugins of every other node of the cluster (``plugin show``).
+
+    :param internal: also the essential built-in plugins (``admin``), as
+        ``Service.plugins(internal=True)`` lists them.
+
+    Answer: a ``NodePlugins(node, plugins)`` per other node that answered. Only the first
+    implementation is called; none loaded means a single node (no others). Error or
+    timeout: logged and counted, and only this node's plugins are shown.
+    """
+
+
+@provider
+def cluster_metrics() -> Sequence[NodeMetrics]:
+    """Return the metrics of every other node of the cluster, read now (``metrics show``).
+
+    Answer: a ``NodeMetrics(node, metrics)`` per other node that answered, each metric a
+    ``MetricReading``. Only the first implementation is called; none loaded means a single
+    node (no others). Error or timeout: logged and counted, and only this node's metrics
+    are shown.
     """
 
 

@@ -41,6 +41,7 @@ PERSISTENT = {"session_expiry_interval": 60}
 BYSTANDER_TOPIC = "bystander/news"
 # The columns of `plugin show`, VerneMQ's first (Plugin, Type, Hook(s), M:F/A).
 PLUGIN_SHOW_COLUMNS = (
+    "Node",
     "Plugin",
     "Type",
     "Hook(s)",

@@ -932,6 +932,38 @@ async def drive_cluster_nodes(example: type) -> None:
             ]
 
 
+async def drive_cluster_plugins(example: type) -> None:
+    async with open_broker() as broker:
+        async with registered(broker, example(), name="far"):
+            shown = await broker.admin.run(broker.service, ["plugin", "show"])
+            assert isinstance(shown, Table) and shown.columns[0] == "Node"
+            assert [(row["Node"], row["Plugin"]) for row in shown.rows] == [
+                (broker.node_name, "retainer"),
+                (broker.node_name, "far"),
+                ("b@x", "acl"),
+            ]
+        alone = await broker.admin.run(broker.service, ["plugin", "show"])
+        assert isinstance(alone, Table) and [row["Node"] for row in alone.rows] == [broker.node_name]
+
+
+async def drive_cluster_metrics(example: type) -> None:
+    async with open_broker() as broker, registered(broker, example()):
+        async with MQTTTestClient.open(broker.port()) as client:
+            await client.connect("c")
+            await client.publish("t", b"x", qos=1)
+
+        async def lines(*flags: str) -> list[str]:
+            shown = await broker.admin.run(broker.service, ["metrics", "show", *flags])
+            return [line for line in shown.render().splitlines() if "publish_received" in line]
+
+        assert await lines() == ["counter.publish_received = 41"]  # summed over the nodes
+        assert await lines("--node=b@x") == ["counter.publish_received = 40"]
+        assert await lines("--per-node") == [
+            f'counter.publish_received{{node="{broker.node_name}"}} = 1',
+            'counter.publish_received{node="b@x"} = 40',
+        ]
+
+
 async def drive_register_admin_commands(example: type) -> None:
     async with open_broker() as broker:
         async with registered(broker, example(), name="greeter"):
@@ -1243,6 +1275,12 @@ def test_configuration_md_documents_every_cluster_key() -> None:
     check_keys("configuration.md", "`[cluster]`", cluster.Config)
 
 
+def test_configuration_md_documents_every_redis_store_key() -> None:
+    from ternmq.plugins.cluster import store
+
+    check_keys("configuration.md", "`[plugins.redis_store]` (built-in)", store.Config)
+
+
 def test_configuration_md_documents_every_sqlite_store_key() -> None:
     check_keys("configuration.md", "`[plugins.sqlite_store]` (built-in)", sqlite_store.Config)
 
@@ -1274,12 +1312,6 @@ def test_the_key_check_catches_a_missing_key() -> None:
     class Larger:
         node_name: str = "ternmq@127.0.0.1"
         not_in_the_doc: int = 1
-
-def test_configuration_md_documents_every_redis_store_key() -> None:
-    from ternmq.plugins.cluster import store
-
-    check_keys("configuration.md", "`[plugins.redis_store]` (built-in)", store.Config)
-
 
     with pytest.raises(AssertionError, match="not_in_the_doc"):
         check_keys("configuration.md", "`[broker]`", Larger)

@@ -58,26 +58,37 @@ def operations(plugin: Plugin, service: Service) -> list[Operation]:
             body = client_body(info)
             return {name: body[name] for name in wanted}
 
-        return answer(page_body(model.clients(service, query, *paging(call)), item))
+        # Every node's clients (each row's node says which), as EMQX lists them.
+        page = model.clients(service, query, *paging(call), sessions=await service.all_sessions())
+        return answer(page_body(page, item))
 
     def known(call: Call) -> SessionInfo | None:
         return service.session_info(call.params["clientid"])
+
+    async def anywhere(call: Call) -> SessionInfo | None:
+        """The client's session on this node, else on another node of the cluster."""
+        client_id = call.params["clientid"]
+        info = service.session_info(client_id)
+        if info is None:
+            info = next((info for info in await service.all_sessions() if info.client_id == client_id), None)
+        return info
 
     def not_found(call: Call) -> Any:
         return fail(404, "CLIENTID_NOT_FOUND", f"no client {call.params['clientid']!r}")
 
     async def get_client(call: Call) -> Any:
-        info = known(call)
+        info = await anywhere(call)
         return not_found(call) if info is None else answer(client_body(info))
 
     async def kick_client(call: Call) -> Any:
-        if not service.disconnect(call.params["clientid"], cleanup=True):
+        # On whichever node holds it.
+        if not await service.disconnect_anywhere(call.params["clientid"], cleanup=True):
             return not_found(call)
         return no_content()
 
     async def kick_bulk(call: Call) -> Any:
         for client_id in call.body:
-            service.disconnect(client_id, cleanup=True)
+            await service.disconnect_anywhere(client_id, cleanup=True)
         return no_content()
 
     async def client_subscriptions(call: Call) -> Any:

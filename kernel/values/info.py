@@ -87,3 +87,35 @@ class NodeInfo:
 
     name: str
     running: bool
+
+
+@attrs.frozen
+class NodePlugins:
+    """The plugins loaded on one node, in its calling order (``plugin show`` across a
+    cluster)."""
+
+    node: str
+    plugins: tuple[PluginInfo, ...]
+
+
+@attrs.frozen
+class MetricReading:
+    """One metric of one node, read (``metrics show`` across a cluster).
+
+    ``samples``: the value per label values, in the order ``labels`` names them (one
+    sample under ``()`` for a metric without labels); None when the metric's reader
+    failed (``Metric.reading()``)."""
+
+    kind: str  # "counter" or "gauge"
+    name: str
+    help: str = ""
+    labels: tuple[str, ...] = ()
+    samples: Mapping[tuple[str, ...], int | float] | None = None
+
+
+@attrs.frozen
+class NodeMetrics:
+    """Every metric of one node, read at once."""
+
+    node: str
+    metrics: tuple[MetricReading, ...]

@@ -2,52 +2,110 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ternmq import __version__
 from ternmq.kernel import AdminRegistry, Arguments, CommandError, Service, Table, Text, label_text
 
-_METRICS_FLAGS = ("aggregate", "with-descriptions")
+Number = int | float
+
+_METRICS_FLAGS = ("aggregate", "with-descriptions", "node", "per-node")
+#: Gauges that count what every node holds its own copy of (the retained messages, which
+#: the cluster replicates; the ACL and password files and the bans, usually the same on
+#: every node): over a cluster these show the largest node's value, not a sum.
+COPIED_GAUGES = frozenset({"retained_messages", "acl_rules", "passwd_users", "banned_entries"})
+
+Samples = Mapping[tuple[str, ...], Number] | None
 
 
-def _metrics_show(service: Service, args: Arguments) -> Text:
-    """VerneMQ's ``metrics show``: ``kind.name = value`` lines; a labelled metric summed
-    over its labels unless ``--aggregate=false``; ``--<label>=<value>`` keeps the
-    samples with that label value; ``--with-descriptions`` puts each help above."""
+async def _metrics_show(service: Service, args: Arguments) -> Text:
+    """VerneMQ's ``metrics show``, over every node of the cluster: ``kind.name = value``
+    lines, each summed over the nodes (a copied gauge: the largest, COPIED_GAUGES);
+    ``--node=NAME`` one node's alone, ``--per-node`` a line per node (labelled
+    ``node``). A labelled metric summed over its labels unless ``--aggregate=false``;
+    ``--<label>=<value>`` keeps the samples with that label value;
+    ``--with-descriptions`` puts each help above."""
     aggregate = "aggregate" not in args.flags or args.bool_flag("aggregate")
     describe = args.bool_flag("with-descriptions")
-    metrics = sorted(service.metric_list(), key=lambda metric: (metric.kind, metric.name))
+    per_node = args.bool_flag("per-node")
+    only = args.text_flag("node")
+    everything = await service.all_metrics()
+    if only is not None:
+        everything = tuple(node for node in everything if node.node == only)
+        if not everything:
+            raise CommandError(f"no node {only} answered (cluster show lists the nodes)")
+    # (kind, name, labels) -> the help and each node's samples, in the nodes' order
+    metrics: dict[tuple[str, str, tuple[str, ...]], tuple[str, list[tuple[str, Samples]]]] = {}
+    for node in everything:
+        for reading in node.metrics:
+            key = (reading.kind, reading.name, reading.labels)
+            metrics.setdefault(key, (reading.help, []))[1].append((node.node, reading.samples))
     wanted = {name: value for name, value in args.flags.items() if name not in _METRICS_FLAGS}
-    known_labels = {label for metric in metrics for label in metric.labels}
+    known_labels = {label for _, _, labels in metrics for label in labels}
     for name, value in wanted.items():
         if name not in known_labels:
             raise args.usage_error(f"unknown flag --{name} (labels: {', '.join(sorted(known_labels)) or 'none'})")
         if not isinstance(value, str):
             raise args.usage_error(f"--{name} filters by a label: --{name}=<value>")
     lines = []
-    for metric in metrics:
-        if any(label not in metric.labels for label in wanted):
+    for (kind, name, labels), (help_text, by_node) in sorted(metrics.items()):
+        if any(label not in labels for label in wanted):
             continue  # a label filter keeps only the metrics that have that label
-        reading = metric.reading()
-        shown: list[tuple[str, Any]]
-        if reading is None:  # a broken reader reads -1, as on /metrics and in $SYS
-            shown = [(metric.name, -1)]
-        elif isinstance(reading, dict):
-            samples = {
-                values: value
-                for values, value in reading.items()
-                if all(dict(zip(metric.labels, values, strict=True)).get(k) == v for k, v in wanted.items())
-            }
-            if aggregate:
-                shown = [(metric.name, sum(samples.values()))] if samples or not wanted else []
-            else:
-                shown = [(f"{metric.name}{{{label_text(metric.labels, k)}}}", v) for k, v in samples.items()]
+        if per_node:
+            shown = [
+                line
+                for node, samples in by_node
+                for line in _shown(name, labels, samples, wanted, aggregate, ("node", node))
+            ]
         else:
-            shown = [(metric.name, reading)]
-        if describe and metric.help and shown:
-            lines.append(f"# {metric.help}")
-        lines += [f"{metric.kind}.{name} = {value}" for name, value in shown]
+            combine = max if kind == "gauge" and name in COPIED_GAUGES else sum
+            shown = _shown(name, labels, _combined([s for _, s in by_node], combine), wanted, aggregate, None)
+        if describe and help_text and shown:
+            lines.append(f"# {help_text}")
+        lines += [f"{kind}.{sample} = {value}" for sample, value in shown]
     return Text("\n".join(lines))
+
+
+def _combined(
+    each: list[Samples], combine: Callable[[Iterable[Number]], Number]
+) -> Mapping[tuple[str, ...], Number] | None:
+    """The nodes' samples of one metric as one (None when every node's reader failed):
+    per label values, ``combine`` (sum, or max) over the nodes that have them."""
+    read = [samples for samples in each if samples is not None]
+    if not read:
+        return None
+    keys = dict.fromkeys(key for samples in read for key in samples)
+    return {key: combine(samples[key] for samples in read if key in samples) for key in keys}
+
+
+def _shown(
+    name: str,
+    labels: tuple[str, ...],
+    samples: Samples,
+    wanted: Mapping[str, Any],
+    aggregate: bool,
+    node: tuple[str, str] | None,
+) -> list[tuple[str, Number]]:
+    """The (sample name, value) lines of one metric; ``node``: its ("node", name) label."""
+    extra_names, extra_values = (("node",), (node[1],)) if node else ((), ())
+
+    def named(names: tuple[str, ...], values: tuple[str, ...]) -> str:
+        names, values = (*extra_names, *names), (*extra_values, *values)
+        return f"{name}{{{label_text(names, values)}}}" if names else name
+
+    if samples is None:  # a broken reader reads -1, as on /metrics and in $SYS
+        return [(named((), ()), -1)]
+    if not labels:
+        return [(named((), ()), value) for value in samples.values()]
+    kept = {
+        values: value
+        for values, value in samples.items()
+        if all(dict(zip(labels, values, strict=True)).get(k) == v for k, v in wanted.items())
+    }
+    if aggregate:
+        return [(named((), ()), sum(kept.values()))] if kept or not wanted else []
+    return [(named(labels, values), value) for values, value in kept.items()]
 
 
 def _node_status(service: Service, args: Arguments) -> Table:
@@ -139,7 +197,8 @@ def register(registry: AdminRegistry) -> None:
         "metrics show",
         _metrics_show,
         any_flags=True,
-        help="Print every counter and gauge. --aggregate=false: a line per label value; "
+        help="Print every counter and gauge, summed over the nodes of the cluster. --node=NAME: one node's; "
+        "--per-node: a line per node; --aggregate=false: a line per label value; "
         "--<label>=<value>: only those samples; --with-descriptions: each metric's help above it.",
     )
     registry.describe("node", "This broker node.")

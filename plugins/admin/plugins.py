@@ -18,6 +18,7 @@ from ternmq.kernel import (
 )
 
 PLUGIN_COLUMNS = (
+    "Node",
     "Plugin",
     "Type",
     "Hook(s)",
@@ -32,11 +33,12 @@ PLUGIN_COLUMNS = (
 )
 
 
-def plugin_row(info: PluginInfo) -> dict[str, Any]:
+def plugin_row(info: PluginInfo, node: str) -> dict[str, Any]:
     """One row of ``plugin show``, in VerneMQ's words: a module of hook functions is a
     "module" plugin; a plugin object (a class with hooks, config, maybe serve) an
     "application"."""
     return {
+        "Node": node,
         "Plugin": info.name,
         "Type": info.kind,
         "Hook(s)": list(info.hooks),
@@ -51,11 +53,15 @@ def plugin_row(info: PluginInfo) -> dict[str, Any]:
     }
 
 
-def _plugin_show(service: Service, args: Arguments) -> Table:
+async def _plugin_show(service: Service, args: Arguments) -> Table:
+    """Every node's plugins (VerneMQ lists them per node): this node's first, each in its
+    calling order; a node that does not answer in time is left out."""
     plugin, hook = args.text_flag("plugin"), args.text_flag("hook")
     # The essential built-in plugins (admin) when asked for: --internal, or by name.
     internal = args.bool_flag("internal") or plugin is not None
-    rows = [plugin_row(info) for info in service.plugins(internal=internal)]
+    rows = [
+        plugin_row(info, node.node) for node in await service.all_plugins(internal=internal) for info in node.plugins
+    ]
     if plugin is not None:
         rows = [r for r in rows if r["Plugin"] == plugin]
     if hook is not None:
@@ -104,7 +110,7 @@ def register(registry: AdminRegistry) -> None:
     registry.add(
         "plugin show",
         _plugin_show,
-        help="List loaded plugins with their hooks and error counts.",
+        help="List the loaded plugins of every node with their hooks and error counts.",
         flags={
             "plugin": "only this plugin",
             "hook": "only plugins implementing this hook",

@@ -63,6 +63,7 @@ async def test_plugin_show_lists_each_plugin_with_its_columns(broker: Any) -> No
     assert [f.split(":")[1].split("/")[0] for f in functions] == [f"Plugin.{hook}" for hook in hooks]
     assert rows == [
         {
+            "Node": broker.node_name,
             "Plugin": "retainer",
             "Type": "application",
             "source": "builtin",

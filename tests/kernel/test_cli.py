@@ -440,7 +440,7 @@ async def test_unknown_plugin_is_a_one_line_configuration_error_with_the_ways_to
     stderr = one_line_config_error(await ternmq_run("--config", path), path, "plugins.nosuch")
     assert stderr.startswith(
         f"ternmq: configuration error: {path}: [plugins.nosuch]: not a built-in plugin "
-        "(acl, api, banned, cluster, passwd, retainer, sqlite_store, sys, webhooks), not an entry point in group ternmq.plugins (installed: none) and not a "
+        "(acl, api, banned, cluster, passwd, redis_store, retainer, sqlite_store, sys, webhooks), not an entry point in group ternmq.plugins (installed: none) and not a "
         "dotted path"
     )
     assert "module:object" in stderr and "pip install PACKAGE" in stderr

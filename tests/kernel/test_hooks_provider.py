@@ -23,7 +23,7 @@ from ternmq.kernel.hookspecs import hookimpl
 from ternmq.kernel.manager import PluginError
 from ternmq.kernel.routing.topics import topic_matches
 from ternmq.kernel.testing import MQTTTestClient, registered, serving, test_config
-from ternmq.kernel.values.info import NodeInfo, SessionInfo
+from ternmq.kernel.values.info import MetricReading, NodeInfo, NodeMetrics, NodePlugins, PluginInfo, SessionInfo
 from ternmq.kernel.values.output import Text
 from ternmq.kernel.values.types import ClientInfo, Message, SessionSnapshot, StoredMessage, TopicSubscription
 
@@ -829,6 +829,80 @@ async def test_hook_cluster_nodes(broker: Any) -> None:
         assert [(row["Node"], row["Running"]) for row in table.rows] == [("a@x", True), ("b@x", False)]
     async with registered(broker, BrokenNodes()):
         assert await broker.service.nodes() == (NodeInfo(broker.node_name, True),)  # failed: this node alone
+
+
+class OtherNodePlugins:
+    def __init__(self) -> None:
+        self.asked: list[bool] = []
+
+    @hookimpl
+    async def cluster_plugins(self, internal: bool) -> list[NodePlugins]:
+        self.asked.append(internal)
+        info = PluginInfo("far", "module", "object", "", "running", None, (), (), 0, 0)
+        return [NodePlugins("b@x", (info,))]
+
+
+class BrokenPlugins:
+    @hookimpl
+    def cluster_plugins(self) -> list[NodePlugins]:
+        raise RuntimeError("no redis")
+
+
+async def test_hook_cluster_plugins(broker: Any) -> None:
+    alone = await broker.service.all_plugins()
+    assert [(n.node, [p.name for p in n.plugins]) for n in alone] == [(broker.node_name, ["retainer"])]
+    plugin = OtherNodePlugins()
+    async with registered(broker, plugin, name="near"):
+        listed = await broker.service.all_plugins(internal=True)
+        assert [(n.node, [p.name for p in n.plugins]) for n in listed] == [
+            (broker.node_name, ["admin", "retainer", "near"]),
+            ("b@x", ["far"]),
+        ]
+        table = await broker.service.run_command(["plugin", "show"])
+        assert [(row["Node"], row["Plugin"]) for row in table.rows][-1] == ("b@x", "far")
+        assert plugin.asked == [True, False]
+    async with registered(broker, BrokenPlugins(), name="broken"):
+        assert [n.node for n in await broker.service.all_plugins()] == [broker.node_name]  # failed: this node
+
+
+class OtherNodeMetrics:
+    @hookimpl
+    async def cluster_metrics(self) -> list[NodeMetrics]:
+        return [
+            NodeMetrics(
+                "b@x",
+                (
+                    MetricReading("counter", "publish_received", "", (), {(): 5}),
+                    MetricReading("gauge", "retained_messages", "", (), {(): 3}),
+                    MetricReading("counter", "packets_received", "", ("type",), {("PUBLISH",): 5}),
+                    MetricReading("gauge", "far_only", "", (), None),  # its reader failed
+                ),
+            )
+        ]
+
+
+async def test_hook_cluster_metrics(broker: Any) -> None:
+    async def shown(*flags: str) -> dict[str, str]:
+        text = (await broker.service.run_command(["metrics", "show", *flags])).render()
+        return dict(line.split(" = ") for line in text.splitlines())
+
+    [alone] = await broker.service.all_metrics()
+    assert alone.node == broker.node_name and {m.name for m in alone.metrics} >= {"publish_received", "sessions"}
+    await broker.service.publish("r", b"kept", retain=True)
+    async with registered(broker, OtherNodeMetrics()):
+        here, there = await broker.service.all_metrics()
+        assert (here.node, there.node) == (broker.node_name, "b@x")
+        summed = await shown()
+        assert summed["counter.publish_received"] == "5"  # 0 here
+        assert summed["gauge.retained_messages"] == "3"  # each node's copy: the largest, not 1 + 3
+        assert summed["gauge.far_only"] == "-1"
+        assert (await shown("--aggregate=false"))['counter.packets_received{type="PUBLISH"}'] == "5"
+        per_node = await shown("--per-node")
+        assert per_node[f'gauge.retained_messages{{node="{broker.node_name}"}}'] == "1"
+        assert per_node['gauge.retained_messages{node="b@x"}'] == "3"
+        assert (await shown("--node=b@x"))["counter.publish_received"] == "5"
+        with pytest.raises(CommandError, match="no node nowhere@x"):
+            await shown("--node=nowhere@x")
 
 
 # -------------------------------------------------------------------- registration

@@ -215,7 +215,7 @@ async def test_unknown_name_names_every_way_a_plugin_can_be_found(broker: Any, j
     error = caught.value
     assert (error.plugin, str(error)) == ("nosuch", f"plugin nosuch: {error.reason}")
     assert error.reason.startswith(
-        "not a built-in plugin (acl, api, banned, cluster, passwd, retainer, sqlite_store, sys, webhooks), not an entry point in group ternmq.plugins "
+        "not a built-in plugin (acl, api, banned, cluster, passwd, redis_store, retainer, sqlite_store, sys, webhooks), not an entry point in group ternmq.plugins "
         "(installed: json_auth) and not a dotted path"
     )
     assert "module:object" in error.reason and "pip install" in error.reason

@@ -24,15 +24,16 @@ from typing import Any
 
 import attrs
 import coredis
+import httpx
 import pytest
 import trio
 
 from ternmq.kernel import CommandError, ConfigError, Message, Table, Text
 from ternmq.kernel.broker import Broker
 from ternmq.kernel.codec import Puback, Pubcomp, Publish, Pubrec, Pubrel, SubscriptionRequest
-from ternmq.kernel.testing import MQTTTestClient, open_broker, test_config
+from ternmq.kernel.testing import MQTTTestClient, open_broker, registered, test_config
 from ternmq.kernel.values.config import Config, ListenerConfig, PluginEntry, load_config, parse_config
-from ternmq.plugins.cluster import Plugin
+from ternmq.plugins.cluster import Plugin, questions
 from ternmq.plugins.cluster.frames import decode_frame, encode_control, encode_frame, inbox_channel
 from ternmq.plugins.cluster.routes import notice, routes_key
 
@@ -889,6 +890,146 @@ async def test_session_show_lists_every_node_and_disconnect_reaches_the_node_hol
             assert disconnect is not None and disconnect.reason_code == 0x98  # kicked on b, asked on a
             with pytest.raises(CommandError, match="no session with client id 'nobody'"):
                 await a.service.run_command(["session", "disconnect", "client-id=nobody"])
+
+
+async def test_plugin_show_lists_every_nodes_plugins_and_leaves_out_a_node_that_does_not_answer(
+    redis_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with (
+        nodes(redis_url, prefix, "a@t", "b@t") as (a, b),
+        registered(b, object(), name="only-on-b"),
+        redis_client(redis_url) as redis,
+    ):
+        table = await a.service.run_command(["plugin", "show"])
+        assert isinstance(table, Table) and table.columns[0] == "Node"
+        assert [(row["Node"], row["Plugin"]) for row in table.rows] == [
+            ("a@t", "cluster"),
+            ("a@t", "retainer"),
+            ("b@t", "cluster"),
+            ("b@t", "retainer"),
+            ("b@t", "only-on-b"),
+        ]
+        on_b = next(row for row in table.rows if row["Node"] == "b@t" and row["Plugin"] == "cluster")
+        assert "cluster_plugins" in on_b["Hook(s)"] and on_b["state"] == "running"
+        retainers = await a.service.run_command(["plugin", "show", "--plugin=retainer"])
+        assert [row["Node"] for row in retainers.rows] == ["a@t", "b@t"]
+        # A node that runs (its heartbeat is fresh) but does not answer: left out, logged.
+        await redis.hset(f"{prefix}:nodes", {"ghost@t": repr(time.time() + 3)})
+        await eventually(lambda: cluster(a).running("ghost@t"), message="a sees the ghost")
+        table = await a.service.run_command(["plugin", "show"])
+        assert {row["Node"] for row in table.rows} == {"a@t", "b@t"}
+        assert "cluster: ghost@t did not list its plugins in time" in caplog.text
+        await redis.hdel(f"{prefix}:nodes", ["ghost@t"])
+
+
+async def test_metrics_show_sums_the_nodes_and_shows_one_node_or_each(redis_url: str, prefix: str) -> None:
+    async def shown(broker: Broker, *flags: str) -> dict[str, str]:
+        text = await broker.service.run_command(["metrics", "show", *flags])
+        assert isinstance(text, Text)
+        return dict(line.split(" = ") for line in text.text.splitlines())
+
+    async with (
+        nodes(redis_url, prefix, "a@t", "b@t") as (a, b),
+        connected(a, "pub-a") as on_a,
+        connected(b, "pub-b") as on_b,
+    ):
+        for _ in range(3):
+            assert await on_a.publish("m/a", b"x", qos=1)
+        assert await on_b.publish("m/retained", b"kept", qos=1, retain=True)
+        await eventually(lambda: a.service.retained("m/#"), message="retained on a too")
+        summed = await shown(a)
+        assert summed["counter.publish_received"] == "4"  # 3 on a, 1 on b
+        assert summed["gauge.clients_online"] == "2"
+        assert summed["gauge.retained_messages"] == "1"  # every node's copy of one message
+        assert (await shown(b))["counter.publish_received"] == "4"  # the same sum, asked on b
+        assert (await shown(b, "--node=a@t"))["counter.publish_received"] == "3"
+        assert (await shown(a, "--node=b@t"))["counter.publish_received"] == "1"
+        per_node = await shown(a, "--per-node")
+        assert per_node['counter.publish_received{node="a@t"}'] == "3"
+        assert per_node['counter.publish_received{node="b@t"}'] == "1"
+        assert per_node['gauge.retained_messages{node="b@t"}'] == "1"
+        assert "counter.publish_received" not in per_node
+        apart = await shown(a, "--per-node", "--aggregate=false")
+        assert apart['counter.packets_received{node="a@t",type="PUBLISH"}'] == "3"
+        assert apart['counter.packets_received{node="b@t",type="PUBLISH"}'] == "1"
+        assert (await shown(a, "--type=PUBLISH"))["counter.packets_received"] == "4"
+        with pytest.raises(CommandError, match="no node c@t answered"):
+            await shown(a, "--node=c@t")
+
+
+async def test_a_node_that_joins_late_gets_the_retained_messages_it_has_none_of(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(questions, "RETAINED_PAGE_MESSAGES", 2)  # several pages
+    topics = [f"r/{n}" for n in range(5)]
+    async with nodes(redis_url, prefix, "a@t", "b@t") as (a, b):
+        for topic in topics:
+            await a.service.publish(topic, f"from a: {topic}".encode(), qos=1, retain=True)
+        await a.service.publish("$mount/m1/r/x", b"in m1", qos=0, retain=True)
+        await eventually(lambda: _count_retained(b, 5), message="retained on b")
+        # c runs alone first (its own r/0), then joins: the cluster plugin loaded at run time.
+        alone = test_config(plugins={"retainer": {}})
+        async with open_broker(attrs.evolve(alone, broker=attrs.evolve(alone.broker, node_name="c@t"))) as c:
+            await c.service.publish("r/0", b"c's own", qos=1, retain=True)
+            await c.service.load_plugin("cluster", {"redis_url": redis_url, "prefix": prefix})
+            await eventually(lambda: _count_retained(c, 5), message="the retained messages copied to c")
+            got = {m.topic: m.payload for m in await c.service.retained("#")}
+            assert got == {"r/0": b"c's own", **{t: f"from a: {t}".encode() for t in topics[1:]}}
+            mounted = await c.service.retained("$mount/#")
+            assert [(m.topic, m.payload) for m in mounted] == [("$mount/m1/r/x", b"in m1")]
+            table = await c.service.run_command(["retain", "show"])
+            assert isinstance(table, Table) and [row["topic"] for row in table.rows] == topics
+            await eventually(lambda: "retained messages copied from a@t" in caplog.text)
+            assert "cluster: 5 retained messages copied from a@t" in caplog.text  # 4 of r/ and the mounted one
+        # d starts with [cluster] in its configuration: the cluster plugin joins before the
+        # retainer loads, and the messages are copied once it has.
+        async with open_broker(node_config(redis_url, prefix, "d@t")) as d:
+            await eventually(lambda: _count_retained(d, 5), message="the retained messages copied to d")
+            assert {m.topic: m.payload for m in await d.service.retained("#")} == {
+                t: f"from a: {t}".encode() for t in topics
+            }
+            assert [m.topic for m in await d.service.retained("$mount/#")] == ["$mount/m1/r/x"]
+
+
+async def _count_retained(broker: Broker, count: int) -> bool:
+    return len(await broker.service.retained("#")) == count
+
+
+async def test_emqx_clients_page_over_every_node_and_find_and_kick_a_client_anywhere(
+    redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    async with (
+        nodes(redis_url, prefix, "a@t", "b@t") as (a, b),
+        connected(a, "c-a1") as _,
+        connected(b, "c-b1") as _,
+        connected(a, "c-a2") as _,
+        connected(b, "c-b2") as on_b,
+    ):
+        settings = {"port": 0, "keys_file": str(tmp_path / "keys.json"), "apps_file": str(tmp_path / "apps.json")}
+        await a.service.load_plugin("api", settings)
+        text = await a.service.run_command(["api-key", "create", "--emqx", "name=ops"])
+        assert isinstance(text, Text)
+        key, secret = (line.split(": ", 1)[1] for line in text.text.splitlines())
+        url = f"http://127.0.0.1:{a.plugins.loaded['api'].plugin.port}/api/v5"
+        async with httpx.AsyncClient(base_url=url, auth=(key, secret), timeout=10) as http:
+            seen: dict[str, str] = {}
+            for page in (1, 2):
+                reply = await http.get(f"/clients?limit=3&page={page}")
+                assert reply.status_code == 200, reply.text
+                body = reply.json()
+                assert body["meta"] == {"page": page, "limit": 3, "count": 4, "hasnext": page == 1}
+                seen.update({client["clientid"]: client["node"] for client in body["data"]})
+            assert seen == {"c-a1": "a@t", "c-a2": "a@t", "c-b1": "b@t", "c-b2": "b@t"}
+            only_b = (await http.get("/clients?node=b@t")).json()["data"]
+            assert sorted(client["clientid"] for client in only_b) == ["c-b1", "c-b2"]
+            one = await http.get("/clients/c-b2")
+            assert one.status_code == 200 and (one.json()["clientid"], one.json()["node"]) == ("c-b2", "b@t")
+            assert (await http.get("/clients/nobody")).status_code == 404
+            assert (await http.delete("/clients/c-b2")).status_code == 204  # kicked on b, asked on a
+            disconnect = await on_b.closed()
+            assert disconnect is not None and disconnect.reason_code == 0x98
+            await eventually(lambda: "c-b2" not in b.sessions, message="its session ended on b")
+            assert (await http.delete("/clients/c-b2")).status_code == 404
 
 
 async def test_client_ids_of_gone_clients_are_given_back_at_the_next_sweep(redis_url: str, prefix: str) -> None:
