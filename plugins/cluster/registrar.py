@@ -10,7 +10,7 @@ import trio
 
 from ternmq.kernel import ClientInfo, SessionSnapshot, hookimpl, session_from_json
 
-from .registry import CLAIM, RELEASE, Claim, claimed_at_key, clients_key
+from .registry import CLAIM, CLAIM_LINGER, RELEASE, Claim, claimed_at_key, clients_key
 from .state import ASK_TIMEOUT, NodeState
 
 log = logging.getLogger("ternmq.plugins.cluster")
@@ -63,7 +63,10 @@ class Registrar(NodeState):
         while True:
             await self.batches.ready.wait()
             if self.config.linger:
-                await trio.sleep(self.config.linger)
+                # Within linger when a CONNECT waits, else within CLAIM_LINGER.
+                with trio.move_on_after(max(CLAIM_LINGER, self.config.linger)):
+                    await self.batches.awaited.wait()
+                    await trio.sleep(self.config.linger)
             claims, releases = self.batches.take()
             previous: list[Any] = []
             try:
@@ -77,10 +80,12 @@ class Registrar(NodeState):
                 for claim in claims:
                     claim.done.set()
                 # Until Redis is back, claims are answered at once (claimed again then).
-                with trio.CancelScope() as waiting:
-                    self._nursery.start_soon(self._answer_claims_meanwhile, waiting)
+                meanwhile = trio.CancelScope()  # entered by the task it cancels
+                self._nursery.start_soon(self._answer_claims_meanwhile, meanwhile)
+                try:
                     await self.reachable()
-                waiting.cancel()
+                finally:
+                    meanwhile.cancel()
                 self._resync = True
                 self._routes_changed.set()
                 continue
