@@ -36,9 +36,12 @@ Valkey); nothing else joins them.
   (``cluster_shared_here`` for its own members, ``cluster_forward`` for the others), and
   the frame names the groups the receiving node serves.
 
-* **Cluster-wide admin.** ``session show`` lists every node's sessions
-  (``cluster_sessions``: each node asked through its inbox) and ``session disconnect``
-  reaches the node holding the client (``cluster_disconnect``).
+* **Cluster-wide admin.** Each node is asked through its inbox (questions.py):
+  ``session show`` lists every node's sessions (``cluster_sessions``), ``plugin show``
+  their plugins (``cluster_plugins``), ``metrics show`` sums their metrics
+  (``cluster_metrics``), EMQX's ``/api/v5/clients`` pages over every node's clients, and
+  ``session disconnect`` reaches the node holding the client (``cluster_disconnect``).
+  A node that joins copies the retained messages it has none of from a running node.
 
 * **Netsplit.** While Redis is lost, VerneMQ's ``allow_*_during_netsplit`` switches
   decide (netsplit.py, loaded only then).
