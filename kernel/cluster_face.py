@@ -98,6 +98,33 @@ class ClusterFace:
             return False
         return bool(await broker.dispatcher.provide("retain_store", default=True, failed=False, message=message))
 
+    async def leave_cluster(self, node: str) -> int:
+        """Remove ``node``, a node that is down, from the cluster (``cluster leave``):
+        this node takes over the sessions it held (``cluster_leave``); returns how many.
+        ValueError, with nothing done, for this node, a running node, an unknown one, or
+        no cluster plugin."""
+        if not self._broker.dispatcher.has("cluster_leave"):
+            raise ValueError(f"{self.node_name} runs as a single node: leaving a cluster needs a cluster plugin")
+        if node == self.node_name:
+            raise ValueError(f"{node} is this node: a node leaves the cluster when it stops")
+        known = {info.name: info.running for info in await self.nodes()}
+        if node not in known:
+            raise ValueError(f"no node {node} in the cluster (nodes: {', '.join(sorted(known))})")
+        if known[node]:
+            raise ValueError(f"{node} is running: stop it, and it leaves the cluster as it stops")
+        failed = object()
+        taken = await self._broker.dispatcher.provide("cluster_leave", failed=failed, node=node)
+        if taken is failed or taken is None:
+            raise ValueError(f"{node} could not be removed (see the log)")
+        return int(taken)
+
+    def restore_session(self, snapshot: SessionSnapshot) -> bool:
+        """For a cluster plugin: make a session taken from the store
+        (``take_stored_session``) this node's while its client is away, as a restart
+        restores its own: subscriptions routed, messages where they were, expiry running,
+        a will owed published. False when this node has a session of the client id."""
+        return self._broker.lifecycle.restore_session(snapshot, self._broker.settings.limits)
+
     async def route_forwarded(
         self,
         message: Message,

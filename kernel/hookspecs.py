@@ -620,6 +620,21 @@ def cluster_disconnect(client_id: str, cleanup: bool) -> bool:
 
 
 @provider
+def cluster_leave(node: str) -> int:
+    """Remove ``node``, a node of the cluster that is down, from the cluster (``cluster
+    leave``): this node takes over the sessions it held, and it is no longer listed.
+
+    :param node: the name of a node that is down (the broker checked: not this node, and
+        not a running one).
+
+    Answer: how many sessions this node took over (from a store the nodes share:
+    ``Service.take_stored_session``, then ``Service.restore_session``). Only the first
+    implementation is called. Error or timeout: logged and counted, and ``cluster
+    leave`` fails.
+    """
+
+
+@provider
 def cluster_nodes() -> Sequence[NodeInfo]:
     """Return every node of the cluster, this one included, and whether it runs.
 

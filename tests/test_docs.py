@@ -919,6 +919,24 @@ async def drive_cluster_disconnect(example: type) -> None:
     asked.clear()
 
 
+async def drive_cluster_leave(example: type) -> None:
+    class Down:
+        @ternmq.kernel.hookimpl
+        def cluster_nodes(self) -> list[ternmq.kernel.NodeInfo]:
+            return [ternmq.kernel.NodeInfo("gone@x", False)]
+
+    plugin = example()
+    async with open_broker() as broker, registered(broker, Down()), registered(broker, plugin):
+        done = await broker.admin.run(broker.service, ["cluster", "leave", "node=gone@x"])
+        assert done == Text(f"Done: gone@x removed; 0 of its sessions are {broker.node_name}'s now")
+        assert plugin.removed == ["gone@x"]
+        with pytest.raises(CommandError, match="is this node"):
+            await broker.admin.run(broker.service, ["cluster", "leave", f"node={broker.node_name}"])
+    async with open_broker() as broker:
+        with pytest.raises(CommandError, match="runs as a single node"):
+            await broker.admin.run(broker.service, ["cluster", "leave", "node=gone@x"])
+
+
 async def drive_cluster_nodes(example: type) -> None:
     async with open_broker() as broker:
         alone = await broker.admin.run(broker.service, ["cluster", "show"])

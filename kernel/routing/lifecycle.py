@@ -58,24 +58,33 @@ class SessionLifecycle:
 
     async def restore_sessions(self, limits: Limits) -> None:
         """Load the session store's sessions (at start), with today's in-flight and
-        queue limits: their subscriptions, their messages where they were, and the wills
-        owed by connections the last run ended without a DISCONNECT."""
+        queue limits (``restore_session``)."""
         snapshots = await self.dispatcher.provide("session_store_load_all", default=())
-        journal = self.router.journal
         for snapshot in snapshots:
-            session = self._session_from(snapshot, limits)
-            session.stored = True
-            if journal.active:
-                session.journal = journal
-            for entry in snapshot.messages:
-                journal.restore(session, entry)
-            # Saved while its client was connected: the client left when the broker did.
-            session.disconnected_at = snapshot.disconnected_at or time.time()
-            if snapshot.will is not None:
-                self._owe_restored_will(session, snapshot.will)
-            self._schedule_expiry(session)
+            self.restore_session(snapshot, limits)
         if snapshots:
             log.info("restored %d sessions from the session store", len(snapshots))
+
+    def restore_session(self, snapshot: SessionSnapshot, limits: Limits) -> bool:
+        """A session the store keeps for this node, made this node's, offline: its
+        subscriptions, its messages where they were, its expiry running, and the will
+        owed by a connection that ended without DISCONNECT (the broker, or the node that
+        held it, stopped). False, with nothing changed, when there is a session already."""
+        if snapshot.client_id in self.sessions:
+            return False
+        journal = self.router.journal
+        session = self._session_from(snapshot, limits)
+        session.stored = True
+        if journal.active:
+            session.journal = journal
+        for entry in snapshot.messages:
+            journal.restore(session, entry)
+        # Saved while its client was connected: the client left when the broker did.
+        session.disconnected_at = snapshot.disconnected_at or time.time()
+        if snapshot.will is not None:
+            self._owe_restored_will(session, snapshot.will)
+        self._schedule_expiry(session)
+        return True
 
     async def adopt_session(self, snapshot: SessionSnapshot, limits: Limits) -> bool:
         """A session another node held, handed over for its client connecting here (a

@@ -175,20 +175,44 @@ def _not_clustered(service: Service, args: Arguments) -> Text:
     )
 
 
+def _clustered(service: Service, hook: str) -> bool:
+    """Whether a cluster plugin is loaded that implements ``hook``."""
+    return any(hook in info.hooks for info in service.plugins())
+
+
+async def _cluster_join(service: Service, args: Arguments) -> Text:
+    if not _clustered(service, "cluster_nodes"):
+        return _not_clustered(service, args)
+    raise CommandError("a node joins the cluster at its start, through its [cluster] table's redis_url")
+
+
+async def _cluster_leave(service: Service, args: Arguments) -> Text:
+    if not _clustered(service, "cluster_leave"):
+        return _not_clustered(service, args)
+    node = args.keys.get("node")
+    if not node:
+        raise args.usage_error("node=NAME: the node to remove (one that is down)")
+    try:
+        taken = await service.leave_cluster(node)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    return Text(f"Done: {node} removed; {taken} of its sessions are {service.node_name}'s now")
+
+
 def register(registry: AdminRegistry) -> None:
     registry.describe("cluster", "The cluster this node is in (one node without a cluster plugin).")
     registry.add("cluster show", _cluster_show, help="The nodes and whether they run.")
     # VerneMQ's cluster commands, answered with why they cannot run on a single node.
     registry.add(
         "cluster join",
-        _not_clustered,
-        help="Join a cluster (needs a cluster plugin).",
+        _cluster_join,
+        help="Join a cluster (a node joins through its [cluster] table).",
         keys={"discovery-node": "a node of the cluster"},
     )
     registry.add(
         "cluster leave",
-        _not_clustered,
-        help="Leave the cluster (needs a cluster plugin).",
+        _cluster_leave,
+        help="Remove a node that is down from the cluster; this node takes over its sessions.",
         keys={"node": "the node"},
         flags={"kill_sessions": "", "summary-interval": "", "timeout": ""},
     )

@@ -11,6 +11,7 @@ import trio
 from ternmq.kernel import ClientInfo, SessionSnapshot, hookimpl, session_from_json
 
 from .registry import CLAIM, CLAIM_LINGER, RELEASE, Claim, claimed_at_key, clients_key
+from .routes import notice, routes_key
 from .state import ASK_TIMEOUT, NodeState
 
 log = logging.getLogger("ternmq.plugins.cluster")
@@ -101,6 +102,34 @@ class Registrar(NodeState):
                         claim.done.set()  # nothing to resume: the old node is told meanwhile
                 else:  # its node is down: a store the nodes share may keep its session
                     self._nursery.start_soon(self._take_stored, claim, held)
+
+    @hookimpl
+    async def cluster_leave(self, node: str) -> int:
+        """``node`` is down and removed (``cluster leave``): the sessions of the clients
+        it held are taken from the store and kept here, offline, until their clients come
+        back (to any node: they are claimed here); its heartbeat and routes go."""
+        assert self.redis is not None and self.service is not None
+        prefix = self.config.prefix
+        held = node.encode()
+        clients = [
+            field.decode() async for field, holder in self.redis.hscan_iter(clients_key(prefix)) if holder == held
+        ]
+        taken = 0
+        for client_id in clients:
+            if self.service.session_info(client_id) is not None:
+                continue
+            snapshot = await self.service.take_stored_session(client_id)
+            if snapshot is not None and self.service.restore_session(snapshot):
+                taken += 1
+            self.batches.claim(client_id, True)
+        await self.redis.delete([routes_key(prefix, node)])
+        await self.redis.hdel(f"{prefix}:nodes", [node])
+        await self.redis.publish(f"{prefix}:routes", notice(node, leaving=True))
+        self.heartbeats.pop(node, None)
+        self.routes.forget(node)
+        self._routes_changed.set()  # the sessions' subscriptions are this node's now
+        log.info("cluster: %s removed; %d of its sessions taken over", node, taken)
+        return taken
 
     async def _answer_claims_meanwhile(self, scope: trio.CancelScope) -> None:
         with scope:

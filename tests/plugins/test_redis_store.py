@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -21,7 +22,17 @@ import coredis
 import pytest
 import trio
 
-from ternmq.kernel import ConfigError, Message, SessionSnapshot, StoredMessage, TopicSubscription, session_to_json
+from ternmq.kernel import (
+    CommandError,
+    ConfigError,
+    Message,
+    SessionSnapshot,
+    StoredMessage,
+    Table,
+    Text,
+    TopicSubscription,
+    session_to_json,
+)
 from ternmq.kernel.broker import Broker
 from ternmq.kernel.testing import MQTTTestClient, open_broker, test_config
 from ternmq.kernel.values.config import Config, PluginEntry
@@ -342,3 +353,52 @@ async def test_a_node_killed_with_sigkill_loses_no_acknowledged_message_its_clie
     await trio.sleep(0.5)  # its route, announced when n3 took the session, reaches n1
     await published(n1.port, "s/2", 1)
     assert await resumed(n3.port, "survivor", 1) == [b"m0"]
+
+
+# -- cluster leave ---------------------------------------------------------------------------
+
+
+async def test_hook_cluster_leave(redis_url: str, prefix: str) -> None:
+    """``cluster leave`` of a node that is down: this node takes its sessions, which
+    keep queueing here until their clients come back."""
+    async with open_broker(node_config(redis_url, prefix, "a@t")) as a:
+        await offline_subscriber(a.port(), "orphan", "o/#")
+        await published(a.port(), "o/1", 2)
+    async with nodes(redis_url, prefix, "b@t") as (b,), redis_client(redis_url) as redis:
+        # a stopped without a word (as a killed node does): its heartbeat stays, too old.
+        await redis.hset(f"{prefix}:nodes", {"a@t": repr(time.time() - 60)})
+        await eventually(lambda: _listed(b, "a@t"), message="b sees a, down")
+        for node, why in (
+            ("b@t", "is this node"),
+            ("z@t", "no node z@t in the cluster"),
+        ):
+            with pytest.raises(CommandError, match=why):
+                await b.service.run_command(["cluster", "leave", f"node={node}"])
+        done = await b.service.run_command(["cluster", "leave", "node=a@t"])
+        assert done == Text("Done: a@t removed; 1 of its sessions are b@t's now")
+        assert "orphan" in b.sessions and b.sessions["orphan"].connection is None
+        assert not await _listed(b, "a@t") and await redis.hget(f"{prefix}:nodes", "a@t") is None
+        await b.service.publish("o/2", b"m2", qos=1)  # queued here now, for its client
+        assert await resumed(b.port(), "orphan", 3) == [b"m0", b"m1", b"m2"]
+        assert await redis.hget(f"{prefix}:clients", "orphan") == b"b@t"
+
+
+async def _listed(broker: Broker, node: str) -> bool:
+    table = await broker.service.run_command(["cluster", "show"])
+    assert isinstance(table, Table)
+    return any(row["Node"] == node and row["Running"] is False for row in table.rows)
+
+
+async def test_cluster_leave_of_a_running_node_is_refused_and_a_single_node_says_why(
+    redis_url: str, prefix: str
+) -> None:
+    async with nodes(redis_url, prefix, "a@t", "b@t") as (a, b):
+        with pytest.raises(CommandError, match="b@t is running: stop it"):
+            await a.service.run_command(["cluster", "leave", "node=b@t"])
+        with pytest.raises(CommandError, match="node=NAME"):
+            await a.service.run_command(["cluster", "leave"])
+        with pytest.raises(CommandError, match=r"through its \[cluster\] table"):
+            await a.service.run_command(["cluster", "join", "discovery-node=b@t"])
+    async with open_broker() as single:
+        with pytest.raises(CommandError, match="runs as a single node"):
+            await single.service.run_command(["cluster", "leave", "node=b@t"])
