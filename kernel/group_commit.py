@@ -51,6 +51,13 @@ class GroupCommit(Generic[W]):
         if not self._wakeup.is_set():
             self._wakeup.set()
 
+    def take_pending(self) -> list[W]:
+        """The writes handed over and not applied yet, taken out: for an ``apply`` that
+        must include them in its batch (a store that was given everything again while
+        it applied one)."""
+        pending, self.pending = self.pending, []
+        return pending
+
     async def flush(self) -> None:
         """Apply what is pending as one batch; on failure the batch stays pending, in
         order, and the error is logged and raised."""

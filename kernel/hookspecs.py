@@ -444,18 +444,21 @@ def session_store_delete(client_id: str) -> None:
 
 
 @provider
-def session_store_take(client_id: str) -> SessionSnapshot | None:
+def session_store_take(client_id: str, forget: bool) -> SessionSnapshot | None:
     """Take the session another node of the cluster kept for ``client_id``: that node is
     down, and the client connected here.
 
     :param client_id: the client id whose session to take.
+    :param forget: the client connected with clean start: forget the session instead,
+        in the same step (a save of this node's new session may be on its way: it must
+        not be the one forgotten).
 
     Answer: the session with its messages (as ``session_store_load_all`` gives them), kept
     from now on as this node's (the node that kept it does not load it at its start);
-    None when no other node's session of the client is stored. For stores that several
-    nodes share (the built-in ``redis_store``); a store of one node has nothing to take
-    and need not implement it. Only the first implementation is called. Error or timeout:
-    the client starts a new session.
+    None when no other node's session of the client is stored, or with ``forget``. For
+    stores that several nodes share (the built-in ``redis_store``); a store of one node
+    has nothing to take and need not implement it. Only the first implementation is
+    called. Error or timeout: the client starts a new session.
     """
 
 

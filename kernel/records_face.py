@@ -78,11 +78,15 @@ class RecordsFace:
         """For a cluster plugin: the session that a node which is down kept for
         ``client_id`` in a store the nodes share (``session_store_take``), this node's
         from now on; None when there is none (or no such store). With ``clean_start`` the
-        taken session is forgotten by the store and None returned: the client starts
-        anew, and the node that kept it must not restore it at its next start."""
-        dispatcher = self._broker.dispatcher
-        snapshot: SessionSnapshot | None = await dispatcher.provide("session_store_take", client_id=client_id)
-        if snapshot is not None and clean_start:
-            await dispatcher.provide("session_store_delete", client_id=client_id)
-            return None
-        return snapshot
+        store forgets it and None is returned: the client starts anew, and the node that
+        kept it must not restore it at its next start."""
+        snapshot: SessionSnapshot | None = await self._broker.dispatcher.provide(
+            "session_store_take", client_id=client_id, forget=clean_start
+        )
+        return None if clean_start else snapshot
+
+    async def store_lost(self) -> None:
+        """For a store plugin that lost what it kept (a Redis that restarted empty): every
+        persistent session of this node is given to it again, with its messages, as to a
+        store loaded now."""
+        await self._broker.lifecycle.store_changed()

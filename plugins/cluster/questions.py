@@ -167,6 +167,9 @@ class Questions(NodeState):
         try:
             snapshot = await self.service.hand_over(str(body["client_id"]), clean_start=bool(body.get("clean_start")))
             session = None if snapshot is None else session_to_json(snapshot, with_messages=True)
+            # What this node's store still writes of the session lands before the other
+            # node keeps it there (a late write is refused then, but need not come).
+            await self.service.commit_store()
             await self._answer(control, client_id=body["client_id"], session=session)
         except Exception:
             log.exception("cluster: hand-over of %r to %s failed", body.get("client_id"), control.node)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Mapping
 from operator import attrgetter
 from typing import Any
@@ -41,11 +42,13 @@ from typing import Any
 import attrs
 import coredis
 import trio
+from coredis.tokens import PureToken
 
 from ternmq.kernel import (
     GroupCommit,
     SessionSnapshot,
     StoredMessage,
+    StoreError,
     entry_from_json,
     entry_to_json,
     hookimpl,
@@ -62,14 +65,20 @@ log = logging.getLogger("ternmq.plugins.redis_store")
 # reads them four at a time.
 Write = tuple[str, str, str | bytes, str | bytes]
 
-# The writes of one batch, applied in order. ARGV: the prefix, this node, then four per
-# write. S: save a session (made this node's: a session new here drops the messages kept
-# under another node). D: forget a session this node keeps, or nobody does. M / X: save
-# / forget a message of a session this node keeps. R / Q: save / forget a record.
+# The writes of one batch, applied in order. ARGV: the prefix, this node, the store's
+# epoch, then four per write. Nothing is applied, and 'epoch' comes back, when the epoch
+# key is not the one the node knows: Redis lost what it kept (restarted empty).
+# N: save a session new to this node's store (made this node's: what another node kept
+# under the client id goes). S: save a session this node keeps. D: forget a session this
+# node keeps, or nobody does. M / X: save / forget a message of a session this node
+# keeps. R / Q: save / forget a record.
 APPLY = """
 local prefix, node = ARGV[1], ARGV[2]
+if redis.call('GET', prefix .. ':store:epoch') ~= ARGV[3] then
+    return 'epoch'
+end
 local owners = prefix .. ':store:owners'
-for i = 3, #ARGV, 4 do
+for i = 4, #ARGV, 4 do
     local op, name, key, value = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
     if op == 'R' then
         redis.call('HSET', prefix .. ':store:records:' .. name, key, value)
@@ -78,7 +87,7 @@ for i = 3, #ARGV, 4 do
     else
         local owner = redis.call('HGET', owners, name)
         local messages = prefix .. ':store:messages:' .. name
-        if op == 'S' then
+        if op == 'N' then
             if owner ~= node then
                 redis.call('DEL', messages)
                 redis.call('HSET', owners, name, node)
@@ -90,7 +99,9 @@ for i = 3, #ARGV, 4 do
                 redis.call('HDEL', owners, name)
             end
         elseif owner == node then
-            if op == 'M' then
+            if op == 'S' then
+                redis.call('SET', prefix .. ':store:session:' .. name, value)
+            elseif op == 'M' then
                 redis.call('HSET', messages, key, value)
             elseif op == 'X' then
                 redis.call('HDEL', messages, key)
@@ -98,10 +109,10 @@ for i = 3, #ARGV, 4 do
         end
     end
 end
-return 1
+return 'ok'
 """
-# Take a session another node keeps: made this node's, returned with its messages.
-# ARGV: the prefix, this node, the client id.
+# Take a session another node keeps: made this node's and returned with its messages;
+# or, with forget ('1'), forgotten. ARGV: the prefix, this node, the client id, forget.
 TAKE = """
 local prefix, node, name = ARGV[1], ARGV[2], ARGV[3]
 local owners = prefix .. ':store:owners'
@@ -109,15 +120,23 @@ local owner = redis.call('HGET', owners, name)
 if owner == false or owner == node then
     return false
 end
-local session = redis.call('GET', prefix .. ':store:session:' .. name)
+local key, messages = prefix .. ':store:session:' .. name, prefix .. ':store:messages:' .. name
+if ARGV[4] == '1' then
+    redis.call('DEL', key, messages)
+    redis.call('HDEL', owners, name)
+    return false
+end
+local session = redis.call('GET', key)
 if session == false then
     return false
 end
 redis.call('HSET', owners, name, node)
-return {session, redis.call('HGETALL', prefix .. ':store:messages:' .. name)}
+return {session, redis.call('HGETALL', messages)}
 """
 # Sessions read per round trip at start.
 LOAD_BATCH = 500
+# Client ids kept as forgotten (a later save is a new session's), at most.
+FORGOTTEN_KEPT = 100_000
 # What a value that is not what a node wrote raises while it is read back.
 UNREADABLE = (ValueError, KeyError, TypeError, AttributeError, RecursionError, UnicodeDecodeError)
 
@@ -161,6 +180,12 @@ class Plugin:
         )
         self._apply_script: Any = None
         self._take_script: Any = None
+        self.service: Any = None
+        self.epoch = b""
+        self.resets = 0  # times Redis was found to have lost the store
+        # Client ids this node told the store to forget: a save of one of them after
+        # that is a session new to the store (the kernel forgets before a first save).
+        self._forgotten: set[str] = set()
 
     def _key(self, kind: str, name: str = "") -> str:
         return f"{self.config.prefix}:store:{kind}{':' + name if name else ''}"
@@ -172,6 +197,7 @@ class Plugin:
         registry.counter("store_commits", lambda: writer.commits, "batches the store applied")
         registry.counter("store_failures", lambda: writer.failures, "store batches that failed (retried)")
         registry.gauge("store_pending", lambda: len(writer.pending), "writes waiting for the store's next batch")
+        registry.counter("store_resets", lambda: self.resets, "times Redis was found to have lost the store")
 
     async def serve(self, service: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.node = service.node_name
@@ -186,7 +212,14 @@ class Plugin:
             except Exception as exc:  # refused, a password refused: raised below, outside coredis
                 failure = ConnectionError(f"cannot reach Redis at {self.config.redis_url}: {exc}")
             if failure is None:
+                try:
+                    with trio.fail_after(COMMAND_TIMEOUT):
+                        await self._read_epoch(redis)
+                except Exception as exc:
+                    failure = ConnectionError(f"Redis at {self.config.redis_url}: {exc!r}")
+            if failure is None:
                 self.redis = redis
+                self.service = service
                 self._apply_script = redis.register_script(APPLY)
                 self._take_script = redis.register_script(TAKE)
                 log.info("store: Redis at %s (prefix %s)", self.config.redis_url, self.config.prefix)
@@ -198,16 +231,37 @@ class Plugin:
         if failure is not None:
             raise failure
 
+    async def _read_epoch(self, redis: coredis.Redis[bytes]) -> None:
+        """The store's epoch in Redis, made if missing: a key every batch checks, so that a
+        Redis that restarted empty is noticed (the sessions are written again)."""
+        await redis.set(self._key("epoch"), f"{time.time_ns():x}".encode(), condition=PureToken.NX)
+        epoch = await redis.get(self._key("epoch"))
+        self.epoch = epoch or b""
+
     async def _apply(self, batch: list[Write]) -> None:
-        if self.redis is None:
-            raise ConnectionError("the store is not connected")
-        args: list[str | bytes] = [self.config.prefix, self.node]
-        for write in batch:
-            args.extend(write)
-        # Shielded with a deadline: a batch sent is either answered or counted failed (and
-        # tried again: every write in it is idempotent), never left half known.
-        with trio.CancelScope(shield=True), trio.fail_after(COMMAND_TIMEOUT):
-            await self._apply_script(args=args)
+        redis = self._redis()
+        for _ in range(2):
+            args: list[str | bytes] = [self.config.prefix, self.node, self.epoch]
+            for write in batch:
+                args.extend(write)
+            # Shielded with a deadline: a batch sent is either answered or counted failed
+            # (and tried again: every write in it is idempotent), never left half known.
+            with trio.CancelScope(shield=True), trio.fail_after(COMMAND_TIMEOUT):
+                if await self._apply_script(args=args) != b"epoch":
+                    return
+                await self._read_epoch(redis)
+            # Redis lost what the store kept (it restarted empty): this node's sessions
+            # are given to the store again, and the batch goes again in the new epoch
+            # with those writes after it (what no longer has an owner there is skipped
+            # and written again by them), so that what waits for this batch is durable.
+            log.warning(
+                "store: Redis at %s lost the store; this node's sessions are written again", self.config.redis_url
+            )
+            self.resets += 1
+            assert self.service is not None
+            await self.service.store_lost()
+            batch = batch + self.writer.take_pending()
+        raise StoreError(f"Redis at {self.config.redis_url}: the store's epoch keeps changing")
 
     def _redis(self) -> coredis.Redis[bytes]:
         if self.redis is None:
@@ -245,10 +299,12 @@ class Plugin:
         return snapshots
 
     @hookimpl
-    async def session_store_take(self, client_id: str) -> SessionSnapshot | None:
+    async def session_store_take(self, client_id: str, forget: bool) -> SessionSnapshot | None:
         self._redis()
-        with trio.fail_after(COMMAND_TIMEOUT):
-            taken = await self._take_script(args=[self.config.prefix, self.node, client_id])
+        # Shielded: once Redis took it over, this node has it (or, cancelled, the
+        # answer would be lost with the session).
+        with trio.CancelScope(shield=True), trio.fail_after(COMMAND_TIMEOUT):
+            taken = await self._take_script(args=[self.config.prefix, self.node, client_id, "1" if forget else "0"])
         if not taken:
             return None
         session, flat = taken
@@ -261,10 +317,16 @@ class Plugin:
 
     @hookimpl
     def session_store_save(self, session: SessionSnapshot) -> None:
-        self.writer.write(("S", session.client_id, "", _json(session_to_json(session))))
+        client_id = session.client_id
+        new = client_id in self._forgotten
+        self._forgotten.discard(client_id)
+        self.writer.write(("N" if new else "S", client_id, "", _json(session_to_json(session))))
 
     @hookimpl
     def session_store_delete(self, client_id: str) -> None:
+        if len(self._forgotten) > FORGOTTEN_KEPT:  # forgotten and never saved again
+            self._forgotten.clear()
+        self._forgotten.add(client_id)
         self.writer.write(("D", client_id, "", ""))
 
     @hookimpl

@@ -161,13 +161,16 @@ async def test_a_node_that_no_longer_keeps_a_session_cannot_erase_or_change_it(r
         for plugin, name in ((a, "a@t"), (b, "b@t")):
             await nursery.start(plugin.serve, _Node(name))
         session = SessionSnapshot("moved", None, 5, 3600, (TopicSubscription("t", 1),))
+        a.session_store_delete("moved")  # as the broker does before a first save
         a.session_store_save(session)
         a.message_store_save("moved", StoredMessage(1, "queued", message, 1, False, (), None))
         await a.store_commit()
-        taken = await b.session_store_take("moved")
+        taken = await b.session_store_take("moved", False)
         assert taken is not None and [entry.entry_id for entry in taken.messages] == [1]
-        assert await b.session_store_take("moved") is None  # b's now: nothing left to take
-        # a writes late (it thought it still kept the session): nothing of it lands.
+        assert await b.session_store_take("moved", False) is None  # b's now: nothing left to take
+        # a writes late (it thought it still kept the session: the hand-over's last save,
+        # its end): nothing of it lands.
+        a.session_store_save(session)
         a.message_store_save("moved", StoredMessage(2, "queued", message, 1, False, (), None))
         a.message_store_delete("moved", 1)
         a.session_store_delete("moved")
@@ -184,11 +187,31 @@ async def test_a_node_that_no_longer_keeps_a_session_cannot_erase_or_change_it(r
         await b.store_commit()
         [loaded] = await b.session_store_load_all()
         assert loaded.messages == ()
-        b.session_store_delete("moved")
-        await b.store_commit()
+        # Forgetting at a clean start: a node never forgets its own that way; another
+        # node (its client came there, b being down, say) forgets it in one step.
+        assert await b.session_store_take("moved", True) is None
+        assert len(await b.session_store_load_all()) == 1
+        assert await a.session_store_take("moved", True) is None
         async with redis_client(redis_url) as redis:
             assert await kept(redis, prefix, "moved") == (None, 0)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_redis_that_lost_the_store_is_written_again_before_the_next_puback(redis_url: str, prefix: str) -> None:
+    async with open_broker(node_config(redis_url, prefix, "a@t", cluster=False)) as broker:
+        await offline_subscriber(broker.port(), "kept", "lost/#")
+        await published(broker.port(), "lost/1", 1)
+        async with redis_client(redis_url) as redis:
+            assert await kept(redis, prefix, "kept") == ("a@t", 1)
+            for key in await redis.keys(f"{prefix}:*"):  # as a Redis restarted empty
+                await redis.delete([key])
+            await published(broker.port(), "lost/2", 1)
+            # Its PUBACK waited for the session, and both its messages, written again.
+            assert await kept(redis, prefix, "kept") == ("a@t", 2)
+            assert await redis.exists([f"{prefix}:store:session:kept"]) == 1
+        assert store_of(broker).resets == 1
+    async with open_broker(node_config(redis_url, prefix, "a@t", cluster=False)) as broker:
+        assert await resumed(broker.port(), "kept", 2) == [b"m0", b"m0"]
 
 
 @attrs.frozen
