@@ -80,6 +80,9 @@ class Broker:
         self.started_at = time.time()
         self._nursery: trio.Nursery | None = None
         self._stopped = trio.Event()
+        # Set once the store's sessions are restored (a cluster plugin, loaded before,
+        # must not hand over a session this node has not read back yet).
+        self.sessions_restored = trio.Event()
         self._saved = False  # the sessions were saved at shutdown
 
     @property
@@ -103,6 +106,7 @@ class Broker:
                 await self._load_essential_plugins()
                 await self.plugins.load_configured(e for e in self.config.plugins if e.name not in ESSENTIAL)
                 await self.lifecycle.restore_sessions(self.settings.limits)
+                self.sessions_restored.set()
                 for listener in self.config.listeners:
                     await self.start_listener(listener)
                 task_status.started(self)

@@ -151,7 +151,9 @@ class ClusterFace:
         """For a cluster plugin: ``client_id`` connected to another node, so its session
         here ends (its connection gets DISCONNECT 0x8E); a persistent one is returned,
         with its messages, for that node to resume (``cluster_register``). None when
-        there is no session, or a clean one."""
+        there is no session, or a clean one. At start, it waits until the store's
+        sessions are restored (a cluster plugin answers before that)."""
+        await self._broker.sessions_restored.wait()
         return await self._broker.lifecycle.hand_over(client_id, clean_start=clean_start)
 
     def subscribed_filters(self) -> frozenset[str]:

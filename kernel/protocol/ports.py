@@ -63,6 +63,9 @@ class BrokerCore(Protocol):
     @property
     def publisher(self) -> Publisher: ...
 
+    @property
+    def sessions_restored(self) -> trio.Event: ...
+
 
 class ConnectingClient(Protocol):
     """What negotiation.py reads and sets of a connection."""

@@ -74,7 +74,6 @@ from .forwarding import Forwarding
 from .frames import inbox_channel
 from .questions import Questions
 from .registrar import Registrar
-from .registry import clients_key
 from .routes import RemoteRoutes, notice, routes_key
 from .state import COMMAND_TIMEOUT, REDIS_DOWN, RETRY_DELAY, Config
 
@@ -283,11 +282,12 @@ class Plugin(Registrar, Questions, Forwarding):
             log.warning("cluster: routes not read again: %s", exc)
 
     async def _claim_again(self) -> None:
-        """This node's client ids, written again (a restarted Redis has lost them)."""
-        assert self.redis is not None and self.service is not None
-        held = {info.client_id: self.node for info in self.service.sessions()}
-        if held:
-            await self.redis.hset(clients_key(self.config.prefix), held)
+        """This node's client ids, claimed again with their clients' CONNECT times (a
+        restarted Redis has lost them; one a later CONNECT elsewhere claimed meanwhile
+        stays that node's, and the client here goes)."""
+        assert self.service is not None
+        for info in self.service.sessions():
+            self.batches.claim(info.client_id, True, at=info.connected_at or info.created_at)
 
     @hookimpl
     def on_subscribe(self) -> None:

@@ -37,7 +37,7 @@ from ternmq.kernel import (
 
 from .frames import Control, encode_control, inbox_channel
 from .registry import clients_key
-from .state import ASK_TIMEOUT, NodeState
+from .state import ASK_TIMEOUT, COMMAND_TIMEOUT, NodeState
 
 log = logging.getLogger("ternmq.plugins.cluster")
 
@@ -64,8 +64,8 @@ class Questions(NodeState):
         self._questions[request] = (answered, answers)
         try:
             question = encode_control(kind, self.node, id=request, **body)
-            await self.redis.publish(inbox_channel(self.config.prefix, node), question)
             with trio.move_on_after(self._ask_timeout):
+                await self.redis.publish(inbox_channel(self.config.prefix, node), question)
                 await answered.wait()
         finally:
             self._questions.pop(request, None)
@@ -80,7 +80,10 @@ class Questions(NodeState):
     async def _answer(self, control: Control, **body: Any) -> None:
         assert self.redis is not None
         frame = encode_control("answer", self.node, id=control.body["id"], **body)
-        await self.redis.publish(inbox_channel(self.config.prefix, control.node), frame)
+        # Within the asker's wait: an answer later than that is wanted by nobody, and a
+        # Redis that does not answer must not hold up this node's inbox.
+        with trio.move_on_after(ASK_TIMEOUT):
+            await self.redis.publish(inbox_channel(self.config.prefix, control.node), frame)
 
     async def _ask_every(self, kind: str, what: str, **body: Any) -> list[tuple[str, dict[str, Any]]]:
         """Ask every other running node at once; (node, answer) of those that answered
@@ -88,7 +91,11 @@ class Questions(NodeState):
         found: list[tuple[str, dict[str, Any]]] = []
 
         async def ask(node: str) -> None:
-            answer = await self._ask(node, kind, **body)
+            try:
+                answer = await self._ask(node, kind, **body)
+            except Exception as exc:  # one node's failure leaves it out, not the listing
+                log.warning("cluster: %s not asked for its %s: %s", node, what, exc)
+                return
             if answer is None:
                 log.warning("cluster: %s did not list its %s in time", node, what)
                 return
@@ -124,7 +131,8 @@ class Questions(NodeState):
     @hookimpl
     async def cluster_disconnect(self, client_id: str, cleanup: bool) -> bool:
         assert self.redis is not None
-        holder = await self.redis.hget(clients_key(self.config.prefix), client_id)
+        with trio.fail_after(COMMAND_TIMEOUT):
+            holder = await self.redis.hget(clients_key(self.config.prefix), client_id)
         node = holder.decode() if isinstance(holder, bytes) else None
         if node == self.node:
             return False

@@ -4,6 +4,7 @@ sessions a claim takes over from the node that held them."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import trio
@@ -12,7 +13,7 @@ from ternmq.kernel import ClientInfo, SessionSnapshot, hookimpl, session_from_js
 
 from .registry import CLAIM, CLAIM_LINGER, RELEASE, Claim, claimed_at_key, clients_key
 from .routes import notice, routes_key
-from .state import ASK_TIMEOUT, NodeState
+from .state import ASK_TIMEOUT, COMMAND_TIMEOUT, NodeState
 
 log = logging.getLogger("ternmq.plugins.cluster")
 
@@ -29,13 +30,30 @@ class Registrar(NodeState):
 
     @hookimpl
     async def cluster_register(self, client: ClientInfo, clean_start: bool) -> SessionSnapshot | None:
-        claim = self.batches.claim(client.client_id, clean_start)
         if not self.alive:
             return None  # the plugin's tasks ended (it failed): as a single node
-        await claim.done.wait()
+        claim = self.batches.claim(client.client_id, clean_start)
+        try:
+            await claim.done.wait()
+        finally:
+            # Given up (the hook's deadline, the client gone): a session taken for it
+            # meanwhile is kept here, offline, not lost (see _taken).
+            claim.abandoned = not claim.done.is_set()
         if claim.session is not None:
             self._routes_changed.set()  # its subscriptions come here with it
         return claim.session
+
+    def _taken(self, claim: Claim, session: SessionSnapshot) -> None:
+        """``session`` was taken for ``claim``: for its CONNECT to resume, or, when the
+        CONNECT gave up waiting, kept here offline until its client comes back."""
+        assert self.service is not None
+        self.takeovers += 1
+        if not claim.abandoned:
+            claim.session = session
+        elif self.service.restore_session(session):
+            self._routes_changed.set()
+        else:
+            log.warning("cluster: the session of %s taken too late for its CONNECT; dropped", claim.client_id)
 
     async def _sweep_claims(self) -> None:
         """Give back, now and then, the client ids this node claimed and holds no session
@@ -46,8 +64,9 @@ class Registrar(NodeState):
         while True:
             await trio.sleep(self.config.claim_sweep_interval)
             try:
-                mine = [field.decode() async for field, holder in self.redis.hscan_iter(key) if holder == node]
-            except Exception as exc:
+                with trio.fail_after(COMMAND_TIMEOUT * 5):
+                    mine = [field.decode() async for field, holder in self.redis.hscan_iter(key) if holder == node]
+            except Exception as exc:  # TooSlowError too
                 log.warning("cluster: client ids not swept: %s", exc)
                 continue
             for client_id in mine:
@@ -71,12 +90,13 @@ class Registrar(NodeState):
             claims, releases = self.batches.take()
             previous: list[Any] = []
             try:
-                if releases:
-                    await release_script(keys=keys, args=[self.node, *releases])
-                if claims:
-                    times = [value for c in claims for value in (c.client_id, repr(c.at))]
-                    previous = await claim_script(keys=keys, args=[self.node, *times])
-            except Exception as exc:  # Redis down: they connect as on one node
+                with trio.fail_after(COMMAND_TIMEOUT):
+                    if releases:
+                        await release_script(keys=keys, args=[self.node, *releases])
+                    if claims:
+                        times = [value for c in claims for value in (c.client_id, repr(c.at))]
+                        previous = await claim_script(keys=keys, args=[self.node, *times])
+            except Exception as exc:  # Redis down (TooSlowError too): they connect as on one node
                 log.warning("cluster: %d client ids not claimed: %s", len(claims), exc)
                 for claim in claims:
                     claim.done.set()
@@ -92,7 +112,16 @@ class Registrar(NodeState):
                 continue
             for claim, owner in zip(claims, previous or (), strict=False):
                 held = owner.decode("utf-8", "replace") if isinstance(owner, bytes) else str(owner or "")
-                if not held or held == self.node:
+                if held.startswith("!") and not self.running(held[1:]):
+                    # A later CONNECT's claim, but by a node that is down now (or with a
+                    # clock ahead of this one's): this one is kept after all.
+                    held = held[1:]
+                    await self._claim_over(claim, keys)
+                if claim.again:
+                    if held.startswith("!"):
+                        self._nursery.start_soon(self._lost, claim, held[1:])
+                    claim.done.set()  # (written again after Redis came back: no takeover)
+                elif not held or held == self.node:
                     claim.done.set()
                 elif held.startswith("!"):  # a later CONNECT on another node keeps it
                     self._nursery.start_soon(self._lost, claim, held[1:])
@@ -131,6 +160,17 @@ class Registrar(NodeState):
         log.info("cluster: %s removed; %d of its sessions taken over", node, taken)
         return taken
 
+    async def _claim_over(self, claim: Claim, keys: list[str]) -> None:
+        """Write ``claim`` whatever claim Redis has (that of a node that is down)."""
+        assert self.redis is not None
+        try:
+            with trio.fail_after(COMMAND_TIMEOUT):
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.hset(keys[0], {claim.client_id: self.node})
+                    pipe.hset(keys[1], {claim.client_id: repr(claim.at)})
+        except Exception as exc:
+            log.warning("cluster: %s not claimed over a node that is down: %s", claim.client_id, exc)
+
     async def _answer_claims_meanwhile(self, scope: trio.CancelScope) -> None:
         with scope:
             while True:
@@ -140,7 +180,7 @@ class Registrar(NodeState):
 
     async def _lost(self, claim: Claim, node: str) -> None:
         """``claim`` lost to a later CONNECT on ``node``: this node's client goes, as if
-        taken over (0x8E), with its session (the client's session is the other node's)."""
+        taken over (0x8E)."""
         assert self.service is not None
         claim.done.set()
         log.info("cluster: %s connected later on %s; disconnected here", claim.client_id, node)
@@ -150,7 +190,9 @@ class Registrar(NodeState):
             # service face has no event for a session attached, and this is rare).
             while (info := self.service.session_info(claim.client_id)) is None or not info.is_online:  # noqa: ASYNC110
                 await trio.sleep(0.01)
-            self.service.disconnect(claim.client_id, SESSION_TAKEN_OVER, cleanup=True)
+            # The session stays: the node that keeps the client asks for it (a takeover)
+            # if it is the one its client had.
+            self.service.disconnect(claim.client_id, SESSION_TAKEN_OVER)
 
     async def _take_stored(self, claim: Claim, node: str) -> None:
         """Take ``claim``'s session from the store, where ``node`` (down) left it; with
@@ -162,9 +204,8 @@ class Registrar(NodeState):
             if here is None or (claim.clean_start and here.expiry_interval == 0):
                 session = await self.service.take_stored_session(claim.client_id, clean_start=claim.clean_start)
                 if session is not None:
-                    claim.session = session
-                    self.takeovers += 1
                     log.info("cluster: session of %s taken from the store (%s is down)", claim.client_id, node)
+                    self._taken(claim, session)
         except Exception as exc:
             log.warning("cluster: the stored session of %s not taken: %s", claim.client_id, exc)
         finally:
@@ -178,13 +219,18 @@ class Registrar(NodeState):
         try:
             answer = await self._ask(node, "takeover", client_id=claim.client_id, clean_start=claim.clean_start)
             if answer is None:
-                log.warning("cluster: %s did not hand %s over in time; taken from the store", node, claim.client_id)
+                beat = self.heartbeats.get(node, 0.0)
+                if time.time() - beat < 2 * self.config.heartbeat_interval:
+                    # It beats, and is slow to hand over (an old connection that takes
+                    # long to close): its session stays its own; the client starts anew.
+                    log.warning("cluster: %s did not hand %s over in time", node, claim.client_id)
+                    return
+                log.warning("cluster: %s did not hand %s over and beats no more", node, claim.client_id)
                 await self._take_stored(claim, node)
                 return
             if answer["session"] is not None and not claim.clean_start:
-                claim.session = session_from_json(claim.client_id, answer["session"])
+                self._taken(claim, session_from_json(claim.client_id, answer["session"]))
         except Exception as exc:
             log.warning("cluster: %s not taken over from %s: %s", claim.client_id, node, exc)
         finally:
             claim.done.set()
-        self.takeovers += 1

@@ -78,8 +78,10 @@ class Claim:
     client_id: str
     clean_start: bool
     at: float = attrs.field(factory=time.time)  # when its CONNECT came
+    again: bool = False  # a claim written again (Redis lost the claims), not a CONNECT's
     done: trio.Event = attrs.field(factory=trio.Event)
     session: SessionSnapshot | None = None  # handed over by the node that held it
+    abandoned: bool = False  # its CONNECT stopped waiting for it
 
 
 class Batches:
@@ -91,8 +93,8 @@ class Batches:
         self.ready = trio.Event()
         self.awaited = trio.Event()  # a CONNECT waits for a claim of this batch
 
-    def claim(self, client_id: str, clean_start: bool) -> Claim:
-        claim = Claim(client_id, clean_start)
+    def claim(self, client_id: str, clean_start: bool, *, at: float | None = None) -> Claim:
+        claim = Claim(client_id, clean_start, at or time.time(), again=at is not None)
         self.claims.append(claim)
         self.releases.discard(client_id)
         self.ready.set()

@@ -848,6 +848,21 @@ async def test_of_two_clean_connects_on_two_nodes_the_later_is_kept_though_its_c
             assert await redis.hget(f"{prefix}:clients", "twice") == b"b@t"
 
 
+async def test_a_later_claim_of_a_node_that_is_down_does_not_keep_a_client_out(redis_url: str, prefix: str) -> None:
+    async with nodes(redis_url, prefix, "a@t") as (a,), redis_client(redis_url) as redis:
+        # A node that is down (no heartbeat) whose clock ran ahead claimed the id "later".
+        await redis.hset(f"{prefix}:clients", {"ahead": "ghost@t"})
+        await redis.hset(f"{prefix}:claimed_at", {"ahead": repr(time.time() + 3600)})
+        async with MQTTTestClient.open(a.port()) as client:
+            assert (await client.connect("ahead")).reason_code == 0
+            await eventually(lambda: _holder(redis, prefix, "ahead", b"a@t"), message="a holds it")
+            assert await client.nothing_received(0.3)  # not disconnected as the older one
+
+
+async def _holder(redis: coredis.Redis[bytes], prefix: str, client_id: str, node: bytes) -> bool:
+    return await redis.hget(f"{prefix}:clients", client_id) == node
+
+
 async def test_a_shared_group_with_members_on_two_nodes_gets_each_message_once(redis_url: str, prefix: str) -> None:
     async with nodes(redis_url, prefix, "a@t", "b@t", "c@t") as (a, b, c):
         async with (
