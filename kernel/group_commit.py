@@ -13,10 +13,13 @@ write of a burst. A batch that fails stays pending, in order, and is tried again
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 import trio
+
+from .values.stored import StoreError
 
 log = logging.getLogger("ternmq.store")
 
@@ -29,12 +32,23 @@ class GroupCommit(Generic[W]):
     :param apply: applies one batch, all or nothing (raises when it did not).
     :param describe: names the store in log lines ("data/ternmq.db", "Redis at ...").
     :param retry_delay: seconds between tries of a batch that failed.
+    :param max_batch: writes applied in one batch at most (a store that was away for a
+        while catches up in several).
     """
 
-    def __init__(self, apply: Callable[[list[W]], Awaitable[None]], describe: str, *, retry_delay: float = 1.0) -> None:
+    def __init__(
+        self,
+        apply: Callable[[list[W]], Awaitable[None]],
+        describe: str,
+        *,
+        retry_delay: float = 1.0,
+        max_batch: int = 5000,
+    ) -> None:
         self.apply = apply
         self.describe = describe
         self.retry_delay = retry_delay
+        self.max_batch = max_batch
+        self._failed_at = -math.inf
         self.pending: list[W] = []
         self.lock = trio.Lock()  # one batch (or a store's read) at a time, in order
         self.writes = 0  # applied
@@ -59,28 +73,35 @@ class GroupCommit(Generic[W]):
         return pending
 
     async def flush(self) -> None:
-        """Apply what is pending as one batch; on failure the batch stays pending, in
-        order, and the error is logged and raised."""
+        """Apply what is pending now, in batches of at most ``max_batch`` writes; on
+        failure the batch stays pending, first, and the error is logged and raised."""
         async with self.lock:
-            batch, target = self.pending, self._queued
-            if batch:
-                self.pending = []
+            target, count = self._queued, len(self.pending)
+            while count:
+                batch = self.pending[: min(count, self.max_batch)]
+                del self.pending[: len(batch)]
                 try:
                     await self.apply(batch)
                 except Exception:
-                    self.pending = batch + self.pending
+                    self.pending[:0] = batch
                     self.failures += 1
+                    self._failed_at = trio.current_time()
                     log.exception("store: %d writes to %s failed", len(batch), self.describe)
                     raise
+                count -= len(batch)
                 self.writes += len(batch)
                 self.commits += 1
             self._committed = target
 
     async def commit(self) -> None:
         """Return once every write handed over so far is applied (the store's
-        ``store_commit``); raises when a batch fails."""
+        ``store_commit``); raises when a batch fails, and at once while the last one
+        failed less than ``retry_delay`` ago (the writer tries again then: one try per
+        delay, not one per waiting PUBLISH)."""
         target = self._queued
         while self._committed < target:
+            if trio.current_time() - self._failed_at < self.retry_delay:
+                raise StoreError(f"{self.describe}: failing; tried again within {self.retry_delay} s")
             await self.flush()
 
     async def run(self) -> None:
