@@ -257,8 +257,12 @@ class Broker:
                 "\n[plugins.retainer]\n"
                 "enabled = true\n" + cluster
             )
+            # BENCH_CPROFILE=DIR: each ternmq process under cProfile, its stats written to
+            # DIR/NODE.prof when it stops (a look inside, not a measurement: cProfile slows it).
+            profile = os.environ.get("BENCH_CPROFILE")
             return [
                 sys.executable,
+                *(["-m", "cProfile", "-o", f"{profile}/{self.node}.prof"] if profile else []),
                 "-m",
                 "ternmq.kernel",
                 "--config",
@@ -356,19 +360,26 @@ class Broker:
         if not is_ternmq(self.name):
             return []
         nodes = []
-        for path in self.control_sockets():
-            out = subprocess.run(
-                [sys.executable, "-m", "ternmq.kernel.admin_cli", "--socket", str(path), "--format=json"]
-                + ["metrics", "show"],
-                capture_output=True,
-                text=True,
-                env=self.env,
-                cwd=self.tmp,
-                timeout=20,
-            )
-            try:
-                text = json.loads(out.stdout)["text"]
-            except (ValueError, KeyError, TypeError):
+        for number, path in enumerate(self.control_sockets(), start=1):
+            # `metrics show` sums over the whole cluster where it can: `--node` keeps the
+            # node behind this socket (a revision without that flag shows its own anyway).
+            name = f"{self.node}-{number}@127.0.0.1" if self.workers > 1 else f"{self.node}@127.0.0.1"
+            for flags in ([f"--node={name}"], []):
+                out = subprocess.run(
+                    [sys.executable, "-m", "ternmq.kernel.admin_cli", "--socket", str(path), "--format=json"]
+                    + ["metrics", "show", *flags],
+                    capture_output=True,
+                    text=True,
+                    env=self.env,
+                    cwd=self.tmp,
+                    timeout=20,
+                )
+                try:
+                    text = json.loads(out.stdout)["text"]
+                    break
+                except (ValueError, KeyError, TypeError):
+                    continue
+            else:
                 return []
             values = {}
             for line in text.splitlines():

@@ -18,6 +18,7 @@ not yet acknowledged count against ``forward_queue`` with those queued.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 
@@ -25,8 +26,8 @@ import trio
 
 from ternmq.kernel import ClientInfo, Message, hookimpl
 
-from .frames import Control, Forwarded, Group, decode_frame, encode_control, encode_frame, inbox_channel
-from .state import COMMAND_TIMEOUT, MAX_FRAME_BYTES, NO_GROUPS, RETRY_DELAY, NodeState
+from .frames import NO_GROUPS, Control, Forwarded, Group, decode_frame, encode_control, encode_frame, inbox_channel
+from .state import COMMAND_TIMEOUT, MAX_FRAME_BYTES, RETRY_DELAY, NodeState
 
 log = logging.getLogger("ternmq.plugins.cluster")
 
@@ -69,14 +70,40 @@ class Forwarding(NodeState):
 
     @hookimpl
     def cluster_forward(self, message: Message, origin: ClientInfo) -> None:
+        # On the publisher's path for every message: the common case (plain subscribers
+        # elsewhere, not retained) takes few steps, and one tuple goes to every peer.
         choices = self._choices.pop(id(message), None) if self._choices else None
-        if message.topic.startswith("$SYS/"):
-            self._match_cache = None
-            return  # each node's $SYS tree is its own (the same topics on every node)
-        plain, groups = self._targets(message)
+        cached = self._match_cache
         self._match_cache = None
-        if not plain and not groups and not message.retain:
+        if message.topic.startswith("$SYS/"):
+            return  # each node's $SYS tree is its own (the same topics on every node)
+        if cached is not None and cached[0] is message:
+            plain, groups = cached[1]
+        else:
+            plain, groups = self.routes.targets(message.topic)
+        if groups or message.retain:
+            self._forward_widely(message, origin.client_id, plain, groups, choices)
+            return
+        if not plain:
             return  # the common case of a topic nobody elsewhere wants: nothing to do
+        now = time.time()
+        timeout = self.config.node_timeout
+        beats = self.heartbeats
+        forwarded = (message, origin.client_id, NO_GROUPS)
+        for node in plain:
+            if now - beats.get(node, -math.inf) < timeout:  # running(), inline
+                self._enqueue(node, forwarded)
+
+    def _forward_widely(
+        self,
+        message: Message,
+        origin_id: str | None,
+        plain: set[str],
+        groups: dict[Group, list[str]],
+        choices: dict[Group, str] | None,
+    ) -> None:
+        """cluster_forward of a retained message (every node retains it) or one that
+        matches shared groups (one node per group)."""
         now = time.time()
         targets: dict[str, set[Group]] = {node: set() for node in plain if self.running(node, now)}
         if message.retain:  # every node retains it
@@ -90,40 +117,45 @@ class Forwarding(NodeState):
                 chosen = self._choose(group, candidates)
             if chosen != self.node:
                 targets.setdefault(chosen, set()).add(group)
-        origin_id = origin.client_id
         for node, served in targets.items():
-            peer = self._peers.get(node)
-            send = peer.queue if peer is not None else self._start_peer(node)
-            try:
-                send.send_nowait((message, origin_id, frozenset(served) if served else NO_GROUPS))
-            except trio.WouldBlock:
-                self.dropped += 1
+            self._enqueue(node, (message, origin_id, frozenset(served) if served else NO_GROUPS))
 
-    def _start_peer(self, node: str) -> trio.MemorySendChannel[Forwarded]:
+    def _enqueue(self, node: str, forwarded: Forwarded) -> None:
+        peer = self._peers.get(node) or self._start_peer(node)
+        queue = peer.queue
+        if len(queue) >= self.config.forward_queue:
+            self.dropped += 1
+            return
+        queue.append(forwarded)
+        if len(queue) == 1:  # its forwarder may wait for one
+            peer.ready.set()
+
+    def _start_peer(self, node: str) -> Peer:
         assert self._nursery is not None
-        send, receive = trio.open_memory_channel[Forwarded](self.config.forward_queue)
-        self._peers[node] = peer = Peer(node, send)
-        self._nursery.start_soon(self._forward, peer, receive)
-        return send
+        self._peers[node] = peer = Peer(node)
+        self._nursery.start_soon(self._forward, peer)
+        return peer
 
-    async def _forward(self, peer: Peer, receive: trio.MemoryReceiveChannel[Forwarded]) -> None:
+    async def _forward(self, peer: Peer) -> None:
         """The forwarder of one peer node: frames of everything queued within ``linger``,
         each kept until the peer acknowledges it."""
         config = self.config
-        async for first in receive:
-            batch = [first]
-            size = len(first[0].payload)
+        queue = peer.queue
+        take = queue.popleft
+        while True:
+            while not queue:
+                peer.ready = trio.Event()
+                await peer.ready.wait()
             if config.linger:
                 await trio.sleep(config.linger)
             # A frame stays well under Redis' pub/sub output limit (32 MB by default: a
             # subscriber past it is dropped by Redis, and with it every frame).
-            while len(batch) < config.max_frame_messages and size < MAX_FRAME_BYTES:
-                try:
-                    forwarded = receive.receive_nowait()
-                except trio.WouldBlock:
-                    break
-                batch.append(forwarded)
-                size += len(forwarded[0].payload)
+            batch = [take() for _ in range(min(len(queue), config.max_frame_messages))]
+            size = sum([len(forwarded[0].payload) for forwarded in batch])
+            while size > MAX_FRAME_BYTES and len(batch) > 1:  # the last ones wait for the next frame
+                forwarded = batch.pop()
+                queue.appendleft(forwarded)
+                size -= len(forwarded[0].payload)
             # The frames the peer has not acknowledged are bounded too: while they fill
             # the window, what comes waits in the queue (and beyond it is dropped).
             while peer.waiting >= config.forward_queue and peer.unacked:
@@ -239,8 +271,9 @@ class Forwarding(NodeState):
         # (Another incarnation: the node started again, or this one did; from here on.)
         self._sequences[frame.node] = (frame.incarnation, frame.sequence)
         route = self.service.route_forwarded
-        for message, origin, groups in frame.messages:
-            self.received += 1
+        messages = frame.messages
+        self.received += len(messages)
+        for message, origin, groups in messages:
             try:
                 await route(message, origin, groups)
             except Exception:  # one message that cannot be delivered must not stop the inbox
@@ -273,12 +306,14 @@ class Forwarding(NodeState):
 
 
 class Peer:
-    """What this node sends one other node: the queue its forwarder reads, and the
+    """What this node sends one other node: the queue its forwarder reads (bounded by
+    ``forward_queue``; ``ready`` is set when a message comes to an empty one), and the
     frames sent and not yet acknowledged (sent again until they are)."""
 
-    def __init__(self, node: str, queue: trio.MemorySendChannel[Forwarded]) -> None:
+    def __init__(self, node: str) -> None:
         self.node = node
-        self.queue = queue
+        self.queue: deque[Forwarded] = deque()
+        self.ready = trio.Event()
         self.sequence = 0
         self.unacked: deque[tuple[int, bytes, int]] = deque()  # (sequence, frame, messages)
         self.waiting = 0  # messages in unacked frames

@@ -37,7 +37,6 @@ COMMAND_TIMEOUT = 2.0
 ASK_TIMEOUT = 2.0
 # Bytes of payload in one frame, about: far under Redis' 32 MB pub/sub output limit.
 MAX_FRAME_BYTES = 4 * 1024 * 1024
-NO_GROUPS: frozenset[Group] = frozenset()
 # Errors of a lost or refused Redis connection, as coredis and anyio raise them.
 REDIS_DOWN = (RedisConnectionError, OSError, anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream)
 

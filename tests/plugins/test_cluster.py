@@ -34,7 +34,7 @@ from ternmq.kernel.codec import Puback, Pubcomp, Publish, Pubrec, Pubrel, Subscr
 from ternmq.kernel.testing import MQTTTestClient, open_broker, registered, test_config
 from ternmq.kernel.values.config import Config, ListenerConfig, PluginEntry, load_config, parse_config
 from ternmq.plugins.cluster import Plugin, questions
-from ternmq.plugins.cluster.frames import decode_frame, encode_control, encode_frame, inbox_channel
+from ternmq.plugins.cluster.frames import decode_frame, encode_control, encode_frame, inbox_channel, pack_frame
 from ternmq.plugins.cluster.routes import notice, routes_key
 
 from helpers import answers_ping, connected, eventually, eventually_sync, free_port, plugin_samples
@@ -469,27 +469,25 @@ async def test_frames_a_node_does_not_acknowledge_are_sent_again_until_it_does(r
         await redis.hdel(f"{prefix}:nodes", ["ghost@test"])
 
 
+# A message as a frame's flat fields: topic, payload, QoS, retain, created_at, origin,
+# groups, properties (frames.py); each bad frame below spoils one thing.
+GOOD = ["bad/x", b"fine", 1, False, 0.0, None, None, None]
 BAD_FRAMES = [
-    pytest.param(b"not json", id="not-json"),
-    pytest.param(b"\xff\xfe", id="not-utf8"),
-    pytest.param(b"[]", id="a-list"),
-    pytest.param(b'{"node": "ghost@test"}', id="no-messages"),
-    pytest.param(b'{"node": "ghost@test", "seq": 1, "messages": []}', id="no-incarnation"),
-    pytest.param(b'{"node": "ghost@test", "inc": "1", "seq": "x", "messages": []}', id="seq-not-a-number"),
-    pytest.param(b'{"node": "ghost@test", "inc": "1", "seq": 1, "messages": 5}', id="messages-not-a-list"),
-    pytest.param(
-        b'{"node": "ghost@test", "inc": "1", "seq": 1, "messages": [[{"topic": "bad/x"}, null]]}', id="half-a-message"
-    ),
-    pytest.param(
-        b'{"node": "ghost@test", "inc": "1", "seq": 1, "messages": [[{"topic": "bad/x", "payload": "!!", "qos": 1,'
-        b' "retain": false, "created_at": 0}, null]]}',
-        id="payload-not-base64",
-    ),
-    pytest.param(
-        b'{"node": "ghost@test", "inc": "1", "seq": 1, "messages": [[{"topic": "bad/x", "payload": "", "qos": 7,'
-        b' "retain": false, "created_at": 0}, null]]}',
-        id="bad-qos",
-    ),
+    pytest.param(b"not json", id="not-json"),  # nor MessagePack
+    pytest.param(b'{"node": "ghost@test", "kind": ', id="control-not-json"),
+    pytest.param(b"\x94\xa2\xff\xfe\xa11\x01\x90", id="not-utf8"),  # the node's name
+    pytest.param(pack_frame({"node": "ghost@test", "inc": "1", "seq": 1, "messages": []}), id="a-map"),
+    pytest.param(pack_frame(["ghost@test", "1", 1]), id="no-messages"),
+    pytest.param(pack_frame(["ghost@test", None, 1, []]), id="no-incarnation"),
+    pytest.param(pack_frame(["ghost@test", "1", "x", []]), id="seq-not-a-number"),
+    pytest.param(pack_frame(["ghost@test", "1", 1, 5]), id="messages-not-a-list"),
+    pytest.param(pack_frame(["ghost@test", "1", 1, GOOD[:3]]), id="half-a-message"),
+    pytest.param(pack_frame(["ghost@test", "1", 1, ["bad/x", "text", *GOOD[2:]]]), id="payload-not-binary"),
+    pytest.param(pack_frame(["ghost@test", "1", 1, [*GOOD[:2], 7, *GOOD[3:]]]), id="bad-qos"),
+    pytest.param(pack_frame(["ghost@test", "1", 1, ["bad/#", *GOOD[1:]]]), id="wildcard-topic"),
+    pytest.param(pack_frame(["ghost@test", "1", 1, [*GOOD[:6], [["g"]], None]]), id="groups-not-pairs"),
+    pytest.param(pack_frame(["ghost@test", "1", 1, [*GOOD[:7], {"message_expiry_interval": "x"}]]), id="bad-property"),
+    pytest.param(pack_frame(["ghost@test", "1", 1, [*GOOD, *GOOD[:2], 7, *GOOD[3:]]]), id="one-good-one-bad"),
 ]
 
 
@@ -503,9 +501,7 @@ async def test_a_frame_that_does_not_decode_is_logged_and_nothing_breaks(
 async def test_a_frame_whose_sequence_overflows_is_logged_and_nothing_breaks(
     redis_url: str, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    await _send_bad_frame_then_forward(
-        redis_url, prefix, b'{"node": "ghost@test", "inc": "1", "seq": 1e400, "messages": []}', caplog
-    )
+    await _send_bad_frame_then_forward(redis_url, prefix, pack_frame(["ghost@test", "1", 1e400, []]), caplog)
 
 
 async def _send_bad_frame_then_forward(
