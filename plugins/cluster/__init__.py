@@ -86,6 +86,8 @@ GUARD = "cluster-netsplit"
 GUARD_PATH = "ternmq.plugins.cluster.netsplit:Guard"
 # Seconds after a resynchronisation when the other nodes' routes are read once more.
 RESYNC_AGAIN = 1.0
+# A node Redis no longer knows is forgotten after this many node timeouts of silence.
+FORGET_AFTER = 10
 
 
 class Plugin(Registrar, Questions, Forwarding):
@@ -190,13 +192,20 @@ class Plugin(Registrar, Questions, Forwarding):
         key = f"{self.config.prefix}:nodes"
         await self.redis.hset(key, {self.node: repr(time.time())})
         beats = await self.redis.hgetall(key)
-        heartbeats = {}
+        # Merged with what is known: a Redis that restarted empty has lost the other
+        # nodes' beats, and they must not count as down until they beat again. A node
+        # Redis does not know and that has been silent long is forgotten.
+        heartbeats = dict(self.heartbeats)
+        in_redis = set()
         for name, value in beats.items():
             try:
-                heartbeats[name.decode()] = float(value)
+                node, beat = name.decode(), float(value)
             except (UnicodeDecodeError, ValueError):  # not a heartbeat: not a node's
                 continue
-        self.heartbeats = heartbeats
+            in_redis.add(node)
+            heartbeats[node] = max(heartbeats.get(node, 0.0), beat)
+        now, forgotten_after = time.time(), FORGET_AFTER * self.config.node_timeout
+        self.heartbeats = {n: b for n, b in heartbeats.items() if n in in_redis or now - b < forgotten_after}
 
     async def _heartbeats(self) -> None:
         while True:
@@ -370,7 +379,7 @@ class Plugin(Registrar, Questions, Forwarding):
             node, leaving = sender
             if leaving:
                 self.heartbeats.pop(node, None)
-                self._sequences.pop(node, None)
+                self._forget_peer(node)
             else:  # a node that speaks runs (its heartbeat may not have been read yet)
                 self.heartbeats[node] = max(self.heartbeats.get(node, 0.0), time.time())
 

@@ -133,8 +133,24 @@ class Forwarding(NodeState):
     def _start_peer(self, node: str) -> Peer:
         assert self._nursery is not None
         self._peers[node] = peer = Peer(node)
-        self._nursery.start_soon(self._forward, peer)
+        self._nursery.start_soon(self._forward_until_gone, peer)
         return peer
+
+    async def _forward_until_gone(self, peer: Peer) -> None:
+        with peer.gone:
+            await self._forward(peer)
+
+    def _forget_peer(self, node: str) -> None:
+        """``node`` left the cluster: its forwarder stops, what waited for it is dropped
+        (counted), and nothing of it is kept."""
+        peer = self._peers.pop(node, None)
+        if peer is not None:
+            peer.gone.cancel()
+            self.dropped += len(peer.queue)
+            peer.queue.clear()
+            self._drop_unacked(peer, "it left the cluster")
+        self._sequences.pop(node, None)
+        self._acks_due.pop(node, None)
 
     async def _forward(self, peer: Peer) -> None:
         """The forwarder of one peer node: frames of everything queued within ``linger``,
@@ -164,7 +180,8 @@ class Forwarding(NodeState):
                 if not self.running(peer.node):
                     self._drop_unacked(peer, "it is down")
             peer.sequence += 1
-            frame = encode_frame(self.node, self.incarnation, peer.sequence, batch)
+            base = peer.unacked[0][0] if peer.unacked else peer.sequence
+            frame = encode_frame(self.node, self.incarnation, peer.sequence, batch, base=base)
             peer.keep(peer.sequence, frame, len(batch))
             async with peer.sending:
                 await self._send(peer, frame, len(batch))
@@ -210,13 +227,21 @@ class Forwarding(NodeState):
                     await self._resend(peer)
 
     async def _resend(self, peer: Peer) -> None:
+        """The peer's unacknowledged frames again, in order; one resend at a time per
+        peer, and a frame acknowledged meanwhile is not sent again."""
+        if peer.resending:
+            return
+        peer.resending = True
         peer.progress_at = trio.current_time()
-        async with peer.sending:
-            for _, frame, count in list(peer.unacked):
-                self.resent += count
-                await self._send(peer, frame, 0)
-                if not peer.unacked:  # acknowledged, or dropped, meanwhile
-                    return
+        try:
+            async with peer.sending:
+                for sequence, frame, count in list(peer.unacked):
+                    if not peer.unacked or peer.unacked[0][0] > sequence:
+                        continue  # acknowledged (or dropped) meanwhile
+                    self.resent += count
+                    await self._send(peer, frame, 0)
+        finally:
+            peer.resending = False
 
     def _acknowledged(self, control: Control) -> None:
         """A peer's acknowledgement: its frames up to ``seq`` were delivered (and its
@@ -254,22 +279,26 @@ class Forwarding(NodeState):
                 log.exception("cluster: control frame %r from %s failed", frame.kind, frame.node)
             return
         incarnation, last = self._sequences.get(frame.node, ("", 0))
-        if incarnation == frame.incarnation:
-            if frame.sequence <= last:  # sent again, delivered before
-                self._acknowledge_soon(frame.node)
-                return
-            if frame.sequence != last + 1:
-                # Held back (messages of one publisher arrive in order), and asked for
-                # again from the first one missing.
-                self.gaps += 1
-                log.warning("cluster: frames from %s lost (%d after %d)", frame.node, frame.sequence, last)
-                self._acknowledge_soon(frame.node, resend=True)
-                # What else was lost may be route notices too: everything is read again.
-                self._resync = True
-                self._routes_changed.set()
-                return
-        # (Another incarnation: the node started again, or this one did; from here on.)
-        self._sequences[frame.node] = (frame.incarnation, frame.sequence)
+        if incarnation != frame.incarnation or last < frame.base - 1:
+            # The first frame of this run of the sender seen here (it started again, or
+            # this node did), or the sender gave up the frames before ``base`` (counted
+            # there): every frame from ``base`` on is wanted, in order.
+            incarnation, last = frame.incarnation, frame.base - 1
+            self._sequences[frame.node] = (incarnation, last)
+        if frame.sequence <= last:  # sent again, delivered before
+            self._acknowledge_soon(frame.node)
+            return
+        if frame.sequence != last + 1:
+            # Held back (messages of one publisher arrive in order), and asked for again
+            # from the first one missing.
+            self.gaps += 1
+            log.warning("cluster: frames from %s lost (%d after %d)", frame.node, frame.sequence, last)
+            self._acknowledge_soon(frame.node, resend=True)
+            # What else was lost may be route notices too: everything is read again.
+            self._resync = True
+            self._routes_changed.set()
+            return
+        self._sequences[frame.node] = (incarnation, frame.sequence)
         route = self.service.route_forwarded
         messages = frame.messages
         self.received += len(messages)
@@ -293,10 +322,13 @@ class Forwarding(NodeState):
             await trio.sleep(ACK_DELAY)
             self._acks_wakeup = trio.Event()
             due, self._acks_due = self._acks_due, {}
+            # What is delivered now is what the commit below covers (frames delivered
+            # while it runs wait for the next acknowledgement).
+            delivered = {node: self._sequences.get(node, ("", 0)) for node in due}
             if not await self.service.commit_store():
                 continue  # not kept: the senders send it again
             for node, resend in due.items():
-                incarnation, last = self._sequences.get(node, ("", 0))
+                incarnation, last = delivered[node]
                 ack = encode_control("ack", self.node, inc=incarnation, seq=last, resend=resend)
                 try:
                     with trio.fail_after(COMMAND_TIMEOUT):
@@ -318,6 +350,8 @@ class Peer:
         self.unacked: deque[tuple[int, bytes, int]] = deque()  # (sequence, frame, messages)
         self.waiting = 0  # messages in unacked frames
         self.sending = trio.Lock()  # frames go out in order, resent ones too
+        self.resending = False  # a resend runs
+        self.gone = trio.CancelScope()  # cancelled when the node leaves the cluster
         self.progress = trio.Event()
         self.progress_at = trio.current_time()
 

@@ -6,7 +6,12 @@ node, so a gap shows a lost frame and a frame sent again is known), and the mess
 the client id of each one's publisher (for no-local on the receiving node). Batching is
 the design: one Redis command per frame instead of one per message.
 
-A message frame is MessagePack: an array ``[node, incarnation, sequence, fields]`` where
+A message frame also says the sequence of the oldest frame its sender still keeps for
+the receiving node (``base``: not acknowledged yet): a node that has no earlier frame of
+that sender's incarnation (it started again) knows from where it must have them all,
+and one that waits for frames the sender gave up (dropped, counted there) goes on.
+
+A message frame is MessagePack: an array ``[node, incarnation, sequence, base, fields]`` where
 ``fields`` is one flat array of FIELDS values per message: topic, payload (binary), QoS,
 retain, created_at, the publisher's client id (or nil), the shared groups the receiving
 node serves (nil, or an array of [group, filter] pairs), and the MQTT 5 properties (nil,
@@ -54,10 +59,13 @@ class Frame:
     node: str
     incarnation: str
     sequence: int
+    base: int  # the oldest frame the sender keeps for this node (module docstring)
     messages: tuple[Forwarded, ...]
 
 
-def encode_frame(node: str, incarnation: str, sequence: int, messages: Sequence[Forwarded]) -> bytes:
+def encode_frame(
+    node: str, incarnation: str, sequence: int, messages: Sequence[Forwarded], *, base: int | None = None
+) -> bytes:
     fields: list[Any] = []
     add = fields.extend
     for message, origin, groups in messages:
@@ -65,7 +73,7 @@ def encode_frame(node: str, incarnation: str, sequence: int, messages: Sequence[
             add(_rich_fields(message, origin, groups))
         else:  # most messages: no group to serve, no properties
             add((message.topic, message.payload, message.qos, message.retain, message.created_at, origin, None, None))
-    return pack_frame([node, incarnation, sequence, fields])
+    return pack_frame([node, incarnation, sequence, sequence if base is None else base, fields])
 
 
 def pack_frame(body: Any) -> bytes:
@@ -151,11 +159,13 @@ def decode_frame(data: bytes) -> Frame | Control:
             body: Any = json.loads(data)
             return Control(str(body["kind"]), str(body["node"]), body)
         frame = msgpack.unpackb(data)
-        if frame.__class__ is not list or len(frame) != 4:
+        if frame.__class__ is not list or len(frame) != 5:
             raise ValueError("not a message frame")
-        node, incarnation, sequence, fields = frame
+        node, incarnation, sequence, base, fields = frame
         if node.__class__ is not str or incarnation.__class__ is not str or sequence.__class__ is not int:
             raise ValueError("not a message frame: node, incarnation, sequence")
-        return Frame(node, incarnation, sequence, _messages(fields))
+        if base.__class__ is not int or not 0 < base <= sequence:
+            raise ValueError("not a message frame: base")
+        return Frame(node, incarnation, sequence, base, _messages(fields))
     except (KeyError, TypeError, AttributeError, RecursionError, OverflowError, msgpack.UnpackException) as exc:
         raise ValueError(f"not a frame: {exc!r}") from None  # (a ValueError passes as it is)

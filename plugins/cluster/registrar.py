@@ -156,6 +156,7 @@ class Registrar(NodeState):
         await self.redis.publish(f"{prefix}:routes", notice(node, leaving=True))
         self.heartbeats.pop(node, None)
         self.routes.forget(node)
+        self._forget_peer(node)
         self._routes_changed.set()  # the sessions' subscriptions are this node's now
         log.info("cluster: %s removed; %d of its sessions taken over", node, taken)
         return taken

@@ -396,10 +396,18 @@ async def test_frames_batch_many_messages_and_the_metrics_count_them(redis_url: 
 # -- frames sent by hand ------------------------------------------------------------------
 
 
-def frame(sequence: int, topic: str, payload: bytes, node: str = "ghost@test", incarnation: str = "1") -> bytes:
+def frame(
+    sequence: int,
+    topic: str,
+    payload: bytes,
+    node: str = "ghost@test",
+    incarnation: str = "1",
+    base: int | None = None,
+) -> bytes:
     """A message frame as a node sends it: one QoS 1 message, no publisher client id, no
-    shared group to serve."""
-    return encode_frame(node, incarnation, sequence, [(Message(topic, payload, qos=1), None, frozenset())])
+    shared group to serve; ``base``, the oldest frame the sender keeps (itself)."""
+    message = Message(topic, payload, qos=1)
+    return encode_frame(node, incarnation, sequence, [(message, None, frozenset())], base=base)
 
 
 async def next_frame(pubsub: Any) -> Any:
@@ -428,20 +436,43 @@ async def test_a_frame_after_a_gap_is_held_back_asked_for_again_and_delivered_in
         ack = await next_frame(acknowledgements)
         assert (ack.kind, ack.body["inc"], ack.body["seq"], ack.body["resend"]) == ("ack", "1", 2, False)
         assert counter(b, "cluster_frame_gaps") == 0
-        await redis.publish(inbox, frame(4, "gap/x", b"4"))  # 3 was lost
+        await redis.publish(inbox, frame(4, "gap/x", b"4", base=3))  # 3 was lost
         assert await subscriber.nothing_received(QUIET)  # 4 waits: one publisher's order holds
         ack = await next_frame(acknowledgements)
         assert (ack.body["seq"], ack.body["resend"]) == (2, True)  # everything after 2, again
         assert counter(b, "cluster_frame_gaps") == 1
         await eventually(lambda: counter(b, "cluster_resyncs") == 1)  # routes read again after a gap
         for sequence in (3, 4, 4):  # the sender sends 3 and 4 again (and 4 a third time)
-            await redis.publish(inbox, frame(sequence, "gap/x", b"%d" % sequence))
+            await redis.publish(inbox, frame(sequence, "gap/x", b"%d" % sequence, base=3))
         assert await received_all(subscriber, 2) == [("gap/x", b"3", 1), ("gap/x", b"4", 1)]
         await redis.publish(inbox, frame(1, "gap/x", b"other", node="other@test"))  # a sender of its own
         await redis.publish(inbox, frame(1, "gap/x", b"restarted", incarnation="2"))  # ghost, started again
         assert [payload for _, payload, _ in await received_all(subscriber, 2)] == [b"other", b"restarted"]
         assert counter(b, "cluster_frame_gaps") == 1
         assert counter(b, "cluster_received") == 6
+        # The sender gave 2..4 of this run up (dropped, counted there): 5, based on 5, goes on.
+        await redis.publish(inbox, frame(5, "gap/x", b"5", incarnation="2", base=5))
+        assert [payload for _, payload, _ in await received_all(subscriber, 1)] == [b"5"]
+
+
+async def test_a_node_started_again_gets_every_frame_its_sender_kept_in_order(redis_url: str, prefix: str) -> None:
+    async with (
+        nodes(redis_url, prefix, "b@test") as (b,),
+        connected(b, "sub-b") as subscriber,
+        redis_client(redis_url) as redis,
+        redis.pubsub(channels=[inbox_channel(prefix, "ghost@test")]) as acknowledgements,
+    ):
+        await subscriber.subscribe("again/#", qos=1)
+        inbox = inbox_channel(prefix, "b@test")
+        # b is new to ghost's run: ghost still keeps 10..13 (b's earlier run got 10..12 and
+        # died before acknowledging them), and 13 is the first b sees.
+        await redis.publish(inbox, frame(13, "again/x", b"13", base=10))
+        assert await subscriber.nothing_received(QUIET)
+        ack = await next_frame(acknowledgements)
+        assert (ack.body["seq"], ack.body["resend"]) == (9, True)
+        for sequence in (10, 11, 12, 13):
+            await redis.publish(inbox, frame(sequence, "again/x", b"%d" % sequence, base=10))
+        assert [payload for _, payload, _ in await received_all(subscriber, 4)] == [b"10", b"11", b"12", b"13"]
 
 
 async def test_frames_a_node_does_not_acknowledge_are_sent_again_until_it_does(redis_url: str, prefix: str) -> None:
@@ -477,17 +508,21 @@ BAD_FRAMES = [
     pytest.param(b'{"node": "ghost@test", "kind": ', id="control-not-json"),
     pytest.param(b"\x94\xa2\xff\xfe\xa11\x01\x90", id="not-utf8"),  # the node's name
     pytest.param(pack_frame({"node": "ghost@test", "inc": "1", "seq": 1, "messages": []}), id="a-map"),
-    pytest.param(pack_frame(["ghost@test", "1", 1]), id="no-messages"),
-    pytest.param(pack_frame(["ghost@test", None, 1, []]), id="no-incarnation"),
-    pytest.param(pack_frame(["ghost@test", "1", "x", []]), id="seq-not-a-number"),
-    pytest.param(pack_frame(["ghost@test", "1", 1, 5]), id="messages-not-a-list"),
-    pytest.param(pack_frame(["ghost@test", "1", 1, GOOD[:3]]), id="half-a-message"),
-    pytest.param(pack_frame(["ghost@test", "1", 1, ["bad/x", "text", *GOOD[2:]]]), id="payload-not-binary"),
-    pytest.param(pack_frame(["ghost@test", "1", 1, [*GOOD[:2], 7, *GOOD[3:]]]), id="bad-qos"),
-    pytest.param(pack_frame(["ghost@test", "1", 1, ["bad/#", *GOOD[1:]]]), id="wildcard-topic"),
-    pytest.param(pack_frame(["ghost@test", "1", 1, [*GOOD[:6], [["g"]], None]]), id="groups-not-pairs"),
-    pytest.param(pack_frame(["ghost@test", "1", 1, [*GOOD[:7], {"message_expiry_interval": "x"}]]), id="bad-property"),
-    pytest.param(pack_frame(["ghost@test", "1", 1, [*GOOD, *GOOD[:2], 7, *GOOD[3:]]]), id="one-good-one-bad"),
+    pytest.param(pack_frame(["ghost@test", "1", 1, 1, 1]), id="no-messages"),
+    pytest.param(pack_frame(["ghost@test", None, 1, 1, []]), id="no-incarnation"),
+    pytest.param(pack_frame(["ghost@test", "1", "x", 1, []]), id="seq-not-a-number"),
+    pytest.param(pack_frame(["ghost@test", "1", 1, "x", []]), id="base-not-a-number"),
+    pytest.param(pack_frame(["ghost@test", "1", 1, 2, []]), id="base-after-the-frame"),
+    pytest.param(pack_frame(["ghost@test", "1", 1, 1, 5]), id="messages-not-a-list"),
+    pytest.param(pack_frame(["ghost@test", "1", 1, 1, GOOD[:3]]), id="half-a-message"),
+    pytest.param(pack_frame(["ghost@test", "1", 1, 1, ["bad/x", "text", *GOOD[2:]]]), id="payload-not-binary"),
+    pytest.param(pack_frame(["ghost@test", "1", 1, 1, [*GOOD[:2], 7, *GOOD[3:]]]), id="bad-qos"),
+    pytest.param(pack_frame(["ghost@test", "1", 1, 1, ["bad/#", *GOOD[1:]]]), id="wildcard-topic"),
+    pytest.param(pack_frame(["ghost@test", "1", 1, 1, [*GOOD[:6], [["g"]], None]]), id="groups-not-pairs"),
+    pytest.param(
+        pack_frame(["ghost@test", "1", 1, 1, [*GOOD[:7], {"message_expiry_interval": "x"}]]), id="bad-property"
+    ),
+    pytest.param(pack_frame(["ghost@test", "1", 1, 1, [*GOOD, *GOOD[:2], 7, *GOOD[3:]]]), id="one-good-one-bad"),
 ]
 
 
@@ -501,7 +536,7 @@ async def test_a_frame_that_does_not_decode_is_logged_and_nothing_breaks(
 async def test_a_frame_whose_sequence_overflows_is_logged_and_nothing_breaks(
     redis_url: str, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    await _send_bad_frame_then_forward(redis_url, prefix, pack_frame(["ghost@test", "1", 1e400, []]), caplog)
+    await _send_bad_frame_then_forward(redis_url, prefix, pack_frame(["ghost@test", "1", 1e400, 1, []]), caplog)
 
 
 async def _send_bad_frame_then_forward(
