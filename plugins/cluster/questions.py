@@ -15,6 +15,8 @@ plugin that retains is loaded (``on_plugin_loaded``).
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 import time
 from typing import Any
@@ -23,7 +25,6 @@ import attrs
 import trio
 
 from ternmq.kernel import (
-    Message,
     MetricReading,
     NodeMetrics,
     NodePlugins,
@@ -48,6 +49,8 @@ RETAINED_PAGE_MESSAGES = 1000
 # The filters the retained messages are copied under: outside mountpoints, and in them
 # ($SYS is each node's own).
 RETAINED_FILTERS = ("#", "$mount/#")
+# Seconds a node keeps the list another node pages through.
+RETAINED_SNAPSHOT_TTL = 30.0
 
 
 class Questions(NodeState):
@@ -244,16 +247,28 @@ class Questions(NodeState):
         assert self.service is not None
         body = control.body
         try:
-            after = str(body.get("after", ""))
-            messages: list[Message] = [m for m in await self.service.retained(str(body["filter"])) if m.topic > after]
+            after, topic_filter = str(body.get("after", "")), str(body["filter"])
+            # The first page reads the retained messages once; the next ones page through
+            # that list (a fresh read per page would cost the square of their number).
+            key, now = (control.node, topic_filter), time.monotonic()
+            snapshot = self._retained_snapshots.get(key)
+            if not after or snapshot is None or now - snapshot[0] > RETAINED_SNAPSHOT_TTL:
+                messages = list(await self.service.retained(topic_filter))
+                snapshot = (now, messages, [message.topic for message in messages])
+                self._retained_snapshots[key] = snapshot
+            _, messages, topics = snapshot
+            start = bisect.bisect_right(topics, after)
             page: list[dict[str, Any]] = []
             size = 0
-            for message in messages:
+            for message in itertools.islice(messages, start, None):
                 size += len(message.payload)
                 if page and (size > RETAINED_PAGE_BYTES or len(page) >= RETAINED_PAGE_MESSAGES):
                     break
                 page.append(message_to_json(message))
-            await self._answer(control, messages=page, more=len(page) < len(messages))
+            more = start + len(page) < len(messages)
+            if not more:
+                self._retained_snapshots.pop(key, None)
+            await self._answer(control, messages=page, more=more)
         except Exception as exc:
             log.warning("cluster: retained messages not sent to %s: %r", control.node, exc)
 

@@ -92,6 +92,9 @@ class NodeState:
         self._sequences: dict[str, tuple[str, int]] = {}
         self._acks_due: dict[str, bool] = {}  # sending node -> whether it must resend
         self._acks_wakeup = trio.Event()
+        # (asking node, filter) -> (when read, the retained messages, their topics), while
+        # a node that joins pages through them.
+        self._retained_snapshots: dict[tuple[str, str], tuple[float, list[Message], list[str]]] = {}
         self._routes_changed = trio.Event()
         self._resync = False  # the subscriber reconnected: Redis may have lost everything
         self.batches = Batches()
