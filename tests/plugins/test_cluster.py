@@ -1019,6 +1019,7 @@ async def test_a_node_that_joins_late_gets_the_retained_messages_it_has_none_of(
             await c.service.publish("r/0", b"c's own", qos=1, retain=True)
             await c.service.load_plugin("cluster", {"redis_url": redis_url, "prefix": prefix})
             await eventually(lambda: _count_retained(c, 5), message="the retained messages copied to c")
+            await eventually(lambda: _count_retained(c, 1, "$mount/#"), message="the mounted one too (copied after)")
             got = {m.topic: m.payload for m in await c.service.retained("#")}
             assert got == {"r/0": b"c's own", **{t: f"from a: {t}".encode() for t in topics[1:]}}
             mounted = await c.service.retained("$mount/#")
@@ -1031,14 +1032,15 @@ async def test_a_node_that_joins_late_gets_the_retained_messages_it_has_none_of(
         # retainer loads, and the messages are copied once it has.
         async with open_broker(node_config(redis_url, prefix, "d@t")) as d:
             await eventually(lambda: _count_retained(d, 5), message="the retained messages copied to d")
+            await eventually(lambda: _count_retained(d, 1, "$mount/#"), message="the mounted one too")
             assert {m.topic: m.payload for m in await d.service.retained("#")} == {
                 t: f"from a: {t}".encode() for t in topics
             }
             assert [m.topic for m in await d.service.retained("$mount/#")] == ["$mount/m1/r/x"]
 
 
-async def _count_retained(broker: Broker, count: int) -> bool:
-    return len(await broker.service.retained("#")) == count
+async def _count_retained(broker: Broker, count: int, topic_filter: str = "#") -> bool:
+    return len(await broker.service.retained(topic_filter)) == count
 
 
 async def test_emqx_clients_page_over_every_node_and_find_and_kick_a_client_anywhere(
