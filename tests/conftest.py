@@ -8,6 +8,7 @@ import queue
 import shutil
 import tempfile
 import threading
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -216,3 +217,10 @@ def redis_url() -> Iterator[str]:
     """A redis-server of this test module's own: ``redis://127.0.0.1:PORT/0``."""
     with redis_server() as url:
         yield url
+
+
+@pytest.fixture
+def prefix() -> str:
+    """This test's Redis key prefix (a cluster's name, in effect): no test sees another's
+    keys in the module's redis-server."""
+    return f"tmq{uuid.uuid4().hex[:12]}"

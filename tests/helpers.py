@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import coredis
 import paho.mqtt.client as paho
 import pytest
 import trio
@@ -394,3 +396,79 @@ class StoreThatCannotCommit:
         if self.hang:
             await trio.sleep_forever()
         raise OSError("disk full")
+
+
+@asynccontextmanager
+async def redis_client(url: str) -> AsyncIterator[coredis.Redis[bytes]]:
+    """A coredis client of the test's redis-server (bytes in, bytes out)."""
+    async with coredis.Redis.from_url(url, decode_responses=False) as redis:
+        yield redis
+
+
+class ClusterNode:
+    """One ``ternmq --config FILE`` process, a node of a cluster (``[cluster]``, quick
+    heartbeats), with ``plugins`` (TOML tables) loaded before it: the retainer by default."""
+
+    def __init__(
+        self, directory: Path, name: str, redis_url: str, prefix: str, *, plugins: str = "[plugins.retainer]\n"
+    ) -> None:
+        samples = plugin_samples()
+        self.name = name
+        short = name.split("@")[0]
+        self.config = directory / f"{short}.toml"
+        self.config.write_text(f'''
+[broker]
+node_name = "{name}"
+allow_anonymous = true
+control_socket = "{directory / short}.sock"
+
+[[listeners]]
+name = "default"
+port = 0
+
+{plugins}
+[cluster]
+redis_url = "{redis_url}"
+prefix = "{prefix}"
+heartbeat_interval = 0.2
+node_timeout = 1.0
+''')
+        self.env = samples.subprocess_env(directory)
+        self.process = samples.BrokerProcess(["--config", str(self.config)], env=self.env, cwd=directory)
+
+    @property
+    def port(self) -> int:
+        port: int = self.process.port
+        return port
+
+    def cluster_show(self) -> dict[str, str]:
+        """``ternmq-admin cluster show`` as {node: running}, read off the table text."""
+        result = plugin_samples().admin("--config", str(self.config), "cluster", "show", env=self.env)
+        assert result.returncode == 0, result.stderr
+        lines = [line for line in result.stdout.splitlines() if line.startswith("|")]
+        rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+        assert rows and rows[0] == ["Node", "Running"], result.stdout
+        return dict(rows[1:])
+
+    def kill(self) -> None:
+        self.process.process.send_signal(signal.SIGKILL)
+        assert self.process.process.wait(10) == -signal.SIGKILL
+        self.process.stop()  # closes its pipe; the process is gone already
+
+
+@contextmanager
+def cluster_processes(
+    redis_url: str, prefix: str, *, plugins: str = "[plugins.retainer]\n"
+) -> Iterator[list[ClusterNode]]:
+    """Three nodes n1, n2, n3 as ``ternmq`` processes, ready (stopped at the end)."""
+    with plugin_samples().short_dir() as directory:
+        started: list[ClusterNode] = []
+        try:
+            for number in (1, 2, 3):
+                started.append(ClusterNode(directory, f"n{number}@127.0.0.1", redis_url, prefix, plugins=plugins))
+            for node in started:
+                node.process.wait_ready()
+            yield started
+        finally:
+            for node in started:
+                node.process.stop()

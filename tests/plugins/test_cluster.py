@@ -12,11 +12,9 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -37,9 +35,16 @@ from ternmq.plugins.cluster import Plugin, questions
 from ternmq.plugins.cluster.frames import decode_frame, encode_control, encode_frame, inbox_channel, pack_frame
 from ternmq.plugins.cluster.routes import notice, routes_key
 
-from helpers import answers_ping, connected, eventually, eventually_sync, free_port, plugin_samples
-
-samples = plugin_samples()
+from helpers import (
+    ClusterNode,
+    answers_ping,
+    cluster_processes,
+    connected,
+    eventually,
+    eventually_sync,
+    free_port,
+    redis_client,
+)
 
 QUIET = 0.2  # seconds a client waits to show that nothing more comes
 
@@ -48,18 +53,6 @@ pytestmark = pytest.mark.usefixtures("no_tracebacks")
 
 
 # -- Redis --------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def prefix() -> str:
-    """This test's Redis key prefix (the cluster's name, in effect)."""
-    return f"tmq{uuid.uuid4().hex[:12]}"
-
-
-@asynccontextmanager
-async def redis_client(url: str) -> AsyncIterator[coredis.Redis[bytes]]:
-    async with coredis.Redis.from_url(url, decode_responses=False) as redis:
-        yield redis
 
 
 # -- nodes --------------------------------------------------------------------------------
@@ -726,66 +719,10 @@ def test_a_config_file_with_a_cluster_table_parses_with_cluster_first(tmp_path: 
 # -- real processes -----------------------------------------------------------------------
 
 
-class Node:
-    """One ``ternmq --config FILE`` process with a ``[cluster]`` table."""
-
-    def __init__(self, directory: Path, name: str, redis_url: str, prefix: str) -> None:
-        self.name = name
-        self.config = directory / f"{name.split('@')[0]}.toml"
-        self.config.write_text(f'''
-[broker]
-node_name = "{name}"
-allow_anonymous = true
-control_socket = "{directory / name.split("@")[0]}.sock"
-
-[[listeners]]
-name = "default"
-port = 0
-
-[plugins.retainer]
-
-[cluster]
-redis_url = "{redis_url}"
-prefix = "{prefix}"
-heartbeat_interval = 0.2
-node_timeout = 1.0
-''')
-        self.env = samples.subprocess_env(directory)
-        self.process = samples.BrokerProcess(["--config", str(self.config)], env=self.env, cwd=directory)
-
-    @property
-    def port(self) -> int:
-        port: int = self.process.port
-        return port
-
-    def cluster_show(self) -> dict[str, str]:
-        """``ternmq-admin cluster show`` as {node: running}, read off the table text."""
-        result = samples.admin("--config", str(self.config), "cluster", "show", env=self.env)
-        assert result.returncode == 0, result.stderr
-        lines = [line for line in result.stdout.splitlines() if line.startswith("|")]
-        rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
-        assert rows and rows[0] == ["Node", "Running"], result.stdout
-        return dict(rows[1:])
-
-    def kill(self) -> None:
-        self.process.process.send_signal(signal.SIGKILL)
-        assert self.process.process.wait(10) == -signal.SIGKILL
-        self.process.stop()  # closes its pipe; the process is gone already
-
-
 @pytest.fixture
-def processes(redis_url: str, prefix: str) -> Iterator[list[Node]]:
-    with samples.short_dir() as directory:
-        started: list[Node] = []
-        try:
-            for number in (1, 2, 3):
-                started.append(Node(directory, f"n{number}@127.0.0.1", redis_url, prefix))
-            for node in started:
-                node.process.wait_ready()
-            yield started
-        finally:
-            for node in started:
-                node.process.stop()
+def processes(redis_url: str, prefix: str) -> Iterator[list[ClusterNode]]:
+    with cluster_processes(redis_url, prefix) as started:
+        yield started
 
 
 async def reaches(publisher_port: int, subscriber_port: int, topic: str) -> None:
@@ -807,12 +744,12 @@ async def reaches(publisher_port: int, subscriber_port: int, topic: str) -> None
 
 
 async def test_three_processes_show_each_other_forward_and_see_a_killed_node_stop(
-    processes: list[Node],
+    processes: list[ClusterNode],
 ) -> None:
     n1, n2, n3 = processes
     everyone = {node.name: "true" for node in processes}
 
-    def shows(node: Node, expected: dict[str, str]) -> bool:
+    def shows(node: ClusterNode, expected: dict[str, str]) -> bool:
         return node.cluster_show() == expected
 
     await trio.to_thread.run_sync(lambda: eventually_sync(lambda: shows(n1, everyone), 10, interval=0.2))

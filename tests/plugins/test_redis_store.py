@@ -9,12 +9,10 @@ last tests run ``ternmq`` processes and kill one with SIGKILL.
 from __future__ import annotations
 
 import json
-import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -39,23 +37,11 @@ from ternmq.kernel.values.config import Config, PluginEntry
 from ternmq.plugins.cluster.store import Config as StoreConfig
 from ternmq.plugins.cluster.store import Plugin as RedisStore
 
-from helpers import eventually, free_port, plugin_samples
+from helpers import ClusterNode, cluster_processes, eventually, free_port, redis_client
 
-samples = plugin_samples()
 PERSISTENT = {"session_expiry_interval": 3600}
 
 pytestmark = pytest.mark.usefixtures("no_tracebacks")
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"tmq{uuid.uuid4().hex[:12]}"
-
-
-@asynccontextmanager
-async def redis_client(url: str) -> AsyncIterator[coredis.Redis[bytes]]:
-    async with coredis.Redis.from_url(url, decode_responses=False) as redis:
-        yield redis
 
 
 def node_config(redis_url: str, prefix: str, name: str, *, cluster: bool = True) -> Config:
@@ -297,67 +283,16 @@ async def _forgotten(redis: coredis.Redis[bytes], prefix: str, client_id: str) -
 # -- SIGKILL ---------------------------------------------------------------------------------
 
 
-class StoreNode:
-    """One ``ternmq --config FILE`` process: ``[cluster]`` and the Redis store."""
-
-    def __init__(self, directory: Path, name: str, redis_url: str, prefix: str) -> None:
-        self.name = name
-        short = name.split("@")[0]
-        self.config = directory / f"{short}.toml"
-        self.config.write_text(f'''
-[broker]
-node_name = "{name}"
-allow_anonymous = true
-control_socket = "{directory / short}.sock"
-
-[[listeners]]
-name = "default"
-port = 0
-
-[plugins.redis_store]
-redis_url = "{redis_url}"
-prefix = "{prefix}"
-
-[plugins.retainer]
-
-[cluster]
-redis_url = "{redis_url}"
-prefix = "{prefix}"
-heartbeat_interval = 0.2
-node_timeout = 1.0
-''')
-        self.process = samples.BrokerProcess(
-            ["--config", str(self.config)], env=samples.subprocess_env(directory), cwd=directory
-        )
-
-    @property
-    def port(self) -> int:
-        port: int = self.process.port
-        return port
-
-    def kill(self) -> None:
-        self.process.process.send_signal(signal.SIGKILL)
-        assert self.process.process.wait(10) == -signal.SIGKILL
-        self.process.stop()
-
-
 @pytest.fixture
-def store_nodes(redis_url: str, prefix: str) -> Iterator[list[StoreNode]]:
-    with samples.short_dir() as directory:
-        started: list[StoreNode] = []
-        try:
-            for number in (1, 2, 3):
-                started.append(StoreNode(directory, f"n{number}@127.0.0.1", redis_url, prefix))
-            for node in started:
-                node.process.wait_ready()
-            yield started
-        finally:
-            for node in started:
-                node.process.stop()
+def store_nodes(redis_url: str, prefix: str) -> Iterator[list[ClusterNode]]:
+    """Three nodes as processes, each with the Redis store (then the retainer)."""
+    plugins = f'[plugins.redis_store]\nredis_url = "{redis_url}"\nprefix = "{prefix}"\n\n[plugins.retainer]\n'
+    with cluster_processes(redis_url, prefix, plugins=plugins) as started:
+        yield started
 
 
 async def test_a_node_killed_with_sigkill_loses_no_acknowledged_message_its_client_resumes_elsewhere(
-    store_nodes: list[StoreNode], redis_url: str, prefix: str
+    store_nodes: list[ClusterNode], redis_url: str, prefix: str
 ) -> None:
     n1, n2, n3 = store_nodes
     await offline_subscriber(n2.port, "survivor", "s/#")
