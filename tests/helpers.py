@@ -443,12 +443,19 @@ node_timeout = 1.0
 
     def cluster_show(self) -> dict[str, str]:
         """``ternmq-admin cluster show`` as {node: running}, read off the table text."""
-        result = plugin_samples().admin("--config", str(self.config), "cluster", "show", env=self.env)
+        result = self.admin("cluster", "show")
         assert result.returncode == 0, result.stderr
         lines = [line for line in result.stdout.splitlines() if line.startswith("|")]
         rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
         assert rows and rows[0] == ["Node", "Running"], result.stdout
         return dict(rows[1:])
+
+    def admin(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        """``ternmq-admin ARGV...`` against this node."""
+        result: subprocess.CompletedProcess[str] = plugin_samples().admin(
+            "--config", str(self.config), *argv, env=self.env
+        )
+        return result
 
     def kill(self) -> None:
         self.process.process.send_signal(signal.SIGKILL)

@@ -15,7 +15,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -725,22 +725,83 @@ def processes(redis_url: str, prefix: str) -> Iterator[list[ClusterNode]]:
         yield started
 
 
+async def until_forwarded(publisher: MQTTTestClient, subscriber: MQTTTestClient, topic: str) -> None:
+    """Probe ``topic`` (QoS 0) until the subscriber on another node gets one (its route
+    reached the publisher's node); the probes are read and gone when this returns."""
+
+    async def probe() -> bool:
+        await publisher.publish(topic, b"probe", qos=0)
+        return not await subscriber.nothing_received(0.1)
+
+    await eventually(probe, timeout=10, message=f"{topic} probes reach the subscriber")
+    while not await subscriber.nothing_received(0.2):
+        assert (await subscriber.receive()).topic == topic
+
+
 async def reaches(publisher_port: int, subscriber_port: int, topic: str) -> None:
-    """A QoS 1 message published on one node reaches a subscriber on the other (probes
-    first, until the subscription's route has reached the publisher's node)."""
+    """A QoS 1 message published on one node reaches a subscriber on the other."""
     async with connected(subscriber_port, f"sub-{topic}") as subscriber, connected(publisher_port) as publisher:
         await subscriber.subscribe(f"{topic}/#", qos=1)
-
-        async def probe() -> bool:
-            await publisher.publish(f"{topic}/probe", b"probe", qos=0)
-            return not await subscriber.nothing_received(0.1)
-
-        await eventually(probe, timeout=10, message=f"{topic} probes reach the subscriber")
+        await until_forwarded(publisher, subscriber, f"{topic}/probe")
         await publisher.publish(f"{topic}/real", b"real", qos=1)
         with trio.fail_after(5):
-            while (packet := await subscriber.receive()).topic != f"{topic}/real":
-                pass
-        assert (packet.payload, packet.qos) == (b"real", 1)
+            packet = await subscriber.receive()
+        assert (packet.topic, packet.payload, packet.qos) == (f"{topic}/real", b"real", 1)
+
+
+async def test_three_processes_route_every_qos_share_a_group_and_take_a_session_over(
+    processes: list[ClusterNode],
+) -> None:
+    n1, n2, n3 = processes
+    persistent = {"session_expiry_interval": 300}
+    async with (
+        connected(n2.port, "q-sub2") as sub2,
+        connected(n3.port, "q-sub3") as sub3,
+        connected(n1.port, "q-pub") as publisher,
+    ):
+        await sub2.subscribe("q/#", qos=2)
+        await until_forwarded(publisher, sub2, "q/probe")
+        for qos in (0, 1, 2):
+            await publisher.publish(f"q/{qos}", b"%d" % qos, qos=qos)
+        got = [await sub2.receive() for _ in range(3)]
+        assert [(p.topic, p.payload, p.qos) for p in got] == [("q/0", b"0", 0), ("q/1", b"1", 1), ("q/2", b"2", 2)]
+        # A shared group with a member on n2 and one on n3: each message once.
+        for member in (sub2, sub3):
+            await member.subscribe("$share/g/s/#", qos=1)
+        probed: set[MQTTTestClient] = set()
+
+        async def both_members_probed() -> bool:  # the group's routes reached n1
+            await publisher.publish("s/probe", b"probe", qos=0)
+            for member in (sub2, sub3):
+                while not await member.nothing_received(0.05):
+                    if (await member.receive()).topic == "s/probe":
+                        probed.add(member)
+            return len(probed) == 2
+
+        await eventually(both_members_probed, timeout=10, message="both members get probes")
+        for member in (sub2, sub3):
+            while not await member.nothing_received(0.2):
+                await member.receive()
+        for number in range(20):
+            await publisher.publish("s/x", b"%d" % number, qos=1)
+        shares: dict[MQTTTestClient, list[int]] = {sub2: [], sub3: []}
+        for member, numbers in shares.items():
+            while not await member.nothing_received(0.5):
+                numbers.append(int((await member.receive()).payload))
+        assert sorted(shares[sub2] + shares[sub3]) == list(range(20))  # once each
+        assert shares[sub2] and shares[sub3]  # both nodes' members served
+    # Takeover across nodes: a live session on n2 moves to n3 with its queued message.
+    async with MQTTTestClient.open(n2.port) as old, connected(n1.port, "mv-pub") as publisher:
+        await old.connect("mover", clean_start=False, properties=persistent)
+        await old.subscribe("mv/#", qos=1)
+        await until_forwarded(publisher, old, "mv/probe")
+        async with MQTTTestClient.open(n3.port) as new:
+            assert (await new.connect("mover", clean_start=False, properties=persistent)).session_present
+            disconnect = await old.closed()
+            assert disconnect is not None and disconnect.reason_code == 0x8E
+            await until_forwarded(publisher, new, "mv/probe")
+            await publisher.publish("mv/2", b"to n3 now", qos=1)
+            assert (await new.receive()).payload == b"to n3 now"
 
 
 async def test_three_processes_show_each_other_forward_and_see_a_killed_node_stop(
@@ -1079,74 +1140,120 @@ def _start_redis_on(port: int, folder: str) -> subprocess.Popen[bytes]:
     return process
 
 
+class RestartableRedis:
+    """A redis-server of the test's own (no persistence), to stop and start again."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port, self.folder = free_port(), str(folder)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = _start_redis_on(self.port, self.folder)
+
+    async def restart(self, meanwhile: Callable[[], Awaitable[None]]) -> None:
+        """Stop it, ``await meanwhile()``, start it again (empty)."""
+        self.process.terminate()
+        await trio.to_thread.run_sync(self.process.wait, 10)
+        await meanwhile()
+        self.process = await trio.to_thread.run_sync(_start_redis_on, self.port, self.folder)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+FLOOD = 300
+
+
+async def flood_through_a_redis_restart(
+    redis: RestartableRedis, publisher: MQTTTestClient, subscriber: MQTTTestClient
+) -> list[int]:
+    """FLOOD numbered QoS 1 messages to fl/x, each acknowledged, with Redis stopped from
+    the first third to the half; what the subscriber received, in order, until it has
+    every number (20 s at most)."""
+    received: list[int] = []
+    numbers = iter(range(FLOOD))
+
+    async def publish(until: int) -> None:
+        for number in numbers:
+            assert (await publisher.publish("fl/x", b"%d" % number, qos=1)).reason_code == 0
+            await trio.sleep(0.005)
+            if number == until - 1:
+                return
+
+    async def receive_all() -> None:
+        while len(set(received)) < FLOOD:
+            received.append(int((await subscriber.receive()).payload))
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive_all)
+            await publish(FLOOD // 3)
+            await redis.restart(lambda: publish(FLOOD // 2))
+            await publish(FLOOD)
+    return received
+
+
+def in_order_and_complete(received: list[int]) -> bool:
+    """Every number once at least, and the first copy of each in the order published."""
+    return list(dict.fromkeys(received)) == list(range(FLOOD))
+
+
 async def test_a_redis_restart_in_a_publish_flood_loses_no_qos1_message_between_nodes_and_keeps_order(
     prefix: str, tmp_path: Path
 ) -> None:
-    port, folder = free_port(), str(tmp_path)
-    url = f"redis://127.0.0.1:{port}/0"
-    redis = _start_redis_on(port, folder)
-    count = 300
+    redis = RestartableRedis(tmp_path)
     try:
         async with (
-            nodes(url, prefix, "a@t", "b@t") as (a, b),
+            nodes(redis.url, prefix, "a@t", "b@t") as (a, b),
             connected(b, "sub-b") as subscriber,
             connected(a, "pub-a") as publisher,
         ):
             await a.service.run_command(["set", "allow_publish_during_netsplit=on"])
             await subscriber.subscribe("fl/#", qos=1)
             await routed(a, "fl/x", "b@t")
-            received: list[int] = []
-
-            async def receive_all() -> None:
-                while len(set(received)) < count:
-                    received.append(int((await subscriber.receive()).payload))
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(receive_all)
-                for number in range(count):
-                    if number == count // 3:
-                        redis.terminate()
-                        await trio.to_thread.run_sync(redis.wait, 10)
-                    if number == count // 2:
-                        redis = await trio.to_thread.run_sync(_start_redis_on, port, folder)
-                    assert (await publisher.publish("fl/x", b"%d" % number, qos=1)).reason_code == 0
-                    await trio.sleep(0.005)
-                with trio.fail_after(20):
-                    while len(set(received)) < count:
-                        await trio.sleep(0.05)
-            assert sorted(set(received)) == list(range(count))  # none lost
-            first_seen = list(dict.fromkeys(received))
-            assert first_seen == list(range(count))  # in the order published
+            assert in_order_and_complete(await flood_through_a_redis_restart(redis, publisher, subscriber))
             assert counter(a, "cluster_dropped") == 0
     finally:
-        redis.terminate()
-        redis.wait(10)
+        redis.stop()
+
+
+async def test_three_processes_through_a_redis_restart_lose_no_qos1_message(prefix: str, tmp_path: Path) -> None:
+    redis = RestartableRedis(tmp_path)
+    try:
+        with cluster_processes(redis.url, prefix) as (n1, n2, _):
+            result = n1.admin("set", "allow_publish_during_netsplit=on")
+            assert result.returncode == 0, result.stderr
+            async with connected(n2.port, "p-sub") as subscriber, connected(n1.port, "p-pub") as publisher:
+                await subscriber.subscribe("fl/#", qos=1)
+                await until_forwarded(publisher, subscriber, "fl/probe")
+                assert in_order_and_complete(await flood_through_a_redis_restart(redis, publisher, subscriber))
+    finally:
+        redis.stop()
 
 
 async def test_a_lost_redis_puts_the_netsplit_switches_in_force_until_it_is_back(
     prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="ternmq")
-    port, folder = free_port(), str(tmp_path)
-    url = f"redis://127.0.0.1:{port}/0"
-    redis = _start_redis_on(port, folder)
+    redis = RestartableRedis(tmp_path)
     try:
         async with (
-            nodes(url, prefix, "a@t", "b@t") as (a, b),
+            nodes(redis.url, prefix, "a@t", "b@t") as (a, b),
             connected(b, "sub-b") as subscriber,
             connected(a, "pub-a") as publisher,
         ):
             await subscriber.subscribe("ns/#", qos=1)
             await routed(a, "ns/x", "b@t")
-            redis.terminate()
-            redis.wait(10)
-            await eventually(lambda: "cluster-netsplit" in a.plugins.loaded, message="the switches in force")
-            assert (await publisher.publish("ns/x", b"refused", qos=1)).reason_code == 0x80  # VerneMQ's default: off
-            async with MQTTTestClient.open(a.port()) as newcomer:
-                assert (await newcomer.connect("newcomer")).reason_code == 0x88  # server unavailable
-            await a.service.run_command(["set", "allow_publish_during_netsplit=on"])
-            assert (await publisher.publish("ns/x", b"local only", qos=1)).reason_code == 0  # allowed here
-            redis = _start_redis_on(port, folder)
+
+            async def while_it_is_down() -> None:
+                await eventually(lambda: "cluster-netsplit" in a.plugins.loaded, message="the switches in force")
+                refused = await publisher.publish("ns/x", b"refused", qos=1)
+                assert refused.reason_code == 0x80  # VerneMQ's default: off
+                async with MQTTTestClient.open(a.port()) as newcomer:
+                    assert (await newcomer.connect("newcomer")).reason_code == 0x88  # server unavailable
+                await a.service.run_command(["set", "allow_publish_during_netsplit=on"])
+                assert (await publisher.publish("ns/x", b"local only", qos=1)).reason_code == 0  # allowed here
+
+            await redis.restart(while_it_is_down)
             await eventually(lambda: "cluster-netsplit" not in a.plugins.loaded, timeout=10, message="lifted")
             await eventually(lambda: counter(a, "cluster_resyncs") >= 1, timeout=10)
             await routed(a, "ns/x", "b@t")
@@ -1158,5 +1265,4 @@ async def test_a_lost_redis_puts_the_netsplit_switches_in_force_until_it_is_back
                 payloads = [(await subscriber.receive()).payload for _ in range(2)]
             assert payloads == [b"local only", b"after"]
     finally:
-        redis.terminate()
-        redis.wait(10)
+        redis.stop()
