@@ -69,8 +69,9 @@ class Registrar(NodeState):
             except Exception as exc:  # TooSlowError too
                 log.warning("cluster: client ids not swept: %s", exc)
                 continue
+            lately = self.batches.claimed_lately(self.config.claim_sweep_interval)
             for client_id in mine:
-                if self.service.session_info(client_id) is None:
+                if client_id not in lately and self.service.session_info(client_id) is None:
                     self.batches.release(client_id)
 
     async def _registrar(self) -> None:

@@ -90,17 +90,30 @@ class Batches:
     def __init__(self) -> None:
         self.claims: list[Claim] = []
         self.releases: set[str] = set()
+        # Client id -> when a CONNECT without clean start last claimed it (monotonic): the
+        # sweep leaves those still under way alone (claimed, the session not attached
+        # yet: it may be on its way from another node).
+        self.recent: dict[str, float] = {}
         self.ready = trio.Event()
         self.awaited = trio.Event()  # a CONNECT waits for a claim of this batch
 
     def claim(self, client_id: str, clean_start: bool, *, at: float | None = None) -> Claim:
         claim = Claim(client_id, clean_start, at or time.time(), again=at is not None)
         self.claims.append(claim)
+        if not clean_start:  # (a clean start's session is attached before its claim lands)
+            self.recent[client_id] = time.monotonic()
         self.releases.discard(client_id)
         self.ready.set()
         if not clean_start:
             self.awaited.set()
         return claim
+
+    def claimed_lately(self, within: float) -> set[str]:
+        """The client ids claimed within the last ``within`` seconds (older ones are
+        forgotten here)."""
+        since = time.monotonic() - within
+        self.recent = {client_id: at for client_id, at in self.recent.items() if at >= since}
+        return set(self.recent)
 
     def release(self, client_id: str) -> None:
         self.releases.add(client_id)
