@@ -9,6 +9,7 @@ cluster-wide listings are this node's. The hooks behind them are ``cluster_nodes
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from .routing.topics import mounted_filter
@@ -118,12 +119,19 @@ class ClusterFace:
             raise ValueError(f"{node} could not be removed (see the log)")
         return int(taken)
 
-    def restore_session(self, snapshot: SessionSnapshot) -> bool:
-        """For a cluster plugin: make a session taken from the store
-        (``take_stored_session``) this node's while its client is away, as a restart
-        restores its own: subscriptions routed, messages where they were, expiry running,
-        a will owed published. False when this node has a session of the client id."""
-        return self._broker.lifecycle.restore_session(snapshot, self._broker.settings.limits)
+    async def restore_session(self, snapshot: SessionSnapshot, *, in_store: bool = True) -> bool:
+        """For a cluster plugin: make a session this node's while its client is away, as
+        a restart restores its own: subscriptions routed, messages where they were,
+        expiry running, a will owed published. ``in_store``: taken from the store
+        (``take_stored_session``), which keeps it for this node already; else (handed
+        over by another node) it is given to the store now. False when this node has a
+        session of the client id."""
+        lifecycle = self._broker.lifecycle
+        if not lifecycle.restore_session(snapshot, self._broker.settings.limits, stored=in_store):
+            return False
+        if not in_store:
+            await lifecycle.save_session(self._broker.sessions[snapshot.client_id])
+        return True
 
     async def route_forwarded(
         self,
@@ -147,14 +155,18 @@ class ClusterFace:
                 await broker.dispatcher.provide("retain_delete", topic=message.topic)
         return await broker.router.route(message, origin_client_id, shared_groups=shared_groups)
 
-    async def hand_over(self, client_id: str, *, clean_start: bool = False) -> SessionSnapshot | None:
+    async def hand_over(
+        self, client_id: str, *, clean_start: bool = False, deadline: float = math.inf
+    ) -> SessionSnapshot | None:
         """For a cluster plugin: ``client_id`` connected to another node, so its session
         here ends (its connection gets DISCONNECT 0x8E); a persistent one is returned,
         with its messages, for that node to resume (``cluster_register``). None when
         there is no session, or a clean one. At start, it waits until the store's
-        sessions are restored (a cluster plugin answers before that)."""
+        sessions are restored (a cluster plugin answers before that). Past ``deadline``
+        (``trio.current_time()``: the other node stops waiting then) the session stays
+        here, and None is returned."""
         await self._broker.sessions_restored.wait()
-        return await self._broker.lifecycle.hand_over(client_id, clean_start=clean_start)
+        return await self._broker.lifecycle.hand_over(client_id, clean_start=clean_start, deadline=deadline)
 
     def subscribed_filters(self) -> frozenset[str]:
         """Every topic filter this node's sessions subscribe to, as routed (under their

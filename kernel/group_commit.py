@@ -88,10 +88,13 @@ class GroupCommit(Generic[W]):
                     self._failed_at = trio.current_time()
                     log.exception("store: %d writes to %s failed", len(batch), self.describe)
                     raise
-                count -= len(batch)
+                # (what pending held at the start, less what went: an apply may have taken
+                # more of it with ``take_pending``)
+                count = min(count - len(batch), len(self.pending))
                 self.writes += len(batch)
                 self.commits += 1
             self._committed = target
+            self._failed_at = -math.inf
 
     async def commit(self) -> None:
         """Return once every write handed over so far is applied (the store's

@@ -9,6 +9,7 @@ dispatcher, scheduler, counters and publisher (which publishes wills).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import TYPE_CHECKING
 
@@ -65,8 +66,9 @@ class SessionLifecycle:
         if snapshots:
             log.info("restored %d sessions from the session store", len(snapshots))
 
-    def restore_session(self, snapshot: SessionSnapshot, limits: Limits) -> bool:
-        """A session the store keeps for this node, made this node's, offline: its
+    def restore_session(self, snapshot: SessionSnapshot, limits: Limits, *, stored: bool = True) -> bool:
+        """A session the store keeps for this node (not yet, without ``stored``: the
+        caller gives it to the store), made this node's, offline: its
         subscriptions, its messages where they were, its expiry running, and the will
         owed by a connection that ended without DISCONNECT (the broker, or the node that
         held it, stopped). False, with nothing changed, when there is a session already."""
@@ -74,9 +76,10 @@ class SessionLifecycle:
             return False
         journal = self.router.journal
         session = self._session_from(snapshot, limits)
-        session.stored = True
-        if journal.active:
-            session.journal = journal
+        if stored:
+            session.stored = True
+            if journal.active:
+                session.journal = journal
         for entry in snapshot.messages:
             journal.restore(session, entry)
         # Saved while its client was connected: the client left when the broker did.
@@ -102,7 +105,9 @@ class SessionLifecycle:
             await self.save_session(session)
         return True
 
-    async def hand_over(self, client_id: str, *, clean_start: bool = False) -> SessionSnapshot | None:
+    async def hand_over(
+        self, client_id: str, *, clean_start: bool = False, deadline: float = math.inf
+    ) -> SessionSnapshot | None:
         """The client connected to another node of the cluster: its session here ends.
         Its connection, if any, is closed with 0x8E (session taken over, as a takeover
         here); a persistent session comes back as a snapshot with its messages (in flight
@@ -110,9 +115,10 @@ class SessionLifecycle:
         the other node to resume, and is forgotten here (and by a store). A will waiting
         for its delay is published when the client came back with ``clean_start`` (the
         session ends), and dropped otherwise. None when there is no session, or a clean
-        one."""
+        one; and, with the session kept here, when its connection closed only after
+        ``deadline`` (trio's clock): the other node no longer waits for it."""
         session = await self._taken_over(client_id)
-        if session is None:
+        if session is None or trio.current_time() > deadline:
             return None
         await self._end_will_delay(session, publish_now=clean_start)
         if session.expiry_timer is not None:
@@ -324,6 +330,8 @@ class SessionLifecycle:
         assert session is not None  # detach_at_once handled the other cases
         session.connection = None
         session.disconnected_at = time.time()
+        if self.sessions.get(session.client_id) is not session:
+            return  # it ended while its connection closed (handed over): nothing to keep
         will = conn.will
         if will is not None:
             if self._owe_will(session, will, conn.client_info, conn.protocol_level):

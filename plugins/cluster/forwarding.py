@@ -26,7 +26,17 @@ import trio
 
 from ternmq.kernel import ClientInfo, Message, hookimpl
 
-from .frames import NO_GROUPS, Control, Forwarded, Group, decode_frame, encode_control, encode_frame, inbox_channel
+from .frames import (
+    NO_GROUPS,
+    Control,
+    Forwarded,
+    Group,
+    decode_frame,
+    encode_control,
+    encode_messages,
+    frame_bytes,
+    inbox_channel,
+)
 from .state import COMMAND_TIMEOUT, MAX_FRAME_BYTES, RETRY_DELAY, NodeState
 
 log = logging.getLogger("ternmq.plugins.cluster")
@@ -180,19 +190,21 @@ class Forwarding(NodeState):
                 if not self.running(peer.node):
                     self._drop_unacked(peer, "it is down")
             peer.sequence += 1
-            base = peer.unacked[0][0] if peer.unacked else peer.sequence
-            frame = encode_frame(self.node, self.incarnation, peer.sequence, batch, base=base)
-            peer.keep(peer.sequence, frame, len(batch))
+            messages = encode_messages(batch)
+            peer.keep(peer.sequence, messages, len(batch))
             async with peer.sending:
-                await self._send(peer, frame, len(batch))
+                await self._send(peer, peer.sequence, messages, len(batch))
 
-    async def _send(self, peer: Peer, frame: bytes, count: int) -> None:
-        """One frame to a peer. Redis down: the frame waits and is tried again every
-        RETRY_DELAY (what comes meanwhile waits in the peer's bounded queue); a peer that
-        is down by then gets nothing, and what it did not acknowledge is counted as
+    async def _send(self, peer: Peer, sequence: int, messages: bytes, count: int) -> None:
+        """One frame to a peer, with the oldest frame it keeps for the peer as it is now
+        (a frame sent again says so too). Redis down: the frame waits and is tried again
+        every RETRY_DELAY (what comes meanwhile waits in the peer's bounded queue); a peer
+        that is down by then gets nothing, and what it did not acknowledge is counted as
         dropped."""
         assert self.redis is not None
         while True:
+            base = peer.unacked[0][0] if peer.unacked else sequence
+            frame = frame_bytes(self.node, self.incarnation, sequence, min(base, sequence), messages)
             try:
                 # A connection Redis lost may never answer (coredis has no deadline of
                 # its own here): after COMMAND_TIMEOUT the frame is tried again.
@@ -223,8 +235,9 @@ class Forwarding(NodeState):
             await trio.sleep(RESEND_AFTER / 2)
             now = trio.current_time()
             for peer in list(self._peers.values()):
-                if peer.unacked and now - peer.progress_at >= RESEND_AFTER:
-                    await self._resend(peer)
+                if peer.unacked and now - peer.progress_at >= RESEND_AFTER and not peer.resending:
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._resend, peer)  # (one peer's wait holds up no other)
 
     async def _resend(self, peer: Peer) -> None:
         """The peer's unacknowledged frames again, in order; one resend at a time per
@@ -235,11 +248,11 @@ class Forwarding(NodeState):
         peer.progress_at = trio.current_time()
         try:
             async with peer.sending:
-                for sequence, frame, count in list(peer.unacked):
+                for sequence, messages, count in list(peer.unacked):
                     if not peer.unacked or peer.unacked[0][0] > sequence:
                         continue  # acknowledged (or dropped) meanwhile
                     self.resent += count
-                    await self._send(peer, frame, 0)
+                    await self._send(peer, sequence, messages, 0)
         finally:
             peer.resending = False
 
@@ -298,7 +311,6 @@ class Forwarding(NodeState):
             self._resync = True
             self._routes_changed.set()
             return
-        self._sequences[frame.node] = (incarnation, frame.sequence)
         route = self.service.route_forwarded
         messages = frame.messages
         self.received += len(messages)
@@ -307,6 +319,8 @@ class Forwarding(NodeState):
                 await route(message, origin, groups)
             except Exception:  # one message that cannot be delivered must not stop the inbox
                 log.exception("cluster: a message from %s could not be delivered", frame.node)
+        # Delivered only now, whole: an acknowledgement made meanwhile does not cover it.
+        self._sequences[frame.node] = (incarnation, frame.sequence)
         self._acknowledge_soon(frame.node)
 
     def _acknowledge_soon(self, node: str, *, resend: bool = False) -> None:
@@ -347,7 +361,7 @@ class Peer:
         self.queue: deque[Forwarded] = deque()
         self.ready = trio.Event()
         self.sequence = 0
-        self.unacked: deque[tuple[int, bytes, int]] = deque()  # (sequence, frame, messages)
+        self.unacked: deque[tuple[int, bytes, int]] = deque()  # (sequence, packed messages, count)
         self.waiting = 0  # messages in unacked frames
         self.sending = trio.Lock()  # frames go out in order, resent ones too
         self.resending = False  # a resend runs
@@ -355,10 +369,10 @@ class Peer:
         self.progress = trio.Event()
         self.progress_at = trio.current_time()
 
-    def keep(self, sequence: int, frame: bytes, count: int) -> None:
+    def keep(self, sequence: int, messages: bytes, count: int) -> None:
         if not self.unacked:
             self.progress_at = trio.current_time()
-        self.unacked.append((sequence, frame, count))
+        self.unacked.append((sequence, messages, count))
         self.waiting += count
 
     def acknowledge(self, sequence: int) -> None:

@@ -66,6 +66,12 @@ class Frame:
 def encode_frame(
     node: str, incarnation: str, sequence: int, messages: Sequence[Forwarded], *, base: int | None = None
 ) -> bytes:
+    return frame_bytes(node, incarnation, sequence, sequence if base is None else base, encode_messages(messages))
+
+
+def encode_messages(messages: Sequence[Forwarded]) -> bytes:
+    """The messages of a frame, packed: kept by the sender as they are, and put in a new
+    frame header (``frame_bytes``) each time the frame is sent."""
     fields: list[Any] = []
     add = fields.extend
     for message, origin, groups in messages:
@@ -73,7 +79,13 @@ def encode_frame(
             add(_rich_fields(message, origin, groups))
         else:  # most messages: no group to serve, no properties
             add((message.topic, message.payload, message.qos, message.retain, message.created_at, origin, None, None))
-    return pack_frame([node, incarnation, sequence, sequence if base is None else base, fields])
+    return pack_frame(fields)
+
+
+def frame_bytes(node: str, incarnation: str, sequence: int, base: int, messages: bytes) -> bytes:
+    """A message frame of ``encode_messages``' bytes (MessagePack: an array's items follow
+    its header one after another, so the packed messages go in as they are)."""
+    return b"\x95" + pack_frame(node) + pack_frame(incarnation) + pack_frame(sequence) + pack_frame(base) + messages
 
 
 def pack_frame(body: Any) -> bytes:

@@ -175,8 +175,13 @@ class Questions(NodeState):
     async def _hand_over(self, control: Control) -> None:
         assert self.redis is not None and self.service is not None
         body = control.body
+        # The asking node waits ASK_TIMEOUT for the answer: a session handed over later
+        # would be answered to nobody and lost, so it stays here then.
+        deadline = trio.current_time() + ASK_TIMEOUT * 0.75
         try:
-            snapshot = await self.service.hand_over(str(body["client_id"]), clean_start=bool(body.get("clean_start")))
+            snapshot = await self.service.hand_over(
+                str(body["client_id"]), clean_start=bool(body.get("clean_start")), deadline=deadline
+            )
             session = None if snapshot is None else session_to_json(snapshot, with_messages=True)
             # What this node's store still writes of the session lands before the other
             # node keeps it there (a late write is refused then, but need not come).

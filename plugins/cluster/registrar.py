@@ -11,7 +11,7 @@ import trio
 
 from ternmq.kernel import ClientInfo, SessionSnapshot, hookimpl, session_from_json
 
-from .registry import CLAIM, CLAIM_LINGER, RELEASE, Claim, claimed_at_key, clients_key
+from .registry import CLAIM, CLAIM_LINGER, CLAIM_OVER, RELEASE, Claim, claimed_at_key, clients_key
 from .routes import notice, routes_key
 from .state import ASK_TIMEOUT, COMMAND_TIMEOUT, NodeState
 
@@ -43,14 +43,15 @@ class Registrar(NodeState):
             self._routes_changed.set()  # its subscriptions come here with it
         return claim.session
 
-    def _taken(self, claim: Claim, session: SessionSnapshot) -> None:
-        """``session`` was taken for ``claim``: for its CONNECT to resume, or, when the
-        CONNECT gave up waiting, kept here offline until its client comes back."""
+    async def _taken(self, claim: Claim, session: SessionSnapshot, *, in_store: bool) -> None:
+        """``session`` was taken for ``claim`` (from the store, or handed over): for its
+        CONNECT to resume, or, when the CONNECT gave up waiting, kept here offline until
+        its client comes back."""
         assert self.service is not None
         self.takeovers += 1
         if not claim.abandoned:
             claim.session = session
-        elif self.service.restore_session(session):
+        elif await self.service.restore_session(session, in_store=in_store):
             self._routes_changed.set()
         else:
             log.warning("cluster: the session of %s taken too late for its CONNECT; dropped", claim.client_id)
@@ -113,11 +114,14 @@ class Registrar(NodeState):
                 continue
             for claim, owner in zip(claims, previous or (), strict=False):
                 held = owner.decode("utf-8", "replace") if isinstance(owner, bytes) else str(owner or "")
-                if held.startswith("!") and not self.running(held[1:]):
+                if (
+                    held.startswith("!")
+                    and not self.running(held[1:])
+                    and await self._claim_over(claim, keys, held[1:])
+                ):
                     # A later CONNECT's claim, but by a node that is down now (or with a
                     # clock ahead of this one's): this one is kept after all.
                     held = held[1:]
-                    await self._claim_over(claim, keys)
                 if claim.again:
                     if held.startswith("!"):
                         self._nursery.start_soon(self._lost, claim, held[1:])
@@ -149,7 +153,7 @@ class Registrar(NodeState):
             if self.service.session_info(client_id) is not None:
                 continue
             snapshot = await self.service.take_stored_session(client_id)
-            if snapshot is not None and self.service.restore_session(snapshot):
+            if snapshot is not None and await self.service.restore_session(snapshot):
                 taken += 1
             self.batches.claim(client_id, True)
         await self.redis.delete([routes_key(prefix, node)])
@@ -162,16 +166,18 @@ class Registrar(NodeState):
         log.info("cluster: %s removed; %d of its sessions taken over", node, taken)
         return taken
 
-    async def _claim_over(self, claim: Claim, keys: list[str]) -> None:
-        """Write ``claim`` whatever claim Redis has (that of a node that is down)."""
+    async def _claim_over(self, claim: Claim, keys: list[str], holder: str) -> bool:
+        """Write ``claim`` over that of ``holder`` (a node that is down), unless another
+        claim came meanwhile; whether it was written."""
         assert self.redis is not None
         try:
             with trio.fail_after(COMMAND_TIMEOUT):
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    pipe.hset(keys[0], {claim.client_id: self.node})
-                    pipe.hset(keys[1], {claim.client_id: repr(claim.at)})
+                script = self.redis.register_script(CLAIM_OVER)
+                written: Any = await script(keys=keys, args=[claim.client_id, holder, self.node, repr(claim.at)])
         except Exception as exc:
             log.warning("cluster: %s not claimed over a node that is down: %s", claim.client_id, exc)
+            return False
+        return bool(written)
 
     async def _answer_claims_meanwhile(self, scope: trio.CancelScope) -> None:
         with scope:
@@ -192,9 +198,10 @@ class Registrar(NodeState):
             # service face has no event for a session attached, and this is rare).
             while (info := self.service.session_info(claim.client_id)) is None or not info.is_online:  # noqa: ASYNC110
                 await trio.sleep(0.01)
-            # The session stays: the node that keeps the client asks for it (a takeover)
-            # if it is the one its client had.
-            self.service.disconnect(claim.client_id, SESSION_TAKEN_OVER)
+            # A session this CONNECT made goes with it (saved, it would take the store's
+            # copy from the node that keeps the client now); one it resumed stays, for
+            # that node's takeover.
+            self.service.disconnect(claim.client_id, SESSION_TAKEN_OVER, cleanup=info.created_at >= claim.at)
 
     async def _take_stored(self, claim: Claim, node: str) -> None:
         """Take ``claim``'s session from the store, where ``node`` (down) left it; with
@@ -207,7 +214,7 @@ class Registrar(NodeState):
                 session = await self.service.take_stored_session(claim.client_id, clean_start=claim.clean_start)
                 if session is not None:
                     log.info("cluster: session of %s taken from the store (%s is down)", claim.client_id, node)
-                    self._taken(claim, session)
+                    await self._taken(claim, session, in_store=True)
         except Exception as exc:
             log.warning("cluster: the stored session of %s not taken: %s", claim.client_id, exc)
         finally:
@@ -231,7 +238,7 @@ class Registrar(NodeState):
                 await self._take_stored(claim, node)
                 return
             if answer["session"] is not None and not claim.clean_start:
-                self._taken(claim, session_from_json(claim.client_id, answer["session"]))
+                await self._taken(claim, session_from_json(claim.client_id, answer["session"]), in_store=False)
         except Exception as exc:
             log.warning("cluster: %s not taken over from %s: %s", claim.client_id, node, exc)
         finally:

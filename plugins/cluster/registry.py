@@ -45,6 +45,16 @@ for i = 2, #ARGV, 2 do
 end
 return previous
 """
+# KEYS: the holders, the claim times. ARGV: client id, the holder it must still have,
+# this node, the CONNECT's time. 1 when written.
+CLAIM_OVER = """
+if (redis.call('HGET', KEYS[1], ARGV[1]) or '') ~= ARGV[2] then
+    return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
+return 1
+"""
 # Only what the node still holds: a client that moved on is another node's now.
 RELEASE = """
 local released = 0

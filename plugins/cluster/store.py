@@ -240,28 +240,37 @@ class Plugin:
 
     async def _apply(self, batch: list[Write]) -> None:
         redis = self._redis()
-        for _ in range(2):
-            args: list[str | bytes] = [self.config.prefix, self.node, self.epoch]
-            for write in batch:
-                args.extend(write)
-            # Shielded with a deadline: a batch sent is either answered or counted failed
-            # (and tried again: every write in it is idempotent), never left half known.
-            with trio.CancelScope(shield=True), trio.fail_after(COMMAND_TIMEOUT):
-                if await self._apply_script(args=args) != b"epoch":
-                    return
-                await self._read_epoch(redis)
-            # Redis lost what the store kept (it restarted empty): this node's sessions
-            # are given to the store again, and the batch goes again in the new epoch
-            # with those writes after it (what no longer has an owner there is skipped
-            # and written again by them), so that what waits for this batch is durable.
-            log.warning(
-                "store: Redis at %s lost the store; this node's sessions are written again", self.config.redis_url
-            )
-            self.resets += 1
-            assert self.service is not None
-            await self.service.store_lost()
-            batch = batch + self.writer.take_pending()
-        raise StoreError(f"Redis at {self.config.redis_url}: the store's epoch keeps changing")
+        if await self._apply_in_epoch(redis, batch):
+            return
+        # Redis lost what the store kept (it restarted empty): this node's sessions are
+        # given to the store again, and the batch goes again in the new epoch with those
+        # writes after it (what no longer has an owner there is skipped and written again
+        # by them), so that what waits for this batch is durable.
+        log.warning("store: Redis at %s lost the store; this node's sessions are written again", self.config.redis_url)
+        self.resets += 1
+        assert self.service is not None
+        await self.service.store_lost()
+        taken = self.writer.take_pending()
+        try:
+            if not await self._apply_in_epoch(redis, batch + taken):
+                raise StoreError(f"Redis at {self.config.redis_url}: the store's epoch keeps changing")
+        except BaseException:
+            self.writer.pending[:0] = taken  # back, after this batch (the writer puts it back)
+            raise
+
+    async def _apply_in_epoch(self, redis: coredis.Redis[bytes], batch: list[Write]) -> bool:
+        """Apply ``batch``: True, or False (nothing applied, the new epoch read) when
+        Redis has another epoch than this node knew."""
+        args: list[str | bytes] = [self.config.prefix, self.node, self.epoch]
+        for write in batch:
+            args.extend(write)
+        # Shielded with a deadline: a batch sent is either answered or counted failed (and
+        # tried again: every write in it is idempotent), never left half known.
+        with trio.CancelScope(shield=True), trio.fail_after(COMMAND_TIMEOUT):
+            if await self._apply_script(args=args) != b"epoch":
+                return True
+            await self._read_epoch(redis)
+        return False
 
     def _redis(self) -> coredis.Redis[bytes]:
         if self.redis is None:

@@ -52,3 +52,19 @@ async def test_a_failed_batch_stays_first_and_commits_fail_at_once_until_the_ret
     await writer.commit()
     assert target.batches == [[0, 1], [2, 3]] and writer.pending == []
     assert "store: 2 writes to test failed" in caplog.text
+
+
+async def test_an_apply_that_takes_the_rest_of_the_backlog_ends_the_flush() -> None:
+    applied: list[list[int]] = []
+
+    async def apply(batch: list[int]) -> None:
+        await trio.lowlevel.checkpoint()  # (so that a flush that never ends meets its deadline)
+        # As a store that was given everything again does: the rest goes in this batch.
+        applied.append(batch + (writer.take_pending() if not applied else []))
+
+    writer: GroupCommit[int] = GroupCommit(apply, "test", max_batch=2)
+    for number in range(5):
+        writer.write(number)
+    with trio.fail_after(1):
+        await writer.commit()
+    assert applied == [[0, 1, 2, 3, 4]] and writer.pending == []

@@ -1020,3 +1020,26 @@ async def test_a_restored_session_keeps_when_it_began(broker: Any) -> None:
             await client.disconnect()
         await eventually(lambda: store.sessions["old"].disconnected_at > began + 60)
         assert store.sessions["old"].created_at == began  # saved again as it was
+
+
+async def test_a_hand_over_past_its_deadline_keeps_the_session_here(broker: Any) -> None:
+    async with MQTTTestClient.open(broker.port()) as client:
+        await client.connect("slow", clean_start=False, properties=PERSISTENT)
+        await client.subscribe("sl/#", qos=1)
+        # The other node stopped waiting already: the session is not ended for nobody.
+        assert await broker.service.hand_over("slow", deadline=trio.current_time() - 1) is None
+        assert await client.closed() is not None  # its connection went all the same (0x8E)
+    assert broker.sessions["slow"].subscriptions.keys() == {"sl/#"}
+    snapshot = await broker.service.hand_over("slow")  # in time: handed over, ended here
+    assert snapshot is not None and snapshot.subscriptions == (TopicSubscription("sl/#", 1),)
+    assert "slow" not in broker.sessions
+
+
+async def test_restore_session_gives_a_handed_over_session_to_the_store(broker: Any) -> None:
+    store = DictStore()
+    async with registered(broker, store):
+        snapshot = SessionSnapshot("came", None, 5, 300, (TopicSubscription("c/#", 1),))
+        assert await broker.service.restore_session(snapshot, in_store=False)
+        assert [s.client_id for s in store.of("save")] == ["came"]  # saved, as new here
+        assert not await broker.service.restore_session(snapshot)  # one session per client id
+        assert broker.sessions["came"].connection is None
