@@ -311,14 +311,12 @@ class Forwarding(NodeState):
             self._resync = True
             self._routes_changed.set()
             return
-        route = self.service.route_forwarded
         messages = frame.messages
         self.received += len(messages)
-        for message, origin, groups in messages:
-            try:
-                await route(message, origin, groups)
-            except Exception:  # one message that cannot be delivered must not stop the inbox
-                log.exception("cluster: a message from %s could not be delivered", frame.node)
+        try:
+            await self.service.route_forwarded_all(messages)  # (logs a message it cannot deliver)
+        except Exception:  # whatever it is, the inbox goes on
+            log.exception("cluster: messages from %s could not be delivered", frame.node)
         # Delivered only now, whole: an acknowledgement made meanwhile does not cover it.
         self._sequences[frame.node] = (incarnation, frame.sequence)
         self._acknowledge_soon(frame.node)

@@ -22,7 +22,7 @@ from ternmq.kernel.codec import Puback, Pubcomp, Publish, Pubrec, Pubrel, Subscr
 from ternmq.kernel.hookspecs import hookimpl
 from ternmq.kernel.manager import PluginError
 from ternmq.kernel.routing.topics import topic_matches
-from ternmq.kernel.testing import MQTTTestClient, registered, serving, test_config
+from ternmq.kernel.testing import MQTTTestClient, open_broker, registered, serving, test_config
 from ternmq.kernel.values.info import MetricReading, NodeInfo, NodeMetrics, NodePlugins, PluginInfo, SessionInfo
 from ternmq.kernel.values.output import Text
 from ternmq.kernel.values.types import ClientInfo, Message, SessionSnapshot, StoredMessage, TopicSubscription
@@ -1043,3 +1043,18 @@ async def test_restore_session_gives_a_handed_over_session_to_the_store(broker: 
         assert [s.client_id for s in store.of("save")] == ["came"]  # saved, as new here
         assert not await broker.service.restore_session(snapshot)  # one session per client id
         assert broker.sessions["came"].connection is None
+
+
+async def test_route_forwarded_all_delivers_a_frame_in_order_and_retains_what_is_retained() -> None:
+    async with open_broker(test_config(plugins={"retainer": {}})) as broker:
+        async with MQTTTestClient.open(broker.port()) as subscriber:
+            await subscriber.connect("fw-sub")
+            await subscriber.subscribe("fw/#", qos=1)
+            frame = [
+                (Message("fw/1", b"one", 1), None, frozenset()),
+                (Message("fw/2", b"two", 1, retain=True), "elsewhere", frozenset()),
+                (Message("fw/3", b"three", 0), None, frozenset()),
+            ]
+            assert await broker.service.route_forwarded_all(frame) == 3
+            assert [(await subscriber.receive()).payload for _ in range(3)] == [b"one", b"two", b"three"]
+        assert [m.topic for m in await broker.service.retained("fw/#")] == ["fw/2"]
