@@ -412,17 +412,26 @@ async def next_frame(pubsub: Any) -> Any:
     raise AssertionError("the subscription ended")
 
 
-async def test_a_frame_after_a_gap_is_held_back_asked_for_again_and_delivered_in_order(
-    redis_url: str, prefix: str
-) -> None:
+@asynccontextmanager
+async def ghost_sending_to_b(
+    redis_url: str, prefix: str, topic_filter: str
+) -> AsyncIterator[tuple[Broker, MQTTTestClient, coredis.Redis[bytes], Any, str]]:
+    """Node b with a subscriber to ``topic_filter``, and a node "ghost@test" played by
+    hand: (b, the subscriber, a Redis client, ghost's inbox as read, b's inbox)."""
     async with (
         nodes(redis_url, prefix, "b@test") as (b,),
         connected(b, "sub-b") as subscriber,
         redis_client(redis_url) as redis,
         redis.pubsub(channels=[inbox_channel(prefix, "ghost@test")]) as acknowledgements,
     ):
-        await subscriber.subscribe("gap/#", qos=1)
-        inbox = inbox_channel(prefix, "b@test")
+        await subscriber.subscribe(topic_filter, qos=1)
+        yield b, subscriber, redis, acknowledgements, inbox_channel(prefix, "b@test")
+
+
+async def test_a_frame_after_a_gap_is_held_back_asked_for_again_and_delivered_in_order(
+    redis_url: str, prefix: str
+) -> None:
+    async with ghost_sending_to_b(redis_url, prefix, "gap/#") as (b, subscriber, redis, acknowledgements, inbox):
         for sequence in (1, 2):
             assert await redis.publish(inbox, frame(sequence, "gap/x", b"%d" % sequence)) == 1
         assert await received_all(subscriber, 2) == [("gap/x", b"1", 1), ("gap/x", b"2", 1)]
@@ -449,14 +458,7 @@ async def test_a_frame_after_a_gap_is_held_back_asked_for_again_and_delivered_in
 
 
 async def test_a_node_started_again_gets_every_frame_its_sender_kept_in_order(redis_url: str, prefix: str) -> None:
-    async with (
-        nodes(redis_url, prefix, "b@test") as (b,),
-        connected(b, "sub-b") as subscriber,
-        redis_client(redis_url) as redis,
-        redis.pubsub(channels=[inbox_channel(prefix, "ghost@test")]) as acknowledgements,
-    ):
-        await subscriber.subscribe("again/#", qos=1)
-        inbox = inbox_channel(prefix, "b@test")
+    async with ghost_sending_to_b(redis_url, prefix, "again/#") as (_, subscriber, redis, acknowledgements, inbox):
         # b is new to ghost's run: ghost still keeps 10..13 (b's earlier run got 10..12 and
         # died before acknowledging them), and 13 is the first b sees.
         await redis.publish(inbox, frame(13, "again/x", b"13", base=10))
