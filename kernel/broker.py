@@ -168,7 +168,7 @@ class Broker:
         for session in list(self.sessions.values()):
             if session.persistent:
                 await self.lifecycle.save_session(session)
-        await self.dispatcher.provide("store_commit")
+        await self.router.journal.commit()
 
     async def start_listener(self, config: ListenerConfig) -> RunningListener:
         """Bind and serve one listener (also at run time)."""

@@ -72,7 +72,7 @@ class RecordsFace:
         """Return once every record and message handed to the store is durable: True, or
         False when the store failed to commit (it logged why; a store may retry later).
         True without a store: nothing waits."""
-        return await self._broker.dispatcher.provide("store_commit", failed=_STORE_FAILED) is not _STORE_FAILED
+        return await self._broker.router.journal.commit()
 
     async def take_stored_session(self, client_id: str, *, clean_start: bool = False) -> SessionSnapshot | None:
         """For a cluster plugin: the session that a node which is down kept for

@@ -189,8 +189,7 @@ def _not_stored(conn: ClientConnection, session: Session, qos: int, packet_id: i
     which have no negative acknowledgement, are disconnected without one (they send it
     again when they reconnect: at least once, never a false "written")."""
     conn.broker.metrics.publish_not_stored += 1
-    if entry_id and session.journal is not None:
-        session.journal.delete(session.client_id, entry_id)
+    session.forget_entry(entry_id)
     if conn.protocol_level == 5:
         _acknowledge(conn, session, qos, packet_id, ReasonCode.UNSPECIFIED_ERROR, "the message could not be stored")
     else:
@@ -287,8 +286,7 @@ async def on_pubrel(conn: ClientConnection, packet: Pubrel) -> object:
     packet_id = packet.packet_id
     if packet_id in session.incoming_qos2:
         entry_id = session.incoming_qos2.pop(packet_id)
-        if entry_id and session.journal is not None:
-            session.journal.delete(session.client_id, entry_id)
+        session.forget_entry(entry_id)
         conn.send(Pubcomp(packet_id))
     elif conn.session_present:
         # The PUBCOMP of an earlier connection may not have arrived: the client resends

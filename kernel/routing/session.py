@@ -270,8 +270,8 @@ class Session:
             self.inflight[packet_id] = delivery
             if self.journal is not None:
                 self.journal.save(self.client_id, delivery, "inflight", packet_id)
-        elif delivery.entry_id and self.journal is not None:
-            self.journal.delete(self.client_id, delivery.entry_id)
+        else:
+            self.forget(delivery)
         return status
 
     def window(self, connection: AttachedConnection) -> int:
@@ -336,8 +336,7 @@ class Session:
                 + (" waiting for PUBREC" if delivery.qos == 2 else "")
             )
         del self.inflight[packet_id]
-        if delivery.entry_id and self.journal is not None:
-            self.journal.delete(self.client_id, delivery.entry_id)
+        self.forget(delivery)
         return delivery
 
     def received(self, packet_id: int, refused: bool = False) -> bool:
@@ -352,8 +351,7 @@ class Session:
         journal = self.journal
         if refused:
             del self.inflight[packet_id]
-            if journal is not None:
-                journal.delete(self.client_id, delivery.entry_id)
+            self.forget(delivery)
         else:
             delivery.released = True
             if journal is not None:
@@ -421,9 +419,13 @@ class Session:
         )
 
     def forget(self, delivery: Delivery) -> None:
-        """A delivery of the session is dropped: the store forgets it too."""
-        if delivery.entry_id and self.journal is not None:
-            self.journal.delete(self.client_id, delivery.entry_id)
+        """A delivery of the session is done or dropped: the store forgets it too."""
+        self.forget_entry(delivery.entry_id)
+
+    def forget_entry(self, entry_id: int) -> None:
+        """The store forgets entry ``entry_id`` of the session (0: one never saved)."""
+        if self.journal is not None:
+            self.journal.delete(self.client_id, entry_id)
 
     def snapshot(self) -> SessionSnapshot:
         """Frozen view for session stores and admin listings."""

@@ -132,10 +132,6 @@ class StoredMessage:
     packet_id: int | None = None
 
 
-#: The states of a StoredMessage, in the order a delivery passes them.
-STORED_STATES = ("queued", "inflight", "released", "received")
-
-
 @attrs.frozen
 class SessionSnapshot:
     """What a session store keeps of a persistent session between connections.
