@@ -152,13 +152,18 @@ class ClusterFace:
         filter) pairs, filters as routed) are served here: the publisher's node chose one
         node per group. No hook fires: ``on_publish`` and ``cluster_forward`` fired on
         its node."""
+        if message.retain:
+            await self._retain_copy(message)
+        return await self._broker.router.route(message, origin_client_id, shared_groups=shared_groups)
+
+    async def _retain_copy(self, message: Message) -> None:
+        """Retain a forwarded retained message here too (an empty one clears)."""
         broker = self._broker
-        if message.retain and broker.retain_available:
+        if broker.retain_available:
             if message.payload:
                 await broker.dispatcher.provide("retain_store", message=message)
             else:
                 await broker.dispatcher.provide("retain_delete", topic=message.topic)
-        return await broker.router.route(message, origin_client_id, shared_groups=shared_groups)
 
     async def route_forwarded_all(
         self, forwarded: Iterable[tuple[Message, str | None, frozenset[tuple[str, str]]]]
@@ -167,15 +172,13 @@ class ClusterFace:
         frame, in order, in one call (a cluster plugin's receiving path: one await fewer
         per message); returns the deliveries. A message that cannot be delivered is
         logged and the others go on."""
-        broker = self._broker
-        route = broker.router.route
+        route = self._broker.router.route
         delivered = 0
         for message, origin_client_id, shared_groups in forwarded:
             try:
-                if message.retain and broker.retain_available:
-                    delivered += await self.route_forwarded(message, origin_client_id, shared_groups)
-                else:
-                    delivered += await route(message, origin_client_id, shared_groups=shared_groups)
+                if message.retain:
+                    await self._retain_copy(message)
+                delivered += await route(message, origin_client_id, shared_groups=shared_groups)
             except Exception:
                 log.exception("a message forwarded from another node could not be delivered (%s)", message.topic)
         return delivered

@@ -163,25 +163,20 @@ class Plugin(Registrar, Questions, Forwarding):
         first = await self.redis.hget(key, self.node)
         if first is None:
             return
-        with trio.move_on_after(self.config.node_timeout + self.config.heartbeat_interval):
-            while True:
-                await trio.sleep(self.config.heartbeat_interval * 1.5)
-                if await self.redis.hget(key, self.node) == first:
-                    return  # nobody beats under this name any more
-                raise ConnectionError(f"a running node is named {self.node} already: give each node its own node_name")
-        # Still beating after node_timeout: another node.
+        await trio.sleep(self.config.heartbeat_interval * 1.5)
+        with trio.move_on_after(self.config.node_timeout):
+            if await self.redis.hget(key, self.node) == first:
+                return  # nobody beats under this name any more
+        # Beating still (or Redis did not answer): another node.
         raise ConnectionError(f"a running node is named {self.node} already: give each node its own node_name")
 
     async def _leave(self) -> None:
         """Unloaded or stopped: this node's routes and heartbeat go (a killed node's stay
         until its heartbeat is too old). On a connection of its own: the plugin's are
         being cancelled with it."""
-        prefix = self.config.prefix
         try:
             async with connect(self.config.redis_url) as redis:
-                await redis.delete([routes_key(prefix, self.node)])
-                await redis.hdel(f"{prefix}:nodes", [self.node])
-                await redis.publish(f"{prefix}:routes", notice(self.node, leaving=True))
+                await self._remove_node(redis, self.node)
         except Exception as exc:
             log.warning("cluster: could not leave cleanly: %s", exc)
 

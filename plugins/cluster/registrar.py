@@ -12,7 +12,6 @@ import trio
 from ternmq.kernel import ClientInfo, SessionSnapshot, hookimpl, session_from_json
 
 from .registry import CLAIM, CLAIM_LINGER, CLAIM_OVER, RELEASE, Claim, claimed_at_key, clients_key
-from .routes import notice, routes_key
 from .state import ASK_TIMEOUT, COMMAND_TIMEOUT, NodeState
 
 log = logging.getLogger("ternmq.plugins.cluster")
@@ -22,6 +21,8 @@ SESSION_TAKEN_OVER = 0x8E
 
 class Registrar(NodeState):
     """The cluster plugin's client ids (registry.py)."""
+
+    _claim_over_script: Any = None  # (registered with the registrar's own)
 
     @hookimpl
     def cluster_claim(self, client: ClientInfo) -> None:
@@ -81,6 +82,7 @@ class Registrar(NodeState):
         assert self.redis is not None and self._nursery is not None
         keys = [clients_key(self.config.prefix), claimed_at_key(self.config.prefix)]
         claim_script = self.redis.register_script(CLAIM)
+        self._claim_over_script = self.redis.register_script(CLAIM_OVER)
         release_script = self.redis.register_script(RELEASE)
         while True:
             await self.batches.ready.wait()
@@ -156,9 +158,7 @@ class Registrar(NodeState):
             if snapshot is not None and await self.service.restore_session(snapshot):
                 taken += 1
             self.batches.claim(client_id, True)
-        await self.redis.delete([routes_key(prefix, node)])
-        await self.redis.hdel(f"{prefix}:nodes", [node])
-        await self.redis.publish(f"{prefix}:routes", notice(node, leaving=True))
+        await self._remove_node(self.redis, node)
         self.heartbeats.pop(node, None)
         self.routes.forget(node)
         self._forget_peer(node)
@@ -172,8 +172,9 @@ class Registrar(NodeState):
         assert self.redis is not None
         try:
             with trio.fail_after(COMMAND_TIMEOUT):
-                script = self.redis.register_script(CLAIM_OVER)
-                written: Any = await script(keys=keys, args=[claim.client_id, holder, self.node, repr(claim.at)])
+                written: Any = await self._claim_over_script(
+                    keys=keys, args=[claim.client_id, holder, self.node, repr(claim.at)]
+                )
         except Exception as exc:
             log.warning("cluster: %s not claimed over a node that is down: %s", claim.client_id, exc)
             return False

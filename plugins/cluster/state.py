@@ -19,7 +19,7 @@ from ternmq.kernel import Message, Service
 
 from .frames import Group
 from .registry import Batches
-from .routes import RemoteRoutes
+from .routes import RemoteRoutes, notice, routes_key
 
 if TYPE_CHECKING:
     from .forwarding import Peer
@@ -129,6 +129,13 @@ class NodeState:
                 if once:
                     return False
                 await trio.sleep(RETRY_DELAY)
+
+    async def _remove_node(self, redis: coredis.Redis[bytes], node: str) -> None:
+        """``node``'s routes and heartbeat out of Redis, and the others told it left."""
+        prefix = self.config.prefix
+        await redis.delete([routes_key(prefix, node)])
+        await redis.hdel(f"{prefix}:nodes", [node])
+        await redis.publish(f"{prefix}:routes", notice(node, leaving=True))
 
     if TYPE_CHECKING:  # methods of one part that another part calls
 
