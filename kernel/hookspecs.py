@@ -546,8 +546,9 @@ def cluster_forward(message: Message, origin: ClientInfo) -> None:
     :param message: the message after local routing.
     :param origin: the publisher.
 
-    Only the first implementation is called; none loaded means a single node. Error or
-    timeout: logged and counted; local delivery is not affected.
+    **Synchronous** and on the publishing path (once per routed message): queue the
+    message for a task. Only the first implementation is called; none loaded means a
+    single node. Errors are logged and counted; local delivery is not affected.
     """
 
 

@@ -52,6 +52,7 @@ SYNCHRONOUS_HOOKS = (
     "record_delete",
     "cluster_shared_here",
     "cluster_claim",
+    "cluster_forward",
 )
 
 

@@ -63,6 +63,6 @@ class Publisher:
             client = client or self.broker_client
             if announce:
                 await dispatcher.notify("on_publish", client=client, message=message)
-            if forward:
-                await dispatcher.provide("cluster_forward", message=routed, origin=client)
+            if forward:  # synchronous: one call per published message, no await
+                dispatcher.provide_now("cluster_forward", message=routed, origin=client)
         return count

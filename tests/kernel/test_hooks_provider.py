@@ -654,7 +654,7 @@ class Forwarder:
         self.calls: list[tuple[Message, ClientInfo, int]] = []
 
     @hookimpl
-    async def cluster_forward(self, message: Message, origin: ClientInfo) -> None:
+    def cluster_forward(self, message: Message, origin: ClientInfo) -> None:
         self.calls.append((message, origin, self.broker.router.messages_routed))
 
 
