@@ -54,6 +54,19 @@ def _restored(name: str, value: Any) -> Any:
     return value
 
 
+def properties_to_json(properties: Mapping[str, Any]) -> dict[str, Any]:
+    """A message's MQTT 5 properties as JSON-ready values (bytes as base64)."""
+    return {name: _plain(value) for name, value in properties.items()}
+
+
+def properties_from_json(properties: Any) -> dict[str, Any]:
+    """Properties back from :func:`properties_to_json`'s values; ValueError (or
+    KeyError, TypeError) when they are not such values."""
+    if not isinstance(properties, dict):
+        raise ValueError("properties must be an object")
+    return {name: _restored(name, value) for name, value in properties.items()}
+
+
 def message_to_json(message: Message) -> dict[str, Any]:
     """``message`` as JSON-ready values (every field, ``created_at`` included)."""
     return {
@@ -61,7 +74,7 @@ def message_to_json(message: Message) -> dict[str, Any]:
         "payload": base64.b64encode(message.payload).decode("ascii"),
         "qos": message.qos,
         "retain": message.retain,
-        "properties": {name: _plain(value) for name, value in message.properties.items()},
+        "properties": properties_to_json(message.properties),
         "created_at": message.created_at,
     }
 
@@ -71,9 +84,7 @@ def message_from_json(data: Mapping[str, Any]) -> Message:
     TypeError) when they are not such values."""
     if not isinstance(data, Mapping):
         raise ValueError("a stored message is a JSON object")
-    properties = data.get("properties") or {}
-    if not isinstance(properties, dict):
-        raise ValueError("properties must be an object")
+    properties = properties_from_json(data.get("properties") or {})
     qos = data["qos"]
     if qos not in (0, 1, 2) or isinstance(qos, bool):
         raise ValueError(f"bad qos {qos!r}")
@@ -88,11 +99,17 @@ def message_from_json(data: Mapping[str, Any]) -> Message:
         payload=base64.b64decode(data["payload"], validate=True),
         qos=qos,
         retain=bool(data["retain"]),
-        properties={name: _restored(name, value) for name, value in properties.items()},
+        properties=properties,
         created_at=created_at,
     )
-    # A property of the wrong type or unknown name would fail later, when the message is
-    # delivered (or expiry is computed): it is refused here, where a store reads it.
+    return sendable(message)
+
+
+def sendable(message: Message) -> Message:
+    """``message`` when its properties can be sent; ValueError when not. A property of
+    the wrong type or unknown name would fail later, when the message is delivered (or
+    expiry is computed): it is refused where a store, or another node, hands it over."""
+    qos = message.qos
     try:
         message.remaining_expiry()
         sent = {name: value for name, value in message.properties.items() if name != "will_delay_interval"}
