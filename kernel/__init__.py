@@ -25,6 +25,7 @@ from .values.files import file_stamp, read_json_list, set_aside_imported, write_
 from .values.info import ListenerInfo, MetricReading, NodeInfo, NodeMetrics, NodePlugins, PluginInfo, SessionInfo
 from .values.output import Table, Text, cell_text
 from .values.stored import (
+    UNREADABLE,
     StoreError,
     entry_from_json,
     entry_to_json,
@@ -56,6 +57,7 @@ __all__ = [
     "GroupCommit",
     "hookimpl",
     "StoreError",
+    "UNREADABLE",
     "message_to_json",
     "properties_from_json",
     "properties_to_json",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import trio
 
@@ -57,6 +57,13 @@ class GroupCommit(Generic[W]):
         self._queued = 0  # writes handed over since the start
         self._committed = 0  # of those, how many are applied
         self._wakeup = trio.Event()
+
+    def register_metrics(self, registry: Any) -> None:
+        """The writer's metrics, for the store's ``register_metrics`` hook."""
+        registry.counter("store_writes", lambda: self.writes, "writes the store applied")
+        registry.counter("store_commits", lambda: self.commits, "batches (transactions) the store applied")
+        registry.counter("store_failures", lambda: self.failures, "store batches that failed (tried again)")
+        registry.gauge("store_pending", lambda: len(self.pending), "writes waiting for the store's next batch")
 
     def write(self, item: W) -> None:
         """Hand one write over (synchronous: for the store's hooks)."""

@@ -56,6 +56,7 @@ import attrs
 import trio
 
 from ternmq.kernel import (
+    UNREADABLE,
     GroupCommit,
     SessionSnapshot,
     StoredMessage,
@@ -160,10 +161,6 @@ def message_body(entry: StoredMessage) -> str:
     return json.dumps(entry_to_json(entry), separators=(",", ":"))
 
 
-# What a row that is not what this store wrote raises while it is read back.
-UNREADABLE = (ValueError, KeyError, TypeError, AttributeError, RecursionError)
-
-
 def stored_message(entry_id: int, body: str) -> StoredMessage:
     """A message row back; one of UNREADABLE when it is not one."""
     return entry_from_json(entry_id, json.loads(body))
@@ -208,11 +205,7 @@ class Plugin:
 
     @hookimpl
     def register_metrics(self, registry: Any) -> None:
-        writer = self.writer
-        registry.counter("store_writes", lambda: writer.writes, "rows the store wrote or deleted")
-        registry.counter("store_commits", lambda: writer.commits, "transactions the store committed")
-        registry.counter("store_failures", lambda: writer.failures, "store commits that failed (retried)")
-        registry.gauge("store_pending", lambda: len(writer.pending), "writes waiting for the store's next commit")
+        self.writer.register_metrics(registry)
 
     async def serve(self, service: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.file = self.config.file or service.data_dir / FILE_NAME

@@ -54,6 +54,11 @@ def _restored(name: str, value: Any) -> Any:
     return value
 
 
+#: What a stored value that is not what ternmq wrote raises while a store reads it back
+#: (``entry_from_json``, ``session_from_json``, JSON that does not parse).
+UNREADABLE = (ValueError, KeyError, TypeError, AttributeError, RecursionError)
+
+
 def properties_to_json(properties: Mapping[str, Any]) -> dict[str, Any]:
     """A message's MQTT 5 properties as JSON-ready values (bytes as base64)."""
     return {name: _plain(value) for name, value in properties.items()}

@@ -45,6 +45,7 @@ import trio
 from coredis.tokens import PureToken
 
 from ternmq.kernel import (
+    UNREADABLE,
     GroupCommit,
     SessionSnapshot,
     StoredMessage,
@@ -137,8 +138,6 @@ return {session, redis.call('HGETALL', messages)}
 LOAD_BATCH = 500
 # Client ids kept as forgotten (a later save is a new session's), at most.
 FORGOTTEN_KEPT = 100_000
-# What a value that is not what a node wrote raises while it is read back.
-UNREADABLE = (ValueError, KeyError, TypeError, AttributeError, RecursionError, UnicodeDecodeError)
 
 
 @attrs.frozen
@@ -192,11 +191,7 @@ class Plugin:
 
     @hookimpl
     def register_metrics(self, registry: Any) -> None:
-        writer = self.writer
-        registry.counter("store_writes", lambda: writer.writes, "writes the store applied")
-        registry.counter("store_commits", lambda: writer.commits, "batches the store applied")
-        registry.counter("store_failures", lambda: writer.failures, "store batches that failed (retried)")
-        registry.gauge("store_pending", lambda: len(writer.pending), "writes waiting for the store's next batch")
+        self.writer.register_metrics(registry)
         registry.counter("store_resets", lambda: self.resets, "times Redis was found to have lost the store")
 
     async def serve(self, service: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
