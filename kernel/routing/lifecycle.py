@@ -124,7 +124,7 @@ class SessionLifecycle:
         if session.expiry_timer is not None:
             session.expiry_timer.cancel()
             session.expiry_timer = None
-        snapshot = attrs.evolve(session.snapshot(), will=None, queued=(), messages=session_entries(session))
+        snapshot = attrs.evolve(session.snapshot(with_queued=False), will=None, messages=session_entries(session))
         await self.end_session(session)
         return snapshot if snapshot.expiry_interval != 0 else None
 

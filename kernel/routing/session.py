@@ -427,15 +427,17 @@ class Session:
         if self.journal is not None:
             self.journal.delete(self.client_id, entry_id)
 
-    def snapshot(self) -> SessionSnapshot:
-        """Frozen view for session stores and admin listings."""
+    def snapshot(self, *, with_queued: bool = True) -> SessionSnapshot:
+        """Frozen view for session stores and admin listings (``with_queued``: the
+        messages it holds as ``queued``, a tuple of them all)."""
+        queued = tuple(d.message for d in (*self.inflight.values(), *self.queue)) if with_queued else ()
         return SessionSnapshot(
             client_id=self.client_id,
             username=self.username,
             protocol_level=self.protocol_level,
             expiry_interval=self.expiry_interval,
             subscriptions=tuple(self.subscriptions.values()),
-            queued=tuple(d.message for d in list(self.inflight.values()) + list(self.queue)),
+            queued=queued,
             disconnected_at=self.disconnected_at or 0.0,
             mountpoint=self.mountpoint,
             created_at=self.created_at,
